@@ -1,0 +1,100 @@
+//! Connecting to Steward services as the operator.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use steward_identity::{ServerAuthorizer, SpiffeId, SvidPaths, SvidSource, TrustDomain};
+use tonic::transport::Channel;
+
+/// Where the services are and which SVID to present.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectionArgs {
+    /// The operator's X.509-SVID (PEM chain).
+    #[arg(
+        long,
+        global = true,
+        env = "STEWARD_CERT",
+        default_value = ".steward/dev/pki/operator.crt"
+    )]
+    pub cert: PathBuf,
+    /// The operator's private key (PEM PKCS#8).
+    #[arg(
+        long,
+        global = true,
+        env = "STEWARD_KEY",
+        default_value = ".steward/dev/pki/operator.key"
+    )]
+    pub key: PathBuf,
+    /// The trust bundle (PEM).
+    #[arg(
+        long,
+        global = true,
+        env = "STEWARD_BUNDLE",
+        default_value = ".steward/dev/pki/bundle.pem"
+    )]
+    pub bundle: PathBuf,
+    /// Host the services listen on.
+    #[arg(long, global = true, env = "STEWARD_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port of the first service (inventory); the others follow in order.
+    #[arg(
+        long,
+        global = true,
+        env = "STEWARD_BASE_PORT",
+        default_value_t = 50051
+    )]
+    pub base_port: u16,
+}
+
+impl ConnectionArgs {
+    /// Loads the operator SVID.
+    pub fn source(&self) -> anyhow::Result<Arc<SvidSource>> {
+        SvidSource::load(
+            SvidPaths {
+                cert: self.cert.clone(),
+                key: self.key.clone(),
+                bundle: self.bundle.clone(),
+            },
+            Vec::new(),
+        )
+        .with_context(|| {
+            format!(
+                "cannot load the operator svid from {} (run `steward dev up` first, or pass --cert/--key/--bundle)",
+                self.cert.display()
+            )
+        })
+    }
+
+    /// `host:port` of a service.
+    pub fn address(&self, service: &str) -> anyhow::Result<String> {
+        let index = crate::SERVICES
+            .iter()
+            .position(|(name, _)| *name == service)
+            .with_context(|| format!("unknown service {service:?}; one of inventory, authority, credential-broker, audit"))?;
+        let port = self.base_port + u16::try_from(index)?;
+        Ok(format!("{}:{port}", self.host))
+    }
+}
+
+/// The SPIFFE ID a Steward service presents.
+pub fn service_id(trust_domain: &TrustDomain, service: &str) -> anyhow::Result<SpiffeId> {
+    Ok(SpiffeId::from_parts(
+        trust_domain,
+        &format!("/service/{service}"),
+    )?)
+}
+
+/// A channel to `service` that accepts only that service's SPIFFE ID.
+pub async fn connect(
+    source: &Arc<SvidSource>,
+    address: &str,
+    expected: SpiffeId,
+) -> anyhow::Result<Channel> {
+    Ok(steward_identity::connector::connect(
+        source.clone(),
+        address,
+        ServerAuthorizer::Exact(expected),
+    )
+    .await?)
+}

@@ -1,0 +1,315 @@
+//! `steward dev up` and `steward dev reset`: the development environment.
+//!
+//! Layout under the dev directory (default `.steward/dev/`):
+//! - `pki/ca.crt`, `pki/ca.key` — the dev root CA (dev only)
+//! - `pki/bundle.pem` — the trust bundle every process trusts
+//! - `pki/<name>.crt`, `pki/<name>.key` — an X.509-SVID per service and the
+//!   operator's (`spiffe://steward.local/operator/admin`); keys are 0600
+//! - `config/<name>.toml` — the config each service is started with
+//! - `data/<name>.db` — each service's SQLite database
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use steward_pki::{CertificateAuthority, LeafSpec};
+use tokio::process::{Child, Command};
+
+use crate::SERVICES;
+use crate::client::ConnectionArgs;
+
+/// The dev trust domain.
+pub const TRUST_DOMAIN: &str = "steward.local";
+/// The operator's SPIFFE ID in the dev PKI.
+pub const OPERATOR_ID: &str = "spiffe://steward.local/operator/admin";
+
+const CA_VALIDITY_DAYS: i64 = 365;
+const SVID_VALIDITY_DAYS: i64 = 30;
+/// Leaves closer than this to expiry are re-issued by `dev up`.
+const RENEW_BEFORE: time::Duration = time::Duration::days(2);
+/// Host names standard gRPC clients use to reach the services.
+const SERVER_HOSTS: &[&str] = &["localhost", "127.0.0.1"];
+
+pub fn reset(dir: &Path) -> anyhow::Result<ExitCode> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+        println!("removed {} (pki, data and configs)", dir.display());
+    } else {
+        println!("nothing to remove: {} does not exist", dir.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn up(dir: &Path, base_port: u16, log_format: &str) -> anyhow::Result<ExitCode> {
+    let dir = absolute(dir)?;
+    let pki = dir.join("pki");
+    ensure_pki(&pki)?;
+    let configs = write_configs(&dir, base_port, log_format)?;
+
+    let bin_dir = std::env::current_exe()
+        .context("cannot locate the steward binary")?
+        .parent()
+        .map(Path::to_path_buf)
+        .context("the steward binary has no parent directory")?;
+    let mut children = Vec::new();
+    for ((name, _), config) in SERVICES.iter().zip(&configs) {
+        let binary = bin_dir.join(format!("steward-{name}"));
+        if !binary.exists() {
+            stop_all(&mut children).await;
+            bail!(
+                "{} not found: build the workspace first (`cargo build --bins`)",
+                binary.display()
+            );
+        }
+        let child = Command::new(&binary)
+            .arg("--config")
+            .arg(config)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        children.push((*name, child));
+    }
+
+    let conn = ConnectionArgs {
+        cert: pki.join("operator.crt"),
+        key: pki.join("operator.key"),
+        bundle: pki.join("bundle.pem"),
+        host: "127.0.0.1".to_owned(),
+        base_port,
+    };
+    if let Err(error) = wait_healthy(&conn, &mut children).await {
+        stop_all(&mut children).await;
+        return Err(error);
+    }
+
+    println!();
+    for (name, _) in SERVICES {
+        println!(
+            "  {:<18} https://{}   spiffe://{TRUST_DOMAIN}/service/{name}",
+            name,
+            conn.address(name)?
+        );
+    }
+    println!();
+    println!("  trust bundle      {}", pki.join("bundle.pem").display());
+    println!(
+        "  operator svid     {} ({OPERATOR_ID})",
+        pki.join("operator.crt").display()
+    );
+    println!("  operator key      {}", pki.join("operator.key").display());
+    println!("  data              {}", dir.join("data").display());
+    println!();
+    println!("ready");
+    std::io::stdout().flush()?;
+
+    let exited = tokio::select! {
+        () = steward_signal() => None,
+        exited = first_exit(&mut children) => Some(exited),
+    };
+    stop_all(&mut children).await;
+    match exited {
+        None => Ok(ExitCode::SUCCESS),
+        Some(name) => bail!("{name} exited unexpectedly; stopped the others"),
+    }
+}
+
+fn absolute(dir: &Path) -> anyhow::Result<PathBuf> {
+    if dir.is_absolute() {
+        Ok(dir.to_owned())
+    } else {
+        Ok(std::env::current_dir()?.join(dir))
+    }
+}
+
+/// Creates the CA and any missing or nearly expired SVID. A new CA means
+/// every SVID is re-issued.
+fn ensure_pki(pki: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(pki).with_context(|| format!("cannot create {}", pki.display()))?;
+    let ca_cert = pki.join("ca.crt");
+    let ca_key = pki.join("ca.key");
+    let (ca, fresh_ca) = if ca_cert.exists() && ca_key.exists() && !expiring(&ca_cert)? {
+        let ca = CertificateAuthority::from_pem(
+            &std::fs::read_to_string(&ca_cert)?,
+            &std::fs::read_to_string(&ca_key)?,
+        )
+        .with_context(|| format!("cannot load the dev ca from {}", ca_cert.display()))?;
+        (ca, false)
+    } else {
+        let ca =
+            CertificateAuthority::generate(TRUST_DOMAIN, time::Duration::days(CA_VALIDITY_DAYS))?;
+        write_file(&ca_key, ca.key_pem().as_bytes(), 0o600)?;
+        write_file(&ca_cert, ca.cert_pem().as_bytes(), 0o644)?;
+        println!("created dev root ca {}", ca_cert.display());
+        (ca, true)
+    };
+    write_file(&pki.join("bundle.pem"), ca.cert_pem().as_bytes(), 0o644)?;
+
+    let mut leaves: Vec<(String, String, bool)> = SERVICES
+        .iter()
+        .map(|(name, _)| {
+            (
+                name.to_string(),
+                format!("spiffe://{TRUST_DOMAIN}/service/{name}"),
+                true,
+            )
+        })
+        .collect();
+    leaves.push(("operator".to_owned(), OPERATOR_ID.to_owned(), false));
+    for (name, id, server) in leaves {
+        let cert = pki.join(format!("{name}.crt"));
+        let key = pki.join(format!("{name}.key"));
+        if !fresh_ca && cert.exists() && key.exists() && !expiring(&cert)? {
+            continue;
+        }
+        let mut spec = LeafSpec::svid(&id, time::Duration::days(SVID_VALIDITY_DAYS));
+        if server {
+            let hosts: Vec<String> = SERVER_HOSTS.iter().map(|h| h.to_string()).collect();
+            spec = spec.with_hosts(&hosts);
+        }
+        let leaf = ca.issue(&spec)?;
+        // Key first: a reader that sees the new certificate also finds its key.
+        write_file(&key, leaf.key_pem.as_bytes(), 0o600)?;
+        write_file(&cert, leaf.cert_pem.as_bytes(), 0o644)?;
+        println!("issued {id} -> {}", cert.display());
+    }
+    Ok(())
+}
+
+fn expiring(cert: &Path) -> anyhow::Result<bool> {
+    let pem = std::fs::read(cert)?;
+    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(&pem) else {
+        return Ok(true);
+    };
+    let Ok(parsed) = pem.parse_x509() else {
+        return Ok(true);
+    };
+    let not_after = parsed.validity().not_after.to_datetime();
+    Ok(not_after - time::OffsetDateTime::now_utc() < RENEW_BEFORE)
+}
+
+/// Writes through a temporary file and a rename, so a process reloading
+/// the file never reads half of it.
+fn write_file(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn write_configs(dir: &Path, base_port: u16, log_format: &str) -> anyhow::Result<Vec<PathBuf>> {
+    let config_dir = dir.join("config");
+    std::fs::create_dir_all(&config_dir)?;
+    let pki = dir.join("pki");
+    let data = dir.join("data");
+    let mut paths = Vec::new();
+    for (index, (name, _)) in SERVICES.iter().enumerate() {
+        let port = base_port + u16::try_from(index)?;
+        let text = format!(
+            "# written by `steward dev up`; edits are overwritten on the next run\n\
+             listen_addr = \"127.0.0.1:{port}\"\n\n\
+             [tls]\n\
+             cert = {cert:?}\n\
+             key = {key:?}\n\
+             bundle = {bundle:?}\n\n\
+             [database]\n\
+             url = {db:?}\n\n\
+             [telemetry]\n\
+             format = {log_format:?}\n",
+            cert = pki.join(format!("{name}.crt")),
+            key = pki.join(format!("{name}.key")),
+            bundle = pki.join("bundle.pem"),
+            db = format!("sqlite://{}", data.join(format!("{name}.db")).display()),
+        );
+        let path = config_dir.join(format!("{name}.toml"));
+        write_file(&path, text.as_bytes(), 0o644)?;
+        paths.push(path);
+    }
+    Ok(paths)
+}
+
+async fn wait_healthy(conn: &ConnectionArgs, children: &mut [(&str, Child)]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut pending: Vec<&str> = SERVICES.iter().map(|(name, _)| *name).collect();
+    while !pending.is_empty() {
+        for (name, child) in children.iter_mut() {
+            if let Some(status) = child.try_wait()? {
+                bail!("{name} exited during start-up ({status}); see its log above");
+            }
+        }
+        let mut still = Vec::new();
+        for name in pending {
+            let serving = crate::health::check(conn, name)
+                .await
+                .is_ok_and(|h| h.status == "SERVING");
+            if !serving {
+                still.push(name);
+            }
+        }
+        pending = still;
+        if Instant::now() > deadline {
+            bail!("services not healthy after 60s: {}", pending.join(", "));
+        }
+        if !pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+async fn first_exit(children: &mut [(&str, Child)]) -> String {
+    loop {
+        for (name, child) in children.iter_mut() {
+            if let Ok(Some(_)) = child.try_wait() {
+                return (*name).to_owned();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// SIGTERM to every child, then SIGKILL to any still running after 15 s.
+async fn stop_all(children: &mut [(&str, Child)]) {
+    for (_, child) in children.iter() {
+        if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+    }
+    for (name, child) in children.iter_mut() {
+        match tokio::time::timeout(Duration::from_secs(15), child.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                eprintln!("{name} did not stop within 15s; killing it");
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
+
+async fn steward_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut interrupt), Ok(mut terminate)) => {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}

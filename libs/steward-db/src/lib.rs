@@ -1,0 +1,359 @@
+//! The database behind one Steward service: embedded SQLite (WAL, durable
+//! commits) by default, PostgreSQL from a URL in production, and versioned
+//! migrations embedded in the service binary.
+//!
+//! Each service owns its database. On first use the database is stamped with
+//! the owning service's name, and a service refuses to start on a database
+//! stamped by another: pointing two services at one database is a
+//! misconfiguration that would otherwise surface much later as missing
+//! tables or, worse, shared state.
+
+use std::borrow::Cow;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::SqlStr;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+/// Why the database could not be opened or migrated.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database url must start with sqlite: or postgres:// (got {0:?})")]
+    UnsupportedUrl(String),
+    #[error("cannot open database: {0}")]
+    Connect(#[source] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database belongs to service {found:?}, not {expected:?}")]
+    WrongOwner { expected: String, found: String },
+    #[error("migration version {0} is reserved for the baseline; number service migrations from 2")]
+    ReservedVersion(i64),
+    #[error(transparent)]
+    Sqlx(#[from] sqlx::Error),
+}
+
+/// Database settings of one service.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://path/to/file.db` or `postgres://user@host/db`.
+    pub url: String,
+    /// Largest number of pooled connections.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+fn default_max_connections() -> u32 {
+    8
+}
+
+impl DatabaseConfig {
+    /// An SQLite database at `path`.
+    pub fn sqlite(path: &std::path::Path) -> Self {
+        Self {
+            url: format!("sqlite://{}", path.display()),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+/// One embedded migration.
+#[derive(Debug, Clone, Copy)]
+pub struct MigrationFile {
+    pub version: i64,
+    pub description: &'static str,
+    pub sql: &'static str,
+}
+
+/// A service's migrations for both backends.
+#[derive(Debug, Clone, Copy)]
+pub struct MigrationSet {
+    /// The owning service's name, stamped into the database.
+    pub service: &'static str,
+    pub sqlite: &'static [MigrationFile],
+    pub postgres: &'static [MigrationFile],
+}
+
+/// Which engine a [`Database`] runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A connection pool on either backend.
+#[derive(Debug, Clone)]
+pub enum Database {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+impl Database {
+    /// Opens a pool. SQLite files (and their directory) are created if
+    /// missing and run in WAL mode with `synchronous=FULL`: a commit is on
+    /// disk when it returns.
+    pub async fn connect(config: &DatabaseConfig) -> Result<Self, DbError> {
+        let url = config.url.as_str();
+        if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)
+                .map_err(DbError::Connect)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_secs(10));
+            if let Some(parent) = options.get_filename().parent() {
+                if !parent.as_os_str().is_empty() {
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| DbError::Connect(sqlx::Error::Io(e)))?;
+                }
+            }
+            let pool = SqlitePoolOptions::new()
+                .max_connections(config.max_connections.max(1))
+                .connect_with(options)
+                .await
+                .map_err(DbError::Connect)?;
+            Ok(Self::Sqlite(pool))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options = PgConnectOptions::from_str(url).map_err(DbError::Connect)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(config.max_connections.max(1))
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(options)
+                .await
+                .map_err(DbError::Connect)?;
+            Ok(Self::Postgres(pool))
+        } else {
+            Err(DbError::UnsupportedUrl(redact(url)))
+        }
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        match self {
+            Self::Sqlite(_) => Backend::Sqlite,
+            Self::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Checks the owner stamp and applies every pending migration: the
+    /// baseline (version 1, shared by every service) and then the service's
+    /// own, which must be numbered from 2. Safe to run any number of times,
+    /// and from several replicas at once on PostgreSQL (sqlx takes an
+    /// advisory lock).
+    pub async fn migrate(&self, set: &MigrationSet) -> Result<(), DbError> {
+        self.claim(set.service).await?;
+        match self {
+            Self::Sqlite(pool) => migrator(BASELINE_SQLITE, set.sqlite)?.run(pool).await?,
+            Self::Postgres(pool) => migrator(BASELINE, set.postgres)?.run(pool).await?,
+        }
+        tracing::debug!(service = set.service, backend = ?self.backend(), "migrations applied");
+        Ok(())
+    }
+
+    /// Appends a row to the start journal (`steward_service_starts`), so an
+    /// operator can see which versions have run against this database.
+    pub async fn record_start(&self, version: &str) -> Result<(), DbError> {
+        const INSERT: &str =
+            "INSERT INTO steward_service_starts (version, started_at) VALUES ($1, $2)";
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        match self {
+            Self::Sqlite(pool) => {
+                sqlx::query::<sqlx::Sqlite>(INSERT)
+                    .bind(version)
+                    .bind(now)
+                    .execute(pool)
+                    .await?;
+            }
+            Self::Postgres(pool) => {
+                sqlx::query::<sqlx::Postgres>(INSERT)
+                    .bind(version)
+                    .bind(now)
+                    .execute(pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Cheap liveness probe for health checks.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        match self {
+            Self::Sqlite(pool) => {
+                sqlx::query::<sqlx::Sqlite>("SELECT 1")
+                    .execute(pool)
+                    .await?;
+            }
+            Self::Postgres(pool) => {
+                sqlx::query::<sqlx::Postgres>("SELECT 1")
+                    .execute(pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes every pooled connection.
+    pub async fn close(&self) {
+        match self {
+            Self::Sqlite(pool) => pool.close().await,
+            Self::Postgres(pool) => pool.close().await,
+        }
+    }
+
+    async fn claim(&self, service: &str) -> Result<(), DbError> {
+        const CREATE: &str = "CREATE TABLE IF NOT EXISTS steward_database_owner (
+            singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+            service TEXT NOT NULL
+        )";
+        const CLAIM: &str = "INSERT INTO steward_database_owner (singleton, service) VALUES (1, $1)
+            ON CONFLICT (singleton) DO NOTHING";
+        const OWNER: &str = "SELECT service FROM steward_database_owner WHERE singleton = 1";
+        let found: String = match self {
+            Self::Sqlite(pool) => {
+                sqlx::query::<sqlx::Sqlite>(CREATE).execute(pool).await?;
+                sqlx::query::<sqlx::Sqlite>(CLAIM)
+                    .bind(service)
+                    .execute(pool)
+                    .await?;
+                sqlx::query_scalar::<sqlx::Sqlite, String>(OWNER)
+                    .fetch_one(pool)
+                    .await?
+            }
+            Self::Postgres(pool) => {
+                sqlx::query::<sqlx::Postgres>(CREATE).execute(pool).await?;
+                sqlx::query::<sqlx::Postgres>(CLAIM)
+                    .bind(service)
+                    .execute(pool)
+                    .await?;
+                sqlx::query_scalar::<sqlx::Postgres, String>(OWNER)
+                    .fetch_one(pool)
+                    .await?
+            }
+        };
+        if found != service {
+            return Err(DbError::WrongOwner {
+                expected: service.to_owned(),
+                found,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Version 1 of every service database: the start journal.
+const BASELINE: &MigrationFile = &MigrationFile {
+    version: 1,
+    description: "steward baseline",
+    sql: "CREATE TABLE steward_service_starts (
+        id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+        version TEXT NOT NULL,
+        started_at BIGINT NOT NULL
+    )",
+};
+
+/// SQLite spells an auto-increment key differently.
+const BASELINE_SQLITE: &MigrationFile = &MigrationFile {
+    version: 1,
+    description: "steward baseline",
+    sql: "CREATE TABLE steward_service_starts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        version TEXT NOT NULL,
+        started_at BIGINT NOT NULL
+    )",
+};
+
+fn migrator(
+    baseline: &'static MigrationFile,
+    files: &'static [MigrationFile],
+) -> Result<Migrator, DbError> {
+    if let Some(file) = files.iter().find(|f| f.version <= baseline.version) {
+        return Err(DbError::ReservedVersion(file.version));
+    }
+    Ok(Migrator::with_migrations(
+        std::iter::once(baseline)
+            .chain(files)
+            .map(|file| {
+                Migration::new(
+                    file.version,
+                    Cow::Borrowed(file.description),
+                    MigrationType::Simple,
+                    SqlStr::from_static(file.sql),
+                    false,
+                )
+            })
+            .collect(),
+    ))
+}
+
+/// A database URL with any password replaced, safe to log or return.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    const FILES: &[MigrationFile] = &[MigrationFile {
+        version: 2,
+        description: "widgets",
+        sql: "CREATE TABLE widgets (id INTEGER PRIMARY KEY)",
+    }];
+    const SET: MigrationSet = MigrationSet {
+        service: "inventory",
+        sqlite: FILES,
+        postgres: FILES,
+    };
+
+    #[test]
+    fn redacts_passwords_only() {
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("sqlite://x.db"), "sqlite://x.db");
+    }
+
+    #[tokio::test]
+    async fn sqlite_migrates_twice_and_refuses_another_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = DatabaseConfig::sqlite(&dir.path().join("nested/svc.db"));
+        let db = Database::connect(&config).await.unwrap();
+        db.migrate(&SET).await.unwrap();
+        db.migrate(&SET).await.unwrap();
+        let other = MigrationSet {
+            service: "audit",
+            ..SET
+        };
+        assert!(matches!(
+            db.migrate(&other).await,
+            Err(DbError::WrongOwner { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn rejects_unknown_url_schemes_without_echoing_passwords() {
+        let config = DatabaseConfig {
+            url: "mysql://u:hunter2@h/db".into(),
+            max_connections: 1,
+        };
+        let error = Database::connect(&config).await.unwrap_err().to_string();
+        assert!(!error.contains("hunter2"), "{error}");
+    }
+}

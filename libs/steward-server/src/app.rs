@@ -1,0 +1,265 @@
+//! Building and running one service: bind, then serve until shutdown.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use steward_db::{Database, MigrationSet};
+use steward_identity::authz::AllowlistError;
+use steward_identity::{
+    AuthorizeCallerLayer, CallerAllowlist, SpiffeId, SvidSource, TlsError, TrustDomain,
+};
+use steward_proto::steward::common::v1::identity_service_server::IdentityServiceServer;
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::config::ServiceConfig;
+use crate::whoami::WhoAmI;
+
+/// What distinguishes one service binary from another.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceSpec {
+    /// Short name: `inventory`, `authority`, `credential-broker`, `audit`.
+    pub name: &'static str,
+    pub default_port: u16,
+    pub migrations: MigrationSet,
+    /// The gRPC service names to report in health checks.
+    pub grpc_services: &'static [&'static str],
+    /// Built-in allowlist, used when the config gives none.
+    pub default_authz: &'static [(&'static str, &'static [&'static str])],
+}
+
+/// Why a service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "cannot load this service's svid: {0} (run `steward dev up` to create the dev pki, or set tls.cert, tls.key and tls.bundle)"
+    )]
+    Tls(#[from] TlsError),
+    #[error("invalid trust domain in tls.extra_trust_domains: {0}")]
+    TrustDomain(#[from] steward_identity::SpiffeIdError),
+    #[error("invalid authz rule: {0}")]
+    Authz(#[from] AllowlistError),
+    #[error("database: {0}")]
+    Database(#[from] steward_db::DbError),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    #[error("server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// A bound, migrated service, ready to serve.
+pub struct Application {
+    spec: ServiceSpec,
+    config: ServiceConfig,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    source: Arc<SvidSource>,
+    database: Database,
+    allowlist: CallerAllowlist,
+    routes: Routes,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("service", &self.spec.name)
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Loads the SVID, opens and migrates the database, binds the listener
+    /// and asks `routes` for the service's own gRPC services.
+    pub async fn build<F>(
+        spec: ServiceSpec,
+        config: ServiceConfig,
+        routes: F,
+    ) -> Result<Self, StartError>
+    where
+        F: FnOnce(&Database) -> Routes,
+    {
+        let extra = config
+            .tls
+            .extra_trust_domains
+            .iter()
+            .map(|td| TrustDomain::parse(td))
+            .collect::<Result<Vec<_>, _>>()?;
+        let source = SvidSource::load(config.tls.svid.clone(), extra)?;
+        let own = source.material().id.clone();
+        let allowlist = build_allowlist(&spec, &config, own.trust_domain().clone())?;
+
+        let database = Database::connect(&config.database).await?;
+        database.migrate(&spec.migrations).await?;
+        database.record_start(env!("CARGO_PKG_VERSION")).await?;
+
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .map_err(|e| StartError::Bind(config.listen_addr, e))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| StartError::Bind(config.listen_addr, e))?;
+        let routes = routes(&database);
+        tracing::info!(service = spec.name, spiffe_id = %own, %local_addr, backend = ?database.backend(), "service bound");
+        Ok(Self {
+            spec,
+            config,
+            listener,
+            local_addr,
+            source,
+            database,
+            allowlist,
+            routes,
+        })
+    }
+
+    /// The address actually bound (tests bind port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The SPIFFE ID this service presents.
+    pub fn spiffe_id(&self) -> SpiffeId {
+        self.source.material().id.clone()
+    }
+
+    /// The service's database pool.
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, reports
+    /// NOT_SERVING, and gives in-flight calls `shutdown_grace_secs` to end.
+    pub async fn run_until<F>(self, shutdown: F) -> Result<(), StartError>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let Self {
+            spec,
+            config,
+            listener,
+            source,
+            database,
+            allowlist,
+            routes,
+            ..
+        } = self;
+
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        set_all(&reporter, &spec, ServingStatus::Serving).await;
+        let watchdog = tokio::spawn(watch_database(database.clone(), reporter.clone(), spec));
+
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(steward_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1();
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(steward_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha();
+
+        let routes = routes
+            .add_service(health_service)
+            .add_service(IdentityServiceServer::new(WhoAmI { service: spec.name }));
+        let routes = match (reflection_v1, reflection_v1alpha) {
+            (Ok(v1), Ok(v1alpha)) => routes.add_service(v1).add_service(v1alpha),
+            (Err(error), _) | (_, Err(error)) => {
+                tracing::warn!(%error, "grpc reflection unavailable");
+                routes
+            }
+        };
+
+        let incoming = steward_identity::listener::incoming(listener, source);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let shutdown_reporter = reporter.clone();
+        let signalled = async move {
+            shutdown.await;
+            set_all(&shutdown_reporter, &spec, ServingStatus::NotServing).await;
+            let _ = stop_tx.send(true);
+        };
+        let service_name = spec.name;
+        let server = tonic::transport::Server::builder()
+            .trace_fn(move |request| {
+                tracing::info_span!("rpc", service = service_name, rpc = %request.uri().path())
+            })
+            .timeout(Duration::from_secs(config.request_timeout_secs.max(1)))
+            .layer(AuthorizeCallerLayer::new(allowlist))
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, signalled);
+
+        let grace = Duration::from_secs(config.shutdown_grace_secs);
+        let mut stop_rx = stop_rx;
+        let deadline = async move {
+            let _ = stop_rx.wait_for(|stopped| *stopped).await;
+            tokio::time::sleep(grace).await;
+        };
+        let result = tokio::select! {
+            result = server => result.map_err(StartError::from),
+            () = deadline => {
+                tracing::warn!(grace_secs = grace.as_secs(), "calls still running after the shutdown grace period; closing them");
+                Ok(())
+            }
+        };
+        watchdog.abort();
+        database.close().await;
+        tracing::info!(service = spec.name, "stopped");
+        result
+    }
+}
+
+fn build_allowlist(
+    spec: &ServiceSpec,
+    config: &ServiceConfig,
+    trust_domain: TrustDomain,
+) -> Result<CallerAllowlist, AllowlistError> {
+    let rules: BTreeMap<String, Vec<String>> = if config.authz.is_empty() {
+        let td = trust_domain.name();
+        spec.default_authz
+            .iter()
+            .map(|(rpc, callers)| {
+                let callers = callers.iter().map(|c| c.replace("{td}", td)).collect();
+                ((*rpc).to_owned(), callers)
+            })
+            .collect()
+    } else {
+        config.authz.clone()
+    };
+    CallerAllowlist::new(trust_domain, &rules)
+}
+
+async fn set_all(reporter: &HealthReporter, spec: &ServiceSpec, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    for name in spec.grpc_services {
+        reporter.set_service_status(*name, status).await;
+    }
+}
+
+/// Reports NOT_SERVING while the database does not answer.
+async fn watch_database(database: Database, reporter: HealthReporter, spec: ServiceSpec) {
+    let mut healthy = true;
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let ok = tokio::time::timeout(Duration::from_secs(3), database.ping())
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if ok != healthy {
+            healthy = ok;
+            if ok {
+                tracing::info!("database answers again");
+            } else {
+                tracing::error!("database does not answer; reporting NOT_SERVING");
+            }
+            let status = if ok {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            set_all(&reporter, &spec, status).await;
+        }
+    }
+}
