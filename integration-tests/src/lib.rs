@@ -1,1 +1,294 @@
-//! placeholder
+//! Test support for Steward's end-to-end tests and benchmarks: a CA per
+//! test, SVID files in a temporary directory, a fresh database per service
+//! (SQLite, or PostgreSQL when `STEWARD_TEST_DATABASE_URL` is set), and the
+//! real services bound to `127.0.0.1:0` over real mTLS.
+
+pub mod echo;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use steward_db::DatabaseConfig;
+use steward_identity::{ServerAuthorizer, SpiffeId, SvidPaths, SvidSource};
+use steward_pki::{CertificateAuthority, IssuedLeaf, LeafSpec};
+use steward_server::{Application, ServiceConfig};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+/// The trust domain every test PKI uses.
+pub const TRUST_DOMAIN: &str = "steward.test";
+
+/// Environment variable naming a PostgreSQL server for the suite.
+pub const DATABASE_URL_ENV: &str = "STEWARD_TEST_DATABASE_URL";
+
+/// The four services, by name.
+pub const SERVICE_NAMES: &[&str] = &["inventory", "authority", "credential-broker", "audit"];
+
+/// `spiffe://steward.test/<path>`.
+pub fn spiffe_id(path: &str) -> SpiffeId {
+    SpiffeId::parse(&format!("spiffe://{TRUST_DOMAIN}{path}")).unwrap()
+}
+
+/// A per-test CA and a directory to hold SVID files and databases.
+pub struct TestPki {
+    pub dir: TempDir,
+    pub ca: CertificateAuthority,
+    pub bundle: PathBuf,
+}
+
+impl TestPki {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::generate(TRUST_DOMAIN, time::Duration::days(1)).unwrap();
+        let bundle = dir.path().join("bundle.pem");
+        std::fs::write(&bundle, ca.cert_pem()).unwrap();
+        Self { dir, ca, bundle }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Issues a compliant SVID for `id` (with `localhost`/`127.0.0.1` SANs)
+    /// and writes `<file>.crt` / `<file>.key`.
+    pub fn svid(&self, file: &str, id: &str) -> SvidPaths {
+        let spec = LeafSpec::svid(id, time::Duration::hours(1))
+            .with_hosts(&["localhost".to_owned(), "127.0.0.1".to_owned()]);
+        self.write_leaf(file, &self.ca.issue(&spec).unwrap())
+    }
+
+    /// Writes an issued leaf as `<file>.crt` / `<file>.key`, key first, each
+    /// through a rename so a reloading server never sees half a file.
+    pub fn write_leaf(&self, file: &str, leaf: &IssuedLeaf) -> SvidPaths {
+        let cert = self.path().join(format!("{file}.crt"));
+        let key = self.path().join(format!("{file}.key"));
+        write_atomic(&key, leaf.key_pem.as_bytes());
+        write_atomic(&cert, leaf.cert_pem.as_bytes());
+        SvidPaths {
+            cert,
+            key,
+            bundle: self.bundle.clone(),
+        }
+    }
+
+    /// An SVID source for a client with SPIFFE ID `id`.
+    pub fn client(&self, file: &str, id: &str) -> Arc<SvidSource> {
+        SvidSource::load(self.svid(file, id), Vec::new()).unwrap()
+    }
+}
+
+impl Default for TestPki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn write_atomic(path: &Path, contents: &[u8]) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Which database engine a test runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TestBackend {
+    Sqlite,
+    /// The admin URL of a PostgreSQL server; each test gets its own database.
+    Postgres(String),
+}
+
+impl TestBackend {
+    /// PostgreSQL when `STEWARD_TEST_DATABASE_URL` is set, SQLite otherwise.
+    pub fn from_env() -> Self {
+        match std::env::var(DATABASE_URL_ENV) {
+            Ok(url) if !url.is_empty() => Self::Postgres(url),
+            _ => Self::Sqlite,
+        }
+    }
+
+    /// A fresh, empty database for one service of one test.
+    pub async fn fresh_database(&self, dir: &Path, name: &str) -> DatabaseConfig {
+        match self {
+            Self::Sqlite => DatabaseConfig::sqlite(&dir.join(format!("{name}.db"))),
+            Self::Postgres(admin_url) => {
+                let database = format!("steward_test_{}", uuid::Uuid::new_v4().simple());
+                let admin = sqlx::PgPool::connect(admin_url).await.unwrap();
+                sqlx::query::<sqlx::Postgres>(sqlx::AssertSqlSafe(format!(
+                    "CREATE DATABASE {database}"
+                )))
+                .execute(&admin)
+                .await
+                .unwrap();
+                admin.close().await;
+                DatabaseConfig {
+                    url: replace_database(admin_url, &database),
+                    max_connections: 8,
+                }
+            }
+        }
+    }
+}
+
+/// `postgres://u@h:p/olddb?x` → `postgres://u@h:p/<database>?x`.
+pub fn replace_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, format!("?{query}")),
+        None => (url, String::new()),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_part = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    format!("{host_part}/{database}{query}")
+}
+
+/// The config a test service runs with: port 0, the given SVID and database.
+pub fn service_config(name: &str, svid: SvidPaths, database: DatabaseConfig) -> ServiceConfig {
+    let mut config = ServiceConfig::defaults(name, 0);
+    config.listen_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.tls.svid = svid;
+    config.database = database;
+    config.shutdown_grace_secs = 2;
+    config
+}
+
+/// A running in-process service; stops when dropped.
+pub struct RunningService {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub spiffe_id: SpiffeId,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), steward_server::StartError>>>,
+}
+
+impl RunningService {
+    /// Serves a built application on the current runtime.
+    pub fn start(name: &str, app: Application) -> Self {
+        let addr = app.local_addr();
+        let spiffe_id = app.spiffe_id();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(app.run_until(async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            name: name.to_owned(),
+            addr,
+            spiffe_id,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn address(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// A channel presenting `client`'s SVID and expecting this service's ID.
+    pub async fn channel(&self, client: &Arc<SvidSource>) -> Channel {
+        steward_identity::connector::connect(
+            client.clone(),
+            &self.address(),
+            ServerAuthorizer::Exact(self.spiffe_id.clone()),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Stops the service and waits for it to finish.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for RunningService {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// All four services on one test PKI, each with its own fresh database.
+pub struct TestStack {
+    pub pki: TestPki,
+    pub backend: TestBackend,
+    pub services: BTreeMap<String, RunningService>,
+    /// The operator's SVID source (`spiffe://steward.test/operator/admin`).
+    pub operator: Arc<SvidSource>,
+}
+
+impl TestStack {
+    /// Starts inventory, authority, credential-broker and audit.
+    pub async fn start() -> Self {
+        let pki = TestPki::new();
+        let backend = TestBackend::from_env();
+        let mut services = BTreeMap::new();
+        for name in SERVICE_NAMES {
+            let config = Self::config_for(&pki, &backend, name).await;
+            let app = build_service(name, config).await.unwrap();
+            services.insert((*name).to_owned(), RunningService::start(name, app));
+        }
+        let operator = pki.client("operator", &spiffe_id("/operator/admin").to_string());
+        Self {
+            pki,
+            backend,
+            services,
+            operator,
+        }
+    }
+
+    /// A fresh config for service `name`: its SVID and its own database.
+    pub async fn config_for(pki: &TestPki, backend: &TestBackend, name: &str) -> ServiceConfig {
+        let svid = pki.svid(name, &spiffe_id(&format!("/service/{name}")).to_string());
+        let database = backend.fresh_database(pki.path(), name).await;
+        service_config(name, svid, database)
+    }
+
+    pub fn service(&self, name: &str) -> &RunningService {
+        &self.services[name]
+    }
+}
+
+/// Builds one of the four services by name.
+pub async fn build_service(
+    name: &str,
+    config: ServiceConfig,
+) -> Result<Application, steward_server::StartError> {
+    match name {
+        "inventory" => steward_inventory::build(config).await,
+        "authority" => steward_authority::build(config).await,
+        "credential-broker" => steward_credential_broker::build(config).await,
+        "audit" => steward_audit::build(config).await,
+        other => panic!("unknown service {other}"),
+    }
+}
+
+/// The workspace root (for scripts and built binaries).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// The directory holding the workspace's built binaries (`target/<profile>`),
+/// found from the running test executable (`target/<profile>/deps/…`).
+pub fn binary_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap();
+    if deps.file_name().is_some_and(|n| n == "deps") {
+        deps.parent().unwrap().to_owned()
+    } else {
+        deps.to_owned()
+    }
+}

@@ -106,11 +106,11 @@ impl Database {
                 .synchronous(SqliteSynchronous::Full)
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(10));
-            if let Some(parent) = options.get_filename().parent() {
-                if !parent.as_os_str().is_empty() {
-                    std::fs::create_dir_all(parent)
-                        .map_err(|e| DbError::Connect(sqlx::Error::Io(e)))?;
-                }
+            if let Some(parent) = options.get_filename().parent()
+                && !parent.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| DbError::Connect(sqlx::Error::Io(e)))?;
             }
             let pool = SqlitePoolOptions::new()
                 .max_connections(config.max_connections.max(1))

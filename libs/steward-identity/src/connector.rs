@@ -35,6 +35,22 @@ pub async fn connect(
         .map_err(|e| ConnectError::Transport(addr.to_owned(), error_chain(&e)))
 }
 
+/// Opens a channel with a caller-built rustls configuration. For tools and
+/// tests that need a certificate an [`SvidSource`] would refuse to load.
+pub async fn connect_with_config(
+    config: Arc<rustls::ClientConfig>,
+    addr: &str,
+) -> Result<Channel, ConnectError> {
+    let connector = tower::service_fn(move |uri: Uri| {
+        let config = config.clone();
+        async move { tls_connect(&uri, config).await }
+    });
+    endpoint(addr)?
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| ConnectError::Transport(addr.to_owned(), error_chain(&e)))
+}
+
 /// Like [`connect`], but connects on first use.
 pub fn connect_lazy(
     source: Arc<SvidSource>,
@@ -67,29 +83,34 @@ fn connector(
         let source = source.clone();
         let authorizer = authorizer.clone();
         async move {
-            let invalid =
-                |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_owned());
-            let host = uri.host().ok_or_else(|| invalid("endpoint has no host"))?;
-            let host = host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned();
-            let port = uri
-                .port_u16()
-                .ok_or_else(|| invalid("endpoint has no port"))?;
             let config = source
                 .client_config(authorizer)
                 .map_err(std::io::Error::other)?;
-            let server_name = ServerName::try_from(host.clone())
-                .map_err(|_| invalid("endpoint host is not a valid name"))?;
-            let tcp = TcpStream::connect((host.as_str(), port)).await?;
-            tcp.set_nodelay(true)?;
-            let tls = TlsConnector::from(Arc::new(config))
-                .connect(server_name, tcp)
-                .await?;
-            Ok(TokioIo::new(tls))
+            tls_connect(&uri, Arc::new(config)).await
         }
     })
+}
+
+async fn tls_connect(
+    uri: &Uri,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>, std::io::Error> {
+    let invalid =
+        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_owned());
+    let host = uri.host().ok_or_else(|| invalid("endpoint has no host"))?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = uri
+        .port_u16()
+        .ok_or_else(|| invalid("endpoint has no port"))?;
+    let server_name = ServerName::try_from(host.clone())
+        .map_err(|_| invalid("endpoint host is not a valid name"))?;
+    let tcp = TcpStream::connect((host.as_str(), port)).await?;
+    tcp.set_nodelay(true)?;
+    let tls = TlsConnector::from(config).connect(server_name, tcp).await?;
+    Ok(TokioIo::new(tls))
 }
 
 /// Flattens an error and its sources into one line, for CLI output.

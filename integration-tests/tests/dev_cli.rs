@@ -1,0 +1,168 @@
+//! `steward dev up`, `steward health` and `steward dev reset`, as a newcomer
+//! runs them: real binaries, real processes, real signals.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use steward_integration_tests::binary_dir;
+
+fn steward(dir: &Path) -> Command {
+    let binary = binary_dir().join("steward");
+    assert!(
+        binary.exists(),
+        "{} missing: run `cargo build --bins` first (make test does)",
+        binary.display()
+    );
+    let mut command = Command::new(binary);
+    command.current_dir(dir);
+    command
+}
+
+/// A base port whose next three ports are free too.
+fn free_base_port() -> u16 {
+    for _ in 0..200 {
+        let probe = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = probe.local_addr().unwrap().port();
+        drop(probe);
+        if base > 65000 {
+            continue;
+        }
+        let all_free = (0..4).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+        if all_free {
+            return base;
+        }
+    }
+    panic!("no four consecutive free ports");
+}
+
+/// Starts `steward dev up` and waits for its `ready` line; returns the
+/// process and everything it printed.
+fn dev_up(dir: &Path, base_port: u16) -> (Child, Vec<String>) {
+    let mut child = steward(dir)
+        .args(["dev", "up", "--base-port", &base_port.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        let ready = line == "ready";
+        lines.push(line);
+        if ready {
+            return (child, lines);
+        }
+    }
+    let status = child.wait().unwrap();
+    panic!(
+        "dev up exited ({status}) before ready:\n{}",
+        lines.join("\n")
+    );
+}
+
+fn children_of(pid: u32) -> Vec<i32> {
+    let output = Command::new("pgrep")
+        .args(["-P", &pid.to_string()])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+fn interrupt_and_wait(mut child: Child) -> std::process::ExitStatus {
+    kill(
+        Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        Signal::SIGINT,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dev up did not stop within 30s of SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn dev_up_serves_four_healthy_services_and_stops_cleanly_on_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base_port();
+    let (child, lines) = dev_up(dir.path(), base);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("spiffe://steward.local/service/audit")),
+        "{lines:?}"
+    );
+
+    let pki = dir.path().join(".steward/dev/pki");
+    for file in [
+        "bundle.pem",
+        "ca.key",
+        "operator.crt",
+        "operator.key",
+        "inventory.crt",
+        "audit.key",
+    ] {
+        assert!(pki.join(file).exists(), "{file} missing");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(pki.join("operator.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "keys must be 0600");
+
+    let health = steward(dir.path())
+        .args(["health", "--base-port", &base.to_string()])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&health.stdout);
+    assert!(
+        health.status.success(),
+        "{table}\n{}",
+        String::from_utf8_lossy(&health.stderr)
+    );
+    assert_eq!(table.matches("SERVING").count(), 4, "{table}");
+
+    let services = children_of(child.id());
+    assert_eq!(
+        services.len(),
+        4,
+        "expected four service processes: {services:?}"
+    );
+    let status = interrupt_and_wait(child);
+    assert!(status.success(), "dev up exited with {status}");
+    for pid in services {
+        assert!(
+            kill(Pid::from_raw(pid), None).is_err(),
+            "service process {pid} outlived dev up"
+        );
+    }
+
+    // A second run reuses the PKI; reset wipes it.
+    let ca_before = std::fs::read(pki.join("ca.crt")).unwrap();
+    let (child, _) = dev_up(dir.path(), base);
+    assert!(interrupt_and_wait(child).success());
+    assert_eq!(
+        std::fs::read(pki.join("ca.crt")).unwrap(),
+        ca_before,
+        "dev up replaced the ca"
+    );
+    let reset = steward(dir.path()).args(["dev", "reset"]).output().unwrap();
+    assert!(reset.status.success());
+    assert!(!dir.path().join(".steward/dev").exists());
+}

@@ -1,0 +1,51 @@
+//! A plain grpcio (Python) client, given only `bundle.pem`, the operator SVID
+//! and `localhost`, reaches health on all four services.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use steward_integration_tests::{SERVICE_NAMES, TestStack, workspace_root};
+
+/// The interpreter with grpcio installed: `STEWARD_TEST_PYTHON`, or the
+/// virtualenv `make test` creates under `target/pyenv`.
+fn python() -> PathBuf {
+    match std::env::var_os("STEWARD_TEST_PYTHON") {
+        Some(path) => PathBuf::from(path),
+        None => workspace_root().join("target/pyenv/bin/python"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_grpcio_client_reaches_health_on_all_four_services() {
+    let stack = TestStack::start().await;
+    let python = python();
+    assert!(
+        python.exists(),
+        "{} not found: run `make test` (it creates the venv with grpcio) or set STEWARD_TEST_PYTHON",
+        python.display()
+    );
+    let pki = stack.pki.path().to_owned();
+    let targets: Vec<String> = SERVICE_NAMES
+        .iter()
+        .map(|name| format!("localhost:{}", stack.service(name).addr.port()))
+        .collect();
+    let script = workspace_root().join("integration-tests/python/health_check.py");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(script)
+            .arg(pki.join("bundle.pem"))
+            .arg(pki.join("operator.crt"))
+            .arg(pki.join("operator.key"))
+            .args(&targets)
+            .output()
+            .unwrap()
+    });
+    let output = output.await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "grpcio client failed:\n{stdout}\n{stderr}"
+    );
+    assert_eq!(stdout.matches(" SERVING").count(), 4, "{stdout}");
+}
