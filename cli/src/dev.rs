@@ -18,6 +18,7 @@ use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use steward_pki::{CertificateAuthority, LeafSpec};
+use steward_server::shutdown::Signals;
 use tokio::process::{Child, Command};
 
 use crate::SERVICES;
@@ -46,6 +47,8 @@ pub fn reset(dir: &Path) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn up(dir: &Path, base_port: u16, log_format: &str) -> anyhow::Result<ExitCode> {
+    // Before anything else: a Ctrl-C at any point must stop the children.
+    let mut signals = Signals::install().context("cannot listen for SIGINT/SIGTERM")?;
     let dir = absolute(dir)?;
     let pki = dir.join("pki");
     ensure_pki(&pki)?;
@@ -82,7 +85,14 @@ pub async fn up(dir: &Path, base_port: u16, log_format: &str) -> anyhow::Result<
         host: "127.0.0.1".to_owned(),
         base_port,
     };
-    if let Err(error) = wait_healthy(&conn, &mut children).await {
+    let healthy = tokio::select! {
+        result = wait_healthy(&conn, &mut children) => result,
+        () = signals.recv() => {
+            stop_all(&mut children).await;
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    if let Err(error) = healthy {
         stop_all(&mut children).await;
         return Err(error);
     }
@@ -108,8 +118,15 @@ pub async fn up(dir: &Path, base_port: u16, log_format: &str) -> anyhow::Result<
     std::io::stdout().flush()?;
 
     let exited = tokio::select! {
-        () = steward_signal() => None,
-        exited = first_exit(&mut children) => Some(exited),
+        () = signals.recv() => None,
+        exited = first_exit(&mut children) => {
+            // A Ctrl-C at a terminal reaches the children too; if one stopped
+            // because of it, our own signal is a moment behind.
+            match tokio::time::timeout(Duration::from_millis(500), signals.recv()).await {
+                Ok(()) => None,
+                Err(_) => Some(exited),
+            }
+        }
     };
     stop_all(&mut children).await;
     match exited {
@@ -295,21 +312,5 @@ async fn stop_all(children: &mut [(&str, Child)]) {
                 let _ = child.kill().await;
             }
         }
-    }
-}
-
-async fn steward_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(mut interrupt), Ok(mut terminate)) => {
-            tokio::select! {
-                _ = interrupt.recv() => {}
-                _ = terminate.recv() => {}
-            }
-        }
-        _ => std::future::pending().await,
     }
 }

@@ -1,1 +1,266 @@
-fn main() {}
+//! `make bench`: the baseline figures every later target is a ratio of,
+//! measured on this machine in this run.
+//!
+//! - mTLS gRPC unary round trips through the full Steward server stack
+//!   (listener, caller authorisation, tonic) with a trivial handler, at 1
+//!   and 64 concurrent callers, with p50/p99 latency;
+//! - ECDSA P-256 and Ed25519 signatures per second on one core (ring);
+//! - SQLite durable commits per second (WAL, synchronous=FULL): one row per
+//!   transaction, 1,000 single-row INSERTs per transaction, and 100-row
+//!   multi-row INSERTs.
+//!
+//! Results are printed as a table and written to `target/bench/baseline.json`.
+
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use ring::rand::SystemRandom;
+use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, Ed25519KeyPair};
+use steward_db::{Database, DatabaseConfig};
+use steward_integration_tests::echo::start_echo;
+use steward_integration_tests::{TestPki, spiffe_id, workspace_root};
+use steward_proto::steward::testing::v1::EchoRequest;
+use steward_proto::steward::testing::v1::echo_service_client::EchoServiceClient;
+
+/// How long each throughput figure is measured for.
+const WINDOW: Duration = Duration::from_secs(3);
+
+#[derive(Debug, serde::Serialize)]
+struct Figure {
+    name: String,
+    value: f64,
+    unit: &'static str,
+    p50_us: Option<f64>,
+    p99_us: Option<f64>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut figures = Vec::new();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        figures.extend(grpc_round_trips().await?);
+        figures.extend(sqlite_commits().await?);
+        anyhow::Ok(())
+    })?;
+    figures.extend(signatures()?);
+
+    println!();
+    println!(
+        "{:<52} {:>14} {:<10} {:>10} {:>10}",
+        "baseline", "value", "unit", "p50", "p99"
+    );
+    for f in &figures {
+        let us = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0} µs"));
+        println!(
+            "{:<52} {:>14.0} {:<10} {:>10} {:>10}",
+            f.name,
+            f.value,
+            f.unit,
+            us(f.p50_us),
+            us(f.p99_us)
+        );
+    }
+    let out = workspace_root().join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(
+        out.join("baseline.json"),
+        serde_json::to_string_pretty(&figures)?,
+    )?;
+    println!("\nwritten to {}", out.join("baseline.json").display());
+    Ok(())
+}
+
+async fn grpc_round_trips() -> anyhow::Result<Vec<Figure>> {
+    let pki = TestPki::new();
+    let caller = spiffe_id("/bench/caller").to_string();
+    let server = start_echo(
+        &pki,
+        &[("/steward.testing.v1.EchoService/Echo", &[caller.as_str()])],
+    )
+    .await;
+    let client = pki.client("caller", &caller);
+    let mut figures = Vec::new();
+    for callers in [1_usize, 64] {
+        // 64 callers share 4 HTTP/2 connections, as a pooled client would.
+        let connections = callers.min(4);
+        let mut channels = Vec::new();
+        for _ in 0..connections {
+            channels.push(server.channel(&client).await);
+        }
+        // Warm up every connection.
+        for channel in &channels {
+            EchoServiceClient::new(channel.clone())
+                .echo(EchoRequest {
+                    message: "warm".into(),
+                })
+                .await?;
+        }
+        let started = Instant::now();
+        let deadline = started + WINDOW;
+        let mut tasks = Vec::new();
+        for i in 0..callers {
+            let mut stub = EchoServiceClient::new(channels[i % connections].clone());
+            tasks.push(tokio::spawn(async move {
+                let mut histogram = Histogram::<u64>::new(3)?;
+                while Instant::now() < deadline {
+                    let sent = Instant::now();
+                    stub.echo(EchoRequest {
+                        message: "ping".into(),
+                    })
+                    .await?;
+                    histogram.record(u64::try_from(sent.elapsed().as_nanos())?)?;
+                }
+                anyhow::Ok(histogram)
+            }));
+        }
+        let mut total = Histogram::<u64>::new(3)?;
+        for task in tasks {
+            total.add(task.await??)?;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        figures.push(Figure {
+            name: format!("mTLS gRPC unary, {callers} caller(s)"),
+            value: total.len() as f64 / elapsed,
+            unit: "rpc/s",
+            p50_us: Some(total.value_at_quantile(0.50) as f64 / 1000.0),
+            p99_us: Some(total.value_at_quantile(0.99) as f64 / 1000.0),
+        });
+    }
+    server.shutdown().await;
+    Ok(figures)
+}
+
+fn signatures() -> anyhow::Result<Vec<Figure>> {
+    let rng = SystemRandom::new();
+    let message = [7_u8; 64];
+
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
+        .map_err(|_| anyhow::anyhow!("p-256 keygen failed"))?;
+    let ecdsa = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
+        .map_err(|_| anyhow::anyhow!("p-256 key rejected"))?;
+    let ecdsa_rate = per_second(|| {
+        let _ = ecdsa.sign(&rng, &message);
+    });
+
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
+        .map_err(|_| anyhow::anyhow!("ed25519 keygen failed"))?;
+    let ed25519 = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
+        .map_err(|_| anyhow::anyhow!("ed25519 key rejected"))?;
+    let ed25519_rate = per_second(|| {
+        let _ = ed25519.sign(&message);
+    });
+
+    Ok(vec![
+        Figure {
+            name: "ECDSA P-256 signatures, one core".into(),
+            value: ecdsa_rate,
+            unit: "sig/s",
+            p50_us: None,
+            p99_us: None,
+        },
+        Figure {
+            name: "Ed25519 signatures, one core".into(),
+            value: ed25519_rate,
+            unit: "sig/s",
+            p50_us: None,
+            p99_us: None,
+        },
+    ])
+}
+
+/// Calls `f` repeatedly for [`WINDOW`] on this thread; returns calls/s.
+fn per_second(mut f: impl FnMut()) -> f64 {
+    let started = Instant::now();
+    let mut count = 0_u64;
+    while started.elapsed() < WINDOW {
+        for _ in 0..100 {
+            f();
+        }
+        count += 100;
+    }
+    count as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn sqlite_commits() -> anyhow::Result<Vec<Figure>> {
+    let dir = tempfile::tempdir()?;
+    let db = Database::connect(&DatabaseConfig::sqlite(&dir.path().join("bench.db"))).await?;
+    let Database::Sqlite(pool) = &db else {
+        anyhow::bail!("expected sqlite");
+    };
+    sqlx::query::<sqlx::Sqlite>("CREATE TABLE rows (id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
+        .execute(pool)
+        .await?;
+    let body = vec![0x5a_u8; 256];
+    let mut figures = Vec::new();
+
+    // One row per transaction: every commit waits for fsync.
+    let started = Instant::now();
+    let mut rows = 0_u64;
+    while started.elapsed() < WINDOW {
+        let mut tx = pool.begin().await?;
+        sqlx::query::<sqlx::Sqlite>("INSERT INTO rows (body) VALUES (?)")
+            .bind(&body)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        rows += 1;
+    }
+    figures.push(Figure {
+        name: "SQLite one-row durable transactions".into(),
+        value: rows as f64 / started.elapsed().as_secs_f64(),
+        unit: "commit/s",
+        p50_us: None,
+        p99_us: None,
+    });
+
+    // 1,000 single-row INSERTs per transaction.
+    let started = Instant::now();
+    let mut rows = 0_u64;
+    while started.elapsed() < WINDOW {
+        let mut tx = pool.begin().await?;
+        for _ in 0..1000 {
+            sqlx::query::<sqlx::Sqlite>("INSERT INTO rows (body) VALUES (?)")
+                .bind(&body)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        rows += 1000;
+    }
+    figures.push(Figure {
+        name: "SQLite batched: 1,000 INSERTs per transaction".into(),
+        value: rows as f64 / started.elapsed().as_secs_f64(),
+        unit: "row/s",
+        p50_us: None,
+        p99_us: None,
+    });
+
+    // 100-row multi-row INSERTs, 10 per transaction.
+    let placeholders = vec!["(?)"; 100].join(", ");
+    let sql = format!("INSERT INTO rows (body) VALUES {placeholders}");
+    let started = Instant::now();
+    let mut rows = 0_u64;
+    while started.elapsed() < WINDOW {
+        let mut tx = pool.begin().await?;
+        for _ in 0..10 {
+            let mut query = sqlx::query::<sqlx::Sqlite>(sqlx::AssertSqlSafe(sql.clone()));
+            for _ in 0..100 {
+                query = query.bind(&body);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        rows += 1000;
+    }
+    figures.push(Figure {
+        name: "SQLite batched: 100-row multi-row INSERTs".into(),
+        value: rows as f64 / started.elapsed().as_secs_f64(),
+        unit: "row/s",
+        p50_us: None,
+        p99_us: None,
+    });
+    db.close().await;
+    Ok(figures)
+}

@@ -99,6 +99,13 @@ where
                 return ExitCode::from(2);
             }
         };
+        let mut signals = match shutdown::Signals::install() {
+            Ok(signals) => signals,
+            Err(error) => {
+                tracing::error!(%error, "cannot install signal handlers");
+                return ExitCode::FAILURE;
+            }
+        };
         let app = match Application::build(spec, config, routes).await {
             Ok(app) => app,
             Err(error) => {
@@ -106,7 +113,7 @@ where
                 return ExitCode::FAILURE;
             }
         };
-        match app.run_until(shutdown::signal()).await {
+        match app.run_until(async move { signals.recv().await }).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 tracing::error!(%error, "server failed");
