@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use rustls_pki_types::pem::PemObject;
+use steward_evidence::NoteSigner;
+use steward_evidence::note::private_key_pem;
 use steward_pki::{CertificateAuthority, LeafSpec};
 use steward_server::shutdown::Signals;
 use tokio::process::{Child, Command};
@@ -26,6 +29,8 @@ use crate::client::ConnectionArgs;
 
 /// The dev trust domain.
 pub const TRUST_DOMAIN: &str = "steward.local";
+/// The dev audit log's origin and signing key name.
+pub const LOG_ORIGIN: &str = "steward.local/audit";
 /// The operator's SPIFFE ID in the dev PKI.
 pub const OPERATOR_ID: &str = "spiffe://steward.local/operator/admin";
 
@@ -112,6 +117,7 @@ pub async fn up(dir: &Path, base_port: u16, log_format: &str) -> anyhow::Result<
         pki.join("operator.crt").display()
     );
     println!("  operator key      {}", pki.join("operator.key").display());
+    println!("  audit log key     {} ({LOG_ORIGIN})", pki.join("audit-log.vkey").display());
     println!("  data              {}", dir.join("data").display());
     println!();
     println!("ready");
@@ -166,6 +172,8 @@ fn ensure_pki(pki: &Path) -> anyhow::Result<()> {
     };
     write_file(&pki.join("bundle.pem"), ca.cert_pem().as_bytes(), 0o644)?;
 
+    ensure_log_key(pki)?;
+
     let mut leaves: Vec<(String, String, bool)> = SERVICES
         .iter()
         .map(|(name, _)| {
@@ -194,6 +202,23 @@ fn ensure_pki(pki: &Path) -> anyhow::Result<()> {
         write_file(&cert, leaf.cert_pem.as_bytes(), 0o644)?;
         println!("issued {id} -> {}", cert.display());
     }
+    Ok(())
+}
+
+/// The audit log's checkpoint signing key, and its verifier key beside it
+/// for anyone to verify checkpoints with standard signed-note tooling.
+fn ensure_log_key(pki: &Path) -> anyhow::Result<()> {
+    let key_path = pki.join("audit-log.key");
+    if !key_path.exists() {
+        let pkcs8 = NoteSigner::generate_pkcs8()?;
+        write_file(&key_path, private_key_pem(&pkcs8).as_bytes(), 0o600)?;
+        println!("created audit log signing key {}", key_path.display());
+    }
+    let pem = std::fs::read(&key_path)?;
+    let der = rustls_pki_types::PrivateKeyDer::from_pem_slice(&pem)
+        .with_context(|| format!("{} is not a PEM private key", key_path.display()))?;
+    let signer = NoteSigner::from_pkcs8(LOG_ORIGIN, der.secret_der())?;
+    write_file(&pki.join("audit-log.vkey"), format!("{}\n", signer.verifier_key()).as_bytes(), 0o644)?;
     Ok(())
 }
 
@@ -250,6 +275,14 @@ fn write_configs(dir: &Path, base_port: u16, log_format: &str) -> anyhow::Result
             bundle = pki.join("bundle.pem"),
             db = format!("sqlite://{}", data.join(format!("{name}.db")).display()),
         );
+        let text = if *name == "audit" {
+            format!(
+                "{text}\n[log]\norigin = {LOG_ORIGIN:?}\nsigning_key = {:?}\n",
+                pki.join("audit-log.key")
+            )
+        } else {
+            text
+        };
         let path = config_dir.join(format!("{name}.toml"));
         write_file(&path, text.as_bytes(), 0o644)?;
         paths.push(path);

@@ -53,8 +53,8 @@ pub async fn start_echo(pki: &TestPki, rules: &[(&str, &[&str])]) -> RunningServ
             )
         })
         .collect::<BTreeMap<_, _>>();
-    let app = Application::build(ECHO_SPEC, config, |_| {
-        Routes::new(EchoServiceServer::new(Echo))
+    let app = Application::build(ECHO_SPEC, config, async |_| {
+        Ok(Routes::new(EchoServiceServer::new(Echo)))
     })
     .await
     .unwrap();

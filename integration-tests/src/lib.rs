@@ -45,7 +45,18 @@ impl TestPki {
         let ca = CertificateAuthority::generate(TRUST_DOMAIN, time::Duration::days(1)).unwrap();
         let bundle = dir.path().join("bundle.pem");
         std::fs::write(&bundle, ca.cert_pem()).unwrap();
+        let pkcs8 = steward_evidence::NoteSigner::generate_pkcs8().unwrap();
+        std::fs::write(
+            dir.path().join("audit-log.key"),
+            steward_evidence::note::private_key_pem(&pkcs8),
+        )
+        .unwrap();
         Self { dir, ca, bundle }
+    }
+
+    /// The audit log's signing key for this test.
+    pub fn log_key(&self) -> PathBuf {
+        self.path().join("audit-log.key")
     }
 
     pub fn path(&self) -> &Path {
@@ -268,7 +279,16 @@ pub async fn build_service(
         "inventory" => steward_inventory::build(config).await,
         "authority" => steward_authority::build(config).await,
         "credential-broker" => steward_credential_broker::build(config).await,
-        "audit" => steward_audit::build(config).await,
+        "audit" => {
+            // The signing key sits beside the service's SVID.
+            let dir = config.tls.svid.cert.parent().unwrap().to_owned();
+            let log = steward_audit::LogConfig {
+                signing_key: dir.join("audit-log.key"),
+                checkpoint_interval_ms: 200,
+                ..steward_audit::LogConfig::default()
+            };
+            steward_audit::build(steward_audit::AuditConfig { service: config, log }).await
+        }
         other => panic!("unknown service {other}"),
     }
 }

@@ -19,6 +19,33 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+/// Runs one body against whichever pool `$db` holds, with `$ty` bound to the
+/// sqlx database type. The SQL must work on both engines: `$1`-style
+/// placeholders do (SQLite numbers them in order of first appearance).
+///
+/// ```ignore
+/// on_backend!(&database, pool, Db => {
+///     sqlx::query::<Db>("SELECT 1").execute(pool).await?;
+/// })
+/// ```
+#[macro_export]
+macro_rules! on_backend {
+    ($db:expr, $pool:ident, $ty:ident => $body:expr) => {
+        match $db {
+            $crate::Database::Sqlite($pool) => {
+                #[allow(dead_code)]
+                type $ty = ::sqlx::Sqlite;
+                $body
+            }
+            $crate::Database::Postgres($pool) => {
+                #[allow(dead_code)]
+                type $ty = ::sqlx::Postgres;
+                $body
+            }
+        }
+    };
+}
+
 /// Why the database could not be opened or migrated.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {

@@ -11,6 +11,11 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/steward_descriptor.bin"));
 
 pub mod steward {
+    pub mod audit {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/steward.audit.v1.rs"));
+        }
+    }
     pub mod common {
         pub mod v1 {
             include!(concat!(env!("OUT_DIR"), "/steward.common.v1.rs"));

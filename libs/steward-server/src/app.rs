@@ -50,6 +50,41 @@ pub enum StartError {
     Bind(SocketAddr, std::io::Error),
     #[error("server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Init(String),
+}
+
+/// What a service's route builder gets: its database, its identity, and a
+/// way to run background tasks that stop with the service.
+#[derive(Debug, Clone)]
+pub struct ServiceContext {
+    pub database: Database,
+    pub spiffe_id: SpiffeId,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl ServiceContext {
+    /// Resolves once the service is shutting down (after in-flight calls
+    /// have finished or the grace period ran out).
+    pub fn shutdown(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.shutdown.clone();
+        async move {
+            let _ = rx.wait_for(|stopping| *stopping).await;
+        }
+    }
+
+    /// Runs a background task; the service waits for it when it stops.
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let handle = tokio::spawn(task);
+        self.tasks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(handle);
+    }
 }
 
 /// A bound, migrated service, ready to serve.
@@ -62,6 +97,8 @@ pub struct Application {
     database: Database,
     allowlist: CallerAllowlist,
     routes: Routes,
+    stop_tasks: tokio::sync::watch::Sender<bool>,
+    tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 impl std::fmt::Debug for Application {
@@ -82,7 +119,7 @@ impl Application {
         routes: F,
     ) -> Result<Self, StartError>
     where
-        F: FnOnce(&Database) -> Routes,
+        F: AsyncFnOnce(ServiceContext) -> Result<Routes, StartError>,
     {
         let extra = config
             .tls
@@ -104,7 +141,15 @@ impl Application {
         let local_addr = listener
             .local_addr()
             .map_err(|e| StartError::Bind(config.listen_addr, e))?;
-        let routes = routes(&database);
+        let (stop_tasks, shutdown) = tokio::sync::watch::channel(false);
+        let tasks = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let context = ServiceContext {
+            database: database.clone(),
+            spiffe_id: own.clone(),
+            shutdown,
+            tasks: tasks.clone(),
+        };
+        let routes = routes(context).await?;
         tracing::info!(service = spec.name, spiffe_id = %own, %local_addr, backend = ?database.backend(), "service bound");
         Ok(Self {
             spec,
@@ -115,6 +160,8 @@ impl Application {
             database,
             allowlist,
             routes,
+            stop_tasks,
+            tasks,
         })
     }
 
@@ -147,6 +194,8 @@ impl Application {
             database,
             allowlist,
             routes,
+            stop_tasks,
+            tasks,
             ..
         } = self;
 
@@ -206,6 +255,13 @@ impl Application {
             }
         };
         watchdog.abort();
+        let _ = stop_tasks.send(true);
+        let handles: Vec<_> = std::mem::take(&mut *tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for handle in handles {
+            if tokio::time::timeout(Duration::from_secs(10), handle).await.is_err() {
+                tracing::warn!("a background task did not stop within 10s");
+            }
+        }
         database.close().await;
         tracing::info!(service = spec.name, "stopped");
         result

@@ -83,6 +83,17 @@ impl ServiceConfig {
     }
 }
 
+/// A service's whole configuration: the shared part plus its own settings.
+pub trait Settings: Serialize + for<'de> Deserialize<'de> {
+    fn service(&self) -> &ServiceConfig;
+}
+
+impl Settings for ServiceConfig {
+    fn service(&self) -> &ServiceConfig {
+        self
+    }
+}
+
 /// Why configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

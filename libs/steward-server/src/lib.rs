@@ -15,13 +15,12 @@ pub mod config;
 pub mod shutdown;
 pub mod whoami;
 
-pub use app::{Application, ServiceSpec, StartError};
-pub use config::{ConfigError, ServiceConfig, TlsConfig};
+pub use app::{Application, ServiceContext, ServiceSpec, StartError};
+pub use config::{ConfigError, ServiceConfig, Settings, TlsConfig};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use tonic::service::Routes;
 
 /// Command-line arguments every service binary accepts.
 #[derive(Debug, Clone, Default)]
@@ -53,11 +52,13 @@ impl Args {
     }
 }
 
-/// The whole `main` of a service binary: parse arguments, load config, set
-/// up tracing, build, and serve until SIGINT/SIGTERM.
-pub fn service_main<F>(spec: ServiceSpec, routes: F) -> ExitCode
+/// The whole `main` of a service binary: parse arguments, load config
+/// (`defaults`, then the file, then `STEWARD_*`), set up tracing, build, and
+/// serve until SIGINT/SIGTERM.
+pub fn service_main<C, F>(spec: ServiceSpec, defaults: C, build: F) -> ExitCode
 where
-    F: FnOnce(&steward_db::Database) -> Routes,
+    C: Settings,
+    F: AsyncFnOnce(C) -> Result<Application, StartError>,
 {
     let binary = format!("steward-{}", spec.name);
     let args = match Args::parse(std::env::args().skip(1)) {
@@ -74,10 +75,7 @@ where
             };
         }
     };
-    let config = match config::load(
-        ServiceConfig::defaults(spec.name, spec.default_port),
-        args.config.as_deref(),
-    ) {
+    let config = match config::load(defaults, args.config.as_deref()) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("{binary}: {error}");
@@ -92,7 +90,7 @@ where
         }
     };
     runtime.block_on(async move {
-        let _telemetry = match steward_telemetry::init(spec.name, &config.telemetry) {
+        let _telemetry = match steward_telemetry::init(spec.name, &config.service().telemetry) {
             Ok(guard) => guard,
             Err(error) => {
                 eprintln!("{binary}: {error}");
@@ -106,7 +104,7 @@ where
                 return ExitCode::FAILURE;
             }
         };
-        let app = match Application::build(spec, config, routes).await {
+        let app = match build(config).await {
             Ok(app) => app,
             Err(error) => {
                 tracing::error!(%error, "cannot start");

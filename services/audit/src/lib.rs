@@ -1,43 +1,117 @@
 //! The audit service: the tamper-evident evidence log.
 //!
-//! This crate is the service's library; `main.rs` only calls
-//! [`steward_server::service_main`]. Tests build the same
-//! [`steward_server::Application`] in-process with [`build`].
+//! - [`log`]: the sequencer (group commit), the in-memory Merkle tree,
+//!   signed checkpoints, the committed-batch broadcast;
+//! - [`store`]: entries and checkpoints in SQLite or PostgreSQL;
+//! - [`server`]: the `steward.audit.v1.AuditService` gRPC adapter;
+//! - [`subscribe`]: the resumable `Subscribe` stream.
+//!
+//! The leaf encoding is specified in `docs/evidence-encoding.md`; the log's
+//! data structures and cryptography live in `steward-evidence`.
 
+pub mod config;
+pub mod log;
+pub mod server;
+pub mod store;
+pub mod subscribe;
+
+use std::time::Duration;
+
+use rustls_pki_types::PrivateKeyDer;
+use rustls_pki_types::pem::PemObject;
 use steward_db::{MigrationFile, MigrationSet};
-use steward_server::{Application, ServiceConfig, ServiceSpec, StartError};
+use steward_evidence::NoteSigner;
+use steward_proto::steward::audit::v1::audit_service_server::AuditServiceServer;
+use steward_server::{Application, ServiceConfig, ServiceContext, ServiceSpec, StartError};
 use tonic::service::Routes;
 
-/// The service's embedded migrations, per backend. Version 1 is the shared
-/// baseline from `steward-db`; this service's own start at 2.
-const SQLITE_MIGRATIONS: &[MigrationFile] = &[];
-const POSTGRES_MIGRATIONS: &[MigrationFile] = &[];
+pub use config::{AuditConfig, LogConfig};
+
+const SQLITE_MIGRATIONS: &[MigrationFile] = &[MigrationFile {
+    version: 2,
+    description: "evidence log",
+    sql: include_str!("../migrations/sqlite/0002_evidence_log.sql"),
+}];
+const POSTGRES_MIGRATIONS: &[MigrationFile] = &[MigrationFile {
+    version: 2,
+    description: "evidence log",
+    sql: include_str!("../migrations/postgres/0002_evidence_log.sql"),
+}];
+
+/// Service identities allowed to append, and readers of the evidence.
+const WRITERS: &[&str] = &[
+    "spiffe://{td}/service/inventory",
+    "spiffe://{td}/service/authority",
+    "spiffe://{td}/service/credential-broker",
+];
+const READERS: &[&str] = &["spiffe://{td}/operator/*", "spiffe://{td}/auditor/*"];
+const EVERYONE: &[&str] = &["spiffe://{td}/*"];
 
 /// What makes this binary the audit service.
 pub const SPEC: ServiceSpec = ServiceSpec {
     name: "audit",
     default_port: 50054,
-    migrations: MigrationSet {
-        service: "audit",
-        sqlite: SQLITE_MIGRATIONS,
-        postgres: POSTGRES_MIGRATIONS,
-    },
-    grpc_services: &[],
-    // RPC → callers; `{td}` is replaced by the service's trust domain.
-    default_authz: &[],
+    migrations: MigrationSet { service: "audit", sqlite: SQLITE_MIGRATIONS, postgres: POSTGRES_MIGRATIONS },
+    grpc_services: &["steward.audit.v1.AuditService"],
+    default_authz: &[
+        ("/steward.audit.v1.AuditService/Append", WRITERS),
+        ("/steward.audit.v1.AuditService/AppendBatch", WRITERS),
+        ("/steward.audit.v1.AuditService/GetCheckpoint", EVERYONE),
+        ("/steward.audit.v1.AuditService/GetVerifierKey", EVERYONE),
+        ("/steward.audit.v1.AuditService/GetInclusionProof", EVERYONE),
+        ("/steward.audit.v1.AuditService/GetConsistencyProof", EVERYONE),
+        ("/steward.audit.v1.AuditService/GetEntries", READERS),
+        ("/steward.audit.v1.AuditService/Query", READERS),
+        ("/steward.audit.v1.AuditService/Subscribe", READERS),
+    ],
 };
 
 /// This service's configuration with its defaults.
-pub fn default_config() -> ServiceConfig {
-    ServiceConfig::defaults(SPEC.name, SPEC.default_port)
+pub fn default_config() -> AuditConfig {
+    AuditConfig { service: ServiceConfig::defaults(SPEC.name, SPEC.default_port), log: LogConfig::default() }
 }
 
-/// The service's own gRPC services.
-pub fn routes(_database: &steward_db::Database) -> Routes {
-    Routes::default()
+/// Builds the service (binds, migrates, rebuilds the tree) from `config`.
+pub async fn build(config: AuditConfig) -> Result<Application, StartError> {
+    let log_config = config.log;
+    Application::build(SPEC, config.service, async move |context: ServiceContext| {
+        routes(context, log_config).await
+    })
+    .await
 }
 
-/// Builds the service (binds, migrates) from `config`.
-pub async fn build(config: ServiceConfig) -> Result<Application, StartError> {
-    Application::build(SPEC, config, routes).await
+async fn routes(context: ServiceContext, config: LogConfig) -> Result<Routes, StartError> {
+    let origin = if config.origin.is_empty() {
+        format!("{}/audit", context.spiffe_id.trust_domain())
+    } else {
+        config.origin.clone()
+    };
+    let signer = load_signer(&config, &origin)?;
+    let options = log::LogOptions {
+        origin,
+        checkpoint_interval: Duration::from_millis(config.checkpoint_interval_ms.max(10)),
+        max_batch: config.max_batch.max(1),
+    };
+    let store = store::Store::new(context.database.clone());
+    let (log, queue) = log::Log::open(store, signer, &options)
+        .await
+        .map_err(|e| StartError::Init(format!("evidence log: {e}")))?;
+    context.spawn(log.sequencer().run(queue, options.max_batch));
+    context.spawn(log.clone().run_checkpointer(options.checkpoint_interval, context.shutdown()));
+    Ok(Routes::new(AuditServiceServer::new(server::AuditServer::new(log))))
+}
+
+fn load_signer(config: &LogConfig, origin: &str) -> Result<NoteSigner, StartError> {
+    let path = &config.signing_key;
+    let key = PrivateKeyDer::from_pem_file(path).map_err(|e| {
+        StartError::Init(format!(
+            "cannot read the log signing key {}: {e} (run `steward dev up`, or set log.signing_key)",
+            path.display()
+        ))
+    })?;
+    let PrivateKeyDer::Pkcs8(pkcs8) = key else {
+        return Err(StartError::Init(format!("{} is not a PKCS#8 key", path.display())));
+    };
+    NoteSigner::from_pkcs8(origin, pkcs8.secret_pkcs8_der())
+        .map_err(|e| StartError::Init(format!("log signing key {}: {e}", path.display())))
 }

@@ -5,7 +5,7 @@
 //! [`steward_server::Application`] in-process with [`build`].
 
 use steward_db::{MigrationFile, MigrationSet};
-use steward_server::{Application, ServiceConfig, ServiceSpec, StartError};
+use steward_server::{Application, ServiceConfig, ServiceContext, ServiceSpec, StartError};
 use tonic::service::Routes;
 
 /// The service's embedded migrations, per backend. Version 1 is the shared
@@ -33,8 +33,8 @@ pub fn default_config() -> ServiceConfig {
 }
 
 /// The service's own gRPC services.
-pub fn routes(_database: &steward_db::Database) -> Routes {
-    Routes::default()
+pub async fn routes(_context: ServiceContext) -> Result<Routes, StartError> {
+    Ok(Routes::default())
 }
 
 /// Builds the service (binds, migrates) from `config`.

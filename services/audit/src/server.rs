@@ -1,0 +1,466 @@
+//! The gRPC adapter: protobuf in, validated domain types to the log, protobuf
+//! out. Every error becomes a precise status here and nowhere else.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+
+use prost_types::Timestamp;
+use steward_evidence::record::{
+    Actor, Decision, Effect, EvidenceRecord, FieldError, Outcome, OutcomeStatus, Target,
+};
+use steward_evidence::merkle::ProofError;
+use steward_identity::PeerIdentity;
+use steward_proto::steward::audit::v1 as pb;
+use steward_proto::steward::audit::v1::audit_service_server::AuditService;
+use time::OffsetDateTime;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::log::{Log, LogError, LoggedEntry, Pending};
+use crate::store::QueryFilter;
+use crate::subscribe;
+
+/// Largest AppendBatch.
+pub const MAX_BATCH: usize = 1000;
+/// Largest page for GetEntries and Query.
+pub const MAX_PAGE: u32 = 1000;
+const DEFAULT_PAGE: u32 = 100;
+
+#[derive(Debug, Clone)]
+pub struct AuditServer {
+    log: Log,
+}
+
+impl AuditServer {
+    pub fn new(log: Log) -> Self {
+        Self { log }
+    }
+}
+
+fn invalid(error: FieldError) -> Status {
+    Status::invalid_argument(error.to_string())
+}
+
+fn status(error: LogError) -> Status {
+    match error {
+        LogError::Conflict { .. } => Status::already_exists(error.to_string()),
+        LogError::Proof(ProofError::SizeBeyondTree { .. } | ProofError::IndexOutOfRange { .. }) => {
+            Status::out_of_range(error.to_string())
+        }
+        LogError::Proof(_) => Status::invalid_argument(error.to_string()),
+        LogError::Stopped => Status::unavailable("the audit log is shutting down"),
+        LogError::Storage(detail) => {
+            tracing::error!(error = %detail, "audit storage error");
+            Status::unavailable("evidence storage is unavailable; retry")
+        }
+        LogError::Corrupt(detail) => {
+            tracing::error!(error = %detail, "audit log corruption");
+            Status::data_loss(detail)
+        }
+    }
+}
+
+fn appended_by<T>(request: &Request<T>) -> Result<String, Status> {
+    PeerIdentity::of(request)
+        .map(|p| p.spiffe_id.to_string())
+        .ok_or_else(|| Status::unauthenticated("no verified peer identity"))
+}
+
+fn time_from(ts: Option<Timestamp>, field: &str) -> Result<OffsetDateTime, FieldError> {
+    let ts = ts.ok_or_else(|| FieldError { field: field.into(), reason: "is required".into() })?;
+    if !(0..1_000_000_000).contains(&ts.nanos) {
+        return Err(FieldError { field: field.into(), reason: "nanos must be in 0..1e9".into() });
+    }
+    let nanos = i128::from(ts.seconds) * 1_000_000_000 + i128::from(ts.nanos);
+    OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .map_err(|_| FieldError { field: field.into(), reason: "is out of range".into() })
+}
+
+fn timestamp(t: OffsetDateTime) -> Timestamp {
+    Timestamp { seconds: t.unix_timestamp(), nanos: i32::try_from(t.nanosecond()).unwrap_or(0) }
+}
+
+fn field(field: &str, reason: impl Into<String>) -> FieldError {
+    FieldError { field: field.into(), reason: reason.into() }
+}
+
+/// Converts and validates a wire record.
+pub fn record_from_proto(r: pb::EvidenceRecord) -> Result<EvidenceRecord, FieldError> {
+    let record_id = Uuid::parse_str(&r.record_id).map_err(|_| field("record.record_id", "is not a UUID"))?;
+    let time = time_from(r.time, "record.time")?;
+    let actor = r.actor.unwrap_or_default();
+    let decision = r.decision.unwrap_or_default();
+    let effect = match pb::Effect::try_from(decision.effect) {
+        Ok(pb::Effect::NotEvaluated) => Effect::NotEvaluated,
+        Ok(pb::Effect::Allow) => Effect::Allow,
+        Ok(pb::Effect::Deny) => Effect::Deny,
+        Ok(pb::Effect::ApprovalRequired) => Effect::ApprovalRequired,
+        Ok(pb::Effect::Unspecified) => return Err(field("record.decision.effect", "must be set")),
+        Err(_) => return Err(field("record.decision.effect", format!("unknown enum value {}", decision.effect))),
+    };
+    let outcome = r.outcome.unwrap_or_default();
+    let status = match pb::OutcomeStatus::try_from(outcome.status) {
+        Ok(pb::OutcomeStatus::Succeeded) => OutcomeStatus::Succeeded,
+        Ok(pb::OutcomeStatus::Failed) => OutcomeStatus::Failed,
+        Ok(pb::OutcomeStatus::Unspecified) => return Err(field("record.outcome.status", "must be set")),
+        Err(_) => return Err(field("record.outcome.status", format!("unknown enum value {}", outcome.status))),
+    };
+    let target = r.target.unwrap_or_default();
+    let record = EvidenceRecord {
+        record_id,
+        time,
+        actor: Actor {
+            workload_spiffe_id: actor.workload_spiffe_id,
+            human_subject: actor.human_subject,
+            human_issuer: actor.human_issuer,
+        },
+        action: r.action,
+        target: Target {
+            nhi_id: target.nhi_id,
+            nhi_kind: target.nhi_kind,
+            lease_id: target.lease_id,
+            credential_serial: target.credential_serial,
+            credential_fingerprint: target.credential_fingerprint,
+        },
+        decision: Decision {
+            policy_set_version: decision.policy_set_version,
+            effect,
+            policy_ids: decision.policy_ids,
+            approval_ids: decision.approval_ids,
+        },
+        outcome: Outcome { status, reason: outcome.reason },
+        incident_ref: r.incident_ref,
+        correlation_id: r.correlation_id,
+        emitting_service: r.emitting_service,
+        attributes: r.attributes.into_iter().collect::<BTreeMap<_, _>>(),
+    };
+    record.validate()?;
+    Ok(record)
+}
+
+/// The wire form of a domain record.
+pub fn record_to_proto(r: &EvidenceRecord) -> pb::EvidenceRecord {
+    let effect = match r.decision.effect {
+        Effect::NotEvaluated => pb::Effect::NotEvaluated,
+        Effect::Allow => pb::Effect::Allow,
+        Effect::Deny => pb::Effect::Deny,
+        Effect::ApprovalRequired => pb::Effect::ApprovalRequired,
+    };
+    let status = match r.outcome.status {
+        OutcomeStatus::Succeeded => pb::OutcomeStatus::Succeeded,
+        OutcomeStatus::Failed => pb::OutcomeStatus::Failed,
+    };
+    pb::EvidenceRecord {
+        record_id: r.record_id.hyphenated().to_string(),
+        time: Some(timestamp(r.time)),
+        actor: Some(pb::Actor {
+            workload_spiffe_id: r.actor.workload_spiffe_id.clone(),
+            human_subject: r.actor.human_subject.clone(),
+            human_issuer: r.actor.human_issuer.clone(),
+        }),
+        action: r.action.clone(),
+        target: Some(pb::Target {
+            nhi_id: r.target.nhi_id.clone(),
+            nhi_kind: r.target.nhi_kind.clone(),
+            lease_id: r.target.lease_id.clone(),
+            credential_serial: r.target.credential_serial.clone(),
+            credential_fingerprint: r.target.credential_fingerprint.clone(),
+        }),
+        decision: Some(pb::Decision {
+            policy_set_version: r.decision.policy_set_version.clone(),
+            effect: effect as i32,
+            policy_ids: r.decision.policy_ids.clone(),
+            approval_ids: r.decision.approval_ids.clone(),
+        }),
+        outcome: Some(pb::Outcome { status: status as i32, reason: r.outcome.reason.clone() }),
+        incident_ref: r.incident_ref.clone(),
+        correlation_id: r.correlation_id.clone(),
+        emitting_service: r.emitting_service.clone(),
+        attributes: r.attributes.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    }
+}
+
+pub fn entry_to_proto(e: &LoggedEntry) -> pb::LogEntry {
+    pb::LogEntry {
+        index: e.index,
+        record: Some(record_to_proto(&e.record)),
+        appended_by: e.appended_by.clone(),
+        leaf_hash: e.leaf_hash.to_vec(),
+    }
+}
+
+fn appended(a: &crate::log::Appended) -> pb::AppendResponse {
+    pb::AppendResponse { index: a.index, duplicate: a.duplicate, leaf_hash: a.leaf_hash.to_vec() }
+}
+
+fn page_size(requested: u32) -> u32 {
+    match requested {
+        0 => DEFAULT_PAGE,
+        n => n.min(MAX_PAGE),
+    }
+}
+
+fn page_token(token: &str, floor: u64) -> Result<u64, Status> {
+    if token.is_empty() {
+        return Ok(floor);
+    }
+    token
+        .parse::<u64>()
+        .ok()
+        .filter(|t| *t >= floor)
+        .ok_or_else(|| Status::invalid_argument("page_token: not a token from a previous response to this request"))
+}
+
+/// The wire filter as the store's filter.
+pub fn filter_from_proto(f: Option<pb::EntryFilter>) -> QueryFilter {
+    let f = f.unwrap_or_default();
+    QueryFilter {
+        incident_ref: f.incident_ref,
+        nhi_id: f.nhi_id,
+        actor: f.actor,
+        action: f.action,
+        correlation_id: f.correlation_id,
+        since_ns: None,
+        until_ns: None,
+    }
+}
+
+#[tonic::async_trait]
+impl AuditService for AuditServer {
+    async fn append(&self, request: Request<pb::AppendRequest>) -> Result<Response<pb::AppendResponse>, Status> {
+        let by = appended_by(&request)?;
+        let record = request
+            .into_inner()
+            .record
+            .ok_or_else(|| Status::invalid_argument("record: is required"))?;
+        let record = record_from_proto(record).map_err(invalid)?;
+        let mut results = self.log.append(vec![Pending::new(record, &by)]).await.map_err(status)?;
+        match results.pop() {
+            Some(Ok(a)) => Ok(Response::new(appended(&a))),
+            Some(Err(e)) => Err(status(e)),
+            None => Err(Status::internal("no result")),
+        }
+    }
+
+    async fn append_batch(
+        &self,
+        request: Request<pb::AppendBatchRequest>,
+    ) -> Result<Response<pb::AppendBatchResponse>, Status> {
+        let by = appended_by(&request)?;
+        let records = request.into_inner().records;
+        if records.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!("records: at most {MAX_BATCH} per batch")));
+        }
+        // Validate everything first; only valid records reach the sequencer.
+        let mut slots: Vec<Result<usize, FieldError>> = Vec::with_capacity(records.len());
+        let mut valid = Vec::new();
+        for (i, record) in records.into_iter().enumerate() {
+            match record_from_proto(record) {
+                Ok(r) => {
+                    slots.push(Ok(valid.len()));
+                    valid.push(Pending::new(r, &by));
+                }
+                Err(e) => slots.push(Err(FieldError { field: format!("records[{i}].{}", e.field.trim_start_matches("record.")), reason: e.reason })),
+            }
+        }
+        let mut outcomes = if valid.is_empty() { Vec::new() } else { self.log.append(valid).await.map_err(status)? };
+        let mut outcomes: Vec<Option<Result<crate::log::Appended, LogError>>> = outcomes.drain(..).map(Some).collect();
+        let results = slots
+            .into_iter()
+            .map(|slot| {
+                let result = match slot {
+                    Err(e) => pb::append_batch_result::Result::Error(pb::AppendError {
+                        code: tonic::Code::InvalidArgument as i32,
+                        message: e.to_string(),
+                    }),
+                    Ok(i) => match outcomes.get_mut(i).and_then(Option::take) {
+                        Some(Ok(a)) => pb::append_batch_result::Result::Appended(appended(&a)),
+                        Some(Err(e)) => {
+                            let s = status(e);
+                            pb::append_batch_result::Result::Error(pb::AppendError {
+                                code: s.code() as i32,
+                                message: s.message().to_owned(),
+                            })
+                        }
+                        None => pb::append_batch_result::Result::Error(pb::AppendError {
+                            code: tonic::Code::Internal as i32,
+                            message: "no result".into(),
+                        }),
+                    },
+                };
+                pb::AppendBatchResult { result: Some(result) }
+            })
+            .collect();
+        Ok(Response::new(pb::AppendBatchResponse { results }))
+    }
+
+    async fn get_checkpoint(
+        &self,
+        request: Request<pb::GetCheckpointRequest>,
+    ) -> Result<Response<pb::GetCheckpointResponse>, Status> {
+        let signed = match (request.into_inner().fresh, self.log.latest_checkpoint()) {
+            (false, Some(latest)) => latest,
+            _ => self.log.publish().await.map_err(status)?,
+        };
+        Ok(Response::new(pb::GetCheckpointResponse {
+            signed_note: signed.note,
+            tree_size: signed.checkpoint.tree_size,
+            root_hash: signed.checkpoint.root_hash.to_vec(),
+            origin: signed.checkpoint.origin,
+        }))
+    }
+
+    async fn get_verifier_key(
+        &self,
+        _request: Request<pb::GetVerifierKeyRequest>,
+    ) -> Result<Response<pb::GetVerifierKeyResponse>, Status> {
+        Ok(Response::new(pb::GetVerifierKeyResponse {
+            verifier_key: self.log.verifier_key(),
+            origin: self.log.origin().to_owned(),
+        }))
+    }
+
+    async fn get_inclusion_proof(
+        &self,
+        request: Request<pb::GetInclusionProofRequest>,
+    ) -> Result<Response<pb::GetInclusionProofResponse>, Status> {
+        let request = request.into_inner();
+        let tree_size = self.resolve_size(request.tree_size, "tree_size")?;
+        let index = match request.leaf {
+            Some(pb::get_inclusion_proof_request::Leaf::Index(index)) => index,
+            Some(pb::get_inclusion_proof_request::Leaf::LeafHash(hash)) => {
+                if hash.len() != 32 {
+                    return Err(Status::invalid_argument("leaf_hash: must be 32 bytes"));
+                }
+                let found = self.log.store().index_of(&hash).await.map_err(|e| status(e.into()))?;
+                found
+                    .filter(|i| *i < tree_size)
+                    .ok_or_else(|| Status::not_found(format!("leaf_hash: no such leaf in the tree of size {tree_size}")))?
+            }
+            None => return Err(Status::invalid_argument("leaf: give index or leaf_hash")),
+        };
+        let hashes = self.log.inclusion_proof(index, tree_size).map_err(status)?;
+        let leaf_hash = self.log.leaf(index).map(|h| h.to_vec()).unwrap_or_default();
+        Ok(Response::new(pb::GetInclusionProofResponse {
+            index,
+            tree_size,
+            leaf_hash,
+            hashes: hashes.iter().map(|h| h.to_vec()).collect(),
+        }))
+    }
+
+    async fn get_consistency_proof(
+        &self,
+        request: Request<pb::GetConsistencyProofRequest>,
+    ) -> Result<Response<pb::GetConsistencyProofResponse>, Status> {
+        let request = request.into_inner();
+        let second = self.resolve_size(request.second_size, "second_size")?;
+        if request.first_size == 0 {
+            return Err(Status::invalid_argument("first_size: must be at least 1"));
+        }
+        if request.first_size > second {
+            return Err(Status::invalid_argument(format!(
+                "first_size: {} is larger than second_size {second}",
+                request.first_size
+            )));
+        }
+        let hashes = self.log.consistency_proof(request.first_size, second).map_err(status)?;
+        Ok(Response::new(pb::GetConsistencyProofResponse {
+            first_size: request.first_size,
+            second_size: second,
+            hashes: hashes.iter().map(|h| h.to_vec()).collect(),
+        }))
+    }
+
+    async fn get_entries(
+        &self,
+        request: Request<pb::GetEntriesRequest>,
+    ) -> Result<Response<pb::GetEntriesResponse>, Status> {
+        let request = request.into_inner();
+        let size = self.log.size();
+        let end = if request.end_index == 0 { size } else { request.end_index };
+        if end > size {
+            return Err(Status::out_of_range(format!("end_index: {end} is beyond the tree ({size} entries)")));
+        }
+        if request.start_index > end {
+            return Err(Status::invalid_argument(format!(
+                "start_index: {} is after end_index {end}",
+                request.start_index
+            )));
+        }
+        let start = page_token(&request.page_token, request.start_index)?;
+        let limit = page_size(request.page_size);
+        let stored = self.log.store().entries(start, end, limit).await.map_err(|e| status(e.into()))?;
+        let entries = stored
+            .iter()
+            .map(|s| LoggedEntry::from_stored(s).map(|e| entry_to_proto(&e)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(status)?;
+        let next = entries.last().map_or(end, |e| e.index + 1);
+        let next_page_token = if next < end && !entries.is_empty() { next.to_string() } else { String::new() };
+        Ok(Response::new(pb::GetEntriesResponse { entries, next_page_token }))
+    }
+
+    async fn query(&self, request: Request<pb::QueryRequest>) -> Result<Response<pb::QueryResponse>, Status> {
+        let request = request.into_inner();
+        let mut filter = filter_from_proto(request.filter);
+        let ns = |t: OffsetDateTime| i64::try_from(t.unix_timestamp_nanos()).unwrap_or(i64::MAX);
+        if request.since.is_some() {
+            filter.since_ns = Some(ns(time_from(request.since, "since").map_err(invalid)?));
+        }
+        if request.until.is_some() {
+            filter.until_ns = Some(ns(time_from(request.until, "until").map_err(invalid)?));
+        }
+        if let (Some(since), Some(until)) = (filter.since_ns, filter.until_ns)
+            && since > until
+        {
+            return Err(Status::invalid_argument("since: is after until"));
+        }
+        let after = page_token(&request.page_token, 0)?;
+        let limit = page_size(request.page_size);
+        let size = self.log.size();
+        let stored = self.log.store().query(&filter, after, size, limit).await.map_err(|e| status(e.into()))?;
+        let entries = stored
+            .iter()
+            .map(|s| LoggedEntry::from_stored(s).map(|e| entry_to_proto(&e)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(status)?;
+        let next_page_token = match entries.last() {
+            Some(last) if entries.len() as u32 == limit => (last.index + 1).to_string(),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::QueryResponse { entries, next_page_token }))
+    }
+
+    type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, Status>> + Send>>;
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let request = request.into_inner();
+        let size = self.log.size();
+        if request.from_index > size {
+            return Err(Status::out_of_range(format!(
+                "from_index: {} is beyond the tree ({size} entries)",
+                request.from_index
+            )));
+        }
+        let stream = subscribe::stream(self.log.clone(), request.from_index, filter_from_proto(request.filter));
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+impl AuditServer {
+    fn resolve_size(&self, requested: u64, name: &str) -> Result<u64, Status> {
+        let size = self.log.size();
+        if requested == 0 {
+            return Ok(self.log.latest_checkpoint().map_or(size, |c| c.checkpoint.tree_size));
+        }
+        if requested > size {
+            return Err(Status::out_of_range(format!("{name}: {requested} is beyond the tree ({size} entries)")));
+        }
+        Ok(requested)
+    }
+}

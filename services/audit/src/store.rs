@@ -1,0 +1,257 @@
+//! The audit database: entries and checkpoints, the same SQL on SQLite and
+//! PostgreSQL. Only the sequencer writes entries.
+
+use steward_db::{Database, on_backend};
+use steward_evidence::Hash;
+
+/// Rows per multi-row INSERT (11 parameters each, well under SQLite's limit).
+const INSERT_CHUNK: usize = 200;
+/// Record ids per dedup lookup.
+const LOOKUP_CHUNK: usize = 500;
+
+/// A leaf about to be stored.
+#[derive(Debug, Clone)]
+pub struct NewEntry {
+    pub index: u64,
+    pub record_id: String,
+    pub leaf: String,
+    pub leaf_hash: Hash,
+    pub time_ns: i64,
+    pub incident_ref: String,
+    pub nhi_id: String,
+    pub workload: String,
+    pub human_subject: String,
+    pub action: String,
+    pub correlation_id: String,
+}
+
+/// A stored leaf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEntry {
+    pub index: u64,
+    pub leaf: String,
+    pub leaf_hash: Vec<u8>,
+}
+
+/// What Query filters on; empty strings match anything.
+#[derive(Debug, Clone, Default)]
+pub struct QueryFilter {
+    pub incident_ref: String,
+    pub nhi_id: String,
+    pub actor: String,
+    pub action: String,
+    pub correlation_id: String,
+    pub since_ns: Option<i64>,
+    pub until_ns: Option<i64>,
+}
+
+/// A signed checkpoint as stored.
+#[derive(Debug, Clone)]
+pub struct StoredCheckpoint {
+    pub tree_size: u64,
+    pub root_hash: Vec<u8>,
+    pub note: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: Database,
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+impl Store {
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+
+    /// Every leaf hash in index order, for rebuilding the tree at start-up.
+    pub async fn leaf_hashes(&self) -> Result<Vec<Hash>, sqlx::Error> {
+        const SQL: &str = "SELECT idx, leaf_hash FROM entries ORDER BY idx";
+        let rows: Vec<(i64, Vec<u8>)> = on_backend!(&self.db, pool, Db => {
+            sqlx::query_as::<Db, (i64, Vec<u8>)>(SQL).fetch_all(pool).await?
+        });
+        let mut hashes = Vec::with_capacity(rows.len());
+        for (expected, (idx, hash)) in rows.into_iter().enumerate() {
+            if to_u64(idx) != expected as u64 {
+                return Err(sqlx::Error::Protocol(format!(
+                    "entries are not contiguous: index {idx} where {expected} was expected"
+                )));
+            }
+            let hash: Hash = hash
+                .try_into()
+                .map_err(|_| sqlx::Error::Protocol(format!("leaf hash of entry {idx} is not 32 bytes")))?;
+            hashes.push(hash);
+        }
+        Ok(hashes)
+    }
+
+    /// `(record_id, index, leaf_hash)` of the given record ids already logged.
+    pub async fn existing(&self, record_ids: &[String]) -> Result<Vec<(String, u64, Vec<u8>)>, sqlx::Error> {
+        let mut found = Vec::new();
+        for chunk in record_ids.chunks(LOOKUP_CHUNK) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT record_id, idx, leaf_hash FROM entries WHERE record_id IN ({})",
+                placeholders.join(", ")
+            );
+            let rows: Vec<(String, i64, Vec<u8>)> = on_backend!(&self.db, pool, Db => {
+                let mut query = sqlx::query_as::<Db, (String, i64, Vec<u8>)>(sqlx::AssertSqlSafe(sql));
+                for id in chunk {
+                    query = query.bind(id);
+                }
+                query.fetch_all(pool).await?
+            });
+            found.extend(rows.into_iter().map(|(id, idx, hash)| (id, to_u64(idx), hash)));
+        }
+        Ok(found)
+    }
+
+    /// Inserts entries in one transaction: all or nothing, durable on return.
+    pub async fn insert(&self, entries: &[NewEntry]) -> Result<(), sqlx::Error> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        on_backend!(&self.db, pool, Db => {
+            let mut tx = pool.begin().await?;
+            for chunk in entries.chunks(INSERT_CHUNK) {
+                let sql = insert_sql(chunk.len());
+                let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
+                for e in chunk {
+                    query = query
+                        .bind(to_i64(e.index))
+                        .bind(&e.record_id)
+                        .bind(&e.leaf)
+                        .bind(e.leaf_hash.to_vec())
+                        .bind(e.time_ns)
+                        .bind(&e.incident_ref)
+                        .bind(&e.nhi_id)
+                        .bind(&e.workload)
+                        .bind(&e.human_subject)
+                        .bind(&e.action)
+                        .bind(&e.correlation_id);
+                }
+                query.execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Entries with `start <= index < end`, at most `limit`.
+    pub async fn entries(&self, start: u64, end: u64, limit: u32) -> Result<Vec<StoredEntry>, sqlx::Error> {
+        const SQL: &str =
+            "SELECT idx, leaf, leaf_hash FROM entries WHERE idx >= $1 AND idx < $2 ORDER BY idx LIMIT $3";
+        let rows: Vec<(i64, String, Vec<u8>)> = on_backend!(&self.db, pool, Db => {
+            sqlx::query_as::<Db, (i64, String, Vec<u8>)>(SQL)
+                .bind(to_i64(start))
+                .bind(to_i64(end))
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|(idx, leaf, leaf_hash)| StoredEntry { index: to_u64(idx), leaf, leaf_hash })
+            .collect())
+    }
+
+    /// Entries matching `filter` with index in `[after, below)`, oldest first.
+    pub async fn query(
+        &self,
+        filter: &QueryFilter,
+        after: u64,
+        below: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredEntry>, sqlx::Error> {
+        const SQL: &str = "SELECT idx, leaf, leaf_hash FROM entries
+            WHERE idx >= $1 AND idx < $2
+              AND ($3 = '' OR incident_ref = $3)
+              AND ($4 = '' OR nhi_id = $4)
+              AND ($5 = '' OR workload = $5 OR human_subject = $5)
+              AND ($6 = '' OR action = $6)
+              AND ($7 = '' OR correlation_id = $7)
+              AND time_ns >= $8 AND time_ns <= $9
+            ORDER BY idx LIMIT $10";
+        let rows: Vec<(i64, String, Vec<u8>)> = on_backend!(&self.db, pool, Db => {
+            sqlx::query_as::<Db, (i64, String, Vec<u8>)>(SQL)
+                .bind(to_i64(after))
+                .bind(to_i64(below))
+                .bind(&filter.incident_ref)
+                .bind(&filter.nhi_id)
+                .bind(&filter.actor)
+                .bind(&filter.action)
+                .bind(&filter.correlation_id)
+                .bind(filter.since_ns.unwrap_or(i64::MIN))
+                .bind(filter.until_ns.unwrap_or(i64::MAX))
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|(idx, leaf, leaf_hash)| StoredEntry { index: to_u64(idx), leaf, leaf_hash })
+            .collect())
+    }
+
+    /// The index of the first entry with this leaf hash.
+    pub async fn index_of(&self, leaf_hash: &[u8]) -> Result<Option<u64>, sqlx::Error> {
+        const SQL: &str = "SELECT MIN(idx) FROM entries WHERE leaf_hash = $1";
+        let idx: Option<i64> = on_backend!(&self.db, pool, Db => {
+            sqlx::query_scalar::<Db, Option<i64>>(SQL).bind(leaf_hash.to_vec()).fetch_one(pool).await?
+        });
+        Ok(idx.map(to_u64))
+    }
+
+    pub async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, sqlx::Error> {
+        const SQL: &str =
+            "SELECT tree_size, root_hash, note FROM checkpoints ORDER BY tree_size DESC LIMIT 1";
+        let row: Option<(i64, Vec<u8>, String)> = on_backend!(&self.db, pool, Db => {
+            sqlx::query_as::<Db, (i64, Vec<u8>, String)>(SQL).fetch_optional(pool).await?
+        });
+        Ok(row.map(|(size, root_hash, note)| StoredCheckpoint { tree_size: to_u64(size), root_hash, note }))
+    }
+
+    /// Records a published checkpoint (a checkpoint for a size already
+    /// stored is left as it was).
+    pub async fn insert_checkpoint(&self, checkpoint: &StoredCheckpoint, created_at_ns: i64) -> Result<(), sqlx::Error> {
+        const SQL: &str = "INSERT INTO checkpoints (tree_size, root_hash, note, created_at_ns)
+            VALUES ($1, $2, $3, $4) ON CONFLICT (tree_size) DO NOTHING";
+        on_backend!(&self.db, pool, Db => {
+            sqlx::query::<Db>(SQL)
+                .bind(to_i64(checkpoint.tree_size))
+                .bind(&checkpoint.root_hash)
+                .bind(&checkpoint.note)
+                .bind(created_at_ns)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+}
+
+fn insert_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO entries (idx, record_id, leaf, leaf_hash, time_ns, incident_ref, nhi_id, workload, human_subject, action, correlation_id) VALUES ",
+    );
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for col in 0..11 {
+            if col > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${}", row * 11 + col + 1));
+        }
+        sql.push(')');
+    }
+    sql
+}
