@@ -117,7 +117,10 @@ pub async fn up(dir: &Path, base_port: u16, log_format: &str) -> anyhow::Result<
         pki.join("operator.crt").display()
     );
     println!("  operator key      {}", pki.join("operator.key").display());
-    println!("  audit log key     {} ({LOG_ORIGIN})", pki.join("audit-log.vkey").display());
+    println!(
+        "  audit log key     {} ({LOG_ORIGIN})",
+        pki.join("audit-log.vkey").display()
+    );
     println!("  data              {}", dir.join("data").display());
     println!();
     println!("ready");
@@ -218,7 +221,11 @@ fn ensure_log_key(pki: &Path) -> anyhow::Result<()> {
     let der = rustls_pki_types::PrivateKeyDer::from_pem_slice(&pem)
         .with_context(|| format!("{} is not a PEM private key", key_path.display()))?;
     let signer = NoteSigner::from_pkcs8(LOG_ORIGIN, der.secret_der())?;
-    write_file(&pki.join("audit-log.vkey"), format!("{}\n", signer.verifier_key()).as_bytes(), 0o644)?;
+    write_file(
+        &pki.join("audit-log.vkey"),
+        format!("{}\n", signer.verifier_key()).as_bytes(),
+        0o644,
+    )?;
     Ok(())
 }
 

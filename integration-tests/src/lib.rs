@@ -4,6 +4,7 @@
 //! real services bound to `127.0.0.1:0` over real mTLS.
 
 pub mod echo;
+pub mod evidence;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -234,6 +235,7 @@ pub struct TestStack {
     pub pki: TestPki,
     pub backend: TestBackend,
     pub services: BTreeMap<String, RunningService>,
+    pub configs: BTreeMap<String, ServiceConfig>,
     /// The operator's SVID source (`spiffe://steward.test/operator/admin`).
     pub operator: Arc<SvidSource>,
 }
@@ -241,21 +243,60 @@ pub struct TestStack {
 impl TestStack {
     /// Starts inventory, authority, credential-broker and audit.
     pub async fn start() -> Self {
+        Self::start_with_log(|_| {}).await
+    }
+
+    /// Starts the four services with the audit log's settings adjusted.
+    pub async fn start_with_log(adjust: impl FnOnce(&mut steward_audit::LogConfig)) -> Self {
         let pki = TestPki::new();
         let backend = TestBackend::from_env();
+        let mut log = test_log_config(pki.path());
+        adjust(&mut log);
         let mut services = BTreeMap::new();
+        let mut configs = BTreeMap::new();
         for name in SERVICE_NAMES {
             let config = Self::config_for(&pki, &backend, name).await;
-            let app = build_service(name, config).await.unwrap();
+            let app = if *name == "audit" {
+                steward_audit::build(steward_audit::AuditConfig {
+                    service: config.clone(),
+                    log: log.clone(),
+                })
+                .await
+                .unwrap()
+            } else {
+                build_service(name, config.clone()).await.unwrap()
+            };
             services.insert((*name).to_owned(), RunningService::start(name, app));
+            configs.insert((*name).to_owned(), config);
         }
         let operator = pki.client("operator", &spiffe_id("/operator/admin").to_string());
         Self {
             pki,
             backend,
             services,
+            configs,
             operator,
         }
+    }
+
+    /// Stops a service and waits until it has finished.
+    pub async fn stop(&mut self, name: &str) {
+        if let Some(service) = self.services.remove(name) {
+            service.shutdown().await;
+        }
+    }
+
+    /// Stops a service and starts it again on the same port and database;
+    /// returns the config it runs with.
+    pub async fn restart(&mut self, name: &str) -> ServiceConfig {
+        let addr = self.services[name].addr;
+        self.stop(name).await;
+        let mut config = self.configs[name].clone();
+        config.listen_addr = addr;
+        let app = build_service(name, config.clone()).await.unwrap();
+        self.services
+            .insert(name.to_owned(), RunningService::start(name, app));
+        config
     }
 
     /// A fresh config for service `name`: its SVID and its own database.
@@ -281,16 +322,34 @@ pub async fn build_service(
         "credential-broker" => steward_credential_broker::build(config).await,
         "audit" => {
             // The signing key sits beside the service's SVID.
-            let dir = config.tls.svid.cert.parent().unwrap().to_owned();
-            let log = steward_audit::LogConfig {
-                signing_key: dir.join("audit-log.key"),
-                checkpoint_interval_ms: 200,
-                ..steward_audit::LogConfig::default()
-            };
-            steward_audit::build(steward_audit::AuditConfig { service: config, log }).await
+            let log = test_log_config(config.tls.svid.cert.parent().unwrap());
+            steward_audit::build(steward_audit::AuditConfig {
+                service: config,
+                log,
+            })
+            .await
         }
         other => panic!("unknown service {other}"),
     }
+}
+
+/// The audit log settings tests use: the per-test signing key, fast checkpoints.
+pub fn test_log_config(pki_dir: &Path) -> steward_audit::LogConfig {
+    steward_audit::LogConfig {
+        signing_key: pki_dir.join("audit-log.key"),
+        checkpoint_interval_ms: 200,
+        ..steward_audit::LogConfig::default()
+    }
+}
+
+/// Runs one statement directly against a service's database, as an
+/// attacker or a careless operator with database access would.
+pub async fn execute_sql(database: &DatabaseConfig, sql: &'static str) {
+    let db = steward_db::Database::connect(database).await.unwrap();
+    steward_db::on_backend!(&db, pool, Db => {
+        sqlx::query::<Db>(sql).execute(pool).await.unwrap();
+    });
+    db.close().await;
 }
 
 /// The workspace root (for scripts and built binaries).

@@ -86,13 +86,20 @@ impl MerkleTree {
 
     /// The leaf hash at `index`, if present.
     pub fn leaf(&self, index: u64) -> Option<Hash> {
-        self.levels.first()?.get(usize::try_from(index).ok()?).copied()
+        self.levels
+            .first()?
+            .get(usize::try_from(index).ok()?)
+            .copied()
     }
 
     /// The root of the tree's first `size` leaves (the tree head at `size`).
     pub fn root(&self, size: u64) -> Result<Hash, ProofError> {
         self.check_size(size)?;
-        Ok(if size == 0 { empty_root() } else { self.subtree(0, size) })
+        Ok(if size == 0 {
+            empty_root()
+        } else {
+            self.subtree(0, size)
+        })
     }
 
     /// The audit path for leaf `index` in the tree of `tree_size` leaves.
@@ -124,7 +131,10 @@ impl MerkleTree {
 
     fn check_size(&self, requested: u64) -> Result<(), ProofError> {
         if requested > self.size() {
-            return Err(ProofError::SizeBeyondTree { requested, size: self.size() });
+            return Err(ProofError::SizeBeyondTree {
+                requested,
+                size: self.size(),
+            });
         }
         Ok(())
     }
@@ -139,7 +149,10 @@ impl MerkleTree {
             return self.levels[level][(start >> level) as usize];
         }
         let k = largest_power_of_two_below(n);
-        node_hash(&self.subtree(start, start + k), &self.subtree(start + k, end))
+        node_hash(
+            &self.subtree(start, start + k),
+            &self.subtree(start + k, end),
+        )
     }
 
     /// RFC 9162 PATH(m, D[start:end]), deepest hash first.
@@ -194,7 +207,13 @@ pub fn root_of(leaves: &[Hash]) -> Hash {
 
 /// RFC 9162 §2.1.3.2: whether `proof` shows `leaf` at `index` in the tree
 /// of `tree_size` leaves with root `root`.
-pub fn verify_inclusion(index: u64, tree_size: u64, leaf: &Hash, proof: &[Hash], root: &Hash) -> bool {
+pub fn verify_inclusion(
+    index: u64,
+    tree_size: u64,
+    leaf: &Hash,
+    proof: &[Hash],
+    root: &Hash,
+) -> bool {
     if index >= tree_size {
         return false;
     }
@@ -321,9 +340,18 @@ mod tests {
     fn sizes_beyond_the_tree_and_reversed_ranges_are_refused() {
         let t = tree(5);
         assert!(matches!(t.root(6), Err(ProofError::SizeBeyondTree { .. })));
-        assert!(matches!(t.inclusion_proof(5, 5), Err(ProofError::IndexOutOfRange { .. })));
-        assert!(matches!(t.consistency_proof(4, 3), Err(ProofError::ReversedSizes { .. })));
-        assert!(matches!(t.consistency_proof(0, 3), Err(ProofError::EmptyFirstTree)));
+        assert!(matches!(
+            t.inclusion_proof(5, 5),
+            Err(ProofError::IndexOutOfRange { .. })
+        ));
+        assert!(matches!(
+            t.consistency_proof(4, 3),
+            Err(ProofError::ReversedSizes { .. })
+        ));
+        assert!(matches!(
+            t.consistency_proof(0, 3),
+            Err(ProofError::EmptyFirstTree)
+        ));
         assert!(t.consistency_proof(3, 3).unwrap().is_empty());
     }
 
@@ -336,17 +364,26 @@ mod tests {
             assert_eq!(root, reference_root(&all[..n as usize]), "root at {n}");
             for m in 0..n {
                 let proof = t.inclusion_proof(m, n).unwrap();
-                assert!(verify_inclusion(m, n, &all[m as usize], &proof, &root), "inclusion {m} in {n}");
+                assert!(
+                    verify_inclusion(m, n, &all[m as usize], &proof, &root),
+                    "inclusion {m} in {n}"
+                );
                 let wrong = leaf_hash(b"not in the tree");
                 assert!(!verify_inclusion(m, n, &wrong, &proof, &root));
                 if n > 1 {
-                    assert!(!verify_inclusion((m + 1) % n, n, &all[m as usize], &proof, &root) || (m + 1) % n == m);
+                    assert!(
+                        !verify_inclusion((m + 1) % n, n, &all[m as usize], &proof, &root)
+                            || (m + 1) % n == m
+                    );
                 }
             }
             for m in 1..=n {
                 let proof = t.consistency_proof(m, n).unwrap();
                 let first = t.root(m).unwrap();
-                assert!(verify_consistency(m, n, &first, &root, &proof), "consistency {m}->{n}");
+                assert!(
+                    verify_consistency(m, n, &first, &root, &proof),
+                    "consistency {m}->{n}"
+                );
                 if m < n {
                     let forged = leaf_hash(b"forged");
                     assert!(!verify_consistency(m, n, &forged, &root, &proof));

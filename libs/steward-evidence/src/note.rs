@@ -25,7 +25,9 @@ const SIG_PREFIX: &str = "\u{2014} ";
 /// Why a key, note or checkpoint is unusable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NoteError {
-    #[error("invalid key name {0:?}: it must be non-empty and free of spaces, plus signs and newlines")]
+    #[error(
+        "invalid key name {0:?}: it must be non-empty and free of spaces, plus signs and newlines"
+    )]
     BadName(String),
     #[error("invalid ed25519 private key (expected PKCS#8)")]
     BadPrivateKey,
@@ -65,7 +67,9 @@ pub struct NoteSigner {
 
 impl std::fmt::Debug for NoteSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NoteSigner").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("NoteSigner")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -73,9 +77,14 @@ impl NoteSigner {
     /// A signer from a PKCS#8 (v1 or v2) Ed25519 private key.
     pub fn from_pkcs8(name: &str, pkcs8: &[u8]) -> Result<Self, NoteError> {
         check_name(name)?;
-        let key = Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8).map_err(|_| NoteError::BadPrivateKey)?;
+        let key = Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8)
+            .map_err(|_| NoteError::BadPrivateKey)?;
         let id = key_id(name, key.public_key().as_ref());
-        Ok(Self { name: name.to_owned(), key, id })
+        Ok(Self {
+            name: name.to_owned(),
+            key,
+            id,
+        })
     }
 
     /// A fresh PKCS#8 v2 Ed25519 private key.
@@ -105,7 +114,11 @@ impl NoteSigner {
         let signature = self.key.sign(text.as_bytes());
         let mut blob = self.id.to_vec();
         blob.extend_from_slice(signature.as_ref());
-        Ok(format!("{text}\n{SIG_PREFIX}{} {}\n", self.name, B64.encode(blob)))
+        Ok(format!(
+            "{text}\n{SIG_PREFIX}{} {}\n",
+            self.name,
+            B64.encode(blob)
+        ))
     }
 }
 
@@ -123,12 +136,16 @@ impl NoteVerifier {
     pub fn parse(vkey: &str) -> Result<Self, NoteError> {
         let vkey = vkey.trim();
         let mut parts = vkey.splitn(3, '+');
-        let (Some(name), Some(id_hex), Some(key_b64)) = (parts.next(), parts.next(), parts.next()) else {
+        let (Some(name), Some(id_hex), Some(key_b64)) = (parts.next(), parts.next(), parts.next())
+        else {
             return Err(NoteError::BadVerifierKey("expected name+keyid+key"));
         };
         check_name(name).map_err(|_| NoteError::BadVerifierKey("bad name"))?;
-        let id = parse_hex4(id_hex).ok_or(NoteError::BadVerifierKey("key id is not 8 hex digits"))?;
-        let key = B64.decode(key_b64).map_err(|_| NoteError::BadVerifierKey("key is not base64"))?;
+        let id =
+            parse_hex4(id_hex).ok_or(NoteError::BadVerifierKey("key id is not 8 hex digits"))?;
+        let key = B64
+            .decode(key_b64)
+            .map_err(|_| NoteError::BadVerifierKey("key is not base64"))?;
         let Some((&ALG_ED25519, public_key)) = key.split_first() else {
             return Err(NoteError::BadVerifierKey("not an ed25519 key"));
         };
@@ -138,7 +155,11 @@ impl NoteVerifier {
         if key_id(name, public_key) != id {
             return Err(NoteError::BadVerifierKey("key id does not match the key"));
         }
-        Ok(Self { name: name.to_owned(), id, public_key: public_key.to_vec() })
+        Ok(Self {
+            name: name.to_owned(),
+            id,
+            public_key: public_key.to_vec(),
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -148,15 +169,23 @@ impl NoteVerifier {
     /// Checks that `note` carries a valid signature by this key and returns
     /// the signed text.
     pub fn verify<'n>(&self, note: &'n str) -> Result<&'n str, NoteError> {
-        let split = note.rfind("\n\n").ok_or(NoteError::Malformed("no blank line before signatures"))?;
+        let split = note
+            .rfind("\n\n")
+            .ok_or(NoteError::Malformed("no blank line before signatures"))?;
         let (text, sigs) = (&note[..split + 1], &note[split + 2..]);
         if !sigs.ends_with('\n') {
-            return Err(NoteError::Malformed("signature block must end with a newline"));
+            return Err(NoteError::Malformed(
+                "signature block must end with a newline",
+            ));
         }
         let key = UnparsedPublicKey::new(&ED25519, &self.public_key);
         for line in sigs.lines() {
-            let rest = line.strip_prefix(SIG_PREFIX).ok_or(NoteError::Malformed("signature line lacks the em dash"))?;
-            let (name, blob) = rest.split_once(' ').ok_or(NoteError::Malformed("signature line lacks a name"))?;
+            let rest = line
+                .strip_prefix(SIG_PREFIX)
+                .ok_or(NoteError::Malformed("signature line lacks the em dash"))?;
+            let (name, blob) = rest
+                .split_once(' ')
+                .ok_or(NoteError::Malformed("signature line lacks a name"))?;
             if name != self.name {
                 continue;
             }
@@ -183,25 +212,48 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// The note text: origin, decimal size, base64 root, each on its line.
     pub fn to_text(&self) -> String {
-        format!("{}\n{}\n{}\n", self.origin, self.tree_size, B64.encode(self.root_hash))
+        format!(
+            "{}\n{}\n{}\n",
+            self.origin,
+            self.tree_size,
+            B64.encode(self.root_hash)
+        )
     }
 
     /// Parses checkpoint text (extension lines are allowed and ignored).
     pub fn parse(text: &str) -> Result<Self, NoteError> {
         let mut lines = text.split('\n');
-        let origin = lines.next().filter(|o| !o.is_empty()).ok_or(NoteError::BadCheckpoint("missing origin"))?;
-        let size = lines.next().ok_or(NoteError::BadCheckpoint("missing tree size"))?;
-        if size.is_empty() || (size.len() > 1 && size.starts_with('0')) || !size.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(NoteError::BadCheckpoint("tree size is not a canonical decimal"));
+        let origin = lines
+            .next()
+            .filter(|o| !o.is_empty())
+            .ok_or(NoteError::BadCheckpoint("missing origin"))?;
+        let size = lines
+            .next()
+            .ok_or(NoteError::BadCheckpoint("missing tree size"))?;
+        if size.is_empty()
+            || (size.len() > 1 && size.starts_with('0'))
+            || !size.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err(NoteError::BadCheckpoint(
+                "tree size is not a canonical decimal",
+            ));
         }
-        let tree_size = size.parse().map_err(|_| NoteError::BadCheckpoint("tree size overflows"))?;
-        let root = lines.next().ok_or(NoteError::BadCheckpoint("missing root hash"))?;
+        let tree_size = size
+            .parse()
+            .map_err(|_| NoteError::BadCheckpoint("tree size overflows"))?;
+        let root = lines
+            .next()
+            .ok_or(NoteError::BadCheckpoint("missing root hash"))?;
         let root_hash: Hash = B64
             .decode(root)
             .ok()
             .and_then(|r| r.try_into().ok())
             .ok_or(NoteError::BadCheckpoint("root hash is not 32 base64 bytes"))?;
-        Ok(Self { origin: origin.to_owned(), tree_size, root_hash })
+        Ok(Self {
+            origin: origin.to_owned(),
+            tree_size,
+            root_hash,
+        })
     }
 }
 
@@ -237,13 +289,18 @@ mod tests {
     use super::*;
 
     fn signer() -> NoteSigner {
-        NoteSigner::from_pkcs8("steward.test/audit", &NoteSigner::generate_pkcs8().unwrap()).unwrap()
+        NoteSigner::from_pkcs8("steward.test/audit", &NoteSigner::generate_pkcs8().unwrap())
+            .unwrap()
     }
 
     #[test]
     fn a_signed_checkpoint_verifies_with_the_published_key_and_round_trips() {
         let s = signer();
-        let checkpoint = Checkpoint { origin: "steward.test/audit".into(), tree_size: 42, root_hash: [7; 32] };
+        let checkpoint = Checkpoint {
+            origin: "steward.test/audit".into(),
+            tree_size: 42,
+            root_hash: [7; 32],
+        };
         let note = s.sign(&checkpoint.to_text()).unwrap();
         assert!(note.contains("\n\n\u{2014} steward.test/audit "));
         let verifier = NoteVerifier::parse(&s.verifier_key()).unwrap();
@@ -254,7 +311,9 @@ mod tests {
     #[test]
     fn tampered_notes_and_foreign_keys_are_refused() {
         let s = signer();
-        let note = s.sign("steward.test/audit\n1\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n").unwrap();
+        let note = s
+            .sign("steward.test/audit\n1\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n")
+            .unwrap();
         let verifier = NoteVerifier::parse(&s.verifier_key()).unwrap();
         let tampered = note.replacen("\n1\n", "\n2\n", 1);
         assert!(verifier.verify(&tampered).is_err());

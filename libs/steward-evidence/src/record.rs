@@ -34,7 +34,10 @@ pub struct FieldError {
 }
 
 fn bad(field: impl Into<String>, reason: impl Into<String>) -> FieldError {
-    FieldError { field: field.into(), reason: reason.into() }
+    FieldError {
+        field: field.into(),
+        reason: reason.into(),
+    }
 }
 
 /// The policy decision's effect.
@@ -58,9 +61,14 @@ impl Effect {
     }
 
     pub fn parse(name: &str) -> Option<Self> {
-        [Self::NotEvaluated, Self::Allow, Self::Deny, Self::ApprovalRequired]
-            .into_iter()
-            .find(|e| e.as_str() == name)
+        [
+            Self::NotEvaluated,
+            Self::Allow,
+            Self::Deny,
+            Self::ApprovalRequired,
+        ]
+        .into_iter()
+        .find(|e| e.as_str() == name)
     }
 }
 
@@ -80,7 +88,9 @@ impl OutcomeStatus {
     }
 
     pub fn parse(name: &str) -> Option<Self> {
-        [Self::Succeeded, Self::Failed].into_iter().find(|s| s.as_str() == name)
+        [Self::Succeeded, Self::Failed]
+            .into_iter()
+            .find(|s| s.as_str() == name)
     }
 }
 
@@ -143,44 +153,85 @@ impl EvidenceRecord {
         SpiffeId::parse(&self.actor.workload_spiffe_id)
             .map_err(|e| bad("record.actor.workload_spiffe_id", e.to_string()))?;
         if self.actor.human_subject.is_empty() != self.actor.human_issuer.is_empty() {
-            return Err(bad("record.actor.human_issuer", "human_subject and human_issuer go together"));
+            return Err(bad(
+                "record.actor.human_issuer",
+                "human_subject and human_issuer go together",
+            ));
         }
-        limit("record.actor.human_subject", &self.actor.human_subject, MAX_FIELD)?;
-        limit("record.actor.human_issuer", &self.actor.human_issuer, MAX_FIELD)?;
+        limit(
+            "record.actor.human_subject",
+            &self.actor.human_subject,
+            MAX_FIELD,
+        )?;
+        limit(
+            "record.actor.human_issuer",
+            &self.actor.human_issuer,
+            MAX_FIELD,
+        )?;
         if self.action.is_empty() {
             return Err(bad("record.action", "is required"));
         }
         limit("record.action", &self.action, 128)?;
-        if !self.action.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-' | b':')) {
-            return Err(bad("record.action", "may contain only a-z, 0-9 and . _ - :"));
+        if !self
+            .action
+            .bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-' | b':'))
+        {
+            return Err(bad(
+                "record.action",
+                "may contain only a-z, 0-9 and . _ - :",
+            ));
         }
         let t = &self.target;
         limit("record.target.nhi_id", &t.nhi_id, MAX_FIELD)?;
         limit("record.target.nhi_kind", &t.nhi_kind, MAX_FIELD)?;
         limit("record.target.lease_id", &t.lease_id, MAX_FIELD)?;
-        limit("record.target.credential_serial", &t.credential_serial, MAX_FIELD)?;
-        limit("record.target.credential_fingerprint", &t.credential_fingerprint, MAX_FIELD)?;
+        limit(
+            "record.target.credential_serial",
+            &t.credential_serial,
+            MAX_FIELD,
+        )?;
+        limit(
+            "record.target.credential_fingerprint",
+            &t.credential_fingerprint,
+            MAX_FIELD,
+        )?;
         let d = &self.decision;
-        limit("record.decision.policy_set_version", &d.policy_set_version, MAX_FIELD)?;
+        limit(
+            "record.decision.policy_set_version",
+            &d.policy_set_version,
+            MAX_FIELD,
+        )?;
         ids("record.decision.policy_ids", &d.policy_ids)?;
         ids("record.decision.approval_ids", &d.approval_ids)?;
         limit("record.outcome.reason", &self.outcome.reason, MAX_REASON)?;
         if self.outcome.status == OutcomeStatus::Failed && self.outcome.reason.is_empty() {
-            return Err(bad("record.outcome.reason", "is required when the outcome is FAILED"));
+            return Err(bad(
+                "record.outcome.reason",
+                "is required when the outcome is FAILED",
+            ));
         }
         limit("record.incident_ref", &self.incident_ref, MAX_FIELD)?;
         limit("record.correlation_id", &self.correlation_id, MAX_FIELD)?;
         limit("record.emitting_service", &self.emitting_service, MAX_FIELD)?;
         if self.attributes.len() > MAX_ATTRIBUTES {
-            return Err(bad("record.attributes", format!("at most {MAX_ATTRIBUTES} entries")));
+            return Err(bad(
+                "record.attributes",
+                format!("at most {MAX_ATTRIBUTES} entries"),
+            ));
         }
         for (key, value) in &self.attributes {
             let field = format!("record.attributes[{key:?}]");
             if key.is_empty()
                 || key.len() > MAX_ATTRIBUTE_KEY
-                || !key.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
+                || !key
+                    .bytes()
+                    .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
             {
-                return Err(bad(field, format!("keys are 1 to {MAX_ATTRIBUTE_KEY} characters of a-z, 0-9 and . _ -")));
+                return Err(bad(
+                    field,
+                    format!("keys are 1 to {MAX_ATTRIBUTE_KEY} characters of a-z, 0-9 and . _ -"),
+                ));
             }
             limit(&field, value, MAX_ATTRIBUTE_VALUE)?;
         }
@@ -239,7 +290,9 @@ impl EvidenceRecord {
             for p in path {
                 cur = cur.get(p).ok_or_else(|| bad(path.join("."), "missing"))?;
             }
-            cur.as_str().map(str::to_owned).ok_or_else(|| bad(path.join("."), "not a string"))
+            cur.as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| bad(path.join("."), "not a string"))
         };
         let list = |path: &[&str]| -> Result<Vec<String>, FieldError> {
             let mut cur = &v;
@@ -249,26 +302,42 @@ impl EvidenceRecord {
             cur.as_array()
                 .ok_or_else(|| bad(path.join("."), "not an array"))?
                 .iter()
-                .map(|x| x.as_str().map(str::to_owned).ok_or_else(|| bad(path.join("."), "not a string")))
+                .map(|x| {
+                    x.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| bad(path.join("."), "not a string"))
+                })
                 .collect()
         };
         if s(&["schema"])? != SCHEMA {
             return Err(bad("schema", "unknown schema"));
         }
-        let time = OffsetDateTime::parse(&s(&["time"])?, &time::format_description::well_known::Rfc3339)
-            .map_err(|e| bad("time", e.to_string()))?;
-        let effect = Effect::parse(&s(&["decision", "effect"])?).ok_or_else(|| bad("decision.effect", "unknown"))?;
-        let status =
-            OutcomeStatus::parse(&s(&["outcome", "status"])?).ok_or_else(|| bad("outcome.status", "unknown"))?;
+        let time = OffsetDateTime::parse(
+            &s(&["time"])?,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .map_err(|e| bad("time", e.to_string()))?;
+        let effect = Effect::parse(&s(&["decision", "effect"])?)
+            .ok_or_else(|| bad("decision.effect", "unknown"))?;
+        let status = OutcomeStatus::parse(&s(&["outcome", "status"])?)
+            .ok_or_else(|| bad("outcome.status", "unknown"))?;
         let attributes = v
             .get("attributes")
             .and_then(Value::as_object)
             .ok_or_else(|| bad("attributes", "missing"))?
             .iter()
-            .map(|(k, x)| Ok((k.clone(), x.as_str().ok_or_else(|| bad("attributes", "not a string"))?.to_owned())))
+            .map(|(k, x)| {
+                Ok((
+                    k.clone(),
+                    x.as_str()
+                        .ok_or_else(|| bad("attributes", "not a string"))?
+                        .to_owned(),
+                ))
+            })
             .collect::<Result<_, FieldError>>()?;
         let record = Self {
-            record_id: Uuid::parse_str(&s(&["record_id"])?).map_err(|e| bad("record_id", e.to_string()))?,
+            record_id: Uuid::parse_str(&s(&["record_id"])?)
+                .map_err(|e| bad("record_id", e.to_string()))?,
             time,
             actor: Actor {
                 workload_spiffe_id: s(&["actor", "workload_spiffe_id"])?,
@@ -289,7 +358,10 @@ impl EvidenceRecord {
                 policy_ids: list(&["decision", "policy_ids"])?,
                 approval_ids: list(&["decision", "approval_ids"])?,
             },
-            outcome: Outcome { status, reason: s(&["outcome", "reason"])? },
+            outcome: Outcome {
+                status,
+                reason: s(&["outcome", "reason"])?,
+            },
             incident_ref: s(&["incident_ref"])?,
             correlation_id: s(&["correlation_id"])?,
             emitting_service: s(&["emitting_service"])?,
@@ -348,14 +420,21 @@ mod tests {
                 human_issuer: "https://idp.example".into(),
             },
             action: "credential.rotate".into(),
-            target: Target { nhi_id: "nhi-1".into(), nhi_kind: "API_KEY".into(), ..Target::default() },
+            target: Target {
+                nhi_id: "nhi-1".into(),
+                nhi_kind: "API_KEY".into(),
+                ..Target::default()
+            },
             decision: Decision {
                 policy_set_version: "v3".into(),
                 effect: Effect::Allow,
                 policy_ids: vec!["p1".into()],
                 approval_ids: vec![],
             },
-            outcome: Outcome { status: OutcomeStatus::Succeeded, reason: String::new() },
+            outcome: Outcome {
+                status: OutcomeStatus::Succeeded,
+                reason: String::new(),
+            },
             incident_ref: "INC-42".into(),
             correlation_id: "corr-1".into(),
             emitting_service: "credential-broker".into(),
@@ -365,7 +444,10 @@ mod tests {
 
     #[test]
     fn the_leaf_is_the_documented_canonical_json() {
-        let leaf = String::from_utf8(sample().canonical_leaf("spiffe://steward.local/service/credential-broker")).unwrap();
+        let leaf = String::from_utf8(
+            sample().canonical_leaf("spiffe://steward.local/service/credential-broker"),
+        )
+        .unwrap();
         let expected = concat!(
             r#"{"action":"credential.rotate","#,
             r#""actor":{"human_issuer":"https://idp.example","human_subject":"alice","workload_spiffe_id":"spiffe://steward.local/service/soar"},"#,
@@ -399,15 +481,22 @@ mod tests {
         assert_eq!(r.validate().unwrap_err().field, "record.record_id");
         let mut r = sample();
         r.actor.workload_spiffe_id = "spiffe://Bad/x".into();
-        assert_eq!(r.validate().unwrap_err().field, "record.actor.workload_spiffe_id");
+        assert_eq!(
+            r.validate().unwrap_err().field,
+            "record.actor.workload_spiffe_id"
+        );
         let mut r = sample();
         r.action = "Rotate Now".into();
         assert_eq!(r.validate().unwrap_err().field, "record.action");
         let mut r = sample();
-        r.attributes.insert("x".into(), "v".repeat(MAX_ATTRIBUTE_VALUE + 1));
+        r.attributes
+            .insert("x".into(), "v".repeat(MAX_ATTRIBUTE_VALUE + 1));
         assert_eq!(r.validate().unwrap_err().field, "record.attributes[\"x\"]");
         let mut r = sample();
-        r.outcome = Outcome { status: OutcomeStatus::Failed, reason: String::new() };
+        r.outcome = Outcome {
+            status: OutcomeStatus::Failed,
+            reason: String::new(),
+        };
         assert_eq!(r.validate().unwrap_err().field, "record.outcome.reason");
         assert!(sample().validate().is_ok());
     }

@@ -258,7 +258,10 @@ impl Application {
         let _ = stop_tasks.send(true);
         let handles: Vec<_> = std::mem::take(&mut *tasks.lock().unwrap_or_else(|p| p.into_inner()));
         for handle in handles {
-            if tokio::time::timeout(Duration::from_secs(10), handle).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(10), handle)
+                .await
+                .is_err()
+            {
                 tracing::warn!("a background task did not stop within 10s");
             }
         }

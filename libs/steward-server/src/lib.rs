@@ -21,7 +21,6 @@ pub use config::{ConfigError, ServiceConfig, Settings, TlsConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-
 /// Command-line arguments every service binary accepts.
 #[derive(Debug, Clone, Default)]
 pub struct Args {

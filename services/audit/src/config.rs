@@ -34,6 +34,9 @@ pub struct LogConfig {
     pub checkpoint_interval_ms: u64,
     /// Most records the sequencer commits in one transaction.
     pub max_batch: usize,
+    /// Committed batches a subscriber may trail before it is told it fell
+    /// behind (and must resume).
+    pub subscriber_buffer: usize,
 }
 
 impl Default for LogConfig {
@@ -43,6 +46,7 @@ impl Default for LogConfig {
             signing_key: PathBuf::from(steward_server::config::DEV_DIR).join("pki/audit-log.key"),
             checkpoint_interval_ms: 1000,
             max_batch: 4096,
+            subscriber_buffer: 1024,
         }
     }
 }

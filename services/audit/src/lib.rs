@@ -51,7 +51,11 @@ const EVERYONE: &[&str] = &["spiffe://{td}/*"];
 pub const SPEC: ServiceSpec = ServiceSpec {
     name: "audit",
     default_port: 50054,
-    migrations: MigrationSet { service: "audit", sqlite: SQLITE_MIGRATIONS, postgres: POSTGRES_MIGRATIONS },
+    migrations: MigrationSet {
+        service: "audit",
+        sqlite: SQLITE_MIGRATIONS,
+        postgres: POSTGRES_MIGRATIONS,
+    },
     grpc_services: &["steward.audit.v1.AuditService"],
     default_authz: &[
         ("/steward.audit.v1.AuditService/Append", WRITERS),
@@ -59,7 +63,10 @@ pub const SPEC: ServiceSpec = ServiceSpec {
         ("/steward.audit.v1.AuditService/GetCheckpoint", EVERYONE),
         ("/steward.audit.v1.AuditService/GetVerifierKey", EVERYONE),
         ("/steward.audit.v1.AuditService/GetInclusionProof", EVERYONE),
-        ("/steward.audit.v1.AuditService/GetConsistencyProof", EVERYONE),
+        (
+            "/steward.audit.v1.AuditService/GetConsistencyProof",
+            EVERYONE,
+        ),
         ("/steward.audit.v1.AuditService/GetEntries", READERS),
         ("/steward.audit.v1.AuditService/Query", READERS),
         ("/steward.audit.v1.AuditService/Subscribe", READERS),
@@ -68,15 +75,20 @@ pub const SPEC: ServiceSpec = ServiceSpec {
 
 /// This service's configuration with its defaults.
 pub fn default_config() -> AuditConfig {
-    AuditConfig { service: ServiceConfig::defaults(SPEC.name, SPEC.default_port), log: LogConfig::default() }
+    AuditConfig {
+        service: ServiceConfig::defaults(SPEC.name, SPEC.default_port),
+        log: LogConfig::default(),
+    }
 }
 
 /// Builds the service (binds, migrates, rebuilds the tree) from `config`.
 pub async fn build(config: AuditConfig) -> Result<Application, StartError> {
     let log_config = config.log;
-    Application::build(SPEC, config.service, async move |context: ServiceContext| {
-        routes(context, log_config).await
-    })
+    Application::build(
+        SPEC,
+        config.service,
+        async move |context: ServiceContext| routes(context, log_config).await,
+    )
     .await
 }
 
@@ -91,14 +103,23 @@ async fn routes(context: ServiceContext, config: LogConfig) -> Result<Routes, St
         origin,
         checkpoint_interval: Duration::from_millis(config.checkpoint_interval_ms.max(10)),
         max_batch: config.max_batch.max(1),
+        subscriber_buffer: config.subscriber_buffer,
     };
     let store = store::Store::new(context.database.clone());
     let (log, queue) = log::Log::open(store, signer, &options)
         .await
         .map_err(|e| StartError::Init(format!("evidence log: {e}")))?;
-    context.spawn(log.sequencer().run(queue, options.max_batch));
-    context.spawn(log.clone().run_checkpointer(options.checkpoint_interval, context.shutdown()));
-    Ok(Routes::new(AuditServiceServer::new(server::AuditServer::new(log))))
+    context.spawn(
+        log.sequencer()
+            .run(queue, options.max_batch, context.shutdown()),
+    );
+    context.spawn(
+        log.clone()
+            .run_checkpointer(options.checkpoint_interval, context.shutdown()),
+    );
+    Ok(Routes::new(AuditServiceServer::new(
+        server::AuditServer::new(log),
+    )))
 }
 
 fn load_signer(config: &LogConfig, origin: &str) -> Result<NoteSigner, StartError> {
@@ -110,7 +131,10 @@ fn load_signer(config: &LogConfig, origin: &str) -> Result<NoteSigner, StartErro
         ))
     })?;
     let PrivateKeyDer::Pkcs8(pkcs8) = key else {
-        return Err(StartError::Init(format!("{} is not a PKCS#8 key", path.display())));
+        return Err(StartError::Init(format!(
+            "{} is not a PKCS#8 key",
+            path.display()
+        )));
     };
     NoteSigner::from_pkcs8(origin, pkcs8.secret_pkcs8_der())
         .map_err(|e| StartError::Init(format!("log signing key {}: {e}", path.display())))

@@ -20,10 +20,6 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::store::{NewEntry, Store, StoredCheckpoint, StoredEntry};
 
-/// How many committed batches a subscriber may trail before it is told it
-/// fell behind.
-const BROADCAST_CAPACITY: usize = 1024;
-
 /// Why an append or a read failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -60,7 +56,12 @@ impl Pending {
     pub fn new(record: EvidenceRecord, appended_by: &str) -> Self {
         let leaf = String::from_utf8(record.canonical_leaf(appended_by)).unwrap_or_default();
         let leaf_hash = leaf_hash(leaf.as_bytes());
-        Self { record, appended_by: appended_by.to_owned(), leaf, leaf_hash }
+        Self {
+            record,
+            appended_by: appended_by.to_owned(),
+            leaf,
+            leaf_hash,
+        }
     }
 }
 
@@ -79,9 +80,15 @@ impl LoggedEntry {
     pub fn from_stored(stored: &StoredEntry) -> Result<Self, LogError> {
         let (record, appended_by) = EvidenceRecord::from_canonical_leaf(stored.leaf.as_bytes())
             .map_err(|e| LogError::Corrupt(format!("entry {} is unreadable: {e}", stored.index)))?;
-        let leaf_hash = Hash::try_from(stored.leaf_hash.as_slice())
-            .map_err(|_| LogError::Corrupt(format!("entry {} has a malformed leaf hash", stored.index)))?;
-        Ok(Self { index: stored.index, record, appended_by, leaf_hash })
+        let leaf_hash = Hash::try_from(stored.leaf_hash.as_slice()).map_err(|_| {
+            LogError::Corrupt(format!("entry {} has a malformed leaf hash", stored.index))
+        })?;
+        Ok(Self {
+            index: stored.index,
+            record,
+            appended_by,
+            leaf_hash,
+        })
     }
 }
 
@@ -104,6 +111,7 @@ pub struct LogOptions {
     pub origin: String,
     pub checkpoint_interval: Duration,
     pub max_batch: usize,
+    pub subscriber_buffer: usize,
 }
 
 /// Shared state, cheap to clone.
@@ -125,7 +133,9 @@ struct Shared {
 
 impl std::fmt::Debug for Log {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Log").field("origin", &self.shared.origin).finish_non_exhaustive()
+        f.debug_struct("Log")
+            .field("origin", &self.shared.origin)
+            .finish_non_exhaustive()
     }
 }
 
@@ -162,11 +172,14 @@ impl Log {
                 let text = stored.note.split("\n\n").next().unwrap_or_default();
                 let checkpoint = Checkpoint::parse(&format!("{text}\n"))
                     .map_err(|e| LogError::Corrupt(format!("stored checkpoint: {e}")))?;
-                Some(SignedCheckpoint { checkpoint, note: stored.note })
+                Some(SignedCheckpoint {
+                    checkpoint,
+                    note: stored.note,
+                })
             }
         };
         tracing::info!(tree_size = tree.size(), origin = %options.origin, "evidence log opened");
-        let (committed, _) = broadcast::channel(BROADCAST_CAPACITY);
+        let (committed, _) = broadcast::channel(options.subscriber_buffer.max(1));
         let (jobs, queue) = mpsc::channel(4096);
         let shared = Arc::new(Shared {
             store,
@@ -181,9 +194,15 @@ impl Log {
     }
 
     /// Appends records in order; one result per record.
-    pub async fn append(&self, records: Vec<Pending>) -> Result<Vec<Result<Appended, LogError>>, LogError> {
+    pub async fn append(
+        &self,
+        records: Vec<Pending>,
+    ) -> Result<Vec<Result<Appended, LogError>>, LogError> {
         let (reply, answer) = oneshot::channel();
-        self.jobs.send(Job { records, reply }).await.map_err(|_| LogError::Stopped)?;
+        self.jobs
+            .send(Job { records, reply })
+            .await
+            .map_err(|_| LogError::Stopped)?;
         answer.await.map_err(|_| LogError::Stopped)
     }
 
@@ -227,7 +246,11 @@ impl Log {
 
     /// The latest checkpoint, if any has been published.
     pub fn latest_checkpoint(&self) -> Option<SignedCheckpoint> {
-        self.shared.latest.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.shared
+            .latest
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Signs and stores a checkpoint for the current tree if it grew since
@@ -240,16 +263,31 @@ impl Log {
         {
             return Ok(latest);
         }
-        let checkpoint = Checkpoint { origin: self.shared.origin.clone(), tree_size: size, root_hash: self.root(size)? };
+        let checkpoint = Checkpoint {
+            origin: self.shared.origin.clone(),
+            tree_size: size,
+            root_hash: self.root(size)?,
+        };
         let note = self
             .shared
             .signer
             .sign(&checkpoint.to_text())
             .map_err(|e| LogError::Corrupt(e.to_string()))?;
-        let stored = StoredCheckpoint { tree_size: size, root_hash: checkpoint.root_hash.to_vec(), note: note.clone() };
-        self.shared.store.insert_checkpoint(&stored, now_ns()).await?;
+        let stored = StoredCheckpoint {
+            tree_size: size,
+            root_hash: checkpoint.root_hash.to_vec(),
+            note: note.clone(),
+        };
+        self.shared
+            .store
+            .insert_checkpoint(&stored, now_ns())
+            .await?;
         let signed = SignedCheckpoint { checkpoint, note };
-        *self.shared.latest.write().unwrap_or_else(|p| p.into_inner()) = Some(signed.clone());
+        *self
+            .shared
+            .latest
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(signed.clone());
         tracing::debug!(tree_size = size, "checkpoint published");
         Ok(signed)
     }
@@ -260,12 +298,18 @@ impl Log {
 
     /// The sequencer for this log, to run on its own task.
     pub fn sequencer(&self) -> Sequencer {
-        Sequencer { shared: self.shared.clone() }
+        Sequencer {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Publishes a checkpoint every `interval` while the tree grows, and a
     /// last one at shutdown.
-    pub async fn run_checkpointer(self, interval: Duration, shutdown: impl std::future::Future<Output = ()>) {
+    pub async fn run_checkpointer(
+        self,
+        interval: Duration,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
         tokio::pin!(shutdown);
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -293,10 +337,33 @@ pub struct Sequencer {
 }
 
 impl Sequencer {
-    pub async fn run(self, mut queue: mpsc::Receiver<Job>, max_batch: usize) {
-        while let Some(first) = queue.recv().await {
+    /// Commits queued appends until `shutdown`; then refuses new ones
+    /// (callers get UNAVAILABLE), commits what was already queued, and
+    /// returns.
+    pub async fn run(
+        self,
+        mut queue: mpsc::Receiver<Job>,
+        max_batch: usize,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        let mut stopping = false;
+        loop {
+            let first = if stopping {
+                queue.recv().await
+            } else {
+                tokio::select! {
+                    job = queue.recv() => job,
+                    () = &mut shutdown => {
+                        stopping = true;
+                        queue.close();
+                        continue;
+                    }
+                }
+            };
+            let Some(first) = first else { break };
+            let mut count = first.records.len();
             let mut jobs = vec![first];
-            let mut count = jobs[0].records.len();
             while count < max_batch {
                 match queue.try_recv() {
                     Ok(job) => {
@@ -314,7 +381,11 @@ impl Sequencer {
     async fn commit(&self, jobs: Vec<Job>) {
         let ids: Vec<String> = jobs
             .iter()
-            .flat_map(|j| j.records.iter().map(|p| p.record.record_id.hyphenated().to_string()))
+            .flat_map(|j| {
+                j.records
+                    .iter()
+                    .map(|p| p.record.record_id.hyphenated().to_string())
+            })
             .collect();
         let existing = match self.shared.store.existing(&ids).await {
             Ok(rows) => rows,
@@ -325,7 +396,12 @@ impl Sequencer {
             .filter_map(|(id, idx, hash)| Some((id, (idx, Hash::try_from(hash.as_slice()).ok()?))))
             .collect();
 
-        let mut next = self.shared.tree.read().unwrap_or_else(|p| p.into_inner()).size();
+        let mut next = self
+            .shared
+            .tree
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .size();
         let mut new_entries = Vec::new();
         let mut logged = Vec::new();
         let mut outcomes: Vec<Vec<Result<Appended, LogError>>> = Vec::with_capacity(jobs.len());
@@ -335,9 +411,16 @@ impl Sequencer {
                 let id = pending.record.record_id.hyphenated().to_string();
                 if let Some(&(index, hash)) = known.get(&id) {
                     results.push(if hash == pending.leaf_hash {
-                        Ok(Appended { index, leaf_hash: hash, duplicate: true })
+                        Ok(Appended {
+                            index,
+                            leaf_hash: hash,
+                            duplicate: true,
+                        })
                     } else {
-                        Err(LogError::Conflict { record_id: id, index })
+                        Err(LogError::Conflict {
+                            record_id: id,
+                            index,
+                        })
                     });
                     continue;
                 }
@@ -351,7 +434,11 @@ impl Sequencer {
                     appended_by: pending.appended_by.clone(),
                     leaf_hash: pending.leaf_hash,
                 });
-                results.push(Ok(Appended { index, leaf_hash: pending.leaf_hash, duplicate: false }));
+                results.push(Ok(Appended {
+                    index,
+                    leaf_hash: pending.leaf_hash,
+                    duplicate: false,
+                }));
             }
             outcomes.push(results);
         }
@@ -398,7 +485,11 @@ fn fail_all(jobs: Vec<Job>, error: &sqlx::Error) {
         let results = job
             .records
             .iter()
-            .map(|_| Err(LogError::Storage(sqlx::Error::Protocol(format!("commit failed: {error}")))))
+            .map(|_| {
+                Err(LogError::Storage(sqlx::Error::Protocol(format!(
+                    "commit failed: {error}"
+                ))))
+            })
             .collect();
         let _ = job.reply.send(results);
     }

@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use std::pin::Pin;
 
 use prost_types::Timestamp;
+use steward_evidence::merkle::ProofError;
 use steward_evidence::record::{
     Actor, Decision, Effect, EvidenceRecord, FieldError, Outcome, OutcomeStatus, Target,
 };
-use steward_evidence::merkle::ProofError;
 use steward_identity::PeerIdentity;
 use steward_proto::steward::audit::v1 as pb;
 use steward_proto::steward::audit::v1::audit_service_server::AuditService;
@@ -68,26 +68,41 @@ fn appended_by<T>(request: &Request<T>) -> Result<String, Status> {
 }
 
 fn time_from(ts: Option<Timestamp>, field: &str) -> Result<OffsetDateTime, FieldError> {
-    let ts = ts.ok_or_else(|| FieldError { field: field.into(), reason: "is required".into() })?;
+    let ts = ts.ok_or_else(|| FieldError {
+        field: field.into(),
+        reason: "is required".into(),
+    })?;
     if !(0..1_000_000_000).contains(&ts.nanos) {
-        return Err(FieldError { field: field.into(), reason: "nanos must be in 0..1e9".into() });
+        return Err(FieldError {
+            field: field.into(),
+            reason: "nanos must be in 0..1e9".into(),
+        });
     }
     let nanos = i128::from(ts.seconds) * 1_000_000_000 + i128::from(ts.nanos);
-    OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .map_err(|_| FieldError { field: field.into(), reason: "is out of range".into() })
+    OffsetDateTime::from_unix_timestamp_nanos(nanos).map_err(|_| FieldError {
+        field: field.into(),
+        reason: "is out of range".into(),
+    })
 }
 
 fn timestamp(t: OffsetDateTime) -> Timestamp {
-    Timestamp { seconds: t.unix_timestamp(), nanos: i32::try_from(t.nanosecond()).unwrap_or(0) }
+    Timestamp {
+        seconds: t.unix_timestamp(),
+        nanos: i32::try_from(t.nanosecond()).unwrap_or(0),
+    }
 }
 
 fn field(field: &str, reason: impl Into<String>) -> FieldError {
-    FieldError { field: field.into(), reason: reason.into() }
+    FieldError {
+        field: field.into(),
+        reason: reason.into(),
+    }
 }
 
 /// Converts and validates a wire record.
 pub fn record_from_proto(r: pb::EvidenceRecord) -> Result<EvidenceRecord, FieldError> {
-    let record_id = Uuid::parse_str(&r.record_id).map_err(|_| field("record.record_id", "is not a UUID"))?;
+    let record_id =
+        Uuid::parse_str(&r.record_id).map_err(|_| field("record.record_id", "is not a UUID"))?;
     let time = time_from(r.time, "record.time")?;
     let actor = r.actor.unwrap_or_default();
     let decision = r.decision.unwrap_or_default();
@@ -97,14 +112,26 @@ pub fn record_from_proto(r: pb::EvidenceRecord) -> Result<EvidenceRecord, FieldE
         Ok(pb::Effect::Deny) => Effect::Deny,
         Ok(pb::Effect::ApprovalRequired) => Effect::ApprovalRequired,
         Ok(pb::Effect::Unspecified) => return Err(field("record.decision.effect", "must be set")),
-        Err(_) => return Err(field("record.decision.effect", format!("unknown enum value {}", decision.effect))),
+        Err(_) => {
+            return Err(field(
+                "record.decision.effect",
+                format!("unknown enum value {}", decision.effect),
+            ));
+        }
     };
     let outcome = r.outcome.unwrap_or_default();
     let status = match pb::OutcomeStatus::try_from(outcome.status) {
         Ok(pb::OutcomeStatus::Succeeded) => OutcomeStatus::Succeeded,
         Ok(pb::OutcomeStatus::Failed) => OutcomeStatus::Failed,
-        Ok(pb::OutcomeStatus::Unspecified) => return Err(field("record.outcome.status", "must be set")),
-        Err(_) => return Err(field("record.outcome.status", format!("unknown enum value {}", outcome.status))),
+        Ok(pb::OutcomeStatus::Unspecified) => {
+            return Err(field("record.outcome.status", "must be set"));
+        }
+        Err(_) => {
+            return Err(field(
+                "record.outcome.status",
+                format!("unknown enum value {}", outcome.status),
+            ));
+        }
     };
     let target = r.target.unwrap_or_default();
     let record = EvidenceRecord {
@@ -129,7 +156,10 @@ pub fn record_from_proto(r: pb::EvidenceRecord) -> Result<EvidenceRecord, FieldE
             policy_ids: decision.policy_ids,
             approval_ids: decision.approval_ids,
         },
-        outcome: Outcome { status, reason: outcome.reason },
+        outcome: Outcome {
+            status,
+            reason: outcome.reason,
+        },
         incident_ref: r.incident_ref,
         correlation_id: r.correlation_id,
         emitting_service: r.emitting_service,
@@ -173,11 +203,18 @@ pub fn record_to_proto(r: &EvidenceRecord) -> pb::EvidenceRecord {
             policy_ids: r.decision.policy_ids.clone(),
             approval_ids: r.decision.approval_ids.clone(),
         }),
-        outcome: Some(pb::Outcome { status: status as i32, reason: r.outcome.reason.clone() }),
+        outcome: Some(pb::Outcome {
+            status: status as i32,
+            reason: r.outcome.reason.clone(),
+        }),
         incident_ref: r.incident_ref.clone(),
         correlation_id: r.correlation_id.clone(),
         emitting_service: r.emitting_service.clone(),
-        attributes: r.attributes.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        attributes: r
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     }
 }
 
@@ -191,7 +228,11 @@ pub fn entry_to_proto(e: &LoggedEntry) -> pb::LogEntry {
 }
 
 fn appended(a: &crate::log::Appended) -> pb::AppendResponse {
-    pb::AppendResponse { index: a.index, duplicate: a.duplicate, leaf_hash: a.leaf_hash.to_vec() }
+    pb::AppendResponse {
+        index: a.index,
+        duplicate: a.duplicate,
+        leaf_hash: a.leaf_hash.to_vec(),
+    }
 }
 
 fn page_size(requested: u32) -> u32 {
@@ -209,7 +250,11 @@ fn page_token(token: &str, floor: u64) -> Result<u64, Status> {
         .parse::<u64>()
         .ok()
         .filter(|t| *t >= floor)
-        .ok_or_else(|| Status::invalid_argument("page_token: not a token from a previous response to this request"))
+        .ok_or_else(|| {
+            Status::invalid_argument(
+                "page_token: not a token from a previous response to this request",
+            )
+        })
 }
 
 /// The wire filter as the store's filter.
@@ -228,14 +273,21 @@ pub fn filter_from_proto(f: Option<pb::EntryFilter>) -> QueryFilter {
 
 #[tonic::async_trait]
 impl AuditService for AuditServer {
-    async fn append(&self, request: Request<pb::AppendRequest>) -> Result<Response<pb::AppendResponse>, Status> {
+    async fn append(
+        &self,
+        request: Request<pb::AppendRequest>,
+    ) -> Result<Response<pb::AppendResponse>, Status> {
         let by = appended_by(&request)?;
         let record = request
             .into_inner()
             .record
             .ok_or_else(|| Status::invalid_argument("record: is required"))?;
         let record = record_from_proto(record).map_err(invalid)?;
-        let mut results = self.log.append(vec![Pending::new(record, &by)]).await.map_err(status)?;
+        let mut results = self
+            .log
+            .append(vec![Pending::new(record, &by)])
+            .await
+            .map_err(status)?;
         match results.pop() {
             Some(Ok(a)) => Ok(Response::new(appended(&a))),
             Some(Err(e)) => Err(status(e)),
@@ -250,7 +302,9 @@ impl AuditService for AuditServer {
         let by = appended_by(&request)?;
         let records = request.into_inner().records;
         if records.len() > MAX_BATCH {
-            return Err(Status::invalid_argument(format!("records: at most {MAX_BATCH} per batch")));
+            return Err(Status::invalid_argument(format!(
+                "records: at most {MAX_BATCH} per batch"
+            )));
         }
         // Validate everything first; only valid records reach the sequencer.
         let mut slots: Vec<Result<usize, FieldError>> = Vec::with_capacity(records.len());
@@ -261,11 +315,19 @@ impl AuditService for AuditServer {
                     slots.push(Ok(valid.len()));
                     valid.push(Pending::new(r, &by));
                 }
-                Err(e) => slots.push(Err(FieldError { field: format!("records[{i}].{}", e.field.trim_start_matches("record.")), reason: e.reason })),
+                Err(e) => slots.push(Err(FieldError {
+                    field: format!("records[{i}].{}", e.field.trim_start_matches("record.")),
+                    reason: e.reason,
+                })),
             }
         }
-        let mut outcomes = if valid.is_empty() { Vec::new() } else { self.log.append(valid).await.map_err(status)? };
-        let mut outcomes: Vec<Option<Result<crate::log::Appended, LogError>>> = outcomes.drain(..).map(Some).collect();
+        let mut outcomes = if valid.is_empty() {
+            Vec::new()
+        } else {
+            self.log.append(valid).await.map_err(status)?
+        };
+        let mut outcomes: Vec<Option<Result<crate::log::Appended, LogError>>> =
+            outcomes.drain(..).map(Some).collect();
         let results = slots
             .into_iter()
             .map(|slot| {
@@ -289,7 +351,9 @@ impl AuditService for AuditServer {
                         }),
                     },
                 };
-                pb::AppendBatchResult { result: Some(result) }
+                pb::AppendBatchResult {
+                    result: Some(result),
+                }
             })
             .collect();
         Ok(Response::new(pb::AppendBatchResponse { results }))
@@ -333,10 +397,17 @@ impl AuditService for AuditServer {
                 if hash.len() != 32 {
                     return Err(Status::invalid_argument("leaf_hash: must be 32 bytes"));
                 }
-                let found = self.log.store().index_of(&hash).await.map_err(|e| status(e.into()))?;
-                found
-                    .filter(|i| *i < tree_size)
-                    .ok_or_else(|| Status::not_found(format!("leaf_hash: no such leaf in the tree of size {tree_size}")))?
+                let found = self
+                    .log
+                    .store()
+                    .index_of(&hash)
+                    .await
+                    .map_err(|e| status(e.into()))?;
+                found.filter(|i| *i < tree_size).ok_or_else(|| {
+                    Status::not_found(format!(
+                        "leaf_hash: no such leaf in the tree of size {tree_size}"
+                    ))
+                })?
             }
             None => return Err(Status::invalid_argument("leaf: give index or leaf_hash")),
         };
@@ -365,7 +436,10 @@ impl AuditService for AuditServer {
                 request.first_size
             )));
         }
-        let hashes = self.log.consistency_proof(request.first_size, second).map_err(status)?;
+        let hashes = self
+            .log
+            .consistency_proof(request.first_size, second)
+            .map_err(status)?;
         Ok(Response::new(pb::GetConsistencyProofResponse {
             first_size: request.first_size,
             second_size: second,
@@ -379,9 +453,15 @@ impl AuditService for AuditServer {
     ) -> Result<Response<pb::GetEntriesResponse>, Status> {
         let request = request.into_inner();
         let size = self.log.size();
-        let end = if request.end_index == 0 { size } else { request.end_index };
+        let end = if request.end_index == 0 {
+            size
+        } else {
+            request.end_index
+        };
         if end > size {
-            return Err(Status::out_of_range(format!("end_index: {end} is beyond the tree ({size} entries)")));
+            return Err(Status::out_of_range(format!(
+                "end_index: {end} is beyond the tree ({size} entries)"
+            )));
         }
         if request.start_index > end {
             return Err(Status::invalid_argument(format!(
@@ -391,18 +471,33 @@ impl AuditService for AuditServer {
         }
         let start = page_token(&request.page_token, request.start_index)?;
         let limit = page_size(request.page_size);
-        let stored = self.log.store().entries(start, end, limit).await.map_err(|e| status(e.into()))?;
+        let stored = self
+            .log
+            .store()
+            .entries(start, end, limit)
+            .await
+            .map_err(|e| status(e.into()))?;
         let entries = stored
             .iter()
             .map(|s| LoggedEntry::from_stored(s).map(|e| entry_to_proto(&e)))
             .collect::<Result<Vec<_>, _>>()
             .map_err(status)?;
         let next = entries.last().map_or(end, |e| e.index + 1);
-        let next_page_token = if next < end && !entries.is_empty() { next.to_string() } else { String::new() };
-        Ok(Response::new(pb::GetEntriesResponse { entries, next_page_token }))
+        let next_page_token = if next < end && !entries.is_empty() {
+            next.to_string()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::GetEntriesResponse {
+            entries,
+            next_page_token,
+        }))
     }
 
-    async fn query(&self, request: Request<pb::QueryRequest>) -> Result<Response<pb::QueryResponse>, Status> {
+    async fn query(
+        &self,
+        request: Request<pb::QueryRequest>,
+    ) -> Result<Response<pb::QueryResponse>, Status> {
         let request = request.into_inner();
         let mut filter = filter_from_proto(request.filter);
         let ns = |t: OffsetDateTime| i64::try_from(t.unix_timestamp_nanos()).unwrap_or(i64::MAX);
@@ -420,7 +515,12 @@ impl AuditService for AuditServer {
         let after = page_token(&request.page_token, 0)?;
         let limit = page_size(request.page_size);
         let size = self.log.size();
-        let stored = self.log.store().query(&filter, after, size, limit).await.map_err(|e| status(e.into()))?;
+        let stored = self
+            .log
+            .store()
+            .query(&filter, after, size, limit)
+            .await
+            .map_err(|e| status(e.into()))?;
         let entries = stored
             .iter()
             .map(|s| LoggedEntry::from_stored(s).map(|e| entry_to_proto(&e)))
@@ -430,10 +530,14 @@ impl AuditService for AuditServer {
             Some(last) if entries.len() as u32 == limit => (last.index + 1).to_string(),
             _ => String::new(),
         };
-        Ok(Response::new(pb::QueryResponse { entries, next_page_token }))
+        Ok(Response::new(pb::QueryResponse {
+            entries,
+            next_page_token,
+        }))
     }
 
-    type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, Status>> + Send>>;
+    type SubscribeStream =
+        Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, Status>> + Send>>;
 
     async fn subscribe(
         &self,
@@ -447,7 +551,11 @@ impl AuditService for AuditServer {
                 request.from_index
             )));
         }
-        let stream = subscribe::stream(self.log.clone(), request.from_index, filter_from_proto(request.filter));
+        let stream = subscribe::stream(
+            self.log.clone(),
+            request.from_index,
+            filter_from_proto(request.filter),
+        );
         Ok(Response::new(Box::pin(stream)))
     }
 }
@@ -456,10 +564,15 @@ impl AuditServer {
     fn resolve_size(&self, requested: u64, name: &str) -> Result<u64, Status> {
         let size = self.log.size();
         if requested == 0 {
-            return Ok(self.log.latest_checkpoint().map_or(size, |c| c.checkpoint.tree_size));
+            return Ok(self
+                .log
+                .latest_checkpoint()
+                .map_or(size, |c| c.checkpoint.tree_size));
         }
         if requested > size {
-            return Err(Status::out_of_range(format!("{name}: {requested} is beyond the tree ({size} entries)")));
+            return Err(Status::out_of_range(format!(
+                "{name}: {requested} is beyond the tree ({size} entries)"
+            )));
         }
         Ok(requested)
     }

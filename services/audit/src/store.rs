@@ -84,16 +84,19 @@ impl Store {
                     "entries are not contiguous: index {idx} where {expected} was expected"
                 )));
             }
-            let hash: Hash = hash
-                .try_into()
-                .map_err(|_| sqlx::Error::Protocol(format!("leaf hash of entry {idx} is not 32 bytes")))?;
+            let hash: Hash = hash.try_into().map_err(|_| {
+                sqlx::Error::Protocol(format!("leaf hash of entry {idx} is not 32 bytes"))
+            })?;
             hashes.push(hash);
         }
         Ok(hashes)
     }
 
     /// `(record_id, index, leaf_hash)` of the given record ids already logged.
-    pub async fn existing(&self, record_ids: &[String]) -> Result<Vec<(String, u64, Vec<u8>)>, sqlx::Error> {
+    pub async fn existing(
+        &self,
+        record_ids: &[String],
+    ) -> Result<Vec<(String, u64, Vec<u8>)>, sqlx::Error> {
         let mut found = Vec::new();
         for chunk in record_ids.chunks(LOOKUP_CHUNK) {
             let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
@@ -108,7 +111,10 @@ impl Store {
                 }
                 query.fetch_all(pool).await?
             });
-            found.extend(rows.into_iter().map(|(id, idx, hash)| (id, to_u64(idx), hash)));
+            found.extend(
+                rows.into_iter()
+                    .map(|(id, idx, hash)| (id, to_u64(idx), hash)),
+            );
         }
         Ok(found)
     }
@@ -145,9 +151,13 @@ impl Store {
     }
 
     /// Entries with `start <= index < end`, at most `limit`.
-    pub async fn entries(&self, start: u64, end: u64, limit: u32) -> Result<Vec<StoredEntry>, sqlx::Error> {
-        const SQL: &str =
-            "SELECT idx, leaf, leaf_hash FROM entries WHERE idx >= $1 AND idx < $2 ORDER BY idx LIMIT $3";
+    pub async fn entries(
+        &self,
+        start: u64,
+        end: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredEntry>, sqlx::Error> {
+        const SQL: &str = "SELECT idx, leaf, leaf_hash FROM entries WHERE idx >= $1 AND idx < $2 ORDER BY idx LIMIT $3";
         let rows: Vec<(i64, String, Vec<u8>)> = on_backend!(&self.db, pool, Db => {
             sqlx::query_as::<Db, (i64, String, Vec<u8>)>(SQL)
                 .bind(to_i64(start))
@@ -158,7 +168,11 @@ impl Store {
         });
         Ok(rows
             .into_iter()
-            .map(|(idx, leaf, leaf_hash)| StoredEntry { index: to_u64(idx), leaf, leaf_hash })
+            .map(|(idx, leaf, leaf_hash)| StoredEntry {
+                index: to_u64(idx),
+                leaf,
+                leaf_hash,
+            })
             .collect())
     }
 
@@ -196,7 +210,11 @@ impl Store {
         });
         Ok(rows
             .into_iter()
-            .map(|(idx, leaf, leaf_hash)| StoredEntry { index: to_u64(idx), leaf, leaf_hash })
+            .map(|(idx, leaf, leaf_hash)| StoredEntry {
+                index: to_u64(idx),
+                leaf,
+                leaf_hash,
+            })
             .collect())
     }
 
@@ -215,12 +233,20 @@ impl Store {
         let row: Option<(i64, Vec<u8>, String)> = on_backend!(&self.db, pool, Db => {
             sqlx::query_as::<Db, (i64, Vec<u8>, String)>(SQL).fetch_optional(pool).await?
         });
-        Ok(row.map(|(size, root_hash, note)| StoredCheckpoint { tree_size: to_u64(size), root_hash, note }))
+        Ok(row.map(|(size, root_hash, note)| StoredCheckpoint {
+            tree_size: to_u64(size),
+            root_hash,
+            note,
+        }))
     }
 
     /// Records a published checkpoint (a checkpoint for a size already
     /// stored is left as it was).
-    pub async fn insert_checkpoint(&self, checkpoint: &StoredCheckpoint, created_at_ns: i64) -> Result<(), sqlx::Error> {
+    pub async fn insert_checkpoint(
+        &self,
+        checkpoint: &StoredCheckpoint,
+        created_at_ns: i64,
+    ) -> Result<(), sqlx::Error> {
         const SQL: &str = "INSERT INTO checkpoints (tree_size, root_hash, note, created_at_ns)
             VALUES ($1, $2, $3, $4) ON CONFLICT (tree_size) DO NOTHING";
         on_backend!(&self.db, pool, Db => {

@@ -17,7 +17,11 @@ use crate::store::QueryFilter;
 /// Entries per replayed message.
 const REPLAY_PAGE: u32 = 500;
 
-pub fn stream(log: Log, from_index: u64, filter: QueryFilter) -> ReceiverStream<Result<pb::SubscribeResponse, Status>> {
+pub fn stream(
+    log: Log,
+    from_index: u64,
+    filter: QueryFilter,
+) -> ReceiverStream<Result<pb::SubscribeResponse, Status>> {
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
         let live = log.subscribe();
@@ -35,7 +39,9 @@ fn matches(filter: &QueryFilter, entry: &LoggedEntry) -> bool {
     let eq = |want: &str, have: &str| want.is_empty() || want == have;
     eq(&filter.incident_ref, &r.incident_ref)
         && eq(&filter.nhi_id, &r.target.nhi_id)
-        && (filter.actor.is_empty() || filter.actor == r.actor.workload_spiffe_id || filter.actor == r.actor.human_subject)
+        && (filter.actor.is_empty()
+            || filter.actor == r.actor.workload_spiffe_id
+            || filter.actor == r.actor.human_subject)
         && eq(&filter.action, &r.action)
         && eq(&filter.correlation_id, &r.correlation_id)
 }
@@ -43,7 +49,9 @@ fn matches(filter: &QueryFilter, entry: &LoggedEntry) -> bool {
 /// Sends the entries of `batch` at or after `next` that match; returns the
 /// new cursor, or `None` when the subscriber went away.
 async fn send(tx: &Sink, filter: &QueryFilter, batch: &[LoggedEntry], next: u64) -> Option<u64> {
-    let Some(last) = batch.last() else { return Some(next) };
+    let Some(last) = batch.last() else {
+        return Some(next);
+    };
     if last.index < next {
         return Some(next);
     }
@@ -53,13 +61,23 @@ async fn send(tx: &Sink, filter: &QueryFilter, batch: &[LoggedEntry], next: u64)
         .map(entry_to_proto)
         .collect();
     let cursor = last.index + 1;
-    let message = pb::SubscribeResponse { entries, next_index: cursor, fell_behind: None };
+    let message = pb::SubscribeResponse {
+        entries,
+        next_index: cursor,
+        fell_behind: None,
+    };
     tx.send(Ok(message)).await.ok()?;
     Some(cursor)
 }
 
 /// Replays `[next, size)` from the database.
-async fn replay(log: &Log, tx: &Sink, filter: &QueryFilter, mut next: u64, until: u64) -> Result<Option<u64>, Status> {
+async fn replay(
+    log: &Log,
+    tx: &Sink,
+    filter: &QueryFilter,
+    mut next: u64,
+    until: u64,
+) -> Result<Option<u64>, Status> {
     while next < until {
         let stored = log
             .store()
@@ -124,7 +142,9 @@ async fn follow(
                 return Ok(());
             }
             Err(broadcast::error::RecvError::Closed) => {
-                return Err(Status::unavailable("the audit log is shutting down; resume later"));
+                return Err(Status::unavailable(
+                    "the audit log is shutting down; resume later",
+                ));
             }
         }
     }
