@@ -45,6 +45,10 @@ pub struct ConnectionArgs {
         default_value_t = 50051
     )]
     pub base_port: u16,
+    /// `host:port` of the one service a command talks to, overriding
+    /// --host and --base-port.
+    #[arg(long, global = true, env = "STEWARD_ADDR")]
+    pub addr: Option<String>,
 }
 
 impl ConnectionArgs {
@@ -68,6 +72,9 @@ impl ConnectionArgs {
 
     /// `host:port` of a service.
     pub fn address(&self, service: &str) -> anyhow::Result<String> {
+        if let Some(addr) = &self.addr {
+            return Ok(addr.clone());
+        }
         let index = crate::SERVICES
             .iter()
             .position(|(name, _)| *name == service)

@@ -89,6 +89,7 @@ pub async fn up(dir: &Path, base_port: u16, log_format: &str) -> anyhow::Result<
         bundle: pki.join("bundle.pem"),
         host: "127.0.0.1".to_owned(),
         base_port,
+        addr: None,
     };
     let healthy = tokio::select! {
         result = wait_healthy(&conn, &mut children) => result,

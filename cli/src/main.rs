@@ -4,6 +4,7 @@
 //! reset`) and checks the services (`steward health`, `steward whoami`), all
 //! over mTLS with the operator's SVID.
 
+mod audit;
 mod client;
 mod dev;
 mod health;
@@ -52,11 +53,43 @@ enum Command {
     },
     /// Check that every service answers its gRPC health check over mTLS.
     Health,
+    /// The evidence log: verify it, export it.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Ask a service which SPIFFE ID it verified for you.
     Whoami {
         /// Which service to ask.
         #[arg(long, default_value = "inventory")]
         service: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Verify the evidence log: checkpoint signature, every leaf, the tree,
+    /// and consistency with the checkpoint trusted on the previous run.
+    /// Exits 3 when the log fails verification.
+    Verify {
+        /// The log's verifier key (`<name>+<hash>+<key>`), from a source you trust.
+        #[arg(long, default_value = ".steward/dev/pki/audit-log.vkey")]
+        vkey: PathBuf,
+        /// Where the last trusted checkpoint is kept between runs.
+        #[arg(long, default_value = ".steward/audit/trusted-checkpoint")]
+        state: PathBuf,
+    },
+    /// Export entries as JSON Lines (one `{index, leaf_hash, entry}` per line) for SIEM ingestion.
+    Export {
+        /// First index.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// End index (exclusive); default: the current tree size.
+        #[arg(long)]
+        to: Option<u64>,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        file: Option<PathBuf>,
     },
 }
 
@@ -105,6 +138,12 @@ fn main() -> ExitCode {
                 command: DevCommand::Reset { dir },
             } => dev::reset(&dir),
             Command::Health => health::health(&cli.conn, cli.output).await,
+            Command::Audit {
+                command: AuditCommand::Verify { vkey, state },
+            } => audit::verify(&cli.conn, &vkey, &state, cli.output).await,
+            Command::Audit {
+                command: AuditCommand::Export { from, to, file },
+            } => audit::export(&cli.conn, from, to, file).await,
             Command::Whoami { service } => health::whoami(&cli.conn, &service, cli.output).await,
         }
     });

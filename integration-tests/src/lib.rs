@@ -286,6 +286,18 @@ impl TestStack {
         }
     }
 
+    /// Starts a stopped service again on its database (a fresh port);
+    /// returns its address.
+    pub async fn restart_stopped(&mut self, name: &str) -> String {
+        let mut config = self.configs[name].clone();
+        config.listen_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        let app = build_service(name, config).await.unwrap();
+        let service = RunningService::start(name, app);
+        let address = service.address();
+        self.services.insert(name.to_owned(), service);
+        address
+    }
+
     /// Stops a service and starts it again on the same port and database;
     /// returns the config it runs with.
     pub async fn restart(&mut self, name: &str) -> ServiceConfig {

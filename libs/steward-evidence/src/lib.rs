@@ -9,6 +9,7 @@
 pub mod merkle;
 pub mod note;
 pub mod record;
+pub mod wire;
 
 pub use merkle::{Hash, MerkleTree, leaf_hash};
 pub use note::{Checkpoint, NoteSigner, NoteVerifier};

@@ -1,0 +1,333 @@
+//! `steward audit verify` and `steward audit export`.
+//!
+//! `verify` trusts nothing the server says about itself: the verifier key
+//! comes from a local file, every leaf is recomputed from the record fields,
+//! the tree is rebuilt from those leaves, and the log must be consistent with
+//! the checkpoint this machine trusted last time (saved locally).
+//!
+//! Exit codes: 0 verified; 3 the log failed verification (tampering,
+//! truncation or a fork); 1 anything else (unreachable, bad arguments).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use steward_evidence::merkle::{MerkleTree, verify_consistency, verify_inclusion};
+use steward_evidence::wire::record_from_proto;
+use steward_evidence::{Checkpoint, Hash, NoteVerifier, leaf_hash};
+use steward_proto::steward::audit::v1 as pb;
+use steward_proto::steward::audit::v1::audit_service_client::AuditServiceClient;
+use tonic::transport::Channel;
+
+use crate::Output;
+use crate::client::{ConnectionArgs, connect, service_id};
+
+/// The exit code for a log that failed verification.
+pub const EXIT_TAMPERED: u8 = 3;
+
+const PAGE: u32 = 1000;
+
+async fn client(conn: &ConnectionArgs) -> anyhow::Result<AuditServiceClient<Channel>> {
+    let source = conn.source()?;
+    let trust_domain = source.material().id.trust_domain().clone();
+    let channel = connect(
+        &source,
+        &conn.address("audit")?,
+        service_id(&trust_domain, "audit")?,
+    )
+    .await?;
+    Ok(AuditServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
+}
+
+/// Fetches entries `[from, to)`, calling `each` on every one in order.
+async fn for_each_entry(
+    client: &mut AuditServiceClient<Channel>,
+    from: u64,
+    to: u64,
+    mut each: impl FnMut(pb::LogEntry) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut token = String::new();
+    let mut done = from;
+    loop {
+        let page = client
+            .get_entries(pb::GetEntriesRequest {
+                start_index: from,
+                end_index: to,
+                page_size: PAGE,
+                page_token: token,
+            })
+            .await
+            .context("cannot fetch entries")?
+            .into_inner();
+        for entry in page.entries {
+            done = entry.index + 1;
+            each(entry)?;
+        }
+        progress(done - from, to - from);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    eprint!("\r\x1b[K");
+    Ok(())
+}
+
+fn progress(done: u64, total: u64) {
+    if total > 0 {
+        eprint!(
+            "\r  {done}/{total} entries ({:.0}%)",
+            done as f64 * 100.0 / total as f64
+        );
+        let _ = std::io::stderr().flush();
+    }
+}
+
+/// A verification failure: printed, and exit code 3.
+struct Failure(String);
+
+pub async fn verify(
+    conn: &ConnectionArgs,
+    vkey_path: &Path,
+    state_path: &Path,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    let vkey = std::fs::read_to_string(vkey_path).with_context(|| {
+        format!(
+            "cannot read the log's verifier key {} (pass --vkey)",
+            vkey_path.display()
+        )
+    })?;
+    let verifier = NoteVerifier::parse(&vkey).context("invalid verifier key")?;
+    let mut client = client(conn).await?;
+
+    match run_verify(&mut client, &verifier, state_path).await? {
+        Ok(report) => {
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({ "verified": true, "tree_size": report.size, "root_hash": hex(&report.root), "trusted_before": report.trusted_before })
+                ),
+                Output::Table => {
+                    println!("verified {} entries of {}", report.size, verifier.name());
+                    println!("  root hash      {}", hex(&report.root));
+                    match report.trusted_before {
+                        Some(size) => println!(
+                            "  consistent with the checkpoint trusted before (size {size})"
+                        ),
+                        None => println!("  first run: checkpoint saved as trusted"),
+                    }
+                    println!("  trusted state  {}", state_path.display());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(Failure(reason)) => {
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({ "verified": false, "reason": reason })
+                ),
+                Output::Table => println!("VERIFICATION FAILED: {reason}"),
+            }
+            Ok(ExitCode::from(EXIT_TAMPERED))
+        }
+    }
+}
+
+struct Report {
+    size: u64,
+    root: Hash,
+    trusted_before: Option<u64>,
+}
+
+async fn run_verify(
+    client: &mut AuditServiceClient<Channel>,
+    verifier: &NoteVerifier,
+    state_path: &Path,
+) -> anyhow::Result<Result<Report, Failure>> {
+    let response = client
+        .get_checkpoint(pb::GetCheckpointRequest { fresh: true })
+        .await?
+        .into_inner();
+    let text = match verifier.verify(&response.signed_note) {
+        Ok(text) => text,
+        Err(e) => {
+            return Ok(Err(Failure(format!(
+                "the checkpoint is not signed by {}: {e}",
+                verifier.name()
+            ))));
+        }
+    };
+    let checkpoint = match Checkpoint::parse(text) {
+        Ok(c) => c,
+        Err(e) => {
+            return Ok(Err(Failure(format!(
+                "the signed checkpoint is malformed: {e}"
+            ))));
+        }
+    };
+    let size = checkpoint.tree_size;
+
+    // Recompute every leaf from the record fields the API returns.
+    let mut tree = MerkleTree::new();
+    let mut first_bad: Option<String> = None;
+    for_each_entry(client, 0, size, |entry| {
+        let index = entry.index;
+        if index != tree.size() {
+            bail!("the server returned entry {index} where {} was expected", tree.size());
+        }
+        let record = entry.record.clone().context("entry without a record")?;
+        let recomputed = match record_from_proto(record) {
+            Ok(record) => leaf_hash(&record.canonical_leaf(&entry.appended_by)),
+            Err(e) => {
+                first_bad.get_or_insert(format!("entry {index} is not a valid record: {e}"));
+                [0u8; 32]
+            }
+        };
+        if first_bad.is_none() && recomputed.as_slice() != entry.leaf_hash.as_slice() {
+            first_bad = Some(format!(
+                "entry {index} does not match its leaf hash: its fields hash to {} but the log holds {}",
+                hex(&recomputed),
+                hex(&entry.leaf_hash)
+            ));
+        }
+        tree.push(recomputed);
+        Ok(())
+    })
+    .await?;
+    if let Some(reason) = first_bad {
+        return Ok(Err(Failure(format!("first bad index: {reason}"))));
+    }
+    let root = tree.root(size)?;
+    if root != checkpoint.root_hash {
+        // The leaves agree with the log's own hashes, yet not with the signed
+        // root: find the first leaf the signed tree does not contain.
+        for index in 0..size {
+            let proof = client
+                .get_inclusion_proof(pb::GetInclusionProofRequest {
+                    leaf: Some(pb::get_inclusion_proof_request::Leaf::Index(index)),
+                    tree_size: size,
+                })
+                .await?
+                .into_inner();
+            let hashes: Vec<Hash> = proof
+                .hashes
+                .iter()
+                .filter_map(|h| h.as_slice().try_into().ok())
+                .collect();
+            let leaf = tree.leaf(index).unwrap_or([0; 32]);
+            if !verify_inclusion(index, size, &leaf, &hashes, &checkpoint.root_hash) {
+                return Ok(Err(Failure(format!(
+                    "first bad index: entry {index} is not in the signed tree"
+                ))));
+            }
+        }
+        return Ok(Err(Failure(
+            "the entries do not reproduce the signed root hash".into(),
+        )));
+    }
+
+    // Consistency with what this machine trusted before.
+    let trusted_before = match std::fs::read_to_string(state_path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", state_path.display())),
+        Ok(note) => {
+            let text = verifier
+                .verify(&note)
+                .context("the saved trusted checkpoint does not verify")?;
+            let trusted = Checkpoint::parse(text)?;
+            if trusted.tree_size > size {
+                return Ok(Err(Failure(format!(
+                    "the log shrank: {size} entries now, {} in the checkpoint trusted before (truncated or forked)",
+                    trusted.tree_size
+                ))));
+            }
+            let proof = client
+                .get_consistency_proof(pb::GetConsistencyProofRequest {
+                    first_size: trusted.tree_size.max(1),
+                    second_size: size,
+                })
+                .await?
+                .into_inner();
+            let hashes: Vec<Hash> = proof
+                .hashes
+                .iter()
+                .filter_map(|h| h.as_slice().try_into().ok())
+                .collect();
+            let consistent = trusted.tree_size == 0
+                || (verify_consistency(
+                    trusted.tree_size,
+                    size,
+                    &trusted.root_hash,
+                    &checkpoint.root_hash,
+                    &hashes,
+                ) && tree.root(trusted.tree_size)? == trusted.root_hash);
+            if !consistent {
+                return Ok(Err(Failure(format!(
+                    "the log is not consistent with the checkpoint trusted before (size {}): history was rewritten",
+                    trusted.tree_size
+                ))));
+            }
+            Some(trusted.tree_size)
+        }
+    };
+    if let Some(parent) = state_path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(state_path, &response.signed_note).with_context(|| {
+        format!(
+            "cannot save the trusted checkpoint to {}",
+            state_path.display()
+        )
+    })?;
+    Ok(Ok(Report {
+        size,
+        root,
+        trusted_before,
+    }))
+}
+
+/// Writes entries `[from, to)` as JSON Lines: one object per entry with its
+/// index, leaf hash (hex) and the canonical leaf itself.
+pub async fn export(
+    conn: &ConnectionArgs,
+    from: u64,
+    to: Option<u64>,
+    out: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let mut client = client(conn).await?;
+    let size = client
+        .get_checkpoint(pb::GetCheckpointRequest { fresh: true })
+        .await?
+        .into_inner()
+        .tree_size;
+    let to = to.unwrap_or(size).min(size);
+    let mut sink: Box<dyn Write> = match &out {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let mut written = 0u64;
+    for_each_entry(&mut client, from.min(to), to, |entry| {
+        let record = entry.record.clone().context("entry without a record")?;
+        let record = record_from_proto(record).map_err(|e| anyhow::anyhow!("entry {}: {e}", entry.index))?;
+        let leaf: serde_json::Value = serde_json::from_slice(&record.canonical_leaf(&entry.appended_by))?;
+        let line = serde_json::json!({ "index": entry.index, "leaf_hash": hex(&entry.leaf_hash), "entry": leaf });
+        serde_json::to_writer(&mut sink, &line)?;
+        sink.write_all(b"\n")?;
+        written += 1;
+        Ok(())
+    })
+    .await?;
+    sink.flush()?;
+    eprintln!("exported {written} entries");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,178 @@
+//! `steward audit verify` and `steward audit export` against a real audit
+//! service, including a tampered and a truncated log.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use rustls_pki_types::PrivateKeyDer;
+use rustls_pki_types::pem::PemObject;
+use steward_evidence::NoteSigner;
+use steward_integration_tests::evidence::append_many;
+use steward_integration_tests::{TestStack, binary_dir, execute_sql};
+
+struct Cli {
+    args: Vec<String>,
+    vkey: PathBuf,
+    state: PathBuf,
+}
+
+impl Cli {
+    fn new(stack: &TestStack) -> Self {
+        let pki = stack.pki.path();
+        // The verifier key comes from the signing key, not from the server.
+        let pem = std::fs::read(stack.pki.log_key()).unwrap();
+        let der = PrivateKeyDer::from_pem_slice(&pem).unwrap();
+        let signer = NoteSigner::from_pkcs8("steward.test/audit", der.secret_der()).unwrap();
+        let vkey = pki.join("audit-log.vkey");
+        std::fs::write(&vkey, signer.verifier_key()).unwrap();
+        let args = vec![
+            "--cert".into(),
+            pki.join("operator.crt").display().to_string(),
+            "--key".into(),
+            pki.join("operator.key").display().to_string(),
+            "--bundle".into(),
+            pki.join("bundle.pem").display().to_string(),
+            "--addr".into(),
+            stack.service("audit").address(),
+        ];
+        Self {
+            args,
+            vkey,
+            state: pki.join("verify-state/trusted"),
+        }
+    }
+
+    fn set_addr(&mut self, addr: String) {
+        let last = self.args.len() - 1;
+        self.args[last] = addr;
+    }
+
+    async fn run(&self, extra: &[&str]) -> Output {
+        let mut args = self.args.clone();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(binary_dir().join("steward"))
+                .args(args)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn verify(&self) -> (i32, String) {
+        let vkey = self.vkey.display().to_string();
+        let state = self.state.display().to_string();
+        let out = self
+            .run(&["audit", "verify", "--vkey", &vkey, "--state", &state])
+            .await;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code().unwrap_or(-1), text)
+    }
+}
+
+fn assert_exists(path: &Path) {
+    assert!(path.exists(), "{} missing", path.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_accepts_an_honest_log_and_follows_it_as_it_grows() {
+    let stack = TestStack::start().await;
+    let mut writer = stack.audit_as_service("inventory").await;
+    append_many(&mut writer, 25, "INC-42").await;
+    let cli = Cli::new(&stack);
+
+    let (code, out) = cli.verify().await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("verified 25 entries"), "{out}");
+    assert!(out.contains("first run"), "{out}");
+    assert_exists(&cli.state);
+
+    append_many(&mut writer, 10, "INC-42").await;
+    let (code, out) = cli.verify().await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("verified 35 entries"), "{out}");
+    assert!(out.contains("trusted before (size 25)"), "{out}");
+
+    // Export: one JSON object per line whose leaf hashes to the logged hash.
+    let file = stack.pki.path().join("export.jsonl");
+    let out = cli
+        .run(&["audit", "export", "--file", &file.display().to_string()])
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 35);
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["index"], i as u64);
+        let leaf = serde_json::to_vec(&line["entry"]).unwrap();
+        let hash: String = steward_evidence::leaf_hash(&leaf)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(line["leaf_hash"], hash.as_str(), "line {i}");
+        assert_eq!(line["entry"]["incident_ref"], "INC-42");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_reports_the_first_bad_index_when_a_stored_record_is_edited() {
+    let stack = TestStack::start().await;
+    let mut writer = stack.audit_as_service("inventory").await;
+    append_many(&mut writer, 12, "INC-42").await;
+    let cli = Cli::new(&stack);
+    assert_eq!(cli.verify().await.0, 0);
+
+    // Someone with database access rewrites the action of entry 4.
+    execute_sql(
+        &stack.configs["audit"].database,
+        "UPDATE entries SET leaf = replace(leaf, '\"action\":\"identity.watchlist\"', '\"action\":\"identity.restore\"') WHERE idx = 4",
+    )
+    .await;
+    let (code, out) = cli.verify().await;
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("first bad index: entry 4 "), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_catches_a_truncated_log_by_its_consistency_check() {
+    let mut stack = TestStack::start().await;
+    let mut writer = stack.audit_as_service("inventory").await;
+    append_many(&mut writer, 9, "INC-42").await;
+    let mut cli = Cli::new(&stack);
+    assert_eq!(cli.verify().await.0, 0);
+    drop(writer);
+
+    // The log is cut back to 5 entries (and its checkpoints with it), the
+    // service restarted, and new records appended past the old size.
+    stack.stop("audit").await;
+    let config = stack.configs["audit"].database.clone();
+    execute_sql(&config, "DELETE FROM entries WHERE idx >= 5").await;
+    execute_sql(&config, "DELETE FROM checkpoints WHERE tree_size > 5").await;
+    let addr = stack.restart_stopped("audit").await;
+    cli.set_addr(addr);
+
+    let mut writer = stack.audit_as_service("inventory").await;
+    let (code, out) = cli.verify().await;
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("shrank"), "{out}");
+
+    append_many(&mut writer, 7, "INC-43").await;
+    let (code, out) = cli.verify().await;
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains("not consistent with the checkpoint trusted before (size 9)"),
+        "{out}"
+    );
+}
