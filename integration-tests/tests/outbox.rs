@@ -1,0 +1,188 @@
+//! The evidence outbox: state changes commit with their evidence while audit
+//! is down, and every record reaches the log exactly once, in order.
+
+use std::time::{Duration, Instant};
+
+use steward_db::{Database, MigrationFile, MigrationSet, on_backend};
+use steward_evidence::wire::record_from_proto;
+use steward_identity::ServerAuthorizer;
+use steward_integration_tests::evidence::record;
+use steward_integration_tests::{TestStack, spiffe_id};
+use steward_outbox::{Forwarder, ForwarderOptions};
+use steward_proto::steward::audit::v1 as pb;
+
+const SQLITE: &[MigrationFile] = &[
+    MigrationFile {
+        version: 2,
+        description: "outbox",
+        sql: steward_outbox::SQLITE_SQL,
+    },
+    MigrationFile {
+        version: 3,
+        description: "widgets",
+        sql: "CREATE TABLE widgets (id BIGINT PRIMARY KEY, name TEXT NOT NULL)",
+    },
+];
+const POSTGRES: &[MigrationFile] = &[
+    MigrationFile {
+        version: 2,
+        description: "outbox",
+        sql: steward_outbox::POSTGRES_SQL,
+    },
+    MigrationFile {
+        version: 3,
+        description: "widgets",
+        sql: "CREATE TABLE widgets (id BIGINT PRIMARY KEY, name TEXT NOT NULL)",
+    },
+];
+const WIDGETS: MigrationSet = MigrationSet {
+    service: "inventory",
+    sqlite: SQLITE,
+    postgres: POSTGRES,
+};
+
+/// One state change and its evidence, in one transaction; `commit` decides.
+async fn change(db: &Database, n: u64, commit: bool) {
+    let evidence = record_from_proto(record(n, "INC-outbox")).unwrap();
+    on_backend!(db, pool, Db => {
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query::<Db>("INSERT INTO widgets (id, name) VALUES ($1, $2)")
+            .bind(n as i64)
+            .bind(format!("widget-{n}"))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        enqueue(&mut tx, &evidence).await;
+        if commit { tx.commit().await.unwrap() } else { tx.rollback().await.unwrap() }
+    });
+}
+
+trait Enqueue {
+    async fn enqueue_into(&mut self, record: &steward_evidence::EvidenceRecord);
+}
+impl Enqueue for sqlx::Transaction<'_, sqlx::Sqlite> {
+    async fn enqueue_into(&mut self, record: &steward_evidence::EvidenceRecord) {
+        steward_outbox::enqueue_sqlite(self, record).await.unwrap();
+    }
+}
+impl Enqueue for sqlx::Transaction<'_, sqlx::Postgres> {
+    async fn enqueue_into(&mut self, record: &steward_evidence::EvidenceRecord) {
+        steward_outbox::enqueue_postgres(self, record)
+            .await
+            .unwrap();
+    }
+}
+async fn enqueue(tx: &mut impl Enqueue, record: &steward_evidence::EvidenceRecord) {
+    tx.enqueue_into(record).await;
+}
+
+async fn count(db: &Database, sql: &'static str) -> i64 {
+    on_backend!(db, pool, Db => sqlx::query_scalar::<Db, i64>(sql).fetch_one(pool).await.unwrap())
+}
+
+async fn wait_until_delivered(db: &Database, expected: i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats = Forwarder::stats(db).await.unwrap();
+        if stats.pending == 0 && stats.delivered == expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "outbox not drained: {stats:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evidence_queues_while_audit_is_down_and_arrives_exactly_once_in_order() {
+    let mut stack = TestStack::start().await;
+    let audit_addr = stack.service("audit").address();
+    stack.stop("audit").await;
+
+    // The service's own database, with the outbox beside its state.
+    let database = stack
+        .backend
+        .fresh_database(stack.pki.path(), "widgets")
+        .await;
+    let db = Database::connect(&database).await.unwrap();
+    db.migrate(&WIDGETS).await.unwrap();
+
+    // Audit is down: state changes still commit, and their evidence queues.
+    for n in 0..20 {
+        change(&db, n, true).await;
+    }
+    change(&db, 99, false).await; // rolled back: neither state nor evidence
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM widgets").await, 20);
+    assert_eq!(Forwarder::stats(&db).await.unwrap().pending, 20);
+
+    let inventory = stack.pki.client(
+        "inventory-forwarder",
+        &spiffe_id("/service/inventory").to_string(),
+    );
+    let channel = steward_identity::connector::connect_lazy(
+        inventory,
+        &audit_addr,
+        ServerAuthorizer::Exact(spiffe_id("/service/audit")),
+    )
+    .unwrap();
+    let options = ForwarderOptions {
+        min_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let forwarder = Forwarder::new(db.clone(), channel, options);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(forwarder.clone().run(async {
+        let _ = stopped.await;
+    }));
+
+    // A few failed attempts against the stopped audit, and nothing lost.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let stats = Forwarder::stats(&db).await.unwrap();
+    assert_eq!((stats.pending, stats.delivered), (20, 0));
+
+    // Audit comes back on the same address: the queue drains.
+    stack.restart_on("audit", audit_addr.parse().unwrap()).await;
+    wait_until_delivered(&db, 20).await;
+
+    // Pretend the acknowledgement of the last five was lost: they are sent
+    // again, and audit logs them once.
+    steward_integration_tests::execute_sql(
+        &database,
+        "UPDATE evidence_outbox SET delivered_at_ns = NULL WHERE seq > 15",
+    )
+    .await;
+    forwarder.wake();
+    wait_until_delivered(&db, 20).await;
+
+    let mut reader = stack.audit_reader().await;
+    let entries = reader
+        .get_entries(pb::GetEntriesRequest {
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    let order: Vec<String> = entries
+        .iter()
+        .map(|e| e.record.as_ref().unwrap().attributes["n"].clone())
+        .collect();
+    assert_eq!(
+        order,
+        (0..20).map(|n| n.to_string()).collect::<Vec<_>>(),
+        "exactly once, in order"
+    );
+    assert!(
+        entries
+            .iter()
+            .all(|e| e.appended_by == "spiffe://steward.test/service/inventory")
+    );
+    assert_eq!(
+        count(&db, "SELECT MAX(log_index) FROM evidence_outbox").await,
+        19
+    );
+
+    let _ = stop.send(());
+    task.await.unwrap();
+}

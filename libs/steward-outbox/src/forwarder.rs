@@ -1,0 +1,195 @@
+//! Ships queued evidence to audit, in order, until told to stop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use steward_db::{Database, on_backend};
+use steward_proto::steward::audit::v1 as pb;
+use steward_proto::steward::audit::v1::audit_service_client::AuditServiceClient;
+use tokio::sync::Notify;
+use tonic::transport::Channel;
+
+/// Forwarder settings.
+#[derive(Debug, Clone)]
+pub struct ForwarderOptions {
+    /// Records per AppendBatch (audit accepts at most 1,000).
+    pub batch_size: u32,
+    /// How often to look for work when nobody calls [`Forwarder::wake`].
+    pub poll_interval: Duration,
+    /// First and largest pause after a failed delivery.
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for ForwarderOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            poll_interval: Duration::from_millis(500),
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Pending and delivered counts, for health and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxStats {
+    pub pending: i64,
+    pub delivered: i64,
+    pub failed: i64,
+}
+
+/// Ships the outbox of one service's database to audit.
+#[derive(Debug, Clone)]
+pub struct Forwarder {
+    database: Database,
+    client: AuditServiceClient<Channel>,
+    options: ForwarderOptions,
+    wake: Arc<Notify>,
+}
+
+impl Forwarder {
+    /// `channel` should be lazy (`steward_identity::connector::connect_lazy`)
+    /// so that audit being down at start-up is just another retry.
+    pub fn new(database: Database, channel: Channel, options: ForwarderOptions) -> Self {
+        Self {
+            database,
+            client: AuditServiceClient::new(channel),
+            options,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Tells the forwarder that new records were committed.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Runs until `shutdown` resolves.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut backoff = self.options.min_backoff;
+        loop {
+            let pause = match self.forward_once().await {
+                Ok(0) => self.options.poll_interval,
+                Ok(_) => {
+                    backoff = self.options.min_backoff;
+                    continue;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "evidence not delivered to audit; will retry");
+                    let pause = backoff;
+                    backoff = (backoff * 2).min(self.options.max_backoff);
+                    pause
+                }
+            };
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    /// Delivers one batch; returns how many records it settled.
+    pub async fn forward_once(&mut self) -> Result<usize, ForwardError> {
+        const PENDING: &str = "SELECT seq, record FROM evidence_outbox
+            WHERE delivered_at_ns IS NULL AND last_error IS NULL ORDER BY seq LIMIT $1";
+        let rows: Vec<(i64, Vec<u8>)> = on_backend!(&self.database, pool, Db => {
+            sqlx::query_as::<Db, (i64, Vec<u8>)>(PENDING)
+                .bind(i64::from(self.options.batch_size))
+                .fetch_all(pool)
+                .await?
+        });
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let records = rows
+            .iter()
+            .map(|(_, bytes)| pb::EvidenceRecord::decode(bytes.as_slice()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ForwardError::Corrupt(e.to_string()))?;
+        let seqs: Vec<i64> = rows.iter().map(|(seq, _)| *seq).collect();
+        let response = self
+            .client
+            .append_batch(pb::AppendBatchRequest { records })
+            .await;
+        let results = match response {
+            Ok(response) => response.into_inner().results,
+            Err(status) => {
+                self.count_attempt(&seqs).await?;
+                return Err(ForwardError::Audit(
+                    status.code(),
+                    status.message().to_owned(),
+                ));
+            }
+        };
+        let now = i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos())
+            .unwrap_or(i64::MAX);
+        const DELIVERED: &str = "UPDATE evidence_outbox SET delivered_at_ns = $1, log_index = $2, attempts = attempts + 1 WHERE seq = $3";
+        const DEAD: &str =
+            "UPDATE evidence_outbox SET last_error = $1, attempts = attempts + 1 WHERE seq = $2";
+        on_backend!(&self.database, pool, Db => {
+            let mut tx = pool.begin().await?;
+            for (seq, result) in seqs.iter().zip(&results) {
+                match &result.result {
+                    Some(pb::append_batch_result::Result::Appended(a)) => {
+                        let index = i64::try_from(a.index).unwrap_or(i64::MAX);
+                        sqlx::query::<Db>(DELIVERED).bind(now).bind(index).bind(seq).execute(&mut *tx).await?;
+                    }
+                    Some(pb::append_batch_result::Result::Error(e)) => {
+                        // The record was validated when it was queued, so this is a
+                        // version skew or a reused record id: keep it, loudly, and
+                        // move on rather than block every later record.
+                        tracing::error!(seq, code = e.code, message = %e.message, "audit refused an evidence record; kept in the outbox as failed");
+                        sqlx::query::<Db>(DEAD).bind(&e.message).bind(seq).execute(&mut *tx).await?;
+                    }
+                    None => {}
+                }
+            }
+            tx.commit().await?;
+        });
+        Ok(results.len())
+    }
+
+    async fn count_attempt(&self, seqs: &[i64]) -> Result<(), ForwardError> {
+        const ATTEMPT: &str = "UPDATE evidence_outbox SET attempts = attempts + 1
+            WHERE seq >= $1 AND seq <= $2 AND delivered_at_ns IS NULL";
+        if let (Some(first), Some(last)) = (seqs.first(), seqs.last()) {
+            on_backend!(&self.database, pool, Db => {
+                sqlx::query::<Db>(ATTEMPT).bind(first).bind(last).execute(pool).await?;
+            });
+        }
+        Ok(())
+    }
+
+    /// Counts of pending, delivered and failed records.
+    pub async fn stats(database: &Database) -> Result<OutboxStats, sqlx::Error> {
+        const SQL: &str = "SELECT
+            COUNT(*) FILTER (WHERE delivered_at_ns IS NULL AND last_error IS NULL),
+            COUNT(*) FILTER (WHERE delivered_at_ns IS NOT NULL),
+            COUNT(*) FILTER (WHERE last_error IS NOT NULL)
+            FROM evidence_outbox";
+        let (pending, delivered, failed): (i64, i64, i64) = on_backend!(database, pool, Db => {
+            sqlx::query_as::<Db, (i64, i64, i64)>(SQL).fetch_one(pool).await?
+        });
+        Ok(OutboxStats {
+            pending,
+            delivered,
+            failed,
+        })
+    }
+}
+
+/// Why a delivery attempt failed; the forwarder retries.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("audit answered {0:?}: {1}")]
+    Audit(tonic::Code, String),
+    #[error("outbox storage: {0}")]
+    Storage(#[from] sqlx::Error),
+    #[error("a queued record cannot be decoded: {0}")]
+    Corrupt(String),
+}

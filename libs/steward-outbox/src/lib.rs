@@ -1,0 +1,101 @@
+//! The evidence outbox. A service never loses evidence and never waits for
+//! audit:
+//!
+//! 1. In the same database transaction as its state change, the service
+//!    calls [`enqueue_sqlite`] / [`enqueue_postgres`], which validate the
+//!    record and insert it into its own `evidence_outbox` table. The state
+//!    change and its evidence commit together or not at all.
+//! 2. A [`Forwarder`] task ships pending rows to audit's `AppendBatch` in
+//!    `seq` order, marks them delivered with their log index, and retries
+//!    with exponential backoff while audit is away. It survives restarts:
+//!    the table is the queue.
+//! 3. Audit de-duplicates by record id, so a batch re-sent after a lost
+//!    acknowledgement is logged once: delivery is exactly-once in the log,
+//!    in per-service order.
+//!
+//! Services add the outbox table to their migrations with [`SQLITE_SQL`] and
+//! [`POSTGRES_SQL`] under a version number of their choosing.
+
+mod forwarder;
+
+use prost::Message;
+use steward_evidence::record::{EvidenceRecord, FieldError};
+use steward_evidence::wire::record_to_proto;
+
+pub use forwarder::{Forwarder, ForwarderOptions, OutboxStats};
+
+/// The outbox table on SQLite.
+pub const SQLITE_SQL: &str = "CREATE TABLE evidence_outbox (
+    seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+    record_id        TEXT    NOT NULL UNIQUE,
+    record           BLOB    NOT NULL,
+    enqueued_at_ns   INTEGER NOT NULL,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    delivered_at_ns  INTEGER,
+    log_index        INTEGER,
+    last_error       TEXT
+);
+CREATE INDEX evidence_outbox_pending ON evidence_outbox (seq) WHERE delivered_at_ns IS NULL;";
+
+/// The outbox table on PostgreSQL.
+pub const POSTGRES_SQL: &str = "CREATE TABLE evidence_outbox (
+    seq              BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    record_id        TEXT   NOT NULL UNIQUE,
+    record           BYTEA  NOT NULL,
+    enqueued_at_ns   BIGINT NOT NULL,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    delivered_at_ns  BIGINT,
+    log_index        BIGINT,
+    last_error       TEXT
+);
+CREATE INDEX evidence_outbox_pending ON evidence_outbox (seq) WHERE delivered_at_ns IS NULL;";
+
+/// Why a record could not be queued.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("invalid evidence record: {0}")]
+    Invalid(#[from] FieldError),
+    #[error("cannot queue evidence: {0}")]
+    Storage(#[from] sqlx::Error),
+}
+
+const INSERT: &str =
+    "INSERT INTO evidence_outbox (record_id, record, enqueued_at_ns) VALUES ($1, $2, $3)";
+
+fn encode(record: &EvidenceRecord) -> Result<(String, Vec<u8>, i64), OutboxError> {
+    record.validate()?;
+    let bytes = record_to_proto(record).encode_to_vec();
+    let now =
+        i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos()).unwrap_or(i64::MAX);
+    Ok((record.record_id.hyphenated().to_string(), bytes, now))
+}
+
+/// Queues `record` inside the caller's SQLite transaction.
+pub async fn enqueue_sqlite(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    record: &EvidenceRecord,
+) -> Result<(), OutboxError> {
+    let (id, bytes, now) = encode(record)?;
+    sqlx::query::<sqlx::Sqlite>(INSERT)
+        .bind(id)
+        .bind(bytes)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Queues `record` inside the caller's PostgreSQL transaction.
+pub async fn enqueue_postgres(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    record: &EvidenceRecord,
+) -> Result<(), OutboxError> {
+    let (id, bytes, now) = encode(record)?;
+    sqlx::query::<sqlx::Postgres>(INSERT)
+        .bind(id)
+        .bind(bytes)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
