@@ -17,8 +17,11 @@ use hdrhistogram::Histogram;
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, Ed25519KeyPair};
 use steward_db::{Database, DatabaseConfig};
+use steward_evidence::MerkleTree;
 use steward_integration_tests::echo::start_echo;
-use steward_integration_tests::{TestPki, spiffe_id, workspace_root};
+use steward_integration_tests::evidence::record;
+use steward_integration_tests::{TestPki, TestStack, spiffe_id, workspace_root};
+use steward_proto::steward::audit::v1 as pb;
 use steward_proto::steward::testing::v1::EchoRequest;
 use steward_proto::steward::testing::v1::echo_service_client::EchoServiceClient;
 
@@ -45,6 +48,14 @@ fn main() -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     figures.extend(signatures()?);
+    let baseline = figures.len();
+    runtime.block_on(async {
+        figures.extend(audit_appends().await?);
+        figures.extend(subscriber_lag().await?);
+        anyhow::Ok(())
+    })?;
+    figures.extend(proofs_at_a_million());
+    print_ratios(&figures[..baseline], &figures[baseline..]);
 
     println!();
     println!(
@@ -263,4 +274,215 @@ async fn sqlite_commits() -> anyhow::Result<Vec<Figure>> {
     });
     db.close().await;
     Ok(figures)
+}
+
+/// Targets from the audit issue, checked against the figures.
+fn print_ratios(baseline: &[Figure], audit: &[Figure]) {
+    let find = |set: &[Figure], prefix: &str| {
+        set.iter()
+            .find(|f| f.name.starts_with(prefix))
+            .map(|f| f.value)
+    };
+    println!();
+    if let (Some(appends), Some(floor)) = (
+        find(audit, "audit durable appends"),
+        find(baseline, "SQLite batched: 1,000 INSERTs"),
+    ) {
+        println!(
+            "audit appends / SQLite batched-insert floor = {:.2}  (target: >= 20,000 records/s; measured {:.0})",
+            appends / floor,
+            appends
+        );
+    }
+    if let (Some(appends), Some(floor)) = (
+        find(audit, "audit durable appends"),
+        find(baseline, "SQLite batched: 100-row"),
+    ) {
+        println!(
+            "audit appends / SQLite multi-row floor     = {:.2}",
+            appends / floor
+        );
+    }
+    for f in audit.iter().filter(|f| f.name.contains("proof")) {
+        println!(
+            "{}: p99 {:.1} µs (target <= 1,000 µs)",
+            f.name,
+            f.p99_us.unwrap_or(f64::NAN)
+        );
+    }
+    if let Some(f) = audit
+        .iter()
+        .find(|f| f.name.starts_with("subscriber delivery lag"))
+    {
+        println!(
+            "{}: p99 {:.1} ms (target <= 50 ms)",
+            f.name,
+            f.p99_us.unwrap_or(f64::NAN) / 1000.0
+        );
+    }
+}
+
+/// Durable appends through AppendBatch: 4 writers, 1,000 records per RPC.
+async fn audit_appends() -> anyhow::Result<Vec<Figure>> {
+    let stack = TestStack::start().await;
+    let writers = 4;
+    let per_rpc = 1000u64;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(5);
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let mut client = stack
+            .audit_as_service(["inventory", "authority", "credential-broker", "inventory"][w])
+            .await;
+        tasks.push(tokio::spawn(async move {
+            let mut written = 0u64;
+            let mut histogram = Histogram::<u64>::new(3)?;
+            while Instant::now() < deadline {
+                let records = (0..per_rpc).map(|n| record(n, "INC-bench")).collect();
+                let sent = Instant::now();
+                let reply = client
+                    .append_batch(pb::AppendBatchRequest { records })
+                    .await?
+                    .into_inner();
+                histogram.record(u64::try_from(sent.elapsed().as_micros())?)?;
+                written += reply.results.len() as u64;
+            }
+            anyhow::Ok((written, histogram))
+        }));
+    }
+    let mut total = 0;
+    let mut latency = Histogram::<u64>::new(3)?;
+    for task in tasks {
+        let (written, histogram) = task.await??;
+        total += written;
+        latency.add(histogram)?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok(vec![Figure {
+        name: "audit durable appends (AppendBatch 1,000 × 4 writers)".into(),
+        value: total as f64 / elapsed,
+        unit: "record/s",
+        p50_us: Some(latency.value_at_quantile(0.5) as f64),
+        p99_us: Some(latency.value_at_quantile(0.99) as f64),
+    }])
+}
+
+/// 50 subscribers while a writer appends 5,000 records/s: the time from the
+/// record's creation to its arrival at each subscriber.
+async fn subscriber_lag() -> anyhow::Result<Vec<Figure>> {
+    let stack = TestStack::start().await;
+    let mut tasks = Vec::new();
+    let per_tick = 50u64; // every 10 ms: 5,000 records/s
+    let ticks = 400u64; // 4 s
+    let expected = per_tick * ticks;
+    for connection in 0..10 {
+        let mut client = stack.audit_reader().await;
+        for _ in 0..5 {
+            let mut stream = client
+                .subscribe(pb::SubscribeRequest {
+                    from_index: 0,
+                    filter: None,
+                })
+                .await?
+                .into_inner();
+            let _ = connection;
+            tasks.push(tokio::spawn(async move {
+                let mut lag = Histogram::<u64>::new(3)?;
+                let mut seen = 0u64;
+                while seen < expected {
+                    let Some(message) = stream.message().await? else {
+                        anyhow::bail!("stream ended")
+                    };
+                    anyhow::ensure!(message.fell_behind.is_none(), "a subscriber fell behind");
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)?
+                        .as_nanos();
+                    for entry in &message.entries {
+                        let t = entry
+                            .record
+                            .as_ref()
+                            .and_then(|r| r.time.as_ref())
+                            .map_or(0, |t| t.seconds as u128 * 1_000_000_000 + t.nanos as u128);
+                        lag.record(u64::try_from(now.saturating_sub(t) / 1000)?)?;
+                    }
+                    seen += message.entries.len() as u64;
+                }
+                anyhow::Ok(lag)
+            }));
+        }
+    }
+    let mut writer = stack.audit_as_service("inventory").await;
+    let mut ticker = tokio::time::interval(Duration::from_millis(10));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    for tick in 0..ticks {
+        ticker.tick().await;
+        let records = (0..per_tick)
+            .map(|n| record(tick * per_tick + n, "INC-lag"))
+            .collect();
+        writer
+            .append_batch(pb::AppendBatchRequest { records })
+            .await?;
+    }
+    let mut lag = Histogram::<u64>::new(3)?;
+    for task in tasks {
+        lag.add(task.await??)?;
+    }
+    Ok(vec![Figure {
+        name: "subscriber delivery lag, 50 subscribers at 5,000 appends/s".into(),
+        value: lag.len() as f64,
+        unit: "deliveries",
+        p50_us: Some(lag.value_at_quantile(0.5) as f64),
+        p99_us: Some(lag.value_at_quantile(0.99) as f64),
+    }])
+}
+
+/// The server-side cost of proofs in a 1,000,000-entry tree: the same
+/// `MerkleTree` the audit service answers from.
+fn proofs_at_a_million() -> Vec<Figure> {
+    let n = 1_000_000u64;
+    let mut tree = MerkleTree::new();
+    for i in 0..n {
+        tree.push(steward_evidence::leaf_hash(&i.to_be_bytes()));
+    }
+    let mut inclusion = Histogram::<u64>::new(3).unwrap();
+    let mut consistency = Histogram::<u64>::new(3).unwrap();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for _ in 0..10_000 {
+        let size = n - next() % 1000;
+        let index = next() % size;
+        let t = Instant::now();
+        let proof = std::hint::black_box(
+            tree.inclusion_proof(std::hint::black_box(index), std::hint::black_box(size)),
+        );
+        let head = std::hint::black_box(tree.root(size));
+        inclusion.saturating_record(t.elapsed().as_nanos() as u64);
+        assert!(proof.is_ok() && head.is_ok());
+        let first = 1 + next() % (size - 1);
+        let t = Instant::now();
+        let proof = std::hint::black_box(
+            tree.consistency_proof(std::hint::black_box(first), std::hint::black_box(size)),
+        );
+        consistency.saturating_record(t.elapsed().as_nanos() as u64);
+        assert!(proof.is_ok());
+    }
+    let figure = |name: &str, h: &Histogram<u64>| Figure {
+        name: name.into(),
+        value: 1e9 / h.mean(),
+        unit: "proof/s",
+        p50_us: Some(h.value_at_quantile(0.5) as f64 / 1000.0),
+        p99_us: Some(h.value_at_quantile(0.99) as f64 / 1000.0),
+    };
+    vec![
+        figure(
+            "inclusion proof + tree head at 1,000,000 entries",
+            &inclusion,
+        ),
+        figure("consistency proof at 1,000,000 entries", &consistency),
+    ]
 }

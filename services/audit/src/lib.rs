@@ -109,9 +109,17 @@ async fn routes(context: ServiceContext, config: LogConfig) -> Result<Routes, St
     let (log, queue) = log::Log::open(store, signer, &options)
         .await
         .map_err(|e| StartError::Init(format!("evidence log: {e}")))?;
+    // On PostgreSQL, take the sequencer role now if it is free so that a
+    // lone service accepts appends from its first request; otherwise this
+    // process starts as a read replica that follows the log.
+    let role = log
+        .claim_role()
+        .await
+        .map_err(|e| StartError::Init(format!("sequencer role: {e}")))?;
+    let follow = options.checkpoint_interval.min(Duration::from_millis(200));
     context.spawn(
-        log.sequencer()
-            .run(queue, options.max_batch, context.shutdown()),
+        log.clone()
+            .run_roles(queue, options.max_batch, follow, context.clone(), role),
     );
     context.spawn(
         log.clone()

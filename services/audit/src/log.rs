@@ -10,6 +10,7 @@
 //! every caller with an error and changes nothing.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -31,6 +32,8 @@ pub enum LogError {
     Storage(#[from] sqlx::Error),
     #[error("the log is shutting down")]
     Stopped,
+    #[error("this replica is not the sequencer; another replica holds the role")]
+    NotSequencer,
     #[error("{0}")]
     Corrupt(String),
 }
@@ -129,6 +132,8 @@ struct Shared {
     latest: RwLock<Option<SignedCheckpoint>>,
     publish: tokio::sync::Mutex<()>,
     committed: broadcast::Sender<Arc<Vec<LoggedEntry>>>,
+    /// Whether this process holds the sequencer role.
+    sequencer: AtomicBool,
 }
 
 impl std::fmt::Debug for Log {
@@ -148,6 +153,7 @@ impl Log {
         signer: NoteSigner,
         options: &LogOptions,
     ) -> Result<(Self, mpsc::Receiver<Job>), LogError> {
+        let store_is_sqlite = matches!(store.database(), steward_db::Database::Sqlite(_));
         let hashes = store.leaf_hashes().await?;
         let mut tree = MerkleTree::new();
         for hash in hashes {
@@ -189,8 +195,15 @@ impl Log {
             latest: RwLock::new(latest),
             publish: tokio::sync::Mutex::new(()),
             committed,
+            // SQLite has exactly one writer process: this one.
+            sequencer: AtomicBool::new(store_is_sqlite),
         });
         Ok((Self { shared, jobs }, queue))
+    }
+
+    /// Whether this process is the sequencer (the only writer).
+    pub fn is_sequencer(&self) -> bool {
+        self.shared.sequencer.load(Ordering::Acquire)
     }
 
     /// Appends records in order; one result per record.
@@ -198,6 +211,9 @@ impl Log {
         &self,
         records: Vec<Pending>,
     ) -> Result<Vec<Result<Appended, LogError>>, LogError> {
+        if !self.is_sequencer() {
+            return Err(LogError::NotSequencer);
+        }
         let (reply, answer) = oneshot::channel();
         self.jobs
             .send(Job { records, reply })
@@ -257,6 +273,11 @@ impl Log {
     /// the last one (or none exists); returns the latest checkpoint.
     pub async fn publish(&self) -> Result<SignedCheckpoint, LogError> {
         let _serial = self.shared.publish.lock().await;
+        if !self.is_sequencer() {
+            // Replicas never sign: they serve what the sequencer published.
+            self.refresh_latest().await?;
+            return self.latest_checkpoint().ok_or(LogError::NotSequencer);
+        }
         let size = self.size();
         if let Some(latest) = self.latest_checkpoint()
             && latest.checkpoint.tree_size == size
@@ -296,10 +317,153 @@ impl Log {
         self.shared.tree.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The sequencer for this log, to run on its own task.
+    /// The sequencer for this log, writing through the pool.
     pub fn sequencer(&self) -> Sequencer {
         Sequencer {
             shared: self.shared.clone(),
+            locked: None,
+        }
+    }
+
+    /// Reads entries other processes committed beyond our tree (a replica
+    /// following the sequencer, or a new sequencer taking over), extends the
+    /// tree, and broadcasts them; refreshes the latest checkpoint too.
+    pub async fn catch_up(&self) -> Result<u64, LogError> {
+        let mut added = 0;
+        loop {
+            let from = self.size();
+            let stored = self.shared.store.entries(from, u64::MAX >> 1, 1000).await?;
+            if stored.is_empty() {
+                break;
+            }
+            let mut batch = Vec::with_capacity(stored.len());
+            for (offset, row) in stored.iter().enumerate() {
+                if row.index != from + offset as u64 {
+                    return Err(LogError::Corrupt(format!(
+                        "entry {} missing while following the log",
+                        from + offset as u64
+                    )));
+                }
+                batch.push(LoggedEntry::from_stored(row)?);
+            }
+            {
+                let mut tree = self.shared.tree.write().unwrap_or_else(|p| p.into_inner());
+                if tree.size() != from {
+                    continue; // extended meanwhile; read again
+                }
+                for entry in &batch {
+                    tree.push(entry.leaf_hash);
+                }
+            }
+            added += batch.len() as u64;
+            let _ = self.shared.committed.send(Arc::new(batch));
+        }
+        self.refresh_latest().await?;
+        Ok(added)
+    }
+
+    async fn refresh_latest(&self) -> Result<(), LogError> {
+        let Some(stored) = self.shared.store.latest_checkpoint().await? else {
+            return Ok(());
+        };
+        let newer = self
+            .latest_checkpoint()
+            .is_none_or(|c| c.checkpoint.tree_size < stored.tree_size);
+        if newer && stored.tree_size <= self.size() {
+            let text = stored.note.split("\n\n").next().unwrap_or_default();
+            let checkpoint = Checkpoint::parse(&format!("{text}\n"))
+                .map_err(|e| LogError::Corrupt(format!("stored checkpoint: {e}")))?;
+            *self
+                .shared
+                .latest
+                .write()
+                .unwrap_or_else(|p| p.into_inner()) = Some(SignedCheckpoint {
+                checkpoint,
+                note: stored.note,
+            });
+        }
+        Ok(())
+    }
+
+    /// Takes the sequencer role now if it is free (PostgreSQL), so that a
+    /// service that starts alone accepts appends from its first request.
+    pub async fn claim_role(&self) -> Result<Option<sqlx::PgConnection>, LogError> {
+        let steward_db::Database::Postgres(pool) = self.shared.store.database() else {
+            return Ok(None);
+        };
+        let conn = crate::store::try_sequencer_lock(pool).await?;
+        if conn.is_some() {
+            self.shared.sequencer.store(true, Ordering::Release);
+        }
+        Ok(conn)
+    }
+
+    /// Runs this process's part: on SQLite, the sequencer; on PostgreSQL,
+    /// the sequencer while it holds the advisory lock, otherwise a replica
+    /// that follows the log and contends for the lock every `follow` tick.
+    pub async fn run_roles(
+        self,
+        mut queue: mpsc::Receiver<Job>,
+        max_batch: usize,
+        follow: Duration,
+        context: steward_server::ServiceContext,
+        mut first_attempt: Option<sqlx::PgConnection>,
+    ) {
+        let pool = match self.shared.store.database() {
+            steward_db::Database::Sqlite(_) => {
+                self.sequencer()
+                    .run(queue, max_batch, context.shutdown())
+                    .await;
+                return;
+            }
+            steward_db::Database::Postgres(pool) => pool.clone(),
+        };
+        let mut announced_replica = false;
+        loop {
+            let attempt = match first_attempt.take() {
+                Some(conn) => Ok(Some(conn)),
+                None => crate::store::try_sequencer_lock(&pool).await,
+            };
+            match attempt {
+                Ok(Some(conn)) => match self.catch_up().await {
+                    Err(error) => {
+                        tracing::error!(%error, "cannot catch up before taking the sequencer role")
+                    }
+                    Ok(_) => {
+                        tracing::info!(tree_size = self.size(), "holding the sequencer role");
+                        self.shared.sequencer.store(true, Ordering::Release);
+                        let sequencer = Sequencer {
+                            shared: self.shared.clone(),
+                            locked: Some(conn),
+                        };
+                        match sequencer
+                            .run_until_lost(queue, max_batch, context.shutdown())
+                            .await
+                        {
+                            None => return,
+                            Some(returned) => queue = returned,
+                        }
+                        self.shared.sequencer.store(false, Ordering::Release);
+                        tracing::error!("lost the sequencer role; following the log again");
+                    }
+                },
+                Ok(None) => {
+                    if !announced_replica {
+                        tracing::info!(
+                            "another replica holds the sequencer role; serving reads and following the log"
+                        );
+                        announced_replica = true;
+                    }
+                    if let Err(error) = self.catch_up().await {
+                        tracing::warn!(%error, "following the log failed");
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "cannot contend for the sequencer role"),
+            }
+            tokio::select! {
+                () = context.shutdown() => return,
+                () = tokio::time::sleep(follow) => {}
+            }
         }
     }
 
@@ -330,10 +494,12 @@ impl Log {
     }
 }
 
-/// The only writer of entries. It holds no sender of its own queue, so it
-/// stops once every [`Log`] handle is gone, after answering what was queued.
+/// The only writer of entries. It holds no sender of its own queue. On
+/// PostgreSQL it writes through the connection that holds the sequencer
+/// lock, so losing that session means losing the ability to write.
 pub struct Sequencer {
     shared: Arc<Shared>,
+    locked: Option<sqlx::PgConnection>,
 }
 
 impl Sequencer {
@@ -342,10 +508,21 @@ impl Sequencer {
     /// returns.
     pub async fn run(
         self,
-        mut queue: mpsc::Receiver<Job>,
+        queue: mpsc::Receiver<Job>,
         max_batch: usize,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
+        let _ = self.run_until_lost(queue, max_batch, shutdown).await;
+    }
+
+    /// Like [`Sequencer::run`], but hands the queue back if a write fails on
+    /// the locked connection (the role may be lost): the caller steps down.
+    pub async fn run_until_lost(
+        mut self,
+        mut queue: mpsc::Receiver<Job>,
+        max_batch: usize,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Option<mpsc::Receiver<Job>> {
         tokio::pin!(shutdown);
         let mut stopping = false;
         loop {
@@ -373,12 +550,16 @@ impl Sequencer {
                     Err(_) => break,
                 }
             }
-            self.commit(jobs).await;
+            if !self.commit(jobs).await && self.locked.is_some() && !stopping {
+                return Some(queue);
+            }
         }
         tracing::debug!("sequencer stopped");
+        None
     }
 
-    async fn commit(&self, jobs: Vec<Job>) {
+    /// Commits one group; false when the write failed.
+    async fn commit(&mut self, jobs: Vec<Job>) -> bool {
         let ids: Vec<String> = jobs
             .iter()
             .flat_map(|j| {
@@ -389,7 +570,10 @@ impl Sequencer {
             .collect();
         let existing = match self.shared.store.existing(&ids).await {
             Ok(rows) => rows,
-            Err(error) => return fail_all(jobs, &error),
+            Err(error) => {
+                fail_all(jobs, &error);
+                return false;
+            }
         };
         let mut known: HashMap<String, (u64, Hash)> = existing
             .into_iter()
@@ -443,9 +627,14 @@ impl Sequencer {
             outcomes.push(results);
         }
 
-        if let Err(error) = self.shared.store.insert(&new_entries).await {
+        let written = match &mut self.locked {
+            Some(conn) => Store::insert_locked(conn, &new_entries).await,
+            None => self.shared.store.insert(&new_entries).await,
+        };
+        if let Err(error) = written {
             tracing::error!(%error, records = new_entries.len(), "evidence commit failed");
-            return fail_all(jobs, &error);
+            fail_all(jobs, &error);
+            return false;
         }
         {
             let mut tree = self.shared.tree.write().unwrap_or_else(|p| p.into_inner());
@@ -460,6 +649,7 @@ impl Sequencer {
         for (job, results) in jobs.into_iter().zip(outcomes) {
             let _ = job.reply.send(results);
         }
+        true
     }
 }
 

@@ -47,6 +47,9 @@ fn status(error: LogError) -> Status {
         }
         LogError::Proof(_) => Status::invalid_argument(error.to_string()),
         LogError::Stopped => Status::unavailable("the audit log is shutting down"),
+        LogError::NotSequencer => Status::unavailable(
+            "this audit replica is not the sequencer; retry, or send appends to the replica that holds the role",
+        ),
         LogError::Storage(detail) => {
             tracing::error!(error = %detail, "audit storage error");
             Status::unavailable("evidence storage is unavailable; retry")

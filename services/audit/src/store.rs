@@ -53,6 +53,31 @@ pub struct StoredCheckpoint {
     pub note: String,
 }
 
+/// Inserts `entries` in chunks inside transaction `tx`.
+macro_rules! insert_in {
+    ($tx:ident, $db:ty, $entries:expr) => {
+        for chunk in $entries.chunks(INSERT_CHUNK) {
+            let sql = insert_sql(chunk.len());
+            let mut query = sqlx::query::<$db>(sqlx::AssertSqlSafe(sql));
+            for e in chunk {
+                query = query
+                    .bind(to_i64(e.index))
+                    .bind(&e.record_id)
+                    .bind(&e.leaf)
+                    .bind(e.leaf_hash.to_vec())
+                    .bind(e.time_ns)
+                    .bind(&e.incident_ref)
+                    .bind(&e.nhi_id)
+                    .bind(&e.workload)
+                    .bind(&e.human_subject)
+                    .bind(&e.action)
+                    .bind(&e.correlation_id);
+            }
+            query.execute(&mut *$tx).await?;
+        }
+    };
+}
+
 #[derive(Debug, Clone)]
 pub struct Store {
     db: Database,
@@ -126,28 +151,31 @@ impl Store {
         }
         on_backend!(&self.db, pool, Db => {
             let mut tx = pool.begin().await?;
-            for chunk in entries.chunks(INSERT_CHUNK) {
-                let sql = insert_sql(chunk.len());
-                let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
-                for e in chunk {
-                    query = query
-                        .bind(to_i64(e.index))
-                        .bind(&e.record_id)
-                        .bind(&e.leaf)
-                        .bind(e.leaf_hash.to_vec())
-                        .bind(e.time_ns)
-                        .bind(&e.incident_ref)
-                        .bind(&e.nhi_id)
-                        .bind(&e.workload)
-                        .bind(&e.human_subject)
-                        .bind(&e.action)
-                        .bind(&e.correlation_id);
-                }
-                query.execute(&mut *tx).await?;
-            }
+            insert_in!(tx, Db, entries);
             tx.commit().await?;
         });
         Ok(())
+    }
+
+    /// Like [`Store::insert`], over the connection that holds the sequencer
+    /// lock: if that session is gone, so is the right to write.
+    pub async fn insert_locked(
+        conn: &mut sqlx::PgConnection,
+        entries: &[NewEntry],
+    ) -> Result<(), sqlx::Error> {
+        use sqlx::Connection;
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut tx = conn.begin().await?;
+        insert_in!(tx, sqlx::Postgres, entries);
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The backend's pool.
+    pub fn database(&self) -> &Database {
+        &self.db
     }
 
     /// Entries with `start <= index < end`, at most `limit`.
@@ -280,4 +308,21 @@ fn insert_sql(rows: usize) -> String {
         sql.push(')');
     }
     sql
+}
+
+/// The advisory lock key of the audit sequencer role on PostgreSQL.
+pub const SEQUENCER_LOCK_KEY: i64 = 0x5354_4557_4155_4454; // "STEWAUDT"
+
+/// Tries to take the sequencer role: a session-level advisory lock held on
+/// a connection taken out of the pool for as long as the role lasts.
+pub async fn try_sequencer_lock(
+    pool: &sqlx::PgPool,
+) -> Result<Option<sqlx::PgConnection>, sqlx::Error> {
+    let mut conn = pool.acquire().await?.detach();
+    let locked: bool =
+        sqlx::query_scalar::<sqlx::Postgres, bool>("SELECT pg_try_advisory_lock($1)")
+            .bind(SEQUENCER_LOCK_KEY)
+            .fetch_one(&mut conn)
+            .await?;
+    Ok(locked.then_some(conn))
 }
