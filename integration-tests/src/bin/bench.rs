@@ -42,6 +42,19 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    // `steward-bench appends` runs the audit append figure alone (profiling).
+    if std::env::args().nth(1).as_deref() == Some("appends") {
+        for f in runtime.block_on(audit_appends())? {
+            println!(
+                "{}: {:.0} {} (p50 {:.0} µs)",
+                f.name,
+                f.value,
+                f.unit,
+                f.p50_us.unwrap_or(0.0)
+            );
+        }
+        return Ok(());
+    }
     runtime.block_on(async {
         figures.extend(grpc_round_trips().await?);
         figures.extend(sqlite_commits().await?);

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 use steward_identity::SpiffeId;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -239,47 +239,65 @@ impl EvidenceRecord {
     }
 
     /// The canonical leaf bytes: this record as appended by `appended_by`.
+    /// Written directly, members in ascending order, escaping as RFC 8785.
     pub fn canonical_leaf(&self, appended_by: &str) -> Vec<u8> {
-        // Keys are written in ascending order so the output is canonical
-        // whether or not serde_json preserves insertion order.
-        let mut attributes = Map::new();
-        for (key, value) in &self.attributes {
-            attributes.insert(key.clone(), Value::String(value.clone()));
+        let mut w = Canonical(String::with_capacity(768));
+        w.0.push('{');
+        w.member("action", &self.action);
+        w.0.push_str(",\"actor\":{");
+        w.member("human_issuer", &self.actor.human_issuer);
+        w.0.push(',');
+        w.member("human_subject", &self.actor.human_subject);
+        w.0.push(',');
+        w.member("workload_spiffe_id", &self.actor.workload_spiffe_id);
+        w.0.push_str("},");
+        w.member("appended_by", appended_by);
+        w.0.push_str(",\"attributes\":{");
+        for (i, (key, value)) in self.attributes.iter().enumerate() {
+            if i > 0 {
+                w.0.push(',');
+            }
+            w.member(key, value);
         }
-        let leaf = json!({
-            "action": self.action,
-            "actor": {
-                "human_issuer": self.actor.human_issuer,
-                "human_subject": self.actor.human_subject,
-                "workload_spiffe_id": self.actor.workload_spiffe_id,
-            },
-            "appended_by": appended_by,
-            "attributes": Value::Object(attributes),
-            "correlation_id": self.correlation_id,
-            "decision": {
-                "approval_ids": self.decision.approval_ids,
-                "effect": self.decision.effect.as_str(),
-                "policy_ids": self.decision.policy_ids,
-                "policy_set_version": self.decision.policy_set_version,
-            },
-            "emitting_service": self.emitting_service,
-            "incident_ref": self.incident_ref,
-            "outcome": {
-                "reason": self.outcome.reason,
-                "status": self.outcome.status.as_str(),
-            },
-            "record_id": self.record_id.hyphenated().to_string(),
-            "schema": SCHEMA,
-            "target": {
-                "credential_fingerprint": self.target.credential_fingerprint,
-                "credential_serial": self.target.credential_serial,
-                "lease_id": self.target.lease_id,
-                "nhi_id": self.target.nhi_id,
-                "nhi_kind": self.target.nhi_kind,
-            },
-            "time": format_time(self.time),
-        });
-        serde_json::to_vec(&leaf).unwrap_or_default()
+        w.0.push_str("},");
+        w.member("correlation_id", &self.correlation_id);
+        w.0.push_str(",\"decision\":{");
+        w.list("approval_ids", &self.decision.approval_ids);
+        w.0.push(',');
+        w.member("effect", self.decision.effect.as_str());
+        w.0.push(',');
+        w.list("policy_ids", &self.decision.policy_ids);
+        w.0.push(',');
+        w.member("policy_set_version", &self.decision.policy_set_version);
+        w.0.push_str("},");
+        w.member("emitting_service", &self.emitting_service);
+        w.0.push(',');
+        w.member("incident_ref", &self.incident_ref);
+        w.0.push_str(",\"outcome\":{");
+        w.member("reason", &self.outcome.reason);
+        w.0.push(',');
+        w.member("status", self.outcome.status.as_str());
+        w.0.push_str("},");
+        w.member("record_id", &self.record_id.hyphenated().to_string());
+        w.0.push(',');
+        w.member("schema", SCHEMA);
+        w.0.push_str(",\"target\":{");
+        w.member(
+            "credential_fingerprint",
+            &self.target.credential_fingerprint,
+        );
+        w.0.push(',');
+        w.member("credential_serial", &self.target.credential_serial);
+        w.0.push(',');
+        w.member("lease_id", &self.target.lease_id);
+        w.0.push(',');
+        w.member("nhi_id", &self.target.nhi_id);
+        w.0.push(',');
+        w.member("nhi_kind", &self.target.nhi_kind);
+        w.0.push_str("},");
+        w.member("time", &format_time(self.time));
+        w.0.push('}');
+        w.0.into_bytes()
     }
 
     /// Reads a leaf back into the record and the `appended_by` ID.
@@ -368,6 +386,50 @@ impl EvidenceRecord {
             attributes,
         };
         Ok((record, s(&["appended_by"])?))
+    }
+}
+
+/// A canonical JSON writer for the leaf's few shapes.
+struct Canonical(String);
+
+impl Canonical {
+    fn string(&mut self, value: &str) {
+        use std::fmt::Write;
+        self.0.push('"');
+        for c in value.chars() {
+            match c {
+                '"' => self.0.push_str("\\\""),
+                '\\' => self.0.push_str("\\\\"),
+                '\u{08}' => self.0.push_str("\\b"),
+                '\u{0c}' => self.0.push_str("\\f"),
+                '\n' => self.0.push_str("\\n"),
+                '\r' => self.0.push_str("\\r"),
+                '\t' => self.0.push_str("\\t"),
+                c if c < '\u{20}' => {
+                    let _ = write!(self.0, "\\u{:04x}", c as u32);
+                }
+                c => self.0.push(c),
+            }
+        }
+        self.0.push('"');
+    }
+
+    fn member(&mut self, name: &str, value: &str) {
+        self.string(name);
+        self.0.push(':');
+        self.string(value);
+    }
+
+    fn list(&mut self, name: &str, values: &[String]) {
+        self.string(name);
+        self.0.push_str(":[");
+        for (i, value) in values.iter().enumerate() {
+            if i > 0 {
+                self.0.push(',');
+            }
+            self.string(value);
+        }
+        self.0.push(']');
     }
 }
 
@@ -462,6 +524,25 @@ mod tests {
             r#""time":"2025-11-22T05:40:00.123456789Z"}"#,
         );
         assert_eq!(leaf, expected);
+    }
+
+    #[test]
+    fn escaping_matches_a_json_serializer_for_every_control_character() {
+        let mut record = sample();
+        let tricky: String = (0u8..0x20)
+            .map(char::from)
+            .chain("\"\\/é\u{7f}😀".chars())
+            .collect();
+        record.incident_ref = tricky.clone();
+        let leaf = record.canonical_leaf("spiffe://x/y");
+        let parsed: Value = serde_json::from_slice(&leaf).unwrap();
+        assert_eq!(parsed["incident_ref"], tricky.as_str());
+        let expected = serde_json::to_string(&tricky).unwrap();
+        assert!(
+            String::from_utf8(leaf)
+                .unwrap()
+                .contains(&format!("\"incident_ref\":{expected}"))
+        );
     }
 
     #[test]

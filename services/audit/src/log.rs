@@ -98,6 +98,8 @@ impl LoggedEntry {
 /// Records waiting for the sequencer, and where to send their results.
 pub struct Job {
     records: Vec<Pending>,
+    /// How many records the job carried (set when the sequencer takes them).
+    count: usize,
     reply: oneshot::Sender<Vec<Result<Appended, LogError>>>,
 }
 
@@ -216,7 +218,11 @@ impl Log {
         }
         let (reply, answer) = oneshot::channel();
         self.jobs
-            .send(Job { records, reply })
+            .send(Job {
+                count: records.len(),
+                records,
+                reply,
+            })
             .await
             .map_err(|_| LogError::Stopped)?;
         answer.await.map_err(|_| LogError::Stopped)
@@ -588,10 +594,15 @@ impl Sequencer {
             .size();
         let mut new_entries = Vec::new();
         let mut logged = Vec::new();
+        // Only build the broadcast batch when someone listens.
+        let broadcasting = self.shared.committed.receiver_count() > 0;
         let mut outcomes: Vec<Vec<Result<Appended, LogError>>> = Vec::with_capacity(jobs.len());
-        for job in &jobs {
-            let mut results = Vec::with_capacity(job.records.len());
-            for pending in &job.records {
+        let mut jobs = jobs;
+        for job in &mut jobs {
+            let records = std::mem::take(&mut job.records);
+            job.count = records.len();
+            let mut results = Vec::with_capacity(records.len());
+            for pending in records {
                 let id = pending.record.record_id.hyphenated().to_string();
                 if let Some(&(index, hash)) = known.get(&id) {
                     results.push(if hash == pending.leaf_hash {
@@ -611,16 +622,20 @@ impl Sequencer {
                 let index = next;
                 next += 1;
                 known.insert(id.clone(), (index, pending.leaf_hash));
-                new_entries.push(new_entry(index, id, pending));
-                logged.push(LoggedEntry {
-                    index,
-                    record: pending.record.clone(),
-                    appended_by: pending.appended_by.clone(),
-                    leaf_hash: pending.leaf_hash,
-                });
+                let leaf_hash = pending.leaf_hash;
+                let (entry, pending) = new_entry(index, id, pending);
+                new_entries.push(entry);
+                if broadcasting {
+                    logged.push(LoggedEntry {
+                        index,
+                        record: pending.record,
+                        appended_by: pending.appended_by,
+                        leaf_hash,
+                    });
+                }
                 results.push(Ok(Appended {
                     index,
-                    leaf_hash: pending.leaf_hash,
+                    leaf_hash,
                     duplicate: false,
                 }));
             }
@@ -653,12 +668,14 @@ impl Sequencer {
     }
 }
 
-fn new_entry(index: u64, record_id: String, pending: &Pending) -> NewEntry {
+/// The stored row for a pending record; moves the leaf (the big part) and
+/// hands back the rest of the record.
+fn new_entry(index: u64, record_id: String, mut pending: Pending) -> (NewEntry, Pending) {
     let r = &pending.record;
-    NewEntry {
+    let entry = NewEntry {
         index,
         record_id,
-        leaf: pending.leaf.clone(),
+        leaf: std::mem::take(&mut pending.leaf),
         leaf_hash: pending.leaf_hash,
         time_ns: i64::try_from(r.time.unix_timestamp_nanos()).unwrap_or(i64::MAX),
         incident_ref: r.incident_ref.clone(),
@@ -667,14 +684,13 @@ fn new_entry(index: u64, record_id: String, pending: &Pending) -> NewEntry {
         human_subject: r.actor.human_subject.clone(),
         action: r.action.clone(),
         correlation_id: r.correlation_id.clone(),
-    }
+    };
+    (entry, pending)
 }
 
 fn fail_all(jobs: Vec<Job>, error: &sqlx::Error) {
     for job in jobs {
-        let results = job
-            .records
-            .iter()
+        let results = (0..job.count)
             .map(|_| {
                 Err(LogError::Storage(sqlx::Error::Protocol(format!(
                     "commit failed: {error}"

@@ -1,7 +1,7 @@
 //! The audit database: entries and checkpoints, the same SQL on SQLite and
 //! PostgreSQL. Only the sequencer writes entries.
 
-use steward_db::{Database, on_backend};
+use steward_db::{Backend, Database, on_backend};
 use steward_evidence::Hash;
 
 /// Rows per multi-row INSERT (11 parameters each, well under SQLite's limit).
@@ -55,9 +55,9 @@ pub struct StoredCheckpoint {
 
 /// Inserts `entries` in chunks inside transaction `tx`.
 macro_rules! insert_in {
-    ($tx:ident, $db:ty, $entries:expr) => {
+    ($tx:ident, $db:ty, $backend:expr, $entries:expr) => {
         for chunk in $entries.chunks(INSERT_CHUNK) {
-            let sql = insert_sql(chunk.len());
+            let sql = insert_sql($backend, chunk.len());
             let mut query = sqlx::query::<$db>(sqlx::AssertSqlSafe(sql));
             for e in chunk {
                 query = query
@@ -124,7 +124,9 @@ impl Store {
     ) -> Result<Vec<(String, u64, Vec<u8>)>, sqlx::Error> {
         let mut found = Vec::new();
         for chunk in record_ids.chunks(LOOKUP_CHUNK) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let backend = self.db.backend();
+            let placeholders: Vec<String> =
+                (1..=chunk.len()).map(|i| placeholder(backend, i)).collect();
             let sql = format!(
                 "SELECT record_id, idx, leaf_hash FROM entries WHERE record_id IN ({})",
                 placeholders.join(", ")
@@ -151,7 +153,7 @@ impl Store {
         }
         on_backend!(&self.db, pool, Db => {
             let mut tx = pool.begin().await?;
-            insert_in!(tx, Db, entries);
+            insert_in!(tx, Db, self.db.backend(), entries);
             tx.commit().await?;
         });
         Ok(())
@@ -168,7 +170,7 @@ impl Store {
             return Ok(());
         }
         let mut tx = conn.begin().await?;
-        insert_in!(tx, sqlx::Postgres, entries);
+        insert_in!(tx, sqlx::Postgres, Backend::Postgres, entries);
         tx.commit().await?;
         Ok(())
     }
@@ -290,7 +292,17 @@ impl Store {
     }
 }
 
-fn insert_sql(rows: usize) -> String {
+/// Parameter placeholders: positional `?` on SQLite (its `$N` parameters
+/// are named, and binding thousands of named parameters is quadratic in
+/// sqlx), `$N` on PostgreSQL.
+fn placeholder(backend: Backend, n: usize) -> String {
+    match backend {
+        Backend::Sqlite => "?".to_owned(),
+        Backend::Postgres => format!("${n}"),
+    }
+}
+
+fn insert_sql(backend: Backend, rows: usize) -> String {
     let mut sql = String::from(
         "INSERT INTO entries (idx, record_id, leaf, leaf_hash, time_ns, incident_ref, nhi_id, workload, human_subject, action, correlation_id) VALUES ",
     );
@@ -303,7 +315,7 @@ fn insert_sql(rows: usize) -> String {
             if col > 0 {
                 sql.push_str(", ");
             }
-            sql.push_str(&format!("${}", row * 11 + col + 1));
+            sql.push_str(&placeholder(backend, row * 11 + col + 1));
         }
         sql.push(')');
     }
