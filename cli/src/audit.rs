@@ -47,6 +47,10 @@ async fn for_each_entry(
     to: u64,
     mut each: impl FnMut(pb::LogEntry) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
+    if from >= to {
+        // Nothing to fetch (and end_index 0 would mean "the current size").
+        return Ok(());
+    }
     let mut token = String::new();
     let mut done = from;
     loop {
