@@ -248,26 +248,30 @@ async fn run_verify(
                     trusted.tree_size
                 ))));
             }
-            let proof = client
-                .get_consistency_proof(pb::GetConsistencyProofRequest {
-                    first_size: trusted.tree_size.max(1),
-                    second_size: size,
-                })
-                .await?
-                .into_inner();
-            let hashes: Vec<Hash> = proof
-                .hashes
-                .iter()
-                .filter_map(|h| h.as_slice().try_into().ok())
-                .collect();
-            let consistent = trusted.tree_size == 0
-                || (verify_consistency(
+            // Every tree extends the empty tree: nothing to prove from size 0.
+            let consistent = if trusted.tree_size == 0 {
+                true
+            } else {
+                let proof = client
+                    .get_consistency_proof(pb::GetConsistencyProofRequest {
+                        first_size: trusted.tree_size,
+                        second_size: size,
+                    })
+                    .await?
+                    .into_inner();
+                let hashes: Vec<Hash> = proof
+                    .hashes
+                    .iter()
+                    .filter_map(|h| h.as_slice().try_into().ok())
+                    .collect();
+                verify_consistency(
                     trusted.tree_size,
                     size,
                     &trusted.root_hash,
                     &checkpoint.root_hash,
                     &hashes,
-                ) && tree.root(trusted.tree_size)? == trusted.root_hash);
+                ) && tree.root(trusted.tree_size)? == trusted.root_hash
+            };
             if !consistent {
                 return Ok(Err(Failure(format!(
                     "the log is not consistent with the checkpoint trusted before (size {}): history was rewritten",

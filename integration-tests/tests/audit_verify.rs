@@ -127,6 +127,22 @@ async fn verify_accepts_an_honest_log_and_follows_it_as_it_grows() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_accepts_an_empty_log_and_then_its_growth() {
+    let stack = TestStack::start().await;
+    let cli = Cli::new(&stack);
+    for run in 0..2 {
+        let (code, out) = cli.verify().await;
+        assert_eq!(code, 0, "run {run}: {out}");
+        assert!(out.contains("verified 0 entries"), "{out}");
+    }
+    let mut writer = stack.audit_as_service("inventory").await;
+    append_many(&mut writer, 3, "INC-1").await;
+    let (code, out) = cli.verify().await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("verified 3 entries"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_reports_the_first_bad_index_when_a_stored_record_is_edited() {
     let stack = TestStack::start().await;
     let mut writer = stack.audit_as_service("inventory").await;
