@@ -302,7 +302,7 @@ impl TestStack {
     pub async fn restart_on(&mut self, name: &str, addr: SocketAddr) {
         let mut config = self.configs[name].clone();
         config.listen_addr = addr;
-        let app = build_on_freed_port(name, config).await;
+        let app = build_service(name, config).await.unwrap();
         self.services
             .insert(name.to_owned(), RunningService::start(name, app));
     }
@@ -351,21 +351,6 @@ pub async fn build_service(
             .await
         }
         other => panic!("unknown service {other}"),
-    }
-}
-
-/// Builds a service on a port that a stopped instance held a moment ago: the
-/// old listener closes asynchronously, so a bind may briefly fail.
-async fn build_on_freed_port(name: &str, config: ServiceConfig) -> Application {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        match build_service(name, config.clone()).await {
-            Ok(app) => return app,
-            Err(steward_server::StartError::Bind(..)) if std::time::Instant::now() < deadline => {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-            Err(error) => panic!("{name} did not restart: {error}"),
-        }
     }
 }
 

@@ -67,8 +67,7 @@ async fn replicas_serve_reads_and_one_takes_over_when_the_sequencer_dies() {
         return;
     }
     let mut stack = TestStack::start().await;
-    let config = stack.configs["audit"].clone();
-    let mut replica_config = config.clone();
+    let mut replica_config = stack.configs["audit"].clone();
     replica_config.listen_addr = "127.0.0.1:0".parse().unwrap();
     let replica = RunningService::start(
         "audit",
@@ -141,6 +140,5 @@ async fn replicas_serve_reads_and_one_takes_over_when_the_sequencer_dies() {
         seen.extend(message.entries.iter().map(|e| e.index));
     }
     assert_eq!(seen, (0..7).collect::<Vec<_>>());
-    let _ = config;
     replica.shutdown().await;
 }

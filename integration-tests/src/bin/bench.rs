@@ -400,7 +400,7 @@ async fn subscriber_lag() -> anyhow::Result<Vec<Figure>> {
     let per_tick = 50u64; // every 10 ms: 5,000 records/s
     let ticks = 400u64; // 4 s
     let expected = per_tick * ticks;
-    for connection in 0..10 {
+    for _connection in 0..10 {
         let mut client = stack.audit_reader().await;
         for _ in 0..5 {
             let mut stream = client
@@ -410,7 +410,6 @@ async fn subscriber_lag() -> anyhow::Result<Vec<Figure>> {
                 })
                 .await?
                 .into_inner();
-            let _ = connection;
             tasks.push(tokio::spawn(async move {
                 let mut lag = Histogram::<u64>::new(3)?;
                 let mut seen = 0u64;

@@ -104,15 +104,20 @@ impl AsyncWrite for SpiffeTlsStream {
     }
 }
 
+/// The stream of verified connections from [`incoming`].
+pub type Incoming = tokio_stream::wrappers::ReceiverStream<Result<SpiffeTlsStream, io::Error>>;
+
 /// Accepts mTLS connections on `listener` until the returned stream is
 /// dropped. Failed handshakes are logged with the remote address and
 /// dropped; they never surface as stream errors (tonic would stop serving).
+/// The handle finishes once the listening socket is closed, so awaiting it
+/// after dropping the stream means the port is free again.
 pub fn incoming(
     listener: TcpListener,
     source: Arc<SvidSource>,
-) -> tokio_stream::wrappers::ReceiverStream<Result<SpiffeTlsStream, io::Error>> {
+) -> (Incoming, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(128);
-    tokio::spawn(async move {
+    let accept_loop = tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
                 () = tx.closed() => return,
@@ -164,7 +169,7 @@ pub fn incoming(
             });
         }
     });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
+    (tokio_stream::wrappers::ReceiverStream::new(rx), accept_loop)
 }
 
 fn peer_identity(

@@ -223,7 +223,7 @@ impl Application {
             }
         };
 
-        let incoming = steward_identity::listener::incoming(listener, source);
+        let (incoming, accept_loop) = steward_identity::listener::incoming(listener, source);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let shutdown_reporter = reporter.clone();
         let signalled = async move {
@@ -265,6 +265,9 @@ impl Application {
                 tracing::warn!("a background task did not stop within 10s");
             }
         }
+        // The server (and with it the connection stream) is gone: wait for
+        // the accept loop to close the socket, so the port is free on return.
+        let _ = accept_loop.await;
         database.close().await;
         tracing::info!(service = spec.name, "stopped");
         result

@@ -110,6 +110,20 @@ pub struct SignedCheckpoint {
     pub note: String,
 }
 
+impl SignedCheckpoint {
+    /// A checkpoint as stored: the note's text is everything before the
+    /// blank line that starts its signatures.
+    fn from_stored(stored: StoredCheckpoint) -> Result<Self, LogError> {
+        let text = stored.note.split("\n\n").next().unwrap_or_default();
+        let checkpoint = Checkpoint::parse(&format!("{text}\n"))
+            .map_err(|e| LogError::Corrupt(format!("stored checkpoint: {e}")))?;
+        Ok(Self {
+            checkpoint,
+            note: stored.note,
+        })
+    }
+}
+
 /// Log settings.
 #[derive(Debug, Clone)]
 pub struct LogOptions {
@@ -177,13 +191,7 @@ impl Log {
                         stored.tree_size
                     )));
                 }
-                let text = stored.note.split("\n\n").next().unwrap_or_default();
-                let checkpoint = Checkpoint::parse(&format!("{text}\n"))
-                    .map_err(|e| LogError::Corrupt(format!("stored checkpoint: {e}")))?;
-                Some(SignedCheckpoint {
-                    checkpoint,
-                    note: stored.note,
-                })
+                Some(SignedCheckpoint::from_stored(stored)?)
             }
         };
         tracing::info!(tree_size = tree.size(), origin = %options.origin, "evidence log opened");
@@ -376,17 +384,12 @@ impl Log {
             .latest_checkpoint()
             .is_none_or(|c| c.checkpoint.tree_size < stored.tree_size);
         if newer && stored.tree_size <= self.size() {
-            let text = stored.note.split("\n\n").next().unwrap_or_default();
-            let checkpoint = Checkpoint::parse(&format!("{text}\n"))
-                .map_err(|e| LogError::Corrupt(format!("stored checkpoint: {e}")))?;
+            let signed = SignedCheckpoint::from_stored(stored)?;
             *self
                 .shared
                 .latest
                 .write()
-                .unwrap_or_else(|p| p.into_inner()) = Some(SignedCheckpoint {
-                checkpoint,
-                note: stored.note,
-            });
+                .unwrap_or_else(|p| p.into_inner()) = Some(signed);
         }
         Ok(())
     }
@@ -594,6 +597,7 @@ impl Sequencer {
             .size();
         let mut new_entries = Vec::new();
         let mut logged = Vec::new();
+        let mut ids = ids.into_iter();
         // Only build the broadcast batch when someone listens.
         let broadcasting = self.shared.committed.receiver_count() > 0;
         let mut outcomes: Vec<Vec<Result<Appended, LogError>>> = Vec::with_capacity(jobs.len());
@@ -603,7 +607,8 @@ impl Sequencer {
             job.count = records.len();
             let mut results = Vec::with_capacity(records.len());
             for pending in records {
-                let id = pending.record.record_id.hyphenated().to_string();
+                // In the same order as `ids` was built.
+                let id = ids.next().unwrap_or_default();
                 if let Some(&(index, hash)) = known.get(&id) {
                     results.push(if hash == pending.leaf_hash {
                         Ok(Appended {

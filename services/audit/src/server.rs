@@ -76,6 +76,14 @@ pub fn entry_to_proto(e: &LoggedEntry) -> pb::LogEntry {
     }
 }
 
+fn stored_to_proto(stored: &[crate::store::StoredEntry]) -> Result<Vec<pb::LogEntry>, Status> {
+    stored
+        .iter()
+        .map(|s| LoggedEntry::from_stored(s).map(|e| entry_to_proto(&e)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(status)
+}
+
 fn appended(a: &crate::log::Appended) -> pb::AppendResponse {
     pb::AppendResponse {
         index: a.index,
@@ -326,11 +334,7 @@ impl AuditService for AuditServer {
             .entries(start, end, limit)
             .await
             .map_err(|e| status(e.into()))?;
-        let entries = stored
-            .iter()
-            .map(|s| LoggedEntry::from_stored(s).map(|e| entry_to_proto(&e)))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(status)?;
+        let entries = stored_to_proto(&stored)?;
         let next = entries.last().map_or(end, |e| e.index + 1);
         let next_page_token = if next < end && !entries.is_empty() {
             next.to_string()
@@ -370,11 +374,7 @@ impl AuditService for AuditServer {
             .query(&filter, after, size, limit)
             .await
             .map_err(|e| status(e.into()))?;
-        let entries = stored
-            .iter()
-            .map(|s| LoggedEntry::from_stored(s).map(|e| entry_to_proto(&e)))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(status)?;
+        let entries = stored_to_proto(&stored)?;
         let next_page_token = match entries.last() {
             Some(last) if entries.len() as u32 == limit => (last.index + 1).to_string(),
             _ => String::new(),

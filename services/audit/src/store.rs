@@ -33,6 +33,16 @@ pub struct StoredEntry {
     pub leaf_hash: Vec<u8>,
 }
 
+impl StoredEntry {
+    fn from_row((idx, leaf, leaf_hash): (i64, String, Vec<u8>)) -> Self {
+        Self {
+            index: to_u64(idx),
+            leaf,
+            leaf_hash,
+        }
+    }
+}
+
 /// What Query filters on; empty strings match anything.
 #[derive(Debug, Clone, Default)]
 pub struct QueryFilter {
@@ -196,14 +206,7 @@ impl Store {
                 .fetch_all(pool)
                 .await?
         });
-        Ok(rows
-            .into_iter()
-            .map(|(idx, leaf, leaf_hash)| StoredEntry {
-                index: to_u64(idx),
-                leaf,
-                leaf_hash,
-            })
-            .collect())
+        Ok(rows.into_iter().map(StoredEntry::from_row).collect())
     }
 
     /// Entries matching `filter` with index in `[after, below)`, oldest first.
@@ -238,14 +241,7 @@ impl Store {
                 .fetch_all(pool)
                 .await?
         });
-        Ok(rows
-            .into_iter()
-            .map(|(idx, leaf, leaf_hash)| StoredEntry {
-                index: to_u64(idx),
-                leaf,
-                leaf_hash,
-            })
-            .collect())
+        Ok(rows.into_iter().map(StoredEntry::from_row).collect())
     }
 
     /// The index of the first entry with this leaf hash.
