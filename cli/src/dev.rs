@@ -277,7 +277,16 @@ fn write_configs(dir: &Path, base_port: u16, log_format: &str) -> anyhow::Result
              [database]\n\
              url = {db:?}\n\n\
              [telemetry]\n\
-             format = {log_format:?}\n",
+             format = {log_format:?}\n\n\
+             [peers]\n\
+             inventory = \"127.0.0.1:{p0}\"\n\
+             authority = \"127.0.0.1:{p1}\"\n\
+             credential_broker = \"127.0.0.1:{p2}\"\n\
+             audit = \"127.0.0.1:{p3}\"\n",
+            p0 = base_port,
+            p1 = base_port + 1,
+            p2 = base_port + 2,
+            p3 = base_port + 3,
             cert = pki.join(format!("{name}.crt")),
             key = pki.join(format!("{name}.key")),
             bundle = pki.join("bundle.pem"),

@@ -46,6 +46,54 @@ macro_rules! on_backend {
     };
 }
 
+/// How one engine spells the placeholders of a multi-row statement.
+///
+/// SQLite treats `$N` as a *named* parameter and sqlx binds names by
+/// searching them, which is quadratic in the size of the statement; large
+/// SQLite statements therefore use positional `?`. PostgreSQL needs `$N`.
+pub trait Placeholders {
+    /// `rows` groups of `columns` placeholders, numbered from `first` (1 for
+    /// a statement with no earlier parameters): `($1, $2), ($3, $4)`.
+    fn values(rows: usize, columns: usize, first: usize) -> String;
+
+    /// A comma-separated list of `count` placeholders numbered from `first`.
+    fn list(count: usize, first: usize) -> String {
+        let group = Self::values(1, count, first);
+        group
+            .trim_start_matches('(')
+            .trim_end_matches(')')
+            .to_owned()
+    }
+}
+
+impl Placeholders for sqlx::Sqlite {
+    fn values(rows: usize, columns: usize, _first: usize) -> String {
+        let group = format!("({})", vec!["?"; columns].join(", "));
+        vec![group; rows].join(", ")
+    }
+}
+
+impl Placeholders for sqlx::Postgres {
+    fn values(rows: usize, columns: usize, first: usize) -> String {
+        let mut out = String::with_capacity(rows * columns * 5);
+        for row in 0..rows {
+            if row > 0 {
+                out.push_str(", ");
+            }
+            out.push('(');
+            for column in 0..columns {
+                if column > 0 {
+                    out.push_str(", ");
+                }
+                out.push('$');
+                out.push_str(&(first + row * columns + column).to_string());
+            }
+            out.push(')');
+        }
+        out
+    }
+}
+
 /// Why the database could not be opened or migrated.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {

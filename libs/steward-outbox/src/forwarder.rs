@@ -62,6 +62,19 @@ impl Forwarder {
         }
     }
 
+    /// Starts forwarding this service's outbox to the audit service at
+    /// `context.peers.audit`; the task stops with the service. Returns a
+    /// handle whose [`Forwarder::wake`] signals new records.
+    pub fn spawn(
+        context: &steward_server::ServiceContext,
+        options: ForwarderOptions,
+    ) -> Result<Self, steward_server::StartError> {
+        let channel = context.peer_channel("audit", &context.peers.audit)?;
+        let forwarder = Self::new(context.database.clone(), channel, options);
+        context.spawn(forwarder.clone().run(context.shutdown()));
+        Ok(forwarder)
+    }
+
     /// Tells the forwarder that new records were committed.
     pub fn wake(&self) {
         self.wake.notify_one();

@@ -20,9 +20,11 @@ mod forwarder;
 
 use prost::Message;
 use steward_evidence::record::{EvidenceRecord, FieldError};
+use steward_db::Placeholders;
 use steward_evidence::wire::record_to_proto;
 
 pub use forwarder::{Forwarder, ForwarderOptions, OutboxStats};
+
 
 /// The outbox table on SQLite.
 pub const SQLITE_SQL: &str = "CREATE TABLE evidence_outbox (
@@ -59,30 +61,61 @@ pub enum OutboxError {
     Storage(#[from] sqlx::Error),
 }
 
-const INSERT: &str =
-    "INSERT INTO evidence_outbox (record_id, record, enqueued_at_ns) VALUES ($1, $2, $3)";
-
-fn encode(record: &EvidenceRecord) -> Result<(String, Vec<u8>, i64), OutboxError> {
+fn encode(record: &EvidenceRecord, now: i64) -> Result<(String, Vec<u8>, i64), OutboxError> {
     record.validate()?;
     let bytes = record_to_proto(record).encode_to_vec();
-    let now =
-        i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos()).unwrap_or(i64::MAX);
     Ok((record.record_id.hyphenated().to_string(), bytes, now))
 }
+
+/// Rows per multi-row INSERT.
+const CHUNK: usize = 200;
+
+/// Queuing evidence inside a transaction, on either engine.
+pub trait OutboxTransaction {
+    /// Validates `records` and queues them, in order, inside this
+    /// transaction: they commit with the caller's state change or not at all.
+    fn enqueue_all(
+        &mut self,
+        records: &[EvidenceRecord],
+    ) -> impl std::future::Future<Output = Result<(), OutboxError>> + Send;
+}
+
+macro_rules! outbox_transaction {
+    ($db:ty) => {
+        impl OutboxTransaction for sqlx::Transaction<'_, $db> {
+            async fn enqueue_all(&mut self, records: &[EvidenceRecord]) -> Result<(), OutboxError> {
+                let now = i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos())
+                    .unwrap_or(i64::MAX);
+                let rows = records
+                    .iter()
+                    .map(|r| encode(r, now))
+                    .collect::<Result<Vec<_>, _>>()?;
+                for chunk in rows.chunks(CHUNK) {
+                    let sql = format!(
+                        "INSERT INTO evidence_outbox (record_id, record, enqueued_at_ns) VALUES {}",
+                        <$db as Placeholders>::values(chunk.len(), 3, 1)
+                    );
+                    let mut query = sqlx::query::<$db>(sqlx::AssertSqlSafe(sql));
+                    for (id, bytes, at) in chunk {
+                        query = query.bind(id).bind(bytes).bind(at);
+                    }
+                    query.execute(&mut **self).await?;
+                }
+                Ok(())
+            }
+        }
+    };
+}
+
+outbox_transaction!(sqlx::Sqlite);
+outbox_transaction!(sqlx::Postgres);
 
 /// Queues `record` inside the caller's SQLite transaction.
 pub async fn enqueue_sqlite(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     record: &EvidenceRecord,
 ) -> Result<(), OutboxError> {
-    let (id, bytes, now) = encode(record)?;
-    sqlx::query::<sqlx::Sqlite>(INSERT)
-        .bind(id)
-        .bind(bytes)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+    tx.enqueue_all(std::slice::from_ref(record)).await
 }
 
 /// Queues `record` inside the caller's PostgreSQL transaction.
@@ -90,12 +123,5 @@ pub async fn enqueue_postgres(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     record: &EvidenceRecord,
 ) -> Result<(), OutboxError> {
-    let (id, bytes, now) = encode(record)?;
-    sqlx::query::<sqlx::Postgres>(INSERT)
-        .bind(id)
-        .bind(bytes)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+    tx.enqueue_all(std::slice::from_ref(record)).await
 }

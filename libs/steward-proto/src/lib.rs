@@ -21,6 +21,11 @@ pub mod steward {
             include!(concat!(env!("OUT_DIR"), "/steward.common.v1.rs"));
         }
     }
+    pub mod inventory {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/steward.inventory.v1.rs"));
+        }
+    }
     /// Test-only APIs; no production binary serves them.
     pub mod testing {
         pub mod v1 {

@@ -60,6 +60,10 @@ pub enum StartError {
 pub struct ServiceContext {
     pub database: Database,
     pub spiffe_id: SpiffeId,
+    /// This service's SVID, for calls to the other services.
+    pub svid: Arc<SvidSource>,
+    /// Where the other services listen.
+    pub peers: crate::config::Peers,
     shutdown: tokio::sync::watch::Receiver<bool>,
     tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
@@ -72,6 +76,23 @@ impl ServiceContext {
         async move {
             let _ = rx.wait_for(|stopping| *stopping).await;
         }
+    }
+
+    /// A lazily connecting mTLS channel to peer service `name` (`audit`,
+    /// `inventory`, …) at `addr`, which must present
+    /// `spiffe://<own trust domain>/service/<name>`.
+    pub fn peer_channel(
+        &self,
+        name: &str,
+        addr: &str,
+    ) -> Result<tonic::transport::Channel, StartError> {
+        let peer = SpiffeId::from_parts(self.spiffe_id.trust_domain(), &format!("/service/{name}"))?;
+        steward_identity::connector::connect_lazy(
+            self.svid.clone(),
+            addr,
+            steward_identity::ServerAuthorizer::Exact(peer),
+        )
+        .map_err(|e| StartError::Init(format!("peer {name} at {addr}: {e}")))
     }
 
     /// Runs a background task; the service waits for it when it stops.
@@ -146,6 +167,8 @@ impl Application {
         let context = ServiceContext {
             database: database.clone(),
             spiffe_id: own.clone(),
+            svid: source.clone(),
+            peers: config.peers.clone(),
             shutdown,
             tasks: tasks.clone(),
         };

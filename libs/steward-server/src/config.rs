@@ -37,6 +37,32 @@ pub struct ServiceConfig {
     /// How long in-flight calls get to finish after SIGINT/SIGTERM.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace_secs: u64,
+    /// Where the other services listen (`host:port`).
+    #[serde(default)]
+    pub peers: Peers,
+}
+
+/// The addresses of the other Steward services. Each is reached over mTLS
+/// and must present `spiffe://<own trust domain>/service/<name>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Peers {
+    pub inventory: String,
+    pub authority: String,
+    pub credential_broker: String,
+    pub audit: String,
+}
+
+impl Default for Peers {
+    /// The default ports on loopback, as `steward dev up` runs them.
+    fn default() -> Self {
+        Self {
+            inventory: "127.0.0.1:50051".into(),
+            authority: "127.0.0.1:50052".into(),
+            credential_broker: "127.0.0.1:50053".into(),
+            audit: "127.0.0.1:50054".into(),
+        }
+    }
 }
 
 /// TLS settings.
@@ -79,6 +105,7 @@ impl ServiceConfig {
             authz: BTreeMap::new(),
             request_timeout_secs: default_request_timeout(),
             shutdown_grace_secs: default_shutdown_grace(),
+            peers: Peers::default(),
         }
     }
 }

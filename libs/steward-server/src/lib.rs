@@ -16,7 +16,7 @@ pub mod shutdown;
 pub mod whoami;
 
 pub use app::{Application, ServiceContext, ServiceSpec, StartError};
-pub use config::{ConfigError, ServiceConfig, Settings, TlsConfig};
+pub use config::{ConfigError, Peers, ServiceConfig, Settings, TlsConfig};
 
 use std::path::PathBuf;
 use std::process::ExitCode;

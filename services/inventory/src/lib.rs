@@ -1,17 +1,78 @@
 //! The inventory service: the one governed view of every non-human identity.
 //!
-//! This crate is the service's library; `main.rs` only calls
-//! [`steward_server::service_main`]. Tests build the same
+//! - [`domain`]: validated types, the lifecycle state machine, risk, selectors;
+//! - [`store`]: SQLite / PostgreSQL, every write with its evidence in the
+//!   outbox, posture reports as index ranges;
+//! - [`import`]: parsers for the AWS IAM credential report, Kubernetes
+//!   ServiceAccounts and Steward's generic CSV / JSON;
+//! - [`server`]: the `steward.inventory.v1.InventoryService` gRPC adapter.
+//!
+//! `main.rs` only calls [`steward_server::service_main`]; tests build the same
 //! [`steward_server::Application`] in-process with [`build`].
 
+pub mod domain;
+pub mod evidence;
+pub mod import;
+pub mod server;
+pub mod store;
+
+use std::time::Duration;
+
 use steward_db::{MigrationFile, MigrationSet};
+use steward_outbox::{Forwarder, ForwarderOptions};
+use steward_proto::steward::inventory::v1::inventory_service_server::InventoryServiceServer;
 use steward_server::{Application, ServiceConfig, ServiceContext, ServiceSpec, StartError};
 use tonic::service::Routes;
 
-/// The service's embedded migrations, per backend. Version 1 is the shared
-/// baseline from `steward-db`; this service's own start at 2.
-const SQLITE_MIGRATIONS: &[MigrationFile] = &[];
-const POSTGRES_MIGRATIONS: &[MigrationFile] = &[];
+const SQLITE_MIGRATIONS: &[MigrationFile] = &[
+    MigrationFile {
+        version: 2,
+        description: "evidence outbox",
+        sql: steward_outbox::SQLITE_SQL,
+    },
+    MigrationFile {
+        version: 3,
+        description: "inventory",
+        sql: include_str!("../migrations/sqlite/0003_inventory.sql"),
+    },
+];
+const POSTGRES_MIGRATIONS: &[MigrationFile] = &[
+    MigrationFile {
+        version: 2,
+        description: "evidence outbox",
+        sql: steward_outbox::POSTGRES_SQL,
+    },
+    MigrationFile {
+        version: 3,
+        description: "inventory",
+        sql: include_str!("../migrations/postgres/0003_inventory.sql"),
+    },
+];
+
+/// Callers, as SPIFFE ID patterns of the service's own trust domain.
+const OPERATORS: &str = "spiffe://{td}/operator/*";
+const AUTOMATION: &str = "spiffe://{td}/automation/*";
+const AUDITORS: &str = "spiffe://{td}/auditor/*";
+const SERVICES: &str = "spiffe://{td}/service/*";
+const AUTHORITY: &str = "spiffe://{td}/service/authority";
+const BROKER: &str = "spiffe://{td}/service/credential-broker";
+
+const READERS: &[&str] = &[OPERATORS, AUTOMATION, AUDITORS, SERVICES];
+const MAINTAINERS: &[&str] = &[OPERATORS, AUTOMATION];
+const TRANSITIONERS: &[&str] = &[OPERATORS, AUTHORITY];
+const SIGNALLERS: &[&str] = &[OPERATORS, AUTOMATION, SERVICES];
+const RESOLVERS: &[&str] = &[OPERATORS, AUTOMATION, AUTHORITY];
+const ENTITLERS: &[&str] = &[OPERATORS, AUTOMATION, AUTHORITY];
+const OPERATORS_ONLY: &[&str] = &[OPERATORS];
+const ENTRY_READERS: &[&str] = &[OPERATORS, AUDITORS, SERVICES];
+const MATCHERS: &[&str] = &[OPERATORS, BROKER];
+const REVIEW_READERS: &[&str] = &[OPERATORS, AUTOMATION, AUDITORS];
+
+macro_rules! rpc {
+    ($name:literal) => {
+        concat!("/steward.inventory.v1.InventoryService/", $name)
+    };
+}
 
 /// What makes this binary the inventory service.
 pub const SPEC: ServiceSpec = ServiceSpec {
@@ -22,19 +83,89 @@ pub const SPEC: ServiceSpec = ServiceSpec {
         sqlite: SQLITE_MIGRATIONS,
         postgres: POSTGRES_MIGRATIONS,
     },
-    grpc_services: &[],
+    grpc_services: &["steward.inventory.v1.InventoryService"],
     // RPC → callers; `{td}` is replaced by the service's trust domain.
-    default_authz: &[],
+    default_authz: &[
+        (rpc!("CreateIdentity"), MAINTAINERS),
+        (rpc!("GetIdentity"), READERS),
+        (rpc!("UpdateIdentity"), MAINTAINERS),
+        (rpc!("ListIdentities"), READERS),
+        (rpc!("TransitionState"), TRANSITIONERS),
+        (rpc!("ListTransitions"), READERS),
+        (rpc!("AddSignal"), SIGNALLERS),
+        (rpc!("ResolveSignal"), RESOLVERS),
+        (rpc!("ListSignals"), READERS),
+        (rpc!("GrantEntitlement"), ENTITLERS),
+        (rpc!("RecordUsage"), SIGNALLERS),
+        (rpc!("RemoveEntitlement"), ENTITLERS),
+        (rpc!("ListEntitlements"), READERS),
+        (rpc!("SetOwnerStatus"), MAINTAINERS),
+        (rpc!("CreateRegistrationEntry"), OPERATORS_ONLY),
+        (rpc!("DeleteRegistrationEntry"), OPERATORS_ONLY),
+        (rpc!("ListRegistrationEntries"), ENTRY_READERS),
+        (rpc!("MatchSelectors"), MATCHERS),
+        (rpc!("StartReviewCampaign"), OPERATORS_ONLY),
+        (rpc!("GetReviewCampaign"), REVIEW_READERS),
+        (rpc!("ListReviewItems"), REVIEW_READERS),
+        (rpc!("AttestReview"), MAINTAINERS),
+        (rpc!("GetPostureReport"), READERS),
+        (rpc!("ImportIdentities"), MAINTAINERS),
+    ],
 };
+
+/// Largest request the service accepts (imports carry whole exports).
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+
+/// How often overdue review campaigns are closed in the background.
+const REVIEW_SWEEP: Duration = Duration::from_secs(30);
 
 /// This service's configuration with its defaults.
 pub fn default_config() -> ServiceConfig {
     ServiceConfig::defaults(SPEC.name, SPEC.default_port)
 }
 
-/// The service's own gRPC services.
-pub async fn routes(_context: ServiceContext) -> Result<Routes, StartError> {
-    Ok(Routes::default())
+/// The service's own gRPC services and background tasks: the outbox
+/// forwarder, the transition writer, the review sweeper.
+pub async fn routes(context: ServiceContext) -> Result<Routes, StartError> {
+    let forwarder = Forwarder::spawn(&context, ForwarderOptions::default())?;
+    let store = store::Store::new(context.database.clone(), Some(forwarder));
+    let (transitions, writer) =
+        store::transitions::Transitions::start(store.clone(), context.shutdown());
+    context.spawn(writer);
+    context.spawn(sweep_reviews(
+        store.clone(),
+        context.spiffe_id.to_string(),
+        context.shutdown(),
+    ));
+    let server = server::InventoryServer::new(store, transitions, context.spiffe_id.trust_domain().clone());
+    Ok(Routes::new(
+        InventoryServiceServer::new(server)
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
+            .max_encoding_message_size(MAX_REQUEST_BYTES),
+    ))
+}
+
+/// Closes review campaigns whose deadline passed, so that flags appear
+/// without anyone asking.
+async fn sweep_reviews(
+    store: store::Store,
+    own_id: String,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let context = domain::ChangeContext {
+        actor: own_id,
+        ..Default::default()
+    };
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(REVIEW_SWEEP) => {}
+        }
+        if let Err(error) = store.close_overdue_campaigns(&context).await {
+            tracing::warn!(%error, "closing overdue review campaigns failed; will retry");
+        }
+    }
 }
 
 /// Builds the service (binds, migrates) from `config`.

@@ -1,0 +1,128 @@
+//! Importers: parse a source system's export into identity specs, row by
+//! row. A bad row is reported with its line and reason and the good rows
+//! still import. Formats are documented in `docs/inventory-import.md`.
+
+mod aws;
+mod generic;
+mod kubernetes;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use steward_identity::TrustDomain;
+
+use crate::domain::{Classification, IdentitySpec, Kind, Nanos};
+use crate::store::import::ImportRow;
+
+crate::domain::names!(
+    /// What an import's content is.
+    Format {
+        AwsIamCredentialReport => "aws_iam_credential_report",
+        KubernetesServiceAccounts => "kubernetes_service_accounts",
+        Csv => "csv",
+        Json => "json",
+    }
+);
+
+/// What the caller says about the rows.
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    /// The source system for rows that name none.
+    pub source_system: String,
+    /// The environment for rows that name none.
+    pub environment: String,
+    /// For SPIFFE IDs derived from the source (Kubernetes).
+    pub trust_domain: TrustDomain,
+}
+
+/// A row that could not be imported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowError {
+    pub line: u64,
+    pub field: String,
+    pub reason: String,
+}
+
+/// The parsed rows, the rejected ones, and the source systems covered.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    pub rows: Vec<ImportRow>,
+    pub errors: Vec<RowError>,
+    /// Input rows seen (good and bad).
+    pub total: u64,
+    pub sources: BTreeSet<String>,
+}
+
+impl Parsed {
+    fn reject(&mut self, line: u64, field: impl Into<String>, reason: impl Into<String>) {
+        self.errors.push(RowError {
+            line,
+            field: field.into(),
+            reason: reason.into(),
+        });
+    }
+
+    /// Keeps the first row for each (source system, external id) and
+    /// reports the repeats.
+    fn dedup(&mut self) {
+        let mut first: BTreeMap<(String, String), u64> = BTreeMap::new();
+        let mut kept = Vec::with_capacity(self.rows.len());
+        for row in std::mem::take(&mut self.rows) {
+            let key = (row.spec.source_system.clone(), row.spec.external_id.clone());
+            if let Some(line) = first.get(&key) {
+                self.reject(
+                    row.line,
+                    "external_id",
+                    format!("repeats the identity of line {line}"),
+                );
+                continue;
+            }
+            first.insert(key, row.line);
+            self.sources.insert(row.spec.source_system.clone());
+            kept.push(row);
+        }
+        self.rows = kept;
+        self.errors.sort_by_key(|e| e.line);
+    }
+}
+
+/// Parses `content` in `format`.
+pub fn parse(format: Format, content: &[u8], defaults: &Defaults) -> Parsed {
+    let mut parsed = match format {
+        Format::AwsIamCredentialReport => aws::parse(content, defaults),
+        Format::KubernetesServiceAccounts => kubernetes::parse(content, defaults),
+        Format::Csv => generic::parse_csv(content, defaults),
+        Format::Json => generic::parse_json(content, defaults),
+    };
+    parsed.dedup();
+    parsed
+}
+
+/// A spec with only the identifying fields set; importers fill the rest.
+fn blank(kind: Kind, source_system: &str, external_id: String, environment: &str) -> IdentitySpec {
+    IdentitySpec {
+        kind,
+        display_name: external_id.clone(),
+        source_system: source_system.to_owned(),
+        external_id,
+        environment: environment.to_owned(),
+        business_service: String::new(),
+        workload: String::new(),
+        classification: Classification::MachineToMachine,
+        purpose: String::new(),
+        business_owner: None,
+        technical_owner: None,
+        unowned: false,
+        spiffe_id: None,
+        labels: BTreeMap::new(),
+        expires_at: None,
+        last_rotated_at: None,
+        last_used_at: None,
+    }
+}
+
+/// Parses an RFC 3339 time.
+fn rfc3339(text: &str) -> Result<Nanos, String> {
+    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| format!("{text:?} is not an RFC 3339 time"))?;
+    i64::try_from(t.unix_timestamp_nanos()).map_err(|_| format!("{text:?} is out of range"))
+}

@@ -1,0 +1,906 @@
+//! The gRPC adapter: protobuf in, validated domain values to the store,
+//! protobuf out. Every error becomes a precise status here and nowhere else.
+
+pub mod convert;
+
+use std::collections::BTreeSet;
+
+use steward_identity::{PeerIdentity, SpiffeId, TrustDomain};
+use steward_proto::steward::inventory::v1 as pb;
+use steward_proto::steward::inventory::v1::inventory_service_server::InventoryService;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::domain::risk::assess;
+use crate::domain::selector::{self, Selector};
+use crate::domain::{
+    self, ChangeContext, Error, FieldError, Identity, MAX_NAME, MAX_TEXT, UPDATABLE, now_ns,
+    optional, parse_id, required,
+};
+use crate::import::{self, Defaults, Format};
+use crate::store::activity::{Permission, Signal};
+use crate::store::import::DriftKind;
+use crate::store::registration::RegistrationEntry;
+use crate::store::reports::Report;
+use crate::store::reviews::{Attestation, Campaign, Decision};
+use crate::store::transitions::{TransitionRequest, Transitions};
+use crate::store::{Store, page_size};
+use convert::*;
+
+/// The most a signal or usage time may lie ahead of the server's clock.
+const CLOCK_SKEW_NS: i64 = 300 * 1_000_000_000;
+
+#[derive(Debug, Clone)]
+pub struct InventoryServer {
+    store: Store,
+    transitions: Transitions,
+    trust_domain: TrustDomain,
+}
+
+impl InventoryServer {
+    pub fn new(store: Store, transitions: Transitions, trust_domain: TrustDomain) -> Self {
+        Self {
+            store,
+            transitions,
+            trust_domain,
+        }
+    }
+
+    /// The wire identity with its risk as of now.
+    async fn present(&self, identity: &Identity) -> Result<pb::Identity, Status> {
+        let departed = self.store.owner_departed(identity).await.map_err(status)?;
+        Ok(identity_to_pb(identity, assess(identity, departed, now_ns())))
+    }
+
+    async fn present_all(&self, identities: &[Identity]) -> Result<Vec<pb::Identity>, Status> {
+        let names: Vec<String> = identities.iter().flat_map(Identity::owner_names).collect();
+        let departed = self.store.departed_among(&names).await.map_err(status)?;
+        let now = now_ns();
+        Ok(identities
+            .iter()
+            .map(|i| {
+                let gone = i.owner_names().iter().any(|n| departed.contains(n));
+                identity_to_pb(i, assess(i, gone, now))
+            })
+            .collect())
+    }
+}
+
+/// The one place domain errors become statuses. Storage detail is logged,
+/// never returned.
+pub fn status(error: Error) -> Status {
+    match error {
+        Error::Invalid(e) => Status::invalid_argument(e.to_string()),
+        Error::NotFound(m) => Status::not_found(m),
+        Error::AlreadyExists(m) => Status::already_exists(m),
+        Error::FailedPrecondition(m) => Status::failed_precondition(m),
+        Error::Aborted(m) => Status::aborted(m),
+        Error::PermissionDenied(m) => Status::permission_denied(m),
+        Error::Storage(detail) => {
+            tracing::error!(error = %detail, "inventory storage error");
+            Status::unavailable("inventory storage is unavailable; retry")
+        }
+    }
+}
+
+fn invalid(e: FieldError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+/// The verified caller and the request's change context.
+fn context<T>(request: &Request<T>, wire: Option<&pb::ChangeContext>) -> Result<ChangeContext, Status> {
+    let actor = PeerIdentity::of(request)
+        .map(|p| p.spiffe_id.to_string())
+        .ok_or_else(|| Status::unauthenticated("no verified peer identity"))?;
+    let wire = wire.cloned().unwrap_or_default();
+    let context = ChangeContext {
+        actor,
+        incident_ref: wire.incident_ref,
+        correlation_id: wire.correlation_id,
+    };
+    context.validate().map_err(invalid)?;
+    Ok(context)
+}
+
+fn id(field: &str, value: &str) -> Result<Uuid, Status> {
+    parse_id(field, value).map_err(invalid)
+}
+
+fn version(expected: i64) -> Option<i64> {
+    (expected != 0).then_some(expected)
+}
+
+fn permission(system: &str, perm: &str, resource: &str) -> Result<Permission, Status> {
+    required("system", system, MAX_NAME).map_err(invalid)?;
+    required("permission", perm, MAX_NAME).map_err(invalid)?;
+    optional("resource", resource, MAX_TEXT).map_err(invalid)?;
+    Ok(Permission {
+        system: system.to_owned(),
+        permission: perm.to_owned(),
+        resource: if resource.is_empty() {
+            "*".to_owned()
+        } else {
+            resource.to_owned()
+        },
+    })
+}
+
+/// A wire time no later than now (plus skew); unset means now.
+fn observed(field: &str, ts: Option<&prost_types::Timestamp>) -> Result<i64, Status> {
+    let now = now_ns();
+    match nanos(field, ts).map_err(invalid)? {
+        None => Ok(now),
+        Some(t) if t > now + CLOCK_SKEW_NS => Err(Status::invalid_argument(format!(
+            "{field}: is in the future"
+        ))),
+        Some(t) => Ok(t),
+    }
+}
+
+fn report(value: i32) -> Result<Report, Status> {
+    match pb::PostureReport::try_from(value) {
+        Ok(pb::PostureReport::Stale) => Ok(Report::Stale),
+        Ok(pb::PostureReport::Orphaned) => Ok(Report::Orphaned),
+        Ok(pb::PostureReport::OverPrivileged) => Ok(Report::OverPrivileged),
+        Ok(pb::PostureReport::Expiring) => Ok(Report::Expiring),
+        Ok(pb::PostureReport::ExpiredButActive) => Ok(Report::ExpiredButActive),
+        Ok(pb::PostureReport::Shared) => Ok(Report::Shared),
+        Ok(pb::PostureReport::NoExpiry) => Ok(Report::NoExpiry),
+        Ok(pb::PostureReport::LongLivedSecret) => Ok(Report::LongLivedSecret),
+        Ok(pb::PostureReport::Unspecified) => {
+            Err(Status::invalid_argument("report: is required"))
+        }
+        Err(_) => Err(Status::invalid_argument(format!(
+            "report: {value} is not a known PostureReport"
+        ))),
+    }
+}
+
+fn format(value: i32) -> Result<Format, Status> {
+    match pb::ImportFormat::try_from(value) {
+        Ok(pb::ImportFormat::AwsIamCredentialReport) => Ok(Format::AwsIamCredentialReport),
+        Ok(pb::ImportFormat::KubernetesServiceAccounts) => Ok(Format::KubernetesServiceAccounts),
+        Ok(pb::ImportFormat::Csv) => Ok(Format::Csv),
+        Ok(pb::ImportFormat::Json) => Ok(Format::Json),
+        Ok(pb::ImportFormat::Unspecified) => Err(Status::invalid_argument("format: is required")),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "format: {value} is not a known ImportFormat"
+        ))),
+    }
+}
+
+#[tonic::async_trait]
+impl InventoryService for InventoryServer {
+    async fn create_identity(
+        &self,
+        request: Request<pb::CreateIdentityRequest>,
+    ) -> Result<Response<pb::CreateIdentityResponse>, Status> {
+        let context = context(&request, request.get_ref().context.as_ref())?;
+        let wire = request
+            .get_ref()
+            .identity
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("identity: is required"))?;
+        let spec = spec(wire).map_err(invalid)?;
+        let now = now_ns();
+        let identity = Identity {
+            id: Uuid::now_v7(),
+            spec,
+            state: domain::State::Active,
+            created_at: now,
+            updated_at: now,
+            state_changed_at: now,
+            version: 1,
+            signal_score: 0,
+            signal_summary: String::new(),
+            entitlement_idle_since: None,
+            consumer_count: 0,
+        };
+        let record = crate::evidence::record(
+            &context,
+            "identity.create",
+            Some((&identity.id, identity.spec.kind)),
+            "",
+            [
+                ("source_system", identity.spec.source_system.clone()),
+                ("external_id", identity.spec.external_id.clone()),
+                ("unowned", identity.spec.unowned.to_string()),
+            ],
+        );
+        self.store.create(&identity, &record).await.map_err(status)?;
+        Ok(Response::new(pb::CreateIdentityResponse {
+            identity: Some(self.present(&identity).await?),
+        }))
+    }
+
+    async fn get_identity(
+        &self,
+        request: Request<pb::GetIdentityRequest>,
+    ) -> Result<Response<pb::GetIdentityResponse>, Status> {
+        let id = id("id", &request.get_ref().id)?;
+        let identity = self.store.get(&id).await.map_err(status)?;
+        Ok(Response::new(pb::GetIdentityResponse {
+            identity: Some(self.present(&identity).await?),
+        }))
+    }
+
+    async fn update_identity(
+        &self,
+        request: Request<pb::UpdateIdentityRequest>,
+    ) -> Result<Response<pb::UpdateIdentityResponse>, Status> {
+        let context = context(&request, request.get_ref().context.as_ref())?;
+        let r = request.into_inner();
+        let id = id("id", &r.id)?;
+        let wire = r
+            .identity
+            .ok_or_else(|| Status::invalid_argument("identity: is required"))?;
+        let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
+        if paths.is_empty() {
+            return Err(Status::invalid_argument(
+                "update_mask: name at least one field to change",
+            ));
+        }
+        for path in &paths {
+            if matches!(path.as_str(), "kind" | "source_system" | "external_id") {
+                return Err(Status::invalid_argument(format!(
+                    "update_mask: {path} cannot change; it identifies the credential in its source"
+                )));
+            }
+            if !UPDATABLE.contains(&path.as_str()) {
+                return Err(Status::invalid_argument(format!(
+                    "update_mask: {path:?} is not an updatable IdentitySpec field"
+                )));
+            }
+        }
+        let updated = self
+            .store
+            .update(&id, version(r.expected_version), |identity| {
+                for path in &paths {
+                    apply_path(&mut identity.spec, &wire, path, "identity.")?;
+                }
+                identity
+                    .spec
+                    .validate()
+                    .map_err(|e| prefixed("identity.", e))?;
+                Ok(crate::evidence::record(
+                    &context,
+                    "identity.update",
+                    Some((&identity.id, identity.spec.kind)),
+                    "",
+                    [("fields", paths.join(","))],
+                ))
+            })
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::UpdateIdentityResponse {
+            identity: Some(self.present(&updated).await?),
+        }))
+    }
+
+    async fn list_identities(
+        &self,
+        request: Request<pb::ListIdentitiesRequest>,
+    ) -> Result<Response<pb::ListIdentitiesResponse>, Status> {
+        let r = request.into_inner();
+        let filter = filter(r.filter.as_ref(), "filter.").map_err(invalid)?;
+        let (identities, next_page_token) = self
+            .store
+            .list(&filter, page_size(r.page_size), &r.page_token)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ListIdentitiesResponse {
+            identities: self.present_all(&identities).await?,
+            next_page_token,
+        }))
+    }
+
+    async fn transition_state(
+        &self,
+        request: Request<pb::TransitionStateRequest>,
+    ) -> Result<Response<pb::TransitionStateResponse>, Status> {
+        let context = context(&request, request.get_ref().context.as_ref())?;
+        let r = request.into_inner();
+        let id = id("id", &r.id)?;
+        let target = state("target_state", r.target_state).map_err(invalid)?;
+        required("reason", &r.reason, MAX_TEXT).map_err(invalid)?;
+        let (identity, transition) = self
+            .transitions
+            .submit(TransitionRequest {
+                id,
+                target,
+                reason: r.reason,
+                expected_version: version(r.expected_version),
+                context,
+            })
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::TransitionStateResponse {
+            identity: Some(self.present(&identity).await?),
+            transition: Some(transition_to_pb(&transition)),
+        }))
+    }
+
+    async fn list_transitions(
+        &self,
+        request: Request<pb::ListTransitionsRequest>,
+    ) -> Result<Response<pb::ListTransitionsResponse>, Status> {
+        let r = request.into_inner();
+        let identity_id = id("identity_id", &r.identity_id)?;
+        let (transitions, next_page_token) = self
+            .store
+            .transitions(&identity_id, page_size(r.page_size), &r.page_token)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ListTransitionsResponse {
+            transitions: transitions.iter().map(transition_to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn add_signal(
+        &self,
+        request: Request<pb::AddSignalRequest>,
+    ) -> Result<Response<pb::AddSignalResponse>, Status> {
+        let context = context(&request, request.get_ref().context.as_ref())?;
+        let r = request.into_inner();
+        let identity_id = id("identity_id", &r.identity_id)?;
+        let kind = signal_kind("kind", r.kind).map_err(invalid)?;
+        let severity = severity("severity", r.severity).map_err(invalid)?;
+        required("source", &r.source, MAX_NAME).map_err(invalid)?;
+        optional("evidence_ref", &r.evidence_ref, MAX_TEXT).map_err(invalid)?;
+        optional("summary", &r.summary, MAX_TEXT).map_err(invalid)?;
+        let observed_at = observed("observe_time", r.observe_time.as_ref())?;
+        let signal = Signal {
+            id: Uuid::now_v7(),
+            identity_id,
+            kind,
+            severity,
+            source: r.source,
+            observed_at,
+            evidence_ref: r.evidence_ref,
+            summary: r.summary,
+            open: true,
+            resolution: String::new(),
+            resolved_at: None,
+            reported_by: context.actor.clone(),
+        };
+        self.store
+            .add_signal(&signal, &context)
+            .await
+            .map_err(status)?;
+        let identity = self.present(&self.store.get(&identity_id).await.map_err(status)?).await?;
+        Ok(Response::new(pb::AddSignalResponse {
+            signal: Some(signal_to_pb(&signal)),
+            risk: identity.risk,
+        }))
+    }
+
+    async fn resolve_signal(
+        &self,
+        request: Request<pb::ResolveSignalRequest>,
+    ) -> Result<Response<pb::ResolveSignalResponse>, Status> {
+        let context = context(&request, request.get_ref().context.as_ref())?;
+        let r = request.into_inner();
+        let signal_id = id("signal_id", &r.signal_id)?;
+        required("resolution", &r.resolution, MAX_TEXT).map_err(invalid)?;
+        let signal = self
+            .store
+            .resolve_signal(&signal_id, &r.resolution, &context)
+            .await
+            .map_err(status)?;
+        let identity = self
+            .present(&self.store.get(&signal.identity_id).await.map_err(status)?)
+            .await?;
+        Ok(Response::new(pb::ResolveSignalResponse {
+            signal: Some(signal_to_pb(&signal)),
+            risk: identity.risk,
+        }))
+    }
+
+    async fn list_signals(
+        &self,
+        request: Request<pb::ListSignalsRequest>,
+    ) -> Result<Response<pb::ListSignalsResponse>, Status> {
+        let r = request.into_inner();
+        let identity_id = id("identity_id", &r.identity_id)?;
+        let (signals, next_page_token) = self
+            .store
+            .signals(&identity_id, r.open_only, page_size(r.page_size), &r.page_token)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ListSignalsResponse {
+            signals: signals.iter().map(signal_to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn grant_entitlement(
+        &self,
+        request: Request<pb::GrantEntitlementRequest>,
+    ) -> Result<Response<pb::GrantEntitlementResponse>, Status> {
+        let context = context(&request, request.get_ref().context.as_ref())?;
+        let r = request.into_inner();
+        let identity_id = id("identity_id", &r.identity_id)?;
+        let permission = permission(&r.system, &r.permission, &r.resource)?;
+        let (entitlement, created) = self
+            .store
+            .grant(&identity_id, &permission, &context)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::GrantEntitlementResponse {
+            entitlement: Some(entitlement_to_pb(&entitlement)),
+            created,
+        }))
+    }
+
+    async fn record_usage(
+        &self,
+        request: Request<pb::RecordUsageRequest>,
+    ) -> Result<Response<pb::RecordUsageResponse>, Status> {
+        let context = context(&request, None)?;
+        let r = request.into_inner();
+        let identity_id = id("identity_id", &r.identity_id)?;
+        let named = !(r.system.is_empty() && r.permission.is_empty() && r.resource.is_empty());
+        let permission = if named {
+            Some(permission(&r.system, &r.permission, &r.resource)?)
+        } else {
+            None
+        };
+        optional("consumer", &r.consumer, MAX_NAME).map_err(invalid)?;
+        let at = observed("use_time", r.use_time.as_ref())?;
+        let entitlement = self
+            .store
+            .record_usage(&identity_id, permission.as_ref(), &r.consumer, at, &context)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::RecordUsageResponse {
+            entitlement: entitlement.as_ref().map(entitlement_to_pb),
+        }))
+    }
+
+    async fn remove_entitlement(
+        &self,
+        request: Request<pb::RemoveEntitlementRequest>,
+    ) -> Result<Response<pb::RemoveEntitlementResponse>, Status> {
+        let context = context(&request, request.get_ref().context.as_ref())?;
+        let r = request.into_inner();
+        let identity_id = id("identity_id", &r.identity_id)?;
+        let permission = permission(&r.system, &r.permission, &r.resource)?;
+        optional("reason", &r.reason, MAX_TEXT).map_err(invalid)?;
+        self.store
+            .remove_entitlement(&identity_id, &permission, &r.reason, &context)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::RemoveEntitlementResponse {}))
+    }
+
+    async fn list_entitlements(
+        &self,
+        request: Request<pb::ListEntitlementsRequest>,
+    ) -> Result<Response<pb::ListEntitlementsResponse>, Status> {
+        let r = request.into_inner();
+        let identity_id = id("identity_id", &r.identity_id)?;
+        let (entitlements, next_page_token) = self
+            .store
+            .entitlements(&identity_id, page_size(r.page_size), &r.page_token)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ListEntitlementsResponse {
+            entitlements: entitlements.iter().map(entitlement_to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn set_owner_status(
+        &self,
+        request: Request<pb::SetOwnerStatusRequest>,
+    ) -> Result<Response<pb::SetOwnerStatusResponse>, Status> {
+        let context = context(&request, request.get_ref().context.as_ref())?;
+        let r = request.into_inner();
+        required("owner", &r.owner, MAX_NAME).map_err(invalid)?;
+        optional("reason", &r.reason, MAX_TEXT).map_err(invalid)?;
+        let owned = self
+            .store
+            .set_owner_status(&r.owner, r.departed, &r.reason, &context)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::SetOwnerStatusResponse {
+            owned_identities: owned,
+        }))
+    }
+
+    async fn create_registration_entry(
+        &self,
+        request: Request<pb::CreateRegistrationEntryRequest>,
+    ) -> Result<Response<pb::CreateRegistrationEntryResponse>, Status> {
+        let context = context(&request, request.get_ref().context.as_ref())?;
+        let r = request.into_inner();
+        let e = r
+            .entry
+            .ok_or_else(|| Status::invalid_argument("entry: is required"))?;
+        let spiffe = |field: &str, value: &str| {
+            if value.is_empty() {
+                return Err(Status::invalid_argument(format!("{field}: is required")));
+            }
+            SpiffeId::parse(value)
+                .map_err(|err| Status::invalid_argument(format!("{field}: {err}")))
+        };
+        let spiffe_id = spiffe("entry.spiffe_id", &e.spiffe_id)?;
+        let parent_id = spiffe("entry.parent_id", &e.parent_id)?;
+        if spiffe_id.trust_domain() != &self.trust_domain {
+            return Err(Status::invalid_argument(format!(
+                "entry.spiffe_id: must be in this trust domain ({})",
+                self.trust_domain.name()
+            )));
+        }
+        let selectors = e
+            .selectors
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Selector::parse(&format!("entry.selectors[{i}]"), &s.r#type, &s.value))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(invalid)?;
+        let selectors = selector::canonical("entry.selectors", selectors).map_err(invalid)?;
+        for (field, ttl) in [
+            ("entry.x509_svid_ttl", e.x509_svid_ttl),
+            ("entry.jwt_svid_ttl", e.jwt_svid_ttl),
+        ] {
+            if !(0..=86_400 * 30).contains(&ttl) {
+                return Err(Status::invalid_argument(format!(
+                    "{field}: must be 0 (the default) to 2592000 seconds"
+                )));
+            }
+        }
+        let identity_id = id("entry.identity_id", &e.identity_id)?;
+        let entry = RegistrationEntry {
+            id: Uuid::now_v7(),
+            spiffe_id,
+            parent_id,
+            selectors,
+            x509_ttl: e.x509_svid_ttl,
+            jwt_ttl: e.jwt_svid_ttl,
+            identity_id,
+            created_at: now_ns(),
+        };
+        self.store
+            .create_entry(&entry, &context)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::CreateRegistrationEntryResponse {
+            entry: Some(entry_to_pb(&entry)),
+        }))
+    }
+
+    async fn delete_registration_entry(
+        &self,
+        request: Request<pb::DeleteRegistrationEntryRequest>,
+    ) -> Result<Response<pb::DeleteRegistrationEntryResponse>, Status> {
+        let context = context(&request, request.get_ref().context.as_ref())?;
+        let entry_id = id("id", &request.get_ref().id)?;
+        self.store
+            .delete_entry(&entry_id, &context)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::DeleteRegistrationEntryResponse {}))
+    }
+
+    async fn list_registration_entries(
+        &self,
+        request: Request<pb::ListRegistrationEntriesRequest>,
+    ) -> Result<Response<pb::ListRegistrationEntriesResponse>, Status> {
+        let r = request.into_inner();
+        let identity_id = if r.identity_id.is_empty() {
+            None
+        } else {
+            Some(id("identity_id", &r.identity_id)?)
+        };
+        let (entries, next_page_token) = self
+            .store
+            .entries(identity_id.as_ref(), page_size(r.page_size), &r.page_token)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ListRegistrationEntriesResponse {
+            entries: entries.iter().map(entry_to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn match_selectors(
+        &self,
+        request: Request<pb::MatchSelectorsRequest>,
+    ) -> Result<Response<pb::MatchSelectorsResponse>, Status> {
+        let r = request.into_inner();
+        if r.selectors.len() > 4 * selector::MAX_SELECTORS {
+            return Err(Status::invalid_argument("selectors: too many"));
+        }
+        let attested = r
+            .selectors
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Selector::parse(&format!("selectors[{i}]"), &s.r#type, &s.value))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(invalid)?;
+        let entries = self
+            .store
+            .match_selectors(&attested)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::MatchSelectorsResponse {
+            entries: entries.iter().map(entry_to_pb).collect(),
+        }))
+    }
+
+    async fn start_review_campaign(
+        &self,
+        request: Request<pb::StartReviewCampaignRequest>,
+    ) -> Result<Response<pb::StartReviewCampaignResponse>, Status> {
+        let context = context(&request, request.get_ref().context.as_ref())?;
+        let r = request.into_inner();
+        required("name", &r.name, MAX_NAME).map_err(invalid)?;
+        let filter = filter(r.filter.as_ref(), "filter.").map_err(invalid)?;
+        let now = now_ns();
+        let deadline = nanos("deadline", r.deadline.as_ref())
+            .map_err(invalid)?
+            .ok_or_else(|| Status::invalid_argument("deadline: is required"))?;
+        if deadline <= now {
+            return Err(Status::invalid_argument("deadline: must be in the future"));
+        }
+        let mut campaign = Campaign {
+            id: Uuid::now_v7(),
+            name: r.name,
+            filter,
+            deadline,
+            open: true,
+            created_by: context.actor.clone(),
+            created_at: now,
+            pending: 0,
+            still_needed: 0,
+            revoked: 0,
+            flagged: 0,
+        };
+        campaign.pending = self
+            .store
+            .start_campaign(&campaign, &context)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::StartReviewCampaignResponse {
+            campaign: Some(campaign_to_pb(&campaign)),
+        }))
+    }
+
+    async fn get_review_campaign(
+        &self,
+        request: Request<pb::GetReviewCampaignRequest>,
+    ) -> Result<Response<pb::GetReviewCampaignResponse>, Status> {
+        let context = context(&request, None)?;
+        let campaign_id = id("id", &request.get_ref().id)?;
+        let campaign = self
+            .store
+            .campaign(&campaign_id, &context)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::GetReviewCampaignResponse {
+            campaign: Some(campaign_to_pb(&campaign)),
+        }))
+    }
+
+    async fn list_review_items(
+        &self,
+        request: Request<pb::ListReviewItemsRequest>,
+    ) -> Result<Response<pb::ListReviewItemsResponse>, Status> {
+        let context = context(&request, None)?;
+        let r = request.into_inner();
+        let campaign_id = id("campaign_id", &r.campaign_id)?;
+        let decision = if r.decision == 0 {
+            None
+        } else {
+            Some(decision("decision", r.decision).map_err(invalid)?)
+        };
+        // Flags overdue items first, so the list is never stale.
+        self.store
+            .campaign(&campaign_id, &context)
+            .await
+            .map_err(status)?;
+        let (items, next_page_token) = self
+            .store
+            .review_items(&campaign_id, decision, page_size(r.page_size), &r.page_token)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ListReviewItemsResponse {
+            items: items.iter().map(item_to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn attest_review(
+        &self,
+        request: Request<pb::AttestReviewRequest>,
+    ) -> Result<Response<pb::AttestReviewResponse>, Status> {
+        let context = context(&request, request.get_ref().context.as_ref())?;
+        let r = request.into_inner();
+        let campaign_id = id("campaign_id", &r.campaign_id)?;
+        let identity_id = id("identity_id", &r.identity_id)?;
+        required("reviewer", &r.reviewer, MAX_NAME).map_err(invalid)?;
+        optional("reason", &r.reason, MAX_TEXT).map_err(invalid)?;
+        let decision = decision("decision", r.decision).map_err(invalid)?;
+        let new_expires_at = nanos("new_expire_time", r.new_expire_time.as_ref()).map_err(invalid)?;
+        match decision {
+            Decision::StillNeeded => match new_expires_at {
+                None => {
+                    return Err(Status::invalid_argument(
+                        "new_expire_time: is required when the identity is still needed",
+                    ));
+                }
+                Some(t) if t <= now_ns() => {
+                    return Err(Status::invalid_argument(
+                        "new_expire_time: must be in the future",
+                    ));
+                }
+                Some(_) => {}
+            },
+            Decision::Revoke => {
+                if r.reason.trim().is_empty() {
+                    return Err(Status::invalid_argument(
+                        "reason: is required when revoking",
+                    ));
+                }
+            }
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "decision: must be STILL_NEEDED or REVOKE, not {other}"
+                )));
+            }
+        }
+        let item = self
+            .store
+            .attest(
+                &Attestation {
+                    campaign_id,
+                    identity_id,
+                    reviewer: r.reviewer,
+                    decision,
+                    reason: r.reason,
+                    new_expires_at: if decision == Decision::StillNeeded {
+                        new_expires_at
+                    } else {
+                        None
+                    },
+                },
+                &context,
+            )
+            .await
+            .map_err(status)?;
+        let identity = self.store.get(&identity_id).await.map_err(status)?;
+        Ok(Response::new(pb::AttestReviewResponse {
+            item: Some(item_to_pb(&item)),
+            identity: Some(self.present(&identity).await?),
+        }))
+    }
+
+    async fn get_posture_report(
+        &self,
+        request: Request<pb::GetPostureReportRequest>,
+    ) -> Result<Response<pb::GetPostureReportResponse>, Status> {
+        let r = request.into_inner();
+        let report = report(r.report)?;
+        if r.days > 36_500 {
+            return Err(Status::invalid_argument("days: at most 36500"));
+        }
+        let days = if r.days == 0 {
+            report.default_days()
+        } else {
+            i64::from(r.days)
+        };
+        let filter = filter(r.filter.as_ref(), "filter.").map_err(invalid)?;
+        let now = now_ns();
+        let page = self
+            .store
+            .report(report, days, &filter, page_size(r.page_size), &r.page_token, now)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::GetPostureReportResponse {
+            findings: page
+                .findings
+                .iter()
+                .map(|f| {
+                    let s = &f.identity.spec;
+                    pb::PostureFinding {
+                        identity_id: f.identity.id.hyphenated().to_string(),
+                        display_name: s.display_name.clone(),
+                        kind: kind_to_pb(s.kind),
+                        state: state_to_pb(f.identity.state),
+                        business_owner: s
+                            .business_owner
+                            .as_ref()
+                            .map(|o| o.name.clone())
+                            .unwrap_or_default(),
+                        technical_owner: s
+                            .technical_owner
+                            .as_ref()
+                            .map(|o| o.name.clone())
+                            .unwrap_or_default(),
+                        reasons: f.reasons.clone(),
+                    }
+                })
+                .collect(),
+            next_page_token: page.next_page_token,
+            total: page.total.unwrap_or(0),
+            as_of: Some(timestamp(now)),
+        }))
+    }
+
+    async fn import_identities(
+        &self,
+        request: Request<pb::ImportIdentitiesRequest>,
+    ) -> Result<Response<pb::ImportIdentitiesResponse>, Status> {
+        let context = context(&request, request.get_ref().context.as_ref())?;
+        let r = request.into_inner();
+        let format = format(r.format)?;
+        if r.content.is_empty() {
+            return Err(Status::invalid_argument("content: is required"));
+        }
+        optional("source_system", &r.source_system, MAX_NAME).map_err(invalid)?;
+        optional("environment", &r.environment, MAX_NAME).map_err(invalid)?;
+        let defaults = Defaults {
+            source_system: r.source_system.clone(),
+            environment: r.environment.clone(),
+            trust_domain: self.trust_domain.clone(),
+        };
+        let content = r.content;
+        let parsed = tokio::task::spawn_blocking(move || import::parse(format, &content, &defaults))
+            .await
+            .map_err(|_| Status::internal("the import parser failed"))?;
+        // Vanished is judged only over the source systems the import covers.
+        let mut sources: BTreeSet<String> = parsed.sources.clone();
+        if !r.source_system.is_empty() {
+            sources.insert(r.source_system.clone());
+        }
+        let outcome = self
+            .store
+            .import(parsed.rows, &sources, r.dry_run, format.as_str(), &context)
+            .await
+            .map_err(status)?;
+        let mut errors: Vec<pb::ImportError> = parsed
+            .errors
+            .iter()
+            .map(|e| pb::ImportError {
+                line: e.line,
+                field: e.field.clone(),
+                reason: e.reason.clone(),
+            })
+            .chain(outcome.rejected.iter().map(|(line, field, reason)| pb::ImportError {
+                line: *line,
+                field: field.clone(),
+                reason: reason.clone(),
+            }))
+            .collect();
+        errors.sort_by_key(|e| e.line);
+        let rejected = errors.len() as u64;
+        errors.truncate(crate::store::import::MAX_REPORTED);
+        Ok(Response::new(pb::ImportIdentitiesResponse {
+            rows: parsed.total,
+            created: outcome.created,
+            changed: outcome.changed,
+            unchanged: outcome.unchanged,
+            vanished: outcome.vanished,
+            rejected,
+            drift: outcome
+                .drift
+                .iter()
+                .map(|d| pb::Drift {
+                    kind: match d.kind {
+                        DriftKind::New => pb::DriftKind::New,
+                        DriftKind::Changed => pb::DriftKind::Changed,
+                        DriftKind::Vanished => pb::DriftKind::Vanished,
+                    } as i32,
+                    identity_id: d.identity_id.hyphenated().to_string(),
+                    source_system: d.source_system.clone(),
+                    external_id: d.external_id.clone(),
+                    fields: d.fields.clone(),
+                })
+                .collect(),
+            errors,
+            dry_run: r.dry_run,
+        }))
+    }
+}

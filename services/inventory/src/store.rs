@@ -1,0 +1,746 @@
+//! Inventory's database: the same SQL on SQLite and PostgreSQL. Every write
+//! is one transaction that also queues its evidence records in the outbox.
+//!
+//! - this file: the identity rows, reading and writing them;
+//! - [`transitions`]: lifecycle changes, group-committed;
+//! - [`activity`]: signals, entitlements, usage and owners;
+//! - [`registration`]: registration entries and selector matching;
+//! - [`reviews`]: access-review campaigns;
+//! - [`reports`]: the posture reports;
+//! - [`import`]: batched upserts for the importers.
+
+pub mod activity;
+pub mod import;
+pub mod registration;
+pub mod reports;
+pub mod reviews;
+pub mod transitions;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use steward_db::{Database, Placeholders, on_backend};
+use steward_evidence::EvidenceRecord;
+use steward_identity::SpiffeId;
+use steward_outbox::{Forwarder, OutboxTransaction};
+use uuid::Uuid;
+
+use crate::domain::{
+    Classification, Error, Filter, Identity, IdentitySpec, Kind, Nanos, Owner, OwnerKind, State,
+    now_ns,
+};
+
+/// What differs between the engines in the statements we write.
+pub trait Engine: sqlx::Database + Placeholders {
+    /// Starts a read-modify-write transaction. SQLite takes the write lock
+    /// up front, so a transaction never finds its snapshot stale at COMMIT.
+    const BEGIN_WRITE: &'static str;
+    /// Locks the rows a read-modify-write transaction selected.
+    const FOR_UPDATE: &'static str;
+    /// Case-insensitive LIKE.
+    const ILIKE: &'static str;
+}
+
+impl Engine for sqlx::Sqlite {
+    const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+    const FOR_UPDATE: &'static str = "";
+    const ILIKE: &'static str = "LIKE";
+}
+
+impl Engine for sqlx::Postgres {
+    const BEGIN_WRITE: &'static str = "BEGIN";
+    const FOR_UPDATE: &'static str = " FOR UPDATE";
+    const ILIKE: &'static str = "ILIKE";
+}
+
+/// Largest page any list returns.
+pub const MAX_PAGE: usize = 1000;
+
+/// The inventory database and the outbox forwarder to wake after commits.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub(crate) db: Database,
+    forwarder: Option<Forwarder>,
+}
+
+/// The identity columns, in the order [`bind_identity`] binds them and
+/// [`read_identity`] reads them.
+pub(crate) const COLUMNS: &str = "id, kind, display_name, source_system, external_id, environment, \
+    business_service, workload, classification, purpose, business_owner, business_owner_kind, \
+    business_owner_contact, technical_owner, technical_owner_kind, technical_owner_contact, \
+    unowned, orphaned, state, spiffe_id, labels, created_at_ns, updated_at_ns, state_changed_at_ns, \
+    expires_at_ns, last_rotated_at_ns, last_used_at_ns, active_at_ns, rotated_at_ns, \
+    entitlement_idle_since_ns, consumer_count, signal_score, signal_summary, version";
+pub(crate) const COLUMN_COUNT: usize = 34;
+
+/// Binds an identity's columns in [`COLUMNS`] order.
+macro_rules! bind_identity {
+    ($query:expr, $identity:expr, $orphaned:expr) => {{
+        let i: &$crate::domain::Identity = $identity;
+        let s = &i.spec;
+        let (bo, bok, boc) = $crate::store::owner_columns(&s.business_owner);
+        let (to, tok, toc) = $crate::store::owner_columns(&s.technical_owner);
+        $query
+            .bind(i.id.hyphenated().to_string())
+            .bind(s.kind.as_str())
+            .bind(s.display_name.clone())
+            .bind(s.source_system.clone())
+            .bind(s.external_id.clone())
+            .bind(s.environment.clone())
+            .bind(s.business_service.clone())
+            .bind(s.workload.clone())
+            .bind(s.classification.as_str())
+            .bind(s.purpose.clone())
+            .bind(bo)
+            .bind(bok)
+            .bind(boc)
+            .bind(to)
+            .bind(tok)
+            .bind(toc)
+            .bind(i64::from(s.unowned))
+            .bind(i64::from($orphaned))
+            .bind(i.state.as_str())
+            .bind(s.spiffe_id.as_ref().map(|id| id.to_string()).unwrap_or_default())
+            .bind($crate::store::labels_json(&s.labels))
+            .bind(i.created_at)
+            .bind(i.updated_at)
+            .bind(i.state_changed_at)
+            .bind(s.expires_at)
+            .bind(s.last_rotated_at)
+            .bind(s.last_used_at)
+            .bind($crate::store::active_at(i))
+            .bind($crate::store::rotated_at(i))
+            .bind(i.entitlement_idle_since)
+            .bind(i.consumer_count)
+            .bind(i64::from(i.signal_score))
+            .bind(i.signal_summary.clone())
+            .bind(i.version)
+    }};
+}
+pub(crate) use bind_identity;
+
+/// Rewrites every spec column of a stored identity, and its version.
+macro_rules! update_row {
+    ($tx:expr, $db:ty, $identity:expr, $orphaned:expr) => {{
+        let identity: &$crate::domain::Identity = $identity;
+        let s = &identity.spec;
+        let (bo, bok, boc) = $crate::store::owner_columns(&s.business_owner);
+        let (to, tok, toc) = $crate::store::owner_columns(&s.technical_owner);
+        sqlx::query::<$db>(
+            "UPDATE identities SET display_name = $1, environment = $2, business_service = $3,
+                workload = $4, classification = $5, purpose = $6, business_owner = $7,
+                business_owner_kind = $8, business_owner_contact = $9, technical_owner = $10,
+                technical_owner_kind = $11, technical_owner_contact = $12, unowned = $13,
+                orphaned = $14, spiffe_id = $15, labels = $16, updated_at_ns = $17,
+                expires_at_ns = $18, last_rotated_at_ns = $19, last_used_at_ns = $20,
+                active_at_ns = $21, rotated_at_ns = $22, version = $23
+             WHERE id = $24",
+        )
+        .bind(s.display_name.clone())
+        .bind(s.environment.clone())
+        .bind(s.business_service.clone())
+        .bind(s.workload.clone())
+        .bind(s.classification.as_str())
+        .bind(s.purpose.clone())
+        .bind(bo)
+        .bind(bok)
+        .bind(boc)
+        .bind(to)
+        .bind(tok)
+        .bind(toc)
+        .bind(i64::from(s.unowned))
+        .bind(i64::from($orphaned))
+        .bind(s.spiffe_id.as_ref().map(|i| i.to_string()).unwrap_or_default())
+        .bind($crate::store::labels_json(&s.labels))
+        .bind(identity.updated_at)
+        .bind(s.expires_at)
+        .bind(s.last_rotated_at)
+        .bind(s.last_used_at)
+        .bind($crate::store::active_at(identity))
+        .bind($crate::store::rotated_at(identity))
+        .bind(identity.version)
+        .bind(identity.id.hyphenated().to_string())
+        .execute(&mut *$tx)
+        .await?;
+    }};
+}
+pub(crate) use update_row;
+
+pub(crate) fn owner_columns(owner: &Option<Owner>) -> (String, &'static str, String) {
+    match owner {
+        Some(o) => (o.name.clone(), o.kind.as_str(), o.contact.clone()),
+        None => (String::new(), "", String::new()),
+    }
+}
+
+pub(crate) fn labels_json(labels: &BTreeMap<String, String>) -> String {
+    serde_json::to_string(labels).unwrap_or_else(|_| "{}".to_owned())
+}
+
+/// Last use, or creation when never used: the stale report's key.
+pub(crate) fn active_at(identity: &Identity) -> Nanos {
+    identity
+        .spec
+        .last_used_at
+        .unwrap_or(identity.created_at)
+        .max(identity.created_at)
+}
+
+/// Last rotation, or creation: the long-lived-secret report's key.
+pub(crate) fn rotated_at(identity: &Identity) -> Nanos {
+    identity.spec.last_rotated_at.unwrap_or(identity.created_at)
+}
+
+/// Reads columns in order from a row of either engine.
+pub(crate) struct Columns<'r, R> {
+    row: &'r R,
+    next: usize,
+}
+
+impl<'r, R> Columns<'r, R>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    pub(crate) fn new(row: &'r R) -> Self {
+        Self { row, next: 0 }
+    }
+
+    pub(crate) fn text(&mut self) -> Result<String, Error> {
+        self.next += 1;
+        Ok(self.row.try_get::<String, _>(self.next - 1)?)
+    }
+
+    pub(crate) fn int(&mut self) -> Result<i64, Error> {
+        self.next += 1;
+        Ok(self.row.try_get::<i64, _>(self.next - 1)?)
+    }
+
+    pub(crate) fn opt_int(&mut self) -> Result<Option<i64>, Error> {
+        self.next += 1;
+        Ok(self.row.try_get::<Option<i64>, _>(self.next - 1)?)
+    }
+
+    pub(crate) fn id(&mut self) -> Result<Uuid, Error> {
+        let text = self.text()?;
+        Uuid::try_parse(&text).map_err(|_| corrupt("id", &text))
+    }
+}
+
+pub(crate) fn corrupt(what: &str, value: &str) -> Error {
+    Error::Storage(format!("stored {what} {value:?} is not valid"))
+}
+
+fn owner_from(name: String, kind: &str, contact: String) -> Result<Option<Owner>, Error> {
+    if name.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Owner {
+        kind: OwnerKind::parse(kind).ok_or_else(|| corrupt("owner kind", kind))?,
+        name,
+        contact,
+    }))
+}
+
+/// Reads one identity row selected with [`COLUMNS`].
+pub(crate) fn read_identity<R>(row: &R) -> Result<Identity, Error>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let mut c = Columns::new(row);
+    let id = c.id()?;
+    let kind = c.text()?;
+    let kind = Kind::parse(&kind).ok_or_else(|| corrupt("kind", &kind))?;
+    let display_name = c.text()?;
+    let source_system = c.text()?;
+    let external_id = c.text()?;
+    let environment = c.text()?;
+    let business_service = c.text()?;
+    let workload = c.text()?;
+    let classification = c.text()?;
+    let classification = Classification::parse(&classification)
+        .ok_or_else(|| corrupt("classification", &classification))?;
+    let purpose = c.text()?;
+    let (name, kind_text, contact) = (c.text()?, c.text()?, c.text()?);
+    let business_owner = owner_from(name, &kind_text, contact)?;
+    let (name, kind_text, contact) = (c.text()?, c.text()?, c.text()?);
+    let technical_owner = owner_from(name, &kind_text, contact)?;
+    let unowned = c.int()? != 0;
+    let _orphaned = c.int()?;
+    let state = c.text()?;
+    let state = State::parse(&state).ok_or_else(|| corrupt("state", &state))?;
+    let spiffe_id = c.text()?;
+    let spiffe_id = if spiffe_id.is_empty() {
+        None
+    } else {
+        Some(SpiffeId::parse(&spiffe_id).map_err(|_| corrupt("spiffe_id", &spiffe_id))?)
+    };
+    let labels = c.text()?;
+    let labels: BTreeMap<String, String> =
+        serde_json::from_str(&labels).map_err(|_| corrupt("labels", &labels))?;
+    let created_at = c.int()?;
+    let updated_at = c.int()?;
+    let state_changed_at = c.int()?;
+    let expires_at = c.opt_int()?;
+    let last_rotated_at = c.opt_int()?;
+    let last_used_at = c.opt_int()?;
+    let _active = c.int()?;
+    let _rotated = c.int()?;
+    let entitlement_idle_since = c.opt_int()?;
+    let consumer_count = c.int()?;
+    let signal_score = u32::try_from(c.int()?).unwrap_or(0);
+    let signal_summary = c.text()?;
+    let version = c.int()?;
+    Ok(Identity {
+        id,
+        spec: IdentitySpec {
+            kind,
+            display_name,
+            source_system,
+            external_id,
+            environment,
+            business_service,
+            workload,
+            classification,
+            purpose,
+            business_owner,
+            technical_owner,
+            unowned,
+            spiffe_id,
+            labels,
+            expires_at,
+            last_rotated_at,
+            last_used_at,
+        },
+        state,
+        created_at,
+        updated_at,
+        state_changed_at,
+        version,
+        signal_score,
+        signal_summary,
+        entitlement_idle_since,
+        consumer_count,
+    })
+}
+
+/// A page position: the last id returned.
+pub(crate) fn after_id(token: &str) -> Result<String, Error> {
+    if token.is_empty() {
+        return Ok(String::new());
+    }
+    Uuid::try_parse(token)
+        .map(|u| u.hyphenated().to_string())
+        .map_err(|_| {
+            Error::Invalid(crate::domain::bad(
+                "page_token",
+                "not a token from a previous response",
+            ))
+        })
+}
+
+/// `page_size` as a row count: 0 means 100, at most [`MAX_PAGE`].
+pub fn page_size(requested: u32) -> usize {
+    match requested {
+        0 => 100,
+        n => (n as usize).min(MAX_PAGE),
+    }
+}
+
+/// A WHERE clause under construction, with its parameters.
+#[derive(Debug, Default)]
+pub(crate) struct Clause {
+    pub(crate) sql: Vec<String>,
+    pub(crate) params: Vec<Param>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Param {
+    Text(String),
+    Int(i64),
+}
+
+impl Clause {
+    /// Adds a condition whose `?` marks are replaced by numbered placeholders.
+    pub(crate) fn push(&mut self, condition: &str, params: impl IntoIterator<Item = Param>) {
+        let mut out = String::with_capacity(condition.len() + 8);
+        let mut params = params.into_iter();
+        for ch in condition.chars() {
+            if ch == '?' {
+                if let Some(p) = params.next() {
+                    self.params.push(p);
+                }
+                out.push('$');
+                out.push_str(&self.params.len().to_string());
+            } else {
+                out.push(ch);
+            }
+        }
+        self.sql.push(out);
+    }
+
+    pub(crate) fn next_param(&self) -> usize {
+        self.params.len() + 1
+    }
+
+    pub(crate) fn where_sql(&self) -> String {
+        if self.sql.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", self.sql.join(" AND "))
+        }
+    }
+
+    /// The conditions of `filter` on `identities` (aliased `i`).
+    pub(crate) fn filter<DB: Engine>(&mut self, filter: &Filter) {
+        if !filter.kinds.is_empty() {
+            let marks = vec!["?"; filter.kinds.len()].join(", ");
+            self.push(
+                &format!("i.kind IN ({marks})"),
+                filter.kinds.iter().map(|k| Param::Text(k.as_str().into())),
+            );
+        }
+        if !filter.states.is_empty() {
+            let marks = vec!["?"; filter.states.len()].join(", ");
+            self.push(
+                &format!("i.state IN ({marks})"),
+                filter.states.iter().map(|s| Param::Text(s.as_str().into())),
+            );
+        }
+        if !filter.owner.is_empty() {
+            // Two index ranges joined, rather than an OR the planner scans.
+            self.push(
+                "i.id IN (SELECT id FROM identities WHERE business_owner = ? \
+                 UNION SELECT id FROM identities WHERE technical_owner = ?)",
+                [
+                    Param::Text(filter.owner.clone()),
+                    Param::Text(filter.owner.clone()),
+                ],
+            );
+        }
+        match &filter.label {
+            Some((key, Some(value))) => self.push(
+                "i.id IN (SELECT identity_id FROM identity_labels WHERE key = ? AND value = ?)",
+                [Param::Text(key.clone()), Param::Text(value.clone())],
+            ),
+            Some((key, None)) => self.push(
+                "i.id IN (SELECT identity_id FROM identity_labels WHERE key = ?)",
+                [Param::Text(key.clone())],
+            ),
+            None => {}
+        }
+        if !filter.business_service.is_empty() {
+            self.push(
+                "i.business_service = ?",
+                [Param::Text(filter.business_service.clone())],
+            );
+        }
+        if !filter.environment.is_empty() {
+            self.push(
+                "i.environment = ?",
+                [Param::Text(filter.environment.clone())],
+            );
+        }
+        if !filter.source_system.is_empty() {
+            self.push(
+                "i.source_system = ?",
+                [Param::Text(filter.source_system.clone())],
+            );
+        }
+        if !filter.text.is_empty() {
+            let pattern = format!("%{}%", escape_like(&filter.text));
+            let like = DB::ILIKE;
+            self.push(
+                &format!(
+                    "(i.display_name {like} ? ESCAPE '\\' OR i.external_id {like} ? ESCAPE '\\' \
+                     OR i.purpose {like} ? ESCAPE '\\')"
+                ),
+                [
+                    Param::Text(pattern.clone()),
+                    Param::Text(pattern.clone()),
+                    Param::Text(pattern),
+                ],
+            );
+        }
+    }
+}
+
+fn escape_like(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for ch in text.chars() {
+        if matches!(ch, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+/// Binds a clause's parameters, in order.
+macro_rules! bind_params {
+    ($query:expr, $params:expr) => {{
+        let mut query = $query;
+        for p in $params {
+            query = match p {
+                $crate::store::Param::Text(t) => query.bind(t.clone()),
+                $crate::store::Param::Int(n) => query.bind(*n),
+            };
+        }
+        query
+    }};
+}
+pub(crate) use bind_params;
+
+impl Store {
+    pub fn new(db: Database, forwarder: Option<Forwarder>) -> Self {
+        Self { db, forwarder }
+    }
+
+    /// Tells the forwarder that evidence was committed.
+    pub(crate) fn committed(&self) {
+        if let Some(f) = &self.forwarder {
+            f.wake();
+        }
+    }
+
+    /// Inserts a new identity with its labels and evidence.
+    pub async fn create(&self, identity: &Identity, evidence: &EvidenceRecord) -> Result<(), Error> {
+        on_backend!(&self.db, pool, Db => {
+            let mut tx = pool.begin_with(<Db as Engine>::BEGIN_WRITE).await?;
+            let taken: Option<String> = sqlx::query_scalar::<Db, String>(
+                "SELECT id FROM identities WHERE source_system = $1 AND external_id = $2",
+            )
+            .bind(&identity.spec.source_system)
+            .bind(&identity.spec.external_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(existing) = taken {
+                return Err(Error::AlreadyExists(format!(
+                    "identity.external_id: {:?} in {:?} is already registered as {existing}",
+                    identity.spec.external_id, identity.spec.source_system
+                )));
+            }
+            let orphaned = orphaned_in(&mut *tx, identity).await?;
+            let sql = format!(
+                "INSERT INTO identities ({COLUMNS}) VALUES {}",
+                <Db as Placeholders>::values(1, COLUMN_COUNT, 1)
+            );
+            let query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
+            bind_identity!(query, identity, orphaned).execute(&mut *tx).await?;
+            write_labels::<Db>(&mut tx, &identity.id, &identity.spec.labels, false).await?;
+            tx.enqueue_all(std::slice::from_ref(evidence)).await?;
+            tx.commit().await?;
+        });
+        self.committed();
+        Ok(())
+    }
+
+    /// One identity, or NotFound.
+    pub async fn get(&self, id: &Uuid) -> Result<Identity, Error> {
+        let sql = format!("SELECT {COLUMNS} FROM identities WHERE id = $1");
+        let found = on_backend!(&self.db, pool, Db => {
+            match sqlx::query::<Db>(sqlx::AssertSqlSafe(sql)).bind(id.hyphenated().to_string()).fetch_optional(pool).await? {
+                Some(row) => Some(read_identity(&row)?),
+                None => None,
+            }
+        });
+        found.ok_or_else(|| not_found(id))
+    }
+
+    /// Whether any owner of the identity is marked departed.
+    pub async fn owner_departed(&self, identity: &Identity) -> Result<bool, Error> {
+        let names = identity.owner_names();
+        if names.is_empty() {
+            return Ok(false);
+        }
+        let departed = self.departed_among(&names).await?;
+        Ok(!departed.is_empty())
+    }
+
+    /// Which of `names` are marked departed.
+    pub async fn departed_among(&self, names: &[String]) -> Result<BTreeSet<String>, Error> {
+        if names.is_empty() {
+            return Ok(BTreeSet::new());
+        }
+        let found: Vec<String> = on_backend!(&self.db, pool, Db => {
+            let sql = format!(
+                "SELECT name FROM owners WHERE departed = 1 AND name IN ({})",
+                <Db as Placeholders>::list(names.len(), 1)
+            );
+            let mut query = sqlx::query_scalar::<Db, String>(sqlx::AssertSqlSafe(sql));
+            for n in names {
+                query = query.bind(n);
+            }
+            query.fetch_all(pool).await?
+        });
+        Ok(found.into_iter().collect())
+    }
+
+    /// Applies `change` to the stored identity (at `expected_version` when
+    /// given) and writes it back with its evidence.
+    pub async fn update(
+        &self,
+        id: &Uuid,
+        expected_version: Option<i64>,
+        change: impl FnOnce(&mut Identity) -> Result<EvidenceRecord, Error>,
+    ) -> Result<Identity, Error> {
+        let updated = on_backend!(&self.db, pool, Db => {
+            let mut tx = pool.begin_with(<Db as Engine>::BEGIN_WRITE).await?;
+            let sql = format!("SELECT {COLUMNS} FROM identities WHERE id = $1{}", <Db as Engine>::FOR_UPDATE);
+            let row = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql))
+                .bind(id.hyphenated().to_string())
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| not_found(id))?;
+            let mut identity = read_identity(&row)?;
+            check_version(&identity, expected_version)?;
+            let labels_before = identity.spec.labels.clone();
+            let evidence = change(&mut identity)?;
+            identity.updated_at = now_ns();
+            identity.version += 1;
+            let orphaned = orphaned_in(&mut *tx, &identity).await?;
+            update_row!(tx, Db, &identity, orphaned);
+            if labels_before != identity.spec.labels {
+                write_labels::<Db>(&mut tx, &identity.id, &identity.spec.labels, true).await?;
+            }
+            tx.enqueue_all(std::slice::from_ref(&evidence)).await?;
+            tx.commit().await?;
+            identity
+        });
+        self.committed();
+        Ok(updated)
+    }
+
+    /// A page of identities matching `filter`, in id (creation) order.
+    pub async fn list(
+        &self,
+        filter: &Filter,
+        page: usize,
+        token: &str,
+    ) -> Result<(Vec<Identity>, String), Error> {
+        let after = after_id(token)?;
+        let rows = on_backend!(&self.db, pool, Db => {
+            let mut clause = Clause::default();
+            clause.filter::<Db>(filter);
+            if !after.is_empty() {
+                clause.push("i.id > ?", [Param::Text(after.clone())]);
+            }
+            let sql = format!(
+                "SELECT {} FROM identities i {} ORDER BY i.id LIMIT {}",
+                prefixed_columns("i"),
+                clause.where_sql(),
+                page + 1
+            );
+            let query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
+            let rows = bind_params!(query, &clause.params).fetch_all(pool).await?;
+            rows.iter().map(read_identity).collect::<Result<Vec<_>, _>>()?
+        });
+        Ok(paged(rows, page, |i| i.id.hyphenated().to_string()))
+    }
+}
+
+/// Splits one extra row off as the next page's token.
+pub(crate) fn paged<T>(
+    mut rows: Vec<T>,
+    page: usize,
+    key: impl Fn(&T) -> String,
+) -> (Vec<T>, String) {
+    if rows.len() > page {
+        rows.truncate(page);
+        let token = rows.last().map(&key).unwrap_or_default();
+        (rows, token)
+    } else {
+        (rows, String::new())
+    }
+}
+
+/// [`COLUMNS`] with a table alias.
+pub(crate) fn prefixed_columns(alias: &str) -> String {
+    COLUMNS
+        .split(", ")
+        .map(|c| format!("{alias}.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub(crate) fn not_found(id: &Uuid) -> Error {
+    Error::NotFound(format!("identity {id} does not exist"))
+}
+
+pub(crate) fn check_version(identity: &Identity, expected: Option<i64>) -> Result<(), Error> {
+    match expected {
+        Some(v) if v != identity.version => Err(Error::Aborted(format!(
+            "expected_version: the identity is at version {}, not {v}; re-read it and retry",
+            identity.version
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Whether `identity` belongs on the orphaned report: no owner, or an owner
+/// marked departed.
+pub(crate) async fn orphaned_in<'e, E, DB>(executor: E, identity: &Identity) -> Result<bool, Error>
+where
+    DB: Engine,
+    E: sqlx::Executor<'e, Database = DB>,
+    for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Decode<'q, DB> + sqlx::Type<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    if identity.spec.unowned
+        || identity.spec.business_owner.is_none()
+        || identity.spec.technical_owner.is_none()
+    {
+        return Ok(true);
+    }
+    let names = identity.owner_names();
+    let sql = format!(
+        "SELECT COUNT(*) FROM owners WHERE departed = 1 AND name IN ({})",
+        DB::list(names.len(), 1)
+    );
+    let mut query = sqlx::query_scalar::<DB, i64>(sqlx::AssertSqlSafe(sql));
+    for n in names {
+        query = query.bind(n);
+    }
+    Ok(query.fetch_one(executor).await? > 0)
+}
+
+/// Replaces an identity's label rows.
+pub(crate) async fn write_labels<DB>(
+    tx: &mut sqlx::Transaction<'_, DB>,
+    id: &Uuid,
+    labels: &BTreeMap<String, String>,
+    replace: bool,
+) -> Result<(), Error>
+where
+    DB: Engine,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let id = id.hyphenated().to_string();
+    if replace {
+        sqlx::query::<DB>("DELETE FROM identity_labels WHERE identity_id = $1")
+            .bind(id.clone())
+            .execute(&mut **tx)
+            .await?;
+    }
+    if labels.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "INSERT INTO identity_labels (identity_id, key, value) VALUES {}",
+        DB::values(labels.len(), 3, 1)
+    );
+    let mut query = sqlx::query::<DB>(sqlx::AssertSqlSafe(sql));
+    for (k, v) in labels {
+        query = query.bind(id.clone()).bind(k.clone()).bind(v.clone());
+    }
+    query.execute(&mut **tx).await?;
+    Ok(())
+}

@@ -1,0 +1,361 @@
+//! Importer upserts: one transaction per batch, keyed by (source system,
+//! external id), so an import can be re-run safely and reports its drift.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use steward_db::{Placeholders, on_backend};
+use steward_evidence::EvidenceRecord;
+use steward_outbox::OutboxTransaction;
+use uuid::Uuid;
+
+use super::{
+    COLUMN_COUNT, COLUMNS, Engine, Store, bind_identity, read_identity, update_row, write_labels,
+};
+use crate::domain::{ChangeContext, Error, Identity, IdentitySpec, State, now_ns};
+use crate::evidence;
+
+/// Rows per transaction.
+pub const BATCH: usize = 1000;
+/// Rows per multi-row INSERT (34 parameters each).
+const INSERT_CHUNK: usize = 200;
+
+/// One good row of an import.
+#[derive(Debug, Clone)]
+pub struct ImportRow {
+    pub line: u64,
+    pub spec: IdentitySpec,
+    /// The IdentitySpec fields the source is authoritative for; the others
+    /// keep what Steward holds. `labels` merges key by key.
+    pub fields: Vec<&'static str>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriftKind {
+    New,
+    Changed,
+    Vanished,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drift {
+    pub kind: DriftKind,
+    pub identity_id: Uuid,
+    pub source_system: String,
+    pub external_id: String,
+    pub fields: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ImportOutcome {
+    pub created: u64,
+    pub changed: u64,
+    pub unchanged: u64,
+    pub vanished: u64,
+    /// The first [`MAX_REPORTED`] drifts.
+    pub drift: Vec<Drift>,
+    /// Rows whose merged spec is invalid: (line, field, reason).
+    pub rejected: Vec<(u64, String, String)>,
+}
+
+/// Most drifts returned in detail.
+pub const MAX_REPORTED: usize = 1000;
+
+impl ImportOutcome {
+    fn note(&mut self, drift: Drift) {
+        if self.drift.len() < MAX_REPORTED {
+            self.drift.push(drift);
+        }
+    }
+}
+
+/// Copies the source's authoritative fields onto what Steward holds;
+/// returns the names of the fields that changed.
+fn merge(existing: &mut IdentitySpec, row: &ImportRow) -> Vec<String> {
+    let mut changed = Vec::new();
+    let incoming = &row.spec;
+    macro_rules! take {
+        ($name:literal, $field:ident) => {
+            if row.fields.contains(&$name) && existing.$field != incoming.$field {
+                existing.$field = incoming.$field.clone();
+                changed.push($name.to_owned());
+            }
+        };
+    }
+    take!("kind", kind);
+    take!("display_name", display_name);
+    take!("environment", environment);
+    take!("business_service", business_service);
+    take!("workload", workload);
+    take!("classification", classification);
+    take!("purpose", purpose);
+    take!("business_owner", business_owner);
+    take!("technical_owner", technical_owner);
+    take!("spiffe_id", spiffe_id);
+    take!("expire_time", expires_at);
+    take!("last_rotate_time", last_rotated_at);
+    take!("last_use_time", last_used_at);
+    if row.fields.contains(&"labels") {
+        let mut labels = existing.labels.clone();
+        for (k, v) in &incoming.labels {
+            labels.insert(k.clone(), v.clone());
+        }
+        if labels != existing.labels {
+            existing.labels = labels;
+            changed.push("labels".to_owned());
+        }
+    }
+    // Owners and a purpose arriving for an identity filed for triage.
+    if existing.unowned
+        && existing.business_owner.is_some()
+        && existing.technical_owner.is_some()
+        && !existing.purpose.trim().is_empty()
+    {
+        existing.unowned = false;
+        changed.push("unowned".to_owned());
+    }
+    changed
+}
+
+impl Store {
+    /// Upserts `rows` (already de-duplicated) in batches; with `dry_run`
+    /// every batch is rolled back. Vanished identities are the live ones of
+    /// `sources` that the import did not name.
+    pub async fn import(
+        &self,
+        rows: Vec<ImportRow>,
+        sources: &BTreeSet<String>,
+        dry_run: bool,
+        format: &str,
+        context: &ChangeContext,
+    ) -> Result<ImportOutcome, Error> {
+        let mut outcome = ImportOutcome::default();
+        let mut seen: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for row in &rows {
+            seen.entry(row.spec.source_system.clone())
+                .or_default()
+                .insert(row.spec.external_id.clone());
+        }
+        let departed: BTreeSet<String> = on_backend!(&self.db, pool, Db => {
+            sqlx::query_scalar::<Db, String>("SELECT name FROM owners WHERE departed = 1")
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .collect()
+        });
+        for batch in rows.chunks(BATCH) {
+            self.import_batch(batch, &departed, dry_run, format, context, &mut outcome)
+                .await?;
+        }
+        for source in sources {
+            let live: Vec<(String, String)> = on_backend!(&self.db, pool, Db => {
+                sqlx::query_as::<Db, (String, String)>(
+                    "SELECT id, external_id FROM identities
+                     WHERE source_system = $1 AND state NOT IN ('revoked', 'decommissioned') ORDER BY id",
+                )
+                .bind(source)
+                .fetch_all(pool)
+                .await?
+            });
+            let named = seen.get(source);
+            for (id, external_id) in live {
+                if named.is_some_and(|n| n.contains(&external_id)) {
+                    continue;
+                }
+                outcome.vanished += 1;
+                outcome.note(Drift {
+                    kind: DriftKind::Vanished,
+                    identity_id: Uuid::try_parse(&id).unwrap_or_default(),
+                    source_system: source.clone(),
+                    external_id,
+                    fields: Vec::new(),
+                });
+            }
+        }
+        if !dry_run {
+            self.committed();
+        }
+        Ok(outcome)
+    }
+
+    async fn import_batch(
+        &self,
+        batch: &[ImportRow],
+        departed: &BTreeSet<String>,
+        dry_run: bool,
+        format: &str,
+        context: &ChangeContext,
+        outcome: &mut ImportOutcome,
+    ) -> Result<(), Error> {
+        let now = now_ns();
+        let mut by_source: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for row in batch {
+            by_source
+                .entry(row.spec.source_system.as_str())
+                .or_default()
+                .push(row.spec.external_id.as_str());
+        }
+        on_backend!(&self.db, pool, Db => {
+            let mut tx = pool.begin_with(<Db as Engine>::BEGIN_WRITE).await?;
+            let mut existing: HashMap<(String, String), Identity> = HashMap::new();
+            for (source, external_ids) in &by_source {
+                let sql = format!(
+                    "SELECT {COLUMNS} FROM identities WHERE source_system = {} AND external_id IN ({}){}",
+                    <Db as Placeholders>::list(1, 1),
+                    <Db as Placeholders>::list(external_ids.len(), 2),
+                    <Db as Engine>::FOR_UPDATE
+                );
+                let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql)).bind(*source);
+                for e in external_ids {
+                    query = query.bind(*e);
+                }
+                for row in query.fetch_all(&mut *tx).await? {
+                    let identity = read_identity(&row)?;
+                    existing.insert(
+                        (identity.spec.source_system.clone(), identity.spec.external_id.clone()),
+                        identity,
+                    );
+                }
+            }
+            let mut created: Vec<Identity> = Vec::new();
+            let mut changed: Vec<(Identity, Vec<String>)> = Vec::new();
+            for row in batch {
+                let key = (row.spec.source_system.clone(), row.spec.external_id.clone());
+                match existing.get(&key) {
+                    None => {
+                        let mut spec = row.spec.clone();
+                        if spec.business_owner.is_none() || spec.technical_owner.is_none() || spec.purpose.trim().is_empty() {
+                            spec.unowned = true;
+                        }
+                        if let Err(e) = spec.validate() {
+                            outcome.rejected.push((row.line, e.field, e.reason));
+                            continue;
+                        }
+                        created.push(Identity {
+                            id: Uuid::now_v7(),
+                            spec,
+                            state: State::Active,
+                            created_at: now,
+                            updated_at: now,
+                            state_changed_at: now,
+                            version: 1,
+                            signal_score: 0,
+                            signal_summary: String::new(),
+                            entitlement_idle_since: None,
+                            consumer_count: 0,
+                        });
+                    }
+                    Some(current) => {
+                        let mut next = current.clone();
+                        let fields = merge(&mut next.spec, row);
+                        if fields.is_empty() {
+                            outcome.unchanged += 1;
+                            continue;
+                        }
+                        if let Err(e) = next.spec.validate() {
+                            outcome.rejected.push((row.line, e.field, e.reason));
+                            continue;
+                        }
+                        next.updated_at = now;
+                        next.version += 1;
+                        changed.push((next, fields));
+                    }
+                }
+            }
+            let orphaned = |i: &Identity| {
+                i.spec.unowned || i.owner_names().iter().any(|n| departed.contains(n))
+            };
+            for chunk in created.chunks(INSERT_CHUNK) {
+                let sql = format!(
+                    "INSERT INTO identities ({COLUMNS}) VALUES {}",
+                    <Db as Placeholders>::values(chunk.len(), COLUMN_COUNT, 1)
+                );
+                let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
+                for identity in chunk {
+                    query = bind_identity!(query, identity, orphaned(identity));
+                }
+                query.execute(&mut *tx).await?;
+            }
+            let labels: Vec<(String, &String, &String)> = created
+                .iter()
+                .flat_map(|i| {
+                    let id = i.id.hyphenated().to_string();
+                    i.spec.labels.iter().map(move |(k, v)| (id.clone(), k, v))
+                })
+                .collect();
+            for chunk in labels.chunks(500) {
+                let sql = format!(
+                    "INSERT INTO identity_labels (identity_id, key, value) VALUES {}",
+                    <Db as Placeholders>::values(chunk.len(), 3, 1)
+                );
+                let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
+                for (id, k, v) in chunk {
+                    query = query.bind(id.clone()).bind((*k).clone()).bind((*v).clone());
+                }
+                query.execute(&mut *tx).await?;
+            }
+            for (identity, fields) in &changed {
+                update_row!(tx, Db, identity, orphaned(identity));
+                if fields.iter().any(|f| f == "labels") {
+                    write_labels::<Db>(&mut tx, &identity.id, &identity.spec.labels, true).await?;
+                }
+            }
+            let mut records: Vec<EvidenceRecord> = Vec::with_capacity(created.len() + changed.len());
+            for identity in &created {
+                records.push(evidence::record(
+                    context,
+                    "identity.import",
+                    Some((&identity.id, identity.spec.kind)),
+                    "",
+                    [
+                        ("drift", "new".to_owned()),
+                        ("format", format.to_owned()),
+                        ("source_system", identity.spec.source_system.clone()),
+                        ("external_id", identity.spec.external_id.clone()),
+                    ],
+                ));
+            }
+            for (identity, fields) in &changed {
+                records.push(evidence::record(
+                    context,
+                    "identity.import",
+                    Some((&identity.id, identity.spec.kind)),
+                    "",
+                    [
+                        ("drift", "changed".to_owned()),
+                        ("format", format.to_owned()),
+                        ("source_system", identity.spec.source_system.clone()),
+                        ("external_id", identity.spec.external_id.clone()),
+                        ("fields", fields.join(",")),
+                    ],
+                ));
+            }
+            tx.enqueue_all(&records).await?;
+            if dry_run {
+                tx.rollback().await?;
+            } else {
+                tx.commit().await?;
+            }
+            outcome.created += created.len() as u64;
+            outcome.changed += changed.len() as u64;
+            for identity in created {
+                outcome.note(Drift {
+                    kind: DriftKind::New,
+                    identity_id: identity.id,
+                    source_system: identity.spec.source_system,
+                    external_id: identity.spec.external_id,
+                    fields: Vec::new(),
+                });
+            }
+            for (identity, fields) in changed {
+                outcome.note(Drift {
+                    kind: DriftKind::Changed,
+                    identity_id: identity.id,
+                    source_system: identity.spec.source_system,
+                    external_id: identity.spec.external_id,
+                    fields,
+                });
+            }
+        });
+        Ok(())
+    }
+}

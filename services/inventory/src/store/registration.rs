@@ -1,0 +1,231 @@
+//! Registration entries: which SPIFFE ID a workload gets when its attested
+//! selectors match.
+
+use steward_db::{Placeholders, on_backend};
+use steward_identity::SpiffeId;
+use steward_outbox::OutboxTransaction;
+use uuid::Uuid;
+
+use super::{Columns, Engine, Store, corrupt, not_found, paged};
+use crate::domain::selector::{self, Selector};
+use crate::domain::{ChangeContext, Error, Kind, Nanos};
+use crate::evidence;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationEntry {
+    pub id: Uuid,
+    pub spiffe_id: SpiffeId,
+    pub parent_id: SpiffeId,
+    /// Sorted, without duplicates.
+    pub selectors: Vec<Selector>,
+    pub x509_ttl: i32,
+    pub jwt_ttl: i32,
+    pub identity_id: Uuid,
+    pub created_at: Nanos,
+}
+
+const ENTRY_COLUMNS: &str =
+    "id, spiffe_id, parent_id, selectors, x509_ttl, jwt_ttl, identity_id, created_at_ns";
+
+fn joined(selectors: &[Selector]) -> String {
+    selectors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn read_entry<R>(row: &R) -> Result<RegistrationEntry, Error>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let mut c = Columns::new(row);
+    let id = c.id()?;
+    let spiffe_id = c.text()?;
+    let parent_id = c.text()?;
+    let selectors = c.text()?;
+    let selectors = selectors
+        .split('\n')
+        .map(|s| Selector::parse_joined("selectors", s).map_err(|_| corrupt("selector", s)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RegistrationEntry {
+        id,
+        spiffe_id: SpiffeId::parse(&spiffe_id).map_err(|_| corrupt("spiffe_id", &spiffe_id))?,
+        parent_id: SpiffeId::parse(&parent_id).map_err(|_| corrupt("parent_id", &parent_id))?,
+        selectors,
+        x509_ttl: i32::try_from(c.int()?).unwrap_or(0),
+        jwt_ttl: i32::try_from(c.int()?).unwrap_or(0),
+        identity_id: c.id()?,
+        created_at: c.int()?,
+    })
+}
+
+impl Store {
+    /// Stores a new entry; an entry with the same parent, SPIFFE ID and
+    /// selectors already existing is AlreadyExists.
+    pub async fn create_entry(
+        &self,
+        entry: &RegistrationEntry,
+        context: &ChangeContext,
+    ) -> Result<(), Error> {
+        let selectors = joined(&entry.selectors);
+        on_backend!(&self.db, pool, Db => {
+            let mut tx = pool.begin_with(<Db as Engine>::BEGIN_WRITE).await?;
+            let kind: Option<String> = sqlx::query_scalar::<Db, String>("SELECT kind FROM identities WHERE id = $1")
+                .bind(entry.identity_id.hyphenated().to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+            let kind = kind.ok_or_else(|| not_found(&entry.identity_id))?;
+            let kind = Kind::parse(&kind).ok_or_else(|| corrupt("kind", &kind))?;
+            let existing: Option<String> = sqlx::query_scalar::<Db, String>(
+                "SELECT id FROM registration_entries WHERE parent_id = $1 AND spiffe_id = $2 AND selectors = $3")
+                .bind(entry.parent_id.to_string())
+                .bind(entry.spiffe_id.to_string())
+                .bind(&selectors)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(existing) = existing {
+                return Err(Error::AlreadyExists(format!(
+                    "entry: an entry with this parent, SPIFFE ID and selectors exists ({existing})"
+                )));
+            }
+            let sql = format!("INSERT INTO registration_entries ({ENTRY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)");
+            sqlx::query::<Db>(sqlx::AssertSqlSafe(sql))
+                .bind(entry.id.hyphenated().to_string())
+                .bind(entry.spiffe_id.to_string())
+                .bind(entry.parent_id.to_string())
+                .bind(&selectors)
+                .bind(i64::from(entry.x509_ttl))
+                .bind(i64::from(entry.jwt_ttl))
+                .bind(entry.identity_id.hyphenated().to_string())
+                .bind(entry.created_at)
+                .execute(&mut *tx)
+                .await?;
+            let sql = format!(
+                "INSERT INTO registration_selectors (selector, entry_id) VALUES {}",
+                <Db as Placeholders>::values(entry.selectors.len(), 2, 1)
+            );
+            let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
+            for s in &entry.selectors {
+                query = query.bind(s.to_string()).bind(entry.id.hyphenated().to_string());
+            }
+            query.execute(&mut *tx).await?;
+            let record = evidence::record(
+                context,
+                "registration.create",
+                Some((&entry.identity_id, kind)),
+                "",
+                [
+                    ("entry_id", entry.id.hyphenated().to_string()),
+                    ("spiffe_id", entry.spiffe_id.to_string()),
+                    ("parent_id", entry.parent_id.to_string()),
+                    ("selectors", selectors.replace('\n', " ")),
+                ],
+            );
+            tx.enqueue_all(std::slice::from_ref(&record)).await?;
+            tx.commit().await?;
+        });
+        self.committed();
+        Ok(())
+    }
+
+    /// Deletes an entry.
+    pub async fn delete_entry(&self, id: &Uuid, context: &ChangeContext) -> Result<(), Error> {
+        on_backend!(&self.db, pool, Db => {
+            let mut tx = pool.begin_with(<Db as Engine>::BEGIN_WRITE).await?;
+            let sql = format!("SELECT {ENTRY_COLUMNS} FROM registration_entries WHERE id = $1");
+            let row = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql))
+                .bind(id.hyphenated().to_string())
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("registration entry {id} does not exist")))?;
+            let entry = read_entry(&row)?;
+            sqlx::query::<Db>("DELETE FROM registration_selectors WHERE entry_id = $1")
+                .bind(id.hyphenated().to_string())
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query::<Db>("DELETE FROM registration_entries WHERE id = $1")
+                .bind(id.hyphenated().to_string())
+                .execute(&mut *tx)
+                .await?;
+            let kind: Option<String> = sqlx::query_scalar::<Db, String>("SELECT kind FROM identities WHERE id = $1")
+                .bind(entry.identity_id.hyphenated().to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+            let kind = kind.and_then(|k| Kind::parse(&k)).unwrap_or(Kind::WorkloadIdentity);
+            let record = evidence::record(
+                context,
+                "registration.delete",
+                Some((&entry.identity_id, kind)),
+                "",
+                [
+                    ("entry_id", id.hyphenated().to_string()),
+                    ("spiffe_id", entry.spiffe_id.to_string()),
+                ],
+            );
+            tx.enqueue_all(std::slice::from_ref(&record)).await?;
+            tx.commit().await?;
+        });
+        self.committed();
+        Ok(())
+    }
+
+    /// Entries, optionally only an identity's, in id order.
+    pub async fn entries(
+        &self,
+        identity_id: Option<&Uuid>,
+        page: usize,
+        token: &str,
+    ) -> Result<(Vec<RegistrationEntry>, String), Error> {
+        let after = super::after_id(token)?;
+        let identity = identity_id
+            .map(|i| i.hyphenated().to_string())
+            .unwrap_or_default();
+        let rows = on_backend!(&self.db, pool, Db => {
+            let sql = format!(
+                "SELECT {ENTRY_COLUMNS} FROM registration_entries
+                 WHERE ($1 = '' OR identity_id = $1) AND id > $2 ORDER BY id LIMIT $3"
+            );
+            let rows = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql))
+                .bind(&identity)
+                .bind(&after)
+                .bind(i64::try_from(page + 1).unwrap_or(i64::MAX))
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(read_entry).collect::<Result<Vec<_>, _>>()?
+        });
+        Ok(paged(rows, page, |e| e.id.hyphenated().to_string()))
+    }
+
+    /// The entries whose selectors are all among `attested`.
+    pub async fn match_selectors(
+        &self,
+        attested: &[Selector],
+    ) -> Result<Vec<RegistrationEntry>, Error> {
+        if attested.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names: Vec<String> = attested.iter().map(ToString::to_string).collect();
+        let candidates = on_backend!(&self.db, pool, Db => {
+            let sql = format!(
+                "SELECT {ENTRY_COLUMNS} FROM registration_entries WHERE id IN
+                    (SELECT entry_id FROM registration_selectors WHERE selector IN ({}))
+                 ORDER BY id",
+                <Db as Placeholders>::list(names.len(), 1)
+            );
+            let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
+            for n in &names {
+                query = query.bind(n);
+            }
+            let rows = query.fetch_all(pool).await?;
+            rows.iter().map(read_entry).collect::<Result<Vec<_>, _>>()?
+        });
+        Ok(candidates
+            .into_iter()
+            .filter(|e| selector::matches(&e.selectors, attested))
+            .collect())
+    }
+}
