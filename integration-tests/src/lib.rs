@@ -5,6 +5,7 @@
 
 pub mod echo;
 pub mod evidence;
+pub mod inventory;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -254,9 +255,12 @@ impl TestStack {
         adjust(&mut log);
         let mut services = BTreeMap::new();
         let mut configs = BTreeMap::new();
-        for name in SERVICE_NAMES {
-            let config = Self::config_for(&pki, &backend, name).await;
-            let app = if *name == "audit" {
+        // Audit first, so the others' outbox forwarders know where it is.
+        let mut peers = steward_server::Peers::default();
+        for name in ["audit", "inventory", "authority", "credential-broker"] {
+            let mut config = Self::config_for(&pki, &backend, name).await;
+            config.peers = peers.clone();
+            let app = if name == "audit" {
                 steward_audit::build(steward_audit::AuditConfig {
                     service: config.clone(),
                     log: log.clone(),
@@ -266,8 +270,16 @@ impl TestStack {
             } else {
                 build_service(name, config.clone()).await.unwrap()
             };
-            services.insert((*name).to_owned(), RunningService::start(name, app));
-            configs.insert((*name).to_owned(), config);
+            let service = RunningService::start(name, app);
+            let address = service.address();
+            match name {
+                "audit" => peers.audit = address,
+                "inventory" => peers.inventory = address,
+                "authority" => peers.authority = address,
+                _ => peers.credential_broker = address,
+            }
+            services.insert(name.to_owned(), service);
+            configs.insert(name.to_owned(), config);
         }
         let operator = pki.client("operator", &spiffe_id("/operator/admin").to_string());
         Self {

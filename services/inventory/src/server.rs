@@ -792,7 +792,9 @@ impl InventoryService for InventoryServer {
             i64::from(r.days)
         };
         let filter = filter(r.filter.as_ref(), "filter.").map_err(invalid)?;
-        let now = now_ns();
+        let now = nanos("as_of", r.as_of.as_ref())
+            .map_err(invalid)?
+            .unwrap_or_else(now_ns);
         let page = self
             .store
             .report(report, days, &filter, page_size(r.page_size), &r.page_token, now)

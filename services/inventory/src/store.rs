@@ -176,13 +176,10 @@ pub(crate) fn labels_json(labels: &BTreeMap<String, String>) -> String {
     serde_json::to_string(labels).unwrap_or_else(|_| "{}".to_owned())
 }
 
-/// Last use, or creation when never used: the stale report's key.
+/// Last use, or registration when never seen used: the stale report's key.
+/// (A credential registered today that was last used long ago is stale.)
 pub(crate) fn active_at(identity: &Identity) -> Nanos {
-    identity
-        .spec
-        .last_used_at
-        .unwrap_or(identity.created_at)
-        .max(identity.created_at)
+    identity.spec.last_used_at.unwrap_or(identity.created_at)
 }
 
 /// Last rotation, or creation: the long-lived-secret report's key.
