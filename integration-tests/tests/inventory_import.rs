@@ -10,7 +10,12 @@ fn sample(name: &str) -> Vec<u8> {
     std::fs::read(workspace_root().join("deploy/samples").join(name)).unwrap()
 }
 
-async fn import(client: &mut Client, format: pb::ImportFormat, content: Vec<u8>, dry_run: bool) -> pb::ImportIdentitiesResponse {
+async fn import(
+    client: &mut Client,
+    format: pb::ImportFormat,
+    content: Vec<u8>,
+    dry_run: bool,
+) -> pb::ImportIdentitiesResponse {
     client
         .import_identities(pb::ImportIdentitiesRequest {
             format: format as i32,
@@ -28,10 +33,17 @@ async fn import(client: &mut Client, format: pb::ImportFormat, content: Vec<u8>,
 async fn by_external_id(client: &mut Client, source: &str, text: &str) -> pb::Identity {
     let found = client
         .list_identities(pb::ListIdentitiesRequest {
-            filter: Some(pb::IdentityFilter { source_system: source.into(), text: text.into(), ..Default::default() }),
+            filter: Some(pb::IdentityFilter {
+                source_system: source.into(),
+                text: text.into(),
+                ..Default::default()
+            }),
             ..Default::default()
         })
-        .await.unwrap().into_inner().identities;
+        .await
+        .unwrap()
+        .into_inner()
+        .identities;
     assert_eq!(found.len(), 1, "{text}: {found:?}");
     found.into_iter().next().unwrap()
 }
@@ -42,42 +54,100 @@ async fn aws_credential_report_imports_keys_idempotently_with_drift() {
     let mut client = stack.inventory().await;
     let content = sample("aws-iam-credential-report.csv");
 
-    let dry = import(&mut client, pb::ImportFormat::AwsIamCredentialReport, content.clone(), true).await;
+    let dry = import(
+        &mut client,
+        pb::ImportFormat::AwsIamCredentialReport,
+        content.clone(),
+        true,
+    )
+    .await;
     assert_eq!(dry.created, 4);
-    assert!(client.list_identities(pb::ListIdentitiesRequest::default()).await.unwrap().into_inner().identities.is_empty());
+    assert!(
+        client
+            .list_identities(pb::ListIdentitiesRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .identities
+            .is_empty()
+    );
 
-    let first = import(&mut client, pb::ImportFormat::AwsIamCredentialReport, content.clone(), false).await;
+    let first = import(
+        &mut client,
+        pb::ImportFormat::AwsIamCredentialReport,
+        content.clone(),
+        false,
+    )
+    .await;
     assert_eq!(first.rows, 6);
     // billing-sync 1 key, ci-deployer 2 keys, legacy-backup 1 key; root and
     // alice have none; report-bot's date is bad.
-    assert_eq!((first.created, first.changed, first.unchanged, first.vanished), (4, 0, 0, 0));
+    assert_eq!(
+        (
+            first.created,
+            first.changed,
+            first.unchanged,
+            first.vanished
+        ),
+        (4, 0, 0, 0)
+    );
     assert_eq!(first.rejected, 1);
     assert_eq!(first.errors[0].line, 7);
     assert_eq!(first.errors[0].field, "access_key_1_last_rotated");
 
     let legacy = by_external_id(&mut client, "aws-iam", "legacy-backup#access_key_1").await;
     assert_eq!(legacy.kind, pb::IdentityKind::ApiKey as i32);
-    assert!(legacy.unowned, "imported keys have no owner until someone claims them");
+    assert!(
+        legacy.unowned,
+        "imported keys have no owner until someone claims them"
+    );
     assert!(legacy.last_use_time.is_none());
     assert_eq!(legacy.last_rotate_time.unwrap().seconds, 1_542_732_600);
-    assert_eq!(legacy.labels.get("aws/user").map(String::as_str), Some("legacy-backup"));
+    assert_eq!(
+        legacy.labels.get("aws/user").map(String::as_str),
+        Some("legacy-backup")
+    );
     let ci = by_external_id(&mut client, "aws-iam", "ci-deployer#access_key_2").await;
-    assert_eq!(ci.labels.get("aws/last-used-service").map(String::as_str), Some("sts"));
+    assert_eq!(
+        ci.labels.get("aws/last-used-service").map(String::as_str),
+        Some("sts")
+    );
 
     // Owners assigned in Steward survive a re-import, which changes nothing.
     client
         .update_identity(pb::UpdateIdentityRequest {
             id: legacy.id.clone(),
             identity: Some(pb::IdentitySpec {
-                technical_owner: Some(pb::Owner { kind: 1, name: "erin".into(), contact: "erin@example.test".into() }),
+                technical_owner: Some(pb::Owner {
+                    kind: 1,
+                    name: "erin".into(),
+                    contact: "erin@example.test".into(),
+                }),
                 ..Default::default()
             }),
-            update_mask: Some(prost_types::FieldMask { paths: vec!["technical_owner".into()] }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["technical_owner".into()],
+            }),
             ..Default::default()
         })
-        .await.unwrap();
-    let again = import(&mut client, pb::ImportFormat::AwsIamCredentialReport, content.clone(), false).await;
-    assert_eq!((again.created, again.changed, again.unchanged, again.vanished), (0, 0, 4, 0));
+        .await
+        .unwrap();
+    let again = import(
+        &mut client,
+        pb::ImportFormat::AwsIamCredentialReport,
+        content.clone(),
+        false,
+    )
+    .await;
+    assert_eq!(
+        (
+            again.created,
+            again.changed,
+            again.unchanged,
+            again.vanished
+        ),
+        (0, 0, 4, 0)
+    );
 
     // Next month's report: ci-deployer's second key rotated, legacy-backup gone.
     let text = String::from_utf8(content).unwrap();
@@ -87,35 +157,86 @@ async fn aws_credential_report_imports_keys_idempotently_with_drift() {
         .map(|l| l.replace("2025-03-15T14:22:10+00:00", "2026-11-20T09:00:00+00:00"))
         .collect::<Vec<_>>()
         .join("\n");
-    let drift = import(&mut client, pb::ImportFormat::AwsIamCredentialReport, next.into_bytes(), false).await;
-    assert_eq!((drift.created, drift.changed, drift.unchanged, drift.vanished), (0, 1, 2, 1));
-    let changed = drift.drift.iter().find(|d| d.kind == pb::DriftKind::Changed as i32).unwrap();
+    let drift = import(
+        &mut client,
+        pb::ImportFormat::AwsIamCredentialReport,
+        next.into_bytes(),
+        false,
+    )
+    .await;
+    assert_eq!(
+        (
+            drift.created,
+            drift.changed,
+            drift.unchanged,
+            drift.vanished
+        ),
+        (0, 1, 2, 1)
+    );
+    let changed = drift
+        .drift
+        .iter()
+        .find(|d| d.kind == pb::DriftKind::Changed as i32)
+        .unwrap();
     assert_eq!(changed.fields, vec!["last_rotate_time"]);
-    let vanished = drift.drift.iter().find(|d| d.kind == pb::DriftKind::Vanished as i32).unwrap();
+    let vanished = drift
+        .drift
+        .iter()
+        .find(|d| d.kind == pb::DriftKind::Vanished as i32)
+        .unwrap();
     assert_eq!(vanished.identity_id, legacy.id);
-    let kept = client.get_identity(pb::GetIdentityRequest { id: legacy.id.clone() }).await.unwrap().into_inner().identity.unwrap();
+    let kept = client
+        .get_identity(pb::GetIdentityRequest {
+            id: legacy.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .identity
+        .unwrap();
     assert_eq!(kept.technical_owner.unwrap().name, "erin");
 
     let evidence = stack.evidence_for(&ci.id, 2).await;
     let record = evidence[1].record.as_ref().unwrap();
     assert_eq!(record.action, "identity.import");
-    assert_eq!(record.attributes.get("drift").map(String::as_str), Some("changed"));
+    assert_eq!(
+        record.attributes.get("drift").map(String::as_str),
+        Some("changed")
+    );
 }
 
 #[tokio::test]
 async fn kubernetes_service_accounts_import_with_spiffe_ids_and_owners() {
     let stack = TestStack::start().await;
     let mut client = stack.inventory().await;
-    let result = import(&mut client, pb::ImportFormat::KubernetesServiceAccounts, sample("kubernetes-serviceaccounts.json"), false).await;
+    let result = import(
+        &mut client,
+        pb::ImportFormat::KubernetesServiceAccounts,
+        sample("kubernetes-serviceaccounts.json"),
+        false,
+    )
+    .await;
     assert_eq!((result.rows, result.created, result.rejected), (4, 3, 1));
-    assert_eq!((result.errors[0].line, result.errors[0].field.as_str()), (4, "metadata.namespace"));
+    assert_eq!(
+        (result.errors[0].line, result.errors[0].field.as_str()),
+        (4, "metadata.namespace")
+    );
 
     let settlement = by_external_id(&mut client, "kubernetes", "payments/settlement").await;
-    assert_eq!(settlement.spiffe_id, "spiffe://steward.test/ns/payments/sa/settlement");
+    assert_eq!(
+        settlement.spiffe_id,
+        "spiffe://steward.test/ns/payments/sa/settlement"
+    );
     assert!(!settlement.unowned);
     assert_eq!(settlement.technical_owner.unwrap().name, "bob");
-    assert_eq!(settlement.purpose, "settles card payments with the acquirer");
-    assert_eq!(settlement.labels.get("tier").map(String::as_str), Some("backend"));
+    assert_eq!(
+        settlement.purpose,
+        "settles card payments with the acquirer"
+    );
+    assert_eq!(
+        settlement.labels.get("tier").map(String::as_str),
+        Some("backend")
+    );
     let bot = by_external_id(&mut client, "kubernetes", "ops/incident-bot").await;
     assert!(bot.unowned);
 }
@@ -124,32 +245,73 @@ async fn kubernetes_service_accounts_import_with_spiffe_ids_and_owners() {
 async fn generic_csv_and_json_report_bad_rows_and_import_the_rest() {
     let stack = TestStack::start().await;
     let mut client = stack.inventory().await;
-    let csv = import(&mut client, pb::ImportFormat::Csv, sample("identities.csv"), false).await;
+    let csv = import(
+        &mut client,
+        pb::ImportFormat::Csv,
+        sample("identities.csv"),
+        false,
+    )
+    .await;
     assert_eq!((csv.rows, csv.created, csv.rejected), (6, 4, 2));
-    let errors: Vec<(u64, &str)> = csv.errors.iter().map(|e| (e.line, e.field.as_str())).collect();
+    let errors: Vec<(u64, &str)> = csv
+        .errors
+        .iter()
+        .map(|e| (e.line, e.field.as_str()))
+        .collect();
     assert_eq!(errors, vec![(6, "expire_time"), (7, "kind")]);
     let token = by_external_id(&mut client, "github", "tok_billing_sync").await;
     assert_eq!(token.kind, pb::IdentityKind::Connector as i32);
     assert_eq!(token.labels.get("tier").map(String::as_str), Some("1"));
-    assert_eq!(token.business_owner.unwrap().kind, pb::OwnerKind::Team as i32);
+    assert_eq!(
+        token.business_owner.unwrap().kind,
+        pb::OwnerKind::Team as i32
+    );
     let ssh = by_external_id(&mut client, "bastion", "ssh-legacy-7").await;
     assert!(ssh.unowned);
 
-    let json = import(&mut client, pb::ImportFormat::Json, sample("identities.json"), false).await;
+    let json = import(
+        &mut client,
+        pb::ImportFormat::Json,
+        sample("identities.json"),
+        false,
+    )
+    .await;
     assert_eq!((json.rows, json.created, json.rejected), (4, 2, 2));
-    let errors: Vec<(u64, &str)> = json.errors.iter().map(|e| (e.line, e.field.as_str())).collect();
+    let errors: Vec<(u64, &str)> = json
+        .errors
+        .iter()
+        .map(|e| (e.line, e.field.as_str()))
+        .collect();
     assert_eq!(errors, vec![(3, "external_id"), (4, "colour")]);
 
     // A repeated identity in one file is reported, not imported twice.
     let twice = b"kind,display_name,source_system,external_id\napi_key,a,internal,k-1\napi_key,b,internal,k-1\n".to_vec();
     let result = import(&mut client, pb::ImportFormat::Csv, twice, false).await;
     assert_eq!((result.created, result.rejected), (1, 1));
-    assert!(result.errors[0].reason.contains("line 2"), "{:?}", result.errors);
+    assert!(
+        result.errors[0].reason.contains("line 2"),
+        "{:?}",
+        result.errors
+    );
 
     let err = client
-        .import_identities(pb::ImportIdentitiesRequest { format: 0, content: b"x".to_vec(), ..Default::default() })
-        .await.unwrap_err();
-    assert_eq!((err.code(), err.message()), (Code::InvalidArgument, "format: is required"));
-    let bad_header = import(&mut client, pb::ImportFormat::Csv, b"kind,colour\napi_key,blue\n".to_vec(), false).await;
+        .import_identities(pb::ImportIdentitiesRequest {
+            format: 0,
+            content: b"x".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::InvalidArgument, "format: is required")
+    );
+    let bad_header = import(
+        &mut client,
+        pb::ImportFormat::Csv,
+        b"kind,colour\napi_key,blue\n".to_vec(),
+        false,
+    )
+    .await;
     assert_eq!(bad_header.errors[0].field, "colour");
 }

@@ -8,10 +8,17 @@ use steward_proto::steward::inventory::v1 as pb;
 use tonic::Code;
 
 fn selector(t: &str, v: &str) -> pb::Selector {
-    pb::Selector { r#type: t.into(), value: v.into() }
+    pb::Selector {
+        r#type: t.into(),
+        value: v.into(),
+    }
 }
 
-fn entry(identity_id: &str, path: &str, selectors: Vec<pb::Selector>) -> pb::CreateRegistrationEntryRequest {
+fn entry(
+    identity_id: &str,
+    path: &str,
+    selectors: Vec<pb::Selector>,
+) -> pb::CreateRegistrationEntryRequest {
     pb::CreateRegistrationEntryRequest {
         entry: Some(pb::RegistrationEntry {
             spiffe_id: format!("spiffe://steward.test{path}"),
@@ -35,65 +42,175 @@ async fn registration_entries_match_when_all_their_selectors_are_attested() {
     let id = create(&mut client, s).await.id;
 
     let uid_only = client
-        .create_registration_entry(entry(&id, "/dev/workload", vec![selector("unix", "uid:1000")]))
-        .await.unwrap().into_inner().entry.unwrap();
+        .create_registration_entry(entry(
+            &id,
+            "/dev/workload",
+            vec![selector("unix", "uid:1000")],
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .entry
+        .unwrap();
     let uid_and_path = client
-        .create_registration_entry(entry(&id, "/billing/sync", vec![selector("unix", "path:/usr/bin/billing-sync"), selector("unix", "uid:1000")]))
-        .await.unwrap().into_inner().entry.unwrap();
+        .create_registration_entry(entry(
+            &id,
+            "/billing/sync",
+            vec![
+                selector("unix", "path:/usr/bin/billing-sync"),
+                selector("unix", "uid:1000"),
+            ],
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .entry
+        .unwrap();
     // Selectors come back sorted.
-    assert_eq!(uid_and_path.selectors[0].value, "path:/usr/bin/billing-sync");
+    assert_eq!(
+        uid_and_path.selectors[0].value,
+        "path:/usr/bin/billing-sync"
+    );
 
     let err = client
-        .create_registration_entry(entry(&id, "/dev/workload", vec![selector("unix", "uid:1000")]))
-        .await.unwrap_err();
+        .create_registration_entry(entry(
+            &id,
+            "/dev/workload",
+            vec![selector("unix", "uid:1000")],
+        ))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
 
     for (request, field) in [
-        (entry(&id, "/x", vec![selector("unix", "uid:alice")]), "entry.selectors[0].value"),
-        (entry(&id, "/x", vec![selector("", "uid:1")]), "entry.selectors[0].type"),
+        (
+            entry(&id, "/x", vec![selector("unix", "uid:alice")]),
+            "entry.selectors[0].value",
+        ),
+        (
+            entry(&id, "/x", vec![selector("", "uid:1")]),
+            "entry.selectors[0].type",
+        ),
         (entry(&id, "/x", vec![]), "entry.selectors"),
-        (entry(&id, "/x/../y", vec![selector("unix", "uid:1")]), "entry.spiffe_id"),
-        (entry("nope", "/x", vec![selector("unix", "uid:1")]), "entry.identity_id"),
+        (
+            entry(&id, "/x/../y", vec![selector("unix", "uid:1")]),
+            "entry.spiffe_id",
+        ),
+        (
+            entry("nope", "/x", vec![selector("unix", "uid:1")]),
+            "entry.identity_id",
+        ),
     ] {
         let err = client.create_registration_entry(request).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{field}");
-        assert!(err.message().starts_with(field), "{field}: {}", err.message());
+        assert!(
+            err.message().starts_with(field),
+            "{field}: {}",
+            err.message()
+        );
     }
     let mut foreign = entry(&id, "/x", vec![selector("unix", "uid:1")]);
     foreign.entry.as_mut().unwrap().spiffe_id = "spiffe://elsewhere.test/x".into();
-    assert!(client.create_registration_entry(foreign).await.unwrap_err().message().contains("this trust domain"));
+    assert!(
+        client
+            .create_registration_entry(foreign)
+            .await
+            .unwrap_err()
+            .message()
+            .contains("this trust domain")
+    );
     let err = client
-        .create_registration_entry(entry(&uuid::Uuid::now_v7().to_string(), "/x", vec![selector("unix", "uid:1")]))
-        .await.unwrap_err();
+        .create_registration_entry(entry(
+            &uuid::Uuid::now_v7().to_string(),
+            "/x",
+            vec![selector("unix", "uid:1")],
+        ))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 
     // Only the credential broker (and operators) may match.
     let mut broker = stack.inventory_caller("/service/credential-broker").await;
-    let matched = |attested: Vec<pb::Selector>| pb::MatchSelectorsRequest { selectors: attested };
+    let matched = |attested: Vec<pb::Selector>| pb::MatchSelectorsRequest {
+        selectors: attested,
+    };
     let found = broker
-        .match_selectors(matched(vec![selector("unix", "uid:1000"), selector("unix", "gid:1000"), selector("unix", "path:/usr/bin/billing-sync")]))
-        .await.unwrap().into_inner().entries;
+        .match_selectors(matched(vec![
+            selector("unix", "uid:1000"),
+            selector("unix", "gid:1000"),
+            selector("unix", "path:/usr/bin/billing-sync"),
+        ]))
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
     let mut got: Vec<String> = found.iter().map(|e| e.id.clone()).collect();
     got.sort();
     let mut want = vec![uid_only.id.clone(), uid_and_path.id.clone()];
     want.sort();
     assert_eq!(got, want);
     let found = broker
-        .match_selectors(matched(vec![selector("unix", "uid:1000"), selector("unix", "path:/usr/bin/other")]))
-        .await.unwrap().into_inner().entries;
-    assert_eq!(found.iter().map(|e| e.id.clone()).collect::<Vec<_>>(), vec![uid_only.id.clone()]);
-    assert!(broker.match_selectors(matched(vec![selector("unix", "uid:0")])).await.unwrap().into_inner().entries.is_empty());
+        .match_selectors(matched(vec![
+            selector("unix", "uid:1000"),
+            selector("unix", "path:/usr/bin/other"),
+        ]))
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert_eq!(
+        found.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+        vec![uid_only.id.clone()]
+    );
+    assert!(
+        broker
+            .match_selectors(matched(vec![selector("unix", "uid:0")]))
+            .await
+            .unwrap()
+            .into_inner()
+            .entries
+            .is_empty()
+    );
     let mut bot = stack.inventory_caller("/automation/soar").await;
-    assert_eq!(bot.match_selectors(matched(vec![])).await.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(
+        bot.match_selectors(matched(vec![]))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::PermissionDenied
+    );
 
-    client.delete_registration_entry(pb::DeleteRegistrationEntryRequest { id: uid_only.id.clone(), context: None }).await.unwrap();
+    client
+        .delete_registration_entry(pb::DeleteRegistrationEntryRequest {
+            id: uid_only.id.clone(),
+            context: None,
+        })
+        .await
+        .unwrap();
     let left = client
-        .list_registration_entries(pb::ListRegistrationEntriesRequest { identity_id: id.clone(), ..Default::default() })
-        .await.unwrap().into_inner().entries;
+        .list_registration_entries(pb::ListRegistrationEntriesRequest {
+            identity_id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
     assert_eq!(left.len(), 1);
     let evidence = stack.evidence_for(&id, 4).await;
-    let actions: Vec<&str> = evidence.iter().map(|e| e.record.as_ref().unwrap().action.as_str()).collect();
-    assert_eq!(actions, vec!["identity.create", "registration.create", "registration.create", "registration.delete"]);
+    let actions: Vec<&str> = evidence
+        .iter()
+        .map(|e| e.record.as_ref().unwrap().action.as_str())
+        .collect();
+    assert_eq!(
+        actions,
+        vec![
+            "identity.create",
+            "registration.create",
+            "registration.create",
+            "registration.delete"
+        ]
+    );
 }
 
 #[tokio::test]
@@ -114,62 +231,170 @@ async fn access_reviews_apply_attestations_and_flag_what_was_not_attested() {
     let campaign = client
         .start_review_campaign(pb::StartReviewCampaignRequest {
             name: "Q4 production connectors".into(),
-            filter: Some(pb::IdentityFilter { environment: "production".into(), ..Default::default() }),
+            filter: Some(pb::IdentityFilter {
+                environment: "production".into(),
+                ..Default::default()
+            }),
             deadline: Some(deadline),
             context: None,
         })
-        .await.unwrap().into_inner().campaign.unwrap();
+        .await
+        .unwrap()
+        .into_inner()
+        .campaign
+        .unwrap();
     assert_eq!(campaign.pending, 3);
 
-    let attest = |identity: &str, reviewer: &str, decision: pb::ReviewDecision, expiry: Option<prost_types::Timestamp>| pb::AttestReviewRequest {
-        campaign_id: campaign.id.clone(),
-        identity_id: identity.into(),
-        reviewer: reviewer.into(),
-        decision: decision as i32,
-        reason: "reviewed".into(),
-        new_expire_time: expiry,
-        context: None,
-    };
+    let attest =
+        |identity: &str,
+         reviewer: &str,
+         decision: pb::ReviewDecision,
+         expiry: Option<prost_types::Timestamp>| pb::AttestReviewRequest {
+            campaign_id: campaign.id.clone(),
+            identity_id: identity.into(),
+            reviewer: reviewer.into(),
+            decision: decision as i32,
+            reason: "reviewed".into(),
+            new_expire_time: expiry,
+            context: None,
+        };
     // Only an owner may attest.
-    let err = client.attest_review(attest(&keep, "mallory", pb::ReviewDecision::StillNeeded, Some(days_from_now(90)))).await.unwrap_err();
+    let err = client
+        .attest_review(attest(
+            &keep,
+            "mallory",
+            pb::ReviewDecision::StillNeeded,
+            Some(days_from_now(90)),
+        ))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     assert!(err.message().contains("alice"), "{}", err.message());
-    let err = client.attest_review(attest(&keep, "alice", pb::ReviewDecision::StillNeeded, None)).await.unwrap_err();
+    let err = client
+        .attest_review(attest(
+            &keep,
+            "alice",
+            pb::ReviewDecision::StillNeeded,
+            None,
+        ))
+        .await
+        .unwrap_err();
     assert!(err.message().starts_with("new_expire_time"));
-    let err = client.attest_review(attest(&keep, "alice", pb::ReviewDecision::Flagged, None)).await.unwrap_err();
+    let err = client
+        .attest_review(attest(&keep, "alice", pb::ReviewDecision::Flagged, None))
+        .await
+        .unwrap_err();
     assert!(err.message().starts_with("decision"));
 
     let kept = client
-        .attest_review(attest(&keep, "alice", pb::ReviewDecision::StillNeeded, Some(days_from_now(90))))
-        .await.unwrap().into_inner();
-    assert_eq!(kept.identity.unwrap().expire_time.unwrap().seconds, days_from_now(90).seconds);
-    let err = client.attest_review(attest(&keep, "alice", pb::ReviewDecision::Revoke, None)).await.unwrap_err();
+        .attest_review(attest(
+            &keep,
+            "alice",
+            pb::ReviewDecision::StillNeeded,
+            Some(days_from_now(90)),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        kept.identity.unwrap().expire_time.unwrap().seconds,
+        days_from_now(90).seconds
+    );
+    let err = client
+        .attest_review(attest(&keep, "alice", pb::ReviewDecision::Revoke, None))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     let dropped = client
-        .attest_review(attest(&drop, "team-billing", pb::ReviewDecision::Revoke, None))
-        .await.unwrap().into_inner();
-    assert_eq!(dropped.identity.unwrap().state, pb::LifecycleState::Revoked as i32);
+        .attest_review(attest(
+            &drop,
+            "team-billing",
+            pb::ReviewDecision::Revoke,
+            None,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        dropped.identity.unwrap().state,
+        pb::LifecycleState::Revoked as i32
+    );
 
     // The deadline passes with one identity unanswered.
     tokio::time::sleep(Duration::from_millis(3200)).await;
     let closed = client
-        .get_review_campaign(pb::GetReviewCampaignRequest { id: campaign.id.clone() })
-        .await.unwrap().into_inner().campaign.unwrap();
+        .get_review_campaign(pb::GetReviewCampaignRequest {
+            id: campaign.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .campaign
+        .unwrap();
     assert_eq!(closed.state, pb::CampaignState::Closed as i32);
-    assert_eq!((closed.pending, closed.still_needed, closed.revoked, closed.flagged), (0, 1, 1, 1));
+    assert_eq!(
+        (
+            closed.pending,
+            closed.still_needed,
+            closed.revoked,
+            closed.flagged
+        ),
+        (0, 1, 1, 1)
+    );
     let flagged = client
-        .list_review_items(pb::ListReviewItemsRequest { campaign_id: campaign.id.clone(), decision: pb::ReviewDecision::Flagged as i32, ..Default::default() })
-        .await.unwrap().into_inner().items;
-    assert_eq!(flagged.iter().map(|i| i.identity_id.clone()).collect::<Vec<_>>(), vec![silent.clone()]);
-    let risk = client.get_identity(pb::GetIdentityRequest { id: silent.clone() }).await.unwrap().into_inner().identity.unwrap().risk.unwrap();
-    assert!(risk.reasons.iter().any(|r| r.contains("policy_violation")), "{risk:?}");
-    let err = client.attest_review(attest(&silent, "alice", pb::ReviewDecision::StillNeeded, Some(days_from_now(30)))).await.unwrap_err();
+        .list_review_items(pb::ListReviewItemsRequest {
+            campaign_id: campaign.id.clone(),
+            decision: pb::ReviewDecision::Flagged as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(
+        flagged
+            .iter()
+            .map(|i| i.identity_id.clone())
+            .collect::<Vec<_>>(),
+        vec![silent.clone()]
+    );
+    let risk = client
+        .get_identity(pb::GetIdentityRequest { id: silent.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .identity
+        .unwrap()
+        .risk
+        .unwrap();
+    assert!(
+        risk.reasons.iter().any(|r| r.contains("policy_violation")),
+        "{risk:?}"
+    );
+    let err = client
+        .attest_review(attest(
+            &silent,
+            "alice",
+            pb::ReviewDecision::StillNeeded,
+            Some(days_from_now(30)),
+        ))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
 
     let evidence = stack.evidence_for(&silent, 2).await;
-    let actions: Vec<&str> = evidence.iter().map(|e| e.record.as_ref().unwrap().action.as_str()).collect();
+    let actions: Vec<&str> = evidence
+        .iter()
+        .map(|e| e.record.as_ref().unwrap().action.as_str())
+        .collect();
     assert_eq!(actions, vec!["identity.create", "review.flag"]);
     let evidence = stack.evidence_for(&drop, 3).await;
-    let actions: Vec<&str> = evidence.iter().map(|e| e.record.as_ref().unwrap().action.as_str()).collect();
-    assert_eq!(actions, vec!["identity.create", "review.attest", "identity.revoke"]);
+    let actions: Vec<&str> = evidence
+        .iter()
+        .map(|e| e.record.as_ref().unwrap().action.as_str())
+        .collect();
+    assert_eq!(
+        actions,
+        vec!["identity.create", "review.attest", "identity.revoke"]
+    );
 }

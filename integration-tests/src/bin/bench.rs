@@ -11,6 +11,9 @@
 //!
 //! Results are printed as a table and written to `target/bench/baseline.json`.
 
+#[path = "bench/inventory.rs"]
+mod inventory;
+
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -54,6 +57,14 @@ fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    // `steward-bench inventory` runs the 1,000,000-identity figures alone.
+    if std::env::args().nth(1).as_deref() == Some("inventory") {
+        let only: Vec<String> = std::env::args().skip(2).collect();
+        let figures = runtime.block_on(inventory::run(&only))?;
+        print_inventory(&[], &figures);
+        print_table(&figures);
+        return Ok(());
+    }
     // `steward-bench appends` runs the audit append figure alone (profiling).
     if std::env::args().nth(1).as_deref() == Some("appends") {
         for f in runtime.block_on(audit_appends())? {
@@ -80,24 +91,11 @@ fn main() -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     figures.extend(proofs_at_a_million());
-    print_ratios(&figures[..baseline], &figures[baseline..]);
-
-    println!();
-    println!(
-        "{:<52} {:>14} {:<10} {:>10} {:>10}",
-        "baseline", "value", "unit", "p50", "p99"
-    );
-    for f in &figures {
-        let us = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0} µs"));
-        println!(
-            "{:<52} {:>14.0} {:<10} {:>10} {:>10}",
-            f.name,
-            f.value,
-            f.unit,
-            us(f.p50_us),
-            us(f.p99_us)
-        );
-    }
+    let audit_end = figures.len();
+    figures.extend(runtime.block_on(inventory::run(&[]))?);
+    print_ratios(&figures[..baseline], &figures[baseline..audit_end]);
+    print_inventory(&figures[..baseline], &figures[audit_end..]);
+    print_table(&figures);
     let out = workspace_root().join("target/bench");
     std::fs::create_dir_all(&out)?;
     std::fs::write(
@@ -299,6 +297,56 @@ async fn sqlite_commits() -> anyhow::Result<Vec<Figure>> {
     });
     db.close().await;
     Ok(figures)
+}
+
+fn print_table(figures: &[Figure]) {
+    println!();
+    println!(
+        "{:<72} {:>12} {:<10} {:>10} {:>10}",
+        "figure", "value", "unit", "p50", "p99"
+    );
+    for f in figures {
+        let us = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0} µs"));
+        println!(
+            "{:<72} {:>12.1} {:<10} {:>10} {:>10}",
+            f.name,
+            f.value,
+            f.unit,
+            us(f.p50_us),
+            us(f.p99_us)
+        );
+    }
+}
+
+/// Targets from the inventory issue, checked against the figures.
+fn print_inventory(baseline: &[Figure], inventory: &[Figure]) {
+    let find = |set: &[Figure], prefix: &str| {
+        set.iter()
+            .find(|f| f.name.starts_with(prefix))
+            .map(|f| f.value)
+    };
+    println!();
+    if let Some(p99) = find(inventory, "inventory filtered list at 1M, all filters") {
+        println!("inventory filtered list p99 = {p99:.1} ms (target <= 20 ms)");
+    }
+    let slowest = inventory
+        .iter()
+        .filter(|f| f.name.starts_with("inventory report at 1M"))
+        .map(|f| f.value)
+        .fold(0.0, f64::max);
+    println!("inventory slowest posture report = {slowest:.0} ms (target <= 1,000 ms)");
+    if let Some(s) = find(inventory, "inventory import of 100,000") {
+        println!("inventory import of 100,000 rows = {s:.1} s (target <= 10 s)");
+    }
+    if let Some(w) = find(inventory, "inventory transitions") {
+        println!("inventory writes = {w:.0}/s (target >= 5,000/s)");
+        if let Some(floor) = find(baseline, "SQLite one-row durable") {
+            println!("  / SQLite one-row durable commit floor = {:.2}", w / floor);
+        }
+        if let Some(floor) = find(baseline, "SQLite batched: 1,000 INSERTs") {
+            println!("  / SQLite 1,000-INSERT/tx row floor    = {:.2}", w / floor);
+        }
+    }
 }
 
 /// Targets from the audit issue, checked against the figures.

@@ -144,6 +144,46 @@ impl Forwarder {
         const DELIVERED: &str = "UPDATE evidence_outbox SET delivered_at_ns = $1, log_index = $2, attempts = attempts + 1 WHERE seq = $3";
         const DEAD: &str =
             "UPDATE evidence_outbox SET last_error = $1, attempts = attempts + 1 WHERE seq = $2";
+        // The common case: every record appended, at consecutive indices,
+        // for consecutive seqs. One UPDATE settles the whole batch.
+        let contiguous = results.len() == seqs.len()
+            && seqs.windows(2).all(|w| w[1] == w[0] + 1)
+            && results
+                .iter()
+                .enumerate()
+                .all(|(i, r)| match (&r.result, &results[0].result) {
+                    (
+                        Some(pb::append_batch_result::Result::Appended(a)),
+                        Some(pb::append_batch_result::Result::Appended(first)),
+                    ) => !a.duplicate && a.index == first.index + i as u64,
+                    _ => false,
+                });
+        if contiguous
+            && let (
+                Some(first_seq),
+                Some(last_seq),
+                Some(pb::append_batch_result::Result::Appended(first)),
+            ) = (
+                seqs.first(),
+                seqs.last(),
+                results.first().and_then(|r| r.result.as_ref()),
+            )
+        {
+            const SETTLE_RANGE: &str = "UPDATE evidence_outbox
+                    SET delivered_at_ns = $1, log_index = $2 + (seq - $3), attempts = attempts + 1
+                    WHERE seq >= $3 AND seq <= $4";
+            let base = i64::try_from(first.index).unwrap_or(i64::MAX);
+            on_backend!(&self.database, pool, Db => {
+                sqlx::query::<Db>(SETTLE_RANGE)
+                    .bind(now)
+                    .bind(base)
+                    .bind(first_seq)
+                    .bind(last_seq)
+                    .execute(pool)
+                    .await?;
+            });
+            return Ok(results.len());
+        }
         on_backend!(&self.database, pool, Db => {
             let mut tx = pool.begin().await?;
             for (seq, result) in seqs.iter().zip(&results) {

@@ -19,12 +19,11 @@
 mod forwarder;
 
 use prost::Message;
-use steward_evidence::record::{EvidenceRecord, FieldError};
 use steward_db::Placeholders;
+use steward_evidence::record::{EvidenceRecord, FieldError};
 use steward_evidence::wire::record_to_proto;
 
 pub use forwarder::{Forwarder, ForwarderOptions, OutboxStats};
-
 
 /// The outbox table on SQLite.
 pub const SQLITE_SQL: &str = "CREATE TABLE evidence_outbox (

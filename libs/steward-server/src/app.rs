@@ -86,7 +86,8 @@ impl ServiceContext {
         name: &str,
         addr: &str,
     ) -> Result<tonic::transport::Channel, StartError> {
-        let peer = SpiffeId::from_parts(self.spiffe_id.trust_domain(), &format!("/service/{name}"))?;
+        let peer =
+            SpiffeId::from_parts(self.spiffe_id.trust_domain(), &format!("/service/{name}"))?;
         steward_identity::connector::connect_lazy(
             self.svid.clone(),
             addr,

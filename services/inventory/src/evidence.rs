@@ -23,7 +23,12 @@ pub fn record(
     let attributes: BTreeMap<String, String> = attributes
         .into_iter()
         .filter(|(_, v)| !v.is_empty())
-        .map(|(k, v)| (k.to_owned(), truncate(v, steward_evidence::record::MAX_ATTRIBUTE_VALUE)))
+        .map(|(k, v)| {
+            (
+                k.to_owned(),
+                truncate(v, steward_evidence::record::MAX_ATTRIBUTE_VALUE),
+            )
+        })
         .collect();
     EvidenceRecord {
         record_id: Uuid::now_v7(),
@@ -35,8 +40,12 @@ pub fn record(
         },
         action: action.to_owned(),
         target: Target {
-            nhi_id: target.map(|(id, _)| id.hyphenated().to_string()).unwrap_or_default(),
-            nhi_kind: target.map(|(_, k)| k.as_str().to_owned()).unwrap_or_default(),
+            nhi_id: target
+                .map(|(id, _)| id.hyphenated().to_string())
+                .unwrap_or_default(),
+            nhi_kind: target
+                .map(|(_, k)| k.as_str().to_owned())
+                .unwrap_or_default(),
             ..Target::default()
         },
         decision: Decision {

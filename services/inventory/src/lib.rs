@@ -137,7 +137,8 @@ pub async fn routes(context: ServiceContext) -> Result<Routes, StartError> {
         context.spiffe_id.to_string(),
         context.shutdown(),
     ));
-    let server = server::InventoryServer::new(store, transitions, context.spiffe_id.trust_domain().clone());
+    let server =
+        server::InventoryServer::new(store, transitions, context.spiffe_id.trust_domain().clone());
     Ok(Routes::new(
         InventoryServiceServer::new(server)
             .max_decoding_message_size(MAX_REQUEST_BYTES)

@@ -49,7 +49,10 @@ impl InventoryServer {
     /// The wire identity with its risk as of now.
     async fn present(&self, identity: &Identity) -> Result<pb::Identity, Status> {
         let departed = self.store.owner_departed(identity).await.map_err(status)?;
-        Ok(identity_to_pb(identity, assess(identity, departed, now_ns())))
+        Ok(identity_to_pb(
+            identity,
+            assess(identity, departed, now_ns()),
+        ))
     }
 
     async fn present_all(&self, identities: &[Identity]) -> Result<Vec<pb::Identity>, Status> {
@@ -88,7 +91,10 @@ fn invalid(e: FieldError) -> Status {
 }
 
 /// The verified caller and the request's change context.
-fn context<T>(request: &Request<T>, wire: Option<&pb::ChangeContext>) -> Result<ChangeContext, Status> {
+fn context<T>(
+    request: &Request<T>,
+    wire: Option<&pb::ChangeContext>,
+) -> Result<ChangeContext, Status> {
     let actor = PeerIdentity::of(request)
         .map(|p| p.spiffe_id.to_string())
         .ok_or_else(|| Status::unauthenticated("no verified peer identity"))?;
@@ -147,9 +153,7 @@ fn report(value: i32) -> Result<Report, Status> {
         Ok(pb::PostureReport::Shared) => Ok(Report::Shared),
         Ok(pb::PostureReport::NoExpiry) => Ok(Report::NoExpiry),
         Ok(pb::PostureReport::LongLivedSecret) => Ok(Report::LongLivedSecret),
-        Ok(pb::PostureReport::Unspecified) => {
-            Err(Status::invalid_argument("report: is required"))
-        }
+        Ok(pb::PostureReport::Unspecified) => Err(Status::invalid_argument("report: is required")),
         Err(_) => Err(Status::invalid_argument(format!(
             "report: {value} is not a known PostureReport"
         ))),
@@ -207,7 +211,10 @@ impl InventoryService for InventoryServer {
                 ("unowned", identity.spec.unowned.to_string()),
             ],
         );
-        self.store.create(&identity, &record).await.map_err(status)?;
+        self.store
+            .create(&identity, &record)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::CreateIdentityResponse {
             identity: Some(self.present(&identity).await?),
         }))
@@ -368,7 +375,9 @@ impl InventoryService for InventoryServer {
             .add_signal(&signal, &context)
             .await
             .map_err(status)?;
-        let identity = self.present(&self.store.get(&identity_id).await.map_err(status)?).await?;
+        let identity = self
+            .present(&self.store.get(&identity_id).await.map_err(status)?)
+            .await?;
         Ok(Response::new(pb::AddSignalResponse {
             signal: Some(signal_to_pb(&signal)),
             risk: identity.risk,
@@ -405,7 +414,12 @@ impl InventoryService for InventoryServer {
         let identity_id = id("identity_id", &r.identity_id)?;
         let (signals, next_page_token) = self
             .store
-            .signals(&identity_id, r.open_only, page_size(r.page_size), &r.page_token)
+            .signals(
+                &identity_id,
+                r.open_only,
+                page_size(r.page_size),
+                &r.page_token,
+            )
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ListSignalsResponse {
@@ -703,7 +717,12 @@ impl InventoryService for InventoryServer {
             .map_err(status)?;
         let (items, next_page_token) = self
             .store
-            .review_items(&campaign_id, decision, page_size(r.page_size), &r.page_token)
+            .review_items(
+                &campaign_id,
+                decision,
+                page_size(r.page_size),
+                &r.page_token,
+            )
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ListReviewItemsResponse {
@@ -723,7 +742,8 @@ impl InventoryService for InventoryServer {
         required("reviewer", &r.reviewer, MAX_NAME).map_err(invalid)?;
         optional("reason", &r.reason, MAX_TEXT).map_err(invalid)?;
         let decision = decision("decision", r.decision).map_err(invalid)?;
-        let new_expires_at = nanos("new_expire_time", r.new_expire_time.as_ref()).map_err(invalid)?;
+        let new_expires_at =
+            nanos("new_expire_time", r.new_expire_time.as_ref()).map_err(invalid)?;
         match decision {
             Decision::StillNeeded => match new_expires_at {
                 None => {
@@ -797,7 +817,14 @@ impl InventoryService for InventoryServer {
             .unwrap_or_else(now_ns);
         let page = self
             .store
-            .report(report, days, &filter, page_size(r.page_size), &r.page_token, now)
+            .report(
+                report,
+                days,
+                &filter,
+                page_size(r.page_size),
+                &r.page_token,
+                now,
+            )
             .await
             .map_err(status)?;
         Ok(Response::new(pb::GetPostureReportResponse {
@@ -849,9 +876,10 @@ impl InventoryService for InventoryServer {
             trust_domain: self.trust_domain.clone(),
         };
         let content = r.content;
-        let parsed = tokio::task::spawn_blocking(move || import::parse(format, &content, &defaults))
-            .await
-            .map_err(|_| Status::internal("the import parser failed"))?;
+        let parsed =
+            tokio::task::spawn_blocking(move || import::parse(format, &content, &defaults))
+                .await
+                .map_err(|_| Status::internal("the import parser failed"))?;
         // Vanished is judged only over the source systems the import covers.
         let mut sources: BTreeSet<String> = parsed.sources.clone();
         if !r.source_system.is_empty() {
@@ -870,11 +898,16 @@ impl InventoryService for InventoryServer {
                 field: e.field.clone(),
                 reason: e.reason.clone(),
             })
-            .chain(outcome.rejected.iter().map(|(line, field, reason)| pb::ImportError {
-                line: *line,
-                field: field.clone(),
-                reason: reason.clone(),
-            }))
+            .chain(
+                outcome
+                    .rejected
+                    .iter()
+                    .map(|(line, field, reason)| pb::ImportError {
+                        line: *line,
+                        field: field.clone(),
+                        reason: reason.clone(),
+                    }),
+            )
             .collect();
         errors.sort_by_key(|e| e.line);
         let rejected = errors.len() as u64;

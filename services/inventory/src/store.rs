@@ -99,7 +99,12 @@ macro_rules! bind_identity {
             .bind(i64::from(s.unowned))
             .bind(i64::from($orphaned))
             .bind(i.state.as_str())
-            .bind(s.spiffe_id.as_ref().map(|id| id.to_string()).unwrap_or_default())
+            .bind(
+                s.spiffe_id
+                    .as_ref()
+                    .map(|id| id.to_string())
+                    .unwrap_or_default(),
+            )
             .bind($crate::store::labels_json(&s.labels))
             .bind(i.created_at)
             .bind(i.updated_at)
@@ -149,7 +154,12 @@ macro_rules! update_row {
         .bind(toc)
         .bind(i64::from(s.unowned))
         .bind(i64::from($orphaned))
-        .bind(s.spiffe_id.as_ref().map(|i| i.to_string()).unwrap_or_default())
+        .bind(
+            s.spiffe_id
+                .as_ref()
+                .map(|i| i.to_string())
+                .unwrap_or_default(),
+        )
         .bind($crate::store::labels_json(&s.labels))
         .bind(identity.updated_at)
         .bind(s.expires_at)
@@ -505,7 +515,11 @@ impl Store {
     }
 
     /// Inserts a new identity with its labels and evidence.
-    pub async fn create(&self, identity: &Identity, evidence: &EvidenceRecord) -> Result<(), Error> {
+    pub async fn create(
+        &self,
+        identity: &Identity,
+        evidence: &EvidenceRecord,
+    ) -> Result<(), Error> {
         on_backend!(&self.db, pool, Db => {
             let mut tx = pool.begin_with(<Db as Engine>::BEGIN_WRITE).await?;
             let taken: Option<String> = sqlx::query_scalar::<Db, String>(

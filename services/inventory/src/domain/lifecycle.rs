@@ -48,9 +48,9 @@ impl State {
             return Err(format!("the identity is already {self}"));
         }
         match (self, target) {
-            (Self::Decommissioned, _) => Err(
-                "the identity is decommissioned, which is final".to_owned(),
-            ),
+            (Self::Decommissioned, _) => {
+                Err("the identity is decommissioned, which is final".to_owned())
+            }
             (Self::Revoked, Self::Decommissioned) => Ok(()),
             (Self::Revoked, _) => Err(format!(
                 "the identity is revoked, which cannot be undone; it can only be decommissioned, not made {target}"

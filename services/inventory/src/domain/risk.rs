@@ -104,7 +104,7 @@ pub fn assess(identity: &Identity, owner_departed: bool, now: Nanos) -> (u32, Ve
     if identity.state == State::Watchlisted {
         parts.push((0, "watchlisted".into()));
     }
-    parts.sort_by(|a, b| b.0.cmp(&a.0));
+    parts.sort_by_key(|p| std::cmp::Reverse(p.0));
     let score = parts.iter().map(|(p, _)| *p).sum::<u32>().min(100);
     (score, parts.into_iter().map(|(_, r)| r).collect())
 }
@@ -120,7 +120,10 @@ mod tests {
             (SignalKind::SecretExposed, Severity::Critical),
         ]);
         assert_eq!(score, 55);
-        assert_eq!(summary, "2 open signals: critical secret_exposed, low dormant");
+        assert_eq!(
+            summary,
+            "2 open signals: critical secret_exposed, low dormant"
+        );
         assert_eq!(signal_part(&[]).0, 0);
         let many = vec![(SignalKind::Custom, Severity::Critical); 5];
         assert_eq!(signal_part(&many).0, 100);

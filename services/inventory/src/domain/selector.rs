@@ -133,7 +133,10 @@ mod tests {
         let uid = Selector::parse("s", "unix", "uid:1000").unwrap();
         let path = Selector::parse("s", "unix", "path:/bin/x").unwrap();
         let gid = Selector::parse("s", "unix", "gid:5").unwrap();
-        assert!(matches(&[uid.clone()], &[uid.clone(), gid.clone()]));
+        assert!(matches(
+            std::slice::from_ref(&uid),
+            &[uid.clone(), gid.clone()]
+        ));
         assert!(!matches(&[uid.clone(), path], &[uid, gid]));
     }
 }

@@ -36,7 +36,11 @@ pub fn parse(content: &[u8], defaults: &Defaults) -> Parsed {
     };
     for column in REQUIRED {
         if !headers.iter().any(|h| h == *column) {
-            parsed.reject(1, *column, "column missing from the credential report header");
+            parsed.reject(
+                1,
+                *column,
+                "column missing from the credential report header",
+            );
             return parsed;
         }
     }
@@ -114,7 +118,13 @@ pub fn parse(content: &[u8], defaults: &Defaults) -> Parsed {
             parsed.rows.push(ImportRow {
                 line,
                 spec,
-                fields: vec!["kind", "display_name", "last_rotate_time", "last_use_time", "labels"],
+                fields: vec![
+                    "kind",
+                    "display_name",
+                    "last_rotate_time",
+                    "last_use_time",
+                    "labels",
+                ],
             });
         }
     }

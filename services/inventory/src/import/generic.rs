@@ -136,10 +136,11 @@ pub fn parse_json(content: &[u8], defaults: &Defaults) -> Parsed {
     parsed
 }
 
+/// A row's columns, and its labels when the row names them.
+type Columns = (BTreeMap<String, String>, Option<BTreeMap<String, String>>);
+
 /// Flattens one JSON identity into the CSV columns.
-fn json_fields(
-    item: &Value,
-) -> Result<(BTreeMap<String, String>, Option<BTreeMap<String, String>>), RowError> {
+fn json_fields(item: &Value) -> Result<Columns, RowError> {
     let err = |field: &str, reason: &str| RowError {
         line: 0,
         field: field.to_owned(),
@@ -220,7 +221,11 @@ fn row(
             "kind",
             format!(
                 "{kind_text:?} is not one of {}",
-                Kind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+                Kind::ALL
+                    .iter()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )
     })?;
@@ -263,18 +268,31 @@ fn row(
     }
     if let Some(v) = take(fields, "classification") {
         present.push("classification");
-        spec.classification = Classification::parse(&v.to_ascii_lowercase())
-            .ok_or_else(|| fail("classification", format!("{v:?} is not machine_to_machine or interactive")))?;
+        spec.classification = Classification::parse(&v.to_ascii_lowercase()).ok_or_else(|| {
+            fail(
+                "classification",
+                format!("{v:?} is not machine_to_machine or interactive"),
+            )
+        })?;
     }
-    for (name, field) in [("business_owner", "business_owner"), ("technical_owner", "technical_owner")] {
-        let Some(owner) = take(fields, name) else { continue };
+    for (name, field) in [
+        ("business_owner", "business_owner"),
+        ("technical_owner", "technical_owner"),
+    ] {
+        let Some(owner) = take(fields, name) else {
+            continue;
+        };
         present.push(field);
         if owner.is_empty() {
             continue;
         }
         let kind_text = take(fields, &format!("{name}_kind")).unwrap_or_else(|| "person".into());
-        let kind = OwnerKind::parse(&kind_text.to_ascii_lowercase())
-            .ok_or_else(|| fail(&format!("{name}_kind"), format!("{kind_text:?} is not person or team")))?;
+        let kind = OwnerKind::parse(&kind_text.to_ascii_lowercase()).ok_or_else(|| {
+            fail(
+                &format!("{name}_kind"),
+                format!("{kind_text:?} is not person or team"),
+            )
+        })?;
         let contact = take(fields, &format!("{name}_contact")).unwrap_or_default();
         let owner = Owner {
             kind,

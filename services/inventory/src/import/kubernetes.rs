@@ -62,15 +62,18 @@ pub fn parse(content: &[u8], defaults: &Defaults) -> Parsed {
             &defaults.environment,
         );
         spec.workload = name.to_owned();
-        spec.spiffe_id =
-            match SpiffeId::from_parts(&defaults.trust_domain, &format!("/ns/{namespace}/sa/{name}")) {
-                Ok(id) => Some(id),
-                Err(e) => {
-                    parsed.reject(line, "metadata.name", format!("no valid SPIFFE ID: {e}"));
-                    continue;
-                }
-            };
-        spec.labels.insert("k8s/namespace".into(), namespace.to_owned());
+        spec.spiffe_id = match SpiffeId::from_parts(
+            &defaults.trust_domain,
+            &format!("/ns/{namespace}/sa/{name}"),
+        ) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                parsed.reject(line, "metadata.name", format!("no valid SPIFFE ID: {e}"));
+                continue;
+            }
+        };
+        spec.labels
+            .insert("k8s/namespace".into(), namespace.to_owned());
         if let Some(labels) = metadata.get("labels").and_then(Value::as_object) {
             for (k, v) in labels {
                 if let Some(v) = v.as_str() {
@@ -90,15 +93,26 @@ pub fn parse(content: &[u8], defaults: &Defaults) -> Parsed {
                 .unwrap_or("")
                 .to_owned()
         };
-        for (role, field) in [("business-owner", "business_owner"), ("technical-owner", "technical_owner")] {
+        for (role, field) in [
+            ("business-owner", "business_owner"),
+            ("technical-owner", "technical_owner"),
+        ] {
             let owner = note(role);
             if owner.is_empty() {
                 continue;
             }
             let contact = note(&format!("{role}-contact"));
             let owner = Owner {
-                kind: if owner.starts_with("team-") { OwnerKind::Team } else { OwnerKind::Person },
-                contact: if contact.is_empty() { owner.clone() } else { contact },
+                kind: if owner.starts_with("team-") {
+                    OwnerKind::Team
+                } else {
+                    OwnerKind::Person
+                },
+                contact: if contact.is_empty() {
+                    owner.clone()
+                } else {
+                    contact
+                },
                 name: owner,
             };
             if field == "business_owner" {

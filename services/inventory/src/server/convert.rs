@@ -268,7 +268,11 @@ pub fn identity_to_pb(i: &Identity, risk: (u32, Vec<String>)) -> pb::Identity {
         technical_owner: owner_to_pb(&s.technical_owner),
         unowned: s.unowned,
         state: state_to_pb(i.state),
-        spiffe_id: s.spiffe_id.as_ref().map(|x| x.to_string()).unwrap_or_default(),
+        spiffe_id: s
+            .spiffe_id
+            .as_ref()
+            .map(|x| x.to_string())
+            .unwrap_or_default(),
         labels: s.labels.clone().into_iter().collect(),
         create_time: Some(timestamp(i.created_at)),
         update_time: Some(timestamp(i.updated_at)),

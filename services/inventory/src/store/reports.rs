@@ -306,11 +306,7 @@ fn reasons(
         }
         Report::Expiring => {
             let at = spec.expires_at.unwrap_or(now);
-            vec![format!(
-                "expires in {} days ({})",
-                days(at - now),
-                date(at)
-            )]
+            vec![format!("expires in {} days ({})", days(at - now), date(at))]
         }
         Report::ExpiredButActive => {
             let at = spec.expires_at.unwrap_or(now);

@@ -183,8 +183,8 @@ impl Store {
         if filter.states.is_empty() {
             filter.states = LIVE.to_vec();
         }
-        let filter_json = serde_json::to_string(&campaign.filter)
-            .map_err(|e| Error::Storage(e.to_string()))?;
+        let filter_json =
+            serde_json::to_string(&campaign.filter).map_err(|e| Error::Storage(e.to_string()))?;
         let items = on_backend!(&self.db, pool, Db => {
             let mut tx = pool.begin_with(<Db as Engine>::BEGIN_WRITE).await?;
             sqlx::query::<Db>(
@@ -348,7 +348,9 @@ impl Store {
                 .await?;
             rows.iter().map(read_item).collect::<Result<Vec<_>, _>>()?
         });
-        Ok(paged(rows, page, |i| i.identity_id.hyphenated().to_string()))
+        Ok(paged(rows, page, |i| {
+            i.identity_id.hyphenated().to_string()
+        }))
     }
 
     /// Records an owner's attestation and applies it to the identity: a new
@@ -389,7 +391,7 @@ impl Store {
                     "identity_id: already attested ({}) by {}", item.decision, item.reviewer
                 )));
             }
-            if !item.owners.iter().any(|o| *o == a.reviewer) {
+            if !item.owners.contains(&a.reviewer) {
                 return Err(Error::PermissionDenied(format!(
                     "reviewer: {:?} does not own this identity; its owners are {}",
                     a.reviewer,

@@ -67,7 +67,10 @@ impl Transitions {
     }
 
     /// Applies one transition once it is durable with its evidence.
-    pub async fn submit(&self, request: TransitionRequest) -> Result<(Identity, Transition), Error> {
+    pub async fn submit(
+        &self,
+        request: TransitionRequest,
+    ) -> Result<(Identity, Transition), Error> {
         let (reply, answer) = oneshot::channel();
         self.queue
             .send((request, reply))
@@ -125,7 +128,10 @@ impl Store {
         &self,
         requests: &[TransitionRequest],
     ) -> Result<Vec<Result<(Identity, Transition), Error>>, Error> {
-        let mut ids: Vec<String> = requests.iter().map(|r| r.id.hyphenated().to_string()).collect();
+        let mut ids: Vec<String> = requests
+            .iter()
+            .map(|r| r.id.hyphenated().to_string())
+            .collect();
         ids.sort();
         ids.dedup();
         let results = on_backend!(&self.db, pool, Db => {
@@ -257,7 +263,9 @@ fn plan(
     current: &mut HashMap<Uuid, (Identity, i64)>,
     now: Nanos,
 ) -> Result<(Identity, Transition, EvidenceRecord), Error> {
-    let (identity, _) = current.get_mut(&request.id).ok_or_else(|| not_found(&request.id))?;
+    let (identity, _) = current
+        .get_mut(&request.id)
+        .ok_or_else(|| not_found(&request.id))?;
     check_version(identity, request.expected_version)?;
     let from = identity.state;
     from.transition_to(request.target)
