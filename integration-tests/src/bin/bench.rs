@@ -11,6 +11,8 @@
 //!
 //! Results are printed as a table and written to `target/bench/baseline.json`.
 
+#[path = "bench/authority.rs"]
+mod authority;
 #[path = "bench/inventory.rs"]
 mod inventory;
 
@@ -65,6 +67,13 @@ fn main() -> anyhow::Result<()> {
         print_table(&figures);
         return Ok(());
     }
+    // `steward-bench authority` runs the in-process decision figures alone.
+    if std::env::args().nth(1).as_deref() == Some("authority") {
+        let figures = authority::run()?;
+        print_authority(&figures);
+        print_table(&figures);
+        return Ok(());
+    }
     // `steward-bench appends` runs the audit append figure alone (profiling).
     if std::env::args().nth(1).as_deref() == Some("appends") {
         for f in runtime.block_on(audit_appends())? {
@@ -93,8 +102,11 @@ fn main() -> anyhow::Result<()> {
     figures.extend(proofs_at_a_million());
     let audit_end = figures.len();
     figures.extend(runtime.block_on(inventory::run(&[]))?);
+    let inventory_end = figures.len();
+    figures.extend(authority::run()?);
     print_ratios(&figures[..baseline], &figures[baseline..audit_end]);
-    print_inventory(&figures[..baseline], &figures[audit_end..]);
+    print_inventory(&figures[..baseline], &figures[audit_end..inventory_end]);
+    print_authority(&figures[inventory_end..]);
     print_table(&figures);
     let out = workspace_root().join("target/bench");
     std::fs::create_dir_all(&out)?;
@@ -315,6 +327,26 @@ fn print_table(figures: &[Figure]) {
             us(f.p50_us),
             us(f.p99_us)
         );
+    }
+}
+
+/// Targets from the authority issue that the engine alone answers.
+fn print_authority(figures: &[Figure]) {
+    println!();
+    let sliced = figures.iter().find(|f| f.name.contains("sliced"));
+    let whole = figures.iter().find(|f| f.name.contains("whole set"));
+    if let Some(s) = sliced {
+        println!(
+            "authority in-process decision p50 = {:.1} µs (target <= 20 µs), p99 = {:.1} µs",
+            s.value,
+            s.p99_us.unwrap_or(f64::NAN)
+        );
+        if let Some(w) = whole {
+            println!(
+                "  slicing speed-up over the whole set = {:.0}×",
+                w.value / s.value
+            );
+        }
     }
 }
 

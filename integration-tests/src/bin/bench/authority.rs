@@ -1,0 +1,166 @@
+//! Authority's decision engine in process: 1,000 policies, 100,000 NHIs.
+//!
+//! The policy set has the shape a site grows: per-workload grants, per-NHI
+//! exceptions, group rules and a few broad guards, plus Steward's default
+//! policies. Each request picks a workload, an action and one of 100,000
+//! NHIs whose facts are already in memory (as inventory returns them), and
+//! is decided on its slice; the same requests on the whole set give the
+//! unsliced comparison.
+
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+use steward_authority::engine::{
+    ACTIONS, CompiledSet, DEFAULT_POLICIES, DecisionRequest, Engine, NhiFacts, Principal,
+    RequestContext,
+};
+
+use super::Figure;
+
+const NHIS: usize = 100_000;
+const WORKLOADS: usize = 400;
+
+fn policies() -> String {
+    let mut text = String::from(DEFAULT_POLICIES);
+    let mut n = 0;
+    let mut add = |body: String| {
+        let _ = writeln!(text, "@id(\"site-{n}\") {body}");
+        n += 1;
+    };
+    // 600 per-workload grants.
+    for i in 0..600 {
+        let action = ACTIONS[i % 7];
+        add(format!(
+            "@max_ttl(\"{}\") permit (principal == Steward::Workload::\"spiffe://steward.test/w/{}\", action == Steward::Action::\"{action}\", resource) when {{ resource.environment == \"{}\" }};",
+            300 + i,
+            i % WORKLOADS,
+            ["production", "staging"][i % 2]
+        ));
+    }
+    // 250 exceptions for particular NHIs.
+    for i in 0..250 {
+        add(format!(
+            "forbid (principal, action, resource == Steward::Nhi::\"nhi-{}\") unless {{ context.break_glass }};",
+            i * 397 % NHIS
+        ));
+    }
+    // 130 group rules.
+    for i in 0..130 {
+        add(format!(
+            "@approvals(\"1\") permit (principal in Steward::Group::\"team-{}\", action in Steward::Action::\"high_impact\", resource) when {{ context.has_incident && resource.risk_score < {} }};",
+            i,
+            50 + i % 50
+        ));
+    }
+    // 17 broad guards.
+    for i in 0..17 {
+        add(format!(
+            "forbid (principal, action == Steward::Action::\"{}\", resource) when {{ resource.risk_score > {} && !context.has_incident }};",
+            ACTIONS[i % ACTIONS.len()],
+            90 + i % 10
+        ));
+    }
+    text
+}
+
+fn facts(i: usize) -> NhiFacts {
+    NhiFacts {
+        id: format!("nhi-{i}"),
+        kind: "service_account".into(),
+        environment: ["production", "staging"][i % 2].into(),
+        state: "active".into(),
+        risk_score: i64::try_from(i % 100).unwrap_or(0),
+        business_owner: format!("team-{}", i % 130),
+        technical_owner: format!("person-{}", i % 2000),
+        business_service: format!("service-{}", i % 200),
+        source_system: "seed".into(),
+        spiffe_id: String::new(),
+        labels: [("tier".to_owned(), (i % 3).to_string())]
+            .into_iter()
+            .collect(),
+    }
+}
+
+pub fn run() -> anyhow::Result<Vec<Figure>> {
+    let engine = Engine::new()?;
+    let text = policies();
+    let started = Instant::now();
+    let set =
+        CompiledSet::compile(&engine, &text).map_err(|e| anyhow::anyhow!("{:?}", e.first()))?;
+    let compile_ms = started.elapsed().as_secs_f64() * 1000.0;
+    anyhow::ensure!(set.len() >= 1000, "only {} policies", set.len());
+    let nhis: Vec<NhiFacts> = (0..NHIS).map(facts).collect();
+    let requests: Vec<DecisionRequest> = (0..20_000)
+        .map(|i| DecisionRequest {
+            principal: Principal::Workload {
+                spiffe_id: format!("spiffe://steward.test/w/{}", i * 7 % WORKLOADS),
+                trust_domain: "steward.test".into(),
+                groups: vec![format!("team-{}", i % 130)],
+            },
+            action: ACTIONS[i % ACTIONS.len()].into(),
+            resource: nhis[i * 7919 % NHIS].clone(),
+            context: RequestContext {
+                incident_ref: if i % 2 == 0 {
+                    "INC-1".into()
+                } else {
+                    String::new()
+                },
+                now: 1_800_000_000,
+                requester: "spiffe://steward.test/automation/soar".into(),
+                acting_workload: "spiffe://steward.test/automation/soar".into(),
+                ..Default::default()
+            },
+        })
+        .collect();
+    let mut sliced = Histogram::<u64>::new(3)?;
+    let mut slice_sizes = 0usize;
+    for r in &requests {
+        let t = Instant::now();
+        let d = set.decide(&engine, r)?;
+        sliced.record(u64::try_from(t.elapsed().as_nanos())?)?;
+        std::hint::black_box(d);
+        slice_sizes += set.slice_len(&engine, r)?;
+    }
+    let mut whole = Histogram::<u64>::new(3)?;
+    for r in requests.iter().take(2_000) {
+        let t = Instant::now();
+        let d = set.decide_unsliced(&engine, r)?;
+        whole.record(u64::try_from(t.elapsed().as_nanos())?)?;
+        std::hint::black_box(d);
+    }
+    let us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    Ok(vec![
+        Figure {
+            name: format!(
+                "authority decision, {} policies, {NHIS} NHIs, sliced (mean slice {:.1})",
+                set.len(),
+                slice_sizes as f64 / requests.len() as f64
+            ),
+            value: us(&sliced, 0.5),
+            unit: "µs p50",
+            p50_us: Some(us(&sliced, 0.5)),
+            p99_us: Some(us(&sliced, 0.99)),
+        },
+        Figure {
+            name: format!(
+                "authority decision, {} policies, whole set (reference)",
+                set.len()
+            ),
+            value: us(&whole, 0.5),
+            unit: "µs p50",
+            p50_us: Some(us(&whole, 0.5)),
+            p99_us: Some(us(&whole, 0.99)),
+        },
+        Figure {
+            name: format!(
+                "authority policy set compile + strict validation, {} policies",
+                set.len()
+            ),
+            value: compile_ms,
+            unit: "ms",
+            p50_us: None,
+            p99_us: None,
+        },
+    ])
+}

@@ -1,0 +1,815 @@
+//! The decision engine: Steward's Cedar schema, compiled policy sets, and
+//! decisions with their deciding policies, reasons and obligations.
+//!
+//! A policy set is parsed and validated strictly against the schema when it
+//! is compiled; errors carry the line and column in the uploaded text.
+//! Decisions evaluate only the *slice* of the set that can apply to the
+//! request ([`slice`]). Cedar's cost is linear in the policies it is given,
+//! and the slice is exact in what matters: it keeps every policy whose scope
+//! can match, so sliced and unsliced decisions agree (a property the tests
+//! check over a generated corpus).
+//!
+//! Steward's meaning on top of Cedar's permit/forbid comes from documented
+//! policy annotations (`docs/authority-policies.md`):
+//! - `@id("…")`: the policy's id in decisions and evidence;
+//! - `@reason("…")`: the sentence a decision quotes;
+//! - `@approvals("N")` and `@approver("technical_owner" | "business_owner" |
+//!   "group:<name>")`: the permit holds only with N approvals; fewer makes
+//!   the decision APPROVAL_REQUIRED;
+//! - `@max_ttl("<seconds>")`: caps the credential lifetime;
+//! - `@obligations("a,b")`: duties the executor takes on, such as
+//!   `revoke_old_secret` or `post_action_review`.
+
+pub mod slice;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::str::FromStr;
+
+use cedar_policy::{
+    Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Policy, PolicyId,
+    PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
+};
+use miette::Diagnostic;
+
+pub use slice::SliceIndex;
+
+/// The schema every policy set is validated against.
+pub const SCHEMA: &str = include_str!("../policy/steward.cedarschema");
+/// The policy set a fresh authority starts with.
+pub const DEFAULT_POLICIES: &str = include_str!("../policy/default.cedar");
+
+/// The actions of the schema, in the order the API lists them.
+pub const ACTIONS: &[&str] = &[
+    "issue",
+    "renew",
+    "rotate",
+    "revoke",
+    "suspend",
+    "restrict",
+    "watchlist",
+    "elevate",
+    "approve",
+    "break_glass",
+    "close_incident",
+    "manage_policy",
+];
+
+/// Why the engine could not be built or a request evaluated.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("the built-in schema is invalid: {0}")]
+    Schema(String),
+    #[error("{field}: {reason}")]
+    Request { field: String, reason: String },
+}
+
+fn request_error(field: &str, reason: impl Into<String>) -> EngineError {
+    EngineError::Request {
+        field: field.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// One problem in an uploaded policy set, located in its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError {
+    /// 1-based; 0 when Cedar gave no location.
+    pub line: u32,
+    pub column: u32,
+    pub policy_id: String,
+    pub message: String,
+}
+
+/// The schema and what is derived from it once.
+#[derive(Debug)]
+pub struct Engine {
+    schema: Schema,
+    /// Per action: its entity and its groups' entities, the only action
+    /// entities a request for it needs.
+    action_entities: HashMap<String, Vec<Entity>>,
+    /// Each action's groups, transitively.
+    action_groups: HashMap<String, Vec<EntityUid>>,
+    /// Each action's slice keys: itself and its groups.
+    action_keys: HashMap<String, Vec<String>>,
+    types: Types,
+    authorizer: Authorizer,
+}
+
+/// The schema's entity type names, parsed once.
+#[derive(Debug)]
+struct Types {
+    action: EntityTypeName,
+    group: EntityTypeName,
+    human: EntityTypeName,
+    workload: EntityTypeName,
+    nhi: EntityTypeName,
+}
+
+impl Types {
+    fn uid(type_: &EntityTypeName, id: &str) -> EntityUid {
+        EntityUid::from_type_name_and_id(type_.clone(), EntityId::new(id))
+    }
+}
+
+impl Engine {
+    pub fn new() -> Result<Self, EngineError> {
+        let (schema, _warnings) =
+            Schema::from_cedarschema_str(SCHEMA).map_err(|e| EngineError::Schema(e.to_string()))?;
+        let entities = schema
+            .action_entities()
+            .map_err(|e| EngineError::Schema(e.to_string()))?;
+        let mut action_groups = HashMap::new();
+        let mut action_entities = HashMap::new();
+        let mut action_keys = HashMap::new();
+        for name in ACTIONS {
+            let uid = action_uid(name)?;
+            let groups: Vec<EntityUid> = entities
+                .ancestors(&uid)
+                .map(|a| a.cloned().collect())
+                .unwrap_or_default();
+            let needed: Vec<Entity> = std::iter::once(&uid)
+                .chain(groups.iter())
+                .filter_map(|u| entities.get(u).cloned())
+                .collect();
+            action_entities.insert((*name).to_owned(), needed);
+            let keys = std::iter::once(&uid)
+                .chain(groups.iter())
+                .map(slice::key)
+                .collect();
+            action_keys.insert((*name).to_owned(), keys);
+            action_groups.insert((*name).to_owned(), groups);
+        }
+        Ok(Self {
+            schema,
+            action_entities,
+            action_groups,
+            action_keys,
+            types: Types {
+                action: type_name("Steward::Action")?,
+                group: type_name("Steward::Group")?,
+                human: type_name("Steward::Human")?,
+                workload: type_name("Steward::Workload")?,
+                nhi: type_name("Steward::Nhi")?,
+            },
+            authorizer: Authorizer::new(),
+        })
+    }
+
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+}
+
+fn type_name(name: &str) -> Result<EntityTypeName, EngineError> {
+    EntityTypeName::from_str(name).map_err(|e| EngineError::Schema(e.to_string()))
+}
+
+fn uid(type_: &str, id: &str) -> Result<EntityUid, EngineError> {
+    Ok(EntityUid::from_type_name_and_id(
+        type_name(type_)?,
+        EntityId::new(id),
+    ))
+}
+
+pub fn action_uid(name: &str) -> Result<EntityUid, EngineError> {
+    uid("Steward::Action", name)
+}
+
+/// Who asks: a workload or a human, with its groups (transitively).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    Workload {
+        spiffe_id: String,
+        trust_domain: String,
+        groups: Vec<String>,
+    },
+    Human {
+        subject: String,
+        issuer: String,
+        groups: Vec<String>,
+    },
+}
+
+impl Principal {
+    pub fn id(&self) -> &str {
+        match self {
+            Self::Workload { spiffe_id, .. } => spiffe_id,
+            Self::Human { subject, .. } => subject,
+        }
+    }
+
+    fn groups(&self) -> &[String] {
+        match self {
+            Self::Workload { groups, .. } | Self::Human { groups, .. } => groups,
+        }
+    }
+
+    fn uid(&self, engine: &Engine) -> EntityUid {
+        match self {
+            Self::Workload { spiffe_id, .. } => Types::uid(&engine.types.workload, spiffe_id),
+            Self::Human { subject, .. } => Types::uid(&engine.types.human, subject),
+        }
+    }
+
+    /// The principal and its groups as uids: the keys its policies are
+    /// indexed under.
+    fn keys(&self, engine: &Engine) -> Vec<EntityUid> {
+        let mut keys = vec![self.uid(engine)];
+        keys.extend(
+            self.groups()
+                .iter()
+                .map(|g| Types::uid(&engine.types.group, g)),
+        );
+        keys
+    }
+}
+
+/// What inventory knows about the NHI, at decision time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NhiFacts {
+    pub id: String,
+    pub kind: String,
+    pub environment: String,
+    pub state: String,
+    pub risk_score: i64,
+    pub business_owner: String,
+    pub technical_owner: String,
+    pub business_service: String,
+    pub source_system: String,
+    pub spiffe_id: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Everything about the request that is not an entity.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestContext {
+    pub incident_ref: String,
+    /// Unix seconds.
+    pub now: i64,
+    pub window_start: i64,
+    pub window_end: i64,
+    pub approvers: BTreeSet<String>,
+    pub break_glass: bool,
+    pub requester: String,
+    pub acting_workload: String,
+    pub acting_human: String,
+    pub requested_ttl: i64,
+}
+
+/// One question for the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecisionRequest {
+    pub principal: Principal,
+    pub action: String,
+    pub resource: NhiFacts,
+    pub context: RequestContext,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    Allow,
+    Deny,
+    ApprovalRequired,
+}
+
+/// What the deciding policies demand of the executor.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Obligations {
+    /// The smallest `@max_ttl` among the deciding permits.
+    pub max_ttl: Option<u64>,
+    /// The union of their `@obligations`.
+    pub duties: BTreeSet<String>,
+}
+
+/// Approvals a permit still needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalRequirement {
+    pub approvals: u32,
+    /// `technical_owner`, `business_owner` or `group:<name>`; empty for anyone
+    /// the policy allows to approve.
+    pub approver: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub effect: Effect,
+    /// The policies that decided: the satisfied forbids for a deny, the
+    /// satisfied permits otherwise.
+    pub policy_ids: Vec<String>,
+    pub reason: String,
+    pub obligations: Obligations,
+    pub approval: Option<ApprovalRequirement>,
+    /// Policies that failed to evaluate (they count as not satisfied).
+    pub errors: Vec<String>,
+}
+
+/// Steward's reading of one policy's annotations.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyMeta {
+    pub reason: String,
+    pub approvals: Option<u32>,
+    pub approver: String,
+    pub max_ttl: Option<u64>,
+    pub duties: Vec<String>,
+}
+
+/// A validated policy set, indexed for slicing.
+#[derive(Debug, Clone)]
+pub struct CompiledSet {
+    all: PolicySet,
+    policies: Vec<Policy>,
+    meta: HashMap<String, PolicyMeta>,
+    index: SliceIndex,
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (u32, u32) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |n| before.len() - n - 1)
+        + 1;
+    (
+        u32::try_from(line).unwrap_or(u32::MAX),
+        u32::try_from(column).unwrap_or(u32::MAX),
+    )
+}
+
+fn located(
+    text: &str,
+    diagnostic: &dyn Diagnostic,
+    policy_id: &str,
+    message: String,
+) -> PolicyError {
+    let offset = diagnostic
+        .labels()
+        .and_then(|mut labels| labels.next())
+        .map(|l| l.offset());
+    let (line, column) = offset.map_or((0, 0), |o| line_col(text, o));
+    let help = diagnostic
+        .help()
+        .map(|h| format!(" ({h})"))
+        .unwrap_or_default();
+    PolicyError {
+        line,
+        column,
+        policy_id: policy_id.to_owned(),
+        message: format!("{message}{help}"),
+    }
+}
+
+fn meta_of(policy: &Policy) -> Result<PolicyMeta, String> {
+    let approvals = match policy.annotation("approvals") {
+        None => None,
+        Some(n) => Some(
+            n.parse::<u32>()
+                .ok()
+                .filter(|n| (1..=16).contains(n))
+                .ok_or_else(|| format!("@approvals({n:?}) must be a number from 1 to 16"))?,
+        ),
+    };
+    let approver = policy.annotation("approver").unwrap_or("").to_owned();
+    if !(approver.is_empty()
+        || approver == "technical_owner"
+        || approver == "business_owner"
+        || approver
+            .strip_prefix("group:")
+            .is_some_and(|g| !g.is_empty()))
+    {
+        return Err(format!(
+            "@approver({approver:?}) must be technical_owner, business_owner or group:<name>"
+        ));
+    }
+    if !approver.is_empty() && approvals.is_none() {
+        return Err("@approver needs @approvals".into());
+    }
+    let max_ttl = match policy.annotation("max_ttl") {
+        None => None,
+        Some(s) => Some(
+            s.parse::<u64>()
+                .ok()
+                .filter(|s| *s > 0)
+                .ok_or_else(|| format!("@max_ttl({s:?}) must be a positive number of seconds"))?,
+        ),
+    };
+    let duties = policy
+        .annotation("obligations")
+        .map(|s| {
+            s.split(',')
+                .map(|d| d.trim().to_owned())
+                .filter(|d| !d.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(PolicyMeta {
+        reason: policy.annotation("reason").unwrap_or("").to_owned(),
+        approvals,
+        approver,
+        max_ttl,
+        duties,
+    })
+}
+
+impl CompiledSet {
+    /// Parses `text`, names each policy by its `@id` (else `policy<N>` in
+    /// order), checks Steward's annotations and validates strictly against
+    /// the schema. Every problem found is returned, each located.
+    pub fn compile(engine: &Engine, text: &str) -> Result<Self, Vec<PolicyError>> {
+        let parsed = PolicySet::from_str(text).map_err(|e| {
+            let mut out: Vec<PolicyError> = e
+                .iter()
+                .map(|one| located(text, one, "", one.to_string()))
+                .collect();
+            if out.is_empty() {
+                out.push(located(text, &e, "", e.to_string()));
+            }
+            out
+        })?;
+        let mut errors = Vec::new();
+        let mut policies: Vec<Policy> = Vec::new();
+        let mut seen = BTreeSet::new();
+        let mut ordered: Vec<&Policy> = parsed.policies().collect();
+        // `policyN` ids follow the order in the text.
+        ordered.sort_by_key(|p| {
+            p.id()
+                .to_string()
+                .trim_start_matches("policy")
+                .parse::<usize>()
+                .unwrap_or(usize::MAX)
+        });
+        let mut meta = HashMap::new();
+        for policy in ordered {
+            let id = policy
+                .annotation("id")
+                .map_or_else(|| policy.id().to_string(), str::to_owned);
+            let at = |message: String| {
+                // Cedar does not expose a policy's span; its `@id` is the
+                // best anchor in the text.
+                let (line, column) = text
+                    .find(&format!("@id(\"{id}\")"))
+                    .map_or((0, 0), |offset| line_col(text, offset));
+                PolicyError {
+                    line,
+                    column,
+                    policy_id: id.clone(),
+                    message,
+                }
+            };
+            if !seen.insert(id.clone()) {
+                errors.push(at(format!("@id({id:?}) is used by more than one policy")));
+                continue;
+            }
+            match meta_of(policy) {
+                Ok(m) => {
+                    meta.insert(id.clone(), m);
+                }
+                Err(message) => errors.push(at(message)),
+            }
+            policies.push(policy.new_id(PolicyId::new(&id)));
+        }
+        let all = match PolicySet::from_policies(policies.iter().cloned()) {
+            Ok(set) => set,
+            Err(e) => {
+                errors.push(PolicyError {
+                    line: 0,
+                    column: 0,
+                    policy_id: String::new(),
+                    message: e.to_string(),
+                });
+                return Err(errors);
+            }
+        };
+        let validation =
+            Validator::new(engine.schema.clone()).validate(&all, ValidationMode::Strict);
+        for e in validation.validation_errors() {
+            errors.push(located(text, e, e.policy_id().as_ref(), e.to_string()));
+        }
+        if !errors.is_empty() {
+            errors.sort_by_key(|e| (e.line, e.column));
+            return Err(errors);
+        }
+        let index = SliceIndex::build(&policies);
+        Ok(Self {
+            all,
+            policies,
+            meta,
+            index,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.policies.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+
+    /// The ids of the policies, in the text's order.
+    pub fn policy_ids(&self) -> Vec<String> {
+        self.policies.iter().map(|p| p.id().to_string()).collect()
+    }
+
+    pub fn meta(&self, id: &str) -> Option<&PolicyMeta> {
+        self.meta.get(id)
+    }
+
+    /// How many policies the request's slice holds.
+    pub fn slice_len(
+        &self,
+        engine: &Engine,
+        request: &DecisionRequest,
+    ) -> Result<usize, EngineError> {
+        Ok(self.slice(engine, request)?.len())
+    }
+
+    fn slice(&self, engine: &Engine, request: &DecisionRequest) -> Result<Vec<u32>, EngineError> {
+        let actions = engine.action_keys.get(&request.action).ok_or_else(|| {
+            request_error(
+                "action",
+                format!("{:?} is not a Steward action", request.action),
+            )
+        })?;
+        let principals: Vec<String> = request
+            .principal
+            .keys(engine)
+            .iter()
+            .map(slice::key)
+            .collect();
+        let resource = slice::key(&Types::uid(&engine.types.nhi, &request.resource.id));
+        Ok(self.index.candidates(actions, &principals, &resource))
+    }
+
+    /// Decides `request` with the policies of its slice.
+    pub fn decide(
+        &self,
+        engine: &Engine,
+        request: &DecisionRequest,
+    ) -> Result<Decision, EngineError> {
+        let slice = self.slice(engine, request)?;
+        let set =
+            PolicySet::from_policies(slice.iter().map(|i| self.policies[*i as usize].clone()))
+                .map_err(|e| request_error("policy", e.to_string()))?;
+        self.evaluate(engine, request, &set)
+    }
+
+    /// Decides `request` with the whole set: the reference the slice must
+    /// agree with, and what `Explain` uses to show every policy considered.
+    pub fn decide_unsliced(
+        &self,
+        engine: &Engine,
+        request: &DecisionRequest,
+    ) -> Result<Decision, EngineError> {
+        self.evaluate(engine, request, &self.all)
+    }
+
+    fn evaluate(
+        &self,
+        engine: &Engine,
+        request: &DecisionRequest,
+        set: &PolicySet,
+    ) -> Result<Decision, EngineError> {
+        if !engine.action_groups.contains_key(&request.action) {
+            return Err(request_error(
+                "action",
+                format!("{:?} is not a Steward action", request.action),
+            ));
+        }
+        let (cedar_request, entities) = cedar_inputs(engine, request)?;
+        let response = engine
+            .authorizer
+            .is_authorized(&cedar_request, set, &entities);
+        let mut policy_ids: Vec<String> = response
+            .diagnostics()
+            .reason()
+            .map(ToString::to_string)
+            .collect();
+        policy_ids.sort();
+        let errors: Vec<String> = response
+            .diagnostics()
+            .errors()
+            .map(ToString::to_string)
+            .collect();
+        let reasons = |ids: &[String]| {
+            ids.iter()
+                .filter_map(|id| self.meta.get(id))
+                .map(|m| m.reason.clone())
+                .filter(|r| !r.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        if response.decision() == cedar_policy::Decision::Deny {
+            let reason = if policy_ids.is_empty() {
+                "no policy permits this request".to_owned()
+            } else {
+                let r = reasons(&policy_ids);
+                if r.is_empty() {
+                    format!("forbidden by {}", policy_ids.join(", "))
+                } else {
+                    r
+                }
+            };
+            return Ok(Decision {
+                effect: Effect::Deny,
+                policy_ids,
+                reason,
+                obligations: Obligations::default(),
+                approval: None,
+                errors,
+            });
+        }
+        let metas: Vec<&PolicyMeta> = policy_ids
+            .iter()
+            .filter_map(|id| self.meta.get(id))
+            .collect();
+        let mut obligations = Obligations::default();
+        for m in &metas {
+            if let Some(ttl) = m.max_ttl {
+                obligations.max_ttl = Some(obligations.max_ttl.map_or(ttl, |t| t.min(ttl)));
+            }
+            obligations.duties.extend(m.duties.iter().cloned());
+        }
+        // A permit with no approval condition allows outright; otherwise the
+        // least demanding permit says how many approvals are needed.
+        let held = u32::try_from(request.context.approvers.len()).unwrap_or(u32::MAX);
+        let needed = metas
+            .iter()
+            .map(|m| (m.approvals.unwrap_or(0), m.approver.clone()))
+            .min_by_key(|(n, _)| *n);
+        let (effect, approval) = match needed {
+            Some((n, approver)) if n > held => (
+                Effect::ApprovalRequired,
+                Some(ApprovalRequirement {
+                    approvals: n,
+                    approver,
+                }),
+            ),
+            _ => (Effect::Allow, None),
+        };
+        let reason = match effect {
+            Effect::ApprovalRequired => {
+                let r = reasons(&policy_ids);
+                let need = approval.as_ref().map_or(0, |a| a.approvals);
+                format!(
+                    "{} approval{} required, {held} held{}",
+                    need,
+                    if need == 1 { "" } else { "s" },
+                    if r.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {r}")
+                    }
+                )
+            }
+            _ => {
+                let r = reasons(&policy_ids);
+                if r.is_empty() {
+                    format!("permitted by {}", policy_ids.join(", "))
+                } else {
+                    r
+                }
+            }
+        };
+        Ok(Decision {
+            effect,
+            policy_ids,
+            reason,
+            obligations,
+            approval,
+            errors,
+        })
+    }
+}
+
+fn string(s: &str) -> RestrictedExpression {
+    RestrictedExpression::new_string(s.to_owned())
+}
+
+/// The Cedar request and entities for one decision.
+fn cedar_inputs(
+    engine: &Engine,
+    request: &DecisionRequest,
+) -> Result<(Request, Entities), EngineError> {
+    fn bad(field: &'static str) -> impl Fn(cedar_policy::EntityAttrEvaluationError) -> EngineError {
+        move |e| request_error(field, e.to_string())
+    }
+    let principal_uid = request.principal.uid(engine);
+    let mut entities: Vec<Entity> = engine
+        .action_entities
+        .get(&request.action)
+        .cloned()
+        .ok_or_else(|| {
+            request_error(
+                "action",
+                format!("{:?} is not a Steward action", request.action),
+            )
+        })?;
+    // Group entities themselves need not exist: `principal in Group` is
+    // answered from the principal's own ancestors.
+    let parents: Vec<EntityUid> = request
+        .principal
+        .groups()
+        .iter()
+        .map(|g| Types::uid(&engine.types.group, g))
+        .collect();
+    let principal = match &request.principal {
+        Principal::Workload {
+            spiffe_id,
+            trust_domain,
+            ..
+        } => Entity::new(
+            principal_uid.clone(),
+            [
+                ("id".to_owned(), string(spiffe_id)),
+                ("trust_domain".to_owned(), string(trust_domain)),
+            ]
+            .into_iter()
+            .collect(),
+            parents.into_iter().collect(),
+        ),
+        Principal::Human {
+            subject, issuer, ..
+        } => Entity::new(
+            principal_uid.clone(),
+            [
+                ("id".to_owned(), string(subject)),
+                ("issuer".to_owned(), string(issuer)),
+            ]
+            .into_iter()
+            .collect(),
+            parents.into_iter().collect(),
+        ),
+    }
+    .map_err(bad("principal"))?;
+    entities.push(principal);
+    let r = &request.resource;
+    let resource_uid = Types::uid(&engine.types.nhi, &r.id);
+    let resource = Entity::new_with_tags(
+        resource_uid.clone(),
+        [
+            ("kind".to_owned(), string(&r.kind)),
+            ("environment".to_owned(), string(&r.environment)),
+            ("state".to_owned(), string(&r.state)),
+            (
+                "risk_score".to_owned(),
+                RestrictedExpression::new_long(r.risk_score),
+            ),
+            ("business_owner".to_owned(), string(&r.business_owner)),
+            ("technical_owner".to_owned(), string(&r.technical_owner)),
+            ("business_service".to_owned(), string(&r.business_service)),
+            ("source_system".to_owned(), string(&r.source_system)),
+            ("spiffe_id".to_owned(), string(&r.spiffe_id)),
+        ],
+        [],
+        r.labels.iter().map(|(k, v)| (k.clone(), string(v))),
+    )
+    .map_err(bad("resource"))?;
+    entities.push(resource);
+    let c = &request.context;
+    let context = Context::from_pairs([
+        ("incident_ref".to_owned(), string(&c.incident_ref)),
+        (
+            "has_incident".to_owned(),
+            RestrictedExpression::new_bool(!c.incident_ref.is_empty()),
+        ),
+        ("now".to_owned(), RestrictedExpression::new_long(c.now)),
+        (
+            "window_start".to_owned(),
+            RestrictedExpression::new_long(c.window_start),
+        ),
+        (
+            "window_end".to_owned(),
+            RestrictedExpression::new_long(c.window_end),
+        ),
+        (
+            "approvals".to_owned(),
+            RestrictedExpression::new_long(i64::try_from(c.approvers.len()).unwrap_or(i64::MAX)),
+        ),
+        (
+            "approvers".to_owned(),
+            RestrictedExpression::new_set(c.approvers.iter().map(|a| string(a))),
+        ),
+        (
+            "break_glass".to_owned(),
+            RestrictedExpression::new_bool(c.break_glass),
+        ),
+        ("requester".to_owned(), string(&c.requester)),
+        ("acting_workload".to_owned(), string(&c.acting_workload)),
+        ("acting_human".to_owned(), string(&c.acting_human)),
+        (
+            "requested_ttl".to_owned(),
+            RestrictedExpression::new_long(c.requested_ttl),
+        ),
+    ])
+    .map_err(|e| request_error("context", e.to_string()))?;
+    let action = Types::uid(&engine.types.action, &request.action);
+    let cedar_request = Request::new(principal_uid, action, resource_uid, context, None)
+        .map_err(|e| request_error("request", e.to_string()))?;
+    let entities = Entities::from_entities(entities, None)
+        .map_err(|e| request_error("entities", e.to_string()))?;
+    Ok((cedar_request, entities))
+}
+
+#[cfg(test)]
+mod tests;
