@@ -16,6 +16,7 @@
 //! Services add the outbox table to their migrations with [`SQLITE_SQL`] and
 //! [`POSTGRES_SQL`] under a version number of their choosing.
 
+mod batcher;
 mod forwarder;
 
 use prost::Message;
@@ -23,6 +24,7 @@ use steward_db::Placeholders;
 use steward_evidence::record::{EvidenceRecord, FieldError};
 use steward_evidence::wire::record_to_proto;
 
+pub use batcher::Batcher;
 pub use forwarder::{Forwarder, ForwarderOptions, OutboxStats};
 
 /// The outbox table on SQLite.
@@ -58,6 +60,10 @@ pub enum OutboxError {
     Invalid(#[from] FieldError),
     #[error("cannot queue evidence: {0}")]
     Storage(#[from] sqlx::Error),
+    #[error("the evidence writer has stopped")]
+    Stopped,
+    #[error("evidence not committed: {0}")]
+    Batch(String),
 }
 
 fn encode(record: &EvidenceRecord, now: i64) -> Result<(String, Vec<u8>, i64), OutboxError> {

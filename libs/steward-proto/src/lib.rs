@@ -16,6 +16,11 @@ pub mod steward {
             include!(concat!(env!("OUT_DIR"), "/steward.audit.v1.rs"));
         }
     }
+    pub mod authority {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/steward.authority.v1.rs"));
+        }
+    }
     pub mod common {
         pub mod v1 {
             include!(concat!(env!("OUT_DIR"), "/steward.common.v1.rs"));

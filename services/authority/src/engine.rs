@@ -306,6 +306,10 @@ pub struct Decision {
 /// Steward's reading of one policy's annotations.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PolicyMeta {
+    /// `permit` or `forbid`.
+    pub effect: String,
+    /// Steward's annotations as written (`id`, `reason`, `approvals`, …).
+    pub annotations: BTreeMap<String, String>,
     pub reason: String,
     pub approvals: Option<u32>,
     pub approver: String,
@@ -402,7 +406,27 @@ fn meta_of(policy: &Policy) -> Result<PolicyMeta, String> {
                 .collect()
         })
         .unwrap_or_default();
+    let annotations = [
+        "id",
+        "reason",
+        "approvals",
+        "approver",
+        "max_ttl",
+        "obligations",
+    ]
+    .iter()
+    .filter_map(|k| {
+        policy
+            .annotation(k)
+            .map(|v| ((*k).to_owned(), v.to_owned()))
+    })
+    .collect();
     Ok(PolicyMeta {
+        effect: match policy.effect() {
+            cedar_policy::Effect::Permit => "permit".to_owned(),
+            cedar_policy::Effect::Forbid => "forbid".to_owned(),
+        },
+        annotations,
         reason: policy.annotation("reason").unwrap_or("").to_owned(),
         approvals,
         approver,

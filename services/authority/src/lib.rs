@@ -1,19 +1,67 @@
-//! The authority service: policy as code deciding who may approve, who may execute and which identity acts.
+//! The authority service: Cedar policies deciding who may approve, who may
+//! execute and which identity acts.
 //!
-//! This crate is the service's library; `main.rs` only calls
-//! [`steward_server::service_main`]. Tests build the same
-//! [`steward_server::Application`] in-process with [`build`].
+//! - [`engine`]: the shipped schema, compiled policy sets, sliced decisions;
+//! - [`store`]: policy set versions and activations;
+//! - [`server`]: the `steward.authority.v1.AuthorityService` gRPC adapter,
+//!   which reads each NHI's facts from inventory (fails closed) and records
+//!   every decision as evidence;
+//! - [`config`]: group membership for principals.
 
+pub mod config;
 pub mod engine;
+pub mod server;
+pub mod store;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use steward_db::{MigrationFile, MigrationSet};
+use steward_outbox::{Batcher, Forwarder, ForwarderOptions};
+use steward_proto::steward::authority::v1::authority_service_server::AuthorityServiceServer;
 use steward_server::{Application, ServiceConfig, ServiceContext, ServiceSpec, StartError};
 use tonic::service::Routes;
 
-/// The service's embedded migrations, per backend. Version 1 is the shared
-/// baseline from `steward-db`; this service's own start at 2.
-const SQLITE_MIGRATIONS: &[MigrationFile] = &[];
-const POSTGRES_MIGRATIONS: &[MigrationFile] = &[];
+pub use config::AuthorityConfig;
+use engine::{CompiledSet, DEFAULT_POLICIES, Engine};
+use server::{Active, Shared};
+
+const SQLITE_MIGRATIONS: &[MigrationFile] = &[
+    MigrationFile {
+        version: 2,
+        description: "evidence outbox",
+        sql: steward_outbox::SQLITE_SQL,
+    },
+    MigrationFile {
+        version: 3,
+        description: "policy sets",
+        sql: include_str!("../migrations/sqlite/0003_policy_sets.sql"),
+    },
+];
+const POSTGRES_MIGRATIONS: &[MigrationFile] = &[
+    MigrationFile {
+        version: 2,
+        description: "evidence outbox",
+        sql: steward_outbox::POSTGRES_SQL,
+    },
+    MigrationFile {
+        version: 3,
+        description: "policy sets",
+        sql: include_str!("../migrations/postgres/0003_policy_sets.sql"),
+    },
+];
+
+const OPERATORS: &str = "spiffe://{td}/operator/*";
+const AUTOMATION: &str = "spiffe://{td}/automation/*";
+const AUDITORS: &str = "spiffe://{td}/auditor/*";
+const SERVICES: &str = "spiffe://{td}/service/*";
+
+macro_rules! rpc {
+    ($name:literal) => {
+        concat!("/steward.authority.v1.AuthorityService/", $name)
+    };
+}
 
 /// What makes this binary the authority service.
 pub const SPEC: ServiceSpec = ServiceSpec {
@@ -24,22 +72,167 @@ pub const SPEC: ServiceSpec = ServiceSpec {
         sqlite: SQLITE_MIGRATIONS,
         postgres: POSTGRES_MIGRATIONS,
     },
-    grpc_services: &[],
+    grpc_services: &["steward.authority.v1.AuthorityService"],
     // RPC → callers; `{td}` is replaced by the service's trust domain.
-    default_authz: &[],
+    default_authz: &[
+        (rpc!("ValidatePolicySet"), &[OPERATORS, AUTOMATION]),
+        (rpc!("UploadPolicySet"), &[OPERATORS]),
+        (rpc!("ListPolicySets"), &[OPERATORS, AUDITORS, AUTOMATION]),
+        (rpc!("GetPolicySet"), &[OPERATORS, AUDITORS, AUTOMATION]),
+        (rpc!("ActivatePolicySet"), &[OPERATORS]),
+        (rpc!("RollbackPolicySet"), &[OPERATORS]),
+        (rpc!("Authorize"), &[SERVICES, OPERATORS, AUTOMATION]),
+        (rpc!("DryRun"), &[OPERATORS, AUTOMATION]),
+        (rpc!("Explain"), &[OPERATORS, AUDITORS, AUTOMATION]),
+    ],
 };
 
+/// How often a replica checks whether another activated a new version.
+const REFRESH: Duration = Duration::from_secs(2);
+
 /// This service's configuration with its defaults.
-pub fn default_config() -> ServiceConfig {
-    ServiceConfig::defaults(SPEC.name, SPEC.default_port)
+pub fn default_config() -> AuthorityConfig {
+    AuthorityConfig {
+        service: ServiceConfig::defaults(SPEC.name, SPEC.default_port),
+        groups: BTreeMap::new(),
+    }
 }
 
-/// The service's own gRPC services.
-pub async fn routes(_context: ServiceContext) -> Result<Routes, StartError> {
-    Ok(Routes::default())
+async fn routes(context: ServiceContext, config: AuthorityConfig) -> Result<Routes, StartError> {
+    let engine = Engine::new().map_err(|e| StartError::Init(e.to_string()))?;
+    let store = store::Store::new(context.database.clone());
+    let own = context.spiffe_id.to_string();
+    let version = match store
+        .active()
+        .await
+        .map_err(|e| StartError::Init(e.to_string()))?
+    {
+        Some(v) => v,
+        None => bootstrap(&engine, &store, &own).await?,
+    };
+    let stored = store
+        .get(version)
+        .await
+        .map_err(|e| StartError::Init(e.to_string()))?;
+    let set = CompiledSet::compile(&engine, &stored.policies).map_err(|e| {
+        StartError::Init(format!(
+            "active policy set {version} does not compile: {:?}",
+            e.first()
+        ))
+    })?;
+    let shared = Arc::new(Shared {
+        engine,
+        store,
+        active: RwLock::new(Arc::new(Active {
+            version,
+            set: Arc::new(set),
+        })),
+        compiled: RwLock::new(HashMap::new()),
+        config,
+        own_id: context.spiffe_id.clone(),
+    });
+    let forwarder = Forwarder::spawn(&context, ForwarderOptions::default())?;
+    let (batcher, writer) = Batcher::start(
+        context.database.clone(),
+        Some(forwarder),
+        context.shutdown(),
+    );
+    context.spawn(writer);
+    context.spawn(follow_activations(shared.clone(), context.shutdown()));
+    let inventory = context.peer_channel("inventory", &context.peers.inventory)?;
+    Ok(Routes::new(AuthorityServiceServer::new(
+        server::AuthorityServer::new(shared, inventory, batcher),
+    )))
 }
 
-/// Builds the service (binds, migrates) from `config`.
+/// A fresh authority starts with the default policies, active.
+async fn bootstrap(engine: &Engine, store: &store::Store, own: &str) -> Result<u64, StartError> {
+    let set = CompiledSet::compile(engine, DEFAULT_POLICIES)
+        .map_err(|e| StartError::Init(format!("default policies: {:?}", e.first())))?;
+    let ids = set.policy_ids();
+    let now = i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos()).unwrap_or(0);
+    let version = store
+        .upload(
+            DEFAULT_POLICIES,
+            "Steward's default policies",
+            &ids,
+            own,
+            now,
+            |v| {
+                server::record(
+                    own,
+                    "policy.upload",
+                    "Steward's default policies",
+                    [("version".to_owned(), v.to_string())]
+                        .into_iter()
+                        .collect(),
+                )
+            },
+        )
+        .await
+        .map_err(|e| StartError::Init(e.to_string()))?;
+    store
+        .activate(Some(version), own, "first start", now, |v, p| {
+            server::record(
+                own,
+                "policy.activate",
+                "first start",
+                [
+                    ("version".to_owned(), v.to_string()),
+                    ("previous_version".to_owned(), p.to_string()),
+                ]
+                .into_iter()
+                .collect(),
+            )
+        })
+        .await
+        .map_err(|e| StartError::Init(e.to_string()))?;
+    tracing::info!(version, "installed the default policy set");
+    Ok(version)
+}
+
+/// Picks up versions activated by other replicas.
+async fn follow_activations(shared: Arc<Shared>, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(REFRESH) => {}
+        }
+        let Ok(Some(version)) = shared.store.active().await else {
+            continue;
+        };
+        if version == shared.active().version {
+            continue;
+        }
+        match shared.compiled(version).await {
+            Ok((_, set)) => {
+                tracing::info!(version, "another replica activated a policy set; following");
+                shared.set_active(Active { version, set });
+            }
+            Err(status) => tracing::error!(
+                version,
+                message = status.message(),
+                "cannot load the active policy set"
+            ),
+        }
+    }
+}
+
+/// Builds the service with default settings around `config`.
 pub async fn build(config: ServiceConfig) -> Result<Application, StartError> {
-    Application::build(SPEC, config, routes).await
+    build_with(AuthorityConfig {
+        service: config,
+        groups: BTreeMap::new(),
+    })
+    .await
+}
+
+/// Builds the service (binds, migrates, loads the active policy set).
+pub async fn build_with(config: AuthorityConfig) -> Result<Application, StartError> {
+    let service = config.service.clone();
+    Application::build(SPEC, service, async move |context: ServiceContext| {
+        routes(context, config).await
+    })
+    .await
 }

@@ -4,6 +4,6 @@ fn main() -> std::process::ExitCode {
     steward_server::service_main(
         steward_authority::SPEC,
         steward_authority::default_config(),
-        steward_authority::build,
+        steward_authority::build_with,
     )
 }

@@ -1,0 +1,490 @@
+//! Authority through its public gRPC API over mTLS: versioned policy sets
+//! validated against the schema, decisions on facts read from inventory,
+//! every decision in the evidence log.
+
+use steward_integration_tests::TestStack;
+use steward_integration_tests::inventory::{create, spec};
+use steward_proto::steward::authority::v1 as pb;
+use steward_proto::steward::authority::v1::authority_service_client::AuthorityServiceClient;
+use tonic::Code;
+use tonic::transport::Channel;
+
+async fn authority(stack: &TestStack) -> AuthorityServiceClient<Channel> {
+    AuthorityServiceClient::new(stack.service("authority").channel(&stack.operator).await)
+}
+
+async fn authority_as(stack: &TestStack, path: &str) -> AuthorityServiceClient<Channel> {
+    let file = path.replace('/', "-");
+    let source = stack.pki.client(
+        &file,
+        &steward_integration_tests::spiffe_id(path).to_string(),
+    );
+    AuthorityServiceClient::new(stack.service("authority").channel(&source).await)
+}
+
+const SITE: &str = r#"
+@id("soar-rotates-connectors")
+@reason("SOAR rotates connector secrets during incidents once the technical owner approves")
+@approvals("1")
+@approver("technical_owner")
+@max_ttl("1800")
+@obligations("revoke_old_secret,post_action_review")
+permit (principal == Steward::Workload::"spiffe://steward.test/automation/soar", action == Steward::Action::"rotate", resource)
+when { context.has_incident && resource.kind == "connector" };
+
+@id("broker-issues")
+@max_ttl("3600")
+permit (principal == Steward::Workload::"spiffe://steward.test/service/credential-broker", action == Steward::Action::"issue", resource)
+when { resource.environment == "production" };
+
+@id("owners-approve")
+permit (principal, action == Steward::Action::"approve", resource)
+when { principal is Steward::Human && principal.id == resource.technical_owner };
+"#;
+
+fn ask(
+    principal: pb::principal::Kind,
+    action: &str,
+    resource: &str,
+    context: pb::RequestContext,
+) -> pb::AuthorizeRequest {
+    pb::AuthorizeRequest {
+        principal: Some(pb::Principal {
+            kind: Some(principal),
+        }),
+        action: action.into(),
+        resource_id: resource.into(),
+        context: Some(context),
+    }
+}
+
+fn workload(path: &str) -> pb::principal::Kind {
+    pb::principal::Kind::Workload(format!("spiffe://steward.test{path}"))
+}
+
+async fn site(client: &mut AuthorityServiceClient<Channel>) -> u64 {
+    let text = format!("{}\n{SITE}", steward_authority::engine::DEFAULT_POLICIES);
+    let uploaded = client
+        .upload_policy_set(pb::UploadPolicySetRequest {
+            policies: text,
+            description: "site policies".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .policy_set
+        .unwrap();
+    client
+        .activate_policy_set(pb::ActivatePolicySetRequest {
+            version: uploaded.version,
+            reason: "go live".into(),
+        })
+        .await
+        .unwrap();
+    uploaded.version
+}
+
+#[tokio::test]
+async fn policy_sets_are_validated_versioned_activated_and_rolled_back() {
+    let stack = TestStack::start().await;
+    let mut client = authority(&stack).await;
+
+    // A fresh authority runs Steward's defaults as version 1.
+    let active = client
+        .get_policy_set(pb::GetPolicySetRequest { version: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .policy_set
+        .unwrap();
+    assert_eq!((active.version, active.active), (1, true));
+    assert!(
+        active
+            .policy_ids
+            .contains(&"steward-no-self-approval".to_owned())
+    );
+
+    let broken = "@id(\"ok\")\npermit (principal, action, resource);\n@id(\"bad\")\npermit (principal, action == Steward::Action::\"issue\", resource)\nwhen { resource.colour == \"blue\" };\n";
+    let report = client
+        .validate_policy_set(pb::ValidatePolicySetRequest {
+            policies: broken.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!report.valid);
+    assert_eq!(
+        (report.errors[0].line, report.errors[0].policy_id.as_str()),
+        (5, "bad")
+    );
+    let err = client
+        .upload_policy_set(pb::UploadPolicySetRequest {
+            policies: broken.into(),
+            description: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().starts_with("policies: line 5, column"),
+        "{}",
+        err.message()
+    );
+    let err = client
+        .upload_policy_set(pb::UploadPolicySetRequest {
+            policies: "permit (principal, action resource);".into(),
+            description: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().starts_with("policies: line 1, column"),
+        "{}",
+        err.message()
+    );
+    // Nothing was stored by the refused uploads.
+    let listed = client
+        .list_policy_sets(pb::ListPolicySetsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .policy_sets;
+    assert_eq!(listed.len(), 1);
+
+    let v2 = site(&mut client).await;
+    assert_eq!(v2, 2);
+    let err = client
+        .activate_policy_set(pb::ActivatePolicySetRequest {
+            version: 2,
+            reason: "again".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let err = client
+        .activate_policy_set(pb::ActivatePolicySetRequest {
+            version: 9,
+            reason: "x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = client
+        .activate_policy_set(pb::ActivatePolicySetRequest {
+            version: 1,
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert!(err.message().starts_with("reason"));
+
+    let back = client
+        .rollback_policy_set(pb::RollbackPolicySetRequest {
+            reason: "bad rollout".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (back.policy_set.unwrap().version, back.previous_version),
+        (1, 2)
+    );
+    let err = client
+        .rollback_policy_set(pb::RollbackPolicySetRequest {
+            reason: "further".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+
+    // Only operators manage policy.
+    let mut bot = authority_as(&stack, "/automation/soar").await;
+    let err = bot
+        .upload_policy_set(pb::UploadPolicySetRequest {
+            policies: SITE.into(),
+            description: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn decisions_use_inventory_facts_and_reach_audit() {
+    let stack = TestStack::start().await;
+    let mut inventory = stack.inventory().await;
+    let nhi = create(&mut inventory, spec("billing-sync-token")).await.id;
+    let mut client = authority(&stack).await;
+    let version = site(&mut client).await;
+
+    let mut soar = authority_as(&stack, "/automation/soar").await;
+    let incident = pb::RequestContext {
+        incident_ref: "INC-42".into(),
+        correlation_id: "corr-42".into(),
+        ..Default::default()
+    };
+    let first = soar
+        .authorize(ask(
+            workload("/automation/soar"),
+            "rotate",
+            &nhi,
+            incident.clone(),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .decision
+        .unwrap();
+    assert_eq!(first.effect, pb::Effect::ApprovalRequired as i32);
+    assert_eq!(first.policy_set_version, version);
+    let approval = first.approval.unwrap();
+    assert_eq!(
+        (approval.approvals, approval.approver.as_str()),
+        (1, "technical_owner")
+    );
+    assert_eq!(approval.suggested_reviewers, vec!["alice"]);
+
+    // Alice approves: the owner from inventory may; the requester may not.
+    let mut alice = ask(
+        pb::principal::Kind::Human(pb::Human {
+            subject: "alice".into(),
+            issuer: "https://id.steward.test".into(),
+        }),
+        "approve",
+        &nhi,
+        incident.clone(),
+    );
+    let err = client.authorize(alice.clone()).await.unwrap_err();
+    assert!(
+        err.message().starts_with("context.requester"),
+        "{}",
+        err.message()
+    );
+    alice.context.as_mut().unwrap().requester = "spiffe://steward.test/automation/soar".into();
+    let approve = client
+        .authorize(alice.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .decision
+        .unwrap();
+    assert_eq!(approve.effect, pb::Effect::Allow as i32);
+    alice.context.as_mut().unwrap().requester = "alice".into();
+    let own = client
+        .authorize(alice)
+        .await
+        .unwrap()
+        .into_inner()
+        .decision
+        .unwrap();
+    assert_eq!(
+        (own.effect, own.policy_ids.clone()),
+        (
+            pb::Effect::Deny as i32,
+            vec!["steward-no-self-approval".to_owned()]
+        )
+    );
+
+    let mut approved = incident.clone();
+    approved.approvers = vec!["alice".into()];
+    let allowed = soar
+        .authorize(ask(
+            workload("/automation/soar"),
+            "rotate",
+            &nhi,
+            approved.clone(),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .decision
+        .unwrap();
+    assert_eq!(allowed.effect, pb::Effect::Allow as i32);
+    let obligations = allowed.obligations.unwrap();
+    assert_eq!(obligations.max_ttl_seconds, 1800);
+    assert_eq!(
+        obligations.duties,
+        vec!["post_action_review", "revoke_old_secret"]
+    );
+
+    // The facts are read at decision time: a suspended identity is denied.
+    let mut broker = authority_as(&stack, "/service/credential-broker").await;
+    let issue = ask(
+        workload("/service/credential-broker"),
+        "issue",
+        &nhi,
+        incident.clone(),
+    );
+    assert_eq!(
+        broker
+            .authorize(issue.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .decision
+            .unwrap()
+            .effect,
+        pb::Effect::Allow as i32
+    );
+    inventory
+        .transition_state(
+            steward_proto::steward::inventory::v1::TransitionStateRequest {
+                id: nhi.clone(),
+                target_state: steward_proto::steward::inventory::v1::LifecycleState::Suspended
+                    as i32,
+                reason: "leaked".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let denied = broker
+        .authorize(issue)
+        .await
+        .unwrap()
+        .into_inner()
+        .decision
+        .unwrap();
+    assert_eq!(denied.effect, pb::Effect::Deny as i32);
+    assert_eq!(
+        denied.policy_ids,
+        vec!["steward-no-credentials-for-dead-identities"]
+    );
+
+    // Explain names the deciding policy and why, and the slice it used.
+    let explained = client
+        .explain(pb::ExplainRequest {
+            version: 0,
+            request: Some(ask(workload("/automation/soar"), "rotate", &nhi, approved)),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(explained.deciding[0].policy_id, "soar-rotates-connectors");
+    assert_eq!(explained.deciding[0].effect, "permit");
+    assert!(explained.deciding[0].reason.starts_with("SOAR rotates"));
+    assert!(explained.policies_in_slice < explained.policies_in_set);
+
+    // Dry run against version 1 (defaults only): nothing permits rotation.
+    let dry = client
+        .dry_run(pb::DryRunRequest {
+            version: 1,
+            request: Some(ask(
+                workload("/automation/soar"),
+                "rotate",
+                &nhi,
+                incident.clone(),
+            )),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .decision
+        .unwrap();
+    assert_eq!(
+        (dry.effect, dry.policy_set_version),
+        (pb::Effect::Deny as i32, 1)
+    );
+
+    // Every Authorize is in the log, with the version and deciding policies.
+    let evidence = stack.evidence_for(&nhi, 7).await;
+    let decisions: Vec<_> = evidence
+        .iter()
+        .filter_map(|e| e.record.as_ref())
+        .filter(|r| r.action == "decision.authorize")
+        .collect();
+    assert_eq!(decisions.len(), 6, "{evidence:?}");
+    let first = decisions[0];
+    assert_eq!(first.incident_ref, "INC-42");
+    assert_eq!(first.correlation_id, "corr-42");
+    assert_eq!(first.emitting_service, "authority");
+    assert_eq!(
+        first.actor.as_ref().unwrap().workload_spiffe_id,
+        "spiffe://steward.test/automation/soar"
+    );
+    let d = first.decision.as_ref().unwrap();
+    assert_eq!(
+        (d.policy_set_version.as_str(), d.effect),
+        (
+            "2",
+            steward_proto::steward::audit::v1::Effect::ApprovalRequired as i32
+        )
+    );
+    assert_eq!(d.policy_ids, vec!["soar-rotates-connectors"]);
+    let human = decisions[1].actor.as_ref().unwrap();
+    assert_eq!(human.human_subject, "alice");
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_precisely_and_inventory_down_fails_closed() {
+    let mut stack = TestStack::start().await;
+    let mut inventory = stack.inventory().await;
+    let nhi = create(&mut inventory, spec("tok-closed")).await.id;
+    let mut client = authority(&stack).await;
+    for (request, field) in [
+        (
+            ask(workload("/a"), "explode", &nhi, Default::default()),
+            "action",
+        ),
+        (
+            ask(workload("/a"), "issue", "not-a-uuid", Default::default()),
+            "resource_id",
+        ),
+        (
+            ask(
+                pb::principal::Kind::Workload("http://nope".into()),
+                "issue",
+                &nhi,
+                Default::default(),
+            ),
+            "principal.workload",
+        ),
+        (
+            pb::AuthorizeRequest {
+                principal: None,
+                action: "issue".into(),
+                resource_id: nhi.clone(),
+                context: None,
+            },
+            "principal",
+        ),
+        (
+            ask(
+                pb::principal::Kind::Human(pb::Human {
+                    subject: "a".into(),
+                    issuer: String::new(),
+                }),
+                "issue",
+                &nhi,
+                Default::default(),
+            ),
+            "principal.human.issuer",
+        ),
+    ] {
+        let err = client.authorize(request).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}");
+        assert!(
+            err.message().starts_with(field),
+            "{field}: {}",
+            err.message()
+        );
+    }
+    let err = client
+        .authorize(ask(
+            workload("/a"),
+            "issue",
+            &uuid::Uuid::now_v7().to_string(),
+            Default::default(),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    stack.stop("inventory").await;
+    let err = client
+        .authorize(ask(workload("/a"), "issue", &nhi, Default::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(err.message().contains("inventory"), "{}", err.message());
+}

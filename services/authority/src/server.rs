@@ -1,0 +1,845 @@
+//! The gRPC adapter: requests checked and turned into engine requests, NHI
+//! facts read from inventory, decisions recorded as evidence.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use steward_evidence::EvidenceRecord;
+use steward_evidence::record::{
+    Actor, Decision as EvidenceDecision, Effect as EvidenceEffect, Outcome, OutcomeStatus, Target,
+};
+use steward_identity::{PeerIdentity, SpiffeId};
+use steward_outbox::Batcher;
+use steward_proto::steward::authority::v1 as pb;
+use steward_proto::steward::authority::v1::authority_service_server::AuthorityService;
+use steward_proto::steward::inventory::v1 as inventory;
+use steward_proto::steward::inventory::v1::inventory_service_client::InventoryServiceClient;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::config::AuthorityConfig;
+use crate::engine::{
+    ACTIONS, CompiledSet, Decision, DecisionRequest, Effect, Engine, NhiFacts, PolicyError,
+    Principal, RequestContext,
+};
+use crate::store::{Store, StoreError, StoredSet};
+
+/// The active policy set, compiled.
+#[derive(Debug)]
+pub struct Active {
+    pub version: u64,
+    pub set: Arc<CompiledSet>,
+}
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct Shared {
+    pub engine: Engine,
+    pub store: Store,
+    pub active: RwLock<Arc<Active>>,
+    /// Compiled versions other than the active one (DryRun, Explain).
+    pub compiled: RwLock<HashMap<u64, Arc<CompiledSet>>>,
+    pub config: AuthorityConfig,
+    pub own_id: SpiffeId,
+}
+
+impl Shared {
+    pub fn active(&self) -> Arc<Active> {
+        self.active
+            .read()
+            .map(|a| a.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+
+    pub fn set_active(&self, active: Active) {
+        let mut slot = self.active.write().unwrap_or_else(|p| p.into_inner());
+        *slot = Arc::new(active);
+    }
+
+    /// Compiles a stored version (cached).
+    pub async fn compiled(&self, version: u64) -> Result<(u64, Arc<CompiledSet>), Status> {
+        let active = self.active();
+        if version == 0 || version == active.version {
+            return Ok((active.version, active.set.clone()));
+        }
+        if let Some(set) = self
+            .compiled
+            .read()
+            .ok()
+            .and_then(|c| c.get(&version).cloned())
+        {
+            return Ok((version, set));
+        }
+        let stored = self.store.get(version).await.map_err(store_status)?;
+        let set = CompiledSet::compile(&self.engine, &stored.policies).map_err(|e| {
+            Status::internal(format!(
+                "stored policy set {version} no longer compiles: {:?}",
+                e.first()
+            ))
+        })?;
+        let set = Arc::new(set);
+        if let Ok(mut cache) = self.compiled.write() {
+            cache.insert(version, set.clone());
+        }
+        Ok((version, set))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthorityServer {
+    shared: Arc<Shared>,
+    inventory: InventoryServiceClient<Channel>,
+    evidence: Batcher,
+}
+
+impl AuthorityServer {
+    pub fn new(shared: Arc<Shared>, inventory: Channel, evidence: Batcher) -> Self {
+        Self {
+            shared,
+            inventory: InventoryServiceClient::new(inventory),
+            evidence,
+        }
+    }
+}
+
+pub fn store_status(error: StoreError) -> Status {
+    match error {
+        StoreError::NotFound(m) => Status::not_found(m),
+        StoreError::FailedPrecondition(m) => Status::failed_precondition(m),
+        StoreError::Storage(detail) => {
+            tracing::error!(error = %detail, "authority storage error");
+            Status::unavailable("authority storage is unavailable; retry")
+        }
+    }
+}
+
+fn caller<T>(request: &Request<T>) -> Result<String, Status> {
+    PeerIdentity::of(request)
+        .map(|p| p.spiffe_id.to_string())
+        .ok_or_else(|| Status::unauthenticated("no verified peer identity"))
+}
+
+fn now_ns() -> i64 {
+    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos()).unwrap_or(i64::MAX)
+}
+
+fn timestamp(ns: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ns.div_euclid(1_000_000_000),
+        nanos: i32::try_from(ns.rem_euclid(1_000_000_000)).unwrap_or(0),
+    }
+}
+
+fn errors_to_pb(errors: &[PolicyError]) -> Vec<pb::PolicyError> {
+    errors
+        .iter()
+        .map(|e| pb::PolicyError {
+            line: e.line,
+            column: e.column,
+            policy_id: e.policy_id.clone(),
+            message: e.message.clone(),
+        })
+        .collect()
+}
+
+fn set_to_pb(s: &StoredSet, active: u64, with_text: bool) -> pb::PolicySet {
+    pb::PolicySet {
+        version: s.version,
+        description: s.description.clone(),
+        uploaded_by: s.uploaded_by.clone(),
+        create_time: Some(timestamp(s.created_at_ns)),
+        policy_ids: s.policy_ids.clone(),
+        active: s.version == active,
+        policies: if with_text {
+            s.policies.clone()
+        } else {
+            String::new()
+        },
+    }
+}
+
+/// An evidence record by `actor` about the authority itself.
+pub fn record(
+    actor: &str,
+    action: &str,
+    reason: &str,
+    attributes: BTreeMap<String, String>,
+) -> EvidenceRecord {
+    EvidenceRecord {
+        record_id: Uuid::now_v7(),
+        time: time::OffsetDateTime::now_utc(),
+        actor: Actor {
+            workload_spiffe_id: actor.to_owned(),
+            human_subject: String::new(),
+            human_issuer: String::new(),
+        },
+        action: action.to_owned(),
+        target: Target::default(),
+        decision: EvidenceDecision {
+            policy_set_version: String::new(),
+            effect: EvidenceEffect::NotEvaluated,
+            policy_ids: Vec::new(),
+            approval_ids: Vec::new(),
+        },
+        outcome: Outcome {
+            status: OutcomeStatus::Succeeded,
+            reason: reason.to_owned(),
+        },
+        incident_ref: String::new(),
+        correlation_id: String::new(),
+        emitting_service: "authority".to_owned(),
+        attributes,
+    }
+}
+
+fn effect_to_pb(effect: Effect) -> i32 {
+    match effect {
+        Effect::Allow => pb::Effect::Allow as i32,
+        Effect::Deny => pb::Effect::Deny as i32,
+        Effect::ApprovalRequired => pb::Effect::ApprovalRequired as i32,
+    }
+}
+
+fn seconds(field: &str, ts: Option<&prost_types::Timestamp>) -> Result<Option<i64>, Status> {
+    match ts {
+        None => Ok(None),
+        Some(t) if !(0..1_000_000_000).contains(&t.nanos) || t.seconds < 0 => Err(
+            Status::invalid_argument(format!("{field}: is not a valid time")),
+        ),
+        Some(t) => Ok(Some(t.seconds)),
+    }
+}
+
+/// A checked request, before facts.
+struct Asked {
+    principal: Principal,
+    action: String,
+    resource_id: Uuid,
+    context: RequestContext,
+    correlation_id: String,
+}
+
+impl AuthorityServer {
+    fn check(&self, r: &pb::AuthorizeRequest, prefix: &str) -> Result<Asked, Status> {
+        let field = |f: &str| format!("{prefix}{f}");
+        let principal = match r.principal.as_ref().and_then(|p| p.kind.as_ref()) {
+            Some(pb::principal::Kind::Workload(id)) => {
+                let id = SpiffeId::parse(id).map_err(|e| {
+                    Status::invalid_argument(format!("{}: {e}", field("principal.workload")))
+                })?;
+                let spiffe_id = id.to_string();
+                Principal::Workload {
+                    groups: self.shared.config.groups_of(&spiffe_id),
+                    trust_domain: id.trust_domain().name().to_owned(),
+                    spiffe_id,
+                }
+            }
+            Some(pb::principal::Kind::Human(h)) => {
+                if h.subject.is_empty() || h.subject.len() > 256 {
+                    return Err(Status::invalid_argument(format!(
+                        "{}: is required (at most 256 bytes)",
+                        field("principal.human.subject")
+                    )));
+                }
+                if h.issuer.is_empty() || h.issuer.len() > 256 {
+                    return Err(Status::invalid_argument(format!(
+                        "{}: is required (at most 256 bytes)",
+                        field("principal.human.issuer")
+                    )));
+                }
+                Principal::Human {
+                    groups: self
+                        .shared
+                        .config
+                        .groups_of(&format!("human:{}", h.subject)),
+                    subject: h.subject.clone(),
+                    issuer: h.issuer.clone(),
+                }
+            }
+            None => {
+                return Err(Status::invalid_argument(format!(
+                    "{}: is required",
+                    field("principal")
+                )));
+            }
+        };
+        if !ACTIONS.contains(&r.action.as_str()) {
+            return Err(Status::invalid_argument(format!(
+                "{}: {:?} is not one of {}",
+                field("action"),
+                r.action,
+                ACTIONS.join(", ")
+            )));
+        }
+        let resource_id = Uuid::try_parse(&r.resource_id).map_err(|_| {
+            Status::invalid_argument(format!(
+                "{}: is not an identity id (UUID)",
+                field("resource_id")
+            ))
+        })?;
+        let c = r.context.clone().unwrap_or_default();
+        for (name, value) in [
+            ("incident_ref", &c.incident_ref),
+            ("requester", &c.requester),
+            ("acting_human", &c.acting_human),
+            ("correlation_id", &c.correlation_id),
+        ] {
+            if value.len() > 256 || value.chars().any(char::is_control) {
+                return Err(Status::invalid_argument(format!(
+                    "{}: at most 256 bytes, no control characters",
+                    field(&format!("context.{name}"))
+                )));
+            }
+        }
+        if c.approvers.len() > 32 || c.approvers.iter().any(|a| a.is_empty() || a.len() > 256) {
+            return Err(Status::invalid_argument(format!(
+                "{}: at most 32 non-empty names",
+                field("context.approvers")
+            )));
+        }
+        let now = now_ns() / 1_000_000_000;
+        let window_start =
+            seconds(&field("context.window_start"), c.window_start.as_ref())?.unwrap_or(now);
+        let window_end =
+            seconds(&field("context.window_end"), c.window_end.as_ref())?.unwrap_or(i64::MAX);
+        if window_end < window_start {
+            return Err(Status::invalid_argument(format!(
+                "{}: ends before the window starts",
+                field("context.window_end")
+            )));
+        }
+        // For an approval, "who asked" is someone else's request: it must be
+        // stated, or the no-self-approval rule could not be checked.
+        if r.action == "approve" && c.requester.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "{}: is required for approve (the principal that made the request being approved)",
+                field("context.requester")
+            )));
+        }
+        let acting_workload = String::new();
+        Ok(Asked {
+            context: RequestContext {
+                incident_ref: c.incident_ref,
+                now,
+                window_start,
+                window_end,
+                approvers: c.approvers.into_iter().collect(),
+                break_glass: c.break_glass,
+                requester: if c.requester.is_empty() {
+                    principal.id().to_owned()
+                } else {
+                    c.requester
+                },
+                acting_workload,
+                acting_human: c.acting_human,
+                requested_ttl: i64::from(c.requested_ttl_seconds),
+            },
+            principal,
+            action: r.action.clone(),
+            resource_id,
+            correlation_id: c.correlation_id,
+        })
+    }
+
+    /// The NHI's facts, from inventory. Fails closed.
+    async fn facts(&self, id: &Uuid) -> Result<NhiFacts, Status> {
+        let mut client = self.inventory.clone();
+        let identity = match client
+            .get_identity(inventory::GetIdentityRequest {
+                id: id.hyphenated().to_string(),
+            })
+            .await
+        {
+            Ok(r) => r
+                .into_inner()
+                .identity
+                .ok_or_else(|| Status::unavailable("inventory returned no identity"))?,
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                return Err(Status::not_found(format!(
+                    "resource_id: identity {id} does not exist in inventory"
+                )));
+            }
+            Err(s) => {
+                tracing::warn!(code = ?s.code(), message = s.message(), "inventory unreachable; refusing to decide");
+                return Err(Status::unavailable(
+                    "inventory is unreachable; authority does not decide without the identity's facts",
+                ));
+            }
+        };
+        let state = inventory::LifecycleState::try_from(identity.state)
+            .map(|s| {
+                s.as_str_name()
+                    .trim_start_matches("LIFECYCLE_STATE_")
+                    .to_ascii_lowercase()
+            })
+            .unwrap_or_default();
+        let kind = inventory::IdentityKind::try_from(identity.kind)
+            .map(|s| {
+                s.as_str_name()
+                    .trim_start_matches("IDENTITY_KIND_")
+                    .to_ascii_lowercase()
+            })
+            .unwrap_or_default();
+        Ok(NhiFacts {
+            id: identity.id,
+            kind,
+            environment: identity.environment,
+            state,
+            risk_score: i64::from(identity.risk.map_or(0, |r| r.score)),
+            business_owner: identity.business_owner.map(|o| o.name).unwrap_or_default(),
+            technical_owner: identity.technical_owner.map(|o| o.name).unwrap_or_default(),
+            business_service: identity.business_service,
+            source_system: identity.source_system,
+            spiffe_id: identity.spiffe_id,
+            labels: identity.labels.into_iter().collect(),
+        })
+    }
+
+    async fn decide(
+        &self,
+        r: &pb::AuthorizeRequest,
+        prefix: &str,
+        caller_id: &str,
+        version: Option<u64>,
+    ) -> Result<(DecisionRequest, Decision, u64, Arc<CompiledSet>, String), Status> {
+        let mut asked = self.check(r, prefix)?;
+        asked.context.acting_workload = caller_id.to_owned();
+        let facts = self.facts(&asked.resource_id).await?;
+        let request = DecisionRequest {
+            principal: asked.principal,
+            action: asked.action,
+            resource: facts,
+            context: asked.context,
+        };
+        let (version, set) = match version {
+            None => {
+                let active = self.shared.active();
+                let decision = active
+                    .set
+                    .decide(&self.shared.engine, &request)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                return Ok((
+                    request,
+                    decision,
+                    active.version,
+                    active.set.clone(),
+                    asked.correlation_id,
+                ));
+            }
+            Some(v) => self.shared.compiled(v).await?,
+        };
+        let decision = set
+            .decide(&self.shared.engine, &request)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok((request, decision, version, set, asked.correlation_id))
+    }
+}
+
+fn decision_to_pb(
+    decision: &Decision,
+    request: &DecisionRequest,
+    version: u64,
+    id: &Uuid,
+) -> pb::Decision {
+    pb::Decision {
+        decision_id: id.hyphenated().to_string(),
+        effect: effect_to_pb(decision.effect),
+        policy_ids: decision.policy_ids.clone(),
+        reason: decision.reason.clone(),
+        obligations: Some(pb::Obligations {
+            max_ttl_seconds: decision.obligations.max_ttl.unwrap_or(0),
+            duties: decision.obligations.duties.iter().cloned().collect(),
+        }),
+        approval: decision.approval.as_ref().map(|a| pb::ApprovalRequirement {
+            approvals: a.approvals,
+            approver: a.approver.clone(),
+            suggested_reviewers: match a.approver.as_str() {
+                "technical_owner" => vec![request.resource.technical_owner.clone()],
+                "business_owner" => vec![request.resource.business_owner.clone()],
+                "" => vec![
+                    request.resource.technical_owner.clone(),
+                    request.resource.business_owner.clone(),
+                ],
+                _ => Vec::new(),
+            }
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect(),
+        }),
+        policy_set_version: version,
+        errors: decision.errors.clone(),
+    }
+}
+
+/// The evidence record of one decision.
+fn decision_record(
+    id: Uuid,
+    caller_id: &str,
+    request: &DecisionRequest,
+    decision: &Decision,
+    version: u64,
+    correlation_id: &str,
+) -> EvidenceRecord {
+    let (human_subject, human_issuer) = match &request.principal {
+        Principal::Human {
+            subject, issuer, ..
+        } => (subject.clone(), issuer.clone()),
+        Principal::Workload { .. } => (String::new(), String::new()),
+    };
+    let mut attributes = BTreeMap::new();
+    attributes.insert("principal".to_owned(), request.principal.id().to_owned());
+    attributes.insert("requested_action".to_owned(), request.action.clone());
+    attributes.insert("requester".to_owned(), request.context.requester.clone());
+    if !request.context.acting_human.is_empty() {
+        attributes.insert(
+            "acting_human".to_owned(),
+            request.context.acting_human.clone(),
+        );
+    }
+    if request.context.break_glass {
+        attributes.insert("break_glass".to_owned(), "true".to_owned());
+    }
+    if let Some(ttl) = decision.obligations.max_ttl {
+        attributes.insert("max_ttl_seconds".to_owned(), ttl.to_string());
+    }
+    if !decision.obligations.duties.is_empty() {
+        attributes.insert(
+            "duties".to_owned(),
+            decision
+                .obligations
+                .duties
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+    }
+    if let Some(a) = &decision.approval {
+        attributes.insert("approvals_required".to_owned(), a.approvals.to_string());
+    }
+    let mut reason = decision.reason.clone();
+    reason.truncate(1000);
+    EvidenceRecord {
+        record_id: id,
+        time: time::OffsetDateTime::now_utc(),
+        actor: Actor {
+            workload_spiffe_id: caller_id.to_owned(),
+            human_subject,
+            human_issuer,
+        },
+        action: "decision.authorize".to_owned(),
+        target: Target {
+            nhi_id: request.resource.id.clone(),
+            nhi_kind: request.resource.kind.clone(),
+            ..Target::default()
+        },
+        decision: EvidenceDecision {
+            policy_set_version: version.to_string(),
+            effect: match decision.effect {
+                Effect::Allow => EvidenceEffect::Allow,
+                Effect::Deny => EvidenceEffect::Deny,
+                Effect::ApprovalRequired => EvidenceEffect::ApprovalRequired,
+            },
+            policy_ids: decision.policy_ids.iter().take(64).cloned().collect(),
+            approval_ids: Vec::new(),
+        },
+        outcome: Outcome {
+            status: OutcomeStatus::Succeeded,
+            reason,
+        },
+        incident_ref: request.context.incident_ref.clone(),
+        correlation_id: correlation_id.to_owned(),
+        emitting_service: "authority".to_owned(),
+        attributes,
+    }
+}
+
+#[tonic::async_trait]
+impl AuthorityService for AuthorityServer {
+    async fn validate_policy_set(
+        &self,
+        request: Request<pb::ValidatePolicySetRequest>,
+    ) -> Result<Response<pb::ValidatePolicySetResponse>, Status> {
+        let text = &request.get_ref().policies;
+        Ok(Response::new(
+            match CompiledSet::compile(&self.shared.engine, text) {
+                Ok(set) => pb::ValidatePolicySetResponse {
+                    valid: true,
+                    errors: Vec::new(),
+                    policy_ids: set.policy_ids(),
+                },
+                Err(errors) => pb::ValidatePolicySetResponse {
+                    valid: false,
+                    errors: errors_to_pb(&errors),
+                    policy_ids: Vec::new(),
+                },
+            },
+        ))
+    }
+
+    async fn upload_policy_set(
+        &self,
+        request: Request<pb::UploadPolicySetRequest>,
+    ) -> Result<Response<pb::UploadPolicySetResponse>, Status> {
+        let by = caller(&request)?;
+        let r = request.into_inner();
+        if r.policies.trim().is_empty() {
+            return Err(Status::invalid_argument("policies: is required"));
+        }
+        if r.policies.len() > 4 * 1024 * 1024 {
+            return Err(Status::invalid_argument("policies: at most 4 MiB"));
+        }
+        if r.description.len() > 1024 {
+            return Err(Status::invalid_argument("description: at most 1024 bytes"));
+        }
+        let set = CompiledSet::compile(&self.shared.engine, &r.policies).map_err(|errors| {
+            let first = &errors[0];
+            Status::invalid_argument(format!(
+                "policies: line {}, column {}{}: {}{}",
+                first.line,
+                first.column,
+                if first.policy_id.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (policy {})", first.policy_id)
+                },
+                first.message,
+                if errors.len() > 1 {
+                    format!(
+                        " (and {} more; ValidatePolicySet lists them all)",
+                        errors.len() - 1
+                    )
+                } else {
+                    String::new()
+                }
+            ))
+        })?;
+        let ids = set.policy_ids();
+        let now = now_ns();
+        let version = self
+            .shared
+            .store
+            .upload(&r.policies, &r.description, &ids, &by, now, |v| {
+                let mut a = BTreeMap::new();
+                a.insert("version".to_owned(), v.to_string());
+                a.insert("policies".to_owned(), ids.len().to_string());
+                record(&by, "policy.upload", &r.description, a)
+            })
+            .await
+            .map_err(store_status)?;
+        if let Ok(mut cache) = self.shared.compiled.write() {
+            cache.insert(version, Arc::new(set));
+        }
+        let stored = self.shared.store.get(version).await.map_err(store_status)?;
+        Ok(Response::new(pb::UploadPolicySetResponse {
+            policy_set: Some(set_to_pb(&stored, self.shared.active().version, false)),
+        }))
+    }
+
+    async fn list_policy_sets(
+        &self,
+        request: Request<pb::ListPolicySetsRequest>,
+    ) -> Result<Response<pb::ListPolicySetsResponse>, Status> {
+        let r = request.into_inner();
+        let before = if r.page_token.is_empty() {
+            0
+        } else {
+            r.page_token.parse::<u64>().map_err(|_| {
+                Status::invalid_argument("page_token: not a token from a previous response")
+            })?
+        };
+        let page = match r.page_size {
+            0 => 50,
+            n => n.min(500) as usize,
+        };
+        let mut sets = self
+            .shared
+            .store
+            .list(before, page + 1)
+            .await
+            .map_err(store_status)?;
+        let next = if sets.len() > page {
+            sets.truncate(page);
+            sets.last()
+                .map(|s| s.version.to_string())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let active = self.shared.active().version;
+        Ok(Response::new(pb::ListPolicySetsResponse {
+            policy_sets: sets.iter().map(|s| set_to_pb(s, active, false)).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    async fn get_policy_set(
+        &self,
+        request: Request<pb::GetPolicySetRequest>,
+    ) -> Result<Response<pb::GetPolicySetResponse>, Status> {
+        let stored = self
+            .shared
+            .store
+            .get(request.get_ref().version)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(pb::GetPolicySetResponse {
+            policy_set: Some(set_to_pb(&stored, self.shared.active().version, true)),
+        }))
+    }
+
+    async fn activate_policy_set(
+        &self,
+        request: Request<pb::ActivatePolicySetRequest>,
+    ) -> Result<Response<pb::ActivatePolicySetResponse>, Status> {
+        let by = caller(&request)?;
+        let r = request.into_inner();
+        if r.version == 0 {
+            return Err(Status::invalid_argument("version: is required"));
+        }
+        let (set, previous) = self.switch(Some(r.version), &by, &r.reason).await?;
+        Ok(Response::new(pb::ActivatePolicySetResponse {
+            policy_set: Some(set),
+            previous_version: previous,
+        }))
+    }
+
+    async fn rollback_policy_set(
+        &self,
+        request: Request<pb::RollbackPolicySetRequest>,
+    ) -> Result<Response<pb::RollbackPolicySetResponse>, Status> {
+        let by = caller(&request)?;
+        let r = request.into_inner();
+        let (set, previous) = self.switch(None, &by, &r.reason).await?;
+        Ok(Response::new(pb::RollbackPolicySetResponse {
+            policy_set: Some(set),
+            previous_version: previous,
+        }))
+    }
+
+    async fn authorize(
+        &self,
+        request: Request<pb::AuthorizeRequest>,
+    ) -> Result<Response<pb::AuthorizeResponse>, Status> {
+        let by = caller(&request)?;
+        let (asked, decision, version, _, correlation) =
+            self.decide(request.get_ref(), "", &by, None).await?;
+        let id = Uuid::now_v7();
+        let evidence = decision_record(id, &by, &asked, &decision, version, &correlation);
+        // The decision is answered only once its record is durable.
+        self.evidence.record(evidence).await.map_err(|e| {
+            tracing::error!(error = %e, "decision evidence not recorded");
+            Status::unavailable("the decision could not be recorded; retry")
+        })?;
+        Ok(Response::new(pb::AuthorizeResponse {
+            decision: Some(decision_to_pb(&decision, &asked, version, &id)),
+        }))
+    }
+
+    async fn dry_run(
+        &self,
+        request: Request<pb::DryRunRequest>,
+    ) -> Result<Response<pb::DryRunResponse>, Status> {
+        let by = caller(&request)?;
+        let r = request.into_inner();
+        if r.version == 0 {
+            return Err(Status::invalid_argument("version: is required"));
+        }
+        let asked = r
+            .request
+            .ok_or_else(|| Status::invalid_argument("request: is required"))?;
+        let (req, decision, version, _, _) = self
+            .decide(&asked, "request.", &by, Some(r.version))
+            .await?;
+        Ok(Response::new(pb::DryRunResponse {
+            decision: Some(decision_to_pb(&decision, &req, version, &Uuid::nil())),
+        }))
+    }
+
+    async fn explain(
+        &self,
+        request: Request<pb::ExplainRequest>,
+    ) -> Result<Response<pb::ExplainResponse>, Status> {
+        let by = caller(&request)?;
+        let r = request.into_inner();
+        let asked = r
+            .request
+            .ok_or_else(|| Status::invalid_argument("request: is required"))?;
+        let version = if r.version == 0 {
+            self.shared.active().version
+        } else {
+            r.version
+        };
+        let (req, _, version, set, _) = self.decide(&asked, "request.", &by, Some(version)).await?;
+        let whole = set
+            .decide_unsliced(&self.shared.engine, &req)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let deciding = whole
+            .policy_ids
+            .iter()
+            .map(|id| {
+                let meta = set.meta(id).cloned().unwrap_or_default();
+                pb::PolicyExplanation {
+                    policy_id: id.clone(),
+                    effect: meta.effect,
+                    reason: meta.reason,
+                    annotations: meta.annotations.into_iter().collect(),
+                }
+            })
+            .collect();
+        let slice = set
+            .slice_len(&self.shared.engine, &req)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Response::new(pb::ExplainResponse {
+            decision: Some(decision_to_pb(&whole, &req, version, &Uuid::nil())),
+            deciding,
+            policies_in_set: u32::try_from(set.len()).unwrap_or(u32::MAX),
+            policies_in_slice: u32::try_from(slice).unwrap_or(u32::MAX),
+        }))
+    }
+}
+
+impl AuthorityServer {
+    /// Activates a version (or rolls back) and makes it the one decisions use.
+    async fn switch(
+        &self,
+        version: Option<u64>,
+        by: &str,
+        reason: &str,
+    ) -> Result<(pb::PolicySet, u64), Status> {
+        if reason.trim().is_empty() || reason.len() > 1024 {
+            return Err(Status::invalid_argument(
+                "reason: is required (at most 1024 bytes)",
+            ));
+        }
+        let rollback = version.is_none();
+        let (target, previous) = self
+            .shared
+            .store
+            .activate(version, by, reason, now_ns(), |target, previous| {
+                let mut a = BTreeMap::new();
+                a.insert("version".to_owned(), target.to_string());
+                a.insert("previous_version".to_owned(), previous.to_string());
+                record(
+                    by,
+                    if rollback {
+                        "policy.rollback"
+                    } else {
+                        "policy.activate"
+                    },
+                    reason,
+                    a,
+                )
+            })
+            .await
+            .map_err(store_status)?;
+        let (_, set) = self.shared.compiled(target).await?;
+        self.shared.set_active(Active {
+            version: target,
+            set,
+        });
+        let stored = self.shared.store.get(target).await.map_err(store_status)?;
+        Ok((set_to_pb(&stored, target, false), previous))
+    }
+}
