@@ -69,8 +69,9 @@ fn main() -> anyhow::Result<()> {
     }
     // `steward-bench authority` runs the in-process decision figures alone.
     if std::env::args().nth(1).as_deref() == Some("authority") {
-        let figures = authority::run()?;
-        print_authority(&figures);
+        let mut figures = authority::run()?;
+        figures.extend(runtime.block_on(authority::grpc())?);
+        print_authority(&[], &figures);
         print_table(&figures);
         return Ok(());
     }
@@ -104,9 +105,10 @@ fn main() -> anyhow::Result<()> {
     figures.extend(runtime.block_on(inventory::run(&[]))?);
     let inventory_end = figures.len();
     figures.extend(authority::run()?);
+    figures.extend(runtime.block_on(authority::grpc())?);
     print_ratios(&figures[..baseline], &figures[baseline..audit_end]);
     print_inventory(&figures[..baseline], &figures[audit_end..inventory_end]);
-    print_authority(&figures[inventory_end..]);
+    print_authority(&figures[..baseline], &figures[inventory_end..]);
     print_table(&figures);
     let out = workspace_root().join("target/bench");
     std::fs::create_dir_all(&out)?;
@@ -331,8 +333,32 @@ fn print_table(figures: &[Figure]) {
 }
 
 /// Targets from the authority issue that the engine alone answers.
-fn print_authority(figures: &[Figure]) {
+fn print_authority(baseline: &[Figure], figures: &[Figure]) {
     println!();
+    for f in figures
+        .iter()
+        .filter(|f| f.name.starts_with("authority Authorize"))
+    {
+        println!(
+            "{}: {:.0}/s, p50 {:.0} µs, p99 {:.0} µs (targets: p50 <= 300 µs, p99 <= 1,000 µs, >= 10,000/s)",
+            f.name,
+            f.value,
+            f.p50_us.unwrap_or(f64::NAN),
+            f.p99_us.unwrap_or(f64::NAN)
+        );
+        let floor_name = if f.name.contains(" 1 caller") {
+            "mTLS gRPC unary, 1 caller"
+        } else {
+            "mTLS gRPC unary, 64 caller"
+        };
+        if let Some(floor) = baseline.iter().find(|b| b.name.starts_with(floor_name)) {
+            println!(
+                "  / gRPC round-trip floor: throughput {:.2}, p50 {:.1}×",
+                f.value / floor.value,
+                f.p50_us.unwrap_or(0.0) / floor.p50_us.unwrap_or(f64::NAN)
+            );
+        }
+    }
     let sliced = figures.iter().find(|f| f.name.contains("sliced"));
     let whole = figures.iter().find(|f| f.name.contains("whole set"));
     if let Some(s) = sliced {

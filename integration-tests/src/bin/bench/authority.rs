@@ -164,3 +164,110 @@ pub fn run() -> anyhow::Result<Vec<Figure>> {
         },
     ])
 }
+
+/// `Authorize` over loopback mTLS with the 1,000-policy set active: the
+/// broker asks for workloads' credentials on NHIs that live in inventory.
+/// Each call reads the NHI's facts from inventory and commits the decision's
+/// evidence before answering.
+pub async fn grpc() -> anyhow::Result<Vec<Figure>> {
+    use std::time::Duration;
+
+    use steward_integration_tests::TestStack;
+    use steward_integration_tests::inventory::{create, spec};
+    use steward_proto::steward::authority::v1 as pb;
+    use steward_proto::steward::authority::v1::authority_service_client::AuthorityServiceClient;
+
+    let stack = TestStack::start().await;
+    let mut inventory = stack.inventory().await;
+    let mut nhis = Vec::new();
+    for i in 0..200 {
+        nhis.push(create(&mut inventory, spec(&format!("bench-{i}"))).await.id);
+    }
+    let mut operator =
+        AuthorityServiceClient::new(stack.service("authority").channel(&stack.operator).await);
+    let mut text = policies();
+    // The broker may issue for the workloads it serves.
+    text.push_str("\n@id(\"broker-issues\") @max_ttl(\"3600\") permit (principal, action == Steward::Action::\"issue\", resource) when { context.acting_workload == \"spiffe://steward.test/service/credential-broker\" };\n");
+    let version = operator
+        .upload_policy_set(pb::UploadPolicySetRequest {
+            policies: text,
+            description: "bench".into(),
+        })
+        .await?
+        .into_inner()
+        .policy_set
+        .ok_or_else(|| anyhow::anyhow!("no policy set"))?
+        .version;
+    operator
+        .activate_policy_set(pb::ActivatePolicySetRequest {
+            version,
+            reason: "bench".into(),
+        })
+        .await?;
+    let source = stack.pki.client(
+        "broker-bench",
+        &steward_integration_tests::spiffe_id("/service/credential-broker").to_string(),
+    );
+    let channel = stack.service("authority").channel(&source).await;
+    let request = |i: usize| pb::AuthorizeRequest {
+        principal: Some(pb::Principal {
+            kind: Some(pb::principal::Kind::Workload(format!(
+                "spiffe://steward.test/w/{}",
+                i % WORKLOADS
+            ))),
+        }),
+        action: "issue".into(),
+        resource_id: nhis[i % nhis.len()].clone(),
+        context: Some(pb::RequestContext {
+            incident_ref: "INC-1".into(),
+            ..Default::default()
+        }),
+    };
+
+    let mut figures = Vec::new();
+    for callers in [1usize, 64] {
+        let window = Duration::from_secs(if callers == 1 { 3 } else { 5 });
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for c in 0..callers {
+            let mut client = AuthorityServiceClient::new(channel.clone());
+            let requests: Vec<pb::AuthorizeRequest> =
+                (0..512).map(|i| request(i * 64 + c)).collect();
+            tasks.push(tokio::spawn(async move {
+                let mut h = Histogram::<u64>::new(3)?;
+                let mut n = 0usize;
+                while started.elapsed() < window {
+                    let sent = Instant::now();
+                    let decision = client
+                        .authorize(requests[n % requests.len()].clone())
+                        .await?
+                        .into_inner();
+                    h.record(u64::try_from(sent.elapsed().as_micros())?)?;
+                    anyhow::ensure!(
+                        decision
+                            .decision
+                            .is_some_and(|d| d.effect == pb::Effect::Allow as i32),
+                        "not allowed"
+                    );
+                    n += 1;
+                }
+                anyhow::Ok((n, h))
+            }));
+        }
+        let mut total = 0;
+        let mut h = Histogram::<u64>::new(3)?;
+        for t in tasks {
+            let (n, th) = t.await??;
+            total += n;
+            h.add(th)?;
+        }
+        figures.push(Figure {
+            name: format!("authority Authorize over mTLS, {callers} caller(s), 1,001 policies, facts from inventory, durable evidence"),
+            value: total as f64 / started.elapsed().as_secs_f64(),
+            unit: "decision/s",
+            p50_us: Some(h.value_at_quantile(0.5) as f64),
+            p99_us: Some(h.value_at_quantile(0.99) as f64),
+        });
+    }
+    Ok(figures)
+}
