@@ -247,8 +247,32 @@ impl TestStack {
         Self::start_with_log(|_| {}).await
     }
 
+    /// Starts audit alone: its log then holds only what the test appends
+    /// (the other services record evidence of their own start-up, such as
+    /// authority installing its default policies).
+    pub async fn audit_only() -> Self {
+        Self::start_services(&["audit"], |_| {}).await
+    }
+
+    /// Audit alone, with its log's settings adjusted.
+    pub async fn audit_only_with_log(adjust: impl FnOnce(&mut steward_audit::LogConfig)) -> Self {
+        Self::start_services(&["audit"], adjust).await
+    }
+
     /// Starts the four services with the audit log's settings adjusted.
     pub async fn start_with_log(adjust: impl FnOnce(&mut steward_audit::LogConfig)) -> Self {
+        Self::start_services(
+            &["audit", "inventory", "authority", "credential-broker"],
+            adjust,
+        )
+        .await
+    }
+
+    /// Starts `names` (audit first, so the others know where it is).
+    async fn start_services(
+        names: &[&str],
+        adjust: impl FnOnce(&mut steward_audit::LogConfig),
+    ) -> Self {
         let pki = TestPki::new();
         let backend = TestBackend::from_env();
         let mut log = test_log_config(pki.path());
@@ -257,7 +281,7 @@ impl TestStack {
         let mut configs = BTreeMap::new();
         // Audit first, so the others' outbox forwarders know where it is.
         let mut peers = steward_server::Peers::default();
-        for name in ["audit", "inventory", "authority", "credential-broker"] {
+        for name in names.iter().copied() {
             let mut config = Self::config_for(&pki, &backend, name).await;
             config.peers = peers.clone();
             let app = if name == "audit" {

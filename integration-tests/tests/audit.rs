@@ -42,7 +42,7 @@ async fn all_entries(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_are_idempotent_by_record_id_and_conflicts_are_refused() {
-    let stack = TestStack::start().await;
+    let stack = TestStack::audit_only().await;
     let mut writer = stack.audit_as_service("inventory").await;
     let first = record(1, "INC-1");
     let a = writer
@@ -89,7 +89,7 @@ async fn appends_are_idempotent_by_record_id_and_conflicts_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_service_identities_may_append() {
-    let stack = TestStack::start().await;
+    let stack = TestStack::audit_only().await;
     let mut operator = stack.audit_reader().await;
     let denied = operator
         .append(pb::AppendRequest {
@@ -117,7 +117,7 @@ async fn only_service_identities_may_append() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_precise_status_and_writes_nothing() {
-    let stack = TestStack::start().await;
+    let stack = TestStack::audit_only().await;
     let mut writer = stack.audit_as_service("credential-broker").await;
     let mut reader = stack.audit_reader().await;
     append_many(&mut writer, 3, "INC-7").await;
@@ -332,7 +332,7 @@ async fn bad_input_gets_a_precise_status_and_writes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoints_and_proofs_satisfy_independent_verifiers() {
-    let stack = TestStack::start().await;
+    let stack = TestStack::audit_only().await;
     let mut writer = stack.audit_as_service("authority").await;
     let mut reader = stack.audit_reader().await;
     append_many(&mut writer, 13, "INC-9").await;
@@ -431,7 +431,7 @@ async fn checkpoints_and_proofs_satisfy_independent_verifiers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_finds_entries_by_incident_actor_action_and_time_with_paging() {
-    let stack = TestStack::start().await;
+    let stack = TestStack::audit_only().await;
     let mut writer = stack.audit_as_service("inventory").await;
     let mut reader = stack.audit_reader().await;
     append_many(&mut writer, 10, "INC-1").await;
@@ -527,7 +527,7 @@ async fn query_finds_entries_by_incident_actor_action_and_time_with_paging() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_reconnects_misses_nothing_and_sees_nothing_twice() {
-    let stack = TestStack::start().await;
+    let stack = TestStack::audit_only().await;
     let mut writer = stack.audit_as_service("inventory").await;
     let mut reader = stack.audit_reader().await;
     append_many(&mut writer, 5, "INC-5").await;
@@ -598,7 +598,7 @@ async fn a_subscriber_that_reconnects_misses_nothing_and_sees_nothing_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_subscriber_is_told_it_fell_behind_and_resumes_without_gaps() {
-    let stack = TestStack::start_with_log(|log| log.subscriber_buffer = 64).await;
+    let stack = TestStack::audit_only_with_log(|log| log.subscriber_buffer = 64).await;
     let mut writer = stack.audit_as_service("inventory").await;
     // Each subscriber on its own connection, as separate consumers would be.
     let mut slow_client = stack.audit_reader().await;
@@ -702,7 +702,7 @@ async fn a_slow_subscriber_is_told_it_fell_behind_and_resumes_without_gaps() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_survives_a_restart_and_refuses_to_start_on_tampered_hashes() {
-    let mut stack = TestStack::start().await;
+    let mut stack = TestStack::audit_only().await;
     let mut writer = stack.audit_as_service("inventory").await;
     append_many(&mut writer, 6, "INC-3").await;
     let mut reader = stack.audit_reader().await;

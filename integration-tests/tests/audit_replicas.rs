@@ -66,7 +66,7 @@ async fn replicas_serve_reads_and_one_takes_over_when_the_sequencer_dies() {
         );
         return;
     }
-    let mut stack = TestStack::start().await;
+    let mut stack = TestStack::audit_only().await;
     let mut replica_config = stack.configs["audit"].clone();
     replica_config.listen_addr = "127.0.0.1:0".parse().unwrap();
     let replica = RunningService::start(

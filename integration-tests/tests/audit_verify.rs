@@ -81,7 +81,7 @@ fn assert_exists(path: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_accepts_an_honest_log_and_follows_it_as_it_grows() {
-    let stack = TestStack::start().await;
+    let stack = TestStack::audit_only().await;
     let mut writer = stack.audit_as_service("inventory").await;
     append_many(&mut writer, 25, "INC-42").await;
     let cli = Cli::new(&stack);
@@ -128,7 +128,7 @@ async fn verify_accepts_an_honest_log_and_follows_it_as_it_grows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_accepts_an_empty_log_and_then_its_growth() {
-    let stack = TestStack::start().await;
+    let stack = TestStack::audit_only().await;
     let cli = Cli::new(&stack);
     for run in 0..2 {
         let (code, out) = cli.verify().await;
@@ -144,7 +144,7 @@ async fn verify_accepts_an_empty_log_and_then_its_growth() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_reports_the_first_bad_index_when_a_stored_record_is_edited() {
-    let stack = TestStack::start().await;
+    let stack = TestStack::audit_only().await;
     let mut writer = stack.audit_as_service("inventory").await;
     append_many(&mut writer, 12, "INC-42").await;
     let cli = Cli::new(&stack);
@@ -163,7 +163,7 @@ async fn verify_reports_the_first_bad_index_when_a_stored_record_is_edited() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_catches_a_truncated_log_by_its_consistency_check() {
-    let mut stack = TestStack::start().await;
+    let mut stack = TestStack::audit_only().await;
     let mut writer = stack.audit_as_service("inventory").await;
     append_many(&mut writer, 9, "INC-42").await;
     let mut cli = Cli::new(&stack);

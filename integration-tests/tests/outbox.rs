@@ -94,7 +94,7 @@ async fn wait_until_delivered(db: &Database, expected: i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evidence_queues_while_audit_is_down_and_arrives_exactly_once_in_order() {
-    let mut stack = TestStack::start().await;
+    let mut stack = TestStack::audit_only().await;
     let audit_addr = stack.service("audit").address();
     stack.stop("audit").await;
 

@@ -455,7 +455,7 @@ fn print_ratios(baseline: &[Figure], audit: &[Figure]) {
 
 /// Durable appends through AppendBatch: 4 writers, 1,000 records per RPC.
 async fn audit_appends() -> anyhow::Result<Vec<Figure>> {
-    let stack = TestStack::start().await;
+    let stack = TestStack::audit_only().await;
     let writers = 4;
     let per_rpc = 1000u64;
     let started = Instant::now();
@@ -501,7 +501,7 @@ async fn audit_appends() -> anyhow::Result<Vec<Figure>> {
 /// 50 subscribers while a writer appends 5,000 records/s: the time from the
 /// record's creation to its arrival at each subscriber.
 async fn subscriber_lag() -> anyhow::Result<Vec<Figure>> {
-    let stack = TestStack::start().await;
+    let stack = TestStack::audit_only().await;
     let mut tasks = Vec::new();
     let per_tick = 50u64; // every 10 ms: 5,000 records/s
     let ticks = 400u64; // 4 s
