@@ -488,3 +488,99 @@ async fn bad_requests_are_refused_precisely_and_inventory_down_fails_closed() {
     assert_eq!(err.code(), Code::Unavailable);
     assert!(err.message().contains("inventory"), "{}", err.message());
 }
+
+#[tokio::test]
+async fn group_membership_comes_from_config_and_long_reasons_are_recorded_whole_characters() {
+    let stack = TestStack::start().await;
+    let mut inventory = stack.inventory().await;
+    let nhi = create(&mut inventory, spec("tok-groups")).await.id;
+
+    // A second authority, configured with a group of bots.
+    let mut config = TestStack::config_for(&stack.pki, &stack.backend, "authority").await;
+    config.peers = stack.configs["authority"].peers.clone();
+    let mut groups = std::collections::BTreeMap::new();
+    groups.insert(
+        "bots".to_owned(),
+        vec!["spiffe://steward.test/automation/*".to_owned()],
+    );
+    let app = steward_authority::build_with(steward_authority::AuthorityConfig {
+        service: config,
+        groups,
+    })
+    .await
+    .unwrap();
+    let grouped = steward_integration_tests::RunningService::start("authority", app);
+    let mut client = AuthorityServiceClient::new(grouped.channel(&stack.operator).await);
+
+    // A reason of 1,200 bytes in 3-byte characters: the record keeps whole
+    // characters within its 1,024-byte limit.
+    let reason = "€".repeat(400);
+    let policies = format!(
+        "@id(\"bots-watchlist\") @reason(\"{reason}\")\npermit (principal in Steward::Group::\"bots\", action == Steward::Action::\"watchlist\", resource);"
+    );
+    let version = client
+        .upload_policy_set(pb::UploadPolicySetRequest {
+            policies,
+            description: "groups".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .policy_set
+        .unwrap()
+        .version;
+    client
+        .activate_policy_set(pb::ActivatePolicySetRequest {
+            version,
+            reason: "test".into(),
+        })
+        .await
+        .unwrap();
+
+    let bot = client
+        .authorize(ask(
+            workload("/automation/soar"),
+            "watchlist",
+            &nhi,
+            Default::default(),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .decision
+        .unwrap();
+    assert_eq!(bot.effect, pb::Effect::Allow as i32);
+    assert_eq!(bot.reason, reason);
+    let outsider = client
+        .authorize(ask(
+            workload("/workload/payments"),
+            "watchlist",
+            &nhi,
+            Default::default(),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .decision
+        .unwrap();
+    assert_eq!(outsider.effect, pb::Effect::Deny as i32);
+
+    let evidence = stack.evidence_for(&nhi, 3).await;
+    let recorded = evidence
+        .iter()
+        .filter_map(|e| e.record.as_ref())
+        .find(|r| {
+            r.action == "decision.authorize"
+                && r.decision.as_ref().is_some_and(|d| {
+                    d.effect == steward_proto::steward::audit::v1::Effect::Allow as i32
+                })
+        })
+        .unwrap();
+    let kept = &recorded.outcome.as_ref().unwrap().reason;
+    assert!(
+        kept.len() <= 1024 && reason.starts_with(kept.as_str()) && kept.chars().all(|c| c == '€'),
+        "{} bytes",
+        kept.len()
+    );
+    grouped.shutdown().await;
+}

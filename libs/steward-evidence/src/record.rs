@@ -140,7 +140,52 @@ pub struct EvidenceRecord {
     pub attributes: BTreeMap<String, String>,
 }
 
+/// Cuts `text` to at most `max` bytes on a character boundary: how
+/// emitters fit free text (reasons, annotations) into a record's limits.
+pub fn truncate_utf8(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
 impl EvidenceRecord {
+    /// A record of `action` by `workload_spiffe_id`, emitted by
+    /// `emitting_service` now, with a fresh UUIDv7, no target, no policy
+    /// decision, a succeeded outcome and no attributes: emitters fill in
+    /// what applies.
+    pub fn new(workload_spiffe_id: &str, action: &str, emitting_service: &str) -> Self {
+        Self {
+            record_id: Uuid::now_v7(),
+            time: OffsetDateTime::now_utc(),
+            actor: Actor {
+                workload_spiffe_id: workload_spiffe_id.to_owned(),
+                human_subject: String::new(),
+                human_issuer: String::new(),
+            },
+            action: action.to_owned(),
+            target: Target::default(),
+            decision: Decision {
+                policy_set_version: String::new(),
+                effect: Effect::NotEvaluated,
+                policy_ids: Vec::new(),
+                approval_ids: Vec::new(),
+            },
+            outcome: Outcome {
+                status: OutcomeStatus::Succeeded,
+                reason: String::new(),
+            },
+            incident_ref: String::new(),
+            correlation_id: String::new(),
+            emitting_service: emitting_service.to_owned(),
+            attributes: BTreeMap::new(),
+        }
+    }
+
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), FieldError> {
         if self.record_id.get_version_num() != 7 {

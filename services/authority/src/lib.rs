@@ -129,7 +129,6 @@ async fn routes(context: ServiceContext, config: AuthorityConfig) -> Result<Rout
         })),
         compiled: RwLock::new(HashMap::new()),
         config,
-        own_id: context.spiffe_id.clone(),
     });
     let forwarder = Forwarder::spawn(&context, ForwarderOptions::default())?;
     let (batcher, writer) = Batcher::start(

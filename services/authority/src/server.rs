@@ -6,7 +6,8 @@ use std::sync::{Arc, RwLock};
 
 use steward_evidence::EvidenceRecord;
 use steward_evidence::record::{
-    Actor, Decision as EvidenceDecision, Effect as EvidenceEffect, Outcome, OutcomeStatus, Target,
+    Decision as EvidenceDecision, Effect as EvidenceEffect, MAX_ATTRIBUTE_VALUE, MAX_IDS,
+    MAX_REASON, truncate_utf8,
 };
 use steward_identity::{PeerIdentity, SpiffeId};
 use steward_outbox::Batcher;
@@ -25,6 +26,9 @@ use crate::engine::{
 };
 use crate::store::{Store, StoreError, StoredSet};
 
+/// The emitting service's name in every record.
+const SERVICE: &str = "authority";
+
 /// The active policy set, compiled.
 #[derive(Debug)]
 pub struct Active {
@@ -41,7 +45,6 @@ pub struct Shared {
     /// Compiled versions other than the active one (DryRun, Explain).
     pub compiled: RwLock<HashMap<u64, Arc<CompiledSet>>>,
     pub config: AuthorityConfig,
-    pub own_id: SpiffeId,
 }
 
 impl Shared {
@@ -166,31 +169,13 @@ pub fn record(
     reason: &str,
     attributes: BTreeMap<String, String>,
 ) -> EvidenceRecord {
-    EvidenceRecord {
-        record_id: Uuid::now_v7(),
-        time: time::OffsetDateTime::now_utc(),
-        actor: Actor {
-            workload_spiffe_id: actor.to_owned(),
-            human_subject: String::new(),
-            human_issuer: String::new(),
-        },
-        action: action.to_owned(),
-        target: Target::default(),
-        decision: EvidenceDecision {
-            policy_set_version: String::new(),
-            effect: EvidenceEffect::NotEvaluated,
-            policy_ids: Vec::new(),
-            approval_ids: Vec::new(),
-        },
-        outcome: Outcome {
-            status: OutcomeStatus::Succeeded,
-            reason: reason.to_owned(),
-        },
-        incident_ref: String::new(),
-        correlation_id: String::new(),
-        emitting_service: "authority".to_owned(),
-        attributes,
-    }
+    let mut record = EvidenceRecord::new(actor, action, SERVICE);
+    record.outcome.reason = truncate_utf8(reason.to_owned(), MAX_REASON);
+    record.attributes = attributes
+        .into_iter()
+        .map(|(k, v)| (k, truncate_utf8(v, MAX_ATTRIBUTE_VALUE)))
+        .collect();
+    record
 }
 
 fn effect_to_pb(effect: Effect) -> i32 {
@@ -518,41 +503,31 @@ fn decision_record(
     if let Some(a) = &decision.approval {
         attributes.insert("approvals_required".to_owned(), a.approvals.to_string());
     }
-    let mut reason = decision.reason.clone();
-    reason.truncate(1000);
-    EvidenceRecord {
-        record_id: id,
-        time: time::OffsetDateTime::now_utc(),
-        actor: Actor {
-            workload_spiffe_id: caller_id.to_owned(),
-            human_subject,
-            human_issuer,
+    let mut record = EvidenceRecord::new(caller_id, "decision.authorize", SERVICE);
+    record.record_id = id;
+    record.actor.human_subject = human_subject;
+    record.actor.human_issuer = human_issuer;
+    record.target.nhi_id = request.resource.id.clone();
+    record.target.nhi_kind = request.resource.kind.clone();
+    record.decision = EvidenceDecision {
+        policy_set_version: version.to_string(),
+        effect: match decision.effect {
+            Effect::Allow => EvidenceEffect::Allow,
+            Effect::Deny => EvidenceEffect::Deny,
+            Effect::ApprovalRequired => EvidenceEffect::ApprovalRequired,
         },
-        action: "decision.authorize".to_owned(),
-        target: Target {
-            nhi_id: request.resource.id.clone(),
-            nhi_kind: request.resource.kind.clone(),
-            ..Target::default()
-        },
-        decision: EvidenceDecision {
-            policy_set_version: version.to_string(),
-            effect: match decision.effect {
-                Effect::Allow => EvidenceEffect::Allow,
-                Effect::Deny => EvidenceEffect::Deny,
-                Effect::ApprovalRequired => EvidenceEffect::ApprovalRequired,
-            },
-            policy_ids: decision.policy_ids.iter().take(64).cloned().collect(),
-            approval_ids: Vec::new(),
-        },
-        outcome: Outcome {
-            status: OutcomeStatus::Succeeded,
-            reason,
-        },
-        incident_ref: request.context.incident_ref.clone(),
-        correlation_id: correlation_id.to_owned(),
-        emitting_service: "authority".to_owned(),
-        attributes,
-    }
+        policy_ids: decision.policy_ids.iter().take(MAX_IDS).cloned().collect(),
+        approval_ids: Vec::new(),
+    };
+    // Reasons quote policy annotations: site text of any length.
+    record.outcome.reason = truncate_utf8(decision.reason.clone(), MAX_REASON);
+    record.incident_ref = request.context.incident_ref.clone();
+    record.correlation_id = correlation_id.to_owned();
+    record.attributes = attributes
+        .into_iter()
+        .map(|(k, v)| (k, truncate_utf8(v, MAX_ATTRIBUTE_VALUE)))
+        .collect();
+    record
 }
 
 #[tonic::async_trait]

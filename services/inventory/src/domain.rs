@@ -189,6 +189,30 @@ pub const UPDATABLE: &[&str] = &[
 ];
 
 impl IdentitySpec {
+    /// A spec with only its identifying fields set: machine-to-machine, no
+    /// owners, no labels, no times. Callers fill in the rest.
+    pub fn new(kind: Kind, source_system: &str, external_id: &str) -> Self {
+        Self {
+            kind,
+            display_name: external_id.to_owned(),
+            source_system: source_system.to_owned(),
+            external_id: external_id.to_owned(),
+            environment: String::new(),
+            business_service: String::new(),
+            workload: String::new(),
+            classification: Classification::MachineToMachine,
+            purpose: String::new(),
+            business_owner: None,
+            technical_owner: None,
+            unowned: false,
+            spiffe_id: None,
+            labels: BTreeMap::new(),
+            expires_at: None,
+            last_rotated_at: None,
+            last_used_at: None,
+        }
+    }
+
     /// Checks every field. Owners and purpose are required unless the NHI
     /// is filed as `unowned` for triage. Field names are IdentitySpec's.
     pub fn validate(&self) -> Result<(), FieldError> {

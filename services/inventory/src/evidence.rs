@@ -1,10 +1,8 @@
 //! The evidence records inventory writes: one per change, queued in the
 //! same transaction as the change (see `steward-outbox`).
 
-use std::collections::BTreeMap;
-
 use steward_evidence::EvidenceRecord;
-use steward_evidence::record::{Actor, Decision, Effect, Outcome, OutcomeStatus, Target};
+use steward_evidence::record::{MAX_ATTRIBUTE_VALUE, MAX_REASON, truncate_utf8};
 use uuid::Uuid;
 
 use crate::domain::{ChangeContext, Kind};
@@ -20,59 +18,18 @@ pub fn record(
     reason: &str,
     attributes: impl IntoIterator<Item = (&'static str, String)>,
 ) -> EvidenceRecord {
-    let attributes: BTreeMap<String, String> = attributes
+    let mut record = EvidenceRecord::new(&context.actor, action, SERVICE);
+    if let Some((id, kind)) = target {
+        record.target.nhi_id = id.hyphenated().to_string();
+        record.target.nhi_kind = kind.as_str().to_owned();
+    }
+    record.outcome.reason = truncate_utf8(reason.to_owned(), MAX_REASON);
+    record.incident_ref = context.incident_ref.clone();
+    record.correlation_id = context.correlation_id.clone();
+    record.attributes = attributes
         .into_iter()
         .filter(|(_, v)| !v.is_empty())
-        .map(|(k, v)| {
-            (
-                k.to_owned(),
-                truncate(v, steward_evidence::record::MAX_ATTRIBUTE_VALUE),
-            )
-        })
+        .map(|(k, v)| (k.to_owned(), truncate_utf8(v, MAX_ATTRIBUTE_VALUE)))
         .collect();
-    EvidenceRecord {
-        record_id: Uuid::now_v7(),
-        time: time::OffsetDateTime::now_utc(),
-        actor: Actor {
-            workload_spiffe_id: context.actor.clone(),
-            human_subject: String::new(),
-            human_issuer: String::new(),
-        },
-        action: action.to_owned(),
-        target: Target {
-            nhi_id: target
-                .map(|(id, _)| id.hyphenated().to_string())
-                .unwrap_or_default(),
-            nhi_kind: target
-                .map(|(_, k)| k.as_str().to_owned())
-                .unwrap_or_default(),
-            ..Target::default()
-        },
-        decision: Decision {
-            policy_set_version: String::new(),
-            effect: Effect::NotEvaluated,
-            policy_ids: Vec::new(),
-            approval_ids: Vec::new(),
-        },
-        outcome: Outcome {
-            status: OutcomeStatus::Succeeded,
-            reason: truncate(reason.to_owned(), steward_evidence::record::MAX_REASON),
-        },
-        incident_ref: context.incident_ref.clone(),
-        correlation_id: context.correlation_id.clone(),
-        emitting_service: SERVICE.to_owned(),
-        attributes,
-    }
-}
-
-/// Cuts `text` to at most `max` bytes on a character boundary.
-fn truncate(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut end = max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
-    text
+    record
 }

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use steward_identity::TrustDomain;
 
-use crate::domain::{Classification, IdentitySpec, Kind, Nanos};
+use crate::domain::{IdentitySpec, Kind, Nanos};
 use crate::store::import::ImportRow;
 
 crate::domain::names!(
@@ -99,25 +99,9 @@ pub fn parse(format: Format, content: &[u8], defaults: &Defaults) -> Parsed {
 
 /// A spec with only the identifying fields set; importers fill the rest.
 fn blank(kind: Kind, source_system: &str, external_id: String, environment: &str) -> IdentitySpec {
-    IdentitySpec {
-        kind,
-        display_name: external_id.clone(),
-        source_system: source_system.to_owned(),
-        external_id,
-        environment: environment.to_owned(),
-        business_service: String::new(),
-        workload: String::new(),
-        classification: Classification::MachineToMachine,
-        purpose: String::new(),
-        business_owner: None,
-        technical_owner: None,
-        unowned: false,
-        spiffe_id: None,
-        labels: BTreeMap::new(),
-        expires_at: None,
-        last_rotated_at: None,
-        last_used_at: None,
-    }
+    let mut spec = IdentitySpec::new(kind, source_system, &external_id);
+    spec.environment = environment.to_owned();
+    spec
 }
 
 /// Parses an RFC 3339 time.

@@ -48,11 +48,10 @@ impl InventoryServer {
 
     /// The wire identity with its risk as of now.
     async fn present(&self, identity: &Identity) -> Result<pb::Identity, Status> {
-        let departed = self.store.owner_departed(identity).await.map_err(status)?;
-        Ok(identity_to_pb(
-            identity,
-            assess(identity, departed, now_ns()),
-        ))
+        self.present_all(std::slice::from_ref(identity))
+            .await?
+            .pop()
+            .ok_or_else(|| Status::internal("no identity to present"))
     }
 
     async fn present_all(&self, identities: &[Identity]) -> Result<Vec<pb::Identity>, Status> {

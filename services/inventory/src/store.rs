@@ -562,16 +562,6 @@ impl Store {
         found.ok_or_else(|| not_found(id))
     }
 
-    /// Whether any owner of the identity is marked departed.
-    pub async fn owner_departed(&self, identity: &Identity) -> Result<bool, Error> {
-        let names = identity.owner_names();
-        if names.is_empty() {
-            return Ok(false);
-        }
-        let departed = self.departed_among(&names).await?;
-        Ok(!departed.is_empty())
-    }
-
     /// Which of `names` are marked departed.
     pub async fn departed_among(&self, names: &[String]) -> Result<BTreeSet<String>, Error> {
         if names.is_empty() {

@@ -210,25 +210,7 @@ pub const ALL_FIELDS: &[&str] = &[
 
 /// A whole spec from the wire, validated; errors are prefixed `identity.`.
 pub fn spec(wire: &pb::IdentitySpec) -> Result<IdentitySpec, FieldError> {
-    let mut spec = IdentitySpec {
-        kind: Kind::Other,
-        display_name: String::new(),
-        source_system: String::new(),
-        external_id: String::new(),
-        environment: String::new(),
-        business_service: String::new(),
-        workload: String::new(),
-        classification: Classification::MachineToMachine,
-        purpose: String::new(),
-        business_owner: None,
-        technical_owner: None,
-        unowned: false,
-        spiffe_id: None,
-        labels: Default::default(),
-        expires_at: None,
-        last_rotated_at: None,
-        last_used_at: None,
-    };
+    let mut spec = IdentitySpec::new(Kind::Other, "", "");
     for path in ALL_FIELDS {
         apply_path(&mut spec, wire, path, "identity.")?;
     }
