@@ -387,7 +387,8 @@ async fn decisions_use_inventory_facts_and_reach_audit() {
     );
 
     // Every Authorize is in the log, with the version and deciding policies.
-    let evidence = stack.evidence_for(&nhi, 7).await;
+    // Creation, the suspension and six decisions, from two services' outboxes.
+    let evidence = stack.evidence_for(&nhi, 8).await;
     let decisions: Vec<_> = evidence
         .iter()
         .filter_map(|e| e.record.as_ref())
