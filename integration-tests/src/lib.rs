@@ -242,6 +242,11 @@ pub struct TestStack {
 }
 
 impl TestStack {
+    /// An OIDC token for `subject` from the test issuer authority trusts.
+    pub fn token(&self, subject: &str) -> String {
+        human_token(self.pki.path(), subject)
+    }
+
     /// Starts inventory, authority, credential-broker and audit.
     pub async fn start() -> Self {
         Self::start_with_log(|_| {}).await
@@ -368,6 +373,57 @@ impl TestStack {
     }
 }
 
+impl Drop for TestStack {
+    /// Drops the test's PostgreSQL databases, so a full run does not fill
+    /// the disk with hundreds of them.
+    fn drop(&mut self) {
+        let TestBackend::Postgres(admin_url) = &self.backend else {
+            return;
+        };
+        let databases: Vec<String> = self
+            .configs
+            .values()
+            .filter_map(|config| database_name(&config.database.url))
+            .collect();
+        drop_databases(admin_url.clone(), databases);
+    }
+}
+
+/// The database a `postgres://…/<name>?…` URL names.
+fn database_name(url: &str) -> Option<String> {
+    let base = url.split('?').next()?;
+    let name = base.rsplit('/').next()?;
+    name.starts_with("steward_test_").then(|| name.to_owned())
+}
+
+/// `DROP DATABASE … WITH (FORCE)` on a thread of its own (this may run
+/// inside a test's runtime, which cannot block on a future).
+fn drop_databases(admin_url: String, databases: Vec<String>) {
+    if databases.is_empty() {
+        return;
+    }
+    let dropped = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        runtime.block_on(async {
+            let admin = sqlx::PgPool::connect(&admin_url).await.ok()?;
+            for database in databases {
+                // Best effort: a database left behind only costs disk.
+                let _ = sqlx::query::<sqlx::Postgres>(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {database} WITH (FORCE)"
+                )))
+                .execute(&admin)
+                .await;
+            }
+            admin.close().await;
+            Some(())
+        })
+    });
+    let _ = dropped.join();
+}
+
 /// Builds one of the four services by name.
 pub async fn build_service(
     name: &str,
@@ -375,7 +431,7 @@ pub async fn build_service(
 ) -> Result<Application, steward_server::StartError> {
     match name {
         "inventory" => steward_inventory::build(config).await,
-        "authority" => steward_authority::build(config).await,
+        "authority" => steward_authority::build_with(test_authority_config(config)).await,
         "credential-broker" => steward_credential_broker::build(config).await,
         "audit" => {
             // The signing key sits beside the service's SVID.
@@ -388,6 +444,75 @@ pub async fn build_service(
         }
         other => panic!("unknown service {other}"),
     }
+}
+
+/// The OIDC issuer tests' humans get tokens from.
+pub const TEST_ISSUER: &str = "https://oidc.steward.test";
+
+/// The test issuer's signing key, beside the SVIDs in `pki_dir` (made on
+/// first use), and its JWKS file.
+fn test_issuer_key(pki_dir: &Path) -> (steward_identity::jwt::SigningKey, PathBuf) {
+    let key_path = pki_dir.join("oidc-issuer.p8");
+    let jwks_path = pki_dir.join("oidc-jwks.json");
+    if !key_path.exists() {
+        let der = steward_identity::jwt::SigningKey::generate_pkcs8().unwrap();
+        write_atomic(&key_path, &der);
+    }
+    let key =
+        steward_identity::jwt::SigningKey::from_pkcs8(&std::fs::read(&key_path).unwrap()).unwrap();
+    if !jwks_path.exists() {
+        let jwks = steward_identity::jwt::JwkSet {
+            keys: vec![key.jwk()],
+        };
+        write_atomic(&jwks_path, serde_json::to_string(&jwks).unwrap().as_bytes());
+    }
+    (key, jwks_path)
+}
+
+/// An OIDC token for `subject` from the test issuer, valid for ten minutes.
+pub fn human_token(pki_dir: &Path, subject: &str) -> String {
+    let (key, _) = test_issuer_key(pki_dir);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let claims = serde_json::json!({
+        "iss": TEST_ISSUER,
+        "sub": subject,
+        "aud": "steward",
+        "iat": now,
+        "exp": now + 600,
+        "jti": uuid::Uuid::new_v4().to_string(),
+    });
+    key.sign("JWT", claims.as_object().unwrap()).unwrap()
+}
+
+/// `message` carrying `token` as its bearer token.
+pub fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+/// Authority as tests run it: humans' tokens from the test issuer; groups
+/// `security` (the humans `sam` and `sue`) and `team-billing` (`bea`, the
+/// team that is the sample identities' business owner).
+pub fn test_authority_config(service: ServiceConfig) -> steward_authority::AuthorityConfig {
+    let pki_dir = service.tls.svid.cert.parent().unwrap().to_owned();
+    let (_, jwks_file) = test_issuer_key(&pki_dir);
+    let mut config = steward_authority::AuthorityConfig::new(service);
+    config.oidc = Some(steward_authority::config::OidcConfig {
+        issuer: TEST_ISSUER.to_owned(),
+        audience: "steward".to_owned(),
+        jwks_file,
+    });
+    config.groups.insert(
+        "security".to_owned(),
+        vec!["human:sam".to_owned(), "human:sue".to_owned()],
+    );
+    config
+        .groups
+        .insert("team-billing".to_owned(), vec!["human:bea".to_owned()]);
+    config
 }
 
 /// The audit log settings tests use: the per-test signing key, fast checkpoints.

@@ -2,8 +2,8 @@
 //! validated against the schema, decisions on facts read from inventory,
 //! every decision in the evidence log.
 
-use steward_integration_tests::TestStack;
 use steward_integration_tests::inventory::{create, spec};
+use steward_integration_tests::{TEST_ISSUER, TestStack, bearer};
 use steward_proto::steward::authority::v1 as pb;
 use steward_proto::steward::authority::v1::authority_service_client::AuthorityServiceClient;
 use tonic::Code;
@@ -221,6 +221,7 @@ async fn decisions_use_inventory_facts_and_reach_audit() {
     let incident = pb::RequestContext {
         incident_ref: "INC-42".into(),
         correlation_id: "corr-42".into(),
+        reason: "the token leaked in a public repository".into(),
         ..Default::default()
     };
     let first = soar
@@ -243,18 +244,24 @@ async fn decisions_use_inventory_facts_and_reach_audit() {
         (1, "technical_owner")
     );
     assert_eq!(approval.suggested_reviewers, vec!["alice"]);
+    let request_id = first.approval_request_id.clone();
+    assert!(!request_id.is_empty());
 
-    // Alice approves: the owner from inventory may; the requester may not.
+    // May Alice approve? The owner from inventory may; the requester may not.
+    let alice_token = stack.token("alice");
     let mut alice = ask(
         pb::principal::Kind::Human(pb::Human {
             subject: "alice".into(),
-            issuer: "https://id.steward.test".into(),
+            issuer: TEST_ISSUER.into(),
         }),
         "approve",
         &nhi,
         incident.clone(),
     );
-    let err = client.authorize(alice.clone()).await.unwrap_err();
+    let err = client
+        .authorize(bearer(alice.clone(), &alice_token))
+        .await
+        .unwrap_err();
     assert!(
         err.message().starts_with("context.requester"),
         "{}",
@@ -262,7 +269,7 @@ async fn decisions_use_inventory_facts_and_reach_audit() {
     );
     alice.context.as_mut().unwrap().requester = "spiffe://steward.test/automation/soar".into();
     let approve = client
-        .authorize(alice.clone())
+        .authorize(bearer(alice.clone(), &alice_token))
         .await
         .unwrap()
         .into_inner()
@@ -271,7 +278,7 @@ async fn decisions_use_inventory_facts_and_reach_audit() {
     assert_eq!(approve.effect, pb::Effect::Allow as i32);
     alice.context.as_mut().unwrap().requester = "alice".into();
     let own = client
-        .authorize(alice)
+        .authorize(bearer(alice.clone(), &alice_token))
         .await
         .unwrap()
         .into_inner()
@@ -285,14 +292,32 @@ async fn decisions_use_inventory_facts_and_reach_audit() {
         )
     );
 
-    let mut approved = incident.clone();
-    approved.approvers = vec!["alice".into()];
+    // Without her token, the operator cannot name Alice as the principal.
+    let err = client.authorize(alice).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
+
+    // Alice approves the request; the grant lets SOAR rotate once.
+    let reviewed = client
+        .review_approval_request(bearer(
+            pb::ReviewApprovalRequestRequest {
+                id: request_id.clone(),
+                verdict: pb::Verdict::Approve as i32,
+                reason: "rotate it".into(),
+            },
+            &alice_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .approval_request
+        .unwrap();
+    assert_eq!(reviewed.state, pb::ApprovalState::Approved as i32);
     let allowed = soar
         .authorize(ask(
             workload("/automation/soar"),
             "rotate",
             &nhi,
-            approved.clone(),
+            incident.clone(),
         ))
         .await
         .unwrap()
@@ -300,6 +325,8 @@ async fn decisions_use_inventory_facts_and_reach_audit() {
         .decision
         .unwrap();
     assert_eq!(allowed.effect, pb::Effect::Allow as i32);
+    assert_eq!(allowed.grant_id, reviewed.grant_id);
+    assert_eq!(allowed.approvers, vec!["alice"]);
     let obligations = allowed.obligations.unwrap();
     assert_eq!(obligations.max_ttl_seconds, 1800);
     assert_eq!(
@@ -355,7 +382,12 @@ async fn decisions_use_inventory_facts_and_reach_audit() {
     let explained = client
         .explain(pb::ExplainRequest {
             version: 0,
-            request: Some(ask(workload("/automation/soar"), "rotate", &nhi, approved)),
+            request: Some(ask(
+                workload("/automation/soar"),
+                "rotate",
+                &nhi,
+                incident.clone(),
+            )),
         })
         .await
         .unwrap()
@@ -387,8 +419,9 @@ async fn decisions_use_inventory_facts_and_reach_audit() {
     );
 
     // Every Authorize is in the log, with the version and deciding policies.
-    // Creation, the suspension and six decisions, from two services' outboxes.
-    let evidence = stack.evidence_for(&nhi, 8).await;
+    // Creation, the suspension and six decisions, from two services'
+    // outboxes; and the approval's request, review, approval, grant and use.
+    let evidence = stack.evidence_for(&nhi, 13).await;
     let decisions: Vec<_> = evidence
         .iter()
         .filter_map(|e| e.record.as_ref())
@@ -412,6 +445,7 @@ async fn decisions_use_inventory_facts_and_reach_audit() {
         )
     );
     assert_eq!(d.policy_ids, vec!["soar-rotates-connectors"]);
+    assert_eq!(d.approval_ids, vec![request_id]);
     let human = decisions[1].actor.as_ref().unwrap();
     assert_eq!(human.human_subject, "alice");
 }
@@ -504,12 +538,9 @@ async fn group_membership_comes_from_config_and_long_reasons_are_recorded_whole_
         "bots".to_owned(),
         vec!["spiffe://steward.test/automation/*".to_owned()],
     );
-    let app = steward_authority::build_with(steward_authority::AuthorityConfig {
-        service: config,
-        groups,
-    })
-    .await
-    .unwrap();
+    let mut settings = steward_integration_tests::test_authority_config(config);
+    settings.groups = groups;
+    let app = steward_authority::build_with(settings).await.unwrap();
     let grouped = steward_integration_tests::RunningService::start("authority", app);
     let mut client = AuthorityServiceClient::new(grouped.channel(&stack.operator).await);
 

@@ -49,6 +49,29 @@ macro_rules! on_backend {
 /// Page cache per SQLite connection, in KiB.
 const SQLITE_CACHE_KIB: u32 = 64 * 1024;
 
+/// What differs between the engines in the statements services write.
+pub trait Engine: sqlx::Database + Placeholders {
+    /// Starts a read-modify-write transaction. SQLite takes the write lock
+    /// up front, so a transaction never finds its snapshot stale at COMMIT.
+    const BEGIN_WRITE: &'static str;
+    /// Locks the rows a read-modify-write transaction selected.
+    const FOR_UPDATE: &'static str;
+    /// Case-insensitive LIKE.
+    const ILIKE: &'static str;
+}
+
+impl Engine for sqlx::Sqlite {
+    const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+    const FOR_UPDATE: &'static str = "";
+    const ILIKE: &'static str = "LIKE";
+}
+
+impl Engine for sqlx::Postgres {
+    const BEGIN_WRITE: &'static str = "BEGIN";
+    const FOR_UPDATE: &'static str = " FOR UPDATE";
+    const ILIKE: &'static str = "ILIKE";
+}
+
 /// How one engine spells the placeholders of a multi-row statement.
 ///
 /// SQLite treats `$N` as a *named* parameter and sqlx binds names by

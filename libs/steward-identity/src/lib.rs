@@ -9,9 +9,12 @@
 //!   the peer's [`PeerIdentity`].
 //! - [`connector::connect`]: tonic channels that verify the server's SPIFFE ID.
 //! - [`AuthorizeCallerLayer`]: deny-by-default caller authorisation.
+//! - [`jwt`]: ES256/RS256 tokens verified against a JWKS (OIDC bearer
+//!   tokens for humans).
 
 pub mod authz;
 pub mod connector;
+pub mod jwt;
 pub mod listener;
 pub mod spiffe_id;
 pub mod svid;

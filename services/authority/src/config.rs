@@ -16,6 +16,35 @@ pub struct AuthorityConfig {
     /// test with `principal in Steward::Group::"<name>"`.
     #[serde(default)]
     pub groups: BTreeMap<String, Vec<String>>,
+    /// The OIDC issuer humans' bearer tokens come from. Without it, calls
+    /// that carry a bearer token are refused (UNAUTHENTICATED).
+    #[serde(default)]
+    pub oidc: Option<OidcConfig>,
+    /// How long the resource owners have to complete a break-glass
+    /// post-action review.
+    #[serde(default = "default_review_seconds")]
+    pub break_glass_review_seconds: u64,
+}
+
+/// A day.
+fn default_review_seconds() -> u64 {
+    24 * 3600
+}
+
+/// An OIDC issuer, trusted through its published JWKS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OidcConfig {
+    /// The exact `iss` of its tokens.
+    pub issuer: String,
+    /// The `aud` tokens must carry for Steward.
+    #[serde(default = "default_audience")]
+    pub audience: String,
+    /// The issuer's JWKS document, on disk (re-read when it changes).
+    pub jwks_file: std::path::PathBuf,
+}
+
+fn default_audience() -> String {
+    "steward".to_owned()
 }
 
 impl Settings for AuthorityConfig {
@@ -25,6 +54,16 @@ impl Settings for AuthorityConfig {
 }
 
 impl AuthorityConfig {
+    /// `service` with no groups, no OIDC issuer and the default review time.
+    pub fn new(service: ServiceConfig) -> Self {
+        Self {
+            service,
+            groups: BTreeMap::new(),
+            oidc: None,
+            break_glass_review_seconds: default_review_seconds(),
+        }
+    }
+
     /// The groups `member` (a SPIFFE ID, or `human:<subject>`) belongs to.
     pub fn groups_of(&self, member: &str) -> Vec<String> {
         self.groups
@@ -50,10 +89,7 @@ mod tests {
 
     #[test]
     fn membership_is_exact_or_by_path_prefix() {
-        let mut config = AuthorityConfig {
-            service: ServiceConfig::defaults("authority", 0),
-            groups: BTreeMap::new(),
-        };
+        let mut config = AuthorityConfig::new(ServiceConfig::defaults("authority", 0));
         config.groups.insert(
             "brokers".into(),
             vec!["spiffe://td/service/credential-broker".into()],

@@ -6,14 +6,19 @@
 //! - [`server`]: the `steward.authority.v1.AuthorityService` gRPC adapter,
 //!   which reads each NHI's facts from inventory (fails closed) and records
 //!   every decision as evidence;
-//! - [`config`]: group membership for principals.
+//! - [`approvals`]: approval requests, grants and break-glass post-action
+//!   reviews, with the evidence each change writes;
+//! - [`humans`]: OIDC bearer tokens verified against the issuer's JWKS;
+//! - [`config`]: group membership for principals, the OIDC issuer.
 
+pub mod approvals;
 pub mod config;
 pub mod engine;
+pub mod humans;
 pub mod server;
 pub mod store;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -38,6 +43,11 @@ const SQLITE_MIGRATIONS: &[MigrationFile] = &[
         description: "policy sets",
         sql: include_str!("../migrations/sqlite/0003_policy_sets.sql"),
     },
+    MigrationFile {
+        version: 4,
+        description: "approvals, grants, break-glass reviews",
+        sql: include_str!("../migrations/sqlite/0004_approvals.sql"),
+    },
 ];
 const POSTGRES_MIGRATIONS: &[MigrationFile] = &[
     MigrationFile {
@@ -49,6 +59,11 @@ const POSTGRES_MIGRATIONS: &[MigrationFile] = &[
         version: 3,
         description: "policy sets",
         sql: include_str!("../migrations/postgres/0003_policy_sets.sql"),
+    },
+    MigrationFile {
+        version: 4,
+        description: "approvals, grants, break-glass reviews",
+        sql: include_str!("../migrations/postgres/0004_approvals.sql"),
     },
 ];
 
@@ -84,6 +99,35 @@ pub const SPEC: ServiceSpec = ServiceSpec {
         (rpc!("Authorize"), &[SERVICES, OPERATORS, AUTOMATION]),
         (rpc!("DryRun"), &[OPERATORS, AUTOMATION]),
         (rpc!("Explain"), &[OPERATORS, AUDITORS, AUTOMATION]),
+        (
+            rpc!("GetApprovalRequest"),
+            &[OPERATORS, AUDITORS, AUTOMATION, SERVICES],
+        ),
+        (
+            rpc!("ListApprovalRequests"),
+            &[OPERATORS, AUDITORS, AUTOMATION, SERVICES],
+        ),
+        (rpc!("ReviewApprovalRequest"), &[OPERATORS, AUTOMATION]),
+        (
+            rpc!("CancelApprovalRequest"),
+            &[OPERATORS, AUTOMATION, SERVICES],
+        ),
+        (
+            rpc!("GetGrant"),
+            &[OPERATORS, AUDITORS, AUTOMATION, SERVICES],
+        ),
+        (
+            rpc!("ListGrants"),
+            &[OPERATORS, AUDITORS, AUTOMATION, SERVICES],
+        ),
+        (rpc!("RevokeGrant"), &[OPERATORS, AUTOMATION]),
+        (rpc!("CloseIncident"), &[OPERATORS, AUTOMATION]),
+        (rpc!("BreakGlass"), &[OPERATORS, AUTOMATION]),
+        (
+            rpc!("ListPostActionReviews"),
+            &[OPERATORS, AUDITORS, AUTOMATION],
+        ),
+        (rpc!("CompletePostActionReview"), &[OPERATORS, AUTOMATION]),
     ],
 };
 
@@ -92,10 +136,7 @@ const REFRESH: Duration = Duration::from_secs(2);
 
 /// This service's configuration with its defaults.
 pub fn default_config() -> AuthorityConfig {
-    AuthorityConfig {
-        service: ServiceConfig::defaults(SPEC.name, SPEC.default_port),
-        groups: BTreeMap::new(),
-    }
+    AuthorityConfig::new(ServiceConfig::defaults(SPEC.name, SPEC.default_port))
 }
 
 async fn routes(context: ServiceContext, config: AuthorityConfig) -> Result<Routes, StartError> {
@@ -128,7 +169,9 @@ async fn routes(context: ServiceContext, config: AuthorityConfig) -> Result<Rout
             set: Arc::new(set),
         })),
         compiled: RwLock::new(HashMap::new()),
+        humans: humans::Humans::new(config.oidc.as_ref()).map_err(StartError::Init)?,
         config,
+        own: context.spiffe_id.clone(),
     });
     let forwarder = Forwarder::spawn(&context, ForwarderOptions::default())?;
     let (batcher, writer) = Batcher::start(
@@ -138,6 +181,7 @@ async fn routes(context: ServiceContext, config: AuthorityConfig) -> Result<Rout
     );
     context.spawn(writer);
     context.spawn(follow_activations(shared.clone(), context.shutdown()));
+    context.spawn(sweep(shared.clone(), context.shutdown()));
     let inventory = context.peer_channel("inventory", &context.peers.inventory)?;
     Ok(Routes::new(AuthorityServiceServer::new(
         server::AuthorityServer::new(shared, inventory, batcher),
@@ -218,13 +262,32 @@ async fn follow_activations(shared: Arc<Shared>, shutdown: impl std::future::Fut
     }
 }
 
+/// How often expired approvals and grants are closed and overdue
+/// post-action reviews flagged.
+const SWEEP: Duration = Duration::from_secs(10);
+
+/// Closes what lapsed: see `Store::sweep`.
+async fn sweep(shared: Arc<Shared>, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let actor = approvals::Actor {
+        workload: shared.own.to_string(),
+        ..approvals::Actor::default()
+    };
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(SWEEP) => {}
+        }
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        if let Err(e) = shared.store.sweep(&actor, now).await {
+            tracing::warn!(error = %e, "approval sweep failed; retrying");
+        }
+    }
+}
+
 /// Builds the service with default settings around `config`.
 pub async fn build(config: ServiceConfig) -> Result<Application, StartError> {
-    build_with(AuthorityConfig {
-        service: config,
-        groups: BTreeMap::new(),
-    })
-    .await
+    build_with(AuthorityConfig::new(config)).await
 }
 
 /// Builds the service (binds, migrates, loads the active policy set).

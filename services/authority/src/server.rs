@@ -19,11 +19,15 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+mod approvals;
+
+use crate::approvals::{APPROVAL_TTL_SECS, Actor, ApprovalRequest, ApprovalState, Grant};
 use crate::config::AuthorityConfig;
 use crate::engine::{
     ACTIONS, CompiledSet, Decision, DecisionRequest, Effect, Engine, NhiFacts, PolicyError,
     Principal, RequestContext,
 };
+use crate::humans::Humans;
 use crate::store::{Store, StoreError, StoredSet};
 
 /// The emitting service's name in every record.
@@ -45,6 +49,10 @@ pub struct Shared {
     /// Compiled versions other than the active one (DryRun, Explain).
     pub compiled: RwLock<HashMap<u64, Arc<CompiledSet>>>,
     pub config: AuthorityConfig,
+    /// Verifies humans' bearer tokens.
+    pub humans: Humans,
+    /// This service's own SPIFFE ID (the actor of its sweeps).
+    pub own: SpiffeId,
 }
 
 impl Shared {
@@ -104,12 +112,34 @@ impl AuthorityServer {
             evidence,
         }
     }
+
+    fn own_trust_domain(&self) -> &steward_identity::TrustDomain {
+        self.shared.own.trust_domain()
+    }
+
+    /// The service itself, as the actor of its background changes.
+    fn own_actor(&self) -> Actor {
+        Actor {
+            workload: self.shared.own.to_string(),
+            ..Actor::default()
+        }
+    }
+
+    /// Whether `workload` is one of Steward's own services, which carry
+    /// humans they have verified themselves.
+    fn is_service(&self, workload: &str) -> bool {
+        SpiffeId::parse(workload).is_ok_and(|id| {
+            id.trust_domain() == self.own_trust_domain() && id.path().starts_with("/service/")
+        })
+    }
 }
 
 pub fn store_status(error: StoreError) -> Status {
     match error {
         StoreError::NotFound(m) => Status::not_found(m),
         StoreError::FailedPrecondition(m) => Status::failed_precondition(m),
+        StoreError::AlreadyExists(m) => Status::already_exists(m),
+        StoreError::PermissionDenied(m) => Status::permission_denied(m),
         StoreError::Storage(detail) => {
             tracing::error!(error = %detail, "authority storage error");
             Status::unavailable("authority storage is unavailable; retry")
@@ -203,10 +233,18 @@ struct Asked {
     resource_id: Uuid,
     context: RequestContext,
     correlation_id: String,
+    reason: String,
+    /// Unix seconds; `i64::MAX` when unset.
+    claim_by: i64,
 }
 
 impl AuthorityServer {
-    fn check(&self, r: &pb::AuthorizeRequest, prefix: &str) -> Result<Asked, Status> {
+    fn check(
+        &self,
+        r: &pb::AuthorizeRequest,
+        prefix: &str,
+        actor: &Actor,
+    ) -> Result<Asked, Status> {
         let field = |f: &str| format!("{prefix}{f}");
         let principal = match r.principal.as_ref().and_then(|p| p.kind.as_ref()) {
             Some(pb::principal::Kind::Workload(id)) => {
@@ -231,6 +269,16 @@ impl AuthorityServer {
                     return Err(Status::invalid_argument(format!(
                         "{}: is required (at most 256 bytes)",
                         field("principal.human.issuer")
+                    )));
+                }
+                // A human principal is the caller's own verified human, or
+                // one a Steward service verified and carries.
+                let own = actor.human_subject == h.subject && actor.human_issuer == h.issuer;
+                if !own && !self.is_service(&actor.workload) {
+                    return Err(Status::permission_denied(format!(
+                        "{}: {:?} is not the human of this call's bearer token; only Steward services may act for other humans",
+                        field("principal.human"),
+                        h.subject
                     )));
                 }
                 Principal::Human {
@@ -277,10 +325,10 @@ impl AuthorityServer {
                 )));
             }
         }
-        if c.approvers.len() > 32 || c.approvers.iter().any(|a| a.is_empty() || a.len() > 256) {
+        if c.reason.len() > 1024 || c.reason.chars().any(|ch| ch.is_control() && ch != '\n') {
             return Err(Status::invalid_argument(format!(
-                "{}: at most 32 non-empty names",
-                field("context.approvers")
+                "{}: at most 1024 bytes, no control characters",
+                field("context.reason")
             )));
         }
         let now = now_ns() / 1_000_000_000;
@@ -302,15 +350,26 @@ impl AuthorityServer {
                 field("context.requester")
             )));
         }
+        let claim_by =
+            seconds(&field("context.claim_by"), c.claim_by.as_ref())?.unwrap_or(i64::MAX);
+        if claim_by < now {
+            return Err(Status::invalid_argument(format!(
+                "{}: is in the past",
+                field("context.claim_by")
+            )));
+        }
         let acting_workload = String::new();
         Ok(Asked {
+            reason: c.reason.trim().to_owned(),
+            claim_by,
             context: RequestContext {
                 incident_ref: c.incident_ref,
                 now,
                 window_start,
                 window_end,
-                approvers: c.approvers.into_iter().collect(),
-                break_glass: c.break_glass,
+                // Only a grant supplies these (see `authorize`).
+                approvers: Default::default(),
+                break_glass: false,
                 requester: if c.requester.is_empty() {
                     principal.id().to_owned()
                 } else {
@@ -385,11 +444,11 @@ impl AuthorityServer {
         &self,
         r: &pb::AuthorizeRequest,
         prefix: &str,
-        caller_id: &str,
+        actor: &Actor,
         version: Option<u64>,
     ) -> Result<(DecisionRequest, Decision, u64, Arc<CompiledSet>, String), Status> {
-        let mut asked = self.check(r, prefix)?;
-        asked.context.acting_workload = caller_id.to_owned();
+        let mut asked = self.check(r, prefix, actor)?;
+        asked.context.acting_workload = actor.workload.clone();
         let facts = self.facts(&asked.resource_id).await?;
         let request = DecisionRequest {
             principal: asked.principal,
@@ -439,32 +498,26 @@ fn decision_to_pb(
         approval: decision.approval.as_ref().map(|a| pb::ApprovalRequirement {
             approvals: a.approvals,
             approver: a.approver.clone(),
-            suggested_reviewers: match a.approver.as_str() {
-                "technical_owner" => vec![request.resource.technical_owner.clone()],
-                "business_owner" => vec![request.resource.business_owner.clone()],
-                "" => vec![
-                    request.resource.technical_owner.clone(),
-                    request.resource.business_owner.clone(),
-                ],
-                _ => Vec::new(),
-            }
-            .into_iter()
-            .filter(|s| !s.is_empty())
-            .collect(),
+            suggested_reviewers: approvals::suggested_reviewers(&a.approver, &request.resource),
         }),
         policy_set_version: version,
         errors: decision.errors.clone(),
+        approval_request_id: String::new(),
+        grant_id: String::new(),
+        approvers: request.context.approvers.iter().cloned().collect(),
+        break_glass: request.context.break_glass,
     }
 }
 
 /// The evidence record of one decision.
 fn decision_record(
     id: Uuid,
-    caller_id: &str,
+    actor: &Actor,
     request: &DecisionRequest,
     decision: &Decision,
     version: u64,
     correlation_id: &str,
+    used: Option<&Grant>,
 ) -> EvidenceRecord {
     let (human_subject, human_issuer) = match &request.principal {
         Principal::Human {
@@ -503,7 +556,16 @@ fn decision_record(
     if let Some(a) = &decision.approval {
         attributes.insert("approvals_required".to_owned(), a.approvals.to_string());
     }
-    let mut record = EvidenceRecord::new(caller_id, "decision.authorize", SERVICE);
+    if let Some(g) = used {
+        attributes.insert("grant_id".to_owned(), g.id.clone());
+        if !g.approvers.is_empty() {
+            attributes.insert("approvers".to_owned(), g.approvers.join(","));
+        }
+    }
+    if !actor.human_subject.is_empty() {
+        attributes.insert("caller_human".to_owned(), actor.human_subject.clone());
+    }
+    let mut record = EvidenceRecord::new(&actor.workload, "decision.authorize", SERVICE);
     record.record_id = id;
     record.actor.human_subject = human_subject;
     record.actor.human_issuer = human_issuer;
@@ -517,7 +579,11 @@ fn decision_record(
             Effect::ApprovalRequired => EvidenceEffect::ApprovalRequired,
         },
         policy_ids: decision.policy_ids.iter().take(MAX_IDS).cloned().collect(),
-        approval_ids: Vec::new(),
+        approval_ids: used
+            .map(|g| g.approval_request_id.clone())
+            .filter(|id| !id.is_empty())
+            .into_iter()
+            .collect(),
     };
     // Reasons quote policy annotations: site text of any length.
     record.outcome.reason = truncate_utf8(decision.reason.clone(), MAX_REASON);
@@ -697,18 +763,10 @@ impl AuthorityService for AuthorityServer {
         &self,
         request: Request<pb::AuthorizeRequest>,
     ) -> Result<Response<pb::AuthorizeResponse>, Status> {
-        let by = caller(&request)?;
-        let (asked, decision, version, _, correlation) =
-            self.decide(request.get_ref(), "", &by, None).await?;
-        let id = Uuid::now_v7();
-        let evidence = decision_record(id, &by, &asked, &decision, version, &correlation);
-        // The decision is answered only once its record is durable.
-        self.evidence.record(evidence).await.map_err(|e| {
-            tracing::error!(error = %e, "decision evidence not recorded");
-            Status::unavailable("the decision could not be recorded; retry")
-        })?;
+        let actor = self.actor(&request)?;
+        let r = request.into_inner();
         Ok(Response::new(pb::AuthorizeResponse {
-            decision: Some(decision_to_pb(&decision, &asked, version, &id)),
+            decision: Some(self.authorize_with_grants(&r, &actor).await?),
         }))
     }
 
@@ -716,7 +774,7 @@ impl AuthorityService for AuthorityServer {
         &self,
         request: Request<pb::DryRunRequest>,
     ) -> Result<Response<pb::DryRunResponse>, Status> {
-        let by = caller(&request)?;
+        let actor = self.actor(&request)?;
         let r = request.into_inner();
         if r.version == 0 {
             return Err(Status::invalid_argument("version: is required"));
@@ -725,7 +783,7 @@ impl AuthorityService for AuthorityServer {
             .request
             .ok_or_else(|| Status::invalid_argument("request: is required"))?;
         let (req, decision, version, _, _) = self
-            .decide(&asked, "request.", &by, Some(r.version))
+            .decide(&asked, "request.", &actor, Some(r.version))
             .await?;
         Ok(Response::new(pb::DryRunResponse {
             decision: Some(decision_to_pb(&decision, &req, version, &Uuid::nil())),
@@ -736,7 +794,7 @@ impl AuthorityService for AuthorityServer {
         &self,
         request: Request<pb::ExplainRequest>,
     ) -> Result<Response<pb::ExplainResponse>, Status> {
-        let by = caller(&request)?;
+        let actor = self.actor(&request)?;
         let r = request.into_inner();
         let asked = r
             .request
@@ -746,7 +804,9 @@ impl AuthorityService for AuthorityServer {
         } else {
             r.version
         };
-        let (req, _, version, set, _) = self.decide(&asked, "request.", &by, Some(version)).await?;
+        let (req, _, version, set, _) = self
+            .decide(&asked, "request.", &actor, Some(version))
+            .await?;
         let whole = set
             .decide_unsliced(&self.shared.engine, &req)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -773,9 +833,264 @@ impl AuthorityService for AuthorityServer {
             policies_in_slice: u32::try_from(slice).unwrap_or(u32::MAX),
         }))
     }
+
+    async fn get_approval_request(
+        &self,
+        request: Request<pb::GetApprovalRequestRequest>,
+    ) -> Result<Response<pb::GetApprovalRequestResponse>, Status> {
+        self.get_approval_request_impl(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_approval_requests(
+        &self,
+        request: Request<pb::ListApprovalRequestsRequest>,
+    ) -> Result<Response<pb::ListApprovalRequestsResponse>, Status> {
+        self.list_approval_requests_impl(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn review_approval_request(
+        &self,
+        request: Request<pb::ReviewApprovalRequestRequest>,
+    ) -> Result<Response<pb::ReviewApprovalRequestResponse>, Status> {
+        self.review_approval_request_impl(request)
+            .await
+            .map(Response::new)
+    }
+
+    async fn cancel_approval_request(
+        &self,
+        request: Request<pb::CancelApprovalRequestRequest>,
+    ) -> Result<Response<pb::CancelApprovalRequestResponse>, Status> {
+        self.cancel_approval_request_impl(request)
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_grant(
+        &self,
+        request: Request<pb::GetGrantRequest>,
+    ) -> Result<Response<pb::GetGrantResponse>, Status> {
+        self.get_grant_impl(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_grants(
+        &self,
+        request: Request<pb::ListGrantsRequest>,
+    ) -> Result<Response<pb::ListGrantsResponse>, Status> {
+        self.list_grants_impl(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn revoke_grant(
+        &self,
+        request: Request<pb::RevokeGrantRequest>,
+    ) -> Result<Response<pb::RevokeGrantResponse>, Status> {
+        self.revoke_grant_impl(request).await.map(Response::new)
+    }
+
+    async fn close_incident(
+        &self,
+        request: Request<pb::CloseIncidentRequest>,
+    ) -> Result<Response<pb::CloseIncidentResponse>, Status> {
+        self.close_incident_impl(request).await.map(Response::new)
+    }
+
+    async fn break_glass(
+        &self,
+        request: Request<pb::BreakGlassRequest>,
+    ) -> Result<Response<pb::BreakGlassResponse>, Status> {
+        self.break_glass_impl(request).await.map(Response::new)
+    }
+
+    async fn list_post_action_reviews(
+        &self,
+        request: Request<pb::ListPostActionReviewsRequest>,
+    ) -> Result<Response<pb::ListPostActionReviewsResponse>, Status> {
+        self.list_post_action_reviews_impl(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn complete_post_action_review(
+        &self,
+        request: Request<pb::CompletePostActionReviewRequest>,
+    ) -> Result<Response<pb::CompletePostActionReviewResponse>, Status> {
+        self.complete_post_action_review_impl(request)
+            .await
+            .map(Response::new)
+    }
 }
 
 impl AuthorityServer {
+    /// Records a decision's evidence; answers only once it is durable.
+    #[allow(clippy::too_many_arguments)]
+    async fn record_decision(
+        &self,
+        id: Uuid,
+        actor: &Actor,
+        request: &DecisionRequest,
+        decision: &Decision,
+        version: u64,
+        correlation_id: &str,
+        used: Option<&Grant>,
+    ) -> Result<(), Status> {
+        let evidence = decision_record(id, actor, request, decision, version, correlation_id, used);
+        self.evidence.record(evidence).await.map_err(|e| {
+            tracing::error!(error = %e, "decision evidence not recorded");
+            Status::unavailable("the decision could not be recorded; retry")
+        })
+    }
+
+    /// Authorize: decide with each grant that covers the request (its
+    /// approvals, or break-glass) and spend the one an ALLOW used; with no
+    /// grant, decide bare, and open an approval request when one is needed.
+    async fn authorize_with_grants(
+        &self,
+        r: &pb::AuthorizeRequest,
+        actor: &Actor,
+    ) -> Result<pb::Decision, Status> {
+        let mut asked = self.check(r, "", actor)?;
+        asked.context.acting_workload = actor.workload.clone();
+        let facts = self.facts(&asked.resource_id).await?;
+        let mut request = DecisionRequest {
+            principal: asked.principal,
+            action: asked.action,
+            resource: facts,
+            context: asked.context,
+        };
+        let active = self.shared.active();
+        let decide = |request: &DecisionRequest| {
+            active
+                .set
+                .decide(&self.shared.engine, request)
+                .map_err(|e| Status::invalid_argument(e.to_string()))
+        };
+        let now = request.context.now;
+        let grants = self
+            .shared
+            .store
+            .usable_grants(
+                request.principal.id(),
+                &request.action,
+                &request.resource.id,
+                &request.context.incident_ref,
+                now,
+            )
+            .await
+            .map_err(store_status)?;
+        for grant in &grants {
+            let mut with = request.clone();
+            with.context.approvers = grant.approvers.iter().cloned().collect();
+            with.context.break_glass = grant.break_glass;
+            let decision = decide(&with)?;
+            if decision.effect != Effect::Allow {
+                continue;
+            }
+            let id = Uuid::now_v7();
+            let id_text = id.hyphenated().to_string();
+            if !self
+                .shared
+                .store
+                .claim_grant(&grant.id, actor, &id_text, now)
+                .await
+                .map_err(store_status)?
+            {
+                // Spent by a concurrent decision.
+                continue;
+            }
+            self.record_decision(
+                id,
+                actor,
+                &with,
+                &decision,
+                active.version,
+                &asked.correlation_id,
+                Some(grant),
+            )
+            .await?;
+            let mut out = decision_to_pb(&decision, &with, active.version, &id);
+            out.grant_id = grant.id.clone();
+            return Ok(out);
+        }
+        request.context.approvers.clear();
+        request.context.break_glass = false;
+        let decision = decide(&request)?;
+        let id = Uuid::now_v7();
+        let mut approval_request_id = String::new();
+        if let (Effect::ApprovalRequired, Some(needed)) = (decision.effect, &decision.approval) {
+            if asked.reason.is_empty() {
+                return Err(Status::invalid_argument(
+                    "context.reason: is required: this action needs approval, and the approval request states why",
+                ));
+            }
+            let window_end = request.context.window_end;
+            let opened = ApprovalRequest {
+                id: Uuid::now_v7().hyphenated().to_string(),
+                principal: request.principal.id().to_owned(),
+                principal_issuer: match &request.principal {
+                    Principal::Human { issuer, .. } => issuer.clone(),
+                    Principal::Workload { .. } => String::new(),
+                },
+                action: request.action.clone(),
+                resource_id: request.resource.id.clone(),
+                incident_ref: request.context.incident_ref.clone(),
+                requester: request.context.requester.clone(),
+                reason: asked.reason.clone(),
+                approvals_required: needed.approvals,
+                approver: needed.approver.clone(),
+                suggested_reviewers: approvals::suggested_reviewers(
+                    &needed.approver,
+                    &request.resource,
+                ),
+                window_start: request.context.window_start,
+                window_end,
+                claim_by: asked.claim_by.min(window_end),
+                policy_set_version: active.version,
+                decision_id: id.hyphenated().to_string(),
+                correlation_id: asked.correlation_id.clone(),
+                state: ApprovalState::Pending,
+                created_at: now,
+                expires_at: (now + APPROVAL_TTL_SECS).min(window_end),
+                decided_at: 0,
+                grant_id: String::new(),
+                reviews: Vec::new(),
+            };
+            let (request_row, _) = self
+                .shared
+                .store
+                .open_approval(opened, actor, now)
+                .await
+                .map_err(store_status)?;
+            approval_request_id = request_row.id;
+        }
+        let mut evidence = decision_record(
+            id,
+            actor,
+            &request,
+            &decision,
+            active.version,
+            &asked.correlation_id,
+            None,
+        );
+        if !approval_request_id.is_empty() {
+            evidence.decision.approval_ids = vec![approval_request_id.clone()];
+        }
+        self.evidence.record(evidence).await.map_err(|e| {
+            tracing::error!(error = %e, "decision evidence not recorded");
+            Status::unavailable("the decision could not be recorded; retry")
+        })?;
+        let mut out = decision_to_pb(&decision, &request, active.version, &id);
+        out.approval_request_id = approval_request_id;
+        Ok(out)
+    }
+
     /// Activates a version (or rolls back) and makes it the one decisions use.
     async fn switch(
         &self,

@@ -4,6 +4,9 @@ use steward_db::{Database, on_backend};
 use steward_evidence::EvidenceRecord;
 use steward_outbox::OutboxTransaction;
 
+mod approvals;
+pub use approvals::ListFilter;
+
 /// A stored version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredSet {
@@ -22,6 +25,10 @@ pub enum StoreError {
     NotFound(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error("storage: {0}")]
     Storage(String),
 }

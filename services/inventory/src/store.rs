@@ -29,28 +29,7 @@ use crate::domain::{
     now_ns,
 };
 
-/// What differs between the engines in the statements we write.
-pub trait Engine: sqlx::Database + Placeholders {
-    /// Starts a read-modify-write transaction. SQLite takes the write lock
-    /// up front, so a transaction never finds its snapshot stale at COMMIT.
-    const BEGIN_WRITE: &'static str;
-    /// Locks the rows a read-modify-write transaction selected.
-    const FOR_UPDATE: &'static str;
-    /// Case-insensitive LIKE.
-    const ILIKE: &'static str;
-}
-
-impl Engine for sqlx::Sqlite {
-    const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
-    const FOR_UPDATE: &'static str = "";
-    const ILIKE: &'static str = "LIKE";
-}
-
-impl Engine for sqlx::Postgres {
-    const BEGIN_WRITE: &'static str = "BEGIN";
-    const FOR_UPDATE: &'static str = " FOR UPDATE";
-    const ILIKE: &'static str = "ILIKE";
-}
+pub use steward_db::Engine;
 
 /// Largest page any list returns.
 pub const MAX_PAGE: usize = 1000;

@@ -96,6 +96,8 @@ fn the_default_policies_validate_against_the_schema() {
             "steward-no-self-approval",
             "steward-approver-is-not-executor",
             "steward-no-credentials-for-dead-identities",
+            "steward-owners-may-approve",
+            "steward-break-glass-acts",
         ]
     );
 }
