@@ -49,6 +49,10 @@ pub struct ConnectionArgs {
     /// --host and --base-port.
     #[arg(long, global = true, env = "STEWARD_ADDR")]
     pub addr: Option<String>,
+    /// Where the OIDC token from `steward login` is kept (default
+    /// `~/.config/steward/token`).
+    #[arg(long, global = true, env = "STEWARD_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 impl ConnectionArgs {

@@ -33,6 +33,8 @@ pub const TRUST_DOMAIN: &str = "steward.local";
 pub const LOG_ORIGIN: &str = "steward.local/audit";
 /// The operator's SPIFFE ID in the dev PKI.
 pub const OPERATOR_ID: &str = "spiffe://steward.local/operator/admin";
+/// The dev OIDC issuer authority trusts for humans (`steward login --dev`).
+pub const DEV_ISSUER: &str = "https://oidc.steward.local/dev";
 
 const CA_VALIDITY_DAYS: i64 = 365;
 const SVID_VALIDITY_DAYS: i64 = 30;
@@ -90,6 +92,7 @@ pub async fn up(dir: &Path, base_port: u16, log_format: &str) -> anyhow::Result<
         host: "127.0.0.1".to_owned(),
         base_port,
         addr: None,
+        token_file: None,
     };
     let healthy = tokio::select! {
         result = wait_healthy(&conn, &mut children) => result,
@@ -122,6 +125,7 @@ pub async fn up(dir: &Path, base_port: u16, log_format: &str) -> anyhow::Result<
         "  audit log key     {} ({LOG_ORIGIN})",
         pki.join("audit-log.vkey").display()
     );
+    println!("  humans            {DEV_ISSUER} (`steward login --dev --as <name>`)");
     println!("  data              {}", dir.join("data").display());
     println!();
     println!("ready");
@@ -177,6 +181,7 @@ fn ensure_pki(pki: &Path) -> anyhow::Result<()> {
     write_file(&pki.join("bundle.pem"), ca.cert_pem().as_bytes(), 0o644)?;
 
     ensure_log_key(pki)?;
+    ensure_oidc_key(pki)?;
 
     let mut leaves: Vec<(String, String, bool)> = SERVICES
         .iter()
@@ -228,6 +233,43 @@ fn ensure_log_key(pki: &Path) -> anyhow::Result<()> {
         0o644,
     )?;
     Ok(())
+}
+
+/// The dev OIDC issuer's signing key (dev only) and the JWKS authority
+/// verifies humans' tokens with.
+fn ensure_oidc_key(pki: &Path) -> anyhow::Result<()> {
+    let key_path = pki.join("oidc-issuer.key");
+    if !key_path.exists() {
+        let pkcs8 = steward_identity::jwt::SigningKey::generate_pkcs8()?;
+        write_file(&key_path, private_key_pem(&pkcs8).as_bytes(), 0o600)?;
+        println!("created dev OIDC issuer key {}", key_path.display());
+    }
+    let key = dev_issuer_key(pki)?;
+    let jwks = steward_identity::jwt::JwkSet {
+        keys: vec![key.jwk()],
+    };
+    write_file(
+        &pki.join("oidc-jwks.json"),
+        serde_json::to_string_pretty(&jwks)?.as_bytes(),
+        0o644,
+    )?;
+    Ok(())
+}
+
+/// Loads the dev issuer's signing key from the dev PKI directory.
+pub fn dev_issuer_key(pki: &Path) -> anyhow::Result<steward_identity::jwt::SigningKey> {
+    let key_path = pki.join("oidc-issuer.key");
+    let pem = std::fs::read(&key_path).with_context(|| {
+        format!(
+            "cannot read {}: run `steward dev up` first",
+            key_path.display()
+        )
+    })?;
+    let der = rustls_pki_types::PrivateKeyDer::from_pem_slice(&pem)
+        .with_context(|| format!("{} is not a PEM private key", key_path.display()))?;
+    Ok(steward_identity::jwt::SigningKey::from_pkcs8(
+        der.secret_der(),
+    )?)
 }
 
 fn expiring(cert: &Path) -> anyhow::Result<bool> {
@@ -292,13 +334,16 @@ fn write_configs(dir: &Path, base_port: u16, log_format: &str) -> anyhow::Result
             bundle = pki.join("bundle.pem"),
             db = format!("sqlite://{}", data.join(format!("{name}.db")).display()),
         );
-        let text = if *name == "audit" {
-            format!(
+        let text = match *name {
+            "audit" => format!(
                 "{text}\n[log]\norigin = {LOG_ORIGIN:?}\nsigning_key = {:?}\n",
                 pki.join("audit-log.key")
-            )
-        } else {
-            text
+            ),
+            "authority" => format!(
+                "{text}\n[oidc]\nissuer = {DEV_ISSUER:?}\naudience = \"steward\"\njwks_file = {:?}\n",
+                pki.join("oidc-jwks.json")
+            ),
+            _ => text,
         };
         let path = config_dir.join(format!("{name}.toml"));
         write_file(&path, text.as_bytes(), 0o644)?;

@@ -103,6 +103,7 @@ pub async fn whoami(
         .who_am_i(WhoAmIRequest {})
         .await?
         .into_inner();
+    let human = crate::login::stored_human(args.token_file.as_deref())?;
     match output {
         Output::Json => println!(
             "{}",
@@ -111,10 +112,17 @@ pub async fn whoami(
                 "server_spiffe_id": reply.server_spiffe_id,
                 "service": reply.service,
                 "version": reply.version,
+                "human": human,
             })
         ),
         Output::Table => {
             println!("you are     {}", reply.caller_spiffe_id);
+            if let Some(h) = &human {
+                println!(
+                    "as human    {} ({}, token until {})",
+                    h.subject, h.issuer, h.expires_at
+                );
+            }
             println!(
                 "talking to  {} ({} {})",
                 reply.server_spiffe_id, reply.service, reply.version

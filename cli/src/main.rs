@@ -1,13 +1,16 @@
 //! `steward`: the command-line tool for operators and scripts.
 //!
 //! Today it runs the development environment (`steward dev up`, `steward dev
-//! reset`) and checks the services (`steward health`, `steward whoami`), all
-//! over mTLS with the operator's SVID.
+//! reset`), checks the services (`steward health`, `steward whoami`), all
+//! over mTLS with the operator's SVID, keeps the human's OIDC token
+//! (`steward login`, `steward logout`) and verifies and exports the
+//! evidence log (`steward audit`).
 
 mod audit;
 mod client;
 mod dev;
 mod health;
+mod login;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,6 +61,28 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Keep an OIDC token naming you, the human behind the operator SVID,
+    /// for the actions only a person may take (approve, break-glass,
+    /// complete a review).
+    Login {
+        /// Get the token from the dev issuer of `steward dev up`.
+        #[arg(long, conflicts_with = "from_file")]
+        dev: bool,
+        /// Your name as the token's subject (with --dev). Default: $USER.
+        #[arg(long = "as", requires = "dev")]
+        subject: Option<String>,
+        /// The dev state directory (with --dev).
+        #[arg(long, env = "STEWARD_DEV_DIR", default_value = ".steward/dev")]
+        dir: PathBuf,
+        /// How long the dev token lasts.
+        #[arg(long, default_value_t = login::DEV_TOKEN_MINUTES)]
+        ttl_minutes: u32,
+        /// Keep a token you obtained from your organisation's OIDC issuer.
+        #[arg(long)]
+        from_file: Option<PathBuf>,
+    },
+    /// Forget the stored OIDC token.
+    Logout,
     /// Ask a service which SPIFFE ID it verified for you.
     Whoami {
         /// Which service to ask.
@@ -145,6 +170,33 @@ fn main() -> ExitCode {
                 command: AuditCommand::Export { from, to, file },
             } => audit::export(&cli.conn, from, to, file).await,
             Command::Whoami { service } => health::whoami(&cli.conn, &service, cli.output).await,
+            Command::Login {
+                dev,
+                subject,
+                dir,
+                ttl_minutes,
+                from_file,
+            } => match (dev, from_file) {
+                (true, _) => {
+                    let subject = subject
+                        .or_else(|| std::env::var("USER").ok())
+                        .unwrap_or_else(|| "operator".to_owned());
+                    login::login_dev(
+                        &dir,
+                        &subject,
+                        ttl_minutes,
+                        cli.conn.token_file.as_deref(),
+                        cli.output,
+                    )
+                }
+                (false, Some(file)) => {
+                    login::login_from_file(&file, cli.conn.token_file.as_deref(), cli.output)
+                }
+                (false, None) => Err(anyhow::anyhow!(
+                    "say where the token comes from: --dev (the dev issuer of `steward dev up`) or --from-file <token file>"
+                )),
+            },
+            Command::Logout => login::logout(cli.conn.token_file.as_deref()),
         }
     });
     match result {

@@ -166,3 +166,100 @@ fn dev_up_serves_four_healthy_services_and_stops_cleanly_on_ctrl_c() {
     assert!(reset.status.success());
     assert!(!dir.path().join(".steward/dev").exists());
 }
+
+/// Asks authority to review a request that does not exist, as the human of
+/// `token`: NOT_FOUND means the token was accepted.
+fn review_as(dir: &Path, base: u16, token: &str) -> tonic::Status {
+    use steward_proto::steward::authority::v1 as pb;
+    let pki = dir.join(".steward/dev/pki");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let source = steward_identity::SvidSource::load(
+            steward_identity::SvidPaths {
+                cert: pki.join("operator.crt"),
+                key: pki.join("operator.key"),
+                bundle: pki.join("bundle.pem"),
+            },
+            Vec::new(),
+        )
+        .unwrap();
+        let channel = steward_identity::connector::connect(
+            source,
+            &format!("127.0.0.1:{}", base + 1),
+            steward_identity::ServerAuthorizer::Exact(
+                steward_identity::SpiffeId::parse("spiffe://steward.local/service/authority")
+                    .unwrap(),
+            ),
+        )
+        .await
+        .unwrap();
+        let mut client = pb::authority_service_client::AuthorityServiceClient::new(channel);
+        client
+            .review_approval_request(steward_integration_tests::bearer(
+                pb::ReviewApprovalRequestRequest {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    verdict: pb::Verdict::Approve as i32,
+                    reason: "checking the login".into(),
+                },
+                token,
+            ))
+            .await
+            .unwrap_err()
+    })
+}
+
+#[test]
+fn login_dev_gives_a_token_that_authority_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base_port();
+    let (child, lines) = dev_up(dir.path(), base);
+    assert!(
+        lines.iter().any(|l| l.contains("oidc.steward.local/dev")),
+        "{lines:?}"
+    );
+    let token_file = dir.path().join("home/token");
+    let login = steward(dir.path())
+        .args(["login", "--dev", "--as", "alice", "--token-file"])
+        .arg(&token_file)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&login.stdout);
+    assert!(
+        login.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&login.stderr)
+    );
+    assert!(said.starts_with("logged in as alice"), "{said}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the token must be 0600");
+
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    let accepted = review_as(dir.path(), base, token.trim());
+    assert_eq!(accepted.code(), tonic::Code::NotFound, "{accepted:?}");
+    let mut forged = token.trim().to_owned();
+    forged.replace_range(forged.len() - 4.., "AAAA");
+    let refused = review_as(dir.path(), base, &forged);
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+
+    let whoami = steward(dir.path())
+        .args(["whoami", "--base-port", &base.to_string(), "--token-file"])
+        .arg(&token_file)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&whoami.stdout);
+    assert!(said.contains("as human    alice"), "{said}");
+
+    // Without a source the CLI says what to do; logout forgets the token.
+    let bare = steward(dir.path()).args(["login"]).output().unwrap();
+    assert!(!bare.status.success());
+    assert!(String::from_utf8_lossy(&bare.stderr).contains("--dev"));
+    let logout = steward(dir.path())
+        .args(["logout", "--token-file"])
+        .arg(&token_file)
+        .output()
+        .unwrap();
+    assert!(logout.status.success());
+    assert!(!token_file.exists());
+    assert!(interrupt_and_wait(child).success());
+}
