@@ -9,12 +9,15 @@
 //! - [`approvals`]: approval requests, grants and break-glass post-action
 //!   reviews, with the evidence each change writes;
 //! - [`humans`]: OIDC bearer tokens verified against the issuer's JWKS;
+//! - [`rules`]: response rules (signal → proportionate action), applied by
+//!   the responder in `server` to inventory's signal feed;
 //! - [`config`]: group membership for principals, the OIDC issuer.
 
 pub mod approvals;
 pub mod config;
 pub mod engine;
 pub mod humans;
+pub mod rules;
 pub mod server;
 pub mod store;
 
@@ -31,6 +34,7 @@ use tonic::service::Routes;
 pub use config::AuthorityConfig;
 use engine::{CompiledSet, DEFAULT_POLICIES, Engine};
 use server::{Active, Shared};
+use store::SetKind;
 
 const SQLITE_MIGRATIONS: &[MigrationFile] = &[
     MigrationFile {
@@ -48,6 +52,11 @@ const SQLITE_MIGRATIONS: &[MigrationFile] = &[
         description: "approvals, grants, break-glass reviews",
         sql: include_str!("../migrations/sqlite/0004_approvals.sql"),
     },
+    MigrationFile {
+        version: 5,
+        description: "response rules",
+        sql: include_str!("../migrations/sqlite/0005_response_rules.sql"),
+    },
 ];
 const POSTGRES_MIGRATIONS: &[MigrationFile] = &[
     MigrationFile {
@@ -64,6 +73,11 @@ const POSTGRES_MIGRATIONS: &[MigrationFile] = &[
         version: 4,
         description: "approvals, grants, break-glass reviews",
         sql: include_str!("../migrations/postgres/0004_approvals.sql"),
+    },
+    MigrationFile {
+        version: 5,
+        description: "response rules",
+        sql: include_str!("../migrations/postgres/0005_response_rules.sql"),
     },
 ];
 
@@ -128,6 +142,19 @@ pub const SPEC: ServiceSpec = ServiceSpec {
             &[OPERATORS, AUDITORS, AUTOMATION],
         ),
         (rpc!("CompletePostActionReview"), &[OPERATORS, AUTOMATION]),
+        (rpc!("ValidateResponseRules"), &[OPERATORS, AUTOMATION]),
+        (rpc!("UploadResponseRules"), &[OPERATORS]),
+        (
+            rpc!("ListResponseRules"),
+            &[OPERATORS, AUDITORS, AUTOMATION],
+        ),
+        (rpc!("GetResponseRules"), &[OPERATORS, AUDITORS, AUTOMATION]),
+        (rpc!("ActivateResponseRules"), &[OPERATORS]),
+        (rpc!("RollbackResponseRules"), &[OPERATORS]),
+        (
+            rpc!("ListResponseActions"),
+            &[OPERATORS, AUDITORS, AUTOMATION],
+        ),
     ],
 };
 
@@ -144,7 +171,7 @@ async fn routes(context: ServiceContext, config: AuthorityConfig) -> Result<Rout
     let store = store::Store::new(context.database.clone());
     let own = context.spiffe_id.to_string();
     let version = match store
-        .active()
+        .active(SetKind::Policies)
         .await
         .map_err(|e| StartError::Init(e.to_string()))?
     {
@@ -152,7 +179,7 @@ async fn routes(context: ServiceContext, config: AuthorityConfig) -> Result<Rout
         None => bootstrap(&engine, &store, &own).await?,
     };
     let stored = store
-        .get(version)
+        .get(SetKind::Policies, version)
         .await
         .map_err(|e| StartError::Init(e.to_string()))?;
     let set = CompiledSet::compile(&engine, &stored.policies).map_err(|e| {
@@ -183,9 +210,9 @@ async fn routes(context: ServiceContext, config: AuthorityConfig) -> Result<Rout
     context.spawn(follow_activations(shared.clone(), context.shutdown()));
     context.spawn(sweep(shared.clone(), context.shutdown()));
     let inventory = context.peer_channel("inventory", &context.peers.inventory)?;
-    Ok(Routes::new(AuthorityServiceServer::new(
-        server::AuthorityServer::new(shared, inventory, batcher),
-    )))
+    let server = server::AuthorityServer::new(shared, inventory, batcher);
+    context.spawn(server.clone().respond(context.shutdown()));
+    Ok(Routes::new(AuthorityServiceServer::new(server)))
 }
 
 /// A fresh authority starts with the default policies, active.
@@ -196,11 +223,14 @@ async fn bootstrap(engine: &Engine, store: &store::Store, own: &str) -> Result<u
     let now = i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos()).unwrap_or(0);
     let version = store
         .upload(
-            DEFAULT_POLICIES,
-            "Steward's default policies",
-            &ids,
-            own,
-            now,
+            SetKind::Policies,
+            store::NewVersion {
+                text: DEFAULT_POLICIES,
+                description: "Steward's default policies",
+                ids: &ids,
+                uploaded_by: own,
+                now_ns: now,
+            },
             |v| {
                 server::record(
                     own,
@@ -215,19 +245,26 @@ async fn bootstrap(engine: &Engine, store: &store::Store, own: &str) -> Result<u
         .await
         .map_err(|e| StartError::Init(e.to_string()))?;
     store
-        .activate(Some(version), own, "first start", now, |v, p| {
-            server::record(
-                own,
-                "policy.activate",
-                "first start",
-                [
-                    ("version".to_owned(), v.to_string()),
-                    ("previous_version".to_owned(), p.to_string()),
-                ]
-                .into_iter()
-                .collect(),
-            )
-        })
+        .activate(
+            SetKind::Policies,
+            Some(version),
+            own,
+            "first start",
+            now,
+            |v, p| {
+                server::record(
+                    own,
+                    "policy.activate",
+                    "first start",
+                    [
+                        ("version".to_owned(), v.to_string()),
+                        ("previous_version".to_owned(), p.to_string()),
+                    ]
+                    .into_iter()
+                    .collect(),
+                )
+            },
+        )
         .await
         .map_err(|e| StartError::Init(e.to_string()))?;
     tracing::info!(version, "installed the default policy set");
@@ -242,7 +279,7 @@ async fn follow_activations(shared: Arc<Shared>, shutdown: impl std::future::Fut
             () = &mut shutdown => return,
             () = tokio::time::sleep(REFRESH) => {}
         }
-        let Ok(Some(version)) = shared.store.active().await else {
+        let Ok(Some(version)) = shared.store.active(SetKind::Policies).await else {
             continue;
         };
         if version == shared.active().version {

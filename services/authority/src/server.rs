@@ -20,6 +20,8 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 mod approvals;
+mod responder;
+mod rules;
 
 use crate::approvals::{APPROVAL_TTL_SECS, Actor, ApprovalRequest, ApprovalState, Grant};
 use crate::config::AuthorityConfig;
@@ -28,7 +30,7 @@ use crate::engine::{
     Principal, RequestContext,
 };
 use crate::humans::Humans;
-use crate::store::{Store, StoreError, StoredSet};
+use crate::store::{NewVersion, SetKind, Store, StoreError, StoredSet};
 
 /// The emitting service's name in every record.
 const SERVICE: &str = "authority";
@@ -82,7 +84,11 @@ impl Shared {
         {
             return Ok((version, set));
         }
-        let stored = self.store.get(version).await.map_err(store_status)?;
+        let stored = self
+            .store
+            .get(SetKind::Policies, version)
+            .await
+            .map_err(store_status)?;
         let set = CompiledSet::compile(&self.engine, &stored.policies).map_err(|e| {
             Status::internal(format!(
                 "stored policy set {version} no longer compiles: {:?}",
@@ -661,18 +667,33 @@ impl AuthorityService for AuthorityServer {
         let version = self
             .shared
             .store
-            .upload(&r.policies, &r.description, &ids, &by, now, |v| {
-                let mut a = BTreeMap::new();
-                a.insert("version".to_owned(), v.to_string());
-                a.insert("policies".to_owned(), ids.len().to_string());
-                record(&by, "policy.upload", &r.description, a)
-            })
+            .upload(
+                SetKind::Policies,
+                NewVersion {
+                    text: &r.policies,
+                    description: &r.description,
+                    ids: &ids,
+                    uploaded_by: &by,
+                    now_ns: now,
+                },
+                |v| {
+                    let mut a = BTreeMap::new();
+                    a.insert("version".to_owned(), v.to_string());
+                    a.insert("policies".to_owned(), ids.len().to_string());
+                    record(&by, "policy.upload", &r.description, a)
+                },
+            )
             .await
             .map_err(store_status)?;
         if let Ok(mut cache) = self.shared.compiled.write() {
             cache.insert(version, Arc::new(set));
         }
-        let stored = self.shared.store.get(version).await.map_err(store_status)?;
+        let stored = self
+            .shared
+            .store
+            .get(SetKind::Policies, version)
+            .await
+            .map_err(store_status)?;
         Ok(Response::new(pb::UploadPolicySetResponse {
             policy_set: Some(set_to_pb(&stored, self.shared.active().version, false)),
         }))
@@ -683,31 +704,9 @@ impl AuthorityService for AuthorityServer {
         request: Request<pb::ListPolicySetsRequest>,
     ) -> Result<Response<pb::ListPolicySetsResponse>, Status> {
         let r = request.into_inner();
-        let before = if r.page_token.is_empty() {
-            0
-        } else {
-            r.page_token.parse::<u64>().map_err(|_| {
-                Status::invalid_argument("page_token: not a token from a previous response")
-            })?
-        };
-        let page = match r.page_size {
-            0 => 50,
-            n => n.min(500) as usize,
-        };
-        let mut sets = self
-            .shared
-            .store
-            .list(before, page + 1)
-            .await
-            .map_err(store_status)?;
-        let next = if sets.len() > page {
-            sets.truncate(page);
-            sets.last()
-                .map(|s| s.version.to_string())
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let (sets, next) = self
+            .list_versions(SetKind::Policies, &r.page_token, r.page_size)
+            .await?;
         let active = self.shared.active().version;
         Ok(Response::new(pb::ListPolicySetsResponse {
             policy_sets: sets.iter().map(|s| set_to_pb(s, active, false)).collect(),
@@ -722,7 +721,7 @@ impl AuthorityService for AuthorityServer {
         let stored = self
             .shared
             .store
-            .get(request.get_ref().version)
+            .get(SetKind::Policies, request.get_ref().version)
             .await
             .map_err(store_status)?;
         Ok(Response::new(pb::GetPolicySetResponse {
@@ -926,9 +925,109 @@ impl AuthorityService for AuthorityServer {
             .await
             .map(Response::new)
     }
+
+    async fn validate_response_rules(
+        &self,
+        request: Request<pb::ValidateResponseRulesRequest>,
+    ) -> Result<Response<pb::ValidateResponseRulesResponse>, Status> {
+        Ok(Response::new(
+            self.validate_response_rules_impl(request.get_ref()),
+        ))
+    }
+
+    async fn upload_response_rules(
+        &self,
+        request: Request<pb::UploadResponseRulesRequest>,
+    ) -> Result<Response<pb::UploadResponseRulesResponse>, Status> {
+        self.upload_response_rules_impl(request)
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_response_rules(
+        &self,
+        request: Request<pb::ListResponseRulesRequest>,
+    ) -> Result<Response<pb::ListResponseRulesResponse>, Status> {
+        self.list_response_rules_impl(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_response_rules(
+        &self,
+        request: Request<pb::GetResponseRulesRequest>,
+    ) -> Result<Response<pb::GetResponseRulesResponse>, Status> {
+        self.get_response_rules_impl(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn activate_response_rules(
+        &self,
+        request: Request<pb::ActivateResponseRulesRequest>,
+    ) -> Result<Response<pb::ActivateResponseRulesResponse>, Status> {
+        let by = caller(&request)?;
+        let r = request.into_inner();
+        if r.version == 0 {
+            return Err(Status::invalid_argument("version: is required"));
+        }
+        let (rule_set, previous_version) =
+            self.switch_rules(&by, Some(r.version), &r.reason).await?;
+        Ok(Response::new(pb::ActivateResponseRulesResponse {
+            rule_set: Some(rule_set),
+            previous_version,
+        }))
+    }
+
+    async fn rollback_response_rules(
+        &self,
+        request: Request<pb::RollbackResponseRulesRequest>,
+    ) -> Result<Response<pb::RollbackResponseRulesResponse>, Status> {
+        let by = caller(&request)?;
+        let r = request.into_inner();
+        let (rule_set, previous_version) = self.switch_rules(&by, None, &r.reason).await?;
+        Ok(Response::new(pb::RollbackResponseRulesResponse {
+            rule_set: Some(rule_set),
+            previous_version,
+        }))
+    }
+
+    async fn list_response_actions(
+        &self,
+        request: Request<pb::ListResponseActionsRequest>,
+    ) -> Result<Response<pb::ListResponseActionsResponse>, Status> {
+        self.list_response_actions_impl(request.into_inner())
+            .await
+            .map(Response::new)
+    }
 }
 
 impl AuthorityServer {
+    /// A page of stored versions of `kind`, newest first, and the next
+    /// page's token.
+    async fn list_versions(
+        &self,
+        kind: SetKind,
+        page_token: &str,
+        page_size: u32,
+    ) -> Result<(Vec<StoredSet>, String), Status> {
+        let before = if page_token.is_empty() {
+            0
+        } else {
+            page_token.parse::<u64>().map_err(|_| {
+                Status::invalid_argument("page_token: not a token from a previous response")
+            })?
+        };
+        let limit = approvals::page(page_size);
+        let rows = self
+            .shared
+            .store
+            .list(kind, before, limit + 1)
+            .await
+            .map_err(store_status)?;
+        Ok(approvals::paged(rows, limit, |s| s.version.to_string()))
+    }
+
     /// Records a decision's evidence; answers only once it is durable.
     #[allow(clippy::too_many_arguments)]
     async fn record_decision(
@@ -1107,21 +1206,28 @@ impl AuthorityServer {
         let (target, previous) = self
             .shared
             .store
-            .activate(version, by, reason, now_ns(), |target, previous| {
-                let mut a = BTreeMap::new();
-                a.insert("version".to_owned(), target.to_string());
-                a.insert("previous_version".to_owned(), previous.to_string());
-                record(
-                    by,
-                    if rollback {
-                        "policy.rollback"
-                    } else {
-                        "policy.activate"
-                    },
-                    reason,
-                    a,
-                )
-            })
+            .activate(
+                SetKind::Policies,
+                version,
+                by,
+                reason,
+                now_ns(),
+                |target, previous| {
+                    let mut a = BTreeMap::new();
+                    a.insert("version".to_owned(), target.to_string());
+                    a.insert("previous_version".to_owned(), previous.to_string());
+                    record(
+                        by,
+                        if rollback {
+                            "policy.rollback"
+                        } else {
+                            "policy.activate"
+                        },
+                        reason,
+                        a,
+                    )
+                },
+            )
             .await
             .map_err(store_status)?;
         let (_, set) = self.shared.compiled(target).await?;
@@ -1129,7 +1235,12 @@ impl AuthorityServer {
             version: target,
             set,
         });
-        let stored = self.shared.store.get(target).await.map_err(store_status)?;
+        let stored = self
+            .shared
+            .store
+            .get(SetKind::Policies, target)
+            .await
+            .map_err(store_status)?;
         Ok((set_to_pb(&stored, target, false), previous))
     }
 }

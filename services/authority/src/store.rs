@@ -1,11 +1,15 @@
-//! Policy set versions and activations, with their evidence in the outbox.
+//! Versioned documents (policy sets, response rule sets) and their
+//! activations; approvals, grants and reviews (`approvals`); each change
+//! with its evidence in the outbox.
 
-use steward_db::{Database, on_backend};
+use steward_db::{Database, Engine, on_backend};
 use steward_evidence::EvidenceRecord;
 use steward_outbox::OutboxTransaction;
 
 mod approvals;
+mod responses;
 pub use approvals::ListFilter;
+pub use responses::ResponseAction;
 
 /// A stored version.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +76,43 @@ fn stored((version, policies, description, ids, uploaded_by, created_at_ns): Row
 
 const COLUMNS: &str = "version, policies, description, policy_ids, uploaded_by, created_at_ns";
 
+/// A document to store as a new version.
+#[derive(Debug, Clone, Copy)]
+pub struct NewVersion<'a> {
+    pub text: &'a str,
+    pub description: &'a str,
+    /// The ids of its policies or rules.
+    pub ids: &'a [String],
+    pub uploaded_by: &'a str,
+    pub now_ns: i64,
+}
+
+/// Which versioned document: both kinds are stored, listed, activated and
+/// rolled back the same way, in tables of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetKind {
+    Policies,
+    ResponseRules,
+}
+
+impl SetKind {
+    /// (versions table, activations table).
+    fn tables(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Policies => ("policy_sets", "activations"),
+            Self::ResponseRules => ("rule_sets", "rule_activations"),
+        }
+    }
+
+    /// How errors name the document.
+    pub fn noun(self) -> &'static str {
+        match self {
+            Self::Policies => "policy set",
+            Self::ResponseRules => "response rule set",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Store {
     db: Database,
@@ -82,23 +123,29 @@ impl Store {
         Self { db }
     }
 
-    /// Stores `policies` as the next version; returns it.
+    /// Stores a document as the next version of its kind; returns it.
     pub async fn upload(
         &self,
-        policies: &str,
-        description: &str,
-        policy_ids: &[String],
-        uploaded_by: &str,
-        now_ns: i64,
+        kind: SetKind,
+        new: NewVersion<'_>,
         evidence: impl FnOnce(u64) -> EvidenceRecord,
     ) -> Result<u64, StoreError> {
+        let NewVersion {
+            text: policies,
+            description,
+            ids: policy_ids,
+            uploaded_by,
+            now_ns,
+        } = new;
         let ids = policy_ids.join("\n");
+        let (sets, _) = kind.tables();
         let version = on_backend!(&self.db, pool, Db => {
-            let mut tx = pool.begin().await?;
-            let next: i64 = sqlx::query_scalar::<Db, i64>("SELECT COALESCE(MAX(version), 0) + 1 FROM policy_sets")
+            let mut tx = pool.begin_with(<Db as Engine>::BEGIN_WRITE).await?;
+            let sql = format!("SELECT COALESCE(MAX(version), 0) + 1 FROM {sets}");
+            let next: i64 = sqlx::query_scalar::<Db, i64>(sqlx::AssertSqlSafe(sql))
                 .fetch_one(&mut *tx)
                 .await?;
-            let sql = format!("INSERT INTO policy_sets ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)");
+            let sql = format!("INSERT INTO {sets} ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)");
             sqlx::query::<Db>(sqlx::AssertSqlSafe(sql))
                 .bind(next)
                 .bind(policies)
@@ -116,30 +163,37 @@ impl Store {
     }
 
     /// One version, or the active one for 0.
-    pub async fn get(&self, version: u64) -> Result<StoredSet, StoreError> {
+    pub async fn get(&self, kind: SetKind, version: u64) -> Result<StoredSet, StoreError> {
+        let (sets, _) = kind.tables();
         let version = if version == 0 {
-            self.active()
+            self.active(kind)
                 .await?
-                .ok_or_else(|| StoreError::NotFound("no policy set is active".into()))?
+                .ok_or_else(|| StoreError::NotFound(format!("no {} is active", kind.noun())))?
         } else {
             version
         };
         let row: Option<Row> = on_backend!(&self.db, pool, Db => {
-            let sql = format!("SELECT {COLUMNS} FROM policy_sets WHERE version = $1");
+            let sql = format!("SELECT {COLUMNS} FROM {sets} WHERE version = $1");
             sqlx::query_as::<Db, Row>(sqlx::AssertSqlSafe(sql))
                 .bind(to_i64(version))
                 .fetch_optional(pool)
                 .await?
         });
         row.map(stored).ok_or_else(|| {
-            StoreError::NotFound(format!("version: policy set {version} does not exist"))
+            StoreError::NotFound(format!("version: {} {version} does not exist", kind.noun()))
         })
     }
 
     /// Versions below `before` (all when 0), newest first.
-    pub async fn list(&self, before: u64, limit: usize) -> Result<Vec<StoredSet>, StoreError> {
+    pub async fn list(
+        &self,
+        kind: SetKind,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredSet>, StoreError> {
+        let (sets, _) = kind.tables();
         let rows: Vec<Row> = on_backend!(&self.db, pool, Db => {
-            let sql = format!("SELECT {COLUMNS} FROM policy_sets WHERE ($1 = 0 OR version < $1) ORDER BY version DESC LIMIT $2");
+            let sql = format!("SELECT {COLUMNS} FROM {sets} WHERE ($1 = 0 OR version < $1) ORDER BY version DESC LIMIT $2");
             sqlx::query_as::<Db, Row>(sqlx::AssertSqlSafe(sql))
                 .bind(to_i64(before))
                 .bind(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -150,9 +204,11 @@ impl Store {
     }
 
     /// The active version, if any.
-    pub async fn active(&self) -> Result<Option<u64>, StoreError> {
+    pub async fn active(&self, kind: SetKind) -> Result<Option<u64>, StoreError> {
+        let (_, acts) = kind.tables();
         let version: Option<i64> = on_backend!(&self.db, pool, Db => {
-            sqlx::query_scalar::<Db, i64>("SELECT version FROM activations ORDER BY seq DESC LIMIT 1")
+            let sql = format!("SELECT version FROM {acts} ORDER BY seq DESC LIMIT 1");
+            sqlx::query_scalar::<Db, i64>(sqlx::AssertSqlSafe(sql))
                 .fetch_optional(pool)
                 .await?
         });
@@ -163,45 +219,47 @@ impl Store {
     /// active before the current one. Returns (activated, previous).
     pub async fn activate(
         &self,
+        kind: SetKind,
         version: Option<u64>,
         activated_by: &str,
         reason: &str,
         now_ns: i64,
         evidence: impl FnOnce(u64, u64) -> EvidenceRecord,
     ) -> Result<(u64, u64), StoreError> {
+        let (sets, acts) = kind.tables();
+        let noun = kind.noun();
         let result = on_backend!(&self.db, pool, Db => {
-            let mut tx = pool.begin().await?;
-            let current: Option<(i64, i64)> = sqlx::query_as::<Db, (i64, i64)>(
-                "SELECT version, previous FROM activations ORDER BY seq DESC LIMIT 1",
-            )
+            let mut tx = pool.begin_with(<Db as Engine>::BEGIN_WRITE).await?;
+            let sql = format!("SELECT version, previous FROM {acts} ORDER BY seq DESC LIMIT 1");
+            let current: Option<(i64, i64)> = sqlx::query_as::<Db, (i64, i64)>(sqlx::AssertSqlSafe(sql))
             .fetch_optional(&mut *tx)
             .await?;
             let (current, before) = current.map_or((0, 0), |(v, p)| (to_u64(v), to_u64(p)));
             let target = match version {
                 Some(v) => v,
                 None if before == 0 => {
-                    return Err(StoreError::FailedPrecondition(
-                        "no earlier policy set was active; nothing to roll back to".into(),
-                    ));
+                    return Err(StoreError::FailedPrecondition(format!(
+                        "no earlier {noun} was active; nothing to roll back to"
+                    )));
                 }
                 None => before,
             };
-            let exists: Option<i64> = sqlx::query_scalar::<Db, i64>("SELECT version FROM policy_sets WHERE version = $1")
+            let sql = format!("SELECT version FROM {sets} WHERE version = $1");
+            let exists: Option<i64> = sqlx::query_scalar::<Db, i64>(sqlx::AssertSqlSafe(sql))
                 .bind(to_i64(target))
                 .fetch_optional(&mut *tx)
                 .await?;
             if exists.is_none() {
-                return Err(StoreError::NotFound(format!("version: policy set {target} does not exist")));
+                return Err(StoreError::NotFound(format!("version: {noun} {target} does not exist")));
             }
             if target == current {
-                return Err(StoreError::FailedPrecondition(format!("version: policy set {target} is already active")));
+                return Err(StoreError::FailedPrecondition(format!("version: {noun} {target} is already active")));
             }
             // After a rollback, the one before is the one before the
             // rolled-back-to version, so repeated rollbacks walk back.
             let previous = if version.is_none() {
-                let earlier: Option<i64> = sqlx::query_scalar::<Db, i64>(
-                    "SELECT previous FROM activations WHERE version = $1 ORDER BY seq DESC LIMIT 1",
-                )
+                let sql = format!("SELECT previous FROM {acts} WHERE version = $1 ORDER BY seq DESC LIMIT 1");
+                let earlier: Option<i64> = sqlx::query_scalar::<Db, i64>(sqlx::AssertSqlSafe(sql))
                 .bind(to_i64(target))
                 .fetch_optional(&mut *tx)
                 .await?;
@@ -209,7 +267,8 @@ impl Store {
             } else {
                 current
             };
-            sqlx::query::<Db>("INSERT INTO activations (version, previous, activated_by, reason, at_ns) VALUES ($1, $2, $3, $4, $5)")
+            let sql = format!("INSERT INTO {acts} (version, previous, activated_by, reason, at_ns) VALUES ($1, $2, $3, $4, $5)");
+            sqlx::query::<Db>(sqlx::AssertSqlSafe(sql))
                 .bind(to_i64(target))
                 .bind(to_i64(previous))
                 .bind(activated_by)

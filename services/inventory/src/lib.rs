@@ -67,6 +67,7 @@ const OPERATORS_ONLY: &[&str] = &[OPERATORS];
 const ENTRY_READERS: &[&str] = &[OPERATORS, AUDITORS, SERVICES];
 const MATCHERS: &[&str] = &[OPERATORS, BROKER];
 const REVIEW_READERS: &[&str] = &[OPERATORS, AUTOMATION, AUDITORS];
+const FEED_READERS: &[&str] = &[OPERATORS, AUDITORS, SERVICES];
 
 macro_rules! rpc {
     ($name:literal) => {
@@ -95,6 +96,7 @@ pub const SPEC: ServiceSpec = ServiceSpec {
         (rpc!("AddSignal"), SIGNALLERS),
         (rpc!("ResolveSignal"), RESOLVERS),
         (rpc!("ListSignals"), READERS),
+        (rpc!("ListSignalFeed"), FEED_READERS),
         (rpc!("GrantEntitlement"), ENTITLERS),
         (rpc!("RecordUsage"), SIGNALLERS),
         (rpc!("RemoveEntitlement"), ENTITLERS),

@@ -427,6 +427,30 @@ impl InventoryService for InventoryServer {
         }))
     }
 
+    async fn list_signal_feed(
+        &self,
+        request: Request<pb::ListSignalFeedRequest>,
+    ) -> Result<Response<pb::ListSignalFeedResponse>, Status> {
+        let r = request.into_inner();
+        let limit = match r.page_size {
+            0 => 100,
+            n => (n as usize).min(1000),
+        };
+        let signals = self
+            .store
+            .signal_feed(&r.after_id, limit)
+            .await
+            .map_err(|e| match e {
+                crate::domain::Error::Invalid(_) => {
+                    Status::invalid_argument("after_id: is not a signal id")
+                }
+                other => status(other),
+            })?;
+        Ok(Response::new(pb::ListSignalFeedResponse {
+            signals: signals.iter().map(signal_to_pb).collect(),
+        }))
+    }
+
     async fn grant_entitlement(
         &self,
         request: Request<pb::GrantEntitlementRequest>,

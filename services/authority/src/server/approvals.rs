@@ -50,7 +50,8 @@ fn optional_text(field: &str, value: &str) -> Result<(), Status> {
     Ok(())
 }
 
-fn page(size: u32) -> usize {
+/// A page size: 50 when unset, at most 500.
+pub fn page(size: u32) -> usize {
     match size {
         0 => 50,
         n => n.min(500) as usize,
@@ -66,7 +67,7 @@ fn page_token(token: &str) -> Result<String, Status> {
 }
 
 /// Keeps `limit` rows and the token for the next page.
-fn paged<T>(mut rows: Vec<T>, limit: usize, id: impl Fn(&T) -> String) -> (Vec<T>, String) {
+pub fn paged<T>(mut rows: Vec<T>, limit: usize, id: impl Fn(&T) -> String) -> (Vec<T>, String) {
     if rows.len() > limit {
         rows.truncate(limit);
         let next = rows.last().map(id).unwrap_or_default();

@@ -294,6 +294,20 @@ impl Store {
         Ok(paged(rows, page, |s| s.id.hyphenated().to_string()))
     }
 
+    /// Every identity's signals after `after` (an id), oldest first.
+    pub async fn signal_feed(&self, after: &str, limit: usize) -> Result<Vec<Signal>, Error> {
+        let after = super::after_id(after)?;
+        Ok(on_backend!(&self.db, pool, Db => {
+            let sql = format!("SELECT {SIGNAL_COLUMNS} FROM signals WHERE id > $1 ORDER BY id LIMIT $2");
+            let rows = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql))
+                .bind(&after)
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(read_signal).collect::<Result<Vec<_>, _>>()?
+        }))
+    }
+
     /// Grants a permission; `Ok(false)` when it was already granted (and
     /// nothing changed).
     pub async fn grant(
