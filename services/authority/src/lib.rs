@@ -199,7 +199,12 @@ async fn routes(context: ServiceContext, config: AuthorityConfig) -> Result<Rout
         humans: humans::Humans::new(config.oidc.as_ref()).map_err(StartError::Init)?,
         config,
         own: context.spiffe_id.clone(),
+        grant_holders: RwLock::new(Default::default()),
     });
+    shared
+        .refresh_grant_holders()
+        .await
+        .map_err(|e| StartError::Init(e.to_string()))?;
     let forwarder = Forwarder::spawn(&context, ForwarderOptions::default())?;
     let (batcher, writer) = Batcher::start(
         context.database.clone(),
@@ -271,13 +276,16 @@ async fn bootstrap(engine: &Engine, store: &store::Store, own: &str) -> Result<u
     Ok(version)
 }
 
-/// Picks up versions activated by other replicas.
+/// Picks up versions activated (and grants issued) by other replicas.
 async fn follow_activations(shared: Arc<Shared>, shutdown: impl std::future::Future<Output = ()>) {
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => return,
             () = tokio::time::sleep(REFRESH) => {}
+        }
+        if let Err(e) = shared.refresh_grant_holders().await {
+            tracing::warn!(error = %e, "cannot re-read grant holders; keeping the last set");
         }
         let Ok(Some(version)) = shared.store.active(SetKind::Policies).await else {
             continue;

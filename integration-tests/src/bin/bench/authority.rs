@@ -269,5 +269,29 @@ pub async fn grpc() -> anyhow::Result<Vec<Figure>> {
             p99_us: Some(h.value_at_quantile(0.99) as f64),
         });
     }
+
+    // The part of each decision spent reading the facts: inventory's
+    // GetIdentity over mTLS, as authority calls it, one caller.
+    let mut reader = stack.inventory_caller("/service/authority").await;
+    let started = Instant::now();
+    let mut h = Histogram::<u64>::new(3)?;
+    let mut n = 0usize;
+    while started.elapsed() < Duration::from_secs(2) {
+        let sent = Instant::now();
+        reader
+            .get_identity(steward_proto::steward::inventory::v1::GetIdentityRequest {
+                id: nhis[n % nhis.len()].clone(),
+            })
+            .await?;
+        h.record(u64::try_from(sent.elapsed().as_micros())?)?;
+        n += 1;
+    }
+    figures.push(Figure {
+        name: "inventory GetIdentity over mTLS, 1 caller (the facts read inside Authorize)".into(),
+        value: n as f64 / started.elapsed().as_secs_f64(),
+        unit: "rpc/s",
+        p50_us: Some(h.value_at_quantile(0.5) as f64),
+        p99_us: Some(h.value_at_quantile(0.99) as f64),
+    });
     Ok(figures)
 }

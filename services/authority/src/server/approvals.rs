@@ -435,7 +435,7 @@ impl AuthorityServer {
         }
         self.check_reviewer(&actor, &current).await?;
         let now = now_s();
-        let (a, _grant) = self
+        let (a, grant) = self
             .shared
             .store
             .review_approval(
@@ -453,6 +453,9 @@ impl AuthorityServer {
             )
             .await
             .map_err(store_status)?;
+        if let Some(g) = &grant {
+            self.shared.holds_grant(&g.principal);
+        }
         Ok(pb::ReviewApprovalRequestResponse {
             approval_request: Some(approval_to_pb(&a)),
         })
@@ -725,6 +728,7 @@ impl AuthorityServer {
             .break_glass(&grant, &review, vec![invoked, opened])
             .await
             .map_err(store_status)?;
+        self.shared.holds_grant(&grant.principal);
         Ok(pb::BreakGlassResponse {
             grant: Some(grant_to_pb(&grant)),
             review: Some(review_to_pb(&review, now)),

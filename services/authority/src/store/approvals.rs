@@ -502,6 +502,16 @@ impl Store {
         }))
     }
 
+    /// Every principal that holds an active grant.
+    pub async fn grant_holders(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        let rows: Vec<String> = on_backend!(&self.db, pool, Db => {
+            sqlx::query_scalar::<Db, String>("SELECT DISTINCT principal FROM grants WHERE state = 'active'")
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows.into_iter().collect())
+    }
+
     /// The active grants for this principal, action and resource that are
     /// usable at `now` for `incident_ref`, oldest first.
     pub async fn usable_grants(
