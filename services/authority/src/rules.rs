@@ -269,8 +269,11 @@ impl RuleSet {
                     format!("{approver:?} is not technical_owner, business_owner or group:<name>"),
                 );
             }
-            if raw.reason.len() > 512 {
-                bad(at("reason"), "at most 512 bytes".into());
+            if raw.reason.len() > 512 || raw.reason.chars().any(char::is_control) {
+                bad(
+                    at("reason"),
+                    "at most 512 bytes, no control characters".into(),
+                );
             }
             rules.push(Rule {
                 id: raw.id,
@@ -341,7 +344,7 @@ mod tests {
         let bad = r#"{"rules": [
             {"id": "a", "signal_kind": "leak", "min_severity": "huge", "actions": ["nuke"]},
             {"id": "a", "signal_kind": "dormant", "actions": ["revoke"], "approval": "auto"},
-            {"id": "b c", "signal_kind": "dormant", "actions": [], "approver": "bob"}
+            {"id": "b c", "signal_kind": "dormant", "actions": [], "approver": "bob", "reason": "two\nlines"}
         ]}"#;
         let errors = RuleSet::parse(bad).unwrap_err();
         let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
@@ -356,6 +359,7 @@ mod tests {
                 "rules[2].id",
                 "rules[2].actions",
                 "rules[2].approver",
+                "rules[2].reason",
             ]
         );
         let unknown = RuleSet::parse(r#"{"rules": [], "extra": 1}"#).unwrap_err();

@@ -75,6 +75,21 @@ fn lifecycle(state: &str) -> inventory::LifecycleState {
     }
 }
 
+/// Whether inventory's answer will be the same on a retry: such a
+/// failure is recorded, never retried, so one bad signal cannot stall the
+/// feed.
+fn permanent(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::FailedPrecondition
+            | tonic::Code::InvalidArgument
+            | tonic::Code::NotFound
+            | tonic::Code::PermissionDenied
+            | tonic::Code::AlreadyExists
+            | tonic::Code::OutOfRange
+    )
+}
+
 /// The oldest UUIDv7 of `unix_ms`: ids below it were made before then.
 fn uuid_floor(unix_ms: u64) -> String {
     let bytes = unix_ms.to_be_bytes();
@@ -216,7 +231,18 @@ impl AuthorityServer {
         if !matched.is_empty() {
             let id = Uuid::try_parse(&signal.identity_id)
                 .map_err(|_| Status::internal("inventory sent a signal with a bad identity id"))?;
-            let facts = self.facts(&id).await?;
+            let facts = match self.facts(&id).await {
+                Ok(facts) => facts,
+                Err(s) if permanent(s.code()) => {
+                    tracing::warn!(signal = %signal.id, message = s.message(), "response rules: the signal's identity cannot be read; recorded, not acted on");
+                    crate::engine::NhiFacts {
+                        id: signal.identity_id.clone(),
+                        state: "unknown".to_owned(),
+                        ..Default::default()
+                    }
+                }
+                Err(s) => return Err(s),
+            };
             let mut state = facts.state.clone();
             for rule in matched {
                 for action in &rule.actions {
@@ -280,6 +306,13 @@ impl AuthorityServer {
         let Some((target, strict)) = action.target_state() else {
             return Ok(("ticket_requested", why, String::new()));
         };
+        if state == "unknown" {
+            return Ok((
+                "refused",
+                "inventory could not return the identity".to_owned(),
+                String::new(),
+            ));
+        }
         if strict <= strictness(state) {
             return Ok((
                 "skipped",
@@ -301,12 +334,14 @@ impl AuthorityServer {
                 *state = target.to_owned();
                 Ok(("applied", why, String::new()))
             }
-            Err(refused) => Ok(("skipped", refused, String::new())),
+            Err(refused) => Ok(("refused", refused, String::new())),
         }
     }
 
     /// Moves an identity in inventory; `Ok(Err(why))` when inventory
-    /// refuses the transition (already there, or final).
+    /// refuses the transition for good (already there, final, or a request
+    /// it will never accept). Only transient failures are `Err`, and are
+    /// retried on the next pass.
     async fn transition(
         &self,
         identity_id: &str,
@@ -330,9 +365,7 @@ impl AuthorityServer {
             .await;
         match result {
             Ok(_) => Ok(Ok(())),
-            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
-                Ok(Err(s.message().to_owned()))
-            }
+            Err(s) if permanent(s.code()) => Ok(Err(s.message().to_owned())),
             Err(s) => Err(s),
         }
     }
