@@ -224,9 +224,12 @@ impl InventoryService for InventoryServer {
         request: Request<pb::GetIdentityRequest>,
     ) -> Result<Response<pb::GetIdentityResponse>, Status> {
         let id = id("id", &request.get_ref().id)?;
-        let identity = self.store.get(&id).await.map_err(status)?;
+        let (identity, departed) = self.store.get_with_departure(&id).await.map_err(status)?;
         Ok(Response::new(pb::GetIdentityResponse {
-            identity: Some(self.present(&identity).await?),
+            identity: Some(identity_to_pb(
+                &identity,
+                assess(&identity, departed, now_ns()),
+            )),
         }))
     }
 

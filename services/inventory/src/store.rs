@@ -541,6 +541,26 @@ impl Store {
         found.ok_or_else(|| not_found(id))
     }
 
+    /// One identity and whether an owner of it departed, in one query
+    /// (the read authority makes for every decision).
+    pub async fn get_with_departure(&self, id: &Uuid) -> Result<(Identity, bool), Error> {
+        let sql = format!(
+            "SELECT {COLUMNS}, (SELECT COUNT(*) FROM owners o WHERE o.departed = 1 \
+             AND o.name IN (identities.business_owner, identities.technical_owner)) \
+             FROM identities WHERE id = $1"
+        );
+        let found = on_backend!(&self.db, pool, Db => {
+            match sqlx::query::<Db>(sqlx::AssertSqlSafe(sql)).bind(id.hyphenated().to_string()).fetch_optional(pool).await? {
+                Some(row) => {
+                    let departed: i64 = sqlx::Row::try_get(&row, COLUMN_COUNT)?;
+                    Some((read_identity(&row)?, departed > 0))
+                }
+                None => None,
+            }
+        });
+        found.ok_or_else(|| not_found(id))
+    }
+
     /// Which of `names` are marked departed.
     pub async fn departed_among(&self, names: &[String]) -> Result<BTreeSet<String>, Error> {
         if names.is_empty() {
