@@ -293,5 +293,30 @@ pub async fn grpc() -> anyhow::Result<Vec<Figure>> {
         p50_us: Some(h.value_at_quantile(0.5) as f64),
         p99_us: Some(h.value_at_quantile(0.99) as f64),
     });
+
+    // The round-trip floor inside the same four-service stack: inventory's
+    // WhoAmI touches no database.
+    let mut who =
+        steward_proto::steward::common::v1::identity_service_client::IdentityServiceClient::new(
+            stack.service("inventory").channel(&source).await,
+        );
+    let started = Instant::now();
+    let mut h = Histogram::<u64>::new(3)?;
+    let mut n = 0usize;
+    while started.elapsed() < Duration::from_secs(2) {
+        let sent = Instant::now();
+        who.who_am_i(steward_proto::steward::common::v1::WhoAmIRequest {})
+            .await?;
+        h.record(u64::try_from(sent.elapsed().as_micros())?)?;
+        n += 1;
+    }
+    figures.push(Figure {
+        name: "inventory WhoAmI over mTLS, 1 caller, in the four-service stack (no database)"
+            .into(),
+        value: n as f64 / started.elapsed().as_secs_f64(),
+        unit: "rpc/s",
+        p50_us: Some(h.value_at_quantile(0.5) as f64),
+        p99_us: Some(h.value_at_quantile(0.99) as f64),
+    });
     Ok(figures)
 }
