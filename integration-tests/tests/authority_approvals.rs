@@ -523,6 +523,73 @@ async fn two_of_a_group_approve_and_grants_keep_their_window_and_incident() {
     assert_eq!(cancelled.len(), 1);
 }
 
+#[tokio::test]
+async fn expired_requests_cannot_be_approved_and_unclaimed_grants_lapse() {
+    let stack = TestStack::start().await;
+    let mut inventory = stack.inventory().await;
+    let nhi = create(&mut inventory, spec("short-lived")).await.id;
+    let mut ops = operator(&stack).await;
+    install_site(&mut ops).await;
+    let mut bot = soar(&stack).await;
+    let alice = stack.token("alice");
+
+    // A request whose window closes in two seconds expires with it.
+    let mut brief = context("INC-11");
+    brief.window_end = Some(ts(now() + 2));
+    let lapsing = decide(&mut bot, ask("rotate", &nhi, brief)).await;
+    // A grant that must be claimed within two seconds of a long window.
+    let mut claim_soon = context("INC-12");
+    claim_soon.window_end = Some(ts(now() + 600));
+    claim_soon.claim_by = Some(ts(now() + 2));
+    let unclaimed = decide(&mut bot, ask("rotate", &nhi, claim_soon.clone())).await;
+    ops.review_approval_request(bearer(
+        review(&unclaimed.approval_request_id, pb::Verdict::Approve, "ok"),
+        &alice,
+    ))
+    .await
+    .unwrap();
+
+    let deadline = now() + 3;
+    while now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let err = ops
+        .review_approval_request(bearer(
+            review(
+                &lapsing.approval_request_id,
+                pb::Verdict::Approve,
+                "too late",
+            ),
+            &alice,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+    assert!(err.message().contains("expired"), "{}", err.message());
+    assert!(
+        approval(&mut ops, &lapsing.approval_request_id)
+            .await
+            .reviews
+            .is_empty()
+    );
+
+    // The grant was never claimed in time: it no longer applies.
+    claim_soon.claim_by = None;
+    let late = decide(&mut bot, ask("rotate", &nhi, claim_soon)).await;
+    assert_eq!(late.effect, pb::Effect::ApprovalRequired as i32);
+    assert!(late.grant_id.is_empty());
+
+    // A new request whose claim-by has passed is refused.
+    let mut past = context("INC-13");
+    past.claim_by = Some(ts(now() - 60));
+    let err = bot.authorize(ask("rotate", &nhi, past)).await.unwrap_err();
+    assert!(
+        err.message().starts_with("context.claim_by"),
+        "{}",
+        err.message()
+    );
+}
+
 /// Restarts authority at its address with post-action reviews due after
 /// `seconds`.
 async fn with_review_time(stack: &mut TestStack, seconds: u64) {

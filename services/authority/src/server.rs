@@ -384,14 +384,9 @@ impl AuthorityServer {
                 field("context.requester")
             )));
         }
+        // Checked against the clock only when it opens an approval request.
         let claim_by =
             seconds(&field("context.claim_by"), c.claim_by.as_ref())?.unwrap_or(i64::MAX);
-        if claim_by < now {
-            return Err(Status::invalid_argument(format!(
-                "{}: is in the past",
-                field("context.claim_by")
-            )));
-        }
         let acting_workload = String::new();
         Ok(Asked {
             reason: c.reason.trim().to_owned(),
@@ -1158,6 +1153,11 @@ impl AuthorityServer {
             if asked.reason.is_empty() {
                 return Err(Status::invalid_argument(
                     "context.reason: is required: this action needs approval, and the approval request states why",
+                ));
+            }
+            if asked.claim_by < now {
+                return Err(Status::invalid_argument(
+                    "context.claim_by: is in the past; a grant could never be claimed",
                 ));
             }
             let window_end = request.context.window_end;
