@@ -88,6 +88,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_example_config_loads() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../deploy/config/authority.example.toml");
+        let config = steward_server::config::load(crate::default_config(), Some(&path)).unwrap();
+        assert_eq!(config.service.listen_addr.port(), 50052);
+        assert_eq!(config.break_glass_review_seconds, 86_400);
+        let oidc = config.oidc.as_ref().unwrap();
+        assert_eq!(
+            (oidc.issuer.as_str(), oidc.audience.as_str()),
+            ("https://login.example.org", "steward")
+        );
+        assert_eq!(config.groups_of("human:sam"), vec!["security"]);
+        assert_eq!(
+            config.groups_of("spiffe://example.org/automation/soar"),
+            vec!["soar"]
+        );
+    }
+
+    #[test]
     fn membership_is_exact_or_by_path_prefix() {
         let mut config = AuthorityConfig::new(ServiceConfig::defaults("authority", 0));
         config.groups.insert(
