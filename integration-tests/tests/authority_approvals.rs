@@ -521,6 +521,41 @@ async fn two_of_a_group_approve_and_grants_keep_their_window_and_incident() {
         .into_inner()
         .approval_requests;
     assert_eq!(cancelled.len(), 1);
+
+    // Only the requester, the principal or an operator withdraws a request.
+    let cancel = |reason: &str| pb::CancelApprovalRequestRequest {
+        id: gone.approval_request_id.clone(),
+        reason: reason.into(),
+    };
+    let other = stack
+        .pki
+        .client("other-bot", "spiffe://steward.test/automation/other-bot");
+    let mut stranger =
+        AuthorityServiceClient::new(stack.service("authority").channel(&other).await);
+    let err = stranger
+        .cancel_approval_request(cancel("not mine"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
+    let err = bot.cancel_approval_request(cancel("")).await.unwrap_err();
+    assert!(err.message().starts_with("reason"), "{}", err.message());
+    assert_eq!(
+        approval(&mut ops, &gone.approval_request_id).await.state,
+        pb::ApprovalState::Pending as i32
+    );
+    let withdrawn = bot
+        .cancel_approval_request(cancel("handled another way"))
+        .await
+        .unwrap()
+        .into_inner()
+        .approval_request
+        .unwrap();
+    assert_eq!(withdrawn.state, pb::ApprovalState::Cancelled as i32);
+    let err = bot
+        .cancel_approval_request(cancel("again"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
 }
 
 #[tokio::test]

@@ -275,6 +275,22 @@ pub fn grant_record(actor: &Actor, event: &str, g: &Grant, reason: &str) -> Evid
     record
 }
 
+/// `incident.closed`: what closing it ended.
+pub fn incident_record(
+    actor: &Actor,
+    incident: &str,
+    reason: &str,
+    grants_ended: usize,
+    approvals_cancelled: usize,
+) -> EvidenceRecord {
+    let mut record = base(actor, "incident.closed", "", incident, reason);
+    record.attributes = attributes(&[
+        ("grants_ended", grants_ended.to_string()),
+        ("approvals_cancelled", approvals_cancelled.to_string()),
+    ]);
+    record
+}
+
 /// `breakglass.review_opened`, `…_overdue`, `…_completed` about `r`.
 pub fn review_record(
     actor: &Actor,

@@ -314,10 +314,7 @@ const SWEEP: Duration = Duration::from_secs(10);
 /// Closes what lapsed: see `Store::sweep`.
 async fn sweep(shared: Arc<Shared>, shutdown: impl std::future::Future<Output = ()>) {
     tokio::pin!(shutdown);
-    let actor = approvals::Actor {
-        workload: shared.own.to_string(),
-        ..approvals::Actor::default()
-    };
+    let actor = shared.own_actor();
     loop {
         tokio::select! {
             () = &mut shutdown => return,

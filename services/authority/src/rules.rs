@@ -337,6 +337,11 @@ mod tests {
         assert!(!revoke.automatic(Action::Revoke));
         assert!(revoke.automatic(Action::OpenTicket));
         assert_eq!(revoke.approver, "technical_owner");
+        let cautious = RuleSet::parse(
+            r#"{"rules": [{"id": "ask-first", "signal_kind": "dormant", "actions": ["suspend"], "approval": "required"}]}"#,
+        )
+        .unwrap();
+        assert!(!cautious.rules[0].automatic(Action::Suspend));
     }
 
     #[test]

@@ -63,6 +63,14 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The service itself, as the actor of its background changes.
+    pub fn own_actor(&self) -> Actor {
+        Actor {
+            workload: self.own.to_string(),
+            ..Actor::default()
+        }
+    }
+
     /// Whether `principal` may hold an active grant.
     pub fn may_hold_grant(&self, principal: &str) -> bool {
         self.grant_holders
@@ -151,19 +159,15 @@ impl AuthorityServer {
         self.shared.own.trust_domain()
     }
 
-    /// The service itself, as the actor of its background changes.
-    fn own_actor(&self) -> Actor {
-        Actor {
-            workload: self.shared.own.to_string(),
-            ..Actor::default()
-        }
-    }
-
-    /// Whether `workload` is one of Steward's own services, which carry
-    /// humans they have verified themselves.
-    fn is_service(&self, workload: &str) -> bool {
+    /// Whether `workload` is in this trust domain under `/<role>/`.
+    fn has_role(&self, workload: &str, role: &str) -> bool {
         SpiffeId::parse(workload).is_ok_and(|id| {
-            id.trust_domain() == self.own_trust_domain() && id.path().starts_with("/service/")
+            id.trust_domain() == self.own_trust_domain()
+                && id
+                    .path()
+                    .strip_prefix('/')
+                    .and_then(|p| p.strip_prefix(role))
+                    .is_some_and(|rest| rest.starts_with('/'))
         })
     }
 }
@@ -261,6 +265,14 @@ fn seconds(field: &str, ts: Option<&prost_types::Timestamp>) -> Result<Option<i6
 }
 
 /// A checked request, before facts.
+/// What a request asked beyond the decision itself.
+struct Extras {
+    correlation_id: String,
+    reason: String,
+    /// Unix seconds; `i64::MAX` when unset.
+    claim_by: i64,
+}
+
 struct Asked {
     principal: Principal,
     action: String,
@@ -308,7 +320,7 @@ impl AuthorityServer {
                 // A human principal is the caller's own verified human, or
                 // one a Steward service verified and carries.
                 let own = actor.human_subject == h.subject && actor.human_issuer == h.issuer;
-                if !own && !self.is_service(&actor.workload) {
+                if !own && !self.has_role(&actor.workload, "service") {
                     return Err(Status::permission_denied(format!(
                         "{}: {:?} is not the human of this call's bearer token; only Steward services may act for other humans",
                         field("principal.human"),
@@ -469,43 +481,46 @@ impl AuthorityServer {
         })
     }
 
+    /// A checked request with the NHI's facts, and what it asked beyond
+    /// the decision.
+    async fn prepare(
+        &self,
+        r: &pb::AuthorizeRequest,
+        prefix: &str,
+        actor: &Actor,
+    ) -> Result<(DecisionRequest, Extras), Status> {
+        let mut asked = self.check(r, prefix, actor)?;
+        asked.context.acting_workload = actor.workload.clone();
+        let facts = self.facts(&asked.resource_id).await?;
+        Ok((
+            DecisionRequest {
+                principal: asked.principal,
+                action: asked.action,
+                resource: facts,
+                context: asked.context,
+            },
+            Extras {
+                correlation_id: asked.correlation_id,
+                reason: asked.reason,
+                claim_by: asked.claim_by,
+            },
+        ))
+    }
+
+    /// Decides a request with stored `version` (DryRun, Explain).
     async fn decide(
         &self,
         r: &pb::AuthorizeRequest,
         prefix: &str,
         actor: &Actor,
-        version: Option<u64>,
-    ) -> Result<(DecisionRequest, Decision, u64, Arc<CompiledSet>, String), Status> {
-        let mut asked = self.check(r, prefix, actor)?;
-        asked.context.acting_workload = actor.workload.clone();
-        let facts = self.facts(&asked.resource_id).await?;
-        let request = DecisionRequest {
-            principal: asked.principal,
-            action: asked.action,
-            resource: facts,
-            context: asked.context,
-        };
-        let (version, set) = match version {
-            None => {
-                let active = self.shared.active();
-                let decision = active
-                    .set
-                    .decide(&self.shared.engine, &request)
-                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
-                return Ok((
-                    request,
-                    decision,
-                    active.version,
-                    active.set.clone(),
-                    asked.correlation_id,
-                ));
-            }
-            Some(v) => self.shared.compiled(v).await?,
-        };
+        version: u64,
+    ) -> Result<(DecisionRequest, Decision, u64, Arc<CompiledSet>), Status> {
+        let (request, _) = self.prepare(r, prefix, actor).await?;
+        let (version, set) = self.shared.compiled(version).await?;
         let decision = set
             .decide(&self.shared.engine, &request)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        Ok((request, decision, version, set, asked.correlation_id))
+        Ok((request, decision, version, set))
     }
 }
 
@@ -804,9 +819,8 @@ impl AuthorityService for AuthorityServer {
         let asked = r
             .request
             .ok_or_else(|| Status::invalid_argument("request: is required"))?;
-        let (req, decision, version, _, _) = self
-            .decide(&asked, "request.", &actor, Some(r.version))
-            .await?;
+        let (req, decision, version, _) =
+            self.decide(&asked, "request.", &actor, r.version).await?;
         Ok(Response::new(pb::DryRunResponse {
             decision: Some(decision_to_pb(&decision, &req, version, &Uuid::nil())),
         }))
@@ -826,9 +840,7 @@ impl AuthorityService for AuthorityServer {
         } else {
             r.version
         };
-        let (req, _, version, set, _) = self
-            .decide(&asked, "request.", &actor, Some(version))
-            .await?;
+        let (req, _, version, set) = self.decide(&asked, "request.", &actor, version).await?;
         let whole = set
             .decide_unsliced(&self.shared.engine, &req)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -1078,15 +1090,7 @@ impl AuthorityServer {
         r: &pb::AuthorizeRequest,
         actor: &Actor,
     ) -> Result<pb::Decision, Status> {
-        let mut asked = self.check(r, "", actor)?;
-        asked.context.acting_workload = actor.workload.clone();
-        let facts = self.facts(&asked.resource_id).await?;
-        let mut request = DecisionRequest {
-            principal: asked.principal,
-            action: asked.action,
-            resource: facts,
-            context: asked.context,
-        };
+        let (mut request, asked) = self.prepare(r, "", actor).await?;
         let active = self.shared.active();
         let decide = |request: &DecisionRequest| {
             active
@@ -1222,56 +1226,61 @@ impl AuthorityServer {
     }
 
     /// Activates a version (or rolls back) and makes it the one decisions use.
+    /// Activates a stored version of `kind` (`None`: rolls back), with its
+    /// evidence; returns it and the version active before.
+    async fn activate_version(
+        &self,
+        kind: SetKind,
+        version: Option<u64>,
+        by: &str,
+        reason: &str,
+    ) -> Result<(StoredSet, u64), Status> {
+        let reason = approvals::reason_field("reason", reason)?;
+        let event = format!(
+            "{}.{}",
+            kind.event_prefix(),
+            if version.is_none() {
+                "rollback"
+            } else {
+                "activate"
+            }
+        );
+        let (target, previous) = self
+            .shared
+            .store
+            .activate(kind, version, by, &reason, now_ns(), |target, previous| {
+                let mut a = BTreeMap::new();
+                a.insert("version".to_owned(), target.to_string());
+                a.insert("previous_version".to_owned(), previous.to_string());
+                record(by, &event, &reason, a)
+            })
+            .await
+            .map_err(store_status)?;
+        let stored = self
+            .shared
+            .store
+            .get(kind, target)
+            .await
+            .map_err(store_status)?;
+        Ok((stored, previous))
+    }
+
+    /// Activates a policy set version (or rolls back) and makes it the one
+    /// decisions use.
     async fn switch(
         &self,
         version: Option<u64>,
         by: &str,
         reason: &str,
     ) -> Result<(pb::PolicySet, u64), Status> {
-        if reason.trim().is_empty() || reason.len() > 1024 {
-            return Err(Status::invalid_argument(
-                "reason: is required (at most 1024 bytes)",
-            ));
-        }
-        let rollback = version.is_none();
-        let (target, previous) = self
-            .shared
-            .store
-            .activate(
-                SetKind::Policies,
-                version,
-                by,
-                reason,
-                now_ns(),
-                |target, previous| {
-                    let mut a = BTreeMap::new();
-                    a.insert("version".to_owned(), target.to_string());
-                    a.insert("previous_version".to_owned(), previous.to_string());
-                    record(
-                        by,
-                        if rollback {
-                            "policy.rollback"
-                        } else {
-                            "policy.activate"
-                        },
-                        reason,
-                        a,
-                    )
-                },
-            )
-            .await
-            .map_err(store_status)?;
-        let (_, set) = self.shared.compiled(target).await?;
+        let (stored, previous) = self
+            .activate_version(SetKind::Policies, version, by, reason)
+            .await?;
+        let (_, set) = self.shared.compiled(stored.version).await?;
         self.shared.set_active(Active {
-            version: target,
+            version: stored.version,
             set,
         });
-        let stored = self
-            .shared
-            .store
-            .get(SetKind::Policies, target)
-            .await
-            .map_err(store_status)?;
-        Ok((set_to_pb(&stored, target, false), previous))
+        Ok((set_to_pb(&stored, stored.version, false), previous))
     }
 }

@@ -104,6 +104,14 @@ impl SetKind {
         }
     }
 
+    /// The prefix of its evidence actions (`policy.activate`, `rules.upload`).
+    pub fn event_prefix(self) -> &'static str {
+        match self {
+            Self::Policies => "policy",
+            Self::ResponseRules => "rules",
+        }
+    }
+
     /// How errors name the document.
     pub fn noun(self) -> &'static str {
         match self {

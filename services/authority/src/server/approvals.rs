@@ -262,23 +262,11 @@ impl AuthorityServer {
 
     /// The active policies' answer to `principal` doing `action` on
     /// `facts` outside any grant.
-    fn decide_now(
-        &self,
-        principal: Principal,
-        action: &str,
-        facts: NhiFacts,
-        context: RequestContext,
-    ) -> Result<(Decision, u64), Status> {
+    fn decide_now(&self, request: &DecisionRequest) -> Result<(Decision, u64), Status> {
         let active = self.shared.active();
-        let request = DecisionRequest {
-            principal,
-            action: action.to_owned(),
-            resource: facts,
-            context,
-        };
         let decision = active
             .set
-            .decide(&self.shared.engine, &request)
+            .decide(&self.shared.engine, request)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         Ok((decision, active.version))
     }
@@ -320,11 +308,11 @@ impl AuthorityServer {
             )));
         }
         let now = now_s();
-        let (decision, _) = self.decide_now(
-            self.principal_of(actor)?,
-            "approve",
-            facts,
-            RequestContext {
+        let (decision, _) = self.decide_now(&DecisionRequest {
+            principal: self.principal_of(actor)?,
+            action: "approve".to_owned(),
+            resource: facts,
+            context: RequestContext {
                 incident_ref: a.incident_ref.clone(),
                 now,
                 window_start: a.window_start,
@@ -334,7 +322,7 @@ impl AuthorityServer {
                 acting_human: actor.human_subject.clone(),
                 ..RequestContext::default()
             },
-        )?;
+        })?;
         if decision.effect != Effect::Allow {
             return Err(Status::permission_denied(format!(
                 "{name} may not approve actions on {}: {}",
@@ -469,7 +457,7 @@ impl AuthorityServer {
         let r = request.into_inner();
         let id = uuid_field("id", &r.id)?;
         let reason = reason_field("reason", &r.reason)?;
-        let operator = self.is_operator(&actor.workload);
+        let operator = self.has_role(&actor.workload, "operator");
         let a = self
             .shared
             .store
@@ -488,12 +476,6 @@ impl AuthorityServer {
             .map_err(store_status)?;
         Ok(pb::CancelApprovalRequestResponse {
             approval_request: Some(approval_to_pb(&a)),
-        })
-    }
-
-    fn is_operator(&self, workload: &str) -> bool {
-        steward_identity::SpiffeId::parse(workload).is_ok_and(|id| {
-            id.trust_domain() == self.own_trust_domain() && id.path().starts_with("/operator/")
         })
     }
 
@@ -619,7 +601,9 @@ impl AuthorityServer {
                 ACTIONS.join(", ")
             )));
         }
-        let resource = uuid_field("resource_id", &r.resource_id)?;
+        let resource_id = Uuid::try_parse(&r.resource_id)
+            .map_err(|_| Status::invalid_argument("resource_id: is not an identity id (UUID)"))?;
+        let resource = resource_id.hyphenated().to_string();
         optional_text("incident_ref", &r.incident_ref)?;
         optional_text("correlation_id", &r.correlation_id)?;
         let reason = reason_field("reason", &r.reason)?;
@@ -632,15 +616,12 @@ impl AuthorityServer {
             }
             d => d,
         };
-        let facts = self
-            .facts(&Uuid::try_parse(&resource).map_err(|_| Status::internal("uuid"))?)
-            .await?;
+        let facts = self.facts(&resource_id).await?;
         let now = now_s();
-        let principal = self.principal_of(&actor)?;
         let decision_request = DecisionRequest {
-            principal: principal.clone(),
+            principal: self.principal_of(&actor)?,
             action: "break_glass".to_owned(),
-            resource: facts.clone(),
+            resource: facts,
             context: RequestContext {
                 incident_ref: r.incident_ref.clone(),
                 now,
@@ -653,12 +634,7 @@ impl AuthorityServer {
                 ..RequestContext::default()
             },
         };
-        let (decision, version) = self.decide_now(
-            principal,
-            "break_glass",
-            facts.clone(),
-            decision_request.context.clone(),
-        )?;
+        let (decision, version) = self.decide_now(&decision_request)?;
         let decision_id = Uuid::now_v7();
         // Every invocation is recorded, refused or not.
         self.record_decision(
@@ -706,7 +682,7 @@ impl AuthorityServer {
             resource_id: resource,
             incident_ref: r.incident_ref.clone(),
             reason: reason.clone(),
-            assignees: suggested_reviewers("", &facts),
+            assignees: suggested_reviewers("", &decision_request.resource),
             state: ReviewState::Open,
             due_at: now
                 + i64::try_from(self.shared.config.break_glass_review_seconds)
@@ -760,7 +736,7 @@ impl AuthorityServer {
         // Flag what fell overdue since the last sweep before answering.
         self.shared
             .store
-            .sweep(&self.own_actor(), now)
+            .sweep(&self.shared.own_actor(), now)
             .await
             .map_err(store_status)?;
         let limit = page(r.page_size);

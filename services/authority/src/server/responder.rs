@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 use super::AuthorityServer;
 use super::approvals::{now_s, suggested_reviewers};
-use crate::approvals::{Actor, ApprovalRequest, ApprovalState, GrantState};
+use crate::approvals::{ApprovalRequest, ApprovalState, GrantState};
 use crate::rules::{Action, Rule, RuleSet, strictness};
 use crate::store::{ListFilter, ResponseAction, SetKind};
 
@@ -211,13 +211,6 @@ impl AuthorityServer {
             set,
         };
         Ok(())
-    }
-
-    fn own_actor_for_rules(&self) -> Actor {
-        Actor {
-            workload: self.shared.own.to_string(),
-            ..Actor::default()
-        }
     }
 
     /// Applies the matching rules to one signal and records the result.
@@ -408,7 +401,7 @@ impl AuthorityServer {
         let (opened, _) = self
             .shared
             .store
-            .open_approval(request, &self.own_actor_for_rules(), now)
+            .open_approval(request, &self.shared.own_actor(), now)
             .await
             .map_err(super::store_status)?;
         Ok(opened.id)
@@ -447,7 +440,7 @@ impl AuthorityServer {
                 Ok(()) => "applied_after_approval",
                 Err(_) => "skipped",
             };
-            let actor = self.own_actor_for_rules();
+            let actor = self.shared.own_actor();
             if !self
                 .shared
                 .store

@@ -170,41 +170,10 @@ impl AuthorityServer {
         version: Option<u64>,
         reason: &str,
     ) -> Result<(pb::ResponseRuleSet, u64), Status> {
-        if reason.trim().is_empty() || reason.len() > 1024 {
-            return Err(Status::invalid_argument(
-                "reason: is required (at most 1024 bytes)",
-            ));
-        }
-        let event = if version.is_none() {
-            "rules.rollback"
-        } else {
-            "rules.activate"
-        };
-        let (target, previous) = self
-            .shared
-            .store
-            .activate(
-                SetKind::ResponseRules,
-                version,
-                by,
-                reason,
-                now_ns(),
-                |target, previous| {
-                    let mut a = BTreeMap::new();
-                    a.insert("version".to_owned(), target.to_string());
-                    a.insert("previous_version".to_owned(), previous.to_string());
-                    record(by, event, reason, a)
-                },
-            )
-            .await
-            .map_err(store_status)?;
-        let stored = self
-            .shared
-            .store
-            .get(SetKind::ResponseRules, target)
-            .await
-            .map_err(store_status)?;
-        Ok((set_to_pb(&stored, target, false), previous))
+        let (stored, previous) = self
+            .activate_version(SetKind::ResponseRules, version, by, reason)
+            .await?;
+        Ok((set_to_pb(&stored, stored.version, false), previous))
     }
 
     pub(super) async fn list_response_actions_impl(

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::{Store, StoreError};
 use crate::approvals::{
     Actor, ApprovalRequest, ApprovalState, Grant, GrantState, PostActionReview, Review,
-    ReviewState, Verdict, approval_record, grant_record, review_record,
+    ReviewState, Verdict, approval_record, grant_record, incident_record, review_record,
 };
 
 const APPROVAL_COLUMNS: &str = "id, principal, principal_issuer, action, resource_id, incident_ref, requester, reason, approvals_required, approver, suggested_reviewers, window_start, window_end, claim_by, policy_set_version, decision_id, correlation_id, state, created_at, expires_at, decided_at, grant_id";
@@ -665,14 +665,7 @@ impl Store {
                 a.decided_at = now;
                 records.push(approval_record(actor, "approval.cancelled", a, reason));
             }
-            let mut closed = steward_evidence::EvidenceRecord::new(&actor.workload, "incident.closed", "authority");
-            closed.actor.human_subject = actor.human_subject.clone();
-            closed.actor.human_issuer = actor.human_issuer.clone();
-            closed.incident_ref = incident.to_owned();
-            closed.outcome.reason = steward_evidence::record::truncate_utf8(reason.to_owned(), steward_evidence::record::MAX_REASON);
-            closed.attributes.insert("grants_ended".to_owned(), grants.len().to_string());
-            closed.attributes.insert("approvals_cancelled".to_owned(), requests.len().to_string());
-            records.push(closed);
+            records.push(incident_record(actor, incident, reason, grants.len(), requests.len()));
             tx.enqueue_all(&records).await?;
             tx.commit().await?;
             (grants, requests)
