@@ -616,3 +616,76 @@ async fn group_membership_comes_from_config_and_long_reasons_are_recorded_whole_
     );
     grouped.shutdown().await;
 }
+
+/// Authority caches facts under inventory's invalidation lease (ADR 0008):
+/// a write that has returned is never hidden by a cached read, however
+/// soon the next decision comes and however warm the cache is.
+#[tokio::test]
+async fn cached_facts_never_hide_a_write_that_returned() {
+    use prost_types::FieldMask;
+    use steward_proto::steward::inventory::v1 as inv;
+
+    let stack = TestStack::start().await;
+    let mut inventory = stack.inventory().await;
+    let nhi = create(&mut inventory, spec("cache-coherence")).await.id;
+    site(&mut authority(&stack).await).await;
+    let mut broker = authority_as(&stack, "/service/credential-broker").await;
+    let issue = ask(
+        workload("/service/credential-broker"),
+        "issue",
+        &nhi,
+        pb::RequestContext::default(),
+    );
+    let mut effect = async |broker: &mut AuthorityServiceClient<Channel>| {
+        broker
+            .authorize(issue.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .decision
+            .unwrap()
+            .effect
+    };
+    // Warm: the cache takes its lease and keeps the facts.
+    for _ in 0..10 {
+        assert_eq!(effect(&mut broker).await, pb::Effect::Allow as i32);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // `broker-issues` permits production only: flip the environment and ask
+    // at once, then again (from the refilled cache).
+    let mut identity = spec("cache-coherence");
+    for round in 0..24 {
+        let production = round % 2 == 1;
+        identity.environment = if production { "production" } else { "staging" }.into();
+        inventory
+            .update_identity(inv::UpdateIdentityRequest {
+                id: nhi.clone(),
+                identity: Some(identity.clone()),
+                update_mask: Some(FieldMask {
+                    paths: vec!["environment".into()],
+                }),
+                expected_version: 0,
+                context: None,
+            })
+            .await
+            .unwrap();
+        let want = if production {
+            pb::Effect::Allow
+        } else {
+            pb::Effect::Deny
+        } as i32;
+        assert_eq!(effect(&mut broker).await, want, "round {round}, at once");
+        assert_eq!(effect(&mut broker).await, want, "round {round}, cached");
+    }
+    // A transition is a write like any other.
+    inventory
+        .transition_state(inv::TransitionStateRequest {
+            id: nhi.clone(),
+            target_state: inv::LifecycleState::Suspended as i32,
+            reason: "leaked".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(effect(&mut broker).await, pb::Effect::Deny as i32);
+}

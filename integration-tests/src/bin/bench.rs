@@ -67,10 +67,17 @@ fn main() -> anyhow::Result<()> {
         print_table(&figures);
         return Ok(());
     }
-    // `steward-bench authority` runs the in-process decision figures alone.
+    // `steward-bench authority [engine|grpc]` runs the authority figures
+    // alone (or one half of them, for profiling).
     if std::env::args().nth(1).as_deref() == Some("authority") {
-        let mut figures = authority::run()?;
-        figures.extend(runtime.block_on(authority::grpc())?);
+        let only = std::env::args().nth(2);
+        let mut figures = Vec::new();
+        if only.as_deref() != Some("grpc") {
+            figures.extend(authority::run()?);
+        }
+        if only.as_deref() != Some("engine") {
+            figures.extend(runtime.block_on(authority::grpc())?);
+        }
         print_authority(&[], &figures);
         print_table(&figures);
         return Ok(());
@@ -356,6 +363,17 @@ fn print_authority(baseline: &[Figure], figures: &[Figure]) {
                 "  / gRPC round-trip floor: throughput {:.2}, p50 {:.1}×",
                 f.value / floor.value,
                 f.p50_us.unwrap_or(0.0) / floor.p50_us.unwrap_or(f64::NAN)
+            );
+        }
+        if f.name.contains(" 1 caller")
+            && let Some(floor) = figures
+                .iter()
+                .find(|b| b.name.starts_with("inventory WhoAmI over mTLS"))
+        {
+            println!(
+                "  / the same stack's round trip (WhoAmI): p50 {:.2}×, p99 {:.2}×",
+                f.p50_us.unwrap_or(0.0) / floor.p50_us.unwrap_or(f64::NAN),
+                f.p99_us.unwrap_or(0.0) / floor.p99_us.unwrap_or(f64::NAN)
             );
         }
     }

@@ -24,6 +24,14 @@ pub struct AuthorityConfig {
     /// post-action review.
     #[serde(default = "default_review_seconds")]
     pub break_glass_review_seconds: u64,
+    /// Answer a decision only once its evidence record is durable. Off by
+    /// default: a decision that changes nothing (no grant spent) is
+    /// answered once its record is queued for the next group commit, and a
+    /// crash in between loses at most that batch's records (ADR 0008).
+    /// Spending a grant, opening an approval request and every other
+    /// change are durable before the answer either way.
+    #[serde(default)]
+    pub durable_decisions: bool,
 }
 
 /// A day.
@@ -61,6 +69,7 @@ impl AuthorityConfig {
             groups: BTreeMap::new(),
             oidc: None,
             break_glass_review_seconds: default_review_seconds(),
+            durable_decisions: false,
         }
     }
 

@@ -23,7 +23,9 @@
 pub mod slice;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Deref;
 use std::str::FromStr;
+use std::sync::{Arc, RwLock};
 
 use cedar_policy::{
     Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Policy, PolicyId,
@@ -31,6 +33,7 @@ use cedar_policy::{
 };
 use miette::Diagnostic;
 
+use slice::PrincipalType;
 pub use slice::SliceIndex;
 
 /// The schema every policy set is validated against.
@@ -84,16 +87,20 @@ pub struct PolicyError {
 #[derive(Debug)]
 pub struct Engine {
     schema: Schema,
-    /// Per action: its entity and its groups' entities, the only action
-    /// entities a request for it needs.
-    action_entities: HashMap<String, Vec<Entity>>,
-    /// Each action's groups, transitively.
-    action_groups: HashMap<String, Vec<EntityUid>>,
-    /// Each action's slice keys: itself and its groups.
+    /// Per action: the entity store holding its entity and its groups'
+    /// entities, the only action entities a request for it needs. A
+    /// request's store is this one plus its principal and resource.
+    action_entities: HashMap<String, Entities>,
+    /// Each action's slice keys: its id and its groups' ids.
     action_keys: HashMap<String, Vec<String>>,
+    /// Principal entities, built once per principal and groups.
+    principals: RwLock<HashMap<Principal, Entity>>,
     types: Types,
     authorizer: Authorizer,
 }
+
+/// Most principal entities kept; past it the cache starts over.
+const PRINCIPAL_CACHE: usize = 16_384;
 
 /// The schema's entity type names, parsed once.
 #[derive(Debug)]
@@ -118,7 +125,6 @@ impl Engine {
         let entities = schema
             .action_entities()
             .map_err(|e| EngineError::Schema(e.to_string()))?;
-        let mut action_groups = HashMap::new();
         let mut action_entities = HashMap::new();
         let mut action_keys = HashMap::new();
         for name in ACTIONS {
@@ -131,19 +137,20 @@ impl Engine {
                 .chain(groups.iter())
                 .filter_map(|u| entities.get(u).cloned())
                 .collect();
-            action_entities.insert((*name).to_owned(), needed);
+            let store = Entities::from_entities(needed, None)
+                .map_err(|e| EngineError::Schema(e.to_string()))?;
+            action_entities.insert((*name).to_owned(), store);
             let keys = std::iter::once(&uid)
                 .chain(groups.iter())
-                .map(slice::key)
+                .map(|u| u.id().unescaped().to_owned())
                 .collect();
             action_keys.insert((*name).to_owned(), keys);
-            action_groups.insert((*name).to_owned(), groups);
         }
         Ok(Self {
             schema,
             action_entities,
-            action_groups,
             action_keys,
+            principals: RwLock::default(),
             types: Types {
                 action: type_name("Steward::Action")?,
                 group: type_name("Steward::Group")?,
@@ -158,7 +165,107 @@ impl Engine {
     pub fn schema(&self) -> &Schema {
         &self.schema
     }
+
+    /// `facts` with their Cedar entity, built once: whoever keeps the
+    /// facts (authority's facts cache) keeps the entity with them.
+    pub fn resource(&self, facts: NhiFacts) -> Result<Arc<Resource>, EngineError> {
+        let entity = Entity::new_with_tags(
+            Types::uid(&self.types.nhi, &facts.id),
+            [
+                ("kind".to_owned(), string(&facts.kind)),
+                ("environment".to_owned(), string(&facts.environment)),
+                ("state".to_owned(), string(&facts.state)),
+                (
+                    "risk_score".to_owned(),
+                    RestrictedExpression::new_long(facts.risk_score),
+                ),
+                ("business_owner".to_owned(), string(&facts.business_owner)),
+                ("technical_owner".to_owned(), string(&facts.technical_owner)),
+                (
+                    "business_service".to_owned(),
+                    string(&facts.business_service),
+                ),
+                ("source_system".to_owned(), string(&facts.source_system)),
+                ("spiffe_id".to_owned(), string(&facts.spiffe_id)),
+            ],
+            [],
+            facts.labels.iter().map(|(k, v)| (k.clone(), string(v))),
+        )
+        .map_err(|e| request_error("resource", e.to_string()))?;
+        Ok(Arc::new(Resource { facts, entity }))
+    }
+
+    /// The principal's entity, from the cache when it was built before.
+    fn principal_entity(&self, principal: &Principal) -> Result<Entity, EngineError> {
+        if let Some(e) = self
+            .principals
+            .read()
+            .ok()
+            .and_then(|p| p.get(principal).cloned())
+        {
+            return Ok(e);
+        }
+        let parents = principal
+            .groups()
+            .iter()
+            .map(|g| Types::uid(&self.types.group, g))
+            .collect();
+        let attrs = match principal {
+            Principal::Workload {
+                spiffe_id,
+                trust_domain,
+                ..
+            } => [
+                ("id".to_owned(), string(spiffe_id)),
+                ("trust_domain".to_owned(), string(trust_domain)),
+            ],
+            Principal::Human {
+                subject, issuer, ..
+            } => [
+                ("id".to_owned(), string(subject)),
+                ("issuer".to_owned(), string(issuer)),
+            ],
+        };
+        let entity = Entity::new(principal.uid(self), attrs.into_iter().collect(), parents)
+            .map_err(|e| request_error("principal", e.to_string()))?;
+        if let Ok(mut cache) = self.principals.write() {
+            if cache.len() >= PRINCIPAL_CACHE {
+                cache.clear();
+            }
+            cache.insert(principal.clone(), entity.clone());
+        }
+        Ok(entity)
+    }
 }
+
+/// An NHI's facts and the Cedar entity made of them ([`Engine::resource`]).
+#[derive(Debug, Clone)]
+pub struct Resource {
+    facts: NhiFacts,
+    entity: Entity,
+}
+
+impl Resource {
+    pub fn facts(&self) -> &NhiFacts {
+        &self.facts
+    }
+}
+
+impl Deref for Resource {
+    type Target = NhiFacts;
+
+    fn deref(&self) -> &NhiFacts {
+        &self.facts
+    }
+}
+
+impl PartialEq for Resource {
+    fn eq(&self, other: &Self) -> bool {
+        self.facts == other.facts
+    }
+}
+
+impl Eq for Resource {}
 
 fn type_name(name: &str) -> Result<EntityTypeName, EngineError> {
     EntityTypeName::from_str(name).map_err(|e| EngineError::Schema(e.to_string()))
@@ -176,7 +283,7 @@ pub fn action_uid(name: &str) -> Result<EntityUid, EngineError> {
 }
 
 /// Who asks: a workload or a human, with its groups (transitively).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Principal {
     Workload {
         spiffe_id: String,
@@ -211,16 +318,12 @@ impl Principal {
         }
     }
 
-    /// The principal and its groups as uids: the keys its policies are
-    /// indexed under.
-    fn keys(&self, engine: &Engine) -> Vec<EntityUid> {
-        let mut keys = vec![self.uid(engine)];
-        keys.extend(
-            self.groups()
-                .iter()
-                .map(|g| Types::uid(&engine.types.group, g)),
-        );
-        keys
+    /// Its slice key: its type and id.
+    fn key(&self) -> (PrincipalType, &str) {
+        match self {
+            Self::Workload { spiffe_id, .. } => (PrincipalType::Workload, spiffe_id),
+            Self::Human { subject, .. } => (PrincipalType::Human, subject),
+        }
     }
 }
 
@@ -261,7 +364,7 @@ pub struct RequestContext {
 pub struct DecisionRequest {
     pub principal: Principal,
     pub action: String,
-    pub resource: NhiFacts,
+    pub resource: Arc<Resource>,
     pub context: RequestContext,
 }
 
@@ -555,14 +658,12 @@ impl CompiledSet {
                 format!("{:?} is not a Steward action", request.action),
             )
         })?;
-        let principals: Vec<String> = request
-            .principal
-            .keys(engine)
-            .iter()
-            .map(slice::key)
-            .collect();
-        let resource = slice::key(&Types::uid(&engine.types.nhi, &request.resource.id));
-        Ok(self.index.candidates(actions, &principals, &resource))
+        Ok(self.index.candidates(
+            actions,
+            request.principal.key(),
+            request.principal.groups(),
+            &request.resource.id,
+        ))
     }
 
     /// Decides `request` with the policies of its slice.
@@ -572,9 +673,10 @@ impl CompiledSet {
         request: &DecisionRequest,
     ) -> Result<Decision, EngineError> {
         let slice = self.slice(engine, request)?;
-        let set =
-            PolicySet::from_policies(slice.iter().map(|i| self.policies[*i as usize].clone()))
-                .map_err(|e| request_error("policy", e.to_string()))?;
+        let set = self
+            .index
+            .set(slice, &self.policies)
+            .map_err(|e| request_error("policy", e))?;
         self.evaluate(engine, request, &set)
     }
 
@@ -594,7 +696,7 @@ impl CompiledSet {
         request: &DecisionRequest,
         set: &PolicySet,
     ) -> Result<Decision, EngineError> {
-        if !engine.action_groups.contains_key(&request.action) {
+        if !engine.action_keys.contains_key(&request.action) {
             return Err(request_error(
                 "action",
                 format!("{:?} is not a Steward action", request.action),
@@ -710,16 +812,13 @@ fn string(s: &str) -> RestrictedExpression {
     RestrictedExpression::new_string(s.to_owned())
 }
 
-/// The Cedar request and entities for one decision.
+/// The Cedar request and entities for one decision: the action's store
+/// plus the principal's and the resource's entities, both built before.
 fn cedar_inputs(
     engine: &Engine,
     request: &DecisionRequest,
 ) -> Result<(Request, Entities), EngineError> {
-    fn bad(field: &'static str) -> impl Fn(cedar_policy::EntityAttrEvaluationError) -> EngineError {
-        move |e| request_error(field, e.to_string())
-    }
-    let principal_uid = request.principal.uid(engine);
-    let mut entities: Vec<Entity> = engine
+    let actions = engine
         .action_entities
         .get(&request.action)
         .cloned()
@@ -731,65 +830,12 @@ fn cedar_inputs(
         })?;
     // Group entities themselves need not exist: `principal in Group` is
     // answered from the principal's own ancestors.
-    let parents: Vec<EntityUid> = request
-        .principal
-        .groups()
-        .iter()
-        .map(|g| Types::uid(&engine.types.group, g))
-        .collect();
-    let principal = match &request.principal {
-        Principal::Workload {
-            spiffe_id,
-            trust_domain,
-            ..
-        } => Entity::new(
-            principal_uid.clone(),
-            [
-                ("id".to_owned(), string(spiffe_id)),
-                ("trust_domain".to_owned(), string(trust_domain)),
-            ]
-            .into_iter()
-            .collect(),
-            parents.into_iter().collect(),
-        ),
-        Principal::Human {
-            subject, issuer, ..
-        } => Entity::new(
-            principal_uid.clone(),
-            [
-                ("id".to_owned(), string(subject)),
-                ("issuer".to_owned(), string(issuer)),
-            ]
-            .into_iter()
-            .collect(),
-            parents.into_iter().collect(),
-        ),
-    }
-    .map_err(bad("principal"))?;
-    entities.push(principal);
-    let r = &request.resource;
-    let resource_uid = Types::uid(&engine.types.nhi, &r.id);
-    let resource = Entity::new_with_tags(
-        resource_uid.clone(),
-        [
-            ("kind".to_owned(), string(&r.kind)),
-            ("environment".to_owned(), string(&r.environment)),
-            ("state".to_owned(), string(&r.state)),
-            (
-                "risk_score".to_owned(),
-                RestrictedExpression::new_long(r.risk_score),
-            ),
-            ("business_owner".to_owned(), string(&r.business_owner)),
-            ("technical_owner".to_owned(), string(&r.technical_owner)),
-            ("business_service".to_owned(), string(&r.business_service)),
-            ("source_system".to_owned(), string(&r.source_system)),
-            ("spiffe_id".to_owned(), string(&r.spiffe_id)),
-        ],
-        [],
-        r.labels.iter().map(|(k, v)| (k.clone(), string(v))),
-    )
-    .map_err(bad("resource"))?;
-    entities.push(resource);
+    let principal = engine.principal_entity(&request.principal)?;
+    let principal_uid = principal.uid();
+    let resource_uid = request.resource.entity.uid();
+    let entities = actions
+        .add_entities([principal, request.resource.entity.clone()], None)
+        .map_err(|e| request_error("entities", e.to_string()))?;
     let c = &request.context;
     let context = Context::from_pairs([
         ("incident_ref".to_owned(), string(&c.incident_ref)),
@@ -830,8 +876,6 @@ fn cedar_inputs(
     let action = Types::uid(&engine.types.action, &request.action);
     let cedar_request = Request::new(principal_uid, action, resource_uid, context, None)
         .map_err(|e| request_error("request", e.to_string()))?;
-    let entities = Entities::from_entities(entities, None)
-        .map_err(|e| request_error("entities", e.to_string()))?;
     Ok((cedar_request, entities))
 }
 

@@ -16,6 +16,7 @@
 pub mod approvals;
 pub mod config;
 pub mod engine;
+pub mod facts;
 pub mod humans;
 pub mod rules;
 pub mod server;
@@ -200,6 +201,7 @@ async fn routes(context: ServiceContext, config: AuthorityConfig) -> Result<Rout
         config,
         own: context.spiffe_id.clone(),
         grant_holders: RwLock::new(Default::default()),
+        facts: Arc::default(),
     });
     shared
         .refresh_grant_holders()
@@ -215,6 +217,7 @@ async fn routes(context: ServiceContext, config: AuthorityConfig) -> Result<Rout
     context.spawn(follow_activations(shared.clone(), context.shutdown()));
     context.spawn(sweep(shared.clone(), context.shutdown()));
     let inventory = context.peer_channel("inventory", &context.peers.inventory)?;
+    context.spawn(Arc::clone(&shared.facts).follow(inventory.clone(), context.shutdown()));
     let server = server::AuthorityServer::new(shared, inventory, batcher);
     context.spawn(server.clone().respond(context.shutdown()));
     Ok(Routes::new(AuthorityServiceServer::new(server)))

@@ -27,8 +27,9 @@ use crate::approvals::{APPROVAL_TTL_SECS, Actor, ApprovalRequest, ApprovalState,
 use crate::config::AuthorityConfig;
 use crate::engine::{
     ACTIONS, CompiledSet, Decision, DecisionRequest, Effect, Engine, NhiFacts, PolicyError,
-    Principal, RequestContext,
+    Principal, RequestContext, Resource,
 };
+use crate::facts::FactsCache;
 use crate::humans::Humans;
 use crate::store::{NewVersion, SetKind, Store, StoreError, StoredSet};
 
@@ -60,6 +61,8 @@ pub struct Shared {
     /// set is re-read every two seconds for grants issued by other
     /// replicas (until then those principals are asked to get approval).
     pub grant_holders: RwLock<std::collections::HashSet<String>>,
+    /// NHIs' facts, kept coherent with inventory (ADR 0008).
+    pub facts: Arc<FactsCache>,
 }
 
 impl Shared {
@@ -427,8 +430,27 @@ impl AuthorityServer {
         })
     }
 
-    /// The NHI's facts, from inventory. Fails closed.
-    async fn facts(&self, id: &Uuid) -> Result<NhiFacts, Status> {
+    /// The NHI's facts with their Cedar entity: from the facts cache while
+    /// it holds inventory's lease, else from inventory. Fails closed.
+    pub(crate) async fn facts(&self, id: &Uuid) -> Result<Arc<Resource>, Status> {
+        let cache = &self.shared.facts;
+        if let Some(resource) = cache.get(id) {
+            return Ok(resource);
+        }
+        let token = cache.reserve(id);
+        let resource = self
+            .shared
+            .engine
+            .resource(self.read_facts(id).await?)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        if let Some(token) = token {
+            cache.fill(id, token, Arc::clone(&resource));
+        }
+        Ok(resource)
+    }
+
+    /// The NHI's facts, read from inventory.
+    async fn read_facts(&self, id: &Uuid) -> Result<NhiFacts, Status> {
         let mut client = self.inventory.clone();
         let identity = match client
             .get_identity(inventory::GetIdentityRequest {
@@ -1216,7 +1238,12 @@ impl AuthorityServer {
         if !approval_request_id.is_empty() {
             evidence.decision.approval_ids = vec![approval_request_id.clone()];
         }
-        self.evidence.record(evidence).await.map_err(|e| {
+        let recorded = if self.shared.config.durable_decisions {
+            self.evidence.record(evidence).await
+        } else {
+            self.evidence.record_queued(evidence).await
+        };
+        recorded.map_err(|e| {
             tracing::error!(error = %e, "decision evidence not recorded");
             Status::unavailable("the decision could not be recorded; retry")
         })?;

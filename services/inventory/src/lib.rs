@@ -10,6 +10,7 @@
 //! `main.rs` only calls [`steward_server::service_main`]; tests build the same
 //! [`steward_server::Application`] in-process with [`build`].
 
+pub mod changes;
 pub mod domain;
 pub mod evidence;
 pub mod import;
@@ -97,6 +98,7 @@ pub const SPEC: ServiceSpec = ServiceSpec {
         (rpc!("ResolveSignal"), RESOLVERS),
         (rpc!("ListSignals"), READERS),
         (rpc!("ListSignalFeed"), FEED_READERS),
+        (rpc!("WatchIdentityChanges"), &[AUTHORITY]),
         (rpc!("GrantEntitlement"), ENTITLERS),
         (rpc!("RecordUsage"), SIGNALLERS),
         (rpc!("RemoveEntitlement"), ENTITLERS),

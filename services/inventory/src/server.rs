@@ -174,6 +174,28 @@ fn format(value: i32) -> Result<Format, Status> {
 
 #[tonic::async_trait]
 impl InventoryService for InventoryServer {
+    type WatchIdentityChangesStream =
+        tokio_stream::wrappers::UnboundedReceiverStream<Result<pb::IdentityChange, Status>>;
+
+    async fn watch_identity_changes(
+        &self,
+        request: Request<tonic::Streaming<pb::IdentityChangesAck>>,
+    ) -> Result<Response<Self::WatchIdentityChangesStream>, Status> {
+        let mut acks = request.into_inner();
+        let (out, rx) = tokio::sync::mpsc::unbounded_channel();
+        let changes = std::sync::Arc::clone(&self.store.changes);
+        let id = changes.watch(out);
+        tokio::spawn(async move {
+            while let Ok(Some(ack)) = acks.message().await {
+                changes.ack(id, ack.applied_sequence, ack.lease_request);
+            }
+            changes.gone(id);
+        });
+        Ok(Response::new(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+        ))
+    }
+
     async fn create_identity(
         &self,
         request: Request<pb::CreateIdentityRequest>,

@@ -18,6 +18,7 @@ pub mod transitions;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::changes::{Changed, SharedChanges};
 use steward_db::{Database, Placeholders, on_backend};
 use steward_evidence::EvidenceRecord;
 use steward_identity::SpiffeId;
@@ -39,6 +40,8 @@ pub const MAX_PAGE: usize = 1000;
 pub struct Store {
     pub(crate) db: Database,
     forwarder: Option<Forwarder>,
+    /// Facts caches to keep coherent (ADR 0008).
+    pub changes: SharedChanges,
 }
 
 /// The identity columns, in the order [`bind_identity`] binds them and
@@ -483,14 +486,20 @@ pub(crate) use bind_params;
 
 impl Store {
     pub fn new(db: Database, forwarder: Option<Forwarder>) -> Self {
-        Self { db, forwarder }
+        Self {
+            db,
+            forwarder,
+            changes: SharedChanges::default(),
+        }
     }
 
-    /// Tells the forwarder that evidence was committed.
-    pub(crate) fn committed(&self) {
+    /// After a commit: tells the forwarder that evidence was committed, and
+    /// returns once facts caches no longer serve what `changed` replaced.
+    pub(crate) async fn committed(&self, changed: Changed) {
         if let Some(f) = &self.forwarder {
             f.wake();
         }
+        self.changes.publish(changed).await;
     }
 
     /// Inserts a new identity with its labels and evidence.
@@ -525,7 +534,7 @@ impl Store {
             tx.enqueue_all(std::slice::from_ref(evidence)).await?;
             tx.commit().await?;
         });
-        self.committed();
+        self.committed(Changed::Nothing).await;
         Ok(())
     }
 
@@ -611,7 +620,8 @@ impl Store {
             tx.commit().await?;
             identity
         });
-        self.committed();
+        self.committed(Changed::one(id.hyphenated().to_string()))
+            .await;
         Ok(updated)
     }
 

@@ -40,11 +40,14 @@ fn nhi(id: &str) -> NhiFacts {
     }
 }
 
+/// One engine for building resources (a request does not depend on which).
+static ENGINE: std::sync::LazyLock<Engine> = std::sync::LazyLock::new(engine);
+
 fn request(principal: Principal, action: &str, resource: NhiFacts) -> DecisionRequest {
     DecisionRequest {
         principal,
         action: action.into(),
-        resource,
+        resource: ENGINE.resource(resource).unwrap(),
         context: RequestContext {
             incident_ref: "INC-42".into(),
             now: 1_800_000_000,

@@ -225,7 +225,7 @@ impl AuthorityServer {
             let id = Uuid::try_parse(&signal.identity_id)
                 .map_err(|_| Status::internal("inventory sent a signal with a bad identity id"))?;
             let facts = match self.facts(&id).await {
-                Ok(facts) => facts,
+                Ok(resource) => resource.facts().clone(),
                 Err(s) if permanent(s.code()) => {
                     tracing::warn!(signal = %signal.id, message = s.message(), "response rules: the signal's identity cannot be read; recorded, not acted on");
                     crate::engine::NhiFacts {

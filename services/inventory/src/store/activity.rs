@@ -1,6 +1,7 @@
 //! Signals, entitlements, observed usage and owners: everything that
 //! changes what is known about an identity without changing its spec.
 
+use crate::changes::Changed;
 use base64::Engine as _;
 use steward_db::on_backend;
 use steward_outbox::OutboxTransaction;
@@ -215,7 +216,8 @@ impl Store {
             tx.enqueue_all(std::slice::from_ref(&record)).await?;
             tx.commit().await?;
         });
-        self.committed();
+        self.committed(Changed::one(signal.identity_id.hyphenated().to_string()))
+            .await;
         Ok(())
     }
 
@@ -264,7 +266,8 @@ impl Store {
             tx.commit().await?;
             signal
         });
-        self.committed();
+        self.committed(Changed::one(signal.identity_id.hyphenated().to_string()))
+            .await;
         Ok(signal)
     }
 
@@ -370,7 +373,8 @@ impl Store {
             tx.commit().await?;
             (stored, created)
         });
-        self.committed();
+        self.committed(Changed::one(identity_id.hyphenated().to_string()))
+            .await;
         Ok(result)
     }
 
@@ -410,7 +414,8 @@ impl Store {
             tx.enqueue_all(std::slice::from_ref(&record)).await?;
             tx.commit().await?;
         });
-        self.committed();
+        self.committed(Changed::one(identity_id.hyphenated().to_string()))
+            .await;
         Ok(())
     }
 
@@ -475,7 +480,8 @@ impl Store {
             tx.commit().await?;
             entitlement
         });
-        self.committed();
+        self.committed(Changed::one(identity_id.hyphenated().to_string()))
+            .await;
         Ok(result)
     }
 
@@ -551,7 +557,7 @@ impl Store {
             tx.commit().await?;
             done.rows_affected()
         });
-        self.committed();
+        self.committed(Changed::All).await;
         Ok(owned)
     }
 }

@@ -1,6 +1,7 @@
 //! Importer upserts: one transaction per batch, keyed by (source system,
 //! external id), so an import can be re-run safely and reports its drift.
 
+use crate::changes::Changed;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use steward_db::{Placeholders, on_backend};
@@ -173,7 +174,7 @@ impl Store {
             }
         }
         if !dry_run {
-            self.committed();
+            self.committed(Changed::All).await;
         }
         Ok(outcome)
     }

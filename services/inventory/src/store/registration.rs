@@ -1,6 +1,7 @@
 //! Registration entries: which SPIFFE ID a workload gets when its attested
 //! selectors match.
 
+use crate::changes::Changed;
 use steward_db::{Placeholders, on_backend};
 use steward_identity::SpiffeId;
 use steward_outbox::OutboxTransaction;
@@ -128,7 +129,7 @@ impl Store {
             tx.enqueue_all(std::slice::from_ref(&record)).await?;
             tx.commit().await?;
         });
-        self.committed();
+        self.committed(Changed::Nothing).await;
         Ok(())
     }
 
@@ -169,7 +170,7 @@ impl Store {
             tx.enqueue_all(std::slice::from_ref(&record)).await?;
             tx.commit().await?;
         });
-        self.committed();
+        self.committed(Changed::Nothing).await;
         Ok(())
     }
 

@@ -3,6 +3,7 @@
 //! still pending at the deadline is flagged, and the identity gets a
 //! policy-violation signal so the flag shows in its risk.
 
+use crate::changes::Changed;
 use steward_db::on_backend;
 use steward_evidence::EvidenceRecord;
 use steward_outbox::OutboxTransaction;
@@ -230,7 +231,7 @@ impl Store {
             tx.commit().await?;
             done.rows_affected()
         });
-        self.committed();
+        self.committed(Changed::Nothing).await;
         Ok(items)
     }
 
@@ -303,7 +304,7 @@ impl Store {
         if flagged > 0 {
             tracing::info!(campaign = %id, flagged, "access review deadline passed; unattested identities flagged");
         }
-        self.committed();
+        self.committed(Changed::All).await;
         Ok(())
     }
 
@@ -484,7 +485,8 @@ impl Store {
             item.decided_at = Some(now);
             item
         });
-        self.committed();
+        self.committed(Changed::one(a.identity_id.hyphenated().to_string()))
+            .await;
         Ok(item)
     }
 }

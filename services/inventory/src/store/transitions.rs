@@ -8,6 +8,7 @@
 //! INSERT for the history, one for the evidence. Each request still gets
 //! its own answer; an illegal transition fails alone.
 
+use crate::changes::Changed;
 use std::collections::HashMap;
 
 use steward_db::{Placeholders, on_backend};
@@ -103,7 +104,11 @@ async fn run(
         let (requests, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
         match store.apply_transitions(&requests).await {
             Ok(results) => {
-                store.committed();
+                let changed = requests
+                    .iter()
+                    .map(|r| r.id.hyphenated().to_string())
+                    .collect();
+                store.committed(Changed::Identities(changed)).await;
                 for (reply, result) in replies.into_iter().zip(results) {
                     let _ = reply.send(result);
                 }

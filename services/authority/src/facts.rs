@@ -1,0 +1,231 @@
+//! A coherent cache of NHIs' facts (ADR 0008).
+//!
+//! Authority decides with facts from inventory. Reading them per decision
+//! costs a round trip, so they are cached, together with their Cedar entity,
+//! under a lease from inventory's `WatchIdentityChanges`: inventory sends
+//! the ids a committed write changed and holds the write's answer until
+//! this cache has dropped them (or its lease has run out). The cache serves
+//! only while it holds a lease, so once a write has returned no decision
+//! uses what it replaced. Without a lease (inventory restarting, the stream
+//! broken) every decision reads inventory, as if there were no cache.
+//!
+//! Facts that change with time alone (posture parts of the risk score, such
+//! as "expired" or "dormant") are re-read after [`MAX_AGE`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use steward_proto::steward::inventory::v1 as inventory;
+use steward_proto::steward::inventory::v1::inventory_service_client::InventoryServiceClient;
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+use crate::engine::Resource;
+
+/// How long an entry serves before it is read again.
+pub const MAX_AGE: Duration = Duration::from_secs(10);
+/// Most entries kept; past it the cache starts over.
+pub const MAX_ENTRIES: usize = 200_000;
+/// How often a lease is asked for (a lease lasts two seconds).
+const RENEW: Duration = Duration::from_millis(500);
+/// Taken off every lease, for clocks that run at slightly different rates.
+const MARGIN: Duration = Duration::from_millis(100);
+
+#[derive(Debug)]
+enum Slot {
+    /// A read is under way; it may fill the slot unless a change for the
+    /// identity (or a reset) arrives first.
+    Pending(u64),
+    Ready {
+        resource: Arc<Resource>,
+        read_at: Instant,
+    },
+}
+
+#[derive(Debug)]
+pub struct FactsCache {
+    base: Instant,
+    /// Nanoseconds after `base` until which the lease lets it serve.
+    trusted_until: AtomicU64,
+    tokens: AtomicU64,
+    slots: RwLock<HashMap<Uuid, Slot>>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl Default for FactsCache {
+    fn default() -> Self {
+        Self {
+            base: Instant::now(),
+            trusted_until: AtomicU64::new(0),
+            tokens: AtomicU64::new(0),
+            slots: RwLock::default(),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+}
+
+impl FactsCache {
+    fn reading(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    /// Whether a live lease lets the cache serve.
+    pub fn serving(&self) -> bool {
+        self.reading() < self.trusted_until.load(Ordering::Acquire)
+    }
+
+    /// The cached facts of `id`, if the cache may serve them.
+    pub fn get(&self, id: &Uuid) -> Option<Arc<Resource>> {
+        if !self.serving() {
+            return None;
+        }
+        let found = self.slots.read().ok().and_then(|s| match s.get(id) {
+            Some(Slot::Ready { resource, read_at }) if read_at.elapsed() < MAX_AGE => {
+                Some(Arc::clone(resource))
+            }
+            _ => None,
+        });
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// Marks a read of `id` as under way; the token fills the slot later.
+    pub fn reserve(&self, id: &Uuid) -> Option<u64> {
+        if !self.serving() {
+            return None;
+        }
+        let token = self.tokens.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut slots = self.slots.write().ok()?;
+        if slots.len() >= MAX_ENTRIES {
+            slots.clear();
+        }
+        slots.insert(*id, Slot::Pending(token));
+        Some(token)
+    }
+
+    /// Keeps what a reserved read returned, unless a change came first.
+    pub fn fill(&self, id: &Uuid, token: u64, resource: Arc<Resource>) {
+        if let Ok(mut slots) = self.slots.write()
+            && let Some(slot) = slots.get_mut(id)
+            && matches!(slot, Slot::Pending(t) if *t == token)
+        {
+            *slot = Slot::Ready {
+                resource,
+                read_at: Instant::now(),
+            };
+        }
+    }
+
+    fn apply(&self, change: &inventory::IdentityChange) {
+        let Ok(mut slots) = self.slots.write() else {
+            return;
+        };
+        if change.all {
+            slots.clear();
+            return;
+        }
+        for id in &change.identity_ids {
+            if let Ok(id) = Uuid::try_parse(id) {
+                slots.remove(&id);
+            }
+        }
+    }
+
+    fn stop_serving(&self) {
+        self.trusted_until.store(0, Ordering::Release);
+        if let Ok(mut slots) = self.slots.write() {
+            slots.clear();
+        }
+    }
+
+    /// Hits and misses since start.
+    pub fn stats(&self) -> (u64, u64) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Follows inventory's changes and keeps a lease until `shutdown`.
+    pub async fn follow(
+        self: Arc<Self>,
+        channel: Channel,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let session = self.session(channel.clone());
+            tokio::select! {
+                () = &mut shutdown => {
+                    self.stop_serving();
+                    return;
+                }
+                outcome = session => {
+                    self.stop_serving();
+                    match outcome {
+                        Ok(()) => tracing::info!("inventory ended the facts stream; reading inventory directly until it is back"),
+                        Err(status) => tracing::debug!(code = ?status.code(), message = status.message(), "facts stream unavailable; reading inventory directly"),
+                    }
+                }
+            }
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// One stream: apply changes, acknowledge them, renew the lease.
+    async fn session(&self, channel: Channel) -> Result<(), tonic::Status> {
+        let (acks, rx) = mpsc::unbounded_channel();
+        let mut changes = InventoryServiceClient::new(channel)
+            .watch_identity_changes(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        let mut applied = 0u64;
+        let mut renew = tokio::time::interval(RENEW);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let send = |ack: inventory::IdentityChangesAck| {
+            acks.send(ack)
+                .map_err(|_| tonic::Status::cancelled("the facts stream closed"))
+        };
+        loop {
+            tokio::select! {
+                message = changes.message() => {
+                    let Some(change) = message? else {
+                        return Ok(());
+                    };
+                    if change.all || !change.identity_ids.is_empty() {
+                        self.apply(&change);
+                    }
+                    if change.sequence > applied {
+                        applied = change.sequence;
+                        send(inventory::IdentityChangesAck { applied_sequence: applied, lease_request: 0 })?;
+                    }
+                    if change.lease_granted != 0 {
+                        let lease = Duration::from_millis(u64::from(change.lease_millis)).saturating_sub(MARGIN);
+                        let until = change.lease_granted.saturating_add(u64::try_from(lease.as_nanos()).unwrap_or(0));
+                        self.trusted_until.fetch_max(until, Ordering::AcqRel);
+                    }
+                }
+                _ = renew.tick() => {
+                    send(inventory::IdentityChangesAck { applied_sequence: applied, lease_request: self.reading() })?;
+                }
+            }
+        }
+    }
+}
