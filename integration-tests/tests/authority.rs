@@ -636,7 +636,7 @@ async fn cached_facts_never_hide_a_write_that_returned() {
         &nhi,
         pb::RequestContext::default(),
     );
-    let mut effect = async |broker: &mut AuthorityServiceClient<Channel>| {
+    let effect = async |broker: &mut AuthorityServiceClient<Channel>| {
         broker
             .authorize(issue.clone())
             .await
