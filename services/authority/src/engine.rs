@@ -87,20 +87,23 @@ pub struct PolicyError {
 #[derive(Debug)]
 pub struct Engine {
     schema: Schema,
-    /// Per action: the entity store holding its entity and its groups'
-    /// entities, the only action entities a request for it needs. A
-    /// request's store is this one plus its principal and resource.
-    action_entities: HashMap<String, Entities>,
+    /// Per action: its entity and its groups' entities, the only action
+    /// entities a request for it needs.
+    action_entities: HashMap<String, Vec<Entity>>,
     /// Each action's slice keys: its id and its groups' ids.
     action_keys: HashMap<String, Vec<String>>,
     /// Principal entities, built once per principal and groups.
     principals: RwLock<HashMap<Principal, Entity>>,
+    /// Cedar contexts, built once per distinct request context (decisions
+    /// within the same second for the same caller and incident share one).
+    contexts: RwLock<HashMap<RequestContext, Context>>,
     types: Types,
     authorizer: Authorizer,
 }
 
-/// Most principal entities kept; past it the cache starts over.
+/// Most principal entities and contexts kept; past it a cache starts over.
 const PRINCIPAL_CACHE: usize = 16_384;
+const CONTEXT_CACHE: usize = 4_096;
 
 /// The schema's entity type names, parsed once.
 #[derive(Debug)]
@@ -137,9 +140,7 @@ impl Engine {
                 .chain(groups.iter())
                 .filter_map(|u| entities.get(u).cloned())
                 .collect();
-            let store = Entities::from_entities(needed, None)
-                .map_err(|e| EngineError::Schema(e.to_string()))?;
-            action_entities.insert((*name).to_owned(), store);
+            action_entities.insert((*name).to_owned(), needed);
             let keys = std::iter::once(&uid)
                 .chain(groups.iter())
                 .map(|u| u.id().unescaped().to_owned())
@@ -151,6 +152,7 @@ impl Engine {
             action_entities,
             action_keys,
             principals: RwLock::default(),
+            contexts: RwLock::default(),
             types: Types {
                 action: type_name("Steward::Action")?,
                 group: type_name("Steward::Group")?,
@@ -192,7 +194,10 @@ impl Engine {
             facts.labels.iter().map(|(k, v)| (k.clone(), string(v))),
         )
         .map_err(|e| request_error("resource", e.to_string()))?;
-        Ok(Arc::new(Resource { facts, entity }))
+        let uid = entity.uid();
+        let store = Entities::from_entities([entity], None)
+            .map_err(|e| request_error("resource", e.to_string()))?;
+        Ok(Arc::new(Resource { facts, uid, store }))
     }
 
     /// The principal's entity, from the cache when it was built before.
@@ -238,11 +243,14 @@ impl Engine {
     }
 }
 
-/// An NHI's facts and the Cedar entity made of them ([`Engine::resource`]).
+/// An NHI's facts and the Cedar entity made of them ([`Engine::resource`]),
+/// in an entity store of its own that a decision extends (cloning a store
+/// shares its entities).
 #[derive(Debug, Clone)]
 pub struct Resource {
     facts: NhiFacts,
-    entity: Entity,
+    uid: EntityUid,
+    store: Entities,
 }
 
 impl Resource {
@@ -344,7 +352,7 @@ pub struct NhiFacts {
 }
 
 /// Everything about the request that is not an entity.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct RequestContext {
     pub incident_ref: String,
     /// Unix seconds.
@@ -812,71 +820,93 @@ fn string(s: &str) -> RestrictedExpression {
     RestrictedExpression::new_string(s.to_owned())
 }
 
-/// The Cedar request and entities for one decision: the action's store
-/// plus the principal's and the resource's entities, both built before.
+/// The Cedar request and entities for one decision: the resource's store
+/// plus the action's and the principal's entities, all built before.
 fn cedar_inputs(
     engine: &Engine,
     request: &DecisionRequest,
 ) -> Result<(Request, Entities), EngineError> {
-    let actions = engine
-        .action_entities
-        .get(&request.action)
-        .cloned()
-        .ok_or_else(|| {
-            request_error(
-                "action",
-                format!("{:?} is not a Steward action", request.action),
-            )
-        })?;
+    let actions = engine.action_entities.get(&request.action).ok_or_else(|| {
+        request_error(
+            "action",
+            format!("{:?} is not a Steward action", request.action),
+        )
+    })?;
     // Group entities themselves need not exist: `principal in Group` is
     // answered from the principal's own ancestors.
     let principal = engine.principal_entity(&request.principal)?;
     let principal_uid = principal.uid();
-    let resource_uid = request.resource.entity.uid();
-    let entities = actions
-        .add_entities([principal, request.resource.entity.clone()], None)
+    let entities = request
+        .resource
+        .store
+        .clone()
+        .add_entities(actions.iter().cloned().chain([principal]), None)
         .map_err(|e| request_error("entities", e.to_string()))?;
-    let c = &request.context;
-    let context = Context::from_pairs([
-        ("incident_ref".to_owned(), string(&c.incident_ref)),
-        (
-            "has_incident".to_owned(),
-            RestrictedExpression::new_bool(!c.incident_ref.is_empty()),
-        ),
-        ("now".to_owned(), RestrictedExpression::new_long(c.now)),
-        (
-            "window_start".to_owned(),
-            RestrictedExpression::new_long(c.window_start),
-        ),
-        (
-            "window_end".to_owned(),
-            RestrictedExpression::new_long(c.window_end),
-        ),
-        (
-            "approvals".to_owned(),
-            RestrictedExpression::new_long(i64::try_from(c.approvers.len()).unwrap_or(i64::MAX)),
-        ),
-        (
-            "approvers".to_owned(),
-            RestrictedExpression::new_set(c.approvers.iter().map(|a| string(a))),
-        ),
-        (
-            "break_glass".to_owned(),
-            RestrictedExpression::new_bool(c.break_glass),
-        ),
-        ("requester".to_owned(), string(&c.requester)),
-        ("acting_workload".to_owned(), string(&c.acting_workload)),
-        ("acting_human".to_owned(), string(&c.acting_human)),
-        (
-            "requested_ttl".to_owned(),
-            RestrictedExpression::new_long(c.requested_ttl),
-        ),
-    ])
-    .map_err(|e| request_error("context", e.to_string()))?;
+    let context = engine.context(&request.context)?;
     let action = Types::uid(&engine.types.action, &request.action);
-    let cedar_request = Request::new(principal_uid, action, resource_uid, context, None)
-        .map_err(|e| request_error("request", e.to_string()))?;
+    let cedar_request = Request::new(
+        principal_uid,
+        action,
+        request.resource.uid.clone(),
+        context,
+        None,
+    )
+    .map_err(|e| request_error("request", e.to_string()))?;
     Ok((cedar_request, entities))
+}
+
+impl Engine {
+    /// The Cedar context of `c`, from the cache when it was built before.
+    fn context(&self, c: &RequestContext) -> Result<Context, EngineError> {
+        if let Some(context) = self.contexts.read().ok().and_then(|m| m.get(c).cloned()) {
+            return Ok(context);
+        }
+        let context = Context::from_pairs([
+            ("incident_ref".to_owned(), string(&c.incident_ref)),
+            (
+                "has_incident".to_owned(),
+                RestrictedExpression::new_bool(!c.incident_ref.is_empty()),
+            ),
+            ("now".to_owned(), RestrictedExpression::new_long(c.now)),
+            (
+                "window_start".to_owned(),
+                RestrictedExpression::new_long(c.window_start),
+            ),
+            (
+                "window_end".to_owned(),
+                RestrictedExpression::new_long(c.window_end),
+            ),
+            (
+                "approvals".to_owned(),
+                RestrictedExpression::new_long(
+                    i64::try_from(c.approvers.len()).unwrap_or(i64::MAX),
+                ),
+            ),
+            (
+                "approvers".to_owned(),
+                RestrictedExpression::new_set(c.approvers.iter().map(|a| string(a))),
+            ),
+            (
+                "break_glass".to_owned(),
+                RestrictedExpression::new_bool(c.break_glass),
+            ),
+            ("requester".to_owned(), string(&c.requester)),
+            ("acting_workload".to_owned(), string(&c.acting_workload)),
+            ("acting_human".to_owned(), string(&c.acting_human)),
+            (
+                "requested_ttl".to_owned(),
+                RestrictedExpression::new_long(c.requested_ttl),
+            ),
+        ])
+        .map_err(|e| request_error("context", e.to_string()))?;
+        if let Ok(mut cache) = self.contexts.write() {
+            if cache.len() >= CONTEXT_CACHE {
+                cache.clear();
+            }
+            cache.insert(c.clone(), context.clone());
+        }
+        Ok(context)
+    }
 }
 
 #[cfg(test)]

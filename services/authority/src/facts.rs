@@ -27,6 +27,9 @@ use crate::engine::Resource;
 
 /// How long an entry serves before it is read again.
 pub const MAX_AGE: Duration = Duration::from_secs(10);
+/// From this age an entry is re-read in the background while it serves, so
+/// a busy NHI's decisions never wait for the re-read.
+pub const REFRESH_AFTER: Duration = Duration::from_secs(5);
 /// Most entries kept; past it the cache starts over.
 pub const MAX_ENTRIES: usize = 200_000;
 /// How often a lease is asked for (a lease lasts two seconds).
@@ -42,7 +45,20 @@ enum Slot {
     Ready {
         resource: Arc<Resource>,
         read_at: Instant,
+        /// A background re-read under way; it may replace the entry
+        /// unless a change for the identity arrives first.
+        refreshing: Option<u64>,
     },
+}
+
+/// What the cache has for an identity.
+#[derive(Debug)]
+pub enum Lookup {
+    /// Serve this.
+    Hit(Arc<Resource>),
+    /// Serve this, and re-read it with this token ([`FactsCache::fill`]).
+    Refresh(Arc<Resource>, u64),
+    Miss,
 }
 
 #[derive(Debug)]
@@ -82,23 +98,39 @@ impl FactsCache {
     }
 
     /// The cached facts of `id`, if the cache may serve them.
-    pub fn get(&self, id: &Uuid) -> Option<Arc<Resource>> {
+    pub fn get(&self, id: &Uuid) -> Lookup {
         if !self.serving() {
-            return None;
+            return Lookup::Miss;
         }
         let found = self.slots.read().ok().and_then(|s| match s.get(id) {
-            Some(Slot::Ready { resource, read_at }) if read_at.elapsed() < MAX_AGE => {
-                Some(Arc::clone(resource))
-            }
+            Some(Slot::Ready {
+                resource,
+                read_at,
+                refreshing,
+            }) if read_at.elapsed() < MAX_AGE => Some((
+                Arc::clone(resource),
+                refreshing.is_none() && read_at.elapsed() >= REFRESH_AFTER,
+            )),
             _ => None,
         });
-        let counter = if found.is_some() {
-            &self.hits
-        } else {
-            &self.misses
+        let Some((resource, stale)) = found else {
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            return Lookup::Miss;
         };
-        counter.fetch_add(1, Ordering::Relaxed);
-        found
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        if !stale {
+            return Lookup::Hit(resource);
+        }
+        // One re-read per entry: the first to see it ageing takes it.
+        let token = self.tokens.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Ok(mut slots) = self.slots.write()
+            && let Some(Slot::Ready { refreshing, .. }) = slots.get_mut(id)
+            && refreshing.is_none()
+        {
+            *refreshing = Some(token);
+            return Lookup::Refresh(resource, token);
+        }
+        Lookup::Hit(resource)
     }
 
     /// Marks a read of `id` as under way; the token fills the slot later.
@@ -115,16 +147,28 @@ impl FactsCache {
         Some(token)
     }
 
-    /// Keeps what a reserved read returned, unless a change came first.
+    /// Keeps what a reserved read or a re-read returned, unless a change
+    /// (which empties the slot) came first.
     pub fn fill(&self, id: &Uuid, token: u64, resource: Arc<Resource>) {
         if let Ok(mut slots) = self.slots.write()
             && let Some(slot) = slots.get_mut(id)
-            && matches!(slot, Slot::Pending(t) if *t == token)
+            && matches!(slot, Slot::Pending(t) | Slot::Ready { refreshing: Some(t), .. } if *t == token)
         {
             *slot = Slot::Ready {
                 resource,
                 read_at: Instant::now(),
+                refreshing: None,
             };
+        }
+    }
+
+    /// A re-read failed: the entry serves until it is too old.
+    pub fn refresh_failed(&self, id: &Uuid, token: u64) {
+        if let Ok(mut slots) = self.slots.write()
+            && let Some(Slot::Ready { refreshing, .. }) = slots.get_mut(id)
+            && *refreshing == Some(token)
+        {
+            *refreshing = None;
         }
     }
 
@@ -227,5 +271,98 @@ impl FactsCache {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Engine, NhiFacts};
+
+    fn resource(engine: &Engine, id: &Uuid, state: &str) -> Arc<Resource> {
+        engine
+            .resource(NhiFacts {
+                id: id.to_string(),
+                state: state.into(),
+                ..Default::default()
+            })
+            .unwrap()
+    }
+
+    fn state(lookup: Lookup) -> Option<String> {
+        match lookup {
+            Lookup::Hit(r) | Lookup::Refresh(r, _) => Some(r.state.clone()),
+            Lookup::Miss => None,
+        }
+    }
+
+    fn change(ids: &[Uuid], all: bool) -> inventory::IdentityChange {
+        inventory::IdentityChange {
+            sequence: 1,
+            identity_ids: ids.iter().map(ToString::to_string).collect(),
+            all,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn it_serves_only_under_a_lease_and_a_change_beats_a_read_in_flight() {
+        let engine = Engine::new().unwrap();
+        let cache = FactsCache::default();
+        let id = Uuid::now_v7();
+        assert!(cache.reserve(&id).is_none(), "no lease, no caching");
+        cache.trusted_until.store(u64::MAX, Ordering::Release);
+
+        let token = cache.reserve(&id).unwrap();
+        cache.fill(&id, token, resource(&engine, &id, "active"));
+        assert_eq!(state(cache.get(&id)).as_deref(), Some("active"));
+
+        // A read that started before a change must not be kept.
+        let token = cache.reserve(&id).unwrap();
+        cache.apply(&change(&[id], false));
+        cache.fill(&id, token, resource(&engine, &id, "active"));
+        assert_eq!(state(cache.get(&id)), None);
+
+        // A reset drops everything; losing the lease stops serving.
+        let token = cache.reserve(&id).unwrap();
+        cache.fill(&id, token, resource(&engine, &id, "suspended"));
+        cache.apply(&change(&[], true));
+        assert_eq!(state(cache.get(&id)), None);
+        let token = cache.reserve(&id).unwrap();
+        cache.fill(&id, token, resource(&engine, &id, "suspended"));
+        cache.stop_serving();
+        assert_eq!(state(cache.get(&id)), None);
+    }
+
+    #[test]
+    fn an_ageing_entry_is_re_read_once_and_a_change_beats_the_re_read() {
+        let engine = Engine::new().unwrap();
+        let cache = FactsCache::default();
+        cache.trusted_until.store(u64::MAX, Ordering::Release);
+        let id = Uuid::now_v7();
+        let old = |cache: &FactsCache| {
+            if let Ok(mut slots) = cache.slots.write()
+                && let Some(Slot::Ready { read_at, .. }) = slots.get_mut(&id)
+            {
+                *read_at = Instant::now() - REFRESH_AFTER;
+            }
+        };
+        let token = cache.reserve(&id).unwrap();
+        cache.fill(&id, token, resource(&engine, &id, "active"));
+        old(&cache);
+        let Lookup::Refresh(_, refresh) = cache.get(&id) else {
+            panic!("an ageing entry is not re-read");
+        };
+        assert!(matches!(cache.get(&id), Lookup::Hit(_)), "re-read twice");
+        cache.fill(&id, refresh, resource(&engine, &id, "watchlisted"));
+        assert_eq!(state(cache.get(&id)).as_deref(), Some("watchlisted"));
+
+        old(&cache);
+        let Lookup::Refresh(_, refresh) = cache.get(&id) else {
+            panic!("an ageing entry is not re-read");
+        };
+        cache.apply(&change(&[id], false));
+        cache.fill(&id, refresh, resource(&engine, &id, "active"));
+        assert_eq!(state(cache.get(&id)), None);
     }
 }

@@ -29,7 +29,7 @@ use crate::engine::{
     ACTIONS, CompiledSet, Decision, DecisionRequest, Effect, Engine, NhiFacts, PolicyError,
     Principal, RequestContext, Resource,
 };
-use crate::facts::FactsCache;
+use crate::facts::{FactsCache, Lookup};
 use crate::humans::Humans;
 use crate::store::{NewVersion, SetKind, Store, StoreError, StoredSet};
 
@@ -434,8 +434,25 @@ impl AuthorityServer {
     /// it holds inventory's lease, else from inventory. Fails closed.
     pub(crate) async fn facts(&self, id: &Uuid) -> Result<Arc<Resource>, Status> {
         let cache = &self.shared.facts;
-        if let Some(resource) = cache.get(id) {
-            return Ok(resource);
+        match cache.get(id) {
+            Lookup::Hit(resource) => return Ok(resource),
+            Lookup::Refresh(resource, token) => {
+                let this = self.clone();
+                let id = *id;
+                tokio::spawn(async move {
+                    let cache = &this.shared.facts;
+                    match this
+                        .read_facts(&id)
+                        .await
+                        .map(|f| this.shared.engine.resource(f))
+                    {
+                        Ok(Ok(fresh)) => cache.fill(&id, token, fresh),
+                        _ => cache.refresh_failed(&id, token),
+                    }
+                });
+                return Ok(resource);
+            }
+            Lookup::Miss => {}
         }
         let token = cache.reserve(id);
         let resource = self
