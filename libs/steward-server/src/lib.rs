@@ -12,9 +12,8 @@
 
 /// Every Steward binary (each links this crate) allocates with mimalloc.
 /// Cedar's evaluation, tonic's request path and sqlx allocate heavily, and
-/// glibc's allocator cost them about a fifth of the CPU under load:
-/// `Authorize` with 64 callers went from ~9,100/s to ~10,100/s with it
-/// (docs/benchmarks.md).
+/// glibc's allocator cost them about a fifth of the CPU under load
+/// (ADR 0009).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
