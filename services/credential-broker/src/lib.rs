@@ -4,6 +4,9 @@
 //! [`steward_server::service_main`]. Tests build the same
 //! [`steward_server::Application`] in-process with [`build`].
 
+pub mod ca;
+pub mod keys;
+
 use steward_db::{MigrationFile, MigrationSet};
 use steward_server::{Application, ServiceConfig, ServiceContext, ServiceSpec, StartError};
 use tonic::service::Routes;
