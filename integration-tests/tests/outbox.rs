@@ -186,3 +186,71 @@ async fn evidence_queues_while_audit_is_down_and_arrives_exactly_once_in_order()
     let _ = stop.send(());
     task.await.unwrap();
 }
+
+/// Decisions' evidence is queued, not awaited (ADR 0008). A batch that
+/// fails keeps its queued records for the next one, and until a batch
+/// commits again callers wait for durability, so a broken database
+/// refuses them instead of losing what it accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_evidence_survives_a_failed_batch_and_a_broken_database_refuses() {
+    let stack = TestStack::audit_only().await;
+    let database = stack
+        .backend
+        .fresh_database(stack.pki.path(), "batcher")
+        .await;
+    let db = Database::connect(&database).await.unwrap();
+    db.migrate(&WIDGETS).await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (batcher, writer) = steward_outbox::Batcher::start(db.clone(), None, async {
+        let _ = stopped.await;
+    });
+    let writer = tokio::spawn(writer);
+    let records: Vec<_> = (0..5)
+        .map(|n| record_from_proto(record(n, "INC-batcher")).unwrap())
+        .collect();
+    let evidence = |n: usize| records[n].clone();
+    let pending = async || Forwarder::stats(&db).await.unwrap().pending;
+
+    batcher.record_queued(evidence(1)).await.unwrap();
+    for _ in 0..200 {
+        if pending().await == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(pending().await, 1, "a queued record is committed soon");
+
+    // The database breaks: the next queued record is accepted, its batch
+    // fails, and it is kept.
+    steward_integration_tests::execute_sql(
+        &database,
+        "ALTER TABLE evidence_outbox RENAME TO evidence_outbox_away",
+    )
+    .await;
+    batcher.record_queued(evidence(2)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Now callers wait for durability, and hear the failure.
+    assert!(batcher.record_queued(evidence(3)).await.is_err());
+
+    // Repaired: the next record commits with the one kept from the
+    // failed batch; the refused one is not there.
+    steward_integration_tests::execute_sql(
+        &database,
+        "ALTER TABLE evidence_outbox_away RENAME TO evidence_outbox",
+    )
+    .await;
+    batcher.record_queued(evidence(4)).await.unwrap();
+    let ids: Vec<String> = on_backend!(&db, pool, Db => {
+        sqlx::query_scalar::<Db, String>("SELECT record_id FROM evidence_outbox ORDER BY seq")
+            .fetch_all(pool)
+            .await
+            .unwrap()
+    });
+    let want: Vec<String> = [1, 2, 4]
+        .map(|n| records[n].record_id.hyphenated().to_string())
+        .into();
+    assert_eq!(ids, want);
+
+    let _ = stop.send(());
+    writer.await.unwrap();
+}

@@ -704,12 +704,6 @@ impl CompiledSet {
         request: &DecisionRequest,
         set: &PolicySet,
     ) -> Result<Decision, EngineError> {
-        if !engine.action_keys.contains_key(&request.action) {
-            return Err(request_error(
-                "action",
-                format!("{:?} is not a Steward action", request.action),
-            ));
-        }
         let (cedar_request, entities) = cedar_inputs(engine, request)?;
         let response = engine
             .authorizer

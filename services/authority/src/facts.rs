@@ -68,8 +68,6 @@ pub struct FactsCache {
     trusted_until: AtomicU64,
     tokens: AtomicU64,
     slots: RwLock<HashMap<Uuid, Slot>>,
-    hits: AtomicU64,
-    misses: AtomicU64,
 }
 
 impl Default for FactsCache {
@@ -79,8 +77,6 @@ impl Default for FactsCache {
             trusted_until: AtomicU64::new(0),
             tokens: AtomicU64::new(0),
             slots: RwLock::default(),
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
         }
     }
 }
@@ -114,10 +110,8 @@ impl FactsCache {
             _ => None,
         });
         let Some((resource, stale)) = found else {
-            self.misses.fetch_add(1, Ordering::Relaxed);
             return Lookup::Miss;
         };
-        self.hits.fetch_add(1, Ordering::Relaxed);
         if !stale {
             return Lookup::Hit(resource);
         }
@@ -192,14 +186,6 @@ impl FactsCache {
         if let Ok(mut slots) = self.slots.write() {
             slots.clear();
         }
-    }
-
-    /// Hits and misses since start.
-    pub fn stats(&self) -> (u64, u64) {
-        (
-            self.hits.load(Ordering::Relaxed),
-            self.misses.load(Ordering::Relaxed),
-        )
     }
 
     /// Follows inventory's changes and keeps a lease until `shutdown`.
