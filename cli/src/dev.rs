@@ -182,6 +182,7 @@ fn ensure_pki(pki: &Path) -> anyhow::Result<()> {
 
     ensure_log_key(pki)?;
     ensure_oidc_key(pki)?;
+    ensure_broker_kek(pki)?;
 
     let mut leaves: Vec<(String, String, bool)> = SERVICES
         .iter()
@@ -232,6 +233,25 @@ fn ensure_log_key(pki: &Path) -> anyhow::Result<()> {
         format!("{}\n", signer.verifier_key()).as_bytes(),
         0o644,
     )?;
+    Ok(())
+}
+
+/// The key-encryption key that seals the broker's CA and JWT signing keys
+/// at rest: 32 random bytes as 64 hex digits, readable by the owner alone.
+/// Kept across runs (a new one could not open the stored CA).
+fn ensure_broker_kek(pki: &Path) -> anyhow::Result<()> {
+    use ring::rand::SecureRandom as _;
+    let path = pki.join("broker.kek");
+    if path.exists() {
+        return Ok(());
+    }
+    let mut bytes = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| anyhow::anyhow!("no randomness available for the broker's key"))?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    write_file(&path, hex.as_bytes(), 0o600)?;
+    println!("created the broker's key-encryption key {}", path.display());
     Ok(())
 }
 
@@ -339,6 +359,7 @@ fn write_configs(dir: &Path, base_port: u16, log_format: &str) -> anyhow::Result
                 "{text}\n[log]\norigin = {LOG_ORIGIN:?}\nsigning_key = {:?}\n",
                 pki.join("audit-log.key")
             ),
+            "credential-broker" => format!("kek_file = {:?}\n{text}", pki.join("broker.kek")),
             "authority" => format!(
                 "{text}\n[oidc]\nissuer = {DEV_ISSUER:?}\naudience = \"steward\"\njwks_file = {:?}\n",
                 pki.join("oidc-jwks.json")

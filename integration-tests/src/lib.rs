@@ -3,6 +3,7 @@
 //! (SQLite, or PostgreSQL when `STEWARD_TEST_DATABASE_URL` is set), and the
 //! real services bound to `127.0.0.1:0` over real mTLS.
 
+pub mod broker;
 pub mod echo;
 pub mod evidence;
 pub mod inventory;
@@ -432,7 +433,9 @@ pub async fn build_service(
     match name {
         "inventory" => steward_inventory::build(config).await,
         "authority" => steward_authority::build_with(test_authority_config(config)).await,
-        "credential-broker" => steward_credential_broker::build(config).await,
+        "credential-broker" => {
+            steward_credential_broker::build_with(test_broker_config(config)).await
+        }
         "audit" => {
             // The signing key sits beside the service's SVID.
             let log = test_log_config(config.tls.svid.cert.parent().unwrap());
@@ -444,6 +447,19 @@ pub async fn build_service(
         }
         other => panic!("unknown service {other}"),
     }
+}
+
+/// The broker as tests run it: its key-encryption key in a file beside its
+/// SVID (made on first use, so a restart opens the same CA).
+pub fn test_broker_config(service: ServiceConfig) -> steward_credential_broker::BrokerConfig {
+    let kek_file = service.tls.svid.cert.parent().unwrap().join("broker.kek");
+    if !kek_file.exists() {
+        let (_, hex) = steward_credential_broker::keys::LocalKek::generate().unwrap();
+        write_atomic(&kek_file, hex.as_bytes());
+    }
+    let mut config = steward_credential_broker::BrokerConfig::new(service);
+    config.kek_file = Some(kek_file);
+    config
 }
 
 /// The OIDC issuer tests' humans get tokens from.

@@ -21,6 +21,11 @@ pub mod steward {
             include!(concat!(env!("OUT_DIR"), "/steward.authority.v1.rs"));
         }
     }
+    pub mod broker {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/steward.broker.v1.rs"));
+        }
+    }
     pub mod common {
         pub mod v1 {
             include!(concat!(env!("OUT_DIR"), "/steward.common.v1.rs"));

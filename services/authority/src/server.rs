@@ -589,6 +589,11 @@ fn decision_to_pb(
         grant_id: String::new(),
         approvers: request.context.approvers.iter().cloned().collect(),
         break_glass: request.context.break_glass,
+        resource: Some(pb::ResourceFacts {
+            state: request.resource.state.clone(),
+            spiffe_id: request.resource.spiffe_id.clone(),
+            kind: request.resource.kind.clone(),
+        }),
     }
 }
 

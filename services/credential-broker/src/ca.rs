@@ -276,6 +276,16 @@ impl CaHierarchy {
         &self.root.cert_pem
     }
 
+    /// When the root expires.
+    pub fn root_not_after(&self) -> OffsetDateTime {
+        self.root.not_after
+    }
+
+    /// The current intermediate, DER.
+    pub fn intermediate_der(&self) -> &[u8] {
+        &self.intermediate.cert_der
+    }
+
     /// When the current intermediate expires.
     pub fn intermediate_not_after(&self) -> OffsetDateTime {
         self.intermediate.not_after

@@ -32,6 +32,8 @@ pub enum KeyError {
     Corrupt,
     #[error("no randomness available")]
     Random,
+    #[error("{0}")]
+    Missing(String),
 }
 
 /// Seals and opens private keys. Implementations never log what they seal.

@@ -1,20 +1,81 @@
 //! The credential broker: short-lived X.509-SVIDs, JWT-SVIDs and API tokens on leases bound to a task window.
 //!
+//! - [`keys`]: private keys sealed under a key-encryption key;
+//! - [`ca`]: the CA hierarchy and X.509-SVID issuance from CSRs;
+//! - [`authorities`]: the CA and JWT signing key, generated once, then
+//!   loaded and opened on every start;
+//! - [`store`]: leases and the revocation log, every change group-committed
+//!   with its evidence ([`store::writer`]);
+//! - [`server`]: the `steward.broker.v1.CredentialBroker` gRPC adapter,
+//!   which asks authority before every issue, renewal and revocation;
+//! - [`watch`]: `WatchRevocations`, replay then live;
+//! - [`reaper`]: ends expired leases in batches.
+//!
 //! This crate is the service's library; `main.rs` only calls
 //! [`steward_server::service_main`]. Tests build the same
 //! [`steward_server::Application`] in-process with [`build`].
 
+pub mod authorities;
 pub mod ca;
+pub mod config;
 pub mod keys;
+pub mod reaper;
+pub mod server;
+pub mod store;
+pub mod watch;
+
+use std::sync::Arc;
 
 use steward_db::{MigrationFile, MigrationSet};
+use steward_outbox::{Forwarder, ForwarderOptions};
+use steward_proto::steward::authority::v1::authority_service_client::AuthorityServiceClient;
+use steward_proto::steward::broker::v1::credential_broker_server::CredentialBrokerServer;
 use steward_server::{Application, ServiceConfig, ServiceContext, ServiceSpec, StartError};
 use tonic::service::Routes;
 
-/// The service's embedded migrations, per backend. Version 1 is the shared
-/// baseline from `steward-db`; this service's own start at 2.
-const SQLITE_MIGRATIONS: &[MigrationFile] = &[];
-const POSTGRES_MIGRATIONS: &[MigrationFile] = &[];
+pub use config::BrokerConfig;
+
+const SQLITE_MIGRATIONS: &[MigrationFile] = &[
+    MigrationFile {
+        version: 2,
+        description: "evidence outbox",
+        sql: steward_outbox::SQLITE_SQL,
+    },
+    MigrationFile {
+        version: 3,
+        description: "signing keys, leases, revocations",
+        sql: include_str!("../migrations/sqlite/0003_keys_and_leases.sql"),
+    },
+];
+const POSTGRES_MIGRATIONS: &[MigrationFile] = &[
+    MigrationFile {
+        version: 2,
+        description: "evidence outbox",
+        sql: steward_outbox::POSTGRES_SQL,
+    },
+    MigrationFile {
+        version: 3,
+        description: "signing keys, leases, revocations",
+        sql: include_str!("../migrations/postgres/0003_keys_and_leases.sql"),
+    },
+];
+
+const OPERATORS: &str = "spiffe://{td}/operator/*";
+const AUTOMATION: &str = "spiffe://{td}/automation/*";
+const AUDITORS: &str = "spiffe://{td}/auditor/*";
+const SERVICES: &str = "spiffe://{td}/service/*";
+const WORKLOADS: &str = "spiffe://{td}/workload/*";
+
+macro_rules! rpc {
+    ($name:literal) => {
+        concat!("/steward.broker.v1.CredentialBroker/", $name)
+    };
+}
+
+/// Every workload of the trust domain that may read public material or
+/// check credentials.
+const EVERYONE: &[&str] = &[OPERATORS, AUTOMATION, AUDITORS, SERVICES, WORKLOADS];
+const ISSUERS: &[&str] = &[OPERATORS, AUTOMATION, SERVICES];
 
 /// What makes this binary the credential-broker service.
 pub const SPEC: ServiceSpec = ServiceSpec {
@@ -25,22 +86,93 @@ pub const SPEC: ServiceSpec = ServiceSpec {
         sqlite: SQLITE_MIGRATIONS,
         postgres: POSTGRES_MIGRATIONS,
     },
-    grpc_services: &[],
+    grpc_services: &["steward.broker.v1.CredentialBroker"],
     // RPC → callers; `{td}` is replaced by the service's trust domain.
-    default_authz: &[],
+    default_authz: &[
+        (rpc!("GetTrustBundle"), EVERYONE),
+        (rpc!("IssueX509Svid"), ISSUERS),
+        (rpc!("IssueJwtSvid"), ISSUERS),
+        (rpc!("IssueApiToken"), ISSUERS),
+        (rpc!("Introspect"), EVERYONE),
+        (
+            rpc!("GetLease"),
+            &[OPERATORS, AUTOMATION, AUDITORS, SERVICES],
+        ),
+        (
+            rpc!("ListLeases"),
+            &[OPERATORS, AUTOMATION, AUDITORS, SERVICES],
+        ),
+        (rpc!("RenewLease"), ISSUERS),
+        (rpc!("RevokeLease"), ISSUERS),
+        (rpc!("RevokeLeases"), ISSUERS),
+        (rpc!("WatchRevocations"), EVERYONE),
+    ],
 };
 
+/// Unix nanoseconds now.
+pub fn now_ns() -> i64 {
+    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos()).unwrap_or(i64::MAX)
+}
+
 /// This service's configuration with its defaults.
-pub fn default_config() -> ServiceConfig {
-    ServiceConfig::defaults(SPEC.name, SPEC.default_port)
+pub fn default_config() -> BrokerConfig {
+    BrokerConfig::new(ServiceConfig::defaults(SPEC.name, SPEC.default_port))
 }
 
 /// The service's own gRPC services.
-pub async fn routes(_context: ServiceContext) -> Result<Routes, StartError> {
-    Ok(Routes::default())
+async fn routes(context: ServiceContext, config: BrokerConfig) -> Result<Routes, StartError> {
+    let kek = config
+        .kek()
+        .map_err(|e| StartError::Init(format!("key-encryption key: {e}")))?;
+    let store = store::Store::new(context.database.clone());
+    let own = context.spiffe_id.to_string();
+    let authorities = authorities::Authorities::load_or_generate(
+        &store,
+        &kek,
+        context.spiffe_id.trust_domain().name(),
+        &config.ca,
+        &own,
+    )
+    .await
+    .map_err(StartError::Init)?;
+    let forwarder = Forwarder::spawn(&context, ForwarderOptions::default())?;
+    let (writer, task) =
+        store::writer::Writer::start(store.clone(), Some(forwarder), context.shutdown())
+            .await
+            .map_err(|e| StartError::Init(e.to_string()))?;
+    context.spawn(task);
+    context.spawn(reaper::run(
+        store.clone(),
+        writer.clone(),
+        own,
+        context.shutdown(),
+    ));
+    let authority = context.peer_channel("authority", &context.peers.authority)?;
+    let shared = Arc::new(server::Shared {
+        own: context.spiffe_id.clone(),
+        store,
+        writer,
+        authorities: Arc::new(authorities),
+        authority: AuthorityServiceClient::new(authority),
+        ttl: config.ttl,
+        random: ring::rand::SystemRandom::new(),
+    });
+    Ok(Routes::new(CredentialBrokerServer::new(
+        server::BrokerServer::new(shared),
+    )))
 }
 
-/// Builds the service (binds, migrates) from `config`.
+/// Builds the service with default settings around `config` (the
+/// key-encryption key then comes from `STEWARD_BROKER_KEK`).
 pub async fn build(config: ServiceConfig) -> Result<Application, StartError> {
-    Application::build(SPEC, config, routes).await
+    build_with(BrokerConfig::new(config)).await
+}
+
+/// Builds the service (binds, migrates, opens or generates the CA).
+pub async fn build_with(config: BrokerConfig) -> Result<Application, StartError> {
+    let service = config.service.clone();
+    Application::build(SPEC, service, async move |context: ServiceContext| {
+        routes(context, config).await
+    })
+    .await
 }

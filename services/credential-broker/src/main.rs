@@ -4,6 +4,6 @@ fn main() -> std::process::ExitCode {
     steward_server::service_main(
         steward_credential_broker::SPEC,
         steward_credential_broker::default_config(),
-        steward_credential_broker::build,
+        steward_credential_broker::build_with,
     )
 }

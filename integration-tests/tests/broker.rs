@@ -1,0 +1,759 @@
+//! The credential broker through its public gRPC API over mTLS: X.509-SVIDs
+//! from CSRs, JWT-SVIDs and API tokens, each a lease allowed by authority
+//! and recorded as evidence; renewal, revocation, the revocation stream and
+//! the reaper; fail-closed behaviour.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use steward_integration_tests::TestStack;
+use steward_integration_tests::broker::{BROKER_POLICIES, SOAR, csr, in_seconds, task};
+use steward_proto::steward::broker::v1 as pb;
+use steward_proto::steward::inventory::v1 as inventory;
+use tokio_stream::StreamExt;
+use tonic::Code;
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+fn p256() -> rcgen::KeyPair {
+    rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap()
+}
+
+fn x509(
+    identity: &str,
+    csr: Vec<u8>,
+    ttl: u32,
+    task: Option<pb::Task>,
+) -> pb::IssueX509SvidRequest {
+    pb::IssueX509SvidRequest {
+        identity_id: identity.into(),
+        csr,
+        ttl_seconds: ttl,
+        task,
+    }
+}
+
+fn token(identity: &str, scopes: &[&str], ttl: u32, incident: &str) -> pb::IssueApiTokenRequest {
+    pb::IssueApiTokenRequest {
+        identity_id: identity.into(),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        ttl_seconds: ttl,
+        task: task(incident),
+    }
+}
+
+async fn leases(
+    client: &mut steward_integration_tests::broker::Client,
+    identity: &str,
+) -> Vec<pb::Lease> {
+    client
+        .list_leases(pb::ListLeasesRequest {
+            identity_id: identity.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .leases
+}
+
+fn lifetime(lease: &pb::Lease) -> i64 {
+    lease.expire_time.unwrap().seconds - lease.issue_time.unwrap().seconds
+}
+
+/// Path validation by webpki (rustls' verifier), with the broker's roots as
+/// the only trust anchors.
+fn verify_chain(chain: &[Vec<u8>], roots: &[Vec<u8>]) {
+    use rustls::pki_types::{CertificateDer, UnixTime};
+    let mut store = rustls::RootCertStore::empty();
+    for root in roots {
+        store.add(CertificateDer::from(root.clone())).unwrap();
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(store),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .unwrap();
+    let intermediates: Vec<CertificateDer> = chain[1..]
+        .iter()
+        .map(|c| CertificateDer::from(c.clone()))
+        .collect();
+    verifier
+        .verify_client_cert(
+            &CertificateDer::from(chain[0].clone()),
+            &intermediates,
+            UnixTime::now(),
+        )
+        .unwrap();
+}
+
+#[tokio::test]
+async fn x509_svids_come_from_csrs_under_policy_as_recorded_leases() {
+    let stack = TestStack::start().await;
+    let identity = stack.workload_identity("billing-sync", "production").await;
+    let spiffe_id = identity.spiffe_id.clone();
+    let mut soar = stack.broker_caller(SOAR).await;
+    let key = p256();
+    let good = csr(&key, &[&spiffe_id], false);
+
+    // Nothing permits issuing yet: the default policies only forbid.
+    let denied = soar
+        .issue_x509_svid(x509(&identity.id, good.clone(), 0, task("INC-1")))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    assert!(
+        denied.message().contains("authority denied issue"),
+        "{denied:?}"
+    );
+
+    stack.activate_policies(BROKER_POLICIES, true).await;
+    let issued = soar
+        .issue_x509_svid(x509(&identity.id, good.clone(), 0, task("INC-1")))
+        .await
+        .unwrap()
+        .into_inner();
+    let lease = issued.lease.unwrap();
+    // The default hour, capped by the policy's @max_ttl of 30 minutes.
+    assert_eq!(lifetime(&lease), 1800);
+    assert_eq!(lease.kind, pb::CredentialKind::X509Svid as i32);
+    assert_eq!(lease.state, pb::LeaseState::Active as i32);
+    assert_eq!(lease.spiffe_id, spiffe_id);
+    assert_eq!(lease.holder, "spiffe://steward.test/automation/soar");
+    assert_eq!(lease.incident_ref, "INC-1");
+    assert!(!lease.renewable);
+    assert!(!lease.decision_id.is_empty());
+
+    // The SVID chains to the bundle the broker serves and to nothing else,
+    // names exactly the identity's SPIFFE ID and certifies the CSR's key.
+    let bundle = soar
+        .get_trust_bundle(pb::GetTrustBundleRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(bundle.trust_domain, "steward.test");
+    assert_eq!(bundle.x509_authorities, issued.bundle);
+    verify_chain(&issued.x509_svid, &bundle.x509_authorities);
+    let (_, leaf) = X509Certificate::from_der(&issued.x509_svid[0]).unwrap();
+    let uris: Vec<_> = leaf
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::URI(u) => Some(u.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(uris, std::slice::from_ref(&spiffe_id));
+    assert!(!leaf.is_ca());
+    assert_eq!(
+        leaf.public_key().raw,
+        rcgen::PublicKeyData::subject_public_key_info(&key)
+    );
+    assert_eq!(
+        leaf.raw_serial_as_string().replace(':', ""),
+        lease.credential_ref
+    );
+
+    // Bad input: a precise status, and nothing issued.
+    let before = leases(&mut soar, &identity.id).await.len();
+    let cases = [
+        (
+            x509(&identity.id, good.clone(), 3600, task("INC-1")),
+            Code::FailedPrecondition,
+            "ttl_seconds",
+        ),
+        (
+            x509(&identity.id, good.clone(), 200_000, task("INC-1")),
+            Code::InvalidArgument,
+            "ttl_seconds",
+        ),
+        (
+            x509(
+                &identity.id,
+                csr(&key, &["spiffe://steward.test/workload/other"], false),
+                0,
+                task("INC-1"),
+            ),
+            Code::InvalidArgument,
+            "csr:",
+        ),
+        (
+            x509(
+                &identity.id,
+                csr(&key, &[&spiffe_id], true),
+                0,
+                task("INC-1"),
+            ),
+            Code::InvalidArgument,
+            "csr:",
+        ),
+        (
+            x509(&identity.id, b"not a csr".to_vec(), 0, task("INC-1")),
+            Code::InvalidArgument,
+            "csr:",
+        ),
+        (
+            x509(&identity.id, Vec::new(), 0, task("INC-1")),
+            Code::InvalidArgument,
+            "csr:",
+        ),
+        (
+            x509(&identity.id, good.clone(), 0, None),
+            Code::InvalidArgument,
+            "task:",
+        ),
+        (
+            x509(&identity.id, good.clone(), 0, task("")),
+            Code::InvalidArgument,
+            "task.incident_ref",
+        ),
+        (
+            x509("not-a-uuid", good.clone(), 0, task("INC-1")),
+            Code::InvalidArgument,
+            "identity_id",
+        ),
+        (
+            x509(
+                &identity.id,
+                good.clone(),
+                0,
+                Some(pb::Task {
+                    incident_ref: "INC-1".into(),
+                    window_end: Some(in_seconds(-60)),
+                    ..Default::default()
+                }),
+            ),
+            Code::InvalidArgument,
+            "task.window_end",
+        ),
+    ];
+    for (request, code, field) in cases {
+        let err = soar.issue_x509_svid(request).await.unwrap_err();
+        assert_eq!(err.code(), code, "{err:?}");
+        assert!(err.message().starts_with(field), "{field}: {err:?}");
+    }
+    assert_eq!(leases(&mut soar, &identity.id).await.len(), before);
+
+    // A credential never outlives its task window.
+    let windowed = soar
+        .issue_x509_svid(x509(
+            &identity.id,
+            good.clone(),
+            0,
+            Some(pb::Task {
+                incident_ref: "INC-1".into(),
+                window_end: Some(in_seconds(600)),
+                ..Default::default()
+            }),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .lease
+        .unwrap();
+    assert!((598..=600).contains(&lifetime(&windowed)), "{windowed:?}");
+
+    // A caller outside the issuers' allowlist never reaches the handler.
+    let mut workload = stack.broker_caller("/workload/sidecar").await;
+    let err = workload
+        .issue_x509_svid(x509(&identity.id, good, 0, task("INC-1")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+
+    // Every issue is in the evidence log with its lease and serial.
+    let entries = stack.evidence_for(&identity.id, 2).await;
+    let issue = entries
+        .iter()
+        .map(|e| e.record.as_ref().unwrap())
+        .find(|r| {
+            r.action == "credential.issue" && r.target.as_ref().unwrap().lease_id == lease.lease_id
+        })
+        .expect("the issue's evidence record");
+    assert_eq!(
+        issue.target.as_ref().unwrap().credential_serial,
+        lease.credential_ref
+    );
+    assert_eq!(issue.incident_ref, "INC-1");
+    assert_eq!(
+        issue.actor.as_ref().unwrap().workload_spiffe_id,
+        "spiffe://steward.test/automation/soar"
+    );
+}
+
+#[tokio::test]
+async fn jwt_svids_are_es256_audience_bound_and_verify_against_the_served_jwks() {
+    let stack = TestStack::start().await;
+    stack.activate_policies(BROKER_POLICIES, true).await;
+    let identity = stack.workload_identity("ledger-writer", "production").await;
+    let spiffe_id = identity.spiffe_id.clone();
+    let mut soar = stack.broker_caller(SOAR).await;
+
+    let err = soar
+        .issue_jwt_svid(pb::IssueJwtSvidRequest {
+            identity_id: identity.id.clone(),
+            audience: vec![],
+            ttl_seconds: 0,
+            task: task("INC-7"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("audience:"), "{err:?}");
+
+    let issued = soar
+        .issue_jwt_svid(pb::IssueJwtSvidRequest {
+            identity_id: identity.id.clone(),
+            audience: vec!["ledger".into()],
+            ttl_seconds: 0,
+            task: task("INC-7"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let lease = issued.lease.unwrap();
+    assert_eq!(
+        lifetime(&lease),
+        300,
+        "the JWT-SVID default is five minutes"
+    );
+
+    let parts: Vec<&str> = issued.token.split('.').collect();
+    assert_eq!(parts.len(), 3);
+    let header: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap();
+    let claims: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    assert_eq!(header["alg"], "ES256");
+    assert_eq!(claims["sub"], spiffe_id.as_str());
+    assert_eq!(claims["aud"], "ledger");
+    assert_eq!(claims["jti"], lease.credential_ref.as_str());
+    assert_eq!(
+        claims["exp"].as_i64().unwrap(),
+        lease.expire_time.unwrap().seconds
+    );
+
+    // The signature verifies (ring, P-256) with the key the JWKS publishes
+    // under the token's kid, as a SPIFFE JWT bundle: `use` is `jwt-svid`.
+    let bundle = soar
+        .get_trust_bundle(pb::GetTrustBundleRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let jwks: serde_json::Value = serde_json::from_slice(&bundle.jwt_authorities).unwrap();
+    let jwk = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == header["kid"])
+        .expect("the token's kid is in the JWKS");
+    assert_eq!(jwk["use"], "jwt-svid");
+    let mut point = vec![4u8];
+    point.extend(URL_SAFE_NO_PAD.decode(jwk["x"].as_str().unwrap()).unwrap());
+    point.extend(URL_SAFE_NO_PAD.decode(jwk["y"].as_str().unwrap()).unwrap());
+    let key =
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, point);
+    let signed = format!("{}.{}", parts[0], parts[1]);
+    let signature = URL_SAFE_NO_PAD.decode(parts[2]).unwrap();
+    key.verify(signed.as_bytes(), &signature).unwrap();
+    let mut tampered = signature.clone();
+    tampered[0] ^= 1;
+    assert!(key.verify(signed.as_bytes(), &tampered).is_err());
+}
+
+#[tokio::test]
+async fn api_tokens_are_shown_once_introspected_renewed_and_revoked_as_watchers_see() {
+    let stack = TestStack::start().await;
+    stack.activate_policies(BROKER_POLICIES, true).await;
+    let identity = stack.workload_identity("billing-sync", "production").await;
+    let mut soar = stack.broker_caller(SOAR).await;
+    let mut resource_server = stack.broker_caller("/workload/ledger").await;
+
+    // A watcher from now on, before anything is revoked.
+    let mut live = resource_server
+        .watch_revocations(pb::WatchRevocationsRequest {
+            after_sequence: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let issued = soar
+        .issue_api_token(token(&identity.id, &["ledger:write"], 600, "INC-9"))
+        .await
+        .unwrap()
+        .into_inner();
+    let lease = issued.lease.unwrap();
+    assert!(issued.token.starts_with("stw_") && issued.token.len() > 40);
+    assert!(issued.token.starts_with(&lease.credential_ref));
+    assert!(lease.renewable);
+    assert_eq!(lifetime(&lease), 600);
+    // Renewals stay within the policy's 30 minutes.
+    assert_eq!(
+        lease.max_expire_time.unwrap().seconds - lease.issue_time.unwrap().seconds,
+        1800
+    );
+
+    let seen = resource_server
+        .introspect(pb::IntrospectRequest {
+            token: issued.token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(seen.active);
+    assert_eq!(seen.lease_id, lease.lease_id);
+    assert_eq!(seen.identity_id, identity.id);
+    assert_eq!(seen.scopes, ["ledger:write"]);
+    assert_eq!(seen.incident_ref, "INC-9");
+    for unknown in [
+        "stw_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "ghp_something",
+    ] {
+        let seen = resource_server
+            .introspect(pb::IntrospectRequest {
+                token: unknown.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            seen,
+            pb::IntrospectResponse::default(),
+            "nothing about an unknown token"
+        );
+    }
+
+    // Only the hash is stored: the secret is nowhere in the database files.
+    if stack.backend == steward_integration_tests::TestBackend::Sqlite {
+        let dir = stack.pki.path();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            if name.starts_with("credential-broker.db") {
+                let bytes = std::fs::read(&path).unwrap();
+                let secret = &issued.token.as_bytes()[4..];
+                assert!(
+                    !bytes.windows(secret.len()).any(|w| w == secret),
+                    "{name} holds the token"
+                );
+            }
+        }
+    }
+
+    // Renew: within the max TTL only.
+    let renewed = soar
+        .renew_lease(pb::RenewLeaseRequest {
+            lease_id: lease.lease_id.clone(),
+            ttl_seconds: 1200,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .lease
+        .unwrap();
+    assert!(renewed.expire_time.unwrap().seconds > lease.expire_time.unwrap().seconds);
+    let err = soar
+        .renew_lease(pb::RenewLeaseRequest {
+            lease_id: lease.lease_id.clone(),
+            ttl_seconds: 3000,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+
+    // Revoke: introspection and the stream agree at once.
+    let revoked = soar
+        .revoke_lease(pb::RevokeLeaseRequest {
+            lease_id: lease.lease_id.clone(),
+            reason: "leaked in a log".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .lease
+        .unwrap();
+    assert_eq!(revoked.state, pb::LeaseState::Revoked as i32);
+    assert_eq!(revoked.revoked_by, "spiffe://steward.test/automation/soar");
+    let seen = resource_server
+        .introspect(pb::IntrospectRequest {
+            token: issued.token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!seen.active);
+    let event = tokio::time::timeout(Duration::from_secs(10), live.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.lease_id, lease.lease_id);
+    assert_eq!(event.state, pb::LeaseState::Revoked as i32);
+    assert_eq!(event.reason, "leaked in a log");
+    assert_eq!(event.credential_ref, lease.credential_ref);
+
+    // A revoked lease cannot be renewed; revoking it again changes nothing.
+    let err = soar
+        .renew_lease(pb::RenewLeaseRequest {
+            lease_id: lease.lease_id.clone(),
+            ttl_seconds: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("revoked"), "{err:?}");
+    let again = soar
+        .revoke_lease(pb::RevokeLeaseRequest {
+            lease_id: lease.lease_id.clone(),
+            reason: "again".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .lease
+        .unwrap();
+    assert_eq!(again.revoke_reason, "leaked in a log");
+    let err = soar
+        .revoke_lease(pb::RevokeLeaseRequest {
+            lease_id: uuid::Uuid::now_v7().to_string(),
+            reason: "x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = soar
+        .revoke_lease(pb::RevokeLeaseRequest {
+            lease_id: lease.lease_id.clone(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("reason:"));
+
+    // Revoke by incident: every live lease of INC-10 at once.
+    let mut tokens = Vec::new();
+    for _ in 0..3 {
+        tokens.push(
+            soar.issue_api_token(token(&identity.id, &["ledger:read"], 0, "INC-10"))
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+    }
+    let other = soar
+        .issue_api_token(token(&identity.id, &["ledger:read"], 0, "INC-11"))
+        .await
+        .unwrap()
+        .into_inner();
+    let bulk = soar
+        .revoke_leases(pb::RevokeLeasesRequest {
+            selector: Some(pb::revoke_leases_request::Selector::IncidentRef(
+                "INC-10".into(),
+            )),
+            reason: "incident contained".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(bulk.lease_ids.len(), 3);
+    assert!(!bulk.more);
+    for t in &tokens {
+        let seen = resource_server
+            .introspect(pb::IntrospectRequest {
+                token: t.token.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!seen.active);
+    }
+    let seen = resource_server
+        .introspect(pb::IntrospectRequest {
+            token: other.token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(seen.active, "another incident's token stays live");
+    for _ in 0..3 {
+        let event = tokio::time::timeout(Duration::from_secs(10), live.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(event.incident_ref, "INC-10");
+    }
+
+    // A watcher that starts later replays the whole log, in order.
+    let replay: Vec<pb::Revocation> = resource_server
+        .watch_revocations(pb::WatchRevocationsRequest {
+            after_sequence: Some(0),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .take(4)
+        .map(Result::unwrap)
+        .collect()
+        .await;
+    let sequences: Vec<u64> = replay.iter().map(|r| r.sequence).collect();
+    assert_eq!(sequences, [1, 2, 3, 4]);
+    assert_eq!(replay[0].lease_id, lease.lease_id);
+
+    // Each revocation is evidence.
+    let entries = stack.evidence_for(&identity.id, 9).await;
+    let revocations = entries
+        .iter()
+        .filter(|e| e.record.as_ref().unwrap().action == "credential.revoke")
+        .count();
+    assert_eq!(revocations, 4);
+}
+
+#[tokio::test]
+async fn dead_identities_get_nothing_approvals_are_named_and_authority_down_fails_closed() {
+    let mut stack = TestStack::start().await;
+    // The site's policies alone, without Steward's default forbid: the
+    // broker itself still refuses a suspended identity.
+    stack.activate_policies(BROKER_POLICIES, false).await;
+    let identity = stack.workload_identity("billing-sync", "production").await;
+    let staging = stack.workload_identity("staging-sync", "staging").await;
+    let mut soar = stack.broker_caller(SOAR).await;
+
+    let err = soar
+        .issue_api_token(token(&staging.id, &[], 0, "INC-3"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().starts_with("approval required"), "{err:?}");
+    let request_id = err
+        .metadata()
+        .get("steward-approval-request-id")
+        .expect("the approval request's id")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(err.message().contains(&request_id));
+
+    let mut inventory = stack.inventory().await;
+    inventory
+        .transition_state(inventory::TransitionStateRequest {
+            id: identity.id.clone(),
+            target_state: inventory::LifecycleState::Suspended as i32,
+            reason: "exposed".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let err = soar
+        .issue_api_token(token(&identity.id, &[], 0, "INC-3"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("suspended"), "{err:?}");
+    assert!(leases(&mut soar, &identity.id).await.is_empty());
+
+    let live = stack.workload_identity("other-sync", "production").await;
+    stack.stop("authority").await;
+    let err = soar
+        .issue_api_token(token(&live.id, &[], 0, "INC-3"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(leases(&mut soar, &live.id).await.is_empty());
+}
+
+#[tokio::test]
+async fn expired_leases_are_reaped_recorded_and_streamed() {
+    let stack = TestStack::start().await;
+    stack.activate_policies(BROKER_POLICIES, true).await;
+    let identity = stack.workload_identity("billing-sync", "production").await;
+    let mut soar = stack.broker_caller(SOAR).await;
+    let mut watcher = stack.broker_caller("/workload/ledger").await;
+    let mut live = watcher
+        .watch_revocations(pb::WatchRevocationsRequest {
+            after_sequence: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let issued = soar
+        .issue_api_token(token(&identity.id, &[], 1, "INC-4"))
+        .await
+        .unwrap()
+        .into_inner();
+    let lease = issued.lease.unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(10), live.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.lease_id, lease.lease_id);
+    assert_eq!(event.state, pb::LeaseState::Expired as i32);
+    let stored = soar
+        .get_lease(pb::GetLeaseRequest {
+            lease_id: lease.lease_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .lease
+        .unwrap();
+    assert_eq!(stored.state, pb::LeaseState::Expired as i32);
+    assert!(
+        !watcher
+            .introspect(pb::IntrospectRequest {
+                token: issued.token
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .active
+    );
+    let entries = stack.evidence_for(&identity.id, 3).await;
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.record.as_ref().unwrap().action == "credential.expire")
+    );
+}
+
+#[tokio::test]
+async fn the_ca_survives_restarts_sealed_and_a_wrong_key_encryption_key_stops_the_start() {
+    let mut stack = TestStack::start().await;
+    let mut client = stack.broker_caller("/workload/ledger").await;
+    let before = client
+        .get_trust_bundle(pb::GetTrustBundleRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(before.x509_authorities.len(), 1);
+
+    stack.restart("credential-broker").await;
+    let mut client = stack.broker_caller("/workload/ledger").await;
+    let after = client
+        .get_trust_bundle(pb::GetTrustBundleRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after, before, "the same CA and JWT key after a restart");
+
+    let config = stack.configs["credential-broker"].clone();
+    stack.stop("credential-broker").await;
+    let mut broker = steward_integration_tests::test_broker_config(config);
+    let wrong = stack.pki.path().join("wrong.kek");
+    std::fs::write(&wrong, "11".repeat(32)).unwrap();
+    broker.kek_file = Some(wrong);
+    let err = steward_credential_broker::build_with(broker)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("key-encryption key"), "{err}");
+}

@@ -1,0 +1,141 @@
+//! The broker's configuration: the shared service settings, where its
+//! key-encryption key comes from, and credential lifetimes.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use steward_server::{ServiceConfig, Settings};
+
+use crate::keys::{KeyError, LocalKek};
+
+/// The environment variable that may hold the key-encryption key (64 hex
+/// digits) instead of a file. It is read once at start and never logged.
+pub const KEK_ENV: &str = "STEWARD_BROKER_KEK";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BrokerConfig {
+    #[serde(flatten)]
+    pub service: ServiceConfig,
+    /// A file holding the key-encryption key as 64 hex digits (mode 0600).
+    /// Without it the key comes from `STEWARD_BROKER_KEK`; with neither the
+    /// broker refuses to start.
+    #[serde(default)]
+    pub kek_file: Option<PathBuf>,
+    /// Credential lifetimes.
+    #[serde(default)]
+    pub ttl: TtlConfig,
+    /// CA lifetimes.
+    #[serde(default)]
+    pub ca: CaConfig,
+}
+
+/// Default and longest lifetimes, in seconds. Authority's `@max_ttl`
+/// obligations cap them further; a task window's end caps every lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TtlConfig {
+    #[serde(default = "hour")]
+    pub x509_svid_default: u64,
+    #[serde(default = "five_minutes")]
+    pub jwt_svid_default: u64,
+    #[serde(default = "hour")]
+    pub api_token_default: u64,
+    /// No credential is issued, or a lease renewed, for longer than this.
+    #[serde(default = "day")]
+    pub max: u64,
+}
+
+impl Default for TtlConfig {
+    fn default() -> Self {
+        Self {
+            x509_svid_default: hour(),
+            jwt_svid_default: five_minutes(),
+            api_token_default: hour(),
+            max: day(),
+        }
+    }
+}
+
+/// How long generated CA certificates live.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaConfig {
+    /// The root: ten years.
+    #[serde(default = "ten_years")]
+    pub root_validity_secs: u64,
+    /// Each intermediate: thirty days.
+    #[serde(default = "thirty_days")]
+    pub intermediate_validity_secs: u64,
+}
+
+impl Default for CaConfig {
+    fn default() -> Self {
+        Self {
+            root_validity_secs: ten_years(),
+            intermediate_validity_secs: thirty_days(),
+        }
+    }
+}
+
+fn five_minutes() -> u64 {
+    300
+}
+fn hour() -> u64 {
+    3600
+}
+fn day() -> u64 {
+    86_400
+}
+fn thirty_days() -> u64 {
+    30 * 86_400
+}
+fn ten_years() -> u64 {
+    3650 * 86_400
+}
+
+impl Settings for BrokerConfig {
+    fn service(&self) -> &ServiceConfig {
+        &self.service
+    }
+}
+
+impl BrokerConfig {
+    /// `service` with default lifetimes and no key-encryption key file.
+    pub fn new(service: ServiceConfig) -> Self {
+        Self {
+            service,
+            kek_file: None,
+            ttl: TtlConfig::default(),
+            ca: CaConfig::default(),
+        }
+    }
+
+    /// The key-encryption key: from `kek_file`, else from `STEWARD_BROKER_KEK`.
+    pub fn kek(&self) -> Result<LocalKek, KeyError> {
+        match &self.kek_file {
+            Some(path) => LocalKek::from_file(path),
+            None => match std::env::var(KEK_ENV) {
+                Ok(hex) => LocalKek::from_hex(&hex),
+                Err(_) => Err(KeyError::Missing(format!(
+                    "no key-encryption key: set kek_file in the config or {KEK_ENV}"
+                ))),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_example_config_loads() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../deploy/config/credential-broker.example.toml");
+        let config = steward_server::config::load(crate::default_config(), Some(&path)).unwrap();
+        assert_eq!(config.service.listen_addr.port(), 50053);
+        assert_eq!(
+            config.kek_file.as_deref(),
+            Some(std::path::Path::new("/etc/steward/secrets/broker.kek"))
+        );
+        assert_eq!(config.ttl.jwt_svid_default, 300);
+        assert_eq!(config.ttl.max, 86_400);
+        assert_eq!(config.ca.intermediate_validity_secs, 30 * 86_400);
+    }
+}

@@ -1,0 +1,67 @@
+//! The reaper: ends leases whose expiry has passed, in batches.
+//!
+//! Each pass reads at most [`BATCH`] expired leases and hands them to the
+//! lease writer as one change, so a batch shares its transaction with
+//! whatever issuance is queued at the time rather than holding the writer
+//! for a long sweep. Between batches it yields, so a mass expiry (a hundred
+//! thousand leases at once) is worked off steadily without starving RPCs.
+//! An expired lease is never live before the reaper reaches it: every
+//! check compares the expiry with the clock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::now_ns;
+use crate::server::lease_record;
+use crate::store::writer::{Change, RevocationEvidence, Writer};
+use crate::store::{Lease, LeaseState, Store};
+
+/// Leases ended per change.
+pub const BATCH: usize = 500;
+/// How often the reaper looks when there is nothing to do.
+const IDLE: Duration = Duration::from_millis(500);
+/// The pause between full batches.
+const BETWEEN_BATCHES: Duration = Duration::from_millis(5);
+
+pub async fn run(
+    store: Store,
+    writer: Writer,
+    actor: String,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let evidence: RevocationEvidence = {
+        let actor = actor.clone();
+        Arc::new(move |lease: &Lease| {
+            let mut record = lease_record(lease, &actor, "credential.expire");
+            record.outcome.reason = "the lease reached its expiry".to_owned();
+            record
+        })
+    };
+    loop {
+        let mut pause = IDLE;
+        match store.expired(now_ns(), BATCH).await {
+            Ok(ids) if ids.is_empty() => {}
+            Ok(ids) => {
+                let full = ids.len() == BATCH;
+                let change = Change::Revoke {
+                    lease_ids: ids,
+                    state: LeaseState::Expired,
+                    by: actor.clone(),
+                    reason: "expired".to_owned(),
+                    evidence: evidence.clone(),
+                };
+                if let Err(error) = writer.submit(change).await {
+                    tracing::warn!(%error, "reaping failed; retrying");
+                } else if full {
+                    pause = BETWEEN_BATCHES;
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot read expired leases; retrying"),
+        }
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+}

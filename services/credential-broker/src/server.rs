@@ -1,0 +1,1145 @@
+//! The `steward.broker.v1.CredentialBroker` gRPC adapter.
+//!
+//! Every issue, renewal and revocation asks authority first, with the
+//! caller as principal and the request's incident and task window, and
+//! obeys the decision: DENY is PERMISSION_DENIED, APPROVAL_REQUIRED is
+//! FAILED_PRECONDITION naming the approval request, and an unreachable
+//! authority is UNAVAILABLE with nothing issued. The decision also carries
+//! inventory's view of the identity: a suspended, revoked or decommissioned
+//! identity gets nothing, whatever the policies say.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::rand::{SecureRandom, SystemRandom};
+use steward_evidence::EvidenceRecord;
+use steward_evidence::record::{Effect as EvidenceEffect, MAX_REASON, truncate_utf8};
+use steward_identity::{PeerIdentity, SpiffeId};
+use steward_proto::steward::authority::v1 as authority_pb;
+use steward_proto::steward::authority::v1::authority_service_client::AuthorityServiceClient;
+use steward_proto::steward::broker::v1 as pb;
+use steward_proto::steward::broker::v1::credential_broker_server::CredentialBroker;
+use tokio_stream::Stream;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::authorities::Authorities;
+use crate::config::TtlConfig;
+use crate::store::writer::{Applied, Change, RevocationEvidence, Writer};
+use crate::store::{Kind, Lease, LeaseFilter, LeaseState, Store, StoreError};
+use crate::{now_ns, watch};
+
+/// Most leases one `RevokeLeases` call ends.
+const MAX_BULK_REVOKE: usize = 10_000;
+/// The prefix of every API token (so scanners can recognise a leaked one).
+pub const TOKEN_PREFIX: &str = "stw_";
+/// Characters of a token kept, after the prefix, as its public reference.
+const TOKEN_REF_CHARS: usize = 8;
+const NS: i64 = 1_000_000_000;
+
+/// What the broker shares between requests.
+pub struct Shared {
+    pub own: SpiffeId,
+    pub store: Store,
+    pub writer: Writer,
+    pub authorities: Arc<Authorities>,
+    pub authority: AuthorityServiceClient<Channel>,
+    pub ttl: TtlConfig,
+    pub random: SystemRandom,
+}
+
+#[derive(Clone)]
+pub struct BrokerServer {
+    shared: Arc<Shared>,
+}
+
+impl BrokerServer {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+pub fn store_status(error: StoreError) -> Status {
+    match error {
+        StoreError::NotFound(m) => Status::not_found(m),
+        StoreError::FailedPrecondition(m) => Status::failed_precondition(m),
+        StoreError::Storage(detail) => {
+            tracing::error!(error = %detail, "broker storage error");
+            Status::unavailable("the broker's storage is unavailable; nothing was changed; retry")
+        }
+    }
+}
+
+fn caller<T>(request: &Request<T>) -> Result<String, Status> {
+    PeerIdentity::of(request)
+        .map(|p| p.spiffe_id.to_string())
+        .ok_or_else(|| Status::unauthenticated("no verified peer identity"))
+}
+
+fn timestamp(ns: i64) -> Option<prost_types::Timestamp> {
+    (ns != 0 && ns != i64::MAX).then(|| prost_types::Timestamp {
+        seconds: ns.div_euclid(NS),
+        nanos: i32::try_from(ns.rem_euclid(NS)).unwrap_or(0),
+    })
+}
+
+fn ts_ns(field: &str, ts: Option<&prost_types::Timestamp>) -> Result<Option<i64>, Status> {
+    let Some(ts) = ts else { return Ok(None) };
+    if !(0..1_000_000_000).contains(&ts.nanos) || ts.seconds < 0 || ts.seconds > 253_402_300_799 {
+        return Err(Status::invalid_argument(format!(
+            "{field}: is not a valid timestamp between 1970 and 9999"
+        )));
+    }
+    Ok(Some(ts.seconds * NS + i64::from(ts.nanos)))
+}
+
+fn text(field: &str, value: &str, max: usize, required: bool) -> Result<(), Status> {
+    if required && value.trim().is_empty() {
+        return Err(Status::invalid_argument(format!("{field}: is required")));
+    }
+    if value.len() > max || value.chars().any(char::is_control) {
+        return Err(Status::invalid_argument(format!(
+            "{field}: at most {max} bytes, no control characters"
+        )));
+    }
+    Ok(())
+}
+
+fn uuid(field: &str, value: &str) -> Result<Uuid, Status> {
+    Uuid::try_parse(value)
+        .map_err(|_| Status::invalid_argument(format!("{field}: {value:?} is not a UUID")))
+}
+
+fn kind_to_pb(kind: Kind) -> i32 {
+    match kind {
+        Kind::X509Svid => pb::CredentialKind::X509Svid as i32,
+        Kind::JwtSvid => pb::CredentialKind::JwtSvid as i32,
+        Kind::ApiToken => pb::CredentialKind::ApiToken as i32,
+    }
+}
+
+fn state_to_pb(state: LeaseState) -> i32 {
+    match state {
+        LeaseState::Active => pb::LeaseState::Active as i32,
+        LeaseState::Revoked => pb::LeaseState::Revoked as i32,
+        LeaseState::Expired => pb::LeaseState::Expired as i32,
+    }
+}
+
+pub fn lease_to_pb(l: &Lease) -> pb::Lease {
+    pb::Lease {
+        lease_id: l.lease_id.clone(),
+        identity_id: l.identity_id.clone(),
+        kind: kind_to_pb(l.kind),
+        holder: l.holder.clone(),
+        spiffe_id: l.spiffe_id.clone(),
+        incident_ref: l.incident_ref.clone(),
+        window_start: timestamp(l.window_start_ns),
+        window_end: timestamp(l.window_end_ns),
+        issue_time: timestamp(l.issued_at_ns),
+        expire_time: timestamp(l.expires_at_ns),
+        max_expire_time: timestamp(l.max_expires_at_ns),
+        renewable: l.renewable,
+        state: state_to_pb(l.state),
+        credential_ref: l.credential_ref.clone(),
+        decision_id: l.decision_id.clone(),
+        grant_id: l.grant_id.clone(),
+        revoke_time: timestamp(l.revoked_at_ns),
+        revoked_by: l.revoked_by.clone(),
+        revoke_reason: l.revoke_reason.clone(),
+        audience: l.audience.clone(),
+        scopes: l.scopes.clone(),
+    }
+}
+
+/// A checked task: the incident and window a credential serves.
+#[derive(Debug, Clone)]
+struct Task {
+    incident_ref: String,
+    window_start_ns: i64,
+    window_end_ns: i64,
+    reason: String,
+    correlation_id: String,
+}
+
+fn check_task(task: Option<&pb::Task>, now: i64) -> Result<Task, Status> {
+    let task = task.ok_or_else(|| {
+        Status::invalid_argument("task: is required (the incident and task window)")
+    })?;
+    text("task.incident_ref", &task.incident_ref, 256, true)?;
+    text("task.correlation_id", &task.correlation_id, 256, false)?;
+    if task.reason.len() > 1024 || task.reason.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(Status::invalid_argument(
+            "task.reason: at most 1024 bytes, no control characters",
+        ));
+    }
+    let start = ts_ns("task.window_start", task.window_start.as_ref())?.unwrap_or(now);
+    let end = ts_ns("task.window_end", task.window_end.as_ref())?.unwrap_or(i64::MAX);
+    if end <= start {
+        return Err(Status::invalid_argument(
+            "task.window_end: ends before the window starts",
+        ));
+    }
+    if end <= now {
+        return Err(Status::invalid_argument(
+            "task.window_end: the task window has already ended",
+        ));
+    }
+    Ok(Task {
+        incident_ref: task.incident_ref.clone(),
+        window_start_ns: start,
+        window_end_ns: end,
+        reason: task.reason.trim().to_owned(),
+        correlation_id: task.correlation_id.clone(),
+    })
+}
+
+/// What authority allowed.
+#[derive(Debug)]
+struct Allowed {
+    decision: authority_pb::Decision,
+    facts: authority_pb::ResourceFacts,
+}
+
+impl Allowed {
+    fn max_ttl(&self) -> Option<u64> {
+        self.decision
+            .obligations
+            .as_ref()
+            .map(|o| o.max_ttl_seconds)
+            .filter(|t| *t > 0)
+    }
+}
+
+/// Lifecycle states in which an identity gets no credentials.
+const DEAD_STATES: &[&str] = &["suspended", "revoked", "decommissioned"];
+
+impl BrokerServer {
+    /// Asks authority whether `principal` may `action` on `identity_id`
+    /// for `task`; anything but ALLOW is the caller's error.
+    async fn authorize(
+        &self,
+        principal: &str,
+        action: &str,
+        identity_id: &str,
+        task: &Task,
+        requested_ttl: u64,
+    ) -> Result<Allowed, Status> {
+        let request = authority_pb::AuthorizeRequest {
+            principal: Some(authority_pb::Principal {
+                kind: Some(authority_pb::principal::Kind::Workload(
+                    principal.to_owned(),
+                )),
+            }),
+            action: action.to_owned(),
+            resource_id: identity_id.to_owned(),
+            context: Some(authority_pb::RequestContext {
+                incident_ref: task.incident_ref.clone(),
+                window_start: timestamp(task.window_start_ns),
+                window_end: timestamp(task.window_end_ns),
+                requester: principal.to_owned(),
+                acting_human: String::new(),
+                requested_ttl_seconds: u32::try_from(requested_ttl).unwrap_or(u32::MAX),
+                correlation_id: task.correlation_id.clone(),
+                reason: task.reason.clone(),
+                claim_by: None,
+            }),
+        };
+        let mut client = self.shared.authority.clone();
+        let decision = match client.authorize(request).await {
+            Ok(response) => response.into_inner().decision.ok_or_else(|| {
+                Status::unavailable("authority answered without a decision; nothing was issued")
+            })?,
+            Err(status) => {
+                return Err(match status.code() {
+                    tonic::Code::InvalidArgument
+                    | tonic::Code::NotFound
+                    | tonic::Code::PermissionDenied
+                    | tonic::Code::FailedPrecondition => {
+                        Status::new(status.code(), format!("authority: {}", status.message()))
+                    }
+                    _ => {
+                        tracing::warn!(code = ?status.code(), message = status.message(), "authority unreachable");
+                        Status::unavailable(
+                            "authority cannot be reached; nothing was issued or changed (fail closed); retry",
+                        )
+                    }
+                });
+            }
+        };
+        match authority_pb::Effect::try_from(decision.effect) {
+            Ok(authority_pb::Effect::Allow) => {}
+            Ok(authority_pb::Effect::ApprovalRequired) => {
+                let mut status = Status::failed_precondition(format!(
+                    "approval required: authority opened approval request {} ({}); retry once it is approved",
+                    decision.approval_request_id, decision.reason
+                ));
+                if let Ok(value) = decision.approval_request_id.parse() {
+                    status
+                        .metadata_mut()
+                        .insert("steward-approval-request-id", value);
+                }
+                return Err(status);
+            }
+            _ => {
+                return Err(Status::permission_denied(format!(
+                    "authority denied {action} on identity {identity_id} (decision {}): {}",
+                    decision.decision_id, decision.reason
+                )));
+            }
+        }
+        let facts = decision.resource.clone().unwrap_or_default();
+        if DEAD_STATES.contains(&facts.state.as_str()) && action != "revoke" {
+            return Err(Status::failed_precondition(format!(
+                "identity_id: identity {identity_id} is {} in inventory; it gets no credentials",
+                facts.state
+            )));
+        }
+        Ok(Allowed { decision, facts })
+    }
+
+    /// The lifetime to issue for: the request's (or `default`), within the
+    /// broker's max and authority's obligation, and never beyond the
+    /// window. Returns (ttl seconds, expiry ns).
+    fn lifetime(
+        &self,
+        requested: u32,
+        default: u64,
+        allowed: &Allowed,
+        task: &Task,
+        now: i64,
+    ) -> Result<(i64, i64), Status> {
+        let mut ttl = if requested == 0 {
+            default
+        } else {
+            u64::from(requested)
+        };
+        if let Some(cap) = allowed.max_ttl() {
+            if requested != 0 && u64::from(requested) > cap {
+                return Err(Status::failed_precondition(format!(
+                    "ttl_seconds: {requested} is above the {cap} s the policy allows (decision {})",
+                    allowed.decision.decision_id
+                )));
+            }
+            ttl = ttl.min(cap);
+        }
+        let ttl = i64::try_from(ttl.min(self.shared.ttl.max)).unwrap_or(i64::MAX);
+        let expires = now
+            .saturating_add(ttl.saturating_mul(NS))
+            .min(task.window_end_ns);
+        Ok(((expires - now) / NS, expires))
+    }
+
+    fn check_ttl(&self, requested: u32) -> Result<(), Status> {
+        if u64::from(requested) > self.shared.ttl.max {
+            return Err(Status::invalid_argument(format!(
+                "ttl_seconds: {requested} is above the broker's maximum of {} s",
+                self.shared.ttl.max
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuses a task window that has not started yet.
+    fn started(task: &Task, now: i64) -> Result<(), Status> {
+        if task.window_start_ns > now + NS {
+            return Err(Status::failed_precondition(
+                "task.window_start: the task window has not started; credentials are issued inside it",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The lease for a credential issued under `allowed`.
+    #[allow(clippy::too_many_arguments)]
+    fn lease(
+        &self,
+        kind: Kind,
+        identity_id: &str,
+        holder: &str,
+        spiffe_id: &str,
+        task: &Task,
+        allowed: &Allowed,
+        (ttl, expires): (i64, i64),
+        now: i64,
+        credential_ref: String,
+    ) -> Lease {
+        let renewable = kind == Kind::ApiToken;
+        let max_ttl = i64::try_from(
+            allowed
+                .max_ttl()
+                .unwrap_or(self.shared.ttl.max)
+                .min(self.shared.ttl.max),
+        )
+        .unwrap_or(i64::MAX);
+        let max_expires = if renewable {
+            now.saturating_add(max_ttl.saturating_mul(NS))
+                .min(task.window_end_ns)
+                .max(expires)
+        } else {
+            expires
+        };
+        Lease {
+            lease_id: Uuid::now_v7().hyphenated().to_string(),
+            identity_id: identity_id.to_owned(),
+            kind,
+            holder: holder.to_owned(),
+            spiffe_id: spiffe_id.to_owned(),
+            incident_ref: task.incident_ref.clone(),
+            window_start_ns: task.window_start_ns,
+            window_end_ns: task.window_end_ns,
+            issued_at_ns: now,
+            expires_at_ns: expires,
+            max_expires_at_ns: max_expires,
+            ttl_seconds: ttl,
+            renewable,
+            state: LeaseState::Active,
+            credential_ref,
+            token_hash: None,
+            audience: Vec::new(),
+            scopes: Vec::new(),
+            decision_id: allowed.decision.decision_id.clone(),
+            grant_id: allowed.decision.grant_id.clone(),
+            revoked_at_ns: 0,
+            revoked_by: String::new(),
+            revoke_reason: String::new(),
+        }
+    }
+
+    /// The evidence of an issued lease.
+    fn issue_record(
+        &self,
+        lease: &Lease,
+        allowed: &Allowed,
+        task: &Task,
+        fingerprint: String,
+    ) -> EvidenceRecord {
+        let mut record = lease_record(lease, &lease.holder, "credential.issue");
+        record.target.nhi_kind = truncate_utf8(allowed.facts.kind.clone(), 256);
+        record.target.credential_fingerprint = fingerprint;
+        record.decision.policy_set_version = allowed.decision.policy_set_version.to_string();
+        record.decision.effect = EvidenceEffect::Allow;
+        record.decision.policy_ids = allowed
+            .decision
+            .policy_ids
+            .iter()
+            .take(64)
+            .cloned()
+            .collect();
+        if !allowed.decision.grant_id.is_empty() {
+            record.decision.approval_ids = vec![allowed.decision.grant_id.clone()];
+        }
+        record.correlation_id = truncate_utf8(task.correlation_id.clone(), 256);
+        record.outcome.reason = truncate_utf8(task.reason.clone(), MAX_REASON);
+        record
+    }
+
+    /// The identity's SPIFFE ID from the decision's facts, required for an
+    /// SVID and required to be in the broker's trust domain.
+    fn svid_id(&self, identity_id: &str, allowed: &Allowed) -> Result<SpiffeId, Status> {
+        let id = &allowed.facts.spiffe_id;
+        if id.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "identity_id: identity {identity_id} has no SPIFFE ID in inventory; SVIDs name one"
+            )));
+        }
+        let parsed = SpiffeId::parse(id).map_err(|e| {
+            Status::failed_precondition(format!(
+                "identity_id: inventory's SPIFFE ID for {identity_id} is invalid: {e}"
+            ))
+        })?;
+        if parsed.trust_domain() != self.shared.own.trust_domain() {
+            return Err(Status::failed_precondition(format!(
+                "identity_id: {id} is not in the broker's trust domain {}",
+                self.shared.own.trust_domain()
+            )));
+        }
+        Ok(parsed)
+    }
+
+    async fn commit_issue(&self, lease: Lease, record: EvidenceRecord) -> Result<Lease, Status> {
+        match self
+            .shared
+            .writer
+            .submit(Change::Issue {
+                lease: Box::new(lease),
+                evidence: Box::new(record),
+            })
+            .await
+            .map_err(store_status)?
+        {
+            Applied::Issued(lease) => Ok(lease),
+            _ => Err(Status::internal("the lease writer answered out of kind")),
+        }
+    }
+
+    /// Revokes `leases`, asking authority once per identity first.
+    async fn revoke(
+        &self,
+        caller: &str,
+        leases: &[Lease],
+        reason: &str,
+    ) -> Result<Vec<Lease>, Status> {
+        let mut identities: Vec<&str> = leases.iter().map(|l| l.identity_id.as_str()).collect();
+        identities.sort_unstable();
+        identities.dedup();
+        let now = now_ns();
+        for identity in identities {
+            // The task is the lease's own incident; revoking ends now.
+            let lease = leases
+                .iter()
+                .find(|l| l.identity_id == identity)
+                .ok_or_else(|| Status::internal("lease vanished"))?;
+            let lease_task = Task {
+                incident_ref: lease.incident_ref.clone(),
+                window_start_ns: now,
+                window_end_ns: i64::MAX,
+                reason: reason.to_owned(),
+                correlation_id: String::new(),
+            };
+            self.authorize(caller, "revoke", identity, &lease_task, 0)
+                .await?;
+        }
+        let evidence: RevocationEvidence = {
+            let caller = caller.to_owned();
+            let reason = reason.to_owned();
+            Arc::new(move |lease: &Lease| {
+                let mut record = lease_record(lease, &caller, "credential.revoke");
+                record.outcome.reason = truncate_utf8(reason.clone(), MAX_REASON);
+                record
+            })
+        };
+        match self
+            .shared
+            .writer
+            .submit(Change::Revoke {
+                lease_ids: leases.iter().map(|l| l.lease_id.clone()).collect(),
+                state: LeaseState::Revoked,
+                by: caller.to_owned(),
+                reason: reason.to_owned(),
+                evidence,
+            })
+            .await
+            .map_err(store_status)?
+        {
+            Applied::Revoked(ended) => Ok(ended),
+            _ => Err(Status::internal("the lease writer answered out of kind")),
+        }
+    }
+}
+
+/// A lease event's evidence, with what every one of them records.
+pub fn lease_record(lease: &Lease, actor: &str, action: &str) -> EvidenceRecord {
+    let mut record = EvidenceRecord::new(actor, action, crate::SPEC.name);
+    record.target.nhi_id.clone_from(&lease.identity_id);
+    record.target.lease_id.clone_from(&lease.lease_id);
+    record.target.credential_serial = truncate_utf8(lease.credential_ref.clone(), 256);
+    record.incident_ref = truncate_utf8(lease.incident_ref.clone(), 256);
+    let attributes = &mut record.attributes;
+    attributes.insert("kind".into(), lease.kind.as_str().into());
+    attributes.insert("holder".into(), truncate_utf8(lease.holder.clone(), 1024));
+    if !lease.spiffe_id.is_empty() {
+        attributes.insert(
+            "spiffe_id".into(),
+            truncate_utf8(lease.spiffe_id.clone(), 1024),
+        );
+    }
+    attributes.insert("expires_at_ns".into(), lease.expires_at_ns.to_string());
+    attributes.insert("state".into(), lease.state.as_str().into());
+    if !lease.decision_id.is_empty() {
+        attributes.insert("decision_id".into(), lease.decision_id.clone());
+    }
+    record
+}
+
+fn check_audience(audience: &[String]) -> Result<(), Status> {
+    if audience.is_empty() {
+        return Err(Status::invalid_argument(
+            "audience: at least one is required (JWT-SVIDs are always audience-bound)",
+        ));
+    }
+    if audience.len() > 16 {
+        return Err(Status::invalid_argument("audience: at most 16"));
+    }
+    for (i, a) in audience.iter().enumerate() {
+        text(&format!("audience[{i}]"), a, 256, true)?;
+    }
+    Ok(())
+}
+
+fn check_scopes(scopes: &[String]) -> Result<(), Status> {
+    if scopes.len() > 32 {
+        return Err(Status::invalid_argument("scopes: at most 32"));
+    }
+    for (i, s) in scopes.iter().enumerate() {
+        let ok = !s.is_empty()
+            && s.len() <= 128
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || ":._/-*".contains(c));
+        if !ok {
+            return Err(Status::invalid_argument(format!(
+                "scopes[{i}]: 1 to 128 of A-Z a-z 0-9 : . _ / - *"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .to_vec()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::Revocation, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl CredentialBroker for BrokerServer {
+    async fn get_trust_bundle(
+        &self,
+        _request: Request<pb::GetTrustBundleRequest>,
+    ) -> Result<Response<pb::GetTrustBundleResponse>, Status> {
+        let authorities = &self.shared.authorities;
+        Ok(Response::new(pb::GetTrustBundleResponse {
+            trust_domain: self.shared.own.trust_domain().name().to_owned(),
+            x509_authorities: authorities.ca.bundle_der(),
+            jwt_authorities: serde_json::to_vec(&authorities.jwks)
+                .map_err(|e| Status::internal(e.to_string()))?,
+            x509_intermediates: vec![authorities.ca.intermediate_der().to_vec()],
+        }))
+    }
+
+    async fn issue_x509_svid(
+        &self,
+        request: Request<pb::IssueX509SvidRequest>,
+    ) -> Result<Response<pb::IssueX509SvidResponse>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let now = now_ns();
+        uuid("identity_id", &r.identity_id)?;
+        if r.csr.is_empty() {
+            return Err(Status::invalid_argument(
+                "csr: is required (a DER PKCS#10 request; the private key stays with the caller)",
+            ));
+        }
+        if r.csr.len() > 16 * 1024 {
+            return Err(Status::invalid_argument("csr: at most 16 KiB"));
+        }
+        self.check_ttl(r.ttl_seconds)?;
+        let task = check_task(r.task.as_ref(), now)?;
+        let allowed = self
+            .authorize(
+                &caller,
+                "issue",
+                &r.identity_id,
+                &task,
+                u64::from(r.ttl_seconds),
+            )
+            .await?;
+        Self::started(&task, now)?;
+        let spiffe_id = self.svid_id(&r.identity_id, &allowed)?;
+        let (ttl, expires) = self.lifetime(
+            r.ttl_seconds,
+            self.shared.ttl.x509_svid_default,
+            &allowed,
+            &task,
+            now,
+        )?;
+        let ca = &self.shared.authorities.ca;
+        let issued = ca
+            .issue_x509_svid(
+                &r.csr,
+                &spiffe_id.to_string(),
+                time::Duration::seconds(ttl),
+                time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(now))
+                    .map_err(|e| Status::internal(e.to_string()))?,
+            )
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let expires =
+            expires.min(i64::try_from(issued.not_after.unix_timestamp_nanos()).unwrap_or(i64::MAX));
+        let lease = self.lease(
+            Kind::X509Svid,
+            &r.identity_id,
+            &caller,
+            &spiffe_id.to_string(),
+            &task,
+            &allowed,
+            (ttl, expires),
+            now,
+            issued.serial.clone(),
+        );
+        let record = self.issue_record(&lease, &allowed, &task, hex(&sha256(&issued.cert_der)));
+        let lease = self.commit_issue(lease, record).await?;
+        Ok(Response::new(pb::IssueX509SvidResponse {
+            lease: Some(lease_to_pb(&lease)),
+            x509_svid: issued.chain_der,
+            bundle: ca.bundle_der(),
+        }))
+    }
+
+    async fn issue_jwt_svid(
+        &self,
+        request: Request<pb::IssueJwtSvidRequest>,
+    ) -> Result<Response<pb::IssueJwtSvidResponse>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let now = now_ns();
+        uuid("identity_id", &r.identity_id)?;
+        check_audience(&r.audience)?;
+        self.check_ttl(r.ttl_seconds)?;
+        let task = check_task(r.task.as_ref(), now)?;
+        let allowed = self
+            .authorize(
+                &caller,
+                "issue",
+                &r.identity_id,
+                &task,
+                u64::from(r.ttl_seconds),
+            )
+            .await?;
+        Self::started(&task, now)?;
+        let spiffe_id = self.svid_id(&r.identity_id, &allowed)?;
+        let timing = self.lifetime(
+            r.ttl_seconds,
+            self.shared.ttl.jwt_svid_default,
+            &allowed,
+            &task,
+            now,
+        )?;
+        let jti = Uuid::new_v4().hyphenated().to_string();
+        let mut lease = self.lease(
+            Kind::JwtSvid,
+            &r.identity_id,
+            &caller,
+            &spiffe_id.to_string(),
+            &task,
+            &allowed,
+            timing,
+            now,
+            jti.clone(),
+        );
+        lease.audience.clone_from(&r.audience);
+        let mut claims = serde_json::Map::new();
+        claims.insert("sub".into(), spiffe_id.to_string().into());
+        claims.insert(
+            "aud".into(),
+            if r.audience.len() == 1 {
+                r.audience[0].clone().into()
+            } else {
+                r.audience.clone().into()
+            },
+        );
+        claims.insert("exp".into(), (lease.expires_at_ns / NS).into());
+        claims.insert("iat".into(), (now / NS).into());
+        claims.insert("jti".into(), jti.into());
+        let token = self
+            .shared
+            .authorities
+            .jwt
+            .sign("JWT", &claims)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let mut record = self.issue_record(&lease, &allowed, &task, String::new());
+        record
+            .attributes
+            .insert("audience".into(), truncate_utf8(r.audience.join(" "), 1024));
+        let lease = self.commit_issue(lease, record).await?;
+        Ok(Response::new(pb::IssueJwtSvidResponse {
+            lease: Some(lease_to_pb(&lease)),
+            token,
+        }))
+    }
+
+    async fn issue_api_token(
+        &self,
+        request: Request<pb::IssueApiTokenRequest>,
+    ) -> Result<Response<pb::IssueApiTokenResponse>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let now = now_ns();
+        uuid("identity_id", &r.identity_id)?;
+        check_scopes(&r.scopes)?;
+        self.check_ttl(r.ttl_seconds)?;
+        let task = check_task(r.task.as_ref(), now)?;
+        let allowed = self
+            .authorize(
+                &caller,
+                "issue",
+                &r.identity_id,
+                &task,
+                u64::from(r.ttl_seconds),
+            )
+            .await?;
+        Self::started(&task, now)?;
+        let timing = self.lifetime(
+            r.ttl_seconds,
+            self.shared.ttl.api_token_default,
+            &allowed,
+            &task,
+            now,
+        )?;
+        let mut secret = [0u8; 32];
+        self.shared
+            .random
+            .fill(&mut secret)
+            .map_err(|_| Status::internal("no randomness available"))?;
+        let token = format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(secret));
+        let reference = token[..TOKEN_PREFIX.len() + TOKEN_REF_CHARS].to_owned();
+        let mut lease = self.lease(
+            Kind::ApiToken,
+            &r.identity_id,
+            &caller,
+            &allowed.facts.spiffe_id,
+            &task,
+            &allowed,
+            timing,
+            now,
+            reference,
+        );
+        lease.token_hash = Some(sha256(token.as_bytes()));
+        lease.scopes.clone_from(&r.scopes);
+        let mut record = self.issue_record(&lease, &allowed, &task, String::new());
+        record
+            .attributes
+            .insert("scopes".into(), truncate_utf8(r.scopes.join(" "), 1024));
+        let lease = self.commit_issue(lease, record).await?;
+        Ok(Response::new(pb::IssueApiTokenResponse {
+            lease: Some(lease_to_pb(&lease)),
+            token,
+        }))
+    }
+
+    async fn introspect(
+        &self,
+        request: Request<pb::IntrospectRequest>,
+    ) -> Result<Response<pb::IntrospectResponse>, Status> {
+        let token = request.into_inner().token;
+        if token.is_empty() || token.len() > 256 {
+            return Err(Status::invalid_argument(
+                "token: is required (at most 256 bytes)",
+            ));
+        }
+        let inactive = || Response::new(pb::IntrospectResponse::default());
+        if !token.starts_with(TOKEN_PREFIX) {
+            return Ok(inactive());
+        }
+        let Some(lease) = self
+            .shared
+            .store
+            .lease_by_token(&sha256(token.as_bytes()))
+            .await
+            .map_err(store_status)?
+        else {
+            return Ok(inactive());
+        };
+        if !lease.live(now_ns()) {
+            return Ok(inactive());
+        }
+        Ok(Response::new(pb::IntrospectResponse {
+            active: true,
+            lease_id: lease.lease_id,
+            identity_id: lease.identity_id,
+            subject: lease.spiffe_id,
+            scopes: lease.scopes,
+            expire_time: timestamp(lease.expires_at_ns),
+            issue_time: timestamp(lease.issued_at_ns),
+            holder: lease.holder,
+            incident_ref: lease.incident_ref,
+        }))
+    }
+
+    async fn get_lease(
+        &self,
+        request: Request<pb::GetLeaseRequest>,
+    ) -> Result<Response<pb::GetLeaseResponse>, Status> {
+        let id = request.into_inner().lease_id;
+        uuid("lease_id", &id)?;
+        let lease = self.shared.store.lease(&id).await.map_err(store_status)?;
+        Ok(Response::new(pb::GetLeaseResponse {
+            lease: Some(lease_to_pb(&lease)),
+        }))
+    }
+
+    async fn list_leases(
+        &self,
+        request: Request<pb::ListLeasesRequest>,
+    ) -> Result<Response<pb::ListLeasesResponse>, Status> {
+        let r = request.into_inner();
+        let page_size = match r.page_size {
+            0 => 100,
+            n if n > 1000 => {
+                return Err(Status::invalid_argument("page_size: at most 1000"));
+            }
+            n => n as usize,
+        };
+        if !r.identity_id.is_empty() {
+            uuid("identity_id", &r.identity_id)?;
+        }
+        text("incident_ref", &r.incident_ref, 256, false)?;
+        text("holder", &r.holder, 2048, false)?;
+        if !r.page_token.is_empty() {
+            uuid("page_token", &r.page_token)?;
+        }
+        let state = match pb::LeaseState::try_from(r.state) {
+            Ok(pb::LeaseState::Unspecified) => None,
+            Ok(pb::LeaseState::Active) => Some(LeaseState::Active),
+            Ok(pb::LeaseState::Revoked) => Some(LeaseState::Revoked),
+            Ok(pb::LeaseState::Expired) => Some(LeaseState::Expired),
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "state: {} is not a LeaseState",
+                    r.state
+                )));
+            }
+        };
+        let some = |s: String| (!s.is_empty()).then_some(s);
+        let filter = LeaseFilter {
+            identity_id: some(r.identity_id),
+            incident_ref: some(r.incident_ref),
+            holder: some(r.holder),
+            state,
+        };
+        let mut leases = self
+            .shared
+            .store
+            .list(&filter, &r.page_token, page_size + 1)
+            .await
+            .map_err(store_status)?;
+        let more = leases.len() > page_size;
+        leases.truncate(page_size);
+        let next_page_token = if more {
+            leases
+                .last()
+                .map(|l| l.lease_id.clone())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListLeasesResponse {
+            leases: leases.iter().map(lease_to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn renew_lease(
+        &self,
+        request: Request<pb::RenewLeaseRequest>,
+    ) -> Result<Response<pb::RenewLeaseResponse>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        uuid("lease_id", &r.lease_id)?;
+        self.check_ttl(r.ttl_seconds)?;
+        let lease = self
+            .shared
+            .store
+            .lease(&r.lease_id)
+            .await
+            .map_err(store_status)?;
+        let now = now_ns();
+        if !lease.live(now) {
+            return Err(Status::failed_precondition(format!(
+                "lease_id: lease {} is {}; only an active lease can be renewed",
+                lease.lease_id,
+                if lease.state == LeaseState::Active {
+                    "expired"
+                } else {
+                    lease.state.as_str()
+                }
+            )));
+        }
+        if !lease.renewable {
+            return Err(Status::failed_precondition(format!(
+                "lease_id: a {} lease is not renewable; issue a new credential",
+                lease.kind.as_str()
+            )));
+        }
+        let task = Task {
+            incident_ref: lease.incident_ref.clone(),
+            window_start_ns: lease.window_start_ns,
+            window_end_ns: lease.window_end_ns,
+            reason: format!("renew lease {}", lease.lease_id),
+            correlation_id: String::new(),
+        };
+        let ttl = if r.ttl_seconds == 0 {
+            lease.ttl_seconds
+        } else {
+            i64::from(r.ttl_seconds)
+        };
+        let allowed = self
+            .authorize(
+                &caller,
+                "renew",
+                &lease.identity_id,
+                &task,
+                u64::try_from(ttl).unwrap_or(0),
+            )
+            .await?;
+        let mut ttl = ttl;
+        if let Some(cap) = allowed.max_ttl() {
+            ttl = ttl.min(i64::try_from(cap).unwrap_or(i64::MAX));
+        }
+        let expires_at_ns = now.saturating_add(ttl.saturating_mul(NS));
+        if expires_at_ns > lease.max_expires_at_ns {
+            return Err(Status::failed_precondition(format!(
+                "ttl_seconds: renewing for {ttl} s would outlive the lease's max TTL (it ends at {})",
+                time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(
+                    lease.max_expires_at_ns
+                ))
+                .map(|t| t.to_string())
+                .unwrap_or_default()
+            )));
+        }
+        let decision_id = allowed.decision.decision_id.clone();
+        let evidence = Box::new(move |lease: &Lease| {
+            let mut record = lease_record(lease, &caller, "credential.renew");
+            record.decision.effect = EvidenceEffect::Allow;
+            record
+                .attributes
+                .insert("renew_decision_id".into(), decision_id.clone());
+            record
+        });
+        match self
+            .shared
+            .writer
+            .submit(Change::Renew {
+                lease_id: lease.lease_id,
+                expires_at_ns,
+                evidence,
+            })
+            .await
+            .map_err(store_status)?
+        {
+            Applied::Renewed(lease) => Ok(Response::new(pb::RenewLeaseResponse {
+                lease: Some(lease_to_pb(&lease)),
+            })),
+            _ => Err(Status::internal("the lease writer answered out of kind")),
+        }
+    }
+
+    async fn revoke_lease(
+        &self,
+        request: Request<pb::RevokeLeaseRequest>,
+    ) -> Result<Response<pb::RevokeLeaseResponse>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        uuid("lease_id", &r.lease_id)?;
+        text("reason", &r.reason, 1024, true)?;
+        let lease = self
+            .shared
+            .store
+            .lease(&r.lease_id)
+            .await
+            .map_err(store_status)?;
+        if lease.state != LeaseState::Active {
+            // Already ended: nothing to do, and nothing to record.
+            return Ok(Response::new(pb::RevokeLeaseResponse {
+                lease: Some(lease_to_pb(&lease)),
+            }));
+        }
+        let ended = self
+            .revoke(&caller, std::slice::from_ref(&lease), &r.reason)
+            .await?;
+        let lease = match ended.into_iter().next() {
+            Some(lease) => lease,
+            // Ended meanwhile (the reaper, another revocation).
+            None => self
+                .shared
+                .store
+                .lease(&r.lease_id)
+                .await
+                .map_err(store_status)?,
+        };
+        Ok(Response::new(pb::RevokeLeaseResponse {
+            lease: Some(lease_to_pb(&lease)),
+        }))
+    }
+
+    async fn revoke_leases(
+        &self,
+        request: Request<pb::RevokeLeasesRequest>,
+    ) -> Result<Response<pb::RevokeLeasesResponse>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        text("reason", &r.reason, 1024, true)?;
+        let filter = match r.selector {
+            Some(pb::revoke_leases_request::Selector::IncidentRef(i)) => {
+                text("incident_ref", &i, 256, true)?;
+                LeaseFilter {
+                    incident_ref: Some(i),
+                    ..LeaseFilter::default()
+                }
+            }
+            Some(pb::revoke_leases_request::Selector::IdentityId(i)) => {
+                uuid("identity_id", &i)?;
+                LeaseFilter {
+                    identity_id: Some(i),
+                    ..LeaseFilter::default()
+                }
+            }
+            Some(pb::revoke_leases_request::Selector::Holder(h)) => {
+                SpiffeId::parse(&h)
+                    .map_err(|e| Status::invalid_argument(format!("holder: {e}")))?;
+                LeaseFilter {
+                    holder: Some(h),
+                    ..LeaseFilter::default()
+                }
+            }
+            None => {
+                return Err(Status::invalid_argument(
+                    "selector: one of incident_ref, identity_id or holder is required",
+                ));
+            }
+        };
+        let mut leases = self
+            .shared
+            .store
+            .list(
+                &LeaseFilter {
+                    state: Some(LeaseState::Active),
+                    ..filter
+                },
+                "",
+                MAX_BULK_REVOKE + 1,
+            )
+            .await
+            .map_err(store_status)?;
+        let more = leases.len() > MAX_BULK_REVOKE;
+        leases.truncate(MAX_BULK_REVOKE);
+        if leases.is_empty() {
+            return Ok(Response::new(pb::RevokeLeasesResponse::default()));
+        }
+        let ended = self.revoke(&caller, &leases, &r.reason).await?;
+        Ok(Response::new(pb::RevokeLeasesResponse {
+            lease_ids: ended.into_iter().map(|l| l.lease_id).collect(),
+            more,
+        }))
+    }
+
+    type WatchRevocationsStream = WatchStream;
+
+    async fn watch_revocations(
+        &self,
+        request: Request<pb::WatchRevocationsRequest>,
+    ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
+        let after = request.into_inner().after_sequence;
+        if let Some(a) = after
+            && i64::try_from(a).is_err()
+        {
+            return Err(Status::invalid_argument("after_sequence: out of range"));
+        }
+        let stream = watch::stream(
+            self.shared.store.clone(),
+            &self.shared.writer,
+            after.map(|a| i64::try_from(a).unwrap_or(0)),
+        )
+        .await
+        .map_err(store_status)?;
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

@@ -1,0 +1,311 @@
+//! Every lease change, group-committed with its evidence.
+//!
+//! One writer task takes every change queued while the previous batch was
+//! committing and applies them, in order, in one transaction: new leases in
+//! one multi-row INSERT, renewals and revocations as they come, the
+//! revocation log's rows and every evidence record. Each caller is answered
+//! once its batch is durable; a change that cannot apply (the lease is not
+//! active, a renewal beyond the max TTL) fails alone.
+//!
+//! The writer numbers the revocation log. After a batch commits it
+//! publishes the batch's revocations, in order, to the live watchers.
+
+use std::sync::Arc;
+
+use steward_db::{Engine, Placeholders, on_backend};
+use steward_evidence::EvidenceRecord;
+use steward_outbox::{Forwarder, OutboxTransaction};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::{
+    LEASE_COLUMNS, Lease, LeaseState, RevocationEntry, Store, StoreError, bind_lease,
+    lease_from_row,
+};
+
+/// Most changes in one transaction.
+const MAX_BATCH: usize = 256;
+/// Rows per multi-row INSERT.
+const CHUNK: usize = 40;
+/// Revocations kept for live watchers that are briefly behind; one further
+/// behind is served from the log.
+const LIVE_BUFFER: usize = 16_384;
+
+/// Builds a revoked lease's evidence record.
+pub type RevocationEvidence = Arc<dyn Fn(&Lease) -> EvidenceRecord + Send + Sync>;
+
+/// One change.
+pub enum Change {
+    /// A new lease and its evidence.
+    Issue {
+        lease: Box<Lease>,
+        evidence: Box<EvidenceRecord>,
+    },
+    /// Moves an active lease's expiry to `expires_at_ns` (checked against
+    /// its max); `evidence` sees the renewed lease.
+    Renew {
+        lease_id: String,
+        expires_at_ns: i64,
+        evidence: Box<dyn FnOnce(&Lease) -> EvidenceRecord + Send>,
+    },
+    /// Ends every lease of `lease_ids` that is still active.
+    Revoke {
+        lease_ids: Vec<String>,
+        state: LeaseState,
+        by: String,
+        reason: String,
+        evidence: RevocationEvidence,
+    },
+}
+
+/// What a change did.
+#[derive(Debug)]
+pub enum Applied {
+    Issued(Lease),
+    Renewed(Lease),
+    /// The leases this change ended (not those already ended).
+    Revoked(Vec<Lease>),
+}
+
+type Reply = oneshot::Sender<Result<Applied, StoreError>>;
+
+/// The queue in front of the writer task, and the live revocation feed.
+#[derive(Clone)]
+pub struct Writer {
+    queue: mpsc::Sender<(Change, Reply)>,
+    live: broadcast::Sender<Arc<RevocationEntry>>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer").finish_non_exhaustive()
+    }
+}
+
+impl Writer {
+    /// Starts the writer after the log's last sequence; it stops when
+    /// `shutdown` resolves.
+    pub async fn start(
+        store: Store,
+        forwarder: Option<Forwarder>,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(Self, impl std::future::Future<Output = ()> + Send + 'static), StoreError> {
+        let last = store.last_sequence().await?;
+        let (queue, rx) = mpsc::channel(4 * MAX_BATCH);
+        let (live, _) = broadcast::channel(LIVE_BUFFER);
+        let task = run(store, last, rx, live.clone(), forwarder, shutdown);
+        Ok((Self { queue, live }, task))
+    }
+
+    /// Applies one change once it is durable with its evidence.
+    pub async fn submit(&self, change: Change) -> Result<Applied, StoreError> {
+        let stopped = || StoreError::Storage("the lease writer has stopped".into());
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send((change, reply))
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Revocations committed from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<RevocationEntry>> {
+        self.live.subscribe()
+    }
+}
+
+async fn run(
+    store: Store,
+    mut last: i64,
+    mut rx: mpsc::Receiver<(Change, Reply)>,
+    live: broadcast::Sender<Arc<RevocationEntry>>,
+    forwarder: Option<Forwarder>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let first = tokio::select! {
+            () = &mut shutdown => return,
+            job = rx.recv() => match job { Some(job) => job, None => return },
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let (changes, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        match store.apply(changes, last).await {
+            Ok((results, revoked)) => {
+                if let Some(forwarder) = &forwarder {
+                    forwarder.wake();
+                }
+                for entry in revoked {
+                    last = entry.sequence;
+                    // No receivers is fine: nobody is watching.
+                    let _ = live.send(Arc::new(entry));
+                }
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, batch = replies.len(), "lease batch failed");
+                // Another writer (a replica on the same PostgreSQL) may
+                // have numbered revocations meanwhile.
+                if let Ok(found) = store.last_sequence().await {
+                    last = found;
+                }
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+type Outcome = (Vec<Result<Applied, StoreError>>, Vec<RevocationEntry>);
+
+impl Store {
+    /// Applies `changes` in order in one transaction. The outer error means
+    /// nothing was applied.
+    async fn apply(&self, changes: Vec<Change>, last: i64) -> Result<Outcome, StoreError> {
+        let now_ns = crate::now_ns();
+        let mut results = Vec::with_capacity(changes.len());
+        let mut issued: Vec<Lease> = Vec::new();
+        let mut evidence: Vec<EvidenceRecord> = Vec::new();
+        let mut revoked: Vec<RevocationEntry> = Vec::new();
+        let mut sequence = last;
+        on_backend!(self.database(), pool, Db => {
+            let mut tx = pool.begin_with(<Db as Engine>::BEGIN_WRITE).await?;
+            for change in changes {
+                match change {
+                    Change::Issue { lease, evidence: record } => {
+                        issued.push((*lease).clone());
+                        evidence.push(*record);
+                        results.push(Ok(Applied::Issued(*lease)));
+                    }
+                    Change::Renew { lease_id, expires_at_ns, evidence: record } => {
+                        let sql = format!("SELECT {LEASE_COLUMNS} FROM leases WHERE lease_id = $1");
+                        let found = match sqlx::query::<Db>(sqlx::AssertSqlSafe(sql))
+                            .bind(&lease_id)
+                            .fetch_optional(&mut *tx)
+                            .await?
+                        {
+                            Some(row) => Some(lease_from_row!(row)),
+                            None => None,
+                        };
+                        let result = match found {
+                            None => Err(StoreError::NotFound(format!(
+                                "lease_id: lease {lease_id} does not exist"
+                            ))),
+                            Some(lease) if !lease.live(now_ns) => Err(StoreError::FailedPrecondition(format!(
+                                "lease_id: lease {lease_id} is {}; only an active lease can be renewed",
+                                if lease.state == LeaseState::Active { "expired" } else { lease.state.as_str() }
+                            ))),
+                            Some(lease) if expires_at_ns > lease.max_expires_at_ns => {
+                                Err(StoreError::FailedPrecondition(format!(
+                                    "ttl_seconds: the renewal would outlive the lease's max TTL (it may live until {} ns)",
+                                    lease.max_expires_at_ns
+                                )))
+                            }
+                            Some(mut lease) => {
+                                sqlx::query::<Db>("UPDATE leases SET expires_at_ns = $1 WHERE lease_id = $2")
+                                    .bind(expires_at_ns)
+                                    .bind(&lease_id)
+                                    .execute(&mut *tx)
+                                    .await?;
+                                lease.expires_at_ns = expires_at_ns;
+                                evidence.push(record(&lease));
+                                Ok(Applied::Renewed(lease))
+                            }
+                        };
+                        results.push(result);
+                    }
+                    Change::Revoke { lease_ids, state, by, reason, evidence: record } => {
+                        let mut ended = Vec::new();
+                        for chunk in lease_ids.chunks(CHUNK * 10) {
+                            let sql = format!(
+                                "SELECT {LEASE_COLUMNS} FROM leases WHERE state = 1 AND lease_id IN ({})",
+                                <Db as Placeholders>::list(chunk.len(), 1)
+                            );
+                            let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
+                            for id in chunk {
+                                query = query.bind(id);
+                            }
+                            for row in query.fetch_all(&mut *tx).await? {
+                                ended.push(lease_from_row!(row));
+                            }
+                            let sql = format!(
+                                "UPDATE leases SET state = {}, revoked_at_ns = {}, revoked_by = {}, revoke_reason = {} \
+                                 WHERE state = 1 AND lease_id IN ({})",
+                                <Db as Placeholders>::list(1, 1),
+                                <Db as Placeholders>::list(1, 2),
+                                <Db as Placeholders>::list(1, 3),
+                                <Db as Placeholders>::list(1, 4),
+                                <Db as Placeholders>::list(chunk.len(), 5)
+                            );
+                            let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql))
+                                .bind(state as i64)
+                                .bind(now_ns)
+                                .bind(&by)
+                                .bind(&reason);
+                            for id in chunk {
+                                query = query.bind(id);
+                            }
+                            query.execute(&mut *tx).await?;
+                        }
+                        for lease in &mut ended {
+                            lease.state = state;
+                            lease.revoked_at_ns = now_ns;
+                            lease.revoked_by.clone_from(&by);
+                            lease.revoke_reason.clone_from(&reason);
+                            evidence.push(record(lease));
+                            sequence += 1;
+                            revoked.push(RevocationEntry {
+                                sequence,
+                                state,
+                                revoked_at_ns: now_ns,
+                                reason: reason.clone(),
+                                lease: lease.clone(),
+                            });
+                        }
+                        results.push(Ok(Applied::Revoked(ended)));
+                    }
+                }
+            }
+            for chunk in issued.chunks(CHUNK) {
+                let sql = format!(
+                    "INSERT INTO leases ({LEASE_COLUMNS}) VALUES {}",
+                    <Db as Placeholders>::values(chunk.len(), super::LEASE_COLUMN_COUNT, 1)
+                );
+                let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
+                for lease in chunk {
+                    query = bind_lease!(query, lease);
+                }
+                query.execute(&mut *tx).await.map_err(|e| {
+                    StoreError::Storage(format!("cannot store leases: {e}"))
+                })?;
+            }
+            for chunk in revoked.chunks(CHUNK * 4) {
+                let sql = format!(
+                    "INSERT INTO revocations (sequence, lease_id, state, revoked_at_ns, reason) VALUES {}",
+                    <Db as Placeholders>::values(chunk.len(), 5, 1)
+                );
+                let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
+                for entry in chunk {
+                    query = query
+                        .bind(entry.sequence)
+                        .bind(&entry.lease.lease_id)
+                        .bind(entry.state as i64)
+                        .bind(entry.revoked_at_ns)
+                        .bind(&entry.reason);
+                }
+                query.execute(&mut *tx).await?;
+            }
+            tx.enqueue_all(&evidence).await?;
+            tx.commit().await?;
+        });
+        Ok((results, revoked))
+    }
+}
