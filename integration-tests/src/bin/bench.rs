@@ -13,6 +13,8 @@
 
 #[path = "bench/authority.rs"]
 mod authority;
+#[path = "bench/broker.rs"]
+mod broker;
 #[path = "bench/inventory.rs"]
 mod inventory;
 
@@ -82,6 +84,25 @@ fn main() -> anyhow::Result<()> {
         print_table(&figures);
         return Ok(());
     }
+    // `steward-bench floors` measures only the baseline floors;
+    // `steward-bench broker [x509|jwt|watch|reap]` measures them and the
+    // broker's figures (or one of them).
+    let first = std::env::args().nth(1);
+    if matches!(first.as_deref(), Some("floors" | "broker")) {
+        let mut floors = runtime.block_on(async {
+            let mut f = grpc_round_trips().await?;
+            f.extend(sqlite_commits().await?);
+            anyhow::Ok(f)
+        })?;
+        floors.extend(signatures()?);
+        let baseline = floors.len();
+        if first.as_deref() == Some("broker") {
+            floors.extend(runtime.block_on(broker::run(std::env::args().nth(2).as_deref()))?);
+            print_broker(&floors[..baseline], &floors[baseline..]);
+        }
+        print_table(&floors);
+        return Ok(());
+    }
     // `steward-bench appends` runs the audit append figure alone (profiling).
     if std::env::args().nth(1).as_deref() == Some("appends") {
         for f in runtime.block_on(audit_appends())? {
@@ -113,9 +134,12 @@ fn main() -> anyhow::Result<()> {
     let inventory_end = figures.len();
     figures.extend(authority::run()?);
     figures.extend(runtime.block_on(authority::grpc())?);
+    let authority_end = figures.len();
+    figures.extend(runtime.block_on(broker::run(None))?);
     print_ratios(&figures[..baseline], &figures[baseline..audit_end]);
     print_inventory(&figures[..baseline], &figures[audit_end..inventory_end]);
-    print_authority(&figures[..baseline], &figures[inventory_end..]);
+    print_authority(&figures[..baseline], &figures[inventory_end..authority_end]);
+    print_broker(&figures[..baseline], &figures[authority_end..]);
     print_table(&figures);
     let out = workspace_root().join("target/bench");
     std::fs::create_dir_all(&out)?;
@@ -336,6 +360,51 @@ fn print_table(figures: &[Figure]) {
             us(f.p50_us),
             us(f.p99_us)
         );
+    }
+}
+
+/// The broker's figures against the issue's targets, with ratios to the
+/// signature and gRPC floors.
+fn print_broker(baseline: &[Figure], figures: &[Figure]) {
+    println!();
+    let floor = |prefix: &str| baseline.iter().find(|b| b.name.starts_with(prefix));
+    let grpc = floor("mTLS gRPC unary, 64 caller");
+    let ecdsa = floor("ECDSA P-256");
+    for f in figures {
+        let target = if f.name.contains("while reaping") {
+            "p99 <= 50 ms while reaping"
+        } else if f.name.contains("X.509-SVID") {
+            ">= 2,000/s, p99 <= 20 ms"
+        } else if f.name.contains("JWT-SVID") {
+            ">= 5,000/s"
+        } else if f.name.contains("WatchRevocations") {
+            "p99 <= 100 ms"
+        } else {
+            "no target"
+        };
+        println!(
+            "{}: {:.1} {}, p50 {:.0} µs, p99 {:.0} µs (target: {target})",
+            f.name,
+            f.value,
+            f.unit,
+            f.p50_us.unwrap_or(f64::NAN),
+            f.p99_us.unwrap_or(f64::NAN)
+        );
+        if f.unit == "issue/s" {
+            if let Some(g) = grpc {
+                println!(
+                    "  / gRPC 64-caller floor: throughput {:.3}, p99 {:.1}×",
+                    f.value / g.value,
+                    f.p99_us.unwrap_or(0.0) / g.p99_us.unwrap_or(f64::NAN)
+                );
+            }
+            if let Some(e) = ecdsa {
+                println!(
+                    "  / ECDSA P-256 signing floor (one core): {:.3}",
+                    f.value / e.value
+                );
+            }
+        }
     }
 }
 
