@@ -287,9 +287,23 @@ impl TestStack {
         let mut configs = BTreeMap::new();
         // Audit first, so the others' outbox forwarders know where it is.
         let mut peers = steward_server::Peers::default();
+        // Authority tells the broker of closed incidents, and starts first:
+        // the broker's port is reserved up front.
+        let broker_addr = names.contains(&"credential-broker").then(|| {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap()
+        });
+        if let Some(addr) = broker_addr {
+            peers.credential_broker = addr.to_string();
+        }
         for name in names.iter().copied() {
             let mut config = Self::config_for(&pki, &backend, name).await;
             config.peers = peers.clone();
+            if name == "credential-broker"
+                && let Some(addr) = broker_addr
+            {
+                config.listen_addr = addr;
+            }
             let app = if name == "audit" {
                 steward_audit::build(steward_audit::AuditConfig {
                     service: config.clone(),
@@ -328,11 +342,10 @@ impl TestStack {
         }
     }
 
-    /// Starts a stopped service again on its database (a fresh port);
-    /// returns its address.
+    /// Starts a stopped service again on its database (a fresh port, but
+    /// the broker keeps its reserved one); returns its address.
     pub async fn restart_stopped(&mut self, name: &str) -> String {
-        let mut config = self.configs[name].clone();
-        config.listen_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        let config = self.configs[name].clone();
         let app = build_service(name, config).await.unwrap();
         let service = RunningService::start(name, app);
         let address = service.address();

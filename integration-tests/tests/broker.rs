@@ -757,3 +757,133 @@ async fn the_ca_survives_restarts_sealed_and_a_wrong_key_encryption_key_stops_th
         .unwrap_err();
     assert!(err.to_string().contains("key-encryption key"), "{err}");
 }
+
+#[tokio::test]
+async fn closing_an_incident_revokes_its_leases_even_after_a_broker_outage() {
+    use steward_proto::steward::authority::v1 as authority;
+    use steward_proto::steward::authority::v1::authority_service_client::AuthorityServiceClient;
+
+    let mut stack = TestStack::start().await;
+    stack.activate_policies(BROKER_POLICIES, true).await;
+    let identity = stack.workload_identity("billing-sync", "production").await;
+    let mut soar = stack.broker_caller(SOAR).await;
+    let mut watcher = stack.broker_caller("/workload/ledger").await;
+    let mut live = watcher
+        .watch_revocations(pb::WatchRevocationsRequest {
+            after_sequence: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut closing = Vec::new();
+    for _ in 0..2 {
+        closing.push(
+            soar.issue_api_token(token(&identity.id, &[], 0, "INC-42"))
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+    }
+    let other = soar
+        .issue_api_token(token(&identity.id, &[], 0, "INC-43"))
+        .await
+        .unwrap()
+        .into_inner();
+
+    let mut ops =
+        AuthorityServiceClient::new(stack.service("authority").channel(&stack.operator).await);
+    let closed = ops
+        .close_incident(authority::CloseIncidentRequest {
+            incident_ref: "INC-42".into(),
+            reason: "contained".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!closed.leases_pending);
+    let mut revoked = closed.revoked_lease_ids.clone();
+    revoked.sort();
+    let mut expected: Vec<String> = closing
+        .iter()
+        .map(|t| t.lease.as_ref().unwrap().lease_id.clone())
+        .collect();
+    expected.sort();
+    assert_eq!(revoked, expected);
+    for _ in 0..2 {
+        let event = tokio::time::timeout(Duration::from_secs(10), live.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(event.incident_ref, "INC-42");
+        assert!(
+            event.reason.starts_with("incident INC-42 closed"),
+            "{event:?}"
+        );
+    }
+    for t in &closing {
+        let seen = watcher
+            .introspect(pb::IntrospectRequest {
+                token: t.token.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!seen.active);
+    }
+    let seen = watcher
+        .introspect(pb::IntrospectRequest {
+            token: other.token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(seen.active, "another incident's lease stays live");
+
+    // The broker is down when the next incident closes: the closure stands,
+    // the answer says the leases are pending, and they are revoked once the
+    // broker is back.
+    let pending = soar
+        .issue_api_token(token(&identity.id, &[], 0, "INC-44"))
+        .await
+        .unwrap()
+        .into_inner();
+    stack.stop("credential-broker").await;
+    let closed = ops
+        .close_incident(authority::CloseIncidentRequest {
+            incident_ref: "INC-44".into(),
+            reason: "contained".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(closed.leases_pending);
+    assert!(closed.revoked_lease_ids.is_empty());
+    stack.restart_stopped("credential-broker").await;
+    let mut watcher = stack.broker_caller("/workload/ledger").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen = watcher
+            .introspect(pb::IntrospectRequest {
+                token: pending.token.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if !seen.active {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the closed incident's lease is still live"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let lease = watcher
+        .get_lease(pb::GetLeaseRequest {
+            lease_id: pending.lease.unwrap().lease_id,
+        })
+        .await;
+    // Workloads may not read leases; the operator may.
+    assert_eq!(lease.unwrap_err().code(), Code::PermissionDenied);
+}

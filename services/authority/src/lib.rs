@@ -8,12 +8,14 @@
 //!   every decision as evidence;
 //! - [`approvals`]: approval requests, grants and break-glass post-action
 //!   reviews, with the evidence each change writes;
+//! - [`closures`]: closing an incident has the broker revoke its leases;
 //! - [`humans`]: OIDC bearer tokens verified against the issuer's JWKS;
 //! - [`rules`]: response rules (signal → proportionate action), applied by
 //!   the responder in `server` to inventory's signal feed;
 //! - [`config`]: group membership for principals, the OIDC issuer.
 
 pub mod approvals;
+pub mod closures;
 pub mod config;
 pub mod engine;
 pub mod facts;
@@ -58,6 +60,11 @@ const SQLITE_MIGRATIONS: &[MigrationFile] = &[
         description: "response rules",
         sql: include_str!("../migrations/sqlite/0005_response_rules.sql"),
     },
+    MigrationFile {
+        version: 6,
+        description: "closed incidents",
+        sql: include_str!("../migrations/sqlite/0006_closed_incidents.sql"),
+    },
 ];
 const POSTGRES_MIGRATIONS: &[MigrationFile] = &[
     MigrationFile {
@@ -79,6 +86,11 @@ const POSTGRES_MIGRATIONS: &[MigrationFile] = &[
         version: 5,
         description: "response rules",
         sql: include_str!("../migrations/postgres/0005_response_rules.sql"),
+    },
+    MigrationFile {
+        version: 6,
+        description: "closed incidents",
+        sql: include_str!("../migrations/postgres/0006_closed_incidents.sql"),
     },
 ];
 
@@ -189,9 +201,17 @@ async fn routes(context: ServiceContext, config: AuthorityConfig) -> Result<Rout
             e.first()
         ))
     })?;
+    let broker = if context.peers.credential_broker.is_empty() {
+        tracing::warn!(
+            "no credential broker configured (peers.credential_broker): closed incidents' leases are revoked once one is"
+        );
+        None
+    } else {
+        Some(context.peer_channel("credential-broker", &context.peers.credential_broker)?)
+    };
     let shared = Arc::new(Shared {
         engine,
-        store,
+        store: store.clone(),
         active: RwLock::new(Arc::new(Active {
             version,
             set: Arc::new(set),
@@ -202,7 +222,9 @@ async fn routes(context: ServiceContext, config: AuthorityConfig) -> Result<Rout
         own: context.spiffe_id.clone(),
         grant_holders: RwLock::new(Default::default()),
         facts: Arc::default(),
+        closures: Arc::new(closures::Closures::new(store.clone(), broker)),
     });
+    context.spawn(Arc::clone(&shared.closures).run(context.shutdown()));
     shared
         .refresh_grant_holders()
         .await

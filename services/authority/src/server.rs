@@ -63,6 +63,8 @@ pub struct Shared {
     pub grant_holders: RwLock<std::collections::HashSet<String>>,
     /// NHIs' facts, kept coherent with inventory (ADR 0008).
     pub facts: Arc<FactsCache>,
+    /// Closed incidents the broker must revoke the leases of.
+    pub closures: Arc<crate::closures::Closures>,
 }
 
 impl Shared {

@@ -476,16 +476,21 @@ impl BrokerServer {
         }
     }
 
-    /// Revokes `leases`, asking authority once per identity first.
+    /// Revokes `leases`, asking authority once per identity first unless
+    /// `decided` (authority itself closing an incident).
     async fn revoke(
         &self,
         caller: &str,
         leases: &[Lease],
         reason: &str,
+        decided: bool,
     ) -> Result<Vec<Lease>, Status> {
         let mut identities: Vec<&str> = leases.iter().map(|l| l.identity_id.as_str()).collect();
         identities.sort_unstable();
         identities.dedup();
+        if decided {
+            identities.clear();
+        }
         let now = now_ns();
         for identity in identities {
             // The task is the lease's own incident; revoking ends now.
@@ -1043,7 +1048,7 @@ impl CredentialBroker for BrokerServer {
             }));
         }
         let ended = self
-            .revoke(&caller, std::slice::from_ref(&lease), &r.reason)
+            .revoke(&caller, std::slice::from_ref(&lease), &r.reason, false)
             .await?;
         let lease = match ended.into_iter().next() {
             Some(lease) => lease,
@@ -1067,6 +1072,14 @@ impl CredentialBroker for BrokerServer {
         let caller = caller(&request)?;
         let r = request.into_inner();
         text("reason", &r.reason, 1024, true)?;
+        // Authority revoking a closed incident's leases has decided already:
+        // closing the incident was its decision.
+        let decided =
+            matches!(
+                r.selector,
+                Some(pb::revoke_leases_request::Selector::IncidentRef(_))
+            ) && SpiffeId::from_parts(self.shared.own.trust_domain(), "/service/authority")
+                .is_ok_and(|authority| authority.to_string() == caller);
         let filter = match r.selector {
             Some(pb::revoke_leases_request::Selector::IncidentRef(i)) => {
                 text("incident_ref", &i, 256, true)?;
@@ -1114,7 +1127,7 @@ impl CredentialBroker for BrokerServer {
         if leases.is_empty() {
             return Ok(Response::new(pb::RevokeLeasesResponse::default()));
         }
-        let ended = self.revoke(&caller, &leases, &r.reason).await?;
+        let ended = self.revoke(&caller, &leases, &r.reason, decided).await?;
         Ok(Response::new(pb::RevokeLeasesResponse {
             lease_ids: ended.into_iter().map(|l| l.lease_id).collect(),
             more,

@@ -50,7 +50,10 @@ async fn setup() -> anyhow::Result<Setup> {
             .workload_identity(&format!("bench-{i}"), "production")
             .await;
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        csrs.insert(identity.id.clone(), csr(&key, &[&identity.spiffe_id], false));
+        csrs.insert(
+            identity.id.clone(),
+            csr(&key, &[&identity.spiffe_id], false),
+        );
         identities.push(identity.id);
     }
     let source = stack.pki.client(
@@ -205,7 +208,10 @@ async fn revocation_visibility(setup: &Setup) -> anyhow::Result<Figure> {
                     anyhow::bail!("the stream ended");
                 };
                 let event = event?;
-                let at = sent.lock().ok().and_then(|s| s.get(&event.lease_id).copied());
+                let at = sent
+                    .lock()
+                    .ok()
+                    .and_then(|s| s.get(&event.lease_id).copied());
                 if let Some(at) = at {
                     h.record(u64::try_from(at.elapsed().as_micros())?)?;
                     seen += 1;
@@ -329,7 +335,9 @@ async fn reaping(mut setup: Setup) -> anyhow::Result<Vec<Figure>> {
             p99_us: Some(h.value_at_quantile(0.99) as f64),
         },
         Figure {
-            name: format!("broker reaper: {EXPIRED} expired leases ended (with evidence) under load"),
+            name: format!(
+                "broker reaper: {EXPIRED} expired leases ended (with evidence) under load"
+            ),
             value: EXPIRED as f64 / seconds,
             unit: "lease/s",
             p50_us: None,

@@ -566,15 +566,35 @@ impl AuthorityServer {
         }
         optional_text("incident_ref", &r.incident_ref)?;
         let reason = reason_field("reason", &r.reason)?;
+        let closed_at = now_s();
         let (grants, requests) = self
             .shared
             .store
-            .close_incident(&r.incident_ref, &actor, &reason, now_s())
+            .close_incident(&r.incident_ref, &actor, &reason, closed_at)
             .await
             .map_err(store_status)?;
+        // The closure stands either way; the broker is told now if it can
+        // be, and by the retry loop otherwise.
+        let closures = &self.shared.closures;
+        let announced = tokio::time::timeout(
+            crate::closures::INLINE_WAIT,
+            closures.announce(&r.incident_ref, &reason, closed_at),
+        )
+        .await
+        .unwrap_or_else(|_| Err("the broker did not answer in time".to_owned()));
+        let (revoked_lease_ids, leases_pending) = match announced {
+            Ok(ids) => (ids, false),
+            Err(error) => {
+                tracing::warn!(incident = r.incident_ref, %error, "incident closed; its leases are revoked once the broker answers");
+                closures.wake();
+                (Vec::new(), true)
+            }
+        };
         Ok(pb::CloseIncidentResponse {
             ended_grant_ids: grants.into_iter().map(|g| g.id).collect(),
             cancelled_approval_request_ids: requests.into_iter().map(|a| a.id).collect(),
+            revoked_lease_ids,
+            leases_pending,
         })
     }
 

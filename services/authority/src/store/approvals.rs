@@ -666,10 +666,59 @@ impl Store {
                 records.push(approval_record(actor, "approval.cancelled", a, reason));
             }
             records.push(incident_record(actor, incident, reason, grants.len(), requests.len()));
+            // The broker is told (again, if it was closed before): see
+            // `Store::closures_to_announce`.
+            sqlx::query::<Db>(
+                "INSERT INTO closed_incidents (incident_ref, closed_at, reason, leases_revoked_at) VALUES ($1, $2, $3, 0) \
+                 ON CONFLICT (incident_ref) DO UPDATE SET closed_at = $2, reason = $3, leases_revoked_at = 0",
+            )
+            .bind(incident)
+            .bind(now)
+            .bind(reason)
+            .execute(&mut *tx)
+            .await?;
             tx.enqueue_all(&records).await?;
             tx.commit().await?;
             (grants, requests)
         }))
+    }
+
+    /// Closed incidents whose leases the broker has not yet revoked, oldest
+    /// first: `(incident, reason, closed_at)`.
+    pub async fn closures_to_announce(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<(String, String, i64)>, StoreError> {
+        Ok(on_backend!(&self.db, pool, Db => {
+            sqlx::query_as::<Db, (String, String, i64)>(
+                "SELECT incident_ref, reason, closed_at FROM closed_incidents WHERE leases_revoked_at = 0 \
+                 ORDER BY closed_at LIMIT $1",
+            )
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+
+    /// Records that the broker revoked the leases of `incident` as closed
+    /// at `closed_at` (a later closing is announced again).
+    pub async fn closure_announced(
+        &self,
+        incident: &str,
+        closed_at: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        on_backend!(&self.db, pool, Db => {
+            sqlx::query::<Db>(
+                "UPDATE closed_incidents SET leases_revoked_at = $1 WHERE incident_ref = $2 AND closed_at = $3",
+            )
+                .bind(now)
+                .bind(incident)
+                .bind(closed_at)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
     }
 
     /// Stores a break-glass grant with its post-action review and records.
