@@ -35,6 +35,8 @@ pub const LOG_ORIGIN: &str = "steward.local/audit";
 pub const OPERATOR_ID: &str = "spiffe://steward.local/operator/admin";
 /// The dev OIDC issuer authority trusts for humans (`steward login --dev`).
 pub const DEV_ISSUER: &str = "https://oidc.steward.local/dev";
+/// What the invoking user's processes are, through the Workload API.
+pub const DEV_WORKLOAD_ID: &str = "spiffe://steward.local/dev/workload";
 
 const CA_VALIDITY_DAYS: i64 = 365;
 const SVID_VALIDITY_DAYS: i64 = 30;
@@ -105,6 +107,10 @@ pub async fn up(dir: &Path, base_port: u16, log_format: &str) -> anyhow::Result<
         stop_all(&mut children).await;
         return Err(error);
     }
+    if let Err(error) = register_dev_workload(&conn).await {
+        stop_all(&mut children).await;
+        return Err(error.context("cannot register the dev workload"));
+    }
 
     println!();
     for (name, _) in SERVICES {
@@ -126,6 +132,11 @@ pub async fn up(dir: &Path, base_port: u16, log_format: &str) -> anyhow::Result<
         pki.join("audit-log.vkey").display()
     );
     println!("  humans            {DEV_ISSUER} (`steward login --dev --as <name>`)");
+    println!(
+        "  workload api      SPIFFE_ENDPOINT_SOCKET=unix:{} (uid {} is {DEV_WORKLOAD_ID})",
+        dir.join("run").join("workload.sock").display(),
+        effective_uid()?
+    );
     println!("  data              {}", dir.join("data").display());
     println!();
     println!("ready");
@@ -304,6 +315,121 @@ fn expiring(cert: &Path) -> anyhow::Result<bool> {
     Ok(not_after - time::OffsetDateTime::now_utc() < RENEW_BEFORE)
 }
 
+/// This process's effective uid, from `/proc/self/status`.
+fn effective_uid() -> anyhow::Result<u32> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        .and_then(|uid| uid.parse().ok())
+        .context("cannot read this process's uid from /proc/self/status")
+}
+
+/// Registers the invoking user's uid as `DEV_WORKLOAD_ID` (an identity in
+/// inventory and a registration entry), unless it already is: any program
+/// this user runs then gets SVIDs from the Workload API.
+async fn register_dev_workload(conn: &ConnectionArgs) -> anyhow::Result<()> {
+    use steward_proto::steward::inventory::v1 as inv;
+    use steward_proto::steward::inventory::v1::inventory_service_client::InventoryServiceClient;
+
+    let uid = effective_uid()?;
+    let source = conn.source()?;
+    let channel = crate::client::connect(
+        &source,
+        &conn.address("inventory")?,
+        crate::client::service_id(
+            &steward_identity::TrustDomain::parse(TRUST_DOMAIN)?,
+            "inventory",
+        )?,
+    )
+    .await?;
+    let mut inventory = InventoryServiceClient::new(channel);
+    let found = inventory
+        .list_identities(inv::ListIdentitiesRequest {
+            filter: Some(inv::IdentityFilter {
+                source_system: "steward-dev".into(),
+                text: "dev-workload".into(),
+                ..Default::default()
+            }),
+            page_size: 10,
+            page_token: String::new(),
+        })
+        .await?
+        .into_inner()
+        .identities
+        .into_iter()
+        .find(|i| i.external_id == "dev-workload");
+    let identity = match found {
+        Some(identity) => identity,
+        None => {
+            let owner = inv::Owner {
+                kind: inv::OwnerKind::Person as i32,
+                name: format!("uid-{uid}"),
+                contact: "the developer running `steward dev up`".into(),
+            };
+            inventory
+                .create_identity(inv::CreateIdentityRequest {
+                    identity: Some(inv::IdentitySpec {
+                        kind: inv::IdentityKind::WorkloadIdentity as i32,
+                        display_name: "local development workload".into(),
+                        source_system: "steward-dev".into(),
+                        external_id: "dev-workload".into(),
+                        environment: "development".into(),
+                        business_service: "steward-dev".into(),
+                        workload: "local programs".into(),
+                        classification: inv::Classification::MachineToMachine as i32,
+                        purpose: "lets programs on this machine get SVIDs from the Workload API"
+                            .into(),
+                        business_owner: Some(owner.clone()),
+                        technical_owner: Some(owner),
+                        spiffe_id: DEV_WORKLOAD_ID.into(),
+                        ..Default::default()
+                    }),
+                    context: None,
+                })
+                .await?
+                .into_inner()
+                .identity
+                .context("inventory returned no identity")?
+        }
+    };
+    let selector = format!("uid:{uid}");
+    let entries = inventory
+        .list_registration_entries(inv::ListRegistrationEntriesRequest {
+            identity_id: identity.id.clone(),
+            page_size: 100,
+            page_token: String::new(),
+        })
+        .await?
+        .into_inner()
+        .entries;
+    let registered = entries.iter().any(|e| {
+        e.spiffe_id == DEV_WORKLOAD_ID
+            && e.selectors
+                .iter()
+                .any(|s| s.r#type == "unix" && s.value == selector)
+    });
+    if !registered {
+        inventory
+            .create_registration_entry(inv::CreateRegistrationEntryRequest {
+                entry: Some(inv::RegistrationEntry {
+                    spiffe_id: DEV_WORKLOAD_ID.into(),
+                    parent_id: format!("spiffe://{TRUST_DOMAIN}/service/credential-broker"),
+                    selectors: vec![inv::Selector {
+                        r#type: "unix".into(),
+                        value: selector,
+                    }],
+                    identity_id: identity.id,
+                    ..Default::default()
+                }),
+                context: None,
+            })
+            .await?;
+    }
+    Ok(())
+}
+
 /// Writes through a temporary file and a rename, so a process reloading
 /// the file never reads half of it.
 fn write_file(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
@@ -359,7 +485,11 @@ fn write_configs(dir: &Path, base_port: u16, log_format: &str) -> anyhow::Result
                 "{text}\n[log]\norigin = {LOG_ORIGIN:?}\nsigning_key = {:?}\n",
                 pki.join("audit-log.key")
             ),
-            "credential-broker" => format!("kek_file = {:?}\n{text}", pki.join("broker.kek")),
+            "credential-broker" => format!(
+                "kek_file = {:?}\nworkload_api_socket = {:?}\n{text}",
+                pki.join("broker.kek"),
+                dir.join("run").join("workload.sock")
+            ),
             "authority" => format!(
                 "{text}\n[oidc]\nissuer = {DEV_ISSUER:?}\naudience = \"steward\"\njwks_file = {:?}\n",
                 pki.join("oidc-jwks.json")

@@ -463,15 +463,24 @@ pub async fn build_service(
 }
 
 /// The broker as tests run it: its key-encryption key in a file beside its
-/// SVID (made on first use, so a restart opens the same CA).
+/// SVID (made on first use, so a restart opens the same CA), and the
+/// Workload API at `workload.sock` beside it.
 pub fn test_broker_config(service: ServiceConfig) -> steward_credential_broker::BrokerConfig {
     let kek_file = service.tls.svid.cert.parent().unwrap().join("broker.kek");
     if !kek_file.exists() {
         let (_, hex) = steward_credential_broker::keys::LocalKek::generate().unwrap();
         write_atomic(&kek_file, hex.as_bytes());
     }
+    let socket = service
+        .tls
+        .svid
+        .cert
+        .parent()
+        .unwrap()
+        .join("workload.sock");
     let mut config = steward_credential_broker::BrokerConfig::new(service);
     config.kek_file = Some(kek_file);
+    config.workload_api_socket = Some(socket);
     config
 }
 

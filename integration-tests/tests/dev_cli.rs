@@ -138,6 +138,27 @@ fn dev_up_serves_four_healthy_services_and_stops_cleanly_on_ctrl_c() {
     );
     assert_eq!(table.matches("SERVING").count(), 4, "{table}");
 
+    // Any program of this user gets the dev workload's SVID from the
+    // Workload API, with a SPIFFE client we did not write.
+    let socket = dir.path().join(".steward/dev/run/workload.sock");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&format!("SPIFFE_ENDPOINT_SOCKET=unix:{}", socket.display()))),
+        "{lines:?}"
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (x509, jwt) = runtime.block_on(async {
+        let client = spiffe::WorkloadApiClient::connect_to(format!("unix:{}", socket.display()))
+            .await
+            .unwrap();
+        let x509 = client.fetch_x509_svid().await.unwrap();
+        let jwt = client.fetch_jwt_svid(["demo"], None).await.unwrap();
+        (x509.spiffe_id().to_string(), jwt.spiffe_id().to_string())
+    });
+    assert_eq!(x509, "spiffe://steward.local/dev/workload");
+    assert_eq!(jwt, x509);
+
     let services = children_of(child.id());
     assert_eq!(
         services.len(),
@@ -153,9 +174,22 @@ fn dev_up_serves_four_healthy_services_and_stops_cleanly_on_ctrl_c() {
         );
     }
 
-    // A second run reuses the PKI; reset wipes it.
+    // A second run reuses the PKI, the broker's CA (same key-encryption
+    // key) and the dev workload's registration; reset wipes it.
     let ca_before = std::fs::read(pki.join("ca.crt")).unwrap();
     let (child, _) = dev_up(dir.path(), base);
+    let again = runtime.block_on(async {
+        let client = spiffe::WorkloadApiClient::connect_to(format!("unix:{}", socket.display()))
+            .await
+            .unwrap();
+        client
+            .fetch_x509_svid()
+            .await
+            .unwrap()
+            .spiffe_id()
+            .to_string()
+    });
+    assert_eq!(again, x509);
     assert!(interrupt_and_wait(child).success());
     assert_eq!(
         std::fs::read(pki.join("ca.crt")).unwrap(),

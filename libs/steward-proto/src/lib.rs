@@ -43,3 +43,9 @@ pub mod steward {
         }
     }
 }
+
+/// The SPIFFE Workload API (`/SpiffeWorkloadAPI/…`), as SPIFFE publishes
+/// it: its proto has no package.
+pub mod spiffe_workload {
+    include!(concat!(env!("OUT_DIR"), "/_.rs"));
+}

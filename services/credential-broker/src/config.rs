@@ -27,6 +27,10 @@ pub struct BrokerConfig {
     /// CA lifetimes.
     #[serde(default)]
     pub ca: CaConfig,
+    /// Where to serve the SPIFFE Workload API (a Unix domain socket);
+    /// unset serves none.
+    #[serde(default)]
+    pub workload_api_socket: Option<PathBuf>,
 }
 
 /// Default and longest lifetimes, in seconds. Authority's `@max_ttl`
@@ -105,6 +109,7 @@ impl BrokerConfig {
             kek_file: None,
             ttl: TtlConfig::default(),
             ca: CaConfig::default(),
+            workload_api_socket: None,
         }
     }
 

@@ -9,7 +9,8 @@
 //! - [`server`]: the `steward.broker.v1.CredentialBroker` gRPC adapter,
 //!   which asks authority before every issue, renewal and revocation;
 //! - [`watch`]: `WatchRevocations`, replay then live;
-//! - [`reaper`]: ends expired leases in batches.
+//! - [`reaper`]: ends expired leases in batches;
+//! - [`workload`]: the SPIFFE Workload API on a Unix domain socket.
 //!
 //! This crate is the service's library; `main.rs` only calls
 //! [`steward_server::service_main`]. Tests build the same
@@ -23,6 +24,7 @@ pub mod reaper;
 pub mod server;
 pub mod store;
 pub mod watch;
+pub mod workload;
 
 use std::sync::Arc;
 
@@ -157,9 +159,18 @@ async fn routes(context: ServiceContext, config: BrokerConfig) -> Result<Routes,
         ttl: config.ttl,
         random: ring::rand::SystemRandom::new(),
     });
-    Ok(Routes::new(CredentialBrokerServer::new(
-        server::BrokerServer::new(shared),
-    )))
+    let broker = server::BrokerServer::new(shared);
+    if let Some(socket) = config.workload_api_socket.clone() {
+        let inventory = context.peer_channel("inventory", &context.peers.inventory)?;
+        let api = workload::WorkloadApi::new(broker.clone(), inventory);
+        let shutdown = context.shutdown();
+        context.spawn(async move {
+            if let Err(error) = workload::serve(api, socket, shutdown).await {
+                tracing::error!(%error, "the SPIFFE Workload API stopped");
+            }
+        });
+    }
+    Ok(Routes::new(CredentialBrokerServer::new(broker)))
 }
 
 /// Builds the service with default settings around `config` (the

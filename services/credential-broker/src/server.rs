@@ -27,6 +27,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::authorities::Authorities;
+use crate::ca::IssuedSvid;
 use crate::config::TtlConfig;
 use crate::store::writer::{Applied, Change, RevocationEvidence, Writer};
 use crate::store::{Kind, Lease, LeaseFilter, LeaseState, Store, StoreError};
@@ -59,6 +60,21 @@ pub struct BrokerServer {
 impl BrokerServer {
     pub fn new(shared: Arc<Shared>) -> Self {
         Self { shared }
+    }
+
+    /// The broker's own SPIFFE ID.
+    pub fn own(&self) -> &SpiffeId {
+        &self.shared.own
+    }
+
+    /// The CA and JWT signing key.
+    pub fn authorities(&self) -> &Authorities {
+        &self.shared.authorities
+    }
+
+    /// The lease writer (and its live revocation feed).
+    pub fn writer(&self) -> &Writer {
+        &self.shared.writer
     }
 }
 
@@ -157,12 +173,12 @@ pub fn lease_to_pb(l: &Lease) -> pb::Lease {
 
 /// A checked task: the incident and window a credential serves.
 #[derive(Debug, Clone)]
-struct Task {
-    incident_ref: String,
-    window_start_ns: i64,
-    window_end_ns: i64,
-    reason: String,
-    correlation_id: String,
+pub(crate) struct Task {
+    pub(crate) incident_ref: String,
+    pub(crate) window_start_ns: i64,
+    pub(crate) window_end_ns: i64,
+    pub(crate) reason: String,
+    pub(crate) correlation_id: String,
 }
 
 fn check_task(task: Option<&pb::Task>, now: i64) -> Result<Task, Status> {
@@ -460,6 +476,134 @@ impl BrokerServer {
         Ok(parsed)
     }
 
+    /// Issues an X.509-SVID for `identity_id` to `principal` from a checked
+    /// request: authority's decision, the certificate, the lease and its
+    /// evidence. The Workload API issues through here too.
+    pub(crate) async fn x509(
+        &self,
+        principal: &str,
+        identity_id: &str,
+        csr: &[u8],
+        ttl_seconds: u32,
+        task: &Task,
+        now: i64,
+    ) -> Result<(Lease, IssuedSvid), Status> {
+        let allowed = self
+            .authorize(
+                principal,
+                "issue",
+                identity_id,
+                task,
+                u64::from(ttl_seconds),
+            )
+            .await?;
+        Self::started(task, now)?;
+        let spiffe_id = self.svid_id(identity_id, &allowed)?;
+        let (ttl, expires) = self.lifetime(
+            ttl_seconds,
+            self.shared.ttl.x509_svid_default,
+            &allowed,
+            task,
+            now,
+        )?;
+        let issued = self
+            .shared
+            .authorities
+            .ca
+            .issue_x509_svid(
+                csr,
+                &spiffe_id.to_string(),
+                time::Duration::seconds(ttl),
+                time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(now))
+                    .map_err(|e| Status::internal(e.to_string()))?,
+            )
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let expires =
+            expires.min(i64::try_from(issued.not_after.unix_timestamp_nanos()).unwrap_or(i64::MAX));
+        let lease = self.lease(
+            Kind::X509Svid,
+            identity_id,
+            principal,
+            &spiffe_id.to_string(),
+            task,
+            &allowed,
+            (ttl, expires),
+            now,
+            issued.serial.clone(),
+        );
+        let record = self.issue_record(&lease, &allowed, task, hex(&sha256(&issued.cert_der)));
+        let lease = self.commit_issue(lease, record).await?;
+        Ok((lease, issued))
+    }
+
+    /// Issues a JWT-SVID for `identity_id` to `principal` from a checked
+    /// request (see [`Self::x509`]).
+    pub(crate) async fn jwt(
+        &self,
+        principal: &str,
+        identity_id: &str,
+        audience: &[String],
+        ttl_seconds: u32,
+        task: &Task,
+        now: i64,
+    ) -> Result<(Lease, String), Status> {
+        let allowed = self
+            .authorize(
+                principal,
+                "issue",
+                identity_id,
+                task,
+                u64::from(ttl_seconds),
+            )
+            .await?;
+        Self::started(task, now)?;
+        let spiffe_id = self.svid_id(identity_id, &allowed)?;
+        let timing = self.lifetime(
+            ttl_seconds,
+            self.shared.ttl.jwt_svid_default,
+            &allowed,
+            task,
+            now,
+        )?;
+        let jti = Uuid::new_v4().hyphenated().to_string();
+        let mut lease = self.lease(
+            Kind::JwtSvid,
+            identity_id,
+            principal,
+            &spiffe_id.to_string(),
+            task,
+            &allowed,
+            timing,
+            now,
+            jti.clone(),
+        );
+        lease.audience = audience.to_vec();
+        let mut claims = serde_json::Map::new();
+        claims.insert("sub".into(), spiffe_id.to_string().into());
+        claims.insert(
+            "aud".into(),
+            match audience {
+                [one] => one.clone().into(),
+                many => many.to_vec().into(),
+            },
+        );
+        claims.insert("exp".into(), (lease.expires_at_ns / NS).into());
+        claims.insert("iat".into(), (now / NS).into());
+        claims.insert("jti".into(), jti.into());
+        let token = self
+            .shared
+            .authorities
+            .jwt
+            .sign("JWT", &claims)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let mut record = self.issue_record(&lease, &allowed, task, String::new());
+        record
+            .attributes
+            .insert("audience".into(), truncate_utf8(audience.join(" "), 1024));
+        let lease = self.commit_issue(lease, record).await?;
+        Ok((lease, token))
+    }
+
     async fn commit_issue(&self, lease: Lease, record: EvidenceRecord) -> Result<Lease, Status> {
         match self
             .shared
@@ -639,53 +783,13 @@ impl CredentialBroker for BrokerServer {
         }
         self.check_ttl(r.ttl_seconds)?;
         let task = check_task(r.task.as_ref(), now)?;
-        let allowed = self
-            .authorize(
-                &caller,
-                "issue",
-                &r.identity_id,
-                &task,
-                u64::from(r.ttl_seconds),
-            )
+        let (lease, issued) = self
+            .x509(&caller, &r.identity_id, &r.csr, r.ttl_seconds, &task, now)
             .await?;
-        Self::started(&task, now)?;
-        let spiffe_id = self.svid_id(&r.identity_id, &allowed)?;
-        let (ttl, expires) = self.lifetime(
-            r.ttl_seconds,
-            self.shared.ttl.x509_svid_default,
-            &allowed,
-            &task,
-            now,
-        )?;
-        let ca = &self.shared.authorities.ca;
-        let issued = ca
-            .issue_x509_svid(
-                &r.csr,
-                &spiffe_id.to_string(),
-                time::Duration::seconds(ttl),
-                time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(now))
-                    .map_err(|e| Status::internal(e.to_string()))?,
-            )
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let expires =
-            expires.min(i64::try_from(issued.not_after.unix_timestamp_nanos()).unwrap_or(i64::MAX));
-        let lease = self.lease(
-            Kind::X509Svid,
-            &r.identity_id,
-            &caller,
-            &spiffe_id.to_string(),
-            &task,
-            &allowed,
-            (ttl, expires),
-            now,
-            issued.serial.clone(),
-        );
-        let record = self.issue_record(&lease, &allowed, &task, hex(&sha256(&issued.cert_der)));
-        let lease = self.commit_issue(lease, record).await?;
         Ok(Response::new(pb::IssueX509SvidResponse {
             lease: Some(lease_to_pb(&lease)),
             x509_svid: issued.chain_der,
-            bundle: ca.bundle_der(),
+            bundle: self.shared.authorities.ca.bundle_der(),
         }))
     }
 
@@ -700,61 +804,16 @@ impl CredentialBroker for BrokerServer {
         check_audience(&r.audience)?;
         self.check_ttl(r.ttl_seconds)?;
         let task = check_task(r.task.as_ref(), now)?;
-        let allowed = self
-            .authorize(
+        let (lease, token) = self
+            .jwt(
                 &caller,
-                "issue",
                 &r.identity_id,
+                &r.audience,
+                r.ttl_seconds,
                 &task,
-                u64::from(r.ttl_seconds),
+                now,
             )
             .await?;
-        Self::started(&task, now)?;
-        let spiffe_id = self.svid_id(&r.identity_id, &allowed)?;
-        let timing = self.lifetime(
-            r.ttl_seconds,
-            self.shared.ttl.jwt_svid_default,
-            &allowed,
-            &task,
-            now,
-        )?;
-        let jti = Uuid::new_v4().hyphenated().to_string();
-        let mut lease = self.lease(
-            Kind::JwtSvid,
-            &r.identity_id,
-            &caller,
-            &spiffe_id.to_string(),
-            &task,
-            &allowed,
-            timing,
-            now,
-            jti.clone(),
-        );
-        lease.audience.clone_from(&r.audience);
-        let mut claims = serde_json::Map::new();
-        claims.insert("sub".into(), spiffe_id.to_string().into());
-        claims.insert(
-            "aud".into(),
-            if r.audience.len() == 1 {
-                r.audience[0].clone().into()
-            } else {
-                r.audience.clone().into()
-            },
-        );
-        claims.insert("exp".into(), (lease.expires_at_ns / NS).into());
-        claims.insert("iat".into(), (now / NS).into());
-        claims.insert("jti".into(), jti.into());
-        let token = self
-            .shared
-            .authorities
-            .jwt
-            .sign("JWT", &claims)
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let mut record = self.issue_record(&lease, &allowed, &task, String::new());
-        record
-            .attributes
-            .insert("audience".into(), truncate_utf8(r.audience.join(" "), 1024));
-        let lease = self.commit_issue(lease, record).await?;
         Ok(Response::new(pb::IssueJwtSvidResponse {
             lease: Some(lease_to_pb(&lease)),
             token,

@@ -101,6 +101,7 @@ fn the_default_policies_validate_against_the_schema() {
             "steward-no-credentials-for-dead-identities",
             "steward-owners-may-approve",
             "steward-break-glass-acts",
+            "steward-workloads-obtain-their-own-svids",
         ]
     );
 }

@@ -1,0 +1,195 @@
+//! The broker's SPIFFE Workload API, checked by a client we did not write:
+//! the `spiffe` crate connects over the Unix socket as SPIFFE-aware
+//! programs do, and this test process is attested by its own uid.
+
+use std::time::Duration;
+
+use spiffe::{TrustDomain, WorkloadApiClient};
+use steward_integration_tests::TestStack;
+use steward_proto::spiffe_workload as raw;
+use steward_proto::spiffe_workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use steward_proto::steward::broker::v1 as broker;
+use steward_proto::steward::inventory::v1 as inventory;
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+async fn socket_ready(path: &std::path::Path) {
+    for _ in 0..100 {
+        if path.exists() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{} never appeared", path.display());
+}
+
+fn endpoint(path: &std::path::Path) -> String {
+    format!("unix:{}", path.display())
+}
+
+#[tokio::test]
+async fn spiffe_clients_get_svids_bundles_and_jwts_for_their_kernel_identity() {
+    let stack = TestStack::start().await;
+    let socket = stack.pki.path().join("workload.sock");
+    socket_ready(&socket).await;
+    let identity = stack.workload_identity("local", "production").await;
+    let client = WorkloadApiClient::connect_to(endpoint(&socket))
+        .await
+        .unwrap();
+
+    // Nothing is registered for this uid yet.
+    let err = client.fetch_x509_svid().await.unwrap_err();
+    assert!(format!("{err:?}").contains("PermissionDenied"), "{err:?}");
+
+    // Without the security header, the API refuses before attesting.
+    let channel = spiffe::transport::connect(
+        &spiffe::transport::Endpoint::parse(&endpoint(&socket)).unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut bare = SpiffeWorkloadApiClient::new(channel);
+    let err = bare
+        .fetch_jwtsvid(raw::JwtsvidRequest {
+            audience: vec!["ledger".into()],
+            spiffe_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("security header"), "{err:?}");
+
+    // Register this process's uid as the identity, with short SVIDs.
+    // The owner of a directory this process made is its uid.
+    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(stack.pki.path()).unwrap());
+    let mut ops = stack.inventory().await;
+    ops.create_registration_entry(inventory::CreateRegistrationEntryRequest {
+        entry: Some(inventory::RegistrationEntry {
+            spiffe_id: identity.spiffe_id.clone(),
+            parent_id: "spiffe://steward.test/service/credential-broker".into(),
+            selectors: vec![inventory::Selector {
+                r#type: "unix".into(),
+                value: format!("uid:{uid}"),
+            }],
+            x509_svid_ttl: 4,
+            jwt_svid_ttl: 60,
+            identity_id: identity.id.clone(),
+            ..Default::default()
+        }),
+        context: None,
+    })
+    .await
+    .unwrap();
+
+    // X.509: the SVID names the identity and chains to the broker's bundle.
+    let svid = client.fetch_x509_svid().await.unwrap();
+    assert_eq!(svid.spiffe_id().to_string(), identity.spiffe_id);
+    let mut broker_client = stack.broker_caller("/workload/ledger").await;
+    let bundle = broker_client
+        .get_trust_bundle(broker::GetTrustBundleRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let bundles = client.fetch_x509_bundles().await.unwrap();
+    let trust_domain = TrustDomain::new("steward.test").unwrap();
+    let ours = bundles
+        .get(&trust_domain)
+        .expect("a bundle for steward.test");
+    let roots: Vec<Vec<u8>> = ours
+        .authorities()
+        .iter()
+        .map(|c| c.as_bytes().to_vec())
+        .collect();
+    assert_eq!(roots, bundle.x509_authorities);
+    {
+        use rustls::pki_types::{CertificateDer, UnixTime};
+        let mut store = rustls::RootCertStore::empty();
+        for root in &roots {
+            store.add(CertificateDer::from(root.clone())).unwrap();
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            std::sync::Arc::new(store),
+            std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .unwrap();
+        let chain = svid.cert_chain();
+        let intermediates: Vec<CertificateDer> = chain[1..]
+            .iter()
+            .map(|c| CertificateDer::from(c.as_bytes().to_vec()))
+            .collect();
+        verifier
+            .verify_client_cert(
+                &CertificateDer::from(chain[0].as_bytes().to_vec()),
+                &intermediates,
+                UnixTime::now(),
+            )
+            .unwrap();
+    }
+
+    // JWT: issued for the audience, validated by the API, and the JWT
+    // bundle holds its key.
+    let jwt = client.fetch_jwt_svid(["ledger"], None).await.unwrap();
+    assert_eq!(jwt.spiffe_id().to_string(), identity.spiffe_id);
+    assert_eq!(jwt.audience(), ["ledger"]);
+    let validated = client
+        .validate_jwt_token("ledger", jwt.token())
+        .await
+        .unwrap();
+    assert_eq!(validated.spiffe_id().to_string(), identity.spiffe_id);
+    assert!(
+        client
+            .validate_jwt_token("payments", jwt.token())
+            .await
+            .is_err()
+    );
+    let mut forged = jwt.token().to_owned();
+    forged.pop();
+    forged.push(if jwt.token().ends_with('A') { 'B' } else { 'A' });
+    assert!(client.validate_jwt_token("ledger", &forged).await.is_err());
+    let jwt_bundles = client.fetch_jwt_bundles().await.unwrap();
+    let jwt_bundle = jwt_bundles.get(&trust_domain).expect("a JWT bundle");
+    assert!(jwt_bundle.find_jwt_authority(jwt.key_id()).is_some());
+
+    // The stream rotates the SVID before it expires (4 s: at half-life).
+    let mut stream = client.stream_x509_svids().await.unwrap();
+    let first = stream.next().await.unwrap().unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("a rotated SVID within its lifetime")
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.spiffe_id(), first.spiffe_id());
+    assert_ne!(second.leaf().as_bytes(), first.leaf().as_bytes());
+
+    // Every SVID is a lease held by the identity itself, with evidence.
+    let mut operator = stack.broker_as(&stack.operator.clone()).await;
+    let leases = operator
+        .list_leases(broker::ListLeasesRequest {
+            identity_id: identity.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .leases;
+    assert!(leases.len() >= 4, "{leases:?}");
+    assert!(leases.iter().all(|l| l.holder == identity.spiffe_id));
+    // Each lease's issue reaches the evidence log.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let entries = stack.evidence_for(&identity.id, 1).await;
+        let issues = entries
+            .iter()
+            .filter(|e| e.record.as_ref().unwrap().action == "credential.issue")
+            .count();
+        if issues >= leases.len() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{issues} of {} issues recorded",
+            leases.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

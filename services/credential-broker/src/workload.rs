@@ -1,0 +1,476 @@
+//! The SPIFFE Workload API on a Unix domain socket.
+//!
+//! Any local process may connect; what it gets depends on who the kernel
+//! says it is. Each call must carry the `workload.spiffe.io: true` header
+//! (the specification's guard against browsers and confused proxies). The
+//! caller is attested from the socket's peer credentials: `unix:uid:<uid>`,
+//! `unix:gid:<gid>` and, when its executable can be read from `/proc`,
+//! `unix:path:<path>`. Inventory matches these selectors against its
+//! registration entries (`MatchSelectors`); each matching entry is one
+//! identity the caller may act as.
+//!
+//! Every SVID is issued as any other: authority is asked (the workload as
+//! principal, its identity as resource), the lease and its evidence commit
+//! together. The broker generates the X.509-SVID's key (the Workload API
+//! hands keys to workloads), and `FetchX509SVID` streams a fresh SVID at
+//! half its lifetime, or at once when one of the workload's leases is
+//! revoked.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use prost_types::value::Kind as ValueKind;
+use steward_identity::jwt::{self, VerifyingKeys};
+use steward_proto::spiffe_workload as pb;
+use steward_proto::spiffe_workload::spiffe_workload_api_server::SpiffeWorkloadApi;
+use steward_proto::steward::inventory::v1 as inventory;
+use steward_proto::steward::inventory::v1::inventory_service_client::InventoryServiceClient;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Request, Response, Status};
+
+use crate::now_ns;
+use crate::server::{BrokerServer, Task};
+
+/// The header every Workload API call must carry.
+pub const SECURITY_HEADER: &str = "workload.spiffe.io";
+/// The soonest a streamed SVID is replaced.
+const MIN_REFRESH: Duration = Duration::from_secs(1);
+const NS: i64 = 1_000_000_000;
+
+type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The Workload API, issuing through the broker.
+#[derive(Clone)]
+pub struct WorkloadApi {
+    broker: BrokerServer,
+    inventory: InventoryServiceClient<Channel>,
+    /// Turns true when the server stops: open streams end then.
+    stopping: watch::Receiver<bool>,
+}
+
+/// An identity the caller is registered as.
+#[derive(Debug, Clone)]
+struct Entry {
+    spiffe_id: String,
+    identity_id: String,
+    x509_ttl: u32,
+    jwt_ttl: u32,
+}
+
+impl WorkloadApi {
+    pub fn new(broker: BrokerServer, inventory: Channel) -> Self {
+        Self {
+            broker,
+            inventory: InventoryServiceClient::new(inventory),
+            stopping: watch::channel(false).1,
+        }
+    }
+
+    /// The caller's selectors, after the header check.
+    fn attest<T>(request: &Request<T>) -> Result<Vec<inventory::Selector>, Status> {
+        let header = request.metadata().get(SECURITY_HEADER);
+        if header.and_then(|v| v.to_str().ok()) != Some("true") {
+            return Err(Status::invalid_argument(
+                "security header missing from request: set workload.spiffe.io: true",
+            ));
+        }
+        let credentials = request
+            .extensions()
+            .get::<UdsConnectInfo>()
+            .and_then(|info| info.peer_cred)
+            .ok_or_else(|| {
+                Status::permission_denied("the caller's kernel credentials are unavailable")
+            })?;
+        let selector = |value: String| inventory::Selector {
+            r#type: "unix".to_owned(),
+            value,
+        };
+        let mut selectors = vec![
+            selector(format!("uid:{}", credentials.uid())),
+            selector(format!("gid:{}", credentials.gid())),
+        ];
+        if let Some(pid) = credentials.pid()
+            && let Ok(path) = std::fs::read_link(format!("/proc/{pid}/exe"))
+            && let Some(path) = path.to_str()
+        {
+            selectors.push(selector(format!("path:{path}")));
+        }
+        Ok(selectors)
+    }
+
+    /// The identities the caller may act as; PERMISSION_DENIED when none.
+    async fn entries(&self, selectors: Vec<inventory::Selector>) -> Result<Vec<Entry>, Status> {
+        let mut client = self.inventory.clone();
+        let found = client
+            .match_selectors(inventory::MatchSelectorsRequest { selectors })
+            .await
+            .map_err(|s| {
+                tracing::warn!(code = ?s.code(), message = s.message(), "inventory cannot match selectors");
+                Status::unavailable("inventory cannot be reached to attest the caller; retry")
+            })?
+            .into_inner()
+            .entries;
+        if found.is_empty() {
+            return Err(Status::permission_denied(
+                "no identity is registered for this workload",
+            ));
+        }
+        Ok(found
+            .into_iter()
+            .map(|e| Entry {
+                spiffe_id: e.spiffe_id,
+                identity_id: e.identity_id,
+                x509_ttl: u32::try_from(e.x509_svid_ttl).unwrap_or(0),
+                jwt_ttl: u32::try_from(e.jwt_svid_ttl).unwrap_or(0),
+            })
+            .collect())
+    }
+
+    fn task() -> Task {
+        Task {
+            incident_ref: String::new(),
+            window_start_ns: now_ns(),
+            window_end_ns: i64::MAX,
+            reason: "SPIFFE Workload API".to_owned(),
+            correlation_id: String::new(),
+        }
+    }
+
+    fn trust_domain_id(&self) -> String {
+        format!("spiffe://{}", self.broker.own().trust_domain())
+    }
+
+    fn bundle(&self) -> Vec<u8> {
+        self.broker.authorities().ca.bundle_der().concat()
+    }
+
+    /// A fresh X.509-SVID for every entry; with the leases and the time
+    /// after which they should be replaced.
+    async fn x509_svids(
+        &self,
+        entries: &[Entry],
+    ) -> Result<(pb::X509svidResponse, HashSet<String>, Duration), Status> {
+        let mut svids = Vec::new();
+        let mut leases = HashSet::new();
+        let mut refresh = Duration::MAX;
+        let now = now_ns();
+        for entry in entries {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+                .map_err(|e| Status::internal(e.to_string()))?;
+            let mut params = rcgen::CertificateParams::default();
+            params.subject_alt_names = vec![rcgen::SanType::URI(
+                entry
+                    .spiffe_id
+                    .clone()
+                    .try_into()
+                    .map_err(|_| Status::internal("a registered SPIFFE ID is not a URI"))?,
+            )];
+            let csr = params
+                .serialize_request(&key)
+                .map_err(|e| Status::internal(e.to_string()))?;
+            let (lease, issued) = self
+                .broker
+                .x509(
+                    &entry.spiffe_id,
+                    &entry.identity_id,
+                    csr.der(),
+                    entry.x509_ttl,
+                    &Self::task(),
+                    now,
+                )
+                .await?;
+            let half = u64::try_from((lease.expires_at_ns - now) / 2).unwrap_or(0);
+            refresh = refresh.min(Duration::from_nanos(half).max(MIN_REFRESH));
+            leases.insert(lease.lease_id);
+            svids.push(pb::X509svid {
+                spiffe_id: entry.spiffe_id.clone(),
+                x509_svid: issued.chain_der.concat(),
+                x509_svid_key: key.serialize_der(),
+                bundle: self.bundle(),
+                hint: String::new(),
+            });
+        }
+        Ok((
+            pb::X509svidResponse {
+                svids,
+                crl: Vec::new(),
+                federated_bundles: Default::default(),
+            },
+            leases,
+            refresh,
+        ))
+    }
+
+    /// Resolves when the server stops.
+    fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut stopping = self.stopping.clone();
+        async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        }
+    }
+
+    /// Sends `first`, then holds the stream open until the client leaves
+    /// or the server stops.
+    fn once_then_hold<T: Send + 'static>(&self, first: T) -> Stream_<T> {
+        let (tx, rx) = mpsc::channel(1);
+        let stopped = self.stopped();
+        tokio::spawn(async move {
+            if tx.send(Ok(first)).await.is_ok() {
+                tokio::select! {
+                    () = tx.closed() => {}
+                    () = stopped => {}
+                }
+            }
+        });
+        Box::pin(ReceiverStream::new(rx))
+    }
+}
+
+/// A JSON value as a protobuf `Value`.
+fn to_value(value: &serde_json::Value) -> prost_types::Value {
+    let kind = match value {
+        serde_json::Value::Null => ValueKind::NullValue(0),
+        serde_json::Value::Bool(b) => ValueKind::BoolValue(*b),
+        serde_json::Value::Number(n) => ValueKind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        serde_json::Value::String(s) => ValueKind::StringValue(s.clone()),
+        serde_json::Value::Array(items) => ValueKind::ListValue(prost_types::ListValue {
+            values: items.iter().map(to_value).collect(),
+        }),
+        serde_json::Value::Object(map) => ValueKind::StructValue(to_struct(map)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+fn to_struct(map: &serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: map
+            .iter()
+            .map(|(k, v)| (k.clone(), to_value(v)))
+            .collect::<BTreeMap<_, _>>()
+            .into_iter()
+            .collect(),
+    }
+}
+
+#[tonic::async_trait]
+impl SpiffeWorkloadApi for WorkloadApi {
+    type FetchX509SVIDStream = Stream_<pb::X509svidResponse>;
+
+    async fn fetch_x509svid(
+        &self,
+        request: Request<pb::X509svidRequest>,
+    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+        let selectors = Self::attest(&request)?;
+        let entries = self.entries(selectors.clone()).await?;
+        let (first, mut leases, mut refresh) = self.x509_svids(&entries).await?;
+        let (tx, rx) = mpsc::channel(2);
+        let api = self.clone();
+        let mut revocations = self.broker.writer().subscribe();
+        let stopped = self.stopped();
+        tokio::spawn(async move {
+            tokio::pin!(stopped);
+            if tx.send(Ok(first)).await.is_err() {
+                return;
+            }
+            loop {
+                let deadline = tokio::time::sleep(refresh);
+                tokio::pin!(deadline);
+                // Wait for half-life, or for one of these leases to end.
+                loop {
+                    tokio::select! {
+                        () = tx.closed() => return,
+                        () = &mut stopped => return,
+                        () = &mut deadline => break,
+                        revoked = revocations.recv() => match revoked {
+                            Ok(entry) if leases.contains(&entry.lease.lease_id) => break,
+                            Ok(_) => {}
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                        },
+                    }
+                }
+                // Attest again: the entries may have changed.
+                let next = match api.entries(selectors.clone()).await {
+                    Ok(entries) => api.x509_svids(&entries).await,
+                    Err(status) => Err(status),
+                };
+                match next {
+                    Ok((response, next_leases, next_refresh)) => {
+                        leases = next_leases;
+                        refresh = next_refresh;
+                        if tx.send(Ok(response)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type FetchX509BundlesStream = Stream_<pb::X509BundlesResponse>;
+
+    async fn fetch_x509_bundles(
+        &self,
+        request: Request<pb::X509BundlesRequest>,
+    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+        let selectors = Self::attest(&request)?;
+        self.entries(selectors).await?;
+        let response = pb::X509BundlesResponse {
+            crl: Vec::new(),
+            bundles: [(self.trust_domain_id(), self.bundle())]
+                .into_iter()
+                .collect(),
+        };
+        Ok(Response::new(self.once_then_hold(response)))
+    }
+
+    async fn fetch_jwtsvid(
+        &self,
+        request: Request<pb::JwtsvidRequest>,
+    ) -> Result<Response<pb::JwtsvidResponse>, Status> {
+        let selectors = Self::attest(&request)?;
+        let r = request.into_inner();
+        if r.audience.is_empty() || r.audience.iter().any(String::is_empty) {
+            return Err(Status::invalid_argument(
+                "audience: at least one is required",
+            ));
+        }
+        let mut entries = self.entries(selectors).await?;
+        if !r.spiffe_id.is_empty() {
+            entries.retain(|e| e.spiffe_id == r.spiffe_id);
+            if entries.is_empty() {
+                return Err(Status::permission_denied(format!(
+                    "spiffe_id: this workload is not registered as {}",
+                    r.spiffe_id
+                )));
+            }
+        }
+        let now = now_ns();
+        let mut svids = Vec::new();
+        for entry in entries {
+            let (_, token) = self
+                .broker
+                .jwt(
+                    &entry.spiffe_id,
+                    &entry.identity_id,
+                    &r.audience,
+                    entry.jwt_ttl,
+                    &Self::task(),
+                    now,
+                )
+                .await?;
+            svids.push(pb::Jwtsvid {
+                spiffe_id: entry.spiffe_id,
+                svid: token,
+                hint: String::new(),
+            });
+        }
+        Ok(Response::new(pb::JwtsvidResponse { svids }))
+    }
+
+    type FetchJWTBundlesStream = Stream_<pb::JwtBundlesResponse>;
+
+    async fn fetch_jwt_bundles(
+        &self,
+        request: Request<pb::JwtBundlesRequest>,
+    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
+        let selectors = Self::attest(&request)?;
+        self.entries(selectors).await?;
+        let jwks = serde_json::to_vec(&self.broker.authorities().jwks)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let response = pb::JwtBundlesResponse {
+            bundles: [(self.trust_domain_id(), jwks)].into_iter().collect(),
+        };
+        Ok(Response::new(self.once_then_hold(response)))
+    }
+
+    async fn validate_jwtsvid(
+        &self,
+        request: Request<pb::ValidateJwtsvidRequest>,
+    ) -> Result<Response<pb::ValidateJwtsvidResponse>, Status> {
+        Self::attest(&request)?;
+        let r = request.into_inner();
+        if r.audience.is_empty() {
+            return Err(Status::invalid_argument("audience: is required"));
+        }
+        if r.svid.is_empty() {
+            return Err(Status::invalid_argument("svid: is required"));
+        }
+        let keys = VerifyingKeys::from_jwks(&self.broker.authorities().jwks)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let validation = jwt::Validation {
+            issuer: String::new(),
+            audience: r.audience,
+            leeway_secs: 0,
+        };
+        let claims = jwt::verify(&r.svid, &keys, &validation, now_ns() / NS)
+            .map_err(|e| Status::invalid_argument(format!("svid: {e}")))?;
+        let subject = steward_identity::SpiffeId::parse(&claims.subject).map_err(|e| {
+            Status::invalid_argument(format!("svid: its subject is not a SPIFFE ID: {e}"))
+        })?;
+        if subject.trust_domain() != self.broker.own().trust_domain() {
+            return Err(Status::invalid_argument(
+                "svid: its subject is not of this trust domain",
+            ));
+        }
+        Ok(Response::new(pb::ValidateJwtsvidResponse {
+            spiffe_id: claims.subject,
+            claims: Some(to_struct(&claims.all)),
+        }))
+    }
+}
+
+/// Serves the Workload API at `socket` until `shutdown`. A stale socket
+/// file from an earlier run is replaced; the socket is open to every local
+/// user (attestation decides what each gets).
+pub async fn serve(
+    mut api: WorkloadApi,
+    socket: PathBuf,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let (stop, stopping) = watch::channel(false);
+    api.stopping = stopping;
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    match std::fs::remove_file(&socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot replace {}: {e}", socket.display())),
+    }
+    let listener = tokio::net::UnixListener::bind(&socket)
+        .map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o777))
+        .map_err(|e| format!("{}: {e}", socket.display()))?;
+    tracing::info!(socket = %socket.display(), "serving the SPIFFE Workload API");
+    let served = tonic::transport::Server::builder()
+        .add_service(
+            steward_proto::spiffe_workload::spiffe_workload_api_server::SpiffeWorkloadApiServer::new(
+                api,
+            ),
+        )
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+        .map_err(|e| e.to_string());
+    let _ = std::fs::remove_file(&socket);
+    served
+}
