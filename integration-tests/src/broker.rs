@@ -19,21 +19,22 @@ pub type Client = CredentialBrokerClient<Channel>;
 /// The SOAR bot, which asks for credentials during incidents.
 pub const SOAR: &str = "/automation/soar";
 
-/// What these tests' site allows: the SOAR bot issues, renews and revokes
-/// credentials of production identities during an incident (at most 30
-/// minutes); staging identities need their technical owner's approval.
+/// What these tests' site allows: the SOAR bot issues, renews, revokes and
+/// rotates credentials of production identities during an incident (at
+/// most 30 minutes); staging identities need their technical owner's
+/// approval.
 pub const BROKER_POLICIES: &str = r#"
 @id("soar-handles-production-credentials")
 @reason("SOAR obtains and revokes credentials of production identities during incidents")
 @max_ttl("1800")
-permit (principal == Steward::Workload::"spiffe://steward.test/automation/soar", action in [Steward::Action::"issue", Steward::Action::"renew", Steward::Action::"revoke"], resource)
+permit (principal == Steward::Workload::"spiffe://steward.test/automation/soar", action in [Steward::Action::"issue", Steward::Action::"renew", Steward::Action::"revoke", Steward::Action::"rotate"], resource)
 when { context.has_incident && resource.environment == "production" };
 
 @id("staging-credentials-need-the-owner")
 @reason("credentials of staging identities need the technical owner's approval")
 @approvals("1")
 @approver("technical_owner")
-permit (principal == Steward::Workload::"spiffe://steward.test/automation/soar", action == Steward::Action::"issue", resource)
+permit (principal == Steward::Workload::"spiffe://steward.test/automation/soar", action in [Steward::Action::"issue", Steward::Action::"rotate"], resource)
 when { context.has_incident && resource.environment == "staging" };
 "#;
 

@@ -887,3 +887,246 @@ async fn closing_an_incident_revokes_its_leases_even_after_a_broker_outage() {
     // Workloads may not read leases; the operator may.
     assert_eq!(lease.unwrap_err().code(), Code::PermissionDenied);
 }
+
+fn rotate(
+    identity: &str,
+    kind: pb::CredentialKind,
+    overlap: u32,
+    incident: &str,
+) -> pb::RotateRequest {
+    pb::RotateRequest {
+        identity_id: identity.into(),
+        kind: kind as i32,
+        task: task(incident),
+        overlap_seconds: overlap,
+        ttl_seconds: 0,
+        csr: Vec::new(),
+        audience: Vec::new(),
+        scopes: vec!["ledger:write".into()],
+    }
+}
+
+async fn introspect(client: &mut steward_integration_tests::broker::Client, token: &str) -> bool {
+    client
+        .introspect(pb::IntrospectRequest {
+            token: token.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .active
+}
+
+#[tokio::test]
+async fn rotation_replaces_credentials_and_confirms_the_old_ones_are_rejected() {
+    let stack = TestStack::start().await;
+    stack.activate_policies(BROKER_POLICIES, true).await;
+    let identity = stack.workload_identity("billing-sync", "production").await;
+    let mut soar = stack.broker_caller(SOAR).await;
+    let mut ledger = stack.broker_caller("/workload/ledger").await;
+
+    // At once (no overlap): the old token is revoked and introspection
+    // confirms it is rejected before Rotate answers.
+    let old = soar
+        .issue_api_token(token(&identity.id, &["ledger:write"], 0, "INC-5"))
+        .await
+        .unwrap()
+        .into_inner();
+    let rotated = soar
+        .rotate(rotate(
+            &identity.id,
+            pb::CredentialKind::ApiToken,
+            0,
+            "INC-5",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let rotation = rotated.rotation.unwrap();
+    assert_eq!(
+        rotation.state,
+        pb::RotationState::Confirmed as i32,
+        "{rotation:?}"
+    );
+    assert_eq!(
+        rotation.old_lease_ids,
+        [old.lease.as_ref().unwrap().lease_id.clone()]
+    );
+    assert!(rotation.detail.contains("introspection"), "{rotation:?}");
+    assert!(!introspect(&mut ledger, &old.token).await);
+    assert!(introspect(&mut ledger, &rotated.token).await);
+    assert_eq!(rotation.new_lease_id, rotated.lease.unwrap().lease_id);
+
+    // With an overlap, both work until it ends; then the old one is
+    // revoked and confirmed by the broker on its own.
+    let rotated_again = soar
+        .rotate(rotate(
+            &identity.id,
+            pb::CredentialKind::ApiToken,
+            2,
+            "INC-5",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let pending = rotated_again.rotation.unwrap();
+    assert_eq!(pending.state, pb::RotationState::Overlap as i32);
+    assert!(
+        introspect(&mut ledger, &rotated.token).await,
+        "valid during the overlap"
+    );
+    assert!(introspect(&mut ledger, &rotated_again.token).await);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let finished = loop {
+        let now = soar
+            .get_rotation(pb::GetRotationRequest {
+                rotation_id: pending.rotation_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .rotation
+            .unwrap();
+        if now.state != pb::RotationState::Overlap as i32 {
+            break now;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the overlap never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(finished.state, pb::RotationState::Confirmed as i32);
+    assert!(!introspect(&mut ledger, &rotated.token).await);
+    assert!(introspect(&mut ledger, &rotated_again.token).await);
+
+    // An X.509-SVID: confirmed through the revocation log.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let request = csr(&key, &[&identity.spiffe_id], false);
+    soar.issue_x509_svid(x509(&identity.id, request.clone(), 0, task("INC-5")))
+        .await
+        .unwrap();
+    let mut svid = rotate(&identity.id, pb::CredentialKind::X509Svid, 0, "INC-5");
+    svid.csr = request;
+    let rotated = soar.rotate(svid).await.unwrap().into_inner();
+    let rotation = rotated.rotation.unwrap();
+    assert_eq!(rotation.state, pb::RotationState::Confirmed as i32);
+    assert!(rotation.detail.contains("revocation log"), "{rotation:?}");
+    assert_eq!(rotated.x509_svid.len(), 2);
+
+    // Bad input changes nothing.
+    let mut bad = rotate(&identity.id, pb::CredentialKind::Unspecified, 0, "INC-5");
+    let err = soar.rotate(bad.clone()).await.unwrap_err();
+    assert!(err.message().starts_with("kind:"), "{err:?}");
+    bad.kind = pb::CredentialKind::ApiToken as i32;
+    bad.overlap_seconds = 4000;
+    let err = soar.rotate(bad.clone()).await.unwrap_err();
+    assert!(err.message().starts_with("overlap_seconds:"), "{err:?}");
+    bad.kind = pb::CredentialKind::X509Svid as i32;
+    bad.overlap_seconds = 0;
+    let err = soar.rotate(bad).await.unwrap_err();
+    assert!(err.message().starts_with("csr:"), "{err:?}");
+
+    // The evidence log holds the rotation, the revocations and the
+    // confirmations.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let entries = stack.evidence_for(&identity.id, 1).await;
+        let count = |action: &str| {
+            entries
+                .iter()
+                .filter(|e| e.record.as_ref().unwrap().action == action)
+                .count()
+        };
+        if count("credential.rotate") == 3 && count("credential.rotation_confirmed") == 3 {
+            assert_eq!(count("credential.revoke"), 3);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rotation evidence missing"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_rotation_that_needs_approval_proceeds_once_the_owner_approves() {
+    use steward_integration_tests::bearer;
+    use steward_proto::steward::authority::v1 as authority;
+    use steward_proto::steward::authority::v1::authority_service_client::AuthorityServiceClient;
+
+    let stack = TestStack::start().await;
+    stack.activate_policies(BROKER_POLICIES, true).await;
+    let identity = stack.workload_identity("staging-sync", "staging").await;
+    let mut soar = stack.broker_caller(SOAR).await;
+    let err = soar
+        .rotate(rotate(
+            &identity.id,
+            pb::CredentialKind::ApiToken,
+            0,
+            "INC-42",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let request_id = err
+        .metadata()
+        .get("steward-approval-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+
+    // The bot cannot approve its own request; alice, the technical owner,
+    // can.
+    let mut bot = AuthorityServiceClient::new(
+        stack
+            .service("authority")
+            .channel(
+                &stack
+                    .pki
+                    .client("soar-approver", "spiffe://steward.test/automation/soar"),
+            )
+            .await,
+    );
+    let refused = bot
+        .review_approval_request(authority::ReviewApprovalRequestRequest {
+            id: request_id.clone(),
+            verdict: authority::Verdict::Approve as i32,
+            reason: "self".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    let mut ops =
+        AuthorityServiceClient::new(stack.service("authority").channel(&stack.operator).await);
+    ops.review_approval_request(bearer(
+        authority::ReviewApprovalRequestRequest {
+            id: request_id,
+            verdict: authority::Verdict::Approve as i32,
+            reason: "rotate it".into(),
+        },
+        &stack.token("alice"),
+    ))
+    .await
+    .unwrap();
+    let rotated = soar
+        .rotate(rotate(
+            &identity.id,
+            pb::CredentialKind::ApiToken,
+            0,
+            "INC-42",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        rotated.rotation.unwrap().state,
+        pb::RotationState::Confirmed as i32
+    );
+    assert!(
+        !rotated.lease.unwrap().grant_id.is_empty(),
+        "the approval's grant was used"
+    );
+}

@@ -10,6 +10,7 @@
 //!   which asks authority before every issue, renewal and revocation;
 //! - [`watch`]: `WatchRevocations`, replay then live;
 //! - [`reaper`]: ends expired leases in batches;
+//! - [`rotation`]: rotation with confirmed revocation;
 //! - [`workload`]: the SPIFFE Workload API on a Unix domain socket.
 //!
 //! This crate is the service's library; `main.rs` only calls
@@ -21,6 +22,7 @@ pub mod ca;
 pub mod config;
 pub mod keys;
 pub mod reaper;
+pub mod rotation;
 pub mod server;
 pub mod store;
 pub mod watch;
@@ -32,6 +34,7 @@ use steward_db::{MigrationFile, MigrationSet};
 use steward_outbox::{Forwarder, ForwarderOptions};
 use steward_proto::steward::authority::v1::authority_service_client::AuthorityServiceClient;
 use steward_proto::steward::broker::v1::credential_broker_server::CredentialBrokerServer;
+use steward_proto::steward::inventory::v1::inventory_service_client::InventoryServiceClient;
 use steward_server::{Application, ServiceConfig, ServiceContext, ServiceSpec, StartError};
 use tonic::service::Routes;
 
@@ -48,6 +51,11 @@ const SQLITE_MIGRATIONS: &[MigrationFile] = &[
         description: "signing keys, leases, revocations",
         sql: include_str!("../migrations/sqlite/0003_keys_and_leases.sql"),
     },
+    MigrationFile {
+        version: 4,
+        description: "rotations",
+        sql: include_str!("../migrations/sqlite/0004_rotations.sql"),
+    },
 ];
 const POSTGRES_MIGRATIONS: &[MigrationFile] = &[
     MigrationFile {
@@ -59,6 +67,11 @@ const POSTGRES_MIGRATIONS: &[MigrationFile] = &[
         version: 3,
         description: "signing keys, leases, revocations",
         sql: include_str!("../migrations/postgres/0003_keys_and_leases.sql"),
+    },
+    MigrationFile {
+        version: 4,
+        description: "rotations",
+        sql: include_str!("../migrations/postgres/0004_rotations.sql"),
     },
 ];
 
@@ -107,6 +120,11 @@ pub const SPEC: ServiceSpec = ServiceSpec {
         (rpc!("RenewLease"), ISSUERS),
         (rpc!("RevokeLease"), ISSUERS),
         (rpc!("RevokeLeases"), ISSUERS),
+        (rpc!("Rotate"), ISSUERS),
+        (
+            rpc!("GetRotation"),
+            &[OPERATORS, AUTOMATION, AUDITORS, SERVICES],
+        ),
         (rpc!("WatchRevocations"), EVERYONE),
     ],
 };
@@ -150,18 +168,20 @@ async fn routes(context: ServiceContext, config: BrokerConfig) -> Result<Routes,
         context.shutdown(),
     ));
     let authority = context.peer_channel("authority", &context.peers.authority)?;
+    let inventory = context.peer_channel("inventory", &context.peers.inventory)?;
     let shared = Arc::new(server::Shared {
         own: context.spiffe_id.clone(),
         store,
         writer,
         authorities: Arc::new(authorities),
         authority: AuthorityServiceClient::new(authority),
+        inventory: InventoryServiceClient::new(inventory.clone()),
         ttl: config.ttl,
         random: ring::rand::SystemRandom::new(),
     });
     let broker = server::BrokerServer::new(shared);
+    context.spawn(rotation::run(broker.clone(), context.shutdown()));
     if let Some(socket) = config.workload_api_socket.clone() {
-        let inventory = context.peer_channel("inventory", &context.peers.inventory)?;
         let api = workload::WorkloadApi::new(broker.clone(), inventory);
         let shutdown = context.shutdown();
         context.spawn(async move {

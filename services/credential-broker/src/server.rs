@@ -21,6 +21,7 @@ use steward_proto::steward::authority::v1 as authority_pb;
 use steward_proto::steward::authority::v1::authority_service_client::AuthorityServiceClient;
 use steward_proto::steward::broker::v1 as pb;
 use steward_proto::steward::broker::v1::credential_broker_server::CredentialBroker;
+use steward_proto::steward::inventory::v1::inventory_service_client::InventoryServiceClient;
 use tokio_stream::Stream;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -48,13 +49,15 @@ pub struct Shared {
     pub writer: Writer,
     pub authorities: Arc<Authorities>,
     pub authority: AuthorityServiceClient<Channel>,
+    /// For risk signals (a rotation whose revocation was not confirmed).
+    pub inventory: InventoryServiceClient<Channel>,
     pub ttl: TtlConfig,
     pub random: SystemRandom,
 }
 
 #[derive(Clone)]
 pub struct BrokerServer {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl BrokerServer {
@@ -89,13 +92,13 @@ pub fn store_status(error: StoreError) -> Status {
     }
 }
 
-fn caller<T>(request: &Request<T>) -> Result<String, Status> {
+pub(crate) fn caller<T>(request: &Request<T>) -> Result<String, Status> {
     PeerIdentity::of(request)
         .map(|p| p.spiffe_id.to_string())
         .ok_or_else(|| Status::unauthenticated("no verified peer identity"))
 }
 
-fn timestamp(ns: i64) -> Option<prost_types::Timestamp> {
+pub(crate) fn timestamp(ns: i64) -> Option<prost_types::Timestamp> {
     (ns != 0 && ns != i64::MAX).then(|| prost_types::Timestamp {
         seconds: ns.div_euclid(NS),
         nanos: i32::try_from(ns.rem_euclid(NS)).unwrap_or(0),
@@ -124,12 +127,12 @@ fn text(field: &str, value: &str, max: usize, required: bool) -> Result<(), Stat
     Ok(())
 }
 
-fn uuid(field: &str, value: &str) -> Result<Uuid, Status> {
+pub(crate) fn uuid(field: &str, value: &str) -> Result<Uuid, Status> {
     Uuid::try_parse(value)
         .map_err(|_| Status::invalid_argument(format!("{field}: {value:?} is not a UUID")))
 }
 
-fn kind_to_pb(kind: Kind) -> i32 {
+pub(crate) fn kind_to_pb(kind: Kind) -> i32 {
     match kind {
         Kind::X509Svid => pb::CredentialKind::X509Svid as i32,
         Kind::JwtSvid => pb::CredentialKind::JwtSvid as i32,
@@ -181,7 +184,7 @@ pub(crate) struct Task {
     pub(crate) correlation_id: String,
 }
 
-fn check_task(task: Option<&pb::Task>, now: i64) -> Result<Task, Status> {
+pub(crate) fn check_task(task: Option<&pb::Task>, now: i64) -> Result<Task, Status> {
     let task = task.ok_or_else(|| {
         Status::invalid_argument("task: is required (the incident and task window)")
     })?;
@@ -213,11 +216,48 @@ fn check_task(task: Option<&pb::Task>, now: i64) -> Result<Task, Status> {
     })
 }
 
+/// What to issue.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Make<'a> {
+    /// An X.509-SVID certifying the CSR's key.
+    X509 { csr: &'a [u8] },
+    /// A JWT-SVID for these audiences.
+    Jwt { audience: &'a [String] },
+    /// An opaque API token with these scopes.
+    Token { scopes: &'a [String] },
+}
+
+/// What was issued.
+#[derive(Debug)]
+pub(crate) enum Made {
+    X509(IssuedSvid),
+    Jwt(String),
+    Token(String),
+}
+
+impl Made {
+    /// The X.509-SVID's chain, leaf first (empty for other kinds).
+    pub(crate) fn x509_chain(self) -> Vec<Vec<u8>> {
+        match self {
+            Self::X509(issued) => issued.chain_der,
+            _ => Vec::new(),
+        }
+    }
+
+    /// The JWT or API token (empty for an X.509-SVID).
+    pub(crate) fn secret(self) -> String {
+        match self {
+            Self::Jwt(token) | Self::Token(token) => token,
+            Self::X509(_) => String::new(),
+        }
+    }
+}
+
 /// What authority allowed.
 #[derive(Debug)]
-struct Allowed {
-    decision: authority_pb::Decision,
-    facts: authority_pb::ResourceFacts,
+pub(crate) struct Allowed {
+    pub(crate) decision: authority_pb::Decision,
+    pub(crate) facts: authority_pb::ResourceFacts,
 }
 
 impl Allowed {
@@ -236,7 +276,7 @@ const DEAD_STATES: &[&str] = &["suspended", "revoked", "decommissioned"];
 impl BrokerServer {
     /// Asks authority whether `principal` may `action` on `identity_id`
     /// for `task`; anything but ALLOW is the caller's error.
-    async fn authorize(
+    pub(crate) async fn authorize(
         &self,
         principal: &str,
         action: &str,
@@ -349,7 +389,7 @@ impl BrokerServer {
         Ok(((expires - now) / NS, expires))
     }
 
-    fn check_ttl(&self, requested: u32) -> Result<(), Status> {
+    pub(crate) fn check_ttl(&self, requested: u32) -> Result<(), Status> {
         if u64::from(requested) > self.shared.ttl.max {
             return Err(Status::invalid_argument(format!(
                 "ttl_seconds: {requested} is above the broker's maximum of {} s",
@@ -367,6 +407,14 @@ impl BrokerServer {
             ));
         }
         Ok(())
+    }
+
+    /// The live lease of the API token whose SHA-256 is `hash`: what
+    /// `Introspect` answers, and what a rotation checks to confirm an old
+    /// token is rejected.
+    pub(crate) async fn introspection(&self, hash: &[u8]) -> Result<Option<Lease>, StoreError> {
+        let lease = self.shared.store.lease_by_token(hash).await?;
+        Ok(lease.filter(|l| l.live(now_ns())))
     }
 
     /// The lease for a credential issued under `allowed`.
@@ -476,18 +524,17 @@ impl BrokerServer {
         Ok(parsed)
     }
 
-    /// Issues an X.509-SVID for `identity_id` to `principal` from a checked
-    /// request: authority's decision, the certificate, the lease and its
-    /// evidence. The Workload API issues through here too.
-    pub(crate) async fn x509(
+    /// Asks authority to `issue`, then issues (see [`Self::make`]). The
+    /// Workload API issues through here too.
+    pub(crate) async fn issue(
         &self,
         principal: &str,
         identity_id: &str,
-        csr: &[u8],
+        what: Make<'_>,
         ttl_seconds: u32,
         task: &Task,
         now: i64,
-    ) -> Result<(Lease, IssuedSvid), Status> {
+    ) -> Result<(Lease, Made), Status> {
         let allowed = self
             .authorize(
                 principal,
@@ -497,111 +544,141 @@ impl BrokerServer {
                 u64::from(ttl_seconds),
             )
             .await?;
-        Self::started(task, now)?;
-        let spiffe_id = self.svid_id(identity_id, &allowed)?;
-        let (ttl, expires) = self.lifetime(
-            ttl_seconds,
-            self.shared.ttl.x509_svid_default,
+        self.make(
             &allowed,
-            task,
-            now,
-        )?;
-        let issued = self
-            .shared
-            .authorities
-            .ca
-            .issue_x509_svid(
-                csr,
-                &spiffe_id.to_string(),
-                time::Duration::seconds(ttl),
-                time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(now))
-                    .map_err(|e| Status::internal(e.to_string()))?,
-            )
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let expires =
-            expires.min(i64::try_from(issued.not_after.unix_timestamp_nanos()).unwrap_or(i64::MAX));
-        let lease = self.lease(
-            Kind::X509Svid,
-            identity_id,
             principal,
-            &spiffe_id.to_string(),
+            identity_id,
+            what,
+            ttl_seconds,
             task,
-            &allowed,
-            (ttl, expires),
             now,
-            issued.serial.clone(),
-        );
-        let record = self.issue_record(&lease, &allowed, task, hex(&sha256(&issued.cert_der)));
-        let lease = self.commit_issue(lease, record).await?;
-        Ok((lease, issued))
+        )
+        .await
     }
 
-    /// Issues a JWT-SVID for `identity_id` to `principal` from a checked
-    /// request (see [`Self::x509`]).
-    pub(crate) async fn jwt(
+    /// Issues a credential under a decision already allowed: the
+    /// credential, its lease and the evidence, committed together.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn make(
         &self,
+        allowed: &Allowed,
         principal: &str,
         identity_id: &str,
-        audience: &[String],
+        what: Make<'_>,
         ttl_seconds: u32,
         task: &Task,
         now: i64,
-    ) -> Result<(Lease, String), Status> {
-        let allowed = self
-            .authorize(
-                principal,
-                "issue",
-                identity_id,
-                task,
-                u64::from(ttl_seconds),
-            )
-            .await?;
+    ) -> Result<(Lease, Made), Status> {
         Self::started(task, now)?;
-        let spiffe_id = self.svid_id(identity_id, &allowed)?;
-        let timing = self.lifetime(
-            ttl_seconds,
-            self.shared.ttl.jwt_svid_default,
-            &allowed,
-            task,
-            now,
-        )?;
-        let jti = Uuid::new_v4().hyphenated().to_string();
-        let mut lease = self.lease(
-            Kind::JwtSvid,
-            identity_id,
-            principal,
-            &spiffe_id.to_string(),
-            task,
-            &allowed,
-            timing,
-            now,
-            jti.clone(),
-        );
-        lease.audience = audience.to_vec();
-        let mut claims = serde_json::Map::new();
-        claims.insert("sub".into(), spiffe_id.to_string().into());
-        claims.insert(
-            "aud".into(),
-            match audience {
-                [one] => one.clone().into(),
-                many => many.to_vec().into(),
-            },
-        );
-        claims.insert("exp".into(), (lease.expires_at_ns / NS).into());
-        claims.insert("iat".into(), (now / NS).into());
-        claims.insert("jti".into(), jti.into());
-        let token = self
-            .shared
-            .authorities
-            .jwt
-            .sign("JWT", &claims)
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let mut record = self.issue_record(&lease, &allowed, task, String::new());
-        record
-            .attributes
-            .insert("audience".into(), truncate_utf8(audience.join(" "), 1024));
+        let ttl = &self.shared.ttl;
+        let default = match what {
+            Make::X509 { .. } => ttl.x509_svid_default,
+            Make::Jwt { .. } => ttl.jwt_svid_default,
+            Make::Token { .. } => ttl.api_token_default,
+        };
+        let (ttl, expires) = self.lifetime(ttl_seconds, default, allowed, task, now)?;
+        let (lease, record, made) = match what {
+            Make::X509 { csr } => {
+                let spiffe_id = self.svid_id(identity_id, allowed)?.to_string();
+                let issued = self
+                    .shared
+                    .authorities
+                    .ca
+                    .issue_x509_svid(
+                        csr,
+                        &spiffe_id,
+                        time::Duration::seconds(ttl),
+                        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(now))
+                            .map_err(|e| Status::internal(e.to_string()))?,
+                    )
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                let expires = expires.min(
+                    i64::try_from(issued.not_after.unix_timestamp_nanos()).unwrap_or(i64::MAX),
+                );
+                let lease = self.lease(
+                    Kind::X509Svid,
+                    identity_id,
+                    principal,
+                    &spiffe_id,
+                    task,
+                    allowed,
+                    (ttl, expires),
+                    now,
+                    issued.serial.clone(),
+                );
+                let record =
+                    self.issue_record(&lease, allowed, task, hex(&sha256(&issued.cert_der)));
+                (lease, record, Made::X509(issued))
+            }
+            Make::Jwt { audience } => {
+                let spiffe_id = self.svid_id(identity_id, allowed)?.to_string();
+                let jti = Uuid::new_v4().hyphenated().to_string();
+                let mut lease = self.lease(
+                    Kind::JwtSvid,
+                    identity_id,
+                    principal,
+                    &spiffe_id,
+                    task,
+                    allowed,
+                    (ttl, expires),
+                    now,
+                    jti.clone(),
+                );
+                lease.audience = audience.to_vec();
+                let mut claims = serde_json::Map::new();
+                claims.insert("sub".into(), spiffe_id.into());
+                claims.insert(
+                    "aud".into(),
+                    match audience {
+                        [one] => one.clone().into(),
+                        many => many.to_vec().into(),
+                    },
+                );
+                claims.insert("exp".into(), (lease.expires_at_ns / NS).into());
+                claims.insert("iat".into(), (now / NS).into());
+                claims.insert("jti".into(), jti.into());
+                let token = self
+                    .shared
+                    .authorities
+                    .jwt
+                    .sign("JWT", &claims)
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                let mut record = self.issue_record(&lease, allowed, task, String::new());
+                record
+                    .attributes
+                    .insert("audience".into(), truncate_utf8(audience.join(" "), 1024));
+                (lease, record, Made::Jwt(token))
+            }
+            Make::Token { scopes } => {
+                let mut secret = [0u8; 32];
+                self.shared
+                    .random
+                    .fill(&mut secret)
+                    .map_err(|_| Status::internal("no randomness available"))?;
+                let token = format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(secret));
+                let reference = token[..TOKEN_PREFIX.len() + TOKEN_REF_CHARS].to_owned();
+                let mut lease = self.lease(
+                    Kind::ApiToken,
+                    identity_id,
+                    principal,
+                    &allowed.facts.spiffe_id,
+                    task,
+                    allowed,
+                    (ttl, expires),
+                    now,
+                    reference,
+                );
+                lease.token_hash = Some(sha256(token.as_bytes()));
+                lease.scopes = scopes.to_vec();
+                let mut record = self.issue_record(&lease, allowed, task, String::new());
+                record
+                    .attributes
+                    .insert("scopes".into(), truncate_utf8(scopes.join(" "), 1024));
+                (lease, record, Made::Token(token))
+            }
+        };
         let lease = self.commit_issue(lease, record).await?;
-        Ok((lease, token))
+        Ok((lease, made))
     }
 
     async fn commit_issue(&self, lease: Lease, record: EvidenceRecord) -> Result<Lease, Status> {
@@ -622,7 +699,7 @@ impl BrokerServer {
 
     /// Revokes `leases`, asking authority once per identity first unless
     /// `decided` (authority itself closing an incident).
-    async fn revoke(
+    pub(crate) async fn revoke(
         &self,
         caller: &str,
         leases: &[Lease],
@@ -704,7 +781,7 @@ pub fn lease_record(lease: &Lease, actor: &str, action: &str) -> EvidenceRecord 
     record
 }
 
-fn check_audience(audience: &[String]) -> Result<(), Status> {
+pub(crate) fn check_audience(audience: &[String]) -> Result<(), Status> {
     if audience.is_empty() {
         return Err(Status::invalid_argument(
             "audience: at least one is required (JWT-SVIDs are always audience-bound)",
@@ -719,7 +796,7 @@ fn check_audience(audience: &[String]) -> Result<(), Status> {
     Ok(())
 }
 
-fn check_scopes(scopes: &[String]) -> Result<(), Status> {
+pub(crate) fn check_scopes(scopes: &[String]) -> Result<(), Status> {
     if scopes.len() > 32 {
         return Err(Status::invalid_argument("scopes: at most 32"));
     }
@@ -737,7 +814,7 @@ fn check_scopes(scopes: &[String]) -> Result<(), Status> {
     Ok(())
 }
 
-fn sha256(bytes: &[u8]) -> Vec<u8> {
+pub(crate) fn sha256(bytes: &[u8]) -> Vec<u8> {
     ring::digest::digest(&ring::digest::SHA256, bytes)
         .as_ref()
         .to_vec()
@@ -783,12 +860,19 @@ impl CredentialBroker for BrokerServer {
         }
         self.check_ttl(r.ttl_seconds)?;
         let task = check_task(r.task.as_ref(), now)?;
-        let (lease, issued) = self
-            .x509(&caller, &r.identity_id, &r.csr, r.ttl_seconds, &task, now)
+        let (lease, made) = self
+            .issue(
+                &caller,
+                &r.identity_id,
+                Make::X509 { csr: &r.csr },
+                r.ttl_seconds,
+                &task,
+                now,
+            )
             .await?;
         Ok(Response::new(pb::IssueX509SvidResponse {
             lease: Some(lease_to_pb(&lease)),
-            x509_svid: issued.chain_der,
+            x509_svid: made.x509_chain(),
             bundle: self.shared.authorities.ca.bundle_der(),
         }))
     }
@@ -804,11 +888,13 @@ impl CredentialBroker for BrokerServer {
         check_audience(&r.audience)?;
         self.check_ttl(r.ttl_seconds)?;
         let task = check_task(r.task.as_ref(), now)?;
-        let (lease, token) = self
-            .jwt(
+        let (lease, made) = self
+            .issue(
                 &caller,
                 &r.identity_id,
-                &r.audience,
+                Make::Jwt {
+                    audience: &r.audience,
+                },
                 r.ttl_seconds,
                 &task,
                 now,
@@ -816,7 +902,7 @@ impl CredentialBroker for BrokerServer {
             .await?;
         Ok(Response::new(pb::IssueJwtSvidResponse {
             lease: Some(lease_to_pb(&lease)),
-            token,
+            token: made.secret(),
         }))
     }
 
@@ -831,51 +917,19 @@ impl CredentialBroker for BrokerServer {
         check_scopes(&r.scopes)?;
         self.check_ttl(r.ttl_seconds)?;
         let task = check_task(r.task.as_ref(), now)?;
-        let allowed = self
-            .authorize(
+        let (lease, made) = self
+            .issue(
                 &caller,
-                "issue",
                 &r.identity_id,
+                Make::Token { scopes: &r.scopes },
+                r.ttl_seconds,
                 &task,
-                u64::from(r.ttl_seconds),
+                now,
             )
             .await?;
-        Self::started(&task, now)?;
-        let timing = self.lifetime(
-            r.ttl_seconds,
-            self.shared.ttl.api_token_default,
-            &allowed,
-            &task,
-            now,
-        )?;
-        let mut secret = [0u8; 32];
-        self.shared
-            .random
-            .fill(&mut secret)
-            .map_err(|_| Status::internal("no randomness available"))?;
-        let token = format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(secret));
-        let reference = token[..TOKEN_PREFIX.len() + TOKEN_REF_CHARS].to_owned();
-        let mut lease = self.lease(
-            Kind::ApiToken,
-            &r.identity_id,
-            &caller,
-            &allowed.facts.spiffe_id,
-            &task,
-            &allowed,
-            timing,
-            now,
-            reference,
-        );
-        lease.token_hash = Some(sha256(token.as_bytes()));
-        lease.scopes.clone_from(&r.scopes);
-        let mut record = self.issue_record(&lease, &allowed, &task, String::new());
-        record
-            .attributes
-            .insert("scopes".into(), truncate_utf8(r.scopes.join(" "), 1024));
-        let lease = self.commit_issue(lease, record).await?;
         Ok(Response::new(pb::IssueApiTokenResponse {
             lease: Some(lease_to_pb(&lease)),
-            token,
+            token: made.secret(),
         }))
     }
 
@@ -894,17 +948,12 @@ impl CredentialBroker for BrokerServer {
             return Ok(inactive());
         }
         let Some(lease) = self
-            .shared
-            .store
-            .lease_by_token(&sha256(token.as_bytes()))
+            .introspection(&sha256(token.as_bytes()))
             .await
             .map_err(store_status)?
         else {
             return Ok(inactive());
         };
-        if !lease.live(now_ns()) {
-            return Ok(inactive());
-        }
         Ok(Response::new(pb::IntrospectResponse {
             active: true,
             lease_id: lease.lease_id,
@@ -1190,6 +1239,30 @@ impl CredentialBroker for BrokerServer {
         Ok(Response::new(pb::RevokeLeasesResponse {
             lease_ids: ended.into_iter().map(|l| l.lease_id).collect(),
             more,
+        }))
+    }
+
+    async fn rotate(
+        &self,
+        request: Request<pb::RotateRequest>,
+    ) -> Result<Response<pb::RotateResponse>, Status> {
+        self.rotate_impl(request).await.map(Response::new)
+    }
+
+    async fn get_rotation(
+        &self,
+        request: Request<pb::GetRotationRequest>,
+    ) -> Result<Response<pb::GetRotationResponse>, Status> {
+        let id = request.into_inner().rotation_id;
+        uuid("rotation_id", &id)?;
+        let rotation = self
+            .shared
+            .store
+            .rotation(&id)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(pb::GetRotationResponse {
+            rotation: Some(crate::rotation::to_pb(&rotation)),
         }))
     }
 

@@ -2,6 +2,7 @@
 //! log. Reads are plain queries; every lease change goes through the
 //! group-committing [`writer`], which commits it with its evidence.
 
+pub mod rotations;
 pub mod writer;
 
 use steward_db::{Database, Engine, Placeholders, on_backend};

@@ -35,7 +35,7 @@ use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
 use crate::now_ns;
-use crate::server::{BrokerServer, Task};
+use crate::server::{BrokerServer, Make, Task};
 
 /// The header every Workload API call must carry.
 pub const SECURITY_HEADER: &str = "workload.spiffe.io";
@@ -174,12 +174,12 @@ impl WorkloadApi {
             let csr = params
                 .serialize_request(&key)
                 .map_err(|e| Status::internal(e.to_string()))?;
-            let (lease, issued) = self
+            let (lease, made) = self
                 .broker
-                .x509(
+                .issue(
                     &entry.spiffe_id,
                     &entry.identity_id,
-                    csr.der(),
+                    Make::X509 { csr: csr.der() },
                     entry.x509_ttl,
                     &Self::task(),
                     now,
@@ -190,7 +190,7 @@ impl WorkloadApi {
             leases.insert(lease.lease_id);
             svids.push(pb::X509svid {
                 spiffe_id: entry.spiffe_id.clone(),
-                x509_svid: issued.chain_der.concat(),
+                x509_svid: made.x509_chain().concat(),
                 x509_svid_key: key.serialize_der(),
                 bundle: self.bundle(),
                 hint: String::new(),
@@ -359,12 +359,14 @@ impl SpiffeWorkloadApi for WorkloadApi {
         let now = now_ns();
         let mut svids = Vec::new();
         for entry in entries {
-            let (_, token) = self
+            let (_, made) = self
                 .broker
-                .jwt(
+                .issue(
                     &entry.spiffe_id,
                     &entry.identity_id,
-                    &r.audience,
+                    Make::Jwt {
+                        audience: &r.audience,
+                    },
                     entry.jwt_ttl,
                     &Self::task(),
                     now,
@@ -372,7 +374,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
                 .await?;
             svids.push(pb::Jwtsvid {
                 spiffe_id: entry.spiffe_id,
-                svid: token,
+                svid: made.secret(),
                 hint: String::new(),
             });
         }
