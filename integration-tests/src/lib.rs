@@ -382,6 +382,22 @@ impl TestStack {
         service_config(name, svid, database)
     }
 
+    /// Stops the broker and starts it again on its port and database with
+    /// its configuration adjusted (a credential backend, say).
+    pub async fn restart_broker_with(
+        &mut self,
+        adjust: impl FnOnce(&mut steward_credential_broker::BrokerConfig),
+    ) {
+        self.stop("credential-broker").await;
+        let mut config = test_broker_config(self.configs["credential-broker"].clone());
+        adjust(&mut config);
+        let app = steward_credential_broker::build_with(config).await.unwrap();
+        self.services.insert(
+            "credential-broker".to_owned(),
+            RunningService::start("credential-broker", app),
+        );
+    }
+
     pub fn service(&self, name: &str) -> &RunningService {
         &self.services[name]
     }

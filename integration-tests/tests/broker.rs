@@ -903,6 +903,7 @@ fn rotate(
         csr: Vec::new(),
         audience: Vec::new(),
         scopes: vec!["ledger:write".into()],
+        template: String::new(),
     }
 }
 

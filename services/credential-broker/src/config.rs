@@ -31,6 +31,9 @@ pub struct BrokerConfig {
     /// unset serves none.
     #[serde(default)]
     pub workload_api_socket: Option<PathBuf>,
+    /// PostgreSQL login roles as leased credentials; unset offers none.
+    #[serde(default)]
+    pub postgres_backend: Option<crate::backends::PostgresBackendConfig>,
 }
 
 /// Default and longest lifetimes, in seconds. Authority's `@max_ttl`
@@ -110,6 +113,7 @@ impl BrokerConfig {
             ttl: TtlConfig::default(),
             ca: CaConfig::default(),
             workload_api_socket: None,
+            postgres_backend: None,
         }
     }
 

@@ -2,6 +2,7 @@
 //!
 //! - [`keys`]: private keys sealed under a key-encryption key;
 //! - [`ca`]: the CA hierarchy and X.509-SVID issuance from CSRs;
+//! - [`backends`]: external systems' credentials (PostgreSQL login roles);
 //! - [`authorities`]: the CA and JWT signing key, generated once, then
 //!   loaded and opened on every start;
 //! - [`store`]: leases and the revocation log, every change group-committed
@@ -18,6 +19,7 @@
 //! [`steward_server::Application`] in-process with [`build`].
 
 pub mod authorities;
+pub mod backends;
 pub mod ca;
 pub mod config;
 pub mod keys;
@@ -56,6 +58,11 @@ const SQLITE_MIGRATIONS: &[MigrationFile] = &[
         description: "rotations",
         sql: include_str!("../migrations/sqlite/0004_rotations.sql"),
     },
+    MigrationFile {
+        version: 5,
+        description: "credential backends",
+        sql: include_str!("../migrations/sqlite/0005_backends.sql"),
+    },
 ];
 const POSTGRES_MIGRATIONS: &[MigrationFile] = &[
     MigrationFile {
@@ -72,6 +79,11 @@ const POSTGRES_MIGRATIONS: &[MigrationFile] = &[
         version: 4,
         description: "rotations",
         sql: include_str!("../migrations/postgres/0004_rotations.sql"),
+    },
+    MigrationFile {
+        version: 5,
+        description: "credential backends",
+        sql: include_str!("../migrations/postgres/0005_backends.sql"),
     },
 ];
 
@@ -108,6 +120,7 @@ pub const SPEC: ServiceSpec = ServiceSpec {
         (rpc!("IssueX509Svid"), ISSUERS),
         (rpc!("IssueJwtSvid"), ISSUERS),
         (rpc!("IssueApiToken"), ISSUERS),
+        (rpc!("IssueDatabaseCredential"), ISSUERS),
         (rpc!("Introspect"), EVERYONE),
         (
             rpc!("GetLease"),
@@ -141,14 +154,22 @@ pub fn default_config() -> BrokerConfig {
 
 /// The service's own gRPC services.
 async fn routes(context: ServiceContext, config: BrokerConfig) -> Result<Routes, StartError> {
-    let kek = config
-        .kek()
-        .map_err(|e| StartError::Init(format!("key-encryption key: {e}")))?;
+    let kek: Arc<dyn keys::KeyEncryption> = Arc::new(
+        config
+            .kek()
+            .map_err(|e| StartError::Init(format!("key-encryption key: {e}")))?,
+    );
+    let backend: Option<Arc<dyn backends::CredentialBackend>> = match &config.postgres_backend {
+        Some(settings) => Some(Arc::new(
+            backends::PostgresBackend::new(settings.clone()).map_err(StartError::Init)?,
+        )),
+        None => None,
+    };
     let store = store::Store::new(context.database.clone());
     let own = context.spiffe_id.to_string();
     let authorities = authorities::Authorities::load_or_generate(
         &store,
-        &kek,
+        kek.as_ref(),
         context.spiffe_id.trust_domain().name(),
         &config.ca,
         &own,
@@ -171,14 +192,19 @@ async fn routes(context: ServiceContext, config: BrokerConfig) -> Result<Routes,
     let inventory = context.peer_channel("inventory", &context.peers.inventory)?;
     let shared = Arc::new(server::Shared {
         own: context.spiffe_id.clone(),
-        store,
+        store: store.clone(),
         writer,
         authorities: Arc::new(authorities),
         authority: AuthorityServiceClient::new(authority),
         inventory: InventoryServiceClient::new(inventory.clone()),
         ttl: config.ttl,
         random: ring::rand::SystemRandom::new(),
+        backend: backend.clone(),
+        kek,
     });
+    if let Some(backend) = backend {
+        context.spawn(backends::follow(store.clone(), backend, context.shutdown()));
+    }
     let broker = server::BrokerServer::new(shared);
     context.spawn(rotation::run(broker.clone(), context.shutdown()));
     if let Some(socket) = config.workload_api_socket.clone() {

@@ -20,8 +20,8 @@ use uuid::Uuid;
 
 use crate::now_ns;
 use crate::server::{
-    BrokerServer, Make, caller, check_audience, check_scopes, check_task, kind_to_pb, lease_record,
-    lease_to_pb, store_status, timestamp, uuid,
+    BrokerServer, Made, Make, caller, check_audience, check_scopes, check_task, kind_to_pb,
+    lease_record, lease_to_pb, store_status, timestamp, uuid,
 };
 use crate::store::rotations::{Rotation, RotationState};
 use crate::store::{Kind, Lease, LeaseFilter, LeaseState};
@@ -83,9 +83,18 @@ impl BrokerServer {
                 check_scopes(&r.scopes)?;
                 (Kind::ApiToken, Make::Token { scopes: &r.scopes })
             }
+            Ok(pb::CredentialKind::DatabaseRole) => {
+                crate::server::text("template", &r.template, 64, true)?;
+                (
+                    Kind::DatabaseRole,
+                    Make::DatabaseRole {
+                        template: &r.template,
+                    },
+                )
+            }
             _ => {
                 return Err(Status::invalid_argument(
-                    "kind: one of CREDENTIAL_KIND_X509_SVID, CREDENTIAL_KIND_JWT_SVID, CREDENTIAL_KIND_API_TOKEN",
+                    "kind: one of CREDENTIAL_KIND_X509_SVID, CREDENTIAL_KIND_JWT_SVID, CREDENTIAL_KIND_API_TOKEN, CREDENTIAL_KIND_DATABASE_ROLE",
                 ));
             }
         };
@@ -173,16 +182,20 @@ impl BrokerServer {
         } else {
             rotation
         };
-        let (x509_svid, token) = match made {
-            crate::server::Made::X509(issued) => (issued.chain_der, String::new()),
-            other => (Vec::new(), other.secret()),
-        };
-        Ok(pb::RotateResponse {
+        let mut response = pb::RotateResponse {
             rotation: Some(to_pb(&rotation)),
             lease: Some(lease_to_pb(&lease)),
-            x509_svid,
-            token,
-        })
+            ..Default::default()
+        };
+        match made {
+            Made::X509(issued) => response.x509_svid = issued.chain_der,
+            Made::DatabaseRole(credential) => {
+                response.username = credential.username;
+                response.password = credential.password;
+            }
+            other => response.token = other.secret(),
+        }
+        Ok(response)
     }
 
     /// Revokes a rotation's old leases, confirms each is rejected, and
@@ -220,6 +233,7 @@ impl BrokerServer {
                     old.len(),
                     match rotation.kind {
                         Kind::ApiToken => "introspection",
+                        Kind::DatabaseRole => "a login attempt was refused",
                         _ => "revocation log",
                     }
                 ),
@@ -271,6 +285,33 @@ impl BrokerServer {
                         lease.credential_ref, lease.lease_id
                     )),
                     Err(e) => Err(format!("cannot introspect lease {}: {e}", lease.lease_id)),
+                }
+            }
+            Kind::DatabaseRole => {
+                let backend = self
+                    .shared
+                    .backend
+                    .clone()
+                    .ok_or_else(|| format!("no backend to check lease {}", lease.lease_id))?;
+                let sealed = lease
+                    .sealed_secret
+                    .as_deref()
+                    .ok_or_else(|| format!("lease {} has no secret left to try", lease.lease_id))?;
+                let password =
+                    crate::backends::open(self.shared.kek.as_ref(), &lease.lease_id, sealed)?;
+                // Revoked in the backend now, not when the log follower
+                // gets to it: the login attempt below must be refused.
+                backend
+                    .revoke(&lease.credential_ref)
+                    .await
+                    .map_err(|e| format!("cannot revoke role {}: {e}", lease.credential_ref))?;
+                match backend.refuses(&lease.credential_ref, &password).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(format!(
+                        "role {} can still log in (lease {})",
+                        lease.credential_ref, lease.lease_id
+                    )),
+                    Err(e) => Err(format!("cannot try role {}: {e}", lease.credential_ref)),
                 }
             }
             Kind::X509Svid | Kind::JwtSvid => {

@@ -28,8 +28,10 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::authorities::Authorities;
+use crate::backends::{BackendCredential, BackendError, CredentialBackend};
 use crate::ca::IssuedSvid;
 use crate::config::TtlConfig;
+use crate::keys::KeyEncryption;
 use crate::store::writer::{Applied, Change, RevocationEvidence, Writer};
 use crate::store::{Kind, Lease, LeaseFilter, LeaseState, Store, StoreError};
 use crate::{now_ns, watch};
@@ -51,6 +53,10 @@ pub struct Shared {
     pub authority: AuthorityServiceClient<Channel>,
     /// For risk signals (a rotation whose revocation was not confirmed).
     pub inventory: InventoryServiceClient<Channel>,
+    /// The external credential backend, if one is configured.
+    pub backend: Option<Arc<dyn CredentialBackend>>,
+    /// Seals backend secrets at rest.
+    pub kek: Arc<dyn KeyEncryption>,
     pub ttl: TtlConfig,
     pub random: SystemRandom,
 }
@@ -115,7 +121,7 @@ fn ts_ns(field: &str, ts: Option<&prost_types::Timestamp>) -> Result<Option<i64>
     Ok(Some(ts.seconds * NS + i64::from(ts.nanos)))
 }
 
-fn text(field: &str, value: &str, max: usize, required: bool) -> Result<(), Status> {
+pub(crate) fn text(field: &str, value: &str, max: usize, required: bool) -> Result<(), Status> {
     if required && value.trim().is_empty() {
         return Err(Status::invalid_argument(format!("{field}: is required")));
     }
@@ -137,6 +143,7 @@ pub(crate) fn kind_to_pb(kind: Kind) -> i32 {
         Kind::X509Svid => pb::CredentialKind::X509Svid as i32,
         Kind::JwtSvid => pb::CredentialKind::JwtSvid as i32,
         Kind::ApiToken => pb::CredentialKind::ApiToken as i32,
+        Kind::DatabaseRole => pb::CredentialKind::DatabaseRole as i32,
     }
 }
 
@@ -225,6 +232,8 @@ pub(crate) enum Make<'a> {
     Jwt { audience: &'a [String] },
     /// An opaque API token with these scopes.
     Token { scopes: &'a [String] },
+    /// A login role in the configured backend, from a template.
+    DatabaseRole { template: &'a str },
 }
 
 /// What was issued.
@@ -233,6 +242,7 @@ pub(crate) enum Made {
     X509(IssuedSvid),
     Jwt(String),
     Token(String),
+    DatabaseRole(BackendCredential),
 }
 
 impl Made {
@@ -248,7 +258,7 @@ impl Made {
     pub(crate) fn secret(self) -> String {
         match self {
             Self::Jwt(token) | Self::Token(token) => token,
-            Self::X509(_) => String::new(),
+            Self::X509(_) | Self::DatabaseRole(_) => String::new(),
         }
     }
 }
@@ -470,6 +480,8 @@ impl BrokerServer {
             revoked_at_ns: 0,
             revoked_by: String::new(),
             revoke_reason: String::new(),
+            backend: String::new(),
+            sealed_secret: None,
         }
     }
 
@@ -574,7 +586,7 @@ impl BrokerServer {
         let default = match what {
             Make::X509 { .. } => ttl.x509_svid_default,
             Make::Jwt { .. } => ttl.jwt_svid_default,
-            Make::Token { .. } => ttl.api_token_default,
+            Make::Token { .. } | Make::DatabaseRole { .. } => ttl.api_token_default,
         };
         let (ttl, expires) = self.lifetime(ttl_seconds, default, allowed, task, now)?;
         let (lease, record, made) = match what {
@@ -676,8 +688,71 @@ impl BrokerServer {
                     .insert("scopes".into(), truncate_utf8(scopes.join(" "), 1024));
                 (lease, record, Made::Token(token))
             }
+            Make::DatabaseRole { template } => {
+                let backend = self.shared.backend.clone().ok_or_else(|| {
+                    Status::failed_precondition(
+                        "template: no database backend is configured (postgres_backend)",
+                    )
+                })?;
+                let credential = backend
+                    .create(template, expires)
+                    .await
+                    .map_err(|e| match e {
+                        BackendError::UnknownTemplate(m) => {
+                            Status::invalid_argument(format!("template: {m}"))
+                        }
+                        BackendError::Refused(m) => Status::failed_precondition(m),
+                        BackendError::Unavailable(m) => {
+                            tracing::warn!(error = m, "database backend unavailable");
+                            Status::unavailable(
+                                "the database backend cannot be reached; nothing was issued",
+                            )
+                        }
+                    })?;
+                let mut lease = self.lease(
+                    Kind::DatabaseRole,
+                    identity_id,
+                    principal,
+                    &allowed.facts.spiffe_id,
+                    task,
+                    allowed,
+                    (ttl, expires),
+                    now,
+                    credential.username.clone(),
+                );
+                lease.backend = backend.name().to_owned();
+                lease.scopes = vec![template.to_owned()];
+                lease.sealed_secret = Some(
+                    crate::backends::seal(
+                        self.shared.kek.as_ref(),
+                        &lease.lease_id,
+                        &credential.password,
+                    )
+                    .map_err(Status::internal)?,
+                );
+                let mut record = self.issue_record(&lease, allowed, task, String::new());
+                record
+                    .attributes
+                    .insert("backend".into(), lease.backend.clone());
+                record
+                    .attributes
+                    .insert("template".into(), truncate_utf8(template.to_owned(), 256));
+                (lease, record, Made::DatabaseRole(credential))
+            }
         };
-        let lease = self.commit_issue(lease, record).await?;
+        let lease = match self.commit_issue(lease.clone(), record).await {
+            Ok(lease) => lease,
+            Err(status) => {
+                // The credential exists in the backend but no lease does:
+                // take it back.
+                if let (Made::DatabaseRole(c), Some(backend)) = (&made, &self.shared.backend)
+                    && let Err(e) = backend.revoke(&c.username).await
+                {
+                    tracing::error!(lease = lease.lease_id, error = %e, "an unrecorded database role could not be revoked");
+                }
+                return Err(status);
+            }
+        };
         Ok((lease, made))
     }
 
@@ -930,6 +1005,39 @@ impl CredentialBroker for BrokerServer {
         Ok(Response::new(pb::IssueApiTokenResponse {
             lease: Some(lease_to_pb(&lease)),
             token: made.secret(),
+        }))
+    }
+
+    async fn issue_database_credential(
+        &self,
+        request: Request<pb::IssueDatabaseCredentialRequest>,
+    ) -> Result<Response<pb::IssueDatabaseCredentialResponse>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let now = now_ns();
+        uuid("identity_id", &r.identity_id)?;
+        text("template", &r.template, 64, true)?;
+        self.check_ttl(r.ttl_seconds)?;
+        let task = check_task(r.task.as_ref(), now)?;
+        let (lease, made) = self
+            .issue(
+                &caller,
+                &r.identity_id,
+                Make::DatabaseRole {
+                    template: &r.template,
+                },
+                r.ttl_seconds,
+                &task,
+                now,
+            )
+            .await?;
+        let Made::DatabaseRole(credential) = made else {
+            return Err(Status::internal("the backend answered out of kind"));
+        };
+        Ok(Response::new(pb::IssueDatabaseCredentialResponse {
+            lease: Some(lease_to_pb(&lease)),
+            username: credential.username,
+            password: credential.password,
         }))
     }
 

@@ -38,6 +38,8 @@ pub enum Kind {
     X509Svid = 1,
     JwtSvid = 2,
     ApiToken = 3,
+    /// A login role in an external system (a [`crate::backends`] backend).
+    DatabaseRole = 4,
 }
 
 impl Kind {
@@ -45,6 +47,7 @@ impl Kind {
         match v {
             1 => Self::X509Svid,
             2 => Self::JwtSvid,
+            4 => Self::DatabaseRole,
             _ => Self::ApiToken,
         }
     }
@@ -55,6 +58,7 @@ impl Kind {
             Self::X509Svid => "x509_svid",
             Self::JwtSvid => "jwt_svid",
             Self::ApiToken => "api_token",
+            Self::DatabaseRole => "database_role",
         }
     }
 }
@@ -113,6 +117,11 @@ pub struct Lease {
     pub revoked_at_ns: i64,
     pub revoked_by: String,
     pub revoke_reason: String,
+    /// The backend holding a database role's credential (empty otherwise).
+    pub backend: String,
+    /// A database role's password, sealed under the key-encryption key;
+    /// wiped once the role is revoked.
+    pub sealed_secret: Option<Vec<u8>>,
 }
 
 impl Lease {
@@ -126,8 +135,8 @@ impl Lease {
 const LEASE_COLUMNS: &str = "lease_id, identity_id, kind, holder, spiffe_id, incident_ref, \
     window_start_ns, window_end_ns, issued_at_ns, expires_at_ns, max_expires_at_ns, ttl_seconds, \
     renewable, state, credential_ref, token_hash, audience, scopes, decision_id, grant_id, \
-    revoked_at_ns, revoked_by, revoke_reason";
-const LEASE_COLUMN_COUNT: usize = 23;
+    revoked_at_ns, revoked_by, revoke_reason, backend, sealed_secret";
+const LEASE_COLUMN_COUNT: usize = 25;
 
 pub(crate) fn split(list: String) -> Vec<String> {
     list.split('\n')
@@ -165,6 +174,8 @@ macro_rules! lease_from_row {
             revoked_at_ns: row.try_get(20)?,
             revoked_by: row.try_get(21)?,
             revoke_reason: row.try_get(22)?,
+            backend: row.try_get(23)?,
+            sealed_secret: row.try_get(24)?,
         }
     }};
 }
@@ -198,6 +209,8 @@ macro_rules! bind_lease {
             .bind(l.revoked_at_ns)
             .bind(&l.revoked_by)
             .bind(&l.revoke_reason)
+            .bind(&l.backend)
+            .bind(&l.sealed_secret)
     }};
 }
 pub(crate) use bind_lease;
@@ -507,6 +520,42 @@ impl Store {
             }
         });
         Ok(entries)
+    }
+
+    /// How far `backend` has followed the revocation log.
+    pub async fn backend_cursor(&self, backend: &str) -> Result<i64, StoreError> {
+        let found: Option<i64> = on_backend!(&self.db, pool, Db => {
+            sqlx::query_scalar::<Db, i64>("SELECT sequence FROM backend_cursors WHERE backend = $1")
+                .bind(backend)
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(found.unwrap_or(0))
+    }
+
+    pub async fn set_backend_cursor(&self, backend: &str, sequence: i64) -> Result<(), StoreError> {
+        on_backend!(&self.db, pool, Db => {
+            sqlx::query::<Db>(
+                "INSERT INTO backend_cursors (backend, sequence) VALUES ($1, $2) \
+                 ON CONFLICT (backend) DO UPDATE SET sequence = $2",
+            )
+            .bind(backend)
+            .bind(sequence)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Forgets a revoked backend credential's sealed secret.
+    pub async fn wipe_secret(&self, lease_id: &str) -> Result<(), StoreError> {
+        on_backend!(&self.db, pool, Db => {
+            sqlx::query::<Db>("UPDATE leases SET sealed_secret = NULL WHERE lease_id = $1")
+                .bind(lease_id)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
     }
 
     /// The last sequence in the revocation log (0 when empty).
