@@ -61,6 +61,30 @@ impl TestStack {
     }
 }
 
+impl TestStack {
+    /// Waits (up to 20 s) until audit holds at least `count` records of
+    /// `action` for `nhi_id`, and returns every entry for it.
+    pub async fn evidence_of(
+        &self,
+        nhi_id: &str,
+        action: &str,
+        count: usize,
+    ) -> Vec<audit::LogEntry> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let entries = self.evidence_for(nhi_id, 1).await;
+            let seen = entries
+                .iter()
+                .filter(|e| e.record.as_ref().is_some_and(|r| r.action == action))
+                .count();
+            if seen >= count || Instant::now() > deadline {
+                return entries;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 /// A complete, valid identity spec; `external_id` makes it unique.
 pub fn spec(external_id: &str) -> pb::IdentitySpec {
     pb::IdentitySpec {

@@ -269,7 +269,7 @@ async fn x509_svids_come_from_csrs_under_policy_as_recorded_leases() {
     assert_eq!(err.code(), Code::PermissionDenied);
 
     // Every issue is in the evidence log with its lease and serial.
-    let entries = stack.evidence_for(&identity.id, 2).await;
+    let entries = stack.evidence_of(&identity.id, "credential.issue", 2).await;
     let issue = entries
         .iter()
         .map(|e| e.record.as_ref().unwrap())
@@ -610,7 +610,9 @@ async fn api_tokens_are_shown_once_introspected_renewed_and_revoked_as_watchers_
     assert_eq!(replay[0].lease_id, lease.lease_id);
 
     // Each revocation is evidence.
-    let entries = stack.evidence_for(&identity.id, 9).await;
+    let entries = stack
+        .evidence_of(&identity.id, "credential.revoke", 4)
+        .await;
     let revocations = entries
         .iter()
         .filter(|e| e.record.as_ref().unwrap().action == "credential.revoke")
@@ -718,7 +720,9 @@ async fn expired_leases_are_reaped_recorded_and_streamed() {
             .into_inner()
             .active
     );
-    let entries = stack.evidence_for(&identity.id, 3).await;
+    let entries = stack
+        .evidence_of(&identity.id, "credential.expire", 1)
+        .await;
     assert!(
         entries
             .iter()

@@ -146,5 +146,15 @@ mod tests {
         assert_eq!(config.ttl.jwt_svid_default, 300);
         assert_eq!(config.ttl.max, 86_400);
         assert_eq!(config.ca.intermediate_validity_secs, 30 * 86_400);
+        assert_eq!(
+            config.workload_api_socket.as_deref(),
+            Some(std::path::Path::new("/run/steward/workload.sock"))
+        );
+        let mut postgres = config.postgres_backend.unwrap();
+        assert_eq!(postgres.role_prefix, "steward_");
+        assert_eq!(postgres.templates["payments-reader"].len(), 2);
+        // The admin URL's password never reaches a log line through Debug.
+        postgres.url = "postgres://admin:s3cret-pw@db.internal/payments".into();
+        assert!(!format!("{postgres:?}").contains("s3cret-pw"));
     }
 }
