@@ -15,13 +15,31 @@ use crate::store::{Store, StoredKey};
 
 const JWT_PURPOSE: &str = "jwt/signing";
 
-/// Everything that signs, opened.
+/// Everything that signs, opened, and what is published.
 pub struct Authorities {
     pub ca: CaHierarchy,
     pub jwt: SigningKey,
     /// The JWT-SVID keys as a SPIFFE bundle publishes them (`use` is
-    /// `jwt-svid`).
+    /// `jwt-svid`): the current key first, then keys retired by a rotation
+    /// less than the overlap ago.
     pub jwks: JwkSet,
+    /// The X.509 trust bundle, DER: the current root first, then roots
+    /// retired less than the overlap ago.
+    pub roots: Vec<Vec<u8>>,
+    /// The intermediates that signed SVIDs still within the overlap, DER,
+    /// the current one first.
+    pub intermediates: Vec<Vec<u8>>,
+}
+
+/// What a CA rotation replaces. The JWT-SVID key is replaced either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaRotation {
+    /// A new intermediate under the same root: relying parties change
+    /// nothing.
+    Intermediate,
+    /// A new root and intermediate: both roots are in the bundle for the
+    /// overlap.
+    Root,
 }
 
 impl std::fmt::Debug for Authorities {
@@ -39,6 +57,12 @@ fn jwt_svid_jwk(key: &SigningKey) -> Jwk {
         use_: "jwt-svid".to_owned(),
         ..key.jwk()
     }
+}
+
+fn pem_der(pem: &str) -> Option<Vec<u8>> {
+    x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .ok()
+        .map(|(_, p)| p.contents)
 }
 
 fn ns(t: OffsetDateTime) -> i64 {
@@ -68,8 +92,9 @@ impl Authorities {
         trust_domain: &str,
         config: &CaConfig,
         actor: &str,
+        overlap: Duration,
     ) -> Result<Self, String> {
-        let keys = store.keys().await.map_err(|e| e.to_string())?;
+        let mut keys = store.keys().await.map_err(|e| e.to_string())?;
         let now = OffsetDateTime::now_utc();
         let mut new = Vec::new();
         let mut evidence = Vec::new();
@@ -173,10 +198,136 @@ impl Authorities {
                 kid = jwt.kid(),
                 "generated the broker's signing authorities"
             );
+            keys = store.keys().await.map_err(|e| e.to_string())?;
         }
-        let jwks = JwkSet {
+        // Published: the current material, then what a rotation retired
+        // less than `overlap` ago, newest first.
+        let cutoff = ns(now - overlap);
+        let published = |kind: &str| -> Vec<&StoredKey> {
+            let mut found: Vec<&StoredKey> = keys
+                .iter()
+                .filter(|k| k.kind == kind && (k.retired_at_ns == 0 || k.retired_at_ns > cutoff))
+                .collect();
+            found.sort_by_key(|k| (k.retired_at_ns != 0, std::cmp::Reverse(k.id)));
+            found
+        };
+        let roots = published("root")
+            .into_iter()
+            .filter_map(|k| pem_der(&k.public))
+            .collect();
+        let intermediates = published("intermediate")
+            .into_iter()
+            .filter_map(|k| pem_der(&k.public))
+            .collect();
+        let mut jwks = JwkSet {
             keys: vec![jwt_svid_jwk(&jwt)],
         };
-        Ok(Self { ca, jwt, jwks })
+        for stored in published("jwt") {
+            if let Ok(jwk) = serde_json::from_str::<Jwk>(&stored.public)
+                && jwk.kid != jwt.kid()
+            {
+                jwks.keys.push(jwk);
+            }
+        }
+        Ok(Self {
+            ca,
+            jwt,
+            jwks,
+            roots,
+            intermediates,
+        })
+    }
+
+    /// Replaces the signing material (`what`, and the JWT key): stores the
+    /// new, retires the old (published for the overlap), with evidence.
+    /// Load again to use it.
+    pub async fn rotate(
+        &self,
+        store: &Store,
+        kek: &dyn KeyEncryption,
+        config: &CaConfig,
+        actor: &str,
+        what: CaRotation,
+        reason: &str,
+    ) -> Result<(), String> {
+        let trust_domain = self.ca.trust_domain();
+        let keys = store.keys().await.map_err(|e| e.to_string())?;
+        let now = OffsetDateTime::now_utc();
+        let validity = |secs: u64| Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX));
+        let stored = |kind: &str, cert: SealedCert, not_after: OffsetDateTime| StoredKey {
+            id: 0,
+            kind: kind.to_owned(),
+            public: cert.cert_pem,
+            sealed_key: cert.sealed_key,
+            kek_id: cert.kek_id,
+            not_after_ns: ns(not_after),
+            created_at_ns: ns(now),
+            retired_at_ns: 0,
+        };
+        let mut new = Vec::new();
+        let mut retire_kinds = vec!["intermediate", "jwt"];
+        match what {
+            CaRotation::Intermediate => {
+                let (cert, not_after) = self
+                    .ca
+                    .sealed_new_intermediate(kek, now, validity(config.intermediate_validity_secs))
+                    .map_err(|e| e.to_string())?;
+                new.push(stored("intermediate", cert, not_after));
+            }
+            CaRotation::Root => {
+                let ca = CaHierarchy::generate(
+                    trust_domain,
+                    now,
+                    validity(config.root_validity_secs),
+                    validity(config.intermediate_validity_secs),
+                )
+                .map_err(|e| e.to_string())?;
+                let sealed = ca.seal(kek).map_err(|e| e.to_string())?;
+                new.push(stored("root", sealed.root, ca.root_not_after()));
+                new.push(stored(
+                    "intermediate",
+                    sealed.intermediate,
+                    ca.intermediate_not_after(),
+                ));
+                retire_kinds.push("root");
+            }
+        }
+        let der = SigningKey::generate_pkcs8().map_err(|e| e.to_string())?;
+        let jwt = SigningKey::from_pkcs8(&der).map_err(|e| e.to_string())?;
+        new.push(StoredKey {
+            id: 0,
+            kind: "jwt".to_owned(),
+            public: serde_json::to_string(&jwt_svid_jwk(&jwt)).map_err(|e| e.to_string())?,
+            sealed_key: kek.seal(JWT_PURPOSE, &der).map_err(|e| e.to_string())?,
+            kek_id: kek.kek_id().to_owned(),
+            not_after_ns: i64::MAX,
+            created_at_ns: ns(now),
+            retired_at_ns: 0,
+        });
+        let retire: Vec<i64> = keys
+            .iter()
+            .filter(|k| k.retired_at_ns == 0 && retire_kinds.contains(&k.kind.as_str()))
+            .map(|k| k.id)
+            .collect();
+        let mut record = EvidenceRecord::new(actor, "ca.rotate", crate::SPEC.name);
+        record.outcome.reason = steward_evidence::record::truncate_utf8(reason.to_owned(), 1024);
+        record.attributes.insert(
+            "rotated".into(),
+            match what {
+                CaRotation::Intermediate => "intermediate, jwt key",
+                CaRotation::Root => "root, intermediate, jwt key",
+            }
+            .into(),
+        );
+        record
+            .attributes
+            .insert("new_kid".into(), jwt.kid().to_owned());
+        record
+            .attributes
+            .insert("trust_domain".into(), trust_domain.to_owned());
+        store
+            .add_keys(&new, &retire, ns(now), &[record])
+            .await
+            .map_err(|e| e.to_string())
     }
 }

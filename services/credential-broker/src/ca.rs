@@ -245,6 +245,18 @@ impl CaHierarchy {
         })
     }
 
+    /// A new intermediate signed by this root, sealed under `kek`, and when
+    /// it expires: what an intermediate rotation stores.
+    pub fn sealed_new_intermediate(
+        &self,
+        kek: &dyn KeyEncryption,
+        now: OffsetDateTime,
+        validity: Duration,
+    ) -> Result<(SealedCert, OffsetDateTime), CaError> {
+        let signer = Self::new_intermediate(&self.trust_domain, &self.root, now, validity)?;
+        Ok((signer.seal(kek, "ca/intermediate")?, signer.not_after))
+    }
+
     /// The hierarchy with its keys sealed under `kek`, for storage.
     pub fn seal(&self, kek: &dyn KeyEncryption) -> Result<SealedCa, CaError> {
         Ok(SealedCa {
@@ -274,6 +286,11 @@ impl CaHierarchy {
     /// The root certificate, PEM.
     pub fn root_pem(&self) -> &str {
         &self.root.cert_pem
+    }
+
+    /// The trust domain it serves.
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
     }
 
     /// When the root expires.

@@ -117,6 +117,7 @@ pub const SPEC: ServiceSpec = ServiceSpec {
     // RPC → callers; `{td}` is replaced by the service's trust domain.
     default_authz: &[
         (rpc!("GetTrustBundle"), EVERYONE),
+        (rpc!("RotateCa"), &[OPERATORS]),
         (rpc!("IssueX509Svid"), ISSUERS),
         (rpc!("IssueJwtSvid"), ISSUERS),
         (rpc!("IssueApiToken"), ISSUERS),
@@ -173,6 +174,7 @@ async fn routes(context: ServiceContext, config: BrokerConfig) -> Result<Routes,
         context.spiffe_id.trust_domain().name(),
         &config.ca,
         &own,
+        time::Duration::seconds(i64::try_from(config.ttl.max).unwrap_or(i64::MAX)),
     )
     .await
     .map_err(StartError::Init)?;
@@ -194,7 +196,8 @@ async fn routes(context: ServiceContext, config: BrokerConfig) -> Result<Routes,
         own: context.spiffe_id.clone(),
         store: store.clone(),
         writer,
-        authorities: Arc::new(authorities),
+        authorities: std::sync::RwLock::new(Arc::new(authorities)),
+        ca_config: config.ca.clone(),
         authority: AuthorityServiceClient::new(authority),
         inventory: InventoryServiceClient::new(inventory.clone()),
         ttl: config.ttl,

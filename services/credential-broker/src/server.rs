@@ -49,7 +49,10 @@ pub struct Shared {
     pub own: SpiffeId,
     pub store: Store,
     pub writer: Writer,
-    pub authorities: Arc<Authorities>,
+    /// The signing authorities; replaced whole by a CA rotation.
+    pub authorities: std::sync::RwLock<Arc<Authorities>>,
+    /// How generated CA certificates live (for rotations).
+    pub ca_config: crate::config::CaConfig,
     pub authority: AuthorityServiceClient<Channel>,
     /// For risk signals (a rotation whose revocation was not confirmed).
     pub inventory: InventoryServiceClient<Channel>,
@@ -77,8 +80,18 @@ impl BrokerServer {
     }
 
     /// The CA and JWT signing key.
-    pub fn authorities(&self) -> &Authorities {
-        &self.shared.authorities
+    pub fn authorities(&self) -> Arc<Authorities> {
+        self.shared
+            .authorities
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// How long replaced CA and JWT keys stay published: the longest a
+    /// credential they signed can live.
+    pub fn overlap(&self) -> time::Duration {
+        time::Duration::seconds(i64::try_from(self.shared.ttl.max).unwrap_or(i64::MAX))
     }
 
     /// The lease writer (and its live revocation feed).
@@ -593,8 +606,7 @@ impl BrokerServer {
             Make::X509 { csr } => {
                 let spiffe_id = self.svid_id(identity_id, allowed)?.to_string();
                 let issued = self
-                    .shared
-                    .authorities
+                    .authorities()
                     .ca
                     .issue_x509_svid(
                         csr,
@@ -650,8 +662,7 @@ impl BrokerServer {
                 claims.insert("iat".into(), (now / NS).into());
                 claims.insert("jti".into(), jti.into());
                 let token = self
-                    .shared
-                    .authorities
+                    .authorities()
                     .jwt
                     .sign("JWT", &claims)
                     .map_err(|e| Status::internal(e.to_string()))?;
@@ -907,13 +918,68 @@ impl CredentialBroker for BrokerServer {
         &self,
         _request: Request<pb::GetTrustBundleRequest>,
     ) -> Result<Response<pb::GetTrustBundleResponse>, Status> {
-        let authorities = &self.shared.authorities;
+        let authorities = self.authorities();
         Ok(Response::new(pb::GetTrustBundleResponse {
             trust_domain: self.shared.own.trust_domain().name().to_owned(),
-            x509_authorities: authorities.ca.bundle_der(),
+            x509_authorities: authorities.roots.clone(),
             jwt_authorities: serde_json::to_vec(&authorities.jwks)
                 .map_err(|e| Status::internal(e.to_string()))?,
-            x509_intermediates: vec![authorities.ca.intermediate_der().to_vec()],
+            x509_intermediates: authorities.intermediates.clone(),
+        }))
+    }
+
+    async fn rotate_ca(
+        &self,
+        request: Request<pb::RotateCaRequest>,
+    ) -> Result<Response<pb::RotateCaResponse>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        text("reason", &r.reason, 1024, true)?;
+        let what = if r.rotate_root {
+            crate::authorities::CaRotation::Root
+        } else {
+            crate::authorities::CaRotation::Intermediate
+        };
+        let trust_domain = self.shared.own.trust_domain().name().to_owned();
+        let current = self.authorities();
+        current
+            .rotate(
+                &self.shared.store,
+                self.shared.kek.as_ref(),
+                &self.shared.ca_config,
+                &caller,
+                what,
+                &r.reason,
+            )
+            .await
+            .map_err(|e| {
+                tracing::error!(error = e, "CA rotation failed");
+                Status::unavailable("the CA could not be rotated; nothing changed")
+            })?;
+        let reloaded = Authorities::load_or_generate(
+            &self.shared.store,
+            self.shared.kek.as_ref(),
+            &trust_domain,
+            &self.shared.ca_config,
+            &self.shared.own.to_string(),
+            self.overlap(),
+        )
+        .await
+        .map_err(|e| {
+            tracing::error!(error = e, "cannot load the rotated CA");
+            Status::unavailable("the rotated CA could not be loaded; restart the broker")
+        })?;
+        *self
+            .shared
+            .authorities
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(reloaded);
+        let bundle = self
+            .get_trust_bundle(Request::new(pb::GetTrustBundleRequest {}))
+            .await?
+            .into_inner();
+        Ok(Response::new(pb::RotateCaResponse {
+            bundle: Some(bundle),
         }))
     }
 
@@ -948,7 +1014,7 @@ impl CredentialBroker for BrokerServer {
         Ok(Response::new(pb::IssueX509SvidResponse {
             lease: Some(lease_to_pb(&lease)),
             x509_svid: made.x509_chain(),
-            bundle: self.shared.authorities.ca.bundle_der(),
+            bundle: self.authorities().roots.clone(),
         }))
     }
 

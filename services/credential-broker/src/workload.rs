@@ -147,7 +147,7 @@ impl WorkloadApi {
     }
 
     fn bundle(&self) -> Vec<u8> {
-        self.broker.authorities().ca.bundle_der().concat()
+        self.broker.authorities().roots.concat()
     }
 
     /// A fresh X.509-SVID for every entry; with the leases and the time

@@ -22,7 +22,10 @@ use tokio_stream::StreamExt;
 use super::Figure;
 
 const IDENTITIES: usize = 200;
+/// Concurrent callers for the throughput figures, and the lighter load
+/// at which latency is also reported (and reaping is measured).
 const CALLERS: usize = 64;
+const LIGHT: usize = 16;
 const WATCHERS: usize = 100;
 const REVOCATIONS: usize = 200;
 const EXPIRED: usize = 100_000;
@@ -105,15 +108,16 @@ async fn issue(
     Ok(())
 }
 
-/// One round: `CALLERS` callers issuing for `window`; (rate, latencies).
+/// One round: `callers` callers issuing for `window`; (rate, latencies).
 async fn round(
     setup: &Setup,
     kind: Credential,
     window: Duration,
+    callers: usize,
 ) -> anyhow::Result<(f64, Histogram<u64>)> {
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for c in 0..CALLERS {
+    for c in 0..callers {
         let mut client = setup.clients[c % setup.clients.len()].clone();
         let identities = setup.identities.clone();
         let csrs = setup.csrs.clone();
@@ -121,7 +125,7 @@ async fn round(
             let mut h = Histogram::<u64>::new(3)?;
             let mut n = 0usize;
             while started.elapsed() < window {
-                let identity = &identities[(n * CALLERS + c) % identities.len()];
+                let identity = &identities[(n * callers + c) % identities.len()];
                 let sent = Instant::now();
                 issue(&mut client, kind, identity, &csrs).await?;
                 h.record(u64::try_from(sent.elapsed().as_micros())?)?;
@@ -140,20 +144,25 @@ async fn round(
     Ok((total as f64 / started.elapsed().as_secs_f64(), h))
 }
 
-/// Three rounds; the median by throughput.
-async fn issuance(setup: &Setup, kind: Credential, name: &str) -> anyhow::Result<Figure> {
+/// Three rounds at `callers`; the median by throughput.
+async fn issuance(
+    setup: &Setup,
+    kind: Credential,
+    name: &str,
+    callers: usize,
+) -> anyhow::Result<Figure> {
     // Warm up: authority's facts cache, connections, the writer.
-    round(setup, kind, Duration::from_millis(700)).await?;
+    round(setup, kind, Duration::from_millis(700), callers).await?;
     let mut rounds = Vec::new();
     for _ in 0..3 {
-        rounds.push(round(setup, kind, Duration::from_secs(3)).await?);
+        rounds.push(round(setup, kind, Duration::from_secs(3), callers).await?);
     }
     rounds.sort_by(|a, b| a.0.total_cmp(&b.0));
     let all: Vec<String> = rounds.iter().map(|r| format!("{:.0}", r.0)).collect();
     let (rate, h) = &rounds[1];
     Ok(Figure {
         name: format!(
-            "broker {name}, {CALLERS} callers (median of 3 rounds: {}/s)",
+            "broker {name}, {callers} callers (median of 3 rounds: {}/s)",
             all.join(" / ")
         ),
         value: *rate,
@@ -305,7 +314,7 @@ async fn reaping(mut setup: Setup) -> anyhow::Result<Vec<Figure>> {
     let mut issued = 0.0;
     let mut reaped_in = None;
     while reaped_in.is_none() && started.elapsed() < Duration::from_secs(300) {
-        let (rate, rh) = round(&setup, Credential::X509, Duration::from_secs(1)).await?;
+        let (rate, rh) = round(&setup, Credential::X509, Duration::from_secs(1), LIGHT).await?;
         issued += rate;
         h.add(rh)?;
         let left: i64 = on_backend!(&db, pool, Db => {
@@ -327,7 +336,7 @@ async fn reaping(mut setup: Setup) -> anyhow::Result<Vec<Figure>> {
     Ok(vec![
         Figure {
             name: format!(
-                "broker X.509-SVID issuance while reaping {EXPIRED} expired leases, {CALLERS} callers"
+                "broker X.509-SVID issuance while reaping {EXPIRED} expired leases, {LIGHT} callers"
             ),
             value: issued / seconds.ceil(),
             unit: "issue/s",
@@ -351,25 +360,23 @@ pub async fn run(only: Option<&str>) -> anyhow::Result<Vec<Figure>> {
     let setup = setup().await?;
     let wanted = |name: &str| only.is_none_or(|o| o == name);
     let mut figures = Vec::new();
-    if wanted("x509") {
-        figures.push(
-            issuance(
-                &setup,
-                Credential::X509,
-                "X.509-SVID from a CSR (authorize + sign + lease + evidence)",
-            )
-            .await?,
-        );
-    }
-    if wanted("jwt") {
-        figures.push(
-            issuance(
-                &setup,
-                Credential::Jwt,
-                "JWT-SVID (authorize + ES256 + lease + evidence)",
-            )
-            .await?,
-        );
+    for (kind, key, name) in [
+        (
+            Credential::X509,
+            "x509",
+            "X.509-SVID from a CSR (authorize + sign + lease + evidence)",
+        ),
+        (
+            Credential::Jwt,
+            "jwt",
+            "JWT-SVID (authorize + ES256 + lease + evidence)",
+        ),
+    ] {
+        if wanted(key) {
+            for callers in [CALLERS, LIGHT] {
+                figures.push(issuance(&setup, kind, name, callers).await?);
+            }
+        }
     }
     if wanted("watch") {
         figures.push(revocation_visibility(&setup).await?);
