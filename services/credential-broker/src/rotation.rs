@@ -20,8 +20,8 @@ use uuid::Uuid;
 
 use crate::now_ns;
 use crate::server::{
-    BrokerServer, Made, Make, caller, check_audience, check_scopes, check_task, kind_to_pb,
-    lease_record, lease_to_pb, store_status, timestamp, uuid,
+    BrokerServer, Made, Make, caller, check_audience, check_scopes, kind_to_pb, lease_record,
+    lease_to_pb, store_status, timestamp,
 };
 use crate::store::rotations::{Rotation, RotationState};
 use crate::store::{Kind, Lease, LeaseFilter, LeaseState};
@@ -59,8 +59,7 @@ impl BrokerServer {
     ) -> Result<pb::RotateResponse, Status> {
         let caller = caller(&request)?;
         let r = request.into_inner();
-        let now = now_ns();
-        uuid("identity_id", &r.identity_id)?;
+        let (task, now) = self.checked(&r.identity_id, r.ttl_seconds, r.task.as_ref())?;
         let (kind, what) = match pb::CredentialKind::try_from(r.kind) {
             Ok(pb::CredentialKind::X509Svid) => {
                 if r.csr.is_empty() || r.csr.len() > 16 * 1024 {
@@ -103,8 +102,6 @@ impl BrokerServer {
                 "overlap_seconds: at most {MAX_OVERLAP_SECONDS}"
             )));
         }
-        self.check_ttl(r.ttl_seconds)?;
-        let task = check_task(r.task.as_ref(), now)?;
         let allowed = self
             .authorize(
                 &caller,

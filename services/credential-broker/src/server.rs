@@ -422,6 +422,20 @@ impl BrokerServer {
         Ok(())
     }
 
+    /// The checks every issuance makes first: the identity, the TTL and
+    /// the task. Returns the task and the time of the request.
+    pub(crate) fn checked(
+        &self,
+        identity_id: &str,
+        ttl_seconds: u32,
+        task: Option<&pb::Task>,
+    ) -> Result<(Task, i64), Status> {
+        let now = now_ns();
+        uuid("identity_id", identity_id)?;
+        self.check_ttl(ttl_seconds)?;
+        Ok((check_task(task, now)?, now))
+    }
+
     /// Refuses a task window that has not started yet.
     fn started(task: &Task, now: i64) -> Result<(), Status> {
         if task.window_start_ns > now + NS {
@@ -989,8 +1003,7 @@ impl CredentialBroker for BrokerServer {
     ) -> Result<Response<pb::IssueX509SvidResponse>, Status> {
         let caller = caller(&request)?;
         let r = request.into_inner();
-        let now = now_ns();
-        uuid("identity_id", &r.identity_id)?;
+        let (task, now) = self.checked(&r.identity_id, r.ttl_seconds, r.task.as_ref())?;
         if r.csr.is_empty() {
             return Err(Status::invalid_argument(
                 "csr: is required (a DER PKCS#10 request; the private key stays with the caller)",
@@ -999,8 +1012,6 @@ impl CredentialBroker for BrokerServer {
         if r.csr.len() > 16 * 1024 {
             return Err(Status::invalid_argument("csr: at most 16 KiB"));
         }
-        self.check_ttl(r.ttl_seconds)?;
-        let task = check_task(r.task.as_ref(), now)?;
         let (lease, made) = self
             .issue(
                 &caller,
@@ -1024,11 +1035,8 @@ impl CredentialBroker for BrokerServer {
     ) -> Result<Response<pb::IssueJwtSvidResponse>, Status> {
         let caller = caller(&request)?;
         let r = request.into_inner();
-        let now = now_ns();
-        uuid("identity_id", &r.identity_id)?;
+        let (task, now) = self.checked(&r.identity_id, r.ttl_seconds, r.task.as_ref())?;
         check_audience(&r.audience)?;
-        self.check_ttl(r.ttl_seconds)?;
-        let task = check_task(r.task.as_ref(), now)?;
         let (lease, made) = self
             .issue(
                 &caller,
@@ -1053,11 +1061,8 @@ impl CredentialBroker for BrokerServer {
     ) -> Result<Response<pb::IssueApiTokenResponse>, Status> {
         let caller = caller(&request)?;
         let r = request.into_inner();
-        let now = now_ns();
-        uuid("identity_id", &r.identity_id)?;
+        let (task, now) = self.checked(&r.identity_id, r.ttl_seconds, r.task.as_ref())?;
         check_scopes(&r.scopes)?;
-        self.check_ttl(r.ttl_seconds)?;
-        let task = check_task(r.task.as_ref(), now)?;
         let (lease, made) = self
             .issue(
                 &caller,
@@ -1080,11 +1085,8 @@ impl CredentialBroker for BrokerServer {
     ) -> Result<Response<pb::IssueDatabaseCredentialResponse>, Status> {
         let caller = caller(&request)?;
         let r = request.into_inner();
-        let now = now_ns();
-        uuid("identity_id", &r.identity_id)?;
+        let (task, now) = self.checked(&r.identity_id, r.ttl_seconds, r.task.as_ref())?;
         text("template", &r.template, 64, true)?;
-        self.check_ttl(r.ttl_seconds)?;
-        let task = check_task(r.task.as_ref(), now)?;
         let (lease, made) = self
             .issue(
                 &caller,
