@@ -161,8 +161,26 @@ async fn spiffe_clients_get_svids_bundles_and_jwts_for_their_kernel_identity() {
     assert_eq!(second.spiffe_id(), first.spiffe_id());
     assert_ne!(second.leaf().as_bytes(), first.leaf().as_bytes());
 
-    // Every SVID is a lease held by the identity itself, with evidence.
+    // A CA rotation reaches the bundle stream: both roots for the overlap.
+    let mut bundle_stream = client.stream_x509_bundles().await.unwrap();
+    let before = bundle_stream.next().await.unwrap().unwrap();
+    assert_eq!(before.get(&trust_domain).unwrap().authorities().len(), 1);
     let mut operator = stack.broker_as(&stack.operator.clone()).await;
+    operator
+        .rotate_ca(broker::RotateCaRequest {
+            rotate_root: true,
+            reason: "drill".into(),
+        })
+        .await
+        .unwrap();
+    let after = tokio::time::timeout(Duration::from_secs(10), bundle_stream.next())
+        .await
+        .expect("a new bundle after the rotation")
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.get(&trust_domain).unwrap().authorities().len(), 2);
+
+    // Every SVID is a lease held by the identity itself, with evidence.
     let leases = operator
         .list_leases(broker::ListLeasesRequest {
             identity_id: identity.id.clone(),

@@ -16,12 +16,13 @@ use crate::server::lease_record;
 use crate::store::writer::{Change, RevocationEvidence, Writer};
 use crate::store::{Lease, LeaseState, Store};
 
-/// Leases ended per change.
-pub const BATCH: usize = 500;
+/// Leases ended per change: small enough that the transaction it shares
+/// with queued issuance stays short.
+pub const BATCH: usize = 200;
 /// How often the reaper looks when there is nothing to do.
 const IDLE: Duration = Duration::from_millis(500);
-/// The pause between full batches.
-const BETWEEN_BATCHES: Duration = Duration::from_millis(5);
+/// The pause between full batches, leaving the writer to issuance.
+const BETWEEN_BATCHES: Duration = Duration::from_millis(10);
 
 pub async fn run(
     store: Store,

@@ -53,6 +53,9 @@ pub struct Shared {
     pub authorities: std::sync::RwLock<Arc<Authorities>>,
     /// How generated CA certificates live (for rotations).
     pub ca_config: crate::config::CaConfig,
+    /// Counts CA rotations: the Workload API's streams resend bundles and
+    /// SVIDs when it moves.
+    pub rotated: tokio::sync::watch::Sender<u64>,
     pub authority: AuthorityServiceClient<Channel>,
     /// For risk signals (a rotation whose revocation was not confirmed).
     pub inventory: InventoryServiceClient<Channel>,
@@ -92,6 +95,11 @@ impl BrokerServer {
     /// credential they signed can live.
     pub fn overlap(&self) -> time::Duration {
         time::Duration::seconds(i64::try_from(self.shared.ttl.max).unwrap_or(i64::MAX))
+    }
+
+    /// Changes whenever the CA is rotated.
+    pub fn ca_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.rotated.subscribe()
     }
 
     /// The lease writer (and its live revocation feed).
@@ -988,6 +996,7 @@ impl CredentialBroker for BrokerServer {
             .authorities
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(reloaded);
+        self.shared.rotated.send_modify(|n| *n += 1);
         let bundle = self
             .get_trust_bundle(Request::new(pb::GetTrustBundleRequest {}))
             .await?

@@ -13,8 +13,9 @@
 //! principal, its identity as resource), the lease and its evidence commit
 //! together. The broker generates the X.509-SVID's key (the Workload API
 //! hands keys to workloads), and `FetchX509SVID` streams a fresh SVID at
-//! half its lifetime, or at once when one of the workload's leases is
-//! revoked.
+//! half its lifetime, at once when one of the workload's leases is
+//! revoked, and after a CA rotation; the bundle streams resend after a CA
+//! rotation.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -215,16 +216,27 @@ impl WorkloadApi {
         }
     }
 
-    /// Sends `first`, then holds the stream open until the client leaves
-    /// or the server stops.
-    fn once_then_hold<T: Send + 'static>(&self, first: T) -> Stream_<T> {
+    /// Streams `make()` now and again after every CA rotation, until the
+    /// client leaves or the server stops.
+    fn bundles<T, F>(&self, make: F) -> Stream_<T>
+    where
+        T: Send + 'static,
+        F: Fn(&WorkloadApi) -> Result<T, Status> + Send + 'static,
+    {
         let (tx, rx) = mpsc::channel(1);
         let stopped = self.stopped();
+        let mut changes = self.broker.ca_changes();
+        let api = self.clone();
         tokio::spawn(async move {
-            if tx.send(Ok(first)).await.is_ok() {
+            tokio::pin!(stopped);
+            loop {
+                if tx.send(make(&api)).await.is_err() {
+                    return;
+                }
                 tokio::select! {
-                    () = tx.closed() => {}
-                    () = stopped => {}
+                    () = tx.closed() => return,
+                    () = &mut stopped => return,
+                    changed = changes.changed() => if changed.is_err() { return },
                 }
             }
         });
@@ -272,6 +284,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         let (tx, rx) = mpsc::channel(2);
         let api = self.clone();
         let mut revocations = self.broker.writer().subscribe();
+        let mut ca_changes = self.broker.ca_changes();
         let stopped = self.stopped();
         tokio::spawn(async move {
             tokio::pin!(stopped);
@@ -287,6 +300,8 @@ impl SpiffeWorkloadApi for WorkloadApi {
                         () = tx.closed() => return,
                         () = &mut stopped => return,
                         () = &mut deadline => break,
+                        // A rotated CA: new SVIDs from the new intermediate.
+                        changed = ca_changes.changed() => if changed.is_err() { return } else { break },
                         revoked = revocations.recv() => match revoked {
                             Ok(entry) if leases.contains(&entry.lease.lease_id) => break,
                             Ok(_) => {}
@@ -326,13 +341,14 @@ impl SpiffeWorkloadApi for WorkloadApi {
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         let selectors = Self::attest(&request)?;
         self.entries(selectors).await?;
-        let response = pb::X509BundlesResponse {
-            crl: Vec::new(),
-            bundles: [(self.trust_domain_id(), self.bundle())]
-                .into_iter()
-                .collect(),
-        };
-        Ok(Response::new(self.once_then_hold(response)))
+        Ok(Response::new(self.bundles(|api| {
+            Ok(pb::X509BundlesResponse {
+                crl: Vec::new(),
+                bundles: [(api.trust_domain_id(), api.bundle())]
+                    .into_iter()
+                    .collect(),
+            })
+        })))
     }
 
     async fn fetch_jwtsvid(
@@ -389,12 +405,13 @@ impl SpiffeWorkloadApi for WorkloadApi {
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         let selectors = Self::attest(&request)?;
         self.entries(selectors).await?;
-        let jwks = serde_json::to_vec(&self.broker.authorities().jwks)
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let response = pb::JwtBundlesResponse {
-            bundles: [(self.trust_domain_id(), jwks)].into_iter().collect(),
-        };
-        Ok(Response::new(self.once_then_hold(response)))
+        Ok(Response::new(self.bundles(|api| {
+            let jwks = serde_json::to_vec(&api.broker.authorities().jwks)
+                .map_err(|e| Status::internal(e.to_string()))?;
+            Ok(pb::JwtBundlesResponse {
+                bundles: [(api.trust_domain_id(), jwks)].into_iter().collect(),
+            })
+        })))
     }
 
     async fn validate_jwtsvid(
