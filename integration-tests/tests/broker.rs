@@ -260,6 +260,17 @@ async fn x509_svids_come_from_csrs_under_policy_as_recorded_leases() {
         .unwrap();
     assert!((598..=600).contains(&lifetime(&windowed)), "{windowed:?}");
 
+    // An SVID carries its own expiry: its lease is not renewable.
+    let err = soar
+        .renew_lease(pb::RenewLeaseRequest {
+            lease_id: lease.lease_id.clone(),
+            ttl_seconds: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("not renewable"), "{err:?}");
+
     // A caller outside the issuers' allowlist never reaches the handler.
     let mut workload = stack.broker_caller("/workload/sidecar").await;
     let err = workload
@@ -593,6 +604,123 @@ async fn api_tokens_are_shown_once_introspected_renewed_and_revoked_as_watchers_
         assert_eq!(event.incident_ref, "INC-10");
     }
 
+    // By identity and by holder too; a bulk revocation needs a selector.
+    let err = soar
+        .revoke_leases(pb::RevokeLeasesRequest {
+            selector: None,
+            reason: "x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("selector:"), "{err:?}");
+    let err = soar
+        .revoke_leases(pb::RevokeLeasesRequest {
+            selector: Some(pb::revoke_leases_request::Selector::Holder(
+                "not a spiffe id".into(),
+            )),
+            reason: "x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(err.message().starts_with("holder:"), "{err:?}");
+    let by_holder = soar
+        .revoke_leases(pb::RevokeLeasesRequest {
+            selector: Some(pb::revoke_leases_request::Selector::Holder(
+                "spiffe://steward.test/automation/other".into(),
+            )),
+            reason: "nothing of theirs".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(by_holder.lease_ids.is_empty());
+
+    // Listing pages through the leases, oldest first; bad filters are named.
+    let mut seen = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = soar
+            .list_leases(pb::ListLeasesRequest {
+                identity_id: identity.id.clone(),
+                page_size: 2,
+                page_token: page_token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        seen.extend(page.leases.into_iter().map(|l| l.lease_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(seen.len(), 5);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]));
+    let active = soar
+        .list_leases(pb::ListLeasesRequest {
+            identity_id: identity.id.clone(),
+            state: pb::LeaseState::Active as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .leases;
+    assert_eq!(active.len(), 1, "only INC-11's token is live");
+    for (request, field) in [
+        (
+            pb::ListLeasesRequest {
+                state: 9,
+                ..Default::default()
+            },
+            "state:",
+        ),
+        (
+            pb::ListLeasesRequest {
+                page_size: 5000,
+                ..Default::default()
+            },
+            "page_size:",
+        ),
+        (
+            pb::ListLeasesRequest {
+                page_token: "x".into(),
+                ..Default::default()
+            },
+            "page_token:",
+        ),
+    ] {
+        let err = soar.list_leases(request).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().starts_with(field), "{field}: {err:?}");
+    }
+    let err = resource_server
+        .introspect(pb::IntrospectRequest {
+            token: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert!(err.message().starts_with("token:"), "{err:?}");
+
+    // By identity: the last live one.
+    let by_identity = soar
+        .revoke_leases(pb::RevokeLeasesRequest {
+            selector: Some(pb::revoke_leases_request::Selector::IdentityId(
+                identity.id.clone(),
+            )),
+            reason: "identity retired".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        by_identity.lease_ids,
+        [other.lease.as_ref().unwrap().lease_id.clone()]
+    );
+    assert!(!introspect(&mut resource_server, &other.token).await);
+
     // A watcher that starts later replays the whole log, in order.
     let replay: Vec<pb::Revocation> = resource_server
         .watch_revocations(pb::WatchRevocationsRequest {
@@ -601,23 +729,23 @@ async fn api_tokens_are_shown_once_introspected_renewed_and_revoked_as_watchers_
         .await
         .unwrap()
         .into_inner()
-        .take(4)
+        .take(5)
         .map(Result::unwrap)
         .collect()
         .await;
     let sequences: Vec<u64> = replay.iter().map(|r| r.sequence).collect();
-    assert_eq!(sequences, [1, 2, 3, 4]);
+    assert_eq!(sequences, [1, 2, 3, 4, 5]);
     assert_eq!(replay[0].lease_id, lease.lease_id);
 
     // Each revocation is evidence.
     let entries = stack
-        .evidence_of(&identity.id, "credential.revoke", 4)
+        .evidence_of(&identity.id, "credential.revoke", 5)
         .await;
     let revocations = entries
         .iter()
         .filter(|e| e.record.as_ref().unwrap().action == "credential.revoke")
         .count();
-    assert_eq!(revocations, 4);
+    assert_eq!(revocations, 5);
 }
 
 #[tokio::test]
@@ -883,13 +1011,30 @@ async fn closing_an_incident_revokes_its_leases_even_after_a_broker_outage() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let lease = watcher
+    // The lease records why it ended (the operator reads it; workloads may
+    // not read leases).
+    let lease_id = pending.lease.unwrap().lease_id;
+    let refused = watcher
         .get_lease(pb::GetLeaseRequest {
-            lease_id: pending.lease.unwrap().lease_id,
+            lease_id: lease_id.clone(),
         })
-        .await;
-    // Workloads may not read leases; the operator may.
-    assert_eq!(lease.unwrap_err().code(), Code::PermissionDenied);
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    let mut operator = stack.broker_as(&stack.operator.clone()).await;
+    let lease = operator
+        .get_lease(pb::GetLeaseRequest { lease_id })
+        .await
+        .unwrap()
+        .into_inner()
+        .lease
+        .unwrap();
+    assert_eq!(lease.state, pb::LeaseState::Revoked as i32);
+    assert_eq!(lease.revoked_by, "spiffe://steward.test/service/authority");
+    assert!(
+        lease.revoke_reason.starts_with("incident INC-44 closed"),
+        "{lease:?}"
+    );
 }
 
 fn rotate(
@@ -1020,6 +1165,13 @@ async fn rotation_replaces_credentials_and_confirms_the_old_ones_are_rejected() 
     assert_eq!(rotated.x509_svid.len(), 2);
 
     // Bad input changes nothing.
+    let err = soar
+        .get_rotation(pb::GetRotationRequest {
+            rotation_id: uuid::Uuid::now_v7().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
     let mut bad = rotate(&identity.id, pb::CredentialKind::Unspecified, 0, "INC-5");
     let err = soar.rotate(bad.clone()).await.unwrap_err();
     assert!(err.message().starts_with("kind:"), "{err:?}");

@@ -505,4 +505,25 @@ mod tests {
         other.kid = key.kid().to_owned();
         other
     }
+
+    #[test]
+    fn an_empty_issuer_accepts_only_tokens_without_one() {
+        let key = key();
+        let keys = keys_of(&key);
+        let no_issuer = Validation {
+            issuer: String::new(),
+            ..validation()
+        };
+        let mut claims = good();
+        claims.remove("iss");
+        let token = key.sign("JWT", &claims).unwrap();
+        let verified = verify(&token, &keys, &no_issuer, 1_500).unwrap();
+        assert_eq!(verified.issuer, "");
+        // A token that names an issuer is not a JWT-SVID.
+        let token = key.sign("JWT", &good()).unwrap();
+        assert!(verify(&token, &keys, &no_issuer, 1_500).is_err());
+        // And a configured issuer still requires it.
+        let token = key.sign("JWT", &claims).unwrap();
+        assert!(verify(&token, &keys, &validation(), 1_500).is_err());
+    }
 }

@@ -298,11 +298,6 @@ impl CaHierarchy {
         self.root.not_after
     }
 
-    /// The current intermediate, DER.
-    pub fn intermediate_der(&self) -> &[u8] {
-        &self.intermediate.cert_der
-    }
-
     /// When the current intermediate expires.
     pub fn intermediate_not_after(&self) -> OffsetDateTime {
         self.intermediate.not_after

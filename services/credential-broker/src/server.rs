@@ -814,12 +814,13 @@ impl BrokerServer {
         reason: &str,
         decided: bool,
     ) -> Result<Vec<Lease>, Status> {
-        let mut identities: Vec<&str> = leases.iter().map(|l| l.identity_id.as_str()).collect();
+        let mut identities: Vec<&str> = if decided {
+            Vec::new()
+        } else {
+            leases.iter().map(|l| l.identity_id.as_str()).collect()
+        };
         identities.sort_unstable();
         identities.dedup();
-        if decided {
-            identities.clear();
-        }
         let now = now_ns();
         for identity in identities {
             // The task is the lease's own incident; revoking ends now.
@@ -1240,22 +1241,14 @@ impl CredentialBroker for BrokerServer {
             .await
             .map_err(store_status)?;
         let now = now_ns();
-        if !lease.live(now) {
-            return Err(Status::failed_precondition(format!(
-                "lease_id: lease {} is {}; only an active lease can be renewed",
-                lease.lease_id,
-                if lease.state == LeaseState::Active {
-                    "expired"
-                } else {
-                    lease.state.as_str()
-                }
-            )));
-        }
-        if !lease.renewable {
-            return Err(Status::failed_precondition(format!(
-                "lease_id: a {} lease is not renewable; issue a new credential",
-                lease.kind.as_str()
-            )));
+        let ttl = if r.ttl_seconds == 0 {
+            lease.ttl_seconds
+        } else {
+            i64::from(r.ttl_seconds)
+        };
+        // Refused before authority is asked: a policy cap only shortens it.
+        if let Some(why) = lease.renewal_refused(now, now.saturating_add(ttl.saturating_mul(NS))) {
+            return Err(Status::failed_precondition(why));
         }
         let task = Task {
             incident_ref: lease.incident_ref.clone(),
@@ -1263,11 +1256,6 @@ impl CredentialBroker for BrokerServer {
             window_end_ns: lease.window_end_ns,
             reason: format!("renew lease {}", lease.lease_id),
             correlation_id: String::new(),
-        };
-        let ttl = if r.ttl_seconds == 0 {
-            lease.ttl_seconds
-        } else {
-            i64::from(r.ttl_seconds)
         };
         let allowed = self
             .authorize(
@@ -1278,21 +1266,10 @@ impl CredentialBroker for BrokerServer {
                 u64::try_from(ttl).unwrap_or(0),
             )
             .await?;
-        let mut ttl = ttl;
-        if let Some(cap) = allowed.max_ttl() {
-            ttl = ttl.min(i64::try_from(cap).unwrap_or(i64::MAX));
-        }
+        let ttl = allowed
+            .max_ttl()
+            .map_or(ttl, |cap| ttl.min(i64::try_from(cap).unwrap_or(i64::MAX)));
         let expires_at_ns = now.saturating_add(ttl.saturating_mul(NS));
-        if expires_at_ns > lease.max_expires_at_ns {
-            return Err(Status::failed_precondition(format!(
-                "ttl_seconds: renewing for {ttl} s would outlive the lease's max TTL (it ends at {})",
-                time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(
-                    lease.max_expires_at_ns
-                ))
-                .map(|t| t.to_string())
-                .unwrap_or_default()
-            )));
-        }
         let decision_id = allowed.decision.decision_id.clone();
         let evidence = Box::new(move |lease: &Lease| {
             let mut record = lease_record(lease, &caller, "credential.renew");

@@ -130,6 +130,38 @@ impl Lease {
     pub fn live(&self, now_ns: i64) -> bool {
         self.state == LeaseState::Active && self.expires_at_ns > now_ns
     }
+
+    /// Why this lease cannot be renewed to expire at `expires_at_ns`
+    /// (`None`: it can). Checked before authority is asked, and again by
+    /// the writer inside the renewal's transaction.
+    pub fn renewal_refused(&self, now_ns: i64, expires_at_ns: i64) -> Option<String> {
+        if !self.live(now_ns) {
+            let state = match self.state {
+                LeaseState::Active => "expired",
+                other => other.as_str(),
+            };
+            return Some(format!(
+                "lease_id: lease {} is {state}; only an active lease can be renewed",
+                self.lease_id
+            ));
+        }
+        if !self.renewable {
+            return Some(format!(
+                "lease_id: a {} lease is not renewable; issue a new credential",
+                self.kind.as_str()
+            ));
+        }
+        if expires_at_ns > self.max_expires_at_ns {
+            let until =
+                time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.max_expires_at_ns))
+                    .map(|t| t.to_string())
+                    .unwrap_or_default();
+            return Some(format!(
+                "ttl_seconds: the renewal would outlive the lease's max TTL (it ends at {until})"
+            ));
+        }
+        None
+    }
 }
 
 const LEASE_COLUMNS: &str = "lease_id, identity_id, kind, holder, spiffe_id, incident_ref, \
@@ -447,24 +479,6 @@ impl Store {
             }
         });
         Ok(leases)
-    }
-
-    /// Ids of active leases matching `filter`, at most `limit`.
-    pub async fn active_ids(
-        &self,
-        filter: &LeaseFilter,
-        limit: usize,
-    ) -> Result<Vec<String>, StoreError> {
-        let filter = LeaseFilter {
-            state: Some(LeaseState::Active),
-            ..filter.clone()
-        };
-        Ok(self
-            .list(&filter, "", limit)
-            .await?
-            .into_iter()
-            .map(|l| l.lease_id)
-            .collect())
     }
 
     /// Active leases that expired at or before `now_ns`, soonest first.

@@ -12,7 +12,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use crate::server::{lease_to_pb, store_status};
+use crate::server::{kind_to_pb, store_status, timestamp};
 use crate::store::writer::Writer;
 use crate::store::{LeaseState, RevocationEntry, Store, StoreError};
 
@@ -41,20 +41,20 @@ pub async fn stream(
 }
 
 fn to_pb(entry: &RevocationEntry) -> pb::Revocation {
-    let lease = lease_to_pb(&entry.lease);
+    let lease = &entry.lease;
     pb::Revocation {
         sequence: u64::try_from(entry.sequence).unwrap_or(0),
-        lease_id: lease.lease_id,
-        identity_id: lease.identity_id,
-        kind: lease.kind,
-        credential_ref: lease.credential_ref,
-        spiffe_id: lease.spiffe_id,
-        incident_ref: lease.incident_ref,
+        lease_id: lease.lease_id.clone(),
+        identity_id: lease.identity_id.clone(),
+        kind: kind_to_pb(lease.kind),
+        credential_ref: lease.credential_ref.clone(),
+        spiffe_id: lease.spiffe_id.clone(),
+        incident_ref: lease.incident_ref.clone(),
         state: match entry.state {
             LeaseState::Expired => pb::LeaseState::Expired as i32,
             _ => pb::LeaseState::Revoked as i32,
         },
-        revoke_time: lease.revoke_time,
+        revoke_time: timestamp(entry.revoked_at_ns),
         reason: entry.reason.clone(),
     }
 }

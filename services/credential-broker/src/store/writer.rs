@@ -199,15 +199,8 @@ impl Store {
                             None => Err(StoreError::NotFound(format!(
                                 "lease_id: lease {lease_id} does not exist"
                             ))),
-                            Some(lease) if !lease.live(now_ns) => Err(StoreError::FailedPrecondition(format!(
-                                "lease_id: lease {lease_id} is {}; only an active lease can be renewed",
-                                if lease.state == LeaseState::Active { "expired" } else { lease.state.as_str() }
-                            ))),
-                            Some(lease) if expires_at_ns > lease.max_expires_at_ns => {
-                                Err(StoreError::FailedPrecondition(format!(
-                                    "ttl_seconds: the renewal would outlive the lease's max TTL (it may live until {} ns)",
-                                    lease.max_expires_at_ns
-                                )))
+                            Some(lease) if let Some(why) = lease.renewal_refused(now_ns, expires_at_ns) => {
+                                Err(StoreError::FailedPrecondition(why))
                             }
                             Some(mut lease) => {
                                 sqlx::query::<Db>("UPDATE leases SET expires_at_ns = $1 WHERE lease_id = $2")
