@@ -55,6 +55,7 @@ fn ask(
         action: action.into(),
         resource_id: resource.into(),
         context: Some(context),
+        ..Default::default()
     }
 }
 
@@ -480,6 +481,7 @@ async fn bad_requests_are_refused_precisely_and_inventory_down_fails_closed() {
                 action: "issue".into(),
                 resource_id: nhi.clone(),
                 context: None,
+                ..Default::default()
             },
             "principal",
         ),
@@ -688,4 +690,63 @@ async fn cached_facts_never_hide_a_write_that_returned() {
         .await
         .unwrap();
     assert_eq!(effect(&mut broker).await, pb::Effect::Deny as i32);
+}
+
+/// ADR 0012: the credential broker may leave an ALLOW to the record of its
+/// outcome; any other caller asking for that still gets its decision
+/// recorded by authority, and so does a DENY the broker asks for.
+#[tokio::test]
+async fn only_the_broker_records_an_allow_with_its_outcome() {
+    let stack = TestStack::start().await;
+    let mut inventory = stack.inventory().await;
+    let nhi = create(&mut inventory, spec("ledger-export-token")).await.id;
+    let mut client = authority(&stack).await;
+    site(&mut client).await;
+    let with_outcome = |principal: &str| pb::AuthorizeRequest {
+        decision_evidence: pb::DecisionEvidence::WithOutcome as i32,
+        ..ask(
+            workload(principal),
+            "issue",
+            &nhi,
+            pb::RequestContext {
+                incident_ref: "INC-7".into(),
+                ..Default::default()
+            },
+        )
+    };
+    let decide = |mut caller: AuthorityServiceClient<Channel>, request: pb::AuthorizeRequest| async move {
+        caller
+            .authorize(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .decision
+            .unwrap()
+    };
+
+    let broker = authority_as(&stack, "/service/credential-broker").await;
+    let left = decide(broker.clone(), with_outcome("/service/credential-broker")).await;
+    assert_eq!(left.effect, pb::Effect::Allow as i32);
+    assert!(left.recorded_with_outcome, "{left:?}");
+    let denied = decide(broker, with_outcome("/automation/soar")).await;
+    assert_eq!(denied.effect, pb::Effect::Deny as i32);
+    assert!(!denied.recorded_with_outcome);
+    let soar = authority_as(&stack, "/automation/soar").await;
+    let by_another = decide(soar, with_outcome("/service/credential-broker")).await;
+    assert_eq!(by_another.effect, pb::Effect::Allow as i32);
+    assert!(!by_another.recorded_with_outcome);
+
+    // Authority's outbox delivers in order: once the last decision is in
+    // the log, the first would be too had authority recorded it.
+    let evidence = stack.evidence_of(&nhi, "decision.authorize", 2).await;
+    let recorded: Vec<&str> = evidence
+        .iter()
+        .filter_map(|e| e.record.as_ref())
+        .filter(|r| r.action == "decision.authorize")
+        .map(|r| r.record_id.as_str())
+        .collect();
+    assert_eq!(
+        recorded,
+        vec![denied.decision_id.as_str(), by_another.decision_id.as_str()]
+    );
 }

@@ -80,6 +80,7 @@ fn ask(action: &str, resource: &str, context: pb::RequestContext) -> pb::Authori
         action: action.into(),
         resource_id: resource.into(),
         context: Some(context),
+        ..Default::default()
     }
 }
 
@@ -697,6 +698,7 @@ async fn break_glass_is_for_named_principals_recorded_and_reviewed_by_owners() {
         action: "suspend".into(),
         resource_id: nhi.clone(),
         context: Some(context("INC-42")),
+        ..Default::default()
     };
     let allowed = ops
         .authorize(bearer(suspend, &oncall))

@@ -10,6 +10,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use steward_integration_tests::TestStack;
 use steward_integration_tests::broker::{BROKER_POLICIES, SOAR, csr, in_seconds, task};
+use steward_proto::steward::audit::v1 as audit;
 use steward_proto::steward::broker::v1 as pb;
 use steward_proto::steward::inventory::v1 as inventory;
 use tokio_stream::StreamExt;
@@ -1286,4 +1287,98 @@ async fn a_rotation_that_needs_approval_proceeds_once_the_owner_approves() {
         !rotated.lease.unwrap().grant_id.is_empty(),
         "the approval's grant was used"
     );
+}
+
+/// ADR 0012: an issuance's decision and its outcome are one evidence
+/// record, whose id is the decision's; an allowed issuance the broker then
+/// refuses is recorded as failed, with the decision; other decisions
+/// (revocation) stay authority's own records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuance_and_its_decision_are_one_record_and_a_refusal_is_recorded() {
+    let stack = TestStack::start().await;
+    stack.activate_policies(BROKER_POLICIES, true).await;
+    let identity = stack.workload_identity("ledger-sync", "production").await;
+    let mut soar = stack.broker_caller(SOAR).await;
+    let key = p256();
+    let lease = soar
+        .issue_x509_svid(x509(
+            &identity.id,
+            csr(&key, &[&identity.spiffe_id], false),
+            0,
+            task("INC-7"),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .lease
+        .unwrap();
+    // Authority allows; the CSR names another SPIFFE ID, so nothing is issued.
+    let refused = soar
+        .issue_x509_svid(x509(
+            &identity.id,
+            csr(&key, &["spiffe://steward.test/workload/other"], false),
+            0,
+            task("INC-7"),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    soar.revoke_lease(pb::RevokeLeaseRequest {
+        lease_id: lease.lease_id.clone(),
+        reason: "done".into(),
+    })
+    .await
+    .unwrap();
+
+    // Authority's revocation decision comes after the issuances' decisions
+    // in its ordered outbox: once it is in the log, a separate issue
+    // decision would be too.
+    stack
+        .evidence_of(&identity.id, "decision.authorize", 1)
+        .await;
+    let entries = stack
+        .evidence_of(&identity.id, "credential.revoke", 1)
+        .await;
+    let records: Vec<_> = entries.iter().filter_map(|e| e.record.as_ref()).collect();
+    let decisions: Vec<_> = records
+        .iter()
+        .filter(|r| r.action == "decision.authorize")
+        .map(|r| r.attributes["requested_action"].as_str())
+        .collect();
+    assert_eq!(decisions, vec!["revoke"], "{records:#?}");
+
+    let issues: Vec<_> = records
+        .iter()
+        .filter(|r| r.action == "credential.issue")
+        .collect();
+    assert_eq!(issues.len(), 2, "{issues:#?}");
+    let issued = issues
+        .iter()
+        .find(|r| r.record_id == lease.decision_id)
+        .expect("the issuance's record carries the decision's id");
+    assert_eq!(issued.target.as_ref().unwrap().lease_id, lease.lease_id);
+    assert_eq!(issued.attributes["decision_id"], lease.decision_id);
+    assert_eq!(issued.attributes["max_ttl_seconds"], "1800");
+    let d = issued.decision.as_ref().unwrap();
+    assert_eq!(d.effect, audit::Effect::Allow as i32);
+    assert!(!d.policy_set_version.is_empty() && !d.policy_ids.is_empty());
+    assert_eq!(
+        issued.outcome.as_ref().unwrap().status,
+        audit::OutcomeStatus::Succeeded as i32
+    );
+
+    let failed = issues
+        .iter()
+        .find(|r| r.record_id != lease.decision_id)
+        .unwrap();
+    let outcome = failed.outcome.as_ref().unwrap();
+    assert_eq!(outcome.status, audit::OutcomeStatus::Failed as i32);
+    assert!(outcome.reason.contains("csr"), "{outcome:?}");
+    assert_eq!(failed.attributes["decision_id"], failed.record_id);
+    assert_eq!(
+        failed.decision.as_ref().unwrap().effect,
+        audit::Effect::Allow as i32
+    );
+    assert!(failed.target.as_ref().unwrap().lease_id.is_empty());
+    assert_eq!(failed.incident_ref, "INC-7");
 }

@@ -25,7 +25,7 @@ use steward_evidence::record::{EvidenceRecord, FieldError};
 use steward_evidence::wire::record_to_proto;
 
 pub use batcher::Batcher;
-pub use forwarder::{Forwarder, ForwarderOptions, OutboxStats};
+pub use forwarder::{Forwarder, ForwarderOptions, OutboxStats, WriteGate};
 
 /// The outbox table on SQLite.
 pub const SQLITE_SQL: &str = "CREATE TABLE evidence_outbox (

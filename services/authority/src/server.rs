@@ -596,6 +596,7 @@ fn decision_to_pb(
             spiffe_id: request.resource.spiffe_id.clone(),
             kind: request.resource.kind.clone(),
         }),
+        recorded_with_outcome: false,
     }
 }
 
@@ -1131,6 +1132,18 @@ impl AuthorityServer {
     /// Authorize: decide with each grant that covers the request (its
     /// approvals, or break-glass) and spend the one an ALLOW used; with no
     /// grant, decide bare, and open an approval request when one is needed.
+    /// Whether the caller records an ALLOW in its outcome's evidence
+    /// record instead of authority recording it (ADR 0012): only when it
+    /// asks, and only Steward's own credential broker, acting for no human.
+    fn records_with_outcome(&self, r: &pb::AuthorizeRequest, actor: &Actor) -> bool {
+        r.decision_evidence == pb::DecisionEvidence::WithOutcome as i32
+            && actor.human_subject.is_empty()
+            && SpiffeId::parse(&actor.workload).is_ok_and(|id| {
+                id.trust_domain() == self.own_trust_domain()
+                    && id.path() == "/service/credential-broker"
+            })
+    }
+
     async fn authorize_with_grants(
         &self,
         r: &pb::AuthorizeRequest,
@@ -1262,17 +1275,21 @@ impl AuthorityServer {
         if !approval_request_id.is_empty() {
             evidence.decision.approval_ids = vec![approval_request_id.clone()];
         }
-        let recorded = if self.shared.config.durable_decisions {
-            self.evidence.record(evidence).await
-        } else {
-            self.evidence.record_queued(evidence).await
-        };
-        recorded.map_err(|e| {
-            tracing::error!(error = %e, "decision evidence not recorded");
-            Status::unavailable("the decision could not be recorded; retry")
-        })?;
+        let with_outcome = decision.effect == Effect::Allow && self.records_with_outcome(r, actor);
+        if !with_outcome {
+            let recorded = if self.shared.config.durable_decisions {
+                self.evidence.record(evidence).await
+            } else {
+                self.evidence.record_queued(evidence).await
+            };
+            recorded.map_err(|e| {
+                tracing::error!(error = %e, "decision evidence not recorded");
+                Status::unavailable("the decision could not be recorded; retry")
+            })?;
+        }
         let mut out = decision_to_pb(&decision, &request, active.version, &id);
         out.approval_request_id = approval_request_id;
+        out.recorded_with_outcome = with_outcome;
         Ok(out)
     }
 

@@ -178,9 +178,19 @@ async fn routes(context: ServiceContext, config: BrokerConfig) -> Result<Routes,
     )
     .await
     .map_err(StartError::Init)?;
-    let forwarder = Forwarder::spawn(&context, ForwarderOptions::default())?;
+    // On SQLite the lease writer and the forwarder's settles take turns
+    // through one gate instead of meeting SQLite's sleeping busy handler.
+    let gate = matches!(context.database, steward_db::Database::Sqlite(_))
+        .then(|| steward_outbox::WriteGate::default());
+    let forwarder = Forwarder::spawn(
+        &context,
+        ForwarderOptions {
+            write_gate: gate.clone(),
+            ..ForwarderOptions::default()
+        },
+    )?;
     let (writer, task) =
-        store::writer::Writer::start(store.clone(), Some(forwarder), context.shutdown())
+        store::writer::Writer::start(store.clone(), Some(forwarder), gate, context.shutdown())
             .await
             .map_err(|e| StartError::Init(e.to_string()))?;
     context.spawn(task);
@@ -190,7 +200,19 @@ async fn routes(context: ServiceContext, config: BrokerConfig) -> Result<Routes,
         own,
         context.shutdown(),
     ));
-    let authority = context.peer_channel("authority", &context.peers.authority)?;
+    // Every issuance asks authority: several connections, so that one
+    // HTTP/2 connection's task does not carry every decision.
+    let authority_client = || {
+        context
+            .peer_channel("authority", &context.peers.authority)
+            .map(AuthorityServiceClient::new)
+    };
+    let authority = server::Peers::new(
+        authority_client()?,
+        (1..server::AUTHORITY_CONNECTIONS)
+            .map(|_| authority_client())
+            .collect::<Result<Vec<_>, _>>()?,
+    );
     let inventory = context.peer_channel("inventory", &context.peers.inventory)?;
     let shared = Arc::new(server::Shared {
         own: context.spiffe_id.clone(),
@@ -199,7 +221,7 @@ async fn routes(context: ServiceContext, config: BrokerConfig) -> Result<Routes,
         authorities: std::sync::RwLock::new(Arc::new(authorities)),
         ca_config: config.ca.clone(),
         rotated: tokio::sync::watch::channel(0).0,
-        authority: AuthorityServiceClient::new(authority),
+        authority,
         inventory: InventoryServiceClient::new(inventory.clone()),
         ttl: config.ttl,
         random: ring::rand::SystemRandom::new(),

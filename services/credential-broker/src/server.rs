@@ -15,7 +15,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::rand::{SecureRandom, SystemRandom};
 use steward_evidence::EvidenceRecord;
-use steward_evidence::record::{Effect as EvidenceEffect, MAX_REASON, truncate_utf8};
+use steward_evidence::record::{
+    Effect as EvidenceEffect, MAX_REASON, OutcomeStatus, truncate_utf8,
+};
 use steward_identity::{PeerIdentity, SpiffeId};
 use steward_proto::steward::authority::v1 as authority_pb;
 use steward_proto::steward::authority::v1::authority_service_client::AuthorityServiceClient;
@@ -56,7 +58,7 @@ pub struct Shared {
     /// Counts CA rotations: the Workload API's streams resend bundles and
     /// SVIDs when it moves.
     pub rotated: tokio::sync::watch::Sender<u64>,
-    pub authority: AuthorityServiceClient<Channel>,
+    pub authority: Peers<AuthorityServiceClient<Channel>>,
     /// For risk signals (a rotation whose revocation was not confirmed).
     pub inventory: InventoryServiceClient<Channel>,
     /// The external credential backend, if one is configured.
@@ -284,6 +286,31 @@ impl Made {
     }
 }
 
+/// Connections to authority.
+pub const AUTHORITY_CONNECTIONS: usize = 4;
+
+/// Clients of one peer over several connections, taken in turn.
+#[derive(Debug)]
+pub struct Peers<C> {
+    clients: Vec<C>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl<C: Clone> Peers<C> {
+    pub fn new(first: C, more: impl IntoIterator<Item = C>) -> Self {
+        Self {
+            clients: std::iter::once(first).chain(more).collect(),
+            next: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// The next connection's client.
+    pub fn next(&self) -> C {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.clients[n % self.clients.len()].clone()
+    }
+}
+
 /// What authority allowed.
 #[derive(Debug)]
 pub(crate) struct Allowed {
@@ -292,6 +319,39 @@ pub(crate) struct Allowed {
 }
 
 impl Allowed {
+    /// Puts the decision into the evidence record of its outcome. When
+    /// authority left the decision to this record, the record takes the
+    /// decision's id and what authority's own record would have said.
+    fn carry(&self, record: &mut EvidenceRecord, task: &Task) {
+        let d = &self.decision;
+        record.target.nhi_kind = truncate_utf8(self.facts.kind.clone(), 256);
+        record.decision.policy_set_version = d.policy_set_version.to_string();
+        record.decision.effect = EvidenceEffect::Allow;
+        record.decision.policy_ids = d.policy_ids.iter().take(64).cloned().collect();
+        if !d.grant_id.is_empty() {
+            record.decision.approval_ids = vec![d.grant_id.clone()];
+        }
+        record.correlation_id = truncate_utf8(task.correlation_id.clone(), 256);
+        record.outcome.reason = truncate_utf8(task.reason.clone(), MAX_REASON);
+        if d.recorded_with_outcome
+            && let Ok(id) = Uuid::parse_str(&d.decision_id)
+        {
+            record.record_id = id;
+            let a = &mut record.attributes;
+            a.insert("decision_id".into(), d.decision_id.clone());
+            a.insert(
+                "decision_reason".into(),
+                truncate_utf8(d.reason.clone(), 1024),
+            );
+            if let Some(ttl) = self.max_ttl() {
+                a.insert("max_ttl_seconds".into(), ttl.to_string());
+            }
+            if let Some(o) = d.obligations.as_ref().filter(|o| !o.duties.is_empty()) {
+                a.insert("duties".into(), truncate_utf8(o.duties.join(","), 1024));
+            }
+        }
+    }
+
     fn max_ttl(&self) -> Option<u64> {
         self.decision
             .obligations
@@ -323,6 +383,14 @@ impl BrokerServer {
             }),
             action: action.to_owned(),
             resource_id: identity_id.to_owned(),
+            // An issuance's outcome is always recorded here (the credential
+            // with its lease, or the refusal), so its decision goes into
+            // that record rather than a record of its own (ADR 0012).
+            decision_evidence: if action == "issue" {
+                authority_pb::DecisionEvidence::WithOutcome as i32
+            } else {
+                authority_pb::DecisionEvidence::Unspecified as i32
+            },
             context: Some(authority_pb::RequestContext {
                 incident_ref: task.incident_ref.clone(),
                 window_start: timestamp(task.window_start_ns),
@@ -335,7 +403,7 @@ impl BrokerServer {
                 claim_by: None,
             }),
         };
-        let mut client = self.shared.authority.clone();
+        let mut client = self.shared.authority.next();
         let decision = match client.authorize(request).await {
             Ok(response) => response.into_inner().decision.ok_or_else(|| {
                 Status::unavailable("authority answered without a decision; nothing was issued")
@@ -529,23 +597,43 @@ impl BrokerServer {
         fingerprint: String,
     ) -> EvidenceRecord {
         let mut record = lease_record(lease, &lease.holder, "credential.issue");
-        record.target.nhi_kind = truncate_utf8(allowed.facts.kind.clone(), 256);
         record.target.credential_fingerprint = fingerprint;
-        record.decision.policy_set_version = allowed.decision.policy_set_version.to_string();
-        record.decision.effect = EvidenceEffect::Allow;
-        record.decision.policy_ids = allowed
-            .decision
-            .policy_ids
-            .iter()
-            .take(64)
-            .cloned()
-            .collect();
-        if !allowed.decision.grant_id.is_empty() {
-            record.decision.approval_ids = vec![allowed.decision.grant_id.clone()];
-        }
-        record.correlation_id = truncate_utf8(task.correlation_id.clone(), 256);
-        record.outcome.reason = truncate_utf8(task.reason.clone(), MAX_REASON);
+        allowed.carry(&mut record, task);
         record
+    }
+
+    /// Records that an issuance authority allowed was not carried out, when
+    /// this refusal is the only record its decision will have (ADR 0012).
+    async fn record_refusal(
+        &self,
+        allowed: &Allowed,
+        principal: &str,
+        identity_id: &str,
+        task: &Task,
+        refused: &Status,
+    ) {
+        if !allowed.decision.recorded_with_outcome {
+            return;
+        }
+        let mut record = EvidenceRecord::new(principal, "credential.issue", crate::SPEC.name);
+        record.target.nhi_id = identity_id.to_owned();
+        record.incident_ref = truncate_utf8(task.incident_ref.clone(), 256);
+        allowed.carry(&mut record, task);
+        record.outcome.status = OutcomeStatus::Failed;
+        record.outcome.reason = truncate_utf8(
+            format!("{:?}: {}", refused.code(), refused.message()),
+            MAX_REASON,
+        );
+        if let Err(e) = self
+            .shared
+            .writer
+            .submit(Change::Record {
+                evidence: Box::new(record),
+            })
+            .await
+        {
+            tracing::error!(error = %e, decision = allowed.decision.decision_id, "a refused issuance could not be recorded");
+        }
     }
 
     /// The identity's SPIFFE ID from the decision's facts, required for an
@@ -591,16 +679,22 @@ impl BrokerServer {
                 u64::from(ttl_seconds),
             )
             .await?;
-        self.make(
-            &allowed,
-            principal,
-            identity_id,
-            what,
-            ttl_seconds,
-            task,
-            now,
-        )
-        .await
+        let made = self
+            .make(
+                &allowed,
+                principal,
+                identity_id,
+                what,
+                ttl_seconds,
+                task,
+                now,
+            )
+            .await;
+        if let Err(refused) = &made {
+            self.record_refusal(&allowed, principal, identity_id, task, refused)
+                .await;
+        }
+        made
     }
 
     /// Issues a credential under a decision already allowed: the

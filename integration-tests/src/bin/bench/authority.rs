@@ -262,6 +262,7 @@ pub async fn grpc() -> anyhow::Result<Vec<Figure>> {
             incident_ref: "INC-1".into(),
             ..Default::default()
         }),
+        ..Default::default()
     };
 
     // Warm up: the facts cache takes its first lease and reads each NHI.

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use steward_db::{Engine, Placeholders, on_backend};
 use steward_evidence::EvidenceRecord;
-use steward_outbox::{Forwarder, OutboxTransaction};
+use steward_outbox::{Forwarder, OutboxTransaction, WriteGate};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
@@ -47,6 +47,9 @@ pub enum Change {
         expires_at_ns: i64,
         evidence: Box<dyn FnOnce(&Lease) -> EvidenceRecord + Send>,
     },
+    /// Evidence of something that changed no lease (an allowed issuance
+    /// that was refused after all).
+    Record { evidence: Box<EvidenceRecord> },
     /// Ends every lease of `lease_ids` that is still active.
     Revoke {
         lease_ids: Vec<String>,
@@ -64,6 +67,7 @@ pub enum Applied {
     Renewed(Lease),
     /// The leases this change ended (not those already ended).
     Revoked(Vec<Lease>),
+    Recorded,
 }
 
 type Reply = oneshot::Sender<Result<Applied, StoreError>>;
@@ -87,12 +91,13 @@ impl Writer {
     pub async fn start(
         store: Store,
         forwarder: Option<Forwarder>,
+        gate: Option<WriteGate>,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(Self, impl std::future::Future<Output = ()> + Send + 'static), StoreError> {
         let last = store.last_sequence().await?;
         let (queue, rx) = mpsc::channel(4 * MAX_BATCH);
         let (live, _) = broadcast::channel(LIVE_BUFFER);
-        let task = run(store, last, rx, live.clone(), forwarder, shutdown);
+        let task = run(store, last, rx, live.clone(), forwarder, gate, shutdown);
         Ok((Self { queue, live }, task))
     }
 
@@ -119,6 +124,7 @@ async fn run(
     mut rx: mpsc::Receiver<(Change, Reply)>,
     live: broadcast::Sender<Arc<RevocationEntry>>,
     forwarder: Option<Forwarder>,
+    gate: Option<WriteGate>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     tokio::pin!(shutdown);
@@ -135,7 +141,13 @@ async fn run(
             }
         }
         let (changes, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-        match store.apply(changes, last).await {
+        let held = match &gate {
+            Some(gate) => Some(gate.lock().await),
+            None => None,
+        };
+        let applied = store.apply(changes, last).await;
+        drop(held);
+        match applied {
             Ok((results, revoked)) => {
                 if let Some(forwarder) = &forwarder {
                     forwarder.wake();
@@ -184,6 +196,10 @@ impl Store {
                         issued.push((*lease).clone());
                         evidence.push(*record);
                         results.push(Ok(Applied::Issued(*lease)));
+                    }
+                    Change::Record { evidence: record } => {
+                        evidence.push(*record);
+                        results.push(Ok(Applied::Recorded));
                     }
                     Change::Renew { lease_id, expires_at_ns, evidence: record } => {
                         let sql = format!("SELECT {LEASE_COLUMNS} FROM leases WHERE lease_id = $1");
