@@ -791,6 +791,17 @@ async fn dead_identities_get_nothing_approvals_are_named_and_authority_down_fail
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("suspended"), "{err:?}");
     assert!(leases(&mut soar, &identity.id).await.is_empty());
+    // Authority allowed it; the broker's refusal is that decision's record.
+    let entries = stack.evidence_of(&identity.id, "credential.issue", 1).await;
+    let refused = entries
+        .iter()
+        .filter_map(|e| e.record.as_ref())
+        .find(|r| r.action == "credential.issue")
+        .expect("the refused issuance's record");
+    let outcome = refused.outcome.as_ref().unwrap();
+    assert_eq!(outcome.status, audit::OutcomeStatus::Failed as i32);
+    assert!(outcome.reason.contains("suspended"), "{outcome:?}");
+    assert_eq!(refused.attributes["decision_id"], refused.record_id);
 
     let live = stack.workload_identity("other-sync", "production").await;
     stack.stop("authority").await;

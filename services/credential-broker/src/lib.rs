@@ -181,7 +181,7 @@ async fn routes(context: ServiceContext, config: BrokerConfig) -> Result<Routes,
     // On SQLite the lease writer and the forwarder's settles take turns
     // through one gate instead of meeting SQLite's sleeping busy handler.
     let gate = matches!(context.database, steward_db::Database::Sqlite(_))
-        .then(|| steward_outbox::WriteGate::default());
+        .then(steward_outbox::WriteGate::default);
     let forwarder = Forwarder::spawn(
         &context,
         ForwarderOptions {

@@ -447,13 +447,17 @@ impl BrokerServer {
             }
         }
         let facts = decision.resource.clone().unwrap_or_default();
-        if DEAD_STATES.contains(&facts.state.as_str()) && action != "revoke" {
-            return Err(Status::failed_precondition(format!(
+        let allowed = Allowed { decision, facts };
+        if DEAD_STATES.contains(&allowed.facts.state.as_str()) && action != "revoke" {
+            let refused = Status::failed_precondition(format!(
                 "identity_id: identity {identity_id} is {} in inventory; it gets no credentials",
-                facts.state
-            )));
+                allowed.facts.state
+            ));
+            self.record_refusal(&allowed, principal, identity_id, task, &refused)
+                .await;
+            return Err(refused);
         }
-        Ok(Allowed { decision, facts })
+        Ok(allowed)
     }
 
     /// The lifetime to issue for: the request's (or `default`), within the
