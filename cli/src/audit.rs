@@ -21,7 +21,7 @@ use steward_proto::steward::audit::v1::audit_service_client::AuditServiceClient;
 use tonic::transport::Channel;
 
 use crate::Output;
-use crate::client::{ConnectionArgs, connect, service_id};
+use crate::client::ConnectionArgs;
 
 /// The exit code for a log that failed verification.
 pub const EXIT_TAMPERED: u8 = 3;
@@ -29,15 +29,8 @@ pub const EXIT_TAMPERED: u8 = 3;
 const PAGE: u32 = 1000;
 
 async fn client(conn: &ConnectionArgs) -> anyhow::Result<AuditServiceClient<Channel>> {
-    let source = conn.source()?;
-    let trust_domain = source.material().id.trust_domain().clone();
-    let channel = connect(
-        &source,
-        &conn.address("audit")?,
-        service_id(&trust_domain, "audit")?,
-    )
-    .await?;
-    Ok(AuditServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
+    Ok(AuditServiceClient::new(conn.channel("audit").await?)
+        .max_decoding_message_size(64 * 1024 * 1024))
 }
 
 /// Fetches entries `[from, to)`, calling `each` on every one in order.

@@ -74,6 +74,19 @@ impl ConnectionArgs {
         })
     }
 
+    /// A channel to `service` as the operator, accepting only that
+    /// service's SPIFFE ID.
+    pub async fn channel(&self, service: &str) -> anyhow::Result<Channel> {
+        let source = self.source()?;
+        let trust_domain = source.material().id.trust_domain().clone();
+        connect(
+            &source,
+            &self.address(service)?,
+            service_id(&trust_domain, service)?,
+        )
+        .await
+    }
+
     /// `host:port` of a service.
     pub fn address(&self, service: &str) -> anyhow::Result<String> {
         if let Some(addr) = &self.addr {

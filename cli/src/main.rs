@@ -4,12 +4,19 @@
 //! reset`), checks the services (`steward health`, `steward whoami`), all
 //! over mTLS with the operator's SVID, keeps the human's OIDC token
 //! (`steward login`, `steward logout`) and verifies and exports the
-//! evidence log (`steward audit`).
+//! evidence log (`steward audit`), lists and revokes credential leases
+//! (`steward lease`), reviews approval requests (`steward approval`) and
+//! closes incidents (`steward incident`). A refused call exits with a code per gRPC status
+//! (`exit.rs`).
 
+mod approval;
 mod audit;
 mod client;
 mod dev;
+mod exit;
+mod format;
 mod health;
+mod lease;
 mod login;
 
 use std::path::PathBuf;
@@ -83,6 +90,22 @@ enum Command {
     },
     /// Forget the stored OIDC token.
     Logout,
+    /// Approval requests: list, show, approve, deny (approving needs
+    /// `steward login`).
+    Approval {
+        #[command(subcommand)]
+        command: ApprovalCommand,
+    },
+    /// Incidents: close one (its grants end, its leases are revoked).
+    Incident {
+        #[command(subcommand)]
+        command: IncidentCommand,
+    },
+    /// Credential leases: list, show, revoke.
+    Lease {
+        #[command(subcommand)]
+        command: LeaseCommand,
+    },
     /// Ask a service which SPIFFE ID it verified for you.
     Whoami {
         /// Which service to ask.
@@ -115,6 +138,61 @@ enum AuditCommand {
         /// Write to this file instead of standard output.
         #[arg(long)]
         file: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ApprovalCommand {
+    /// Approval requests, newest first (pending unless --state says).
+    List {
+        #[command(flatten)]
+        filter: approval::Filter,
+    },
+    /// One request with its reviews.
+    Show { id: String },
+    /// Approve as the logged-in human.
+    Approve {
+        id: String,
+        /// Why (recorded with the review).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Deny as the logged-in human; one deny denies the request.
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum IncidentCommand {
+    /// Close an incident: end its grants, cancel its pending approval
+    /// requests, revoke its credential leases.
+    Close {
+        incident_ref: String,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LeaseCommand {
+    /// Leases matching the filters, newest last.
+    List {
+        #[command(flatten)]
+        filter: lease::Filter,
+    },
+    /// One lease, every field.
+    Show { lease_id: String },
+    /// Revoke one lease, or every active lease of an incident, identity or
+    /// holder. The broker asks authority first.
+    Revoke {
+        #[command(flatten)]
+        selector: lease::Selector,
+        /// Why (recorded with the revocation).
+        #[arg(long)]
+        reason: String,
     },
 }
 
@@ -197,13 +275,47 @@ fn main() -> ExitCode {
                 )),
             },
             Command::Logout => login::logout(cli.conn.token_file.as_deref()),
+            Command::Approval { command } => match command {
+                ApprovalCommand::List { filter } => {
+                    approval::list(&cli.conn, filter, cli.output).await
+                }
+                ApprovalCommand::Show { id } => approval::show(&cli.conn, &id, cli.output).await,
+                ApprovalCommand::Approve { id, reason } => {
+                    approval::review(&cli.conn, &id, true, &reason, cli.output).await
+                }
+                ApprovalCommand::Deny { id, reason } => {
+                    approval::review(&cli.conn, &id, false, &reason, cli.output).await
+                }
+            },
+            Command::Incident {
+                command: IncidentCommand::Close {
+                    incident_ref,
+                    reason,
+                },
+            } => approval::close_incident(&cli.conn, &incident_ref, &reason, cli.output).await,
+            Command::Lease { command } => match command {
+                LeaseCommand::List { filter } => lease::list(&cli.conn, filter, cli.output).await,
+                LeaseCommand::Show { lease_id } => {
+                    lease::show(&cli.conn, &lease_id, cli.output).await
+                }
+                LeaseCommand::Revoke { selector, reason } => {
+                    lease::revoke(&cli.conn, selector, &reason, cli.output).await
+                }
+            },
         }
     });
     match result {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            match error.downcast_ref::<tonic::Status>() {
+                Some(status) => eprintln!("error: {:?}: {}", status.code(), status.message()),
+                None => eprintln!("error: {error:#}"),
+            }
+            let (code, hint) = exit::failure(&error);
+            if let Some(hint) = hint {
+                eprintln!("hint: {hint}");
+            }
+            code
         }
     }
 }

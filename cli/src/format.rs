@@ -1,0 +1,42 @@
+//! What every command prints the same way: times, and one record as a
+//! two-column listing or as JSON.
+
+use serde::Serialize;
+
+use crate::Output;
+
+/// A timestamp as RFC 3339 in UTC to the second, or empty when unset.
+pub fn time(at: Option<&prost_types::Timestamp>) -> String {
+    at.and_then(|t| {
+        let nanos = i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos);
+        time::OffsetDateTime::from_unix_timestamp_nanos(nanos).ok()
+    })
+    .and_then(|t| {
+        t.replace_nanosecond(0)
+            .ok()?
+            .format(&time::format_description::well_known::Rfc3339)
+            .ok()
+    })
+    .unwrap_or_default()
+}
+
+/// Prints one record: a `field value` line per field, or JSON.
+pub fn record<T: Serialize>(value: &T, output: Output) -> anyhow::Result<()> {
+    let value = serde_json::to_value(value)?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&value)?),
+        Output::Table => {
+            if let Some(fields) = value.as_object() {
+                let width = fields.keys().map(String::len).max().unwrap_or(0);
+                for (name, value) in fields {
+                    let text = match value {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    println!("{name:<width$}  {text}");
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,258 @@
+//! `steward lease`: read and revoke the broker's credential leases.
+//!
+//! `list` pages through every lease matching its filters, `show` prints one,
+//! `revoke` ends one lease or every active lease of an incident, identity
+//! or holder (the broker asks authority first). Tables by default,
+//! `--output json` for scripts; a refused call exits as [`crate::exit`]
+//! says.
+
+use std::process::ExitCode;
+
+use steward_proto::steward::broker::v1 as pb;
+use steward_proto::steward::broker::v1::credential_broker_client::CredentialBrokerClient;
+use tonic::transport::Channel;
+
+use crate::Output;
+use crate::client::ConnectionArgs;
+
+/// Which leases `list` shows.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Filter {
+    /// Leases of this inventory identity.
+    #[arg(long)]
+    pub identity: Option<String>,
+    /// Leases bound to this incident or ticket.
+    #[arg(long)]
+    pub incident: Option<String>,
+    /// Leases held by this SPIFFE ID.
+    #[arg(long)]
+    pub holder: Option<String>,
+    /// Only leases in this state.
+    #[arg(long, value_enum)]
+    pub state: Option<State>,
+    /// Stop after this many leases.
+    #[arg(long, default_value_t = 1000)]
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum State {
+    Active,
+    Revoked,
+    Expired,
+}
+
+/// What `revoke` ends: one lease, or every active lease of a selector.
+#[derive(Debug, Clone, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct Selector {
+    /// The lease to revoke.
+    pub lease_id: Option<String>,
+    /// Every active lease of this incident.
+    #[arg(long)]
+    pub incident: Option<String>,
+    /// Every active lease of this inventory identity.
+    #[arg(long)]
+    pub identity: Option<String>,
+    /// Every active lease held by this SPIFFE ID.
+    #[arg(long)]
+    pub holder: Option<String>,
+}
+
+/// A lease as printed.
+#[derive(Debug, serde::Serialize)]
+pub struct LeaseRow {
+    pub lease_id: String,
+    pub identity_id: String,
+    pub kind: String,
+    pub state: String,
+    pub holder: String,
+    pub spiffe_id: String,
+    pub incident_ref: String,
+    pub credential_ref: String,
+    pub issued: String,
+    pub expires: String,
+    pub renewable: bool,
+    pub decision_id: String,
+    pub grant_id: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub revoked: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub revoked_by: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub revoke_reason: String,
+}
+
+async fn broker(args: &ConnectionArgs) -> anyhow::Result<CredentialBrokerClient<Channel>> {
+    Ok(CredentialBrokerClient::new(
+        args.channel("credential-broker").await?,
+    ))
+}
+
+pub async fn list(
+    args: &ConnectionArgs,
+    filter: Filter,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    let mut client = broker(args).await?;
+    let mut rows = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_leases(pb::ListLeasesRequest {
+                identity_id: filter.identity.clone().unwrap_or_default(),
+                incident_ref: filter.incident.clone().unwrap_or_default(),
+                holder: filter.holder.clone().unwrap_or_default(),
+                state: match filter.state {
+                    None => pb::LeaseState::Unspecified,
+                    Some(State::Active) => pb::LeaseState::Active,
+                    Some(State::Revoked) => pb::LeaseState::Revoked,
+                    Some(State::Expired) => pb::LeaseState::Expired,
+                } as i32,
+                page_size: 1000,
+                page_token,
+            })
+            .await?
+            .into_inner();
+        rows.extend(page.leases.iter().map(row));
+        if page.next_page_token.is_empty() || rows.len() >= filter.limit {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    rows.truncate(filter.limit);
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        Output::Table => table(&rows),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn show(
+    args: &ConnectionArgs,
+    lease_id: &str,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    let lease = broker(args)
+        .await?
+        .get_lease(pb::GetLeaseRequest {
+            lease_id: lease_id.to_owned(),
+        })
+        .await?
+        .into_inner()
+        .lease
+        .ok_or_else(|| anyhow::anyhow!("the broker answered without the lease"))?;
+    crate::format::record(&row(&lease), output)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `revoke` did.
+#[derive(Debug, serde::Serialize)]
+struct Revoked {
+    revoked: Vec<String>,
+}
+
+pub async fn revoke(
+    args: &ConnectionArgs,
+    selector: Selector,
+    reason: &str,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    let mut client = broker(args).await?;
+    let revoked = if let Some(lease_id) = selector.lease_id {
+        let lease = client
+            .revoke_lease(pb::RevokeLeaseRequest {
+                lease_id,
+                reason: reason.to_owned(),
+            })
+            .await?
+            .into_inner()
+            .lease
+            .ok_or_else(|| anyhow::anyhow!("the broker answered without the lease"))?;
+        vec![lease.lease_id]
+    } else {
+        use pb::revoke_leases_request::Selector as By;
+        let by = match (selector.incident, selector.identity, selector.holder) {
+            (Some(incident), _, _) => By::IncidentRef(incident),
+            (_, Some(identity), _) => By::IdentityId(identity),
+            (_, _, Some(holder)) => By::Holder(holder),
+            (None, None, None) => anyhow::bail!(
+                "say which leases to revoke: a lease id, --incident, --identity or --holder"
+            ),
+        };
+        // At most 10,000 per call: repeat while the broker says there are more.
+        let mut all = Vec::new();
+        loop {
+            let answer = client
+                .revoke_leases(pb::RevokeLeasesRequest {
+                    selector: Some(by.clone()),
+                    reason: reason.to_owned(),
+                })
+                .await?
+                .into_inner();
+            all.extend(answer.lease_ids);
+            if !answer.more {
+                break all;
+            }
+        }
+    };
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&Revoked { revoked })?),
+        Output::Table => {
+            if revoked.is_empty() {
+                println!("no active lease matched; nothing was revoked");
+            }
+            for id in &revoked {
+                println!("revoked {id}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn table(rows: &[LeaseRow]) {
+    println!(
+        "{:<36}  {:<13} {:<8} {:<12} {:<20}  HOLDER",
+        "LEASE", "KIND", "STATE", "INCIDENT", "EXPIRES"
+    );
+    for r in rows {
+        println!(
+            "{:<36}  {:<13} {:<8} {:<12} {:<20}  {}",
+            r.lease_id, r.kind, r.state, r.incident_ref, r.expires, r.holder
+        );
+    }
+}
+
+fn row(lease: &pb::Lease) -> LeaseRow {
+    let kind = match pb::CredentialKind::try_from(lease.kind) {
+        Ok(pb::CredentialKind::X509Svid) => "x509-svid",
+        Ok(pb::CredentialKind::JwtSvid) => "jwt-svid",
+        Ok(pb::CredentialKind::ApiToken) => "api-token",
+        Ok(pb::CredentialKind::DatabaseRole) => "database-role",
+        _ => "unknown",
+    };
+    let state = match pb::LeaseState::try_from(lease.state) {
+        Ok(pb::LeaseState::Active) => "active",
+        Ok(pb::LeaseState::Revoked) => "revoked",
+        Ok(pb::LeaseState::Expired) => "expired",
+        _ => "unknown",
+    };
+    LeaseRow {
+        lease_id: lease.lease_id.clone(),
+        identity_id: lease.identity_id.clone(),
+        kind: kind.to_owned(),
+        state: state.to_owned(),
+        holder: lease.holder.clone(),
+        spiffe_id: lease.spiffe_id.clone(),
+        incident_ref: lease.incident_ref.clone(),
+        credential_ref: lease.credential_ref.clone(),
+        issued: crate::format::time(lease.issue_time.as_ref()),
+        expires: crate::format::time(lease.expire_time.as_ref()),
+        renewable: lease.renewable,
+        decision_id: lease.decision_id.clone(),
+        grant_id: lease.grant_id.clone(),
+        revoked: crate::format::time(lease.revoke_time.as_ref()),
+        revoked_by: lease.revoked_by.clone(),
+        revoke_reason: lease.revoke_reason.clone(),
+    }
+}

@@ -1,0 +1,428 @@
+//! `steward lease`, `steward approval` and `steward incident` against a
+//! real broker and authority over mTLS: lists with filters, one lease,
+//! revocation of one lease and of an incident's, an owner's approval from
+//! the CLI, an incident's closure; JSON for scripts, and exit codes a
+//! script can tell apart.
+
+use std::path::Path;
+use std::process::Output;
+
+use steward_integration_tests::broker::{BROKER_POLICIES, SOAR, task};
+use steward_integration_tests::{TestStack, binary_dir};
+use steward_proto::steward::broker::v1 as pb;
+
+/// The site's broker policies, plus: operators may revoke any credential.
+const POLICIES: &str = r#"
+@id("operators-revoke")
+@reason("operators revoke credentials from the CLI")
+permit (principal == Steward::Workload::"spiffe://steward.test/operator/admin", action == Steward::Action::"revoke", resource);
+"#;
+
+/// Runs `steward` with `cert`'s SVID (a file stem in the test PKI) against
+/// the broker.
+async fn steward(stack: &TestStack, cert: &str, extra: &[&str]) -> Output {
+    steward_at(
+        stack,
+        cert,
+        &stack.service("credential-broker").address(),
+        extra,
+    )
+    .await
+}
+
+/// Runs `steward` as the operator against authority, with `token` as the
+/// stored human token file when given.
+async fn steward_authority(stack: &TestStack, token: Option<&Path>, extra: &[&str]) -> Output {
+    let mut args: Vec<String> = Vec::new();
+    if let Some(token) = token {
+        args.extend(["--token-file".to_owned(), token.display().to_string()]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    steward_at(
+        stack,
+        "operator",
+        &stack.service("authority").address(),
+        &args,
+    )
+    .await
+}
+
+async fn steward_at(stack: &TestStack, cert: &str, addr: &str, extra: &[&str]) -> Output {
+    let pki = stack.pki.path();
+    let mut args = vec![
+        "--cert".to_owned(),
+        pki.join(format!("{cert}.crt")).display().to_string(),
+        "--key".to_owned(),
+        pki.join(format!("{cert}.key")).display().to_string(),
+        "--bundle".to_owned(),
+        pki.join("bundle.pem").display().to_string(),
+        "--addr".to_owned(),
+        addr.to_owned(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(binary_dir().join("steward"))
+            .args(args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn json(output: &Output) -> serde_json::Value {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn ids(value: &serde_json::Value) -> Vec<String> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["lease_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_list_show_and_revoke_leases_from_the_cli() {
+    let stack = TestStack::start().await;
+    stack
+        .activate_policies(&format!("{BROKER_POLICIES}\n{POLICIES}"), true)
+        .await;
+    let identity = stack.workload_identity("billing-sync", "production").await;
+    let mut soar = stack.broker_caller(SOAR).await;
+    let mut issued = Vec::new();
+    for incident in ["INC-9", "INC-9", "INC-10"] {
+        let lease = soar
+            .issue_api_token(pb::IssueApiTokenRequest {
+                identity_id: identity.id.clone(),
+                scopes: vec!["repo:read".into()],
+                ttl_seconds: 0,
+                task: task(incident),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .lease
+            .unwrap();
+        issued.push(lease.lease_id);
+    }
+
+    // Lists filter by incident and state; JSON for scripts, a table for people.
+    let listed = json(
+        &steward(
+            &stack,
+            "operator",
+            &["lease", "list", "--incident", "INC-9", "-o", "json"],
+        )
+        .await,
+    );
+    assert_eq!(ids(&listed), issued[..2].to_vec());
+    assert_eq!(listed[0]["kind"], "api-token");
+    assert_eq!(listed[0]["state"], "active");
+    assert_eq!(listed[0]["holder"], "spiffe://steward.test/automation/soar");
+    let by_identity = json(
+        &steward(
+            &stack,
+            "operator",
+            &[
+                "lease",
+                "list",
+                "--identity",
+                &identity.id,
+                "--limit",
+                "2",
+                "-o",
+                "json",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(ids(&by_identity).len(), 2);
+    let table = steward(
+        &stack,
+        "operator",
+        &["lease", "list", "--incident", "INC-10"],
+    )
+    .await;
+    let text = String::from_utf8(table.stdout).unwrap();
+    assert!(text.starts_with("LEASE"), "{text}");
+    assert!(
+        text.contains(&issued[2]) && !text.contains(&issued[0]),
+        "{text}"
+    );
+
+    let shown = json(
+        &steward(
+            &stack,
+            "operator",
+            &["lease", "show", &issued[0], "-o", "json"],
+        )
+        .await,
+    );
+    assert_eq!(shown["lease_id"], issued[0].as_str());
+    assert_eq!(shown["incident_ref"], "INC-9");
+    assert!(shown["expires"].as_str().unwrap().ends_with('Z'));
+
+    // One lease, then what is left of the incident.
+    let one = json(
+        &steward(
+            &stack,
+            "operator",
+            &[
+                "lease", "revoke", &issued[0], "--reason", "leaked", "-o", "json",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(one["revoked"], serde_json::json!([issued[0]]));
+    let rest = json(
+        &steward(
+            &stack,
+            "operator",
+            &[
+                "lease",
+                "revoke",
+                "--incident",
+                "INC-9",
+                "--reason",
+                "incident over",
+                "-o",
+                "json",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(rest["revoked"], serde_json::json!([issued[1]]));
+    let active = json(
+        &steward(
+            &stack,
+            "operator",
+            &[
+                "lease",
+                "list",
+                "--incident",
+                "INC-9",
+                "--state",
+                "active",
+                "-o",
+                "json",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(ids(&active), Vec::<String>::new());
+    let revoked = json(
+        &steward(
+            &stack,
+            "operator",
+            &["lease", "show", &issued[1], "-o", "json"],
+        )
+        .await,
+    );
+    assert_eq!(revoked["state"], "revoked");
+    assert_eq!(revoked["revoke_reason"], "incident over");
+    assert_eq!(
+        revoked["revoked_by"],
+        "spiffe://steward.test/operator/admin"
+    );
+
+    // Exit codes scripts can rely on, and a line saying what to do.
+    let cases: [(&str, Vec<&str>, i32, &str); 4] = [
+        (
+            "operator",
+            vec!["lease", "show", "0190a000-0000-7000-8000-000000000000"],
+            4,
+            "NotFound",
+        ),
+        (
+            "operator",
+            vec!["lease", "show", "not-a-lease"],
+            2,
+            "lease_id",
+        ),
+        (
+            "operator",
+            vec!["lease", "revoke", &issued[2]],
+            2,
+            "--reason",
+        ),
+        (
+            "sidecar",
+            vec!["lease", "revoke", &issued[2], "--reason", "x"],
+            5,
+            "PermissionDenied",
+        ),
+    ];
+    stack
+        .pki
+        .svid("sidecar", "spiffe://steward.test/workload/sidecar");
+    for (cert, args, code, says) in cases {
+        let out = steward(&stack, cert, &args).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    let out = steward_at(&stack, "operator", "127.0.0.1:1", &["lease", "list"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Nothing above touched the other incident's lease.
+    let untouched = json(
+        &steward(
+            &stack,
+            "operator",
+            &["lease", "show", &issued[2], "-o", "json"],
+        )
+        .await,
+    );
+    assert_eq!(untouched["state"], "active");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_approves_from_the_cli_and_closing_the_incident_revokes_its_leases() {
+    let stack = TestStack::start().await;
+    stack.activate_policies(BROKER_POLICIES, true).await;
+    // Staging credentials need the technical owner's approval (alice's).
+    let identity = stack.workload_identity("staging-sync", "staging").await;
+    let mut soar = stack.broker_caller(SOAR).await;
+    let ask = || pb::IssueApiTokenRequest {
+        identity_id: identity.id.clone(),
+        scopes: vec!["repo:read".into()],
+        ttl_seconds: 0,
+        task: Some(pb::Task {
+            reason: "rotate the staging token".into(),
+            ..task("INC-11").unwrap()
+        }),
+    };
+    let err = soar.issue_api_token(ask()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    let request_id = err
+        .metadata()
+        .get("steward-approval-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+
+    let pending = json(
+        &steward_authority(
+            &stack,
+            None,
+            &["approval", "list", "--identity", &identity.id, "-o", "json"],
+        )
+        .await,
+    );
+    assert_eq!(pending.as_array().unwrap().len(), 1, "{pending}");
+    assert_eq!(pending[0]["id"], request_id.as_str());
+    assert_eq!(pending[0]["needs"], "1 of technical_owner");
+    assert_eq!(
+        pending[0]["suggested_reviewers"],
+        serde_json::json!(["alice"])
+    );
+
+    // Reviewing is a person's act: without a login, nothing happens.
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-token");
+    let out = steward_authority(
+        &stack,
+        Some(&missing),
+        &["approval", "approve", &request_id, "--reason", "ok"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("steward login"));
+    // Someone who is not the owner is refused, and the request stays pending.
+    let bob = dir.path().join("bob");
+    std::fs::write(&bob, stack.token("bob")).unwrap();
+    let out = steward_authority(
+        &stack,
+        Some(&bob),
+        &["approval", "approve", &request_id, "--reason", "ok"],
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = json(
+        &steward_authority(
+            &stack,
+            None,
+            &["approval", "show", &request_id, "-o", "json"],
+        )
+        .await,
+    );
+    assert_eq!(shown["state"], "pending");
+
+    let alice = dir.path().join("alice");
+    std::fs::write(&alice, stack.token("alice")).unwrap();
+    let approved = json(
+        &steward_authority(
+            &stack,
+            Some(&alice),
+            &[
+                "approval",
+                "approve",
+                &request_id,
+                "--reason",
+                "the leak is real",
+                "-o",
+                "json",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(approved["state"], "approved");
+    assert_eq!(approved["reviews"][0]["reviewer"], "alice");
+    assert_eq!(approved["reviews"][0]["verdict"], "approve");
+    assert!(!approved["grant_id"].as_str().unwrap().is_empty());
+
+    // The grant lets SOAR have its credential; closing the incident ends it.
+    let lease = soar
+        .issue_api_token(ask())
+        .await
+        .unwrap()
+        .into_inner()
+        .lease
+        .unwrap();
+    let closed = json(
+        &steward_authority(
+            &stack,
+            Some(&alice),
+            &[
+                "incident", "close", "INC-11", "--reason", "rotated", "-o", "json",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(
+        closed["revoked_lease_ids"],
+        serde_json::json!([lease.lease_id])
+    );
+    assert_eq!(closed["leases_pending"], false);
+    let revoked = json(
+        &steward(
+            &stack,
+            "operator",
+            &["lease", "show", &lease.lease_id, "-o", "json"],
+        )
+        .await,
+    );
+    assert_eq!(revoked["state"], "revoked");
+
+    let out = steward_authority(&stack, None, &["incident", "close", "INC-11"]).await;
+    assert_eq!(out.status.code(), Some(2), "a reason is required");
+}
