@@ -1,14 +1,15 @@
-//! `steward lease`, `steward approval` and `steward incident` against a
-//! real broker and authority over mTLS: lists with filters, one lease,
-//! revocation of one lease and of an incident's, an owner's approval from
-//! the CLI, an incident's closure; JSON for scripts, and exit codes a
+//! The operator's `steward` commands against real services over mTLS:
+//! `identity` and `signal` (inventory), `lease` (broker), `approval` and
+//! `incident` (authority). Lists with filters, one record, revocation of
+//! one lease and of an incident's, an owner's approval, an incident's
+//! closure, imports with rejected rows; JSON for scripts, and exit codes a
 //! script can tell apart.
 
 use std::path::Path;
 use std::process::Output;
 
 use steward_integration_tests::broker::{BROKER_POLICIES, SOAR, task};
-use steward_integration_tests::{TestStack, binary_dir};
+use steward_integration_tests::{TestStack, binary_dir, workspace_root};
 use steward_proto::steward::broker::v1 as pb;
 
 /// The site's broker policies, plus: operators may revoke any credential.
@@ -28,6 +29,11 @@ async fn steward(stack: &TestStack, cert: &str, extra: &[&str]) -> Output {
         extra,
     )
     .await
+}
+
+/// Runs `steward` as the operator against `service`.
+async fn steward_on(stack: &TestStack, service: &str, extra: &[&str]) -> Output {
+    steward_at(stack, "operator", &stack.service(service).address(), extra).await
 }
 
 /// Runs `steward` as the operator against authority, with `token` as the
@@ -74,8 +80,10 @@ async fn steward_at(stack: &TestStack, cert: &str, addr: &str, extra: &[&str]) -
 fn json(output: &Output) -> serde_json::Value {
     assert!(
         output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+        "{:?}: {}{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr),
+        String::from_utf8_lossy(&output.stdout)
     );
     serde_json::from_slice(&output.stdout).unwrap()
 }
@@ -425,4 +433,157 @@ async fn an_owner_approves_from_the_cli_and_closing_the_incident_revokes_its_lea
 
     let out = steward_authority(&stack, None, &["incident", "close", "INC-11"]).await;
     assert_eq!(out.status.code(), Some(2), "a reason is required");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_import_and_read_identities_and_post_signals_from_the_cli() {
+    let stack = TestStack::start().await;
+    let sample = workspace_root().join("deploy/samples/identities.csv");
+    let sample = sample.display().to_string();
+    let import = [
+        "identity", "import", &sample, "--format", "csv", "-o", "json",
+    ];
+    // The sample holds two bad rows: each is named by line and field, the
+    // rest is applied, and the exit code says rows were rejected.
+    let out = steward_on(&stack, "inventory", &import).await;
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            first["rows"].as_u64(),
+            first["created"].as_u64(),
+            first["rejected"].as_u64()
+        ),
+        (Some(6), Some(4), Some(2)),
+        "{first}"
+    );
+    let errors: Vec<(u64, &str)> = first["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["line"].as_u64().unwrap(), e["field"].as_str().unwrap()))
+        .collect();
+    assert_eq!(errors, vec![(6, "expire_time"), (7, "kind")]);
+    // Importing again changes nothing; the table for people says so.
+    let again = steward_on(&stack, "inventory", &import[..5]).await;
+    let text = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        text.starts_with("6 rows: 0 created, 0 changed, 4 unchanged"),
+        "{text}"
+    );
+    assert!(text.contains("line 7: kind:"), "{text}");
+
+    let found = json(
+        &steward_on(
+            &stack,
+            "inventory",
+            &[
+                "identity",
+                "list",
+                "--text",
+                "billing-sync GitHub",
+                "-o",
+                "json",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(found.as_array().unwrap().len(), 1, "{found}");
+    let token = &found[0];
+    assert_eq!(token["kind"], "connector");
+    assert_eq!(token["state"], "active");
+    assert_eq!(token["technical_owner"], "alice");
+    let id = token["id"].as_str().unwrap().to_owned();
+    let none = json(
+        &steward_on(
+            &stack,
+            "inventory",
+            &["identity", "list", "--state", "suspended", "-o", "json"],
+        )
+        .await,
+    );
+    assert_eq!(none, serde_json::json!([]));
+    let out = steward_on(
+        &stack,
+        "inventory",
+        &["identity", "list", "--state", "asleep"],
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown state is a usage error"
+    );
+
+    // The scanner's finding raises the identity's risk, with the reason.
+    let posted = json(
+        &steward_on(
+            &stack,
+            "inventory",
+            &[
+                "signal",
+                "post",
+                "--identity",
+                &id,
+                "--kind",
+                "secret-exposed",
+                "--severity",
+                "critical",
+                "--source",
+                "secret-scanner",
+                "--summary",
+                "token found in a public repository",
+                "--evidence-ref",
+                "https://scanner.example.test/findings/1",
+                "-o",
+                "json",
+            ],
+        )
+        .await,
+    );
+    assert!(!posted["signal_id"].as_str().unwrap().is_empty());
+    let score = posted["risk_score"].as_u64().unwrap();
+    assert!(score > token["risk_score"].as_u64().unwrap(), "{posted}");
+    let shown = json(
+        &steward_on(
+            &stack,
+            "inventory",
+            &["identity", "show", &id, "-o", "json"],
+        )
+        .await,
+    );
+    assert_eq!(shown["risk_score"].as_u64(), Some(score));
+    assert!(
+        shown["risk_reasons"].as_array().unwrap().iter().any(|r| r
+            .as_str()
+            .unwrap()
+            .contains("SECRET_EXPOSED")
+            || r.as_str().unwrap().contains("secret")),
+        "{shown}"
+    );
+    let out = steward_on(
+        &stack,
+        "inventory",
+        &[
+            "signal",
+            "post",
+            "--identity",
+            &id,
+            "--kind",
+            "leaked",
+            "--severity",
+            "high",
+            "--source",
+            "s",
+            "--summary",
+            "s",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2));
 }
