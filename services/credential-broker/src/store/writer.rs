@@ -60,6 +60,19 @@ pub enum Change {
     },
 }
 
+impl Change {
+    /// The reaper's end of expired leases, rather than a caller's change.
+    fn is_expiry(&self) -> bool {
+        matches!(
+            self,
+            Self::Revoke {
+                state: LeaseState::Expired,
+                ..
+            }
+        )
+    }
+}
+
 /// What a change did.
 #[derive(Debug)]
 pub enum Applied {
@@ -140,40 +153,64 @@ async fn run(
                 Err(_) => break,
             }
         }
-        let (changes, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-        let held = match &gate {
-            Some(gate) => Some(gate.lock().await),
-            None => None,
-        };
-        let applied = store.apply(changes, last).await;
-        drop(held);
-        match applied {
-            Ok((results, revoked)) => {
-                if let Some(forwarder) = &forwarder {
-                    forwarder.wake();
-                }
-                for entry in revoked {
-                    last = entry.sequence;
-                    // No receivers is fine: nobody is watching.
-                    let _ = live.send(Arc::new(entry));
-                }
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(result);
-                }
-            }
-            Err(error) => {
-                tracing::error!(%error, batch = replies.len(), "lease batch failed");
-                // Another writer (a replica on the same PostgreSQL) may
-                // have numbered revocations meanwhile.
-                if let Ok(found) = store.last_sequence().await {
-                    last = found;
-                }
-                for reply in replies {
-                    let _ = reply.send(Err(error.clone()));
-                }
+        // Expiries (the reaper's bulk changes) commit after, and apart from,
+        // what callers are waiting for: an issuance never waits for 200
+        // expired leases and their evidence in its own transaction. Each
+        // kind keeps its order; no caller's change concerns an expiry.
+        let (expiries, calls): (Vec<_>, Vec<_>) =
+            batch.into_iter().partition(|(c, _)| c.is_expiry());
+        for part in [calls, expiries] {
+            if !part.is_empty() {
+                last = commit(&store, last, part, &live, forwarder.as_ref(), gate.as_ref()).await;
             }
         }
     }
+}
+
+/// Applies one transaction's changes and answers their callers; returns
+/// the log's last sequence after it.
+async fn commit(
+    store: &Store,
+    mut last: i64,
+    batch: Vec<(Change, Reply)>,
+    live: &broadcast::Sender<Arc<RevocationEntry>>,
+    forwarder: Option<&Forwarder>,
+    gate: Option<&WriteGate>,
+) -> i64 {
+    let (changes, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+    let held = match gate {
+        Some(gate) => Some(gate.lock().await),
+        None => None,
+    };
+    let applied = store.apply(changes, last).await;
+    drop(held);
+    match applied {
+        Ok((results, revoked)) => {
+            if let Some(forwarder) = forwarder {
+                forwarder.wake();
+            }
+            for entry in revoked {
+                last = entry.sequence;
+                // No receivers is fine: nobody is watching.
+                let _ = live.send(Arc::new(entry));
+            }
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(result);
+            }
+        }
+        Err(error) => {
+            tracing::error!(%error, batch = replies.len(), "lease batch failed");
+            // Another writer (a replica on the same PostgreSQL) may
+            // have numbered revocations meanwhile.
+            if let Ok(found) = store.last_sequence().await {
+                last = found;
+            }
+            for reply in replies {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+    }
+    last
 }
 
 type Outcome = (Vec<Result<Applied, StoreError>>, Vec<RevocationEntry>);
