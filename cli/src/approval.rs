@@ -100,7 +100,7 @@ pub async fn list(
     filter: Filter,
     output: Output,
 ) -> anyhow::Result<ExitCode> {
-    let mut client = authority(args).await?;
+    let client = authority(args).await?;
     let state = match filter.state {
         State::Pending => pb::ApprovalState::Pending,
         State::Approved => pb::ApprovalState::Approved,
@@ -109,41 +109,42 @@ pub async fn list(
         State::Cancelled => pb::ApprovalState::Cancelled,
         State::All => pb::ApprovalState::Unspecified,
     };
-    let mut rows = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .list_approval_requests(pb::ListApprovalRequestsRequest {
-                state: state as i32,
-                resource_id: filter.identity.clone().unwrap_or_default(),
-                incident_ref: filter.incident.clone().unwrap_or_default(),
-                page_size: 100,
-                page_token,
-            })
-            .await?
-            .into_inner();
-        rows.extend(page.approval_requests.iter().map(row));
-        if page.next_page_token.is_empty() || rows.len() >= filter.limit {
-            break;
+    let request = pb::ListApprovalRequestsRequest {
+        state: state as i32,
+        resource_id: filter.identity.unwrap_or_default(),
+        incident_ref: filter.incident.unwrap_or_default(),
+        page_size: 100,
+        page_token: String::new(),
+    };
+    let rows = format::collect(filter.limit, |page_token| {
+        let (mut client, request) = (client.clone(), request.clone());
+        async move {
+            let page = client
+                .list_approval_requests(pb::ListApprovalRequestsRequest {
+                    page_token,
+                    ..request
+                })
+                .await?
+                .into_inner();
+            Ok((
+                page.approval_requests.iter().map(row).collect(),
+                page.next_page_token,
+            ))
         }
-        page_token = page.next_page_token;
-    }
-    rows.truncate(filter.limit);
-    match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-        Output::Table => {
+    })
+    .await?;
+    format::rows(&rows, output, |rows| {
+        println!(
+            "{:<36}  {:<9} {:<8} {:<12} {:<22} PRINCIPAL",
+            "REQUEST", "STATE", "ACTION", "INCIDENT", "NEEDS"
+        );
+        for r in rows {
             println!(
-                "{:<36}  {:<9} {:<8} {:<12} {:<22} PRINCIPAL",
-                "REQUEST", "STATE", "ACTION", "INCIDENT", "NEEDS"
+                "{:<36}  {:<9} {:<8} {:<12} {:<22} {}",
+                r.id, r.state, r.action, r.incident_ref, r.needs, r.principal
             );
-            for r in &rows {
-                println!(
-                    "{:<36}  {:<9} {:<8} {:<12} {:<22} {}",
-                    r.id, r.state, r.action, r.incident_ref, r.needs, r.principal
-                );
-            }
         }
-    }
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 

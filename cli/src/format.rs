@@ -40,3 +40,34 @@ pub fn record<T: Serialize>(value: &T, output: Output) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Collects up to `limit` items across pages. `page(token)` fetches one
+/// page (the first with an empty token) and returns its items and the next
+/// token, empty after the last page.
+pub async fn collect<T, F, Fut>(limit: usize, mut page: F) -> anyhow::Result<Vec<T>>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<(Vec<T>, String)>>,
+{
+    let mut items = Vec::new();
+    let mut token = String::new();
+    loop {
+        let (more, next) = page(token).await?;
+        items.extend(more);
+        if next.is_empty() || items.len() >= limit {
+            break;
+        }
+        token = next;
+    }
+    items.truncate(limit);
+    Ok(items)
+}
+
+/// Prints rows: as JSON, or through `table` for people.
+pub fn rows<T: Serialize>(rows: &[T], output: Output, table: impl Fn(&[T])) -> anyhow::Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(rows)?),
+        Output::Table => table(rows),
+    }
+    Ok(())
+}

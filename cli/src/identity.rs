@@ -289,55 +289,56 @@ pub async fn list(
     filter: Filter,
     output: Output,
 ) -> anyhow::Result<ExitCode> {
-    let mut client = inventory(args).await?;
-    let mut rows = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .list_identities(pb::ListIdentitiesRequest {
-                filter: Some(pb::IdentityFilter {
-                    kinds: filter.kinds.clone(),
-                    states: filter.states.clone(),
-                    owner: filter.owner.clone().unwrap_or_default(),
-                    label: filter.label.clone().unwrap_or_default(),
-                    business_service: String::new(),
-                    environment: filter.environment.clone().unwrap_or_default(),
-                    source_system: filter.source_system.clone().unwrap_or_default(),
-                    text: filter.text.clone().unwrap_or_default(),
-                }),
-                page_size: 1000,
-                page_token,
-            })
-            .await?
-            .into_inner();
-        rows.extend(page.identities.iter().map(row));
-        if page.next_page_token.is_empty() || rows.len() >= filter.limit {
-            break;
+    let client = inventory(args).await?;
+    let request = pb::ListIdentitiesRequest {
+        filter: Some(pb::IdentityFilter {
+            kinds: filter.kinds,
+            states: filter.states,
+            owner: filter.owner.unwrap_or_default(),
+            label: filter.label.unwrap_or_default(),
+            business_service: String::new(),
+            environment: filter.environment.unwrap_or_default(),
+            source_system: filter.source_system.unwrap_or_default(),
+            text: filter.text.unwrap_or_default(),
+        }),
+        page_size: 1000,
+        page_token: String::new(),
+    };
+    let rows = format::collect(filter.limit, |page_token| {
+        let (mut client, request) = (client.clone(), request.clone());
+        async move {
+            let page = client
+                .list_identities(pb::ListIdentitiesRequest {
+                    page_token,
+                    ..request
+                })
+                .await?
+                .into_inner();
+            Ok((
+                page.identities.iter().map(row).collect(),
+                page.next_page_token,
+            ))
         }
-        page_token = page.next_page_token;
-    }
-    rows.truncate(filter.limit);
-    match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-        Output::Table => {
+    })
+    .await?;
+    format::rows(&rows, output, |rows| {
+        println!(
+            "{:<36}  {:<16} {:<12} {:<11} {:>4}  {:<14} NAME",
+            "IDENTITY", "KIND", "STATE", "ENV", "RISK", "OWNER"
+        );
+        for r in rows {
             println!(
-                "{:<36}  {:<16} {:<12} {:<11} {:>4}  {:<14} NAME",
-                "IDENTITY", "KIND", "STATE", "ENV", "RISK", "OWNER"
+                "{:<36}  {:<16} {:<12} {:<11} {:>4}  {:<14} {}",
+                r.id,
+                r.kind,
+                r.state,
+                r.environment,
+                r.risk_score,
+                r.technical_owner,
+                r.display_name
             );
-            for r in &rows {
-                println!(
-                    "{:<36}  {:<16} {:<12} {:<11} {:>4}  {:<14} {}",
-                    r.id,
-                    r.kind,
-                    r.state,
-                    r.environment,
-                    r.risk_score,
-                    r.technical_owner,
-                    r.display_name
-                );
-            }
         }
-    }
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -94,37 +94,35 @@ pub async fn list(
     filter: Filter,
     output: Output,
 ) -> anyhow::Result<ExitCode> {
-    let mut client = broker(args).await?;
-    let mut rows = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .list_leases(pb::ListLeasesRequest {
-                identity_id: filter.identity.clone().unwrap_or_default(),
-                incident_ref: filter.incident.clone().unwrap_or_default(),
-                holder: filter.holder.clone().unwrap_or_default(),
-                state: match filter.state {
-                    None => pb::LeaseState::Unspecified,
-                    Some(State::Active) => pb::LeaseState::Active,
-                    Some(State::Revoked) => pb::LeaseState::Revoked,
-                    Some(State::Expired) => pb::LeaseState::Expired,
-                } as i32,
-                page_size: 1000,
-                page_token,
-            })
-            .await?
-            .into_inner();
-        rows.extend(page.leases.iter().map(row));
-        if page.next_page_token.is_empty() || rows.len() >= filter.limit {
-            break;
+    let client = broker(args).await?;
+    let request = pb::ListLeasesRequest {
+        identity_id: filter.identity.unwrap_or_default(),
+        incident_ref: filter.incident.unwrap_or_default(),
+        holder: filter.holder.unwrap_or_default(),
+        state: match filter.state {
+            None => pb::LeaseState::Unspecified,
+            Some(State::Active) => pb::LeaseState::Active,
+            Some(State::Revoked) => pb::LeaseState::Revoked,
+            Some(State::Expired) => pb::LeaseState::Expired,
+        } as i32,
+        page_size: 1000,
+        page_token: String::new(),
+    };
+    let rows = crate::format::collect(filter.limit, |page_token| {
+        let (mut client, request) = (client.clone(), request.clone());
+        async move {
+            let page = client
+                .list_leases(pb::ListLeasesRequest {
+                    page_token,
+                    ..request
+                })
+                .await?
+                .into_inner();
+            Ok((page.leases.iter().map(row).collect(), page.next_page_token))
         }
-        page_token = page.next_page_token;
-    }
-    rows.truncate(filter.limit);
-    match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-        Output::Table => table(&rows),
-    }
+    })
+    .await?;
+    crate::format::rows(&rows, output, table)?;
     Ok(ExitCode::SUCCESS)
 }
 
