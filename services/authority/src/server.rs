@@ -1129,9 +1129,6 @@ impl AuthorityServer {
         })
     }
 
-    /// Authorize: decide with each grant that covers the request (its
-    /// approvals, or break-glass) and spend the one an ALLOW used; with no
-    /// grant, decide bare, and open an approval request when one is needed.
     /// Whether the caller records an ALLOW in its outcome's evidence
     /// record instead of authority recording it (ADR 0012): only when it
     /// asks, and only Steward's own credential broker, acting for no human.
@@ -1144,6 +1141,9 @@ impl AuthorityServer {
             })
     }
 
+    /// Authorize: decide with each grant that covers the request (its
+    /// approvals, or break-glass) and spend the one an ALLOW used; with no
+    /// grant, decide bare, and open an approval request when one is needed.
     async fn authorize_with_grants(
         &self,
         r: &pb::AuthorizeRequest,

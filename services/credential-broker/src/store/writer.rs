@@ -3,9 +3,12 @@
 //! One writer task takes every change queued while the previous batch was
 //! committing and applies them, in order, in one transaction: new leases in
 //! one multi-row INSERT, renewals and revocations as they come, the
-//! revocation log's rows and every evidence record. Each caller is answered
-//! once its batch is durable; a change that cannot apply (the lease is not
-//! active, a renewal beyond the max TTL) fails alone.
+//! revocation log's rows and every evidence record. The reaper's expiries
+//! drained with them follow in a transaction of their own, so no caller
+//! waits for them. Each caller is answered once its batch is durable; a
+//! change that cannot apply (the lease is not active, a renewal beyond the
+//! max TTL) fails alone. On SQLite each transaction holds the service's
+//! `WriteGate`, shared with the outbox forwarder.
 //!
 //! The writer numbers the revocation log. After a batch commits it
 //! publishes the batch's revocations, in order, to the live watchers.
