@@ -80,12 +80,12 @@ async fn authority(args: &ConnectionArgs) -> anyhow::Result<AuthorityServiceClie
     ))
 }
 
-/// `message` as a request carrying the stored human token, which a review
-/// requires.
-fn as_human<T>(message: T, token_file: Option<&Path>) -> anyhow::Result<tonic::Request<T>> {
+/// `message` as a request carrying the stored human token, which reviews
+/// and break-glass require.
+pub fn as_human<T>(message: T, token_file: Option<&Path>) -> anyhow::Result<tonic::Request<T>> {
     let token = crate::login::stored_token(token_file)?.ok_or_else(|| {
         anyhow::anyhow!(
-            "a review is a person's act: log in first (`steward login --dev` with `steward dev up`, or `steward login --from-file <token>`)"
+            "only a person may do this: log in first (`steward login --dev` with `steward dev up`, or `steward login --from-file <token>`)"
         )
     })?;
     let mut request = tonic::Request::new(message);

@@ -1,17 +1,22 @@
-//! `steward`: the command-line tool for operators and scripts.
+//! `steward`: the command-line tool for operators and scripts, over mTLS
+//! with the operator's SVID and, for what only a person may do, the OIDC
+//! token `steward login` keeps.
 //!
-//! Today it runs the development environment (`steward dev up`, `steward dev
-//! reset`), checks the services (`steward health`, `steward whoami`), all
-//! over mTLS with the operator's SVID, keeps the human's OIDC token
-//! (`steward login`, `steward logout`) and verifies and exports the
-//! evidence log (`steward audit`), lists and revokes credential leases
-//! (`steward lease`), reviews approval requests (`steward approval`),
-//! closes incidents (`steward incident`), imports and reads identities
-//! (`steward identity`) and reports risk signals (`steward signal`). A refused call exits with a code per gRPC status
-//! (`exit.rs`).
+//! - `dev up|reset`: the development environment;
+//! - `health`, `whoami`: are the services there, who do they see;
+//! - `login`, `logout`: the human's token;
+//! - `identity import|list|show`, `signal post`: inventory;
+//! - `approval list|show|approve|deny`, `breakglass invoke`,
+//!   `review list|complete`, `incident close`: authority;
+//! - `lease list|show|revoke`: the broker's leases;
+//! - `audit verify|export`: the evidence log.
+//!
+//! Tables by default, `--output json` for scripts; a refused call exits
+//! with a code per gRPC status (`exit.rs`).
 
 mod approval;
 mod audit;
+mod breakglass;
 mod client;
 mod dev;
 mod exit;
@@ -108,6 +113,17 @@ enum Command {
         #[command(subcommand)]
         command: ApprovalCommand,
     },
+    /// Break-glass: emergency authority for one action, as the logged-in
+    /// human; always recorded, always reviewed afterwards.
+    Breakglass {
+        #[command(subcommand)]
+        command: BreakglassCommand,
+    },
+    /// Post-action reviews of break-glass: list (--overdue), complete.
+    Review {
+        #[command(subcommand)]
+        command: ReviewCommand,
+    },
     /// Incidents: close one (its grants end, its leases are revoked).
     Incident {
         #[command(subcommand)]
@@ -201,6 +217,31 @@ enum ApprovalCommand {
         id: String,
         #[arg(long)]
         reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BreakglassCommand {
+    /// Ask for emergency authority over one action on one identity.
+    Invoke {
+        #[command(flatten)]
+        invoke: breakglass::InvokeArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ReviewCommand {
+    /// Post-action reviews (open ones by default).
+    List {
+        #[command(flatten)]
+        filter: breakglass::ReviewFilter,
+    },
+    /// Complete a review as one of its assignees.
+    Complete {
+        id: String,
+        /// What the review found.
+        #[arg(long)]
+        note: String,
     },
 }
 
@@ -336,6 +377,17 @@ fn main() -> ExitCode {
                 }
                 ApprovalCommand::Deny { id, reason } => {
                     approval::review(&cli.conn, &id, false, &reason, cli.output).await
+                }
+            },
+            Command::Breakglass {
+                command: BreakglassCommand::Invoke { invoke },
+            } => breakglass::invoke(&cli.conn, invoke, cli.output).await,
+            Command::Review { command } => match command {
+                ReviewCommand::List { filter } => {
+                    breakglass::list(&cli.conn, filter, cli.output).await
+                }
+                ReviewCommand::Complete { id, note } => {
+                    breakglass::complete(&cli.conn, &id, &note, cli.output).await
                 }
             },
             Command::Incident {

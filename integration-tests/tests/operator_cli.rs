@@ -587,3 +587,122 @@ async fn operators_import_and_read_identities_and_post_signals_from_the_cli() {
     .await;
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_call_breaks_glass_from_the_cli_and_an_owner_completes_the_review() {
+    let stack = TestStack::start().await;
+    stack
+        .activate_policies(
+            r#"
+@id("oncall-may-break-glass")
+permit (principal == Steward::Human::"oncall", action == Steward::Action::"break_glass", resource);
+"#,
+            true,
+        )
+        .await;
+    let identity = stack
+        .workload_identity("payments-webhook", "production")
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = |who: &str| {
+        let path = dir.path().join(who);
+        std::fs::write(&path, stack.token(who)).unwrap();
+        path
+    };
+    let (oncall, bob, alice) = (token("oncall"), token("bob"), token("alice"));
+    let invoke = [
+        "breakglass",
+        "invoke",
+        "--action",
+        "suspend",
+        "--identity",
+        &identity.id,
+        "--incident",
+        "INC-42",
+        "--reason",
+        "webhook secret is being abused",
+        "-o",
+        "json",
+    ];
+
+    // Only the principals a policy names may break glass.
+    let out = steward_authority(&stack, Some(&bob), &invoke).await;
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let invoked = json(&steward_authority(&stack, Some(&oncall), &invoke).await);
+    assert!(
+        !invoked["grant_id"].as_str().unwrap().is_empty(),
+        "{invoked}"
+    );
+    let review = &invoked["review"];
+    assert_eq!(review["state"], "open");
+    assert_eq!(review["principal"], "oncall");
+    assert_eq!(review["action"], "suspend");
+    assert!(
+        review["assignees"]
+            .as_array()
+            .unwrap()
+            .contains(&"alice".into()),
+        "{review}"
+    );
+    let id = review["id"].as_str().unwrap().to_owned();
+
+    let open = json(&steward_authority(&stack, None, &["review", "list", "-o", "json"]).await);
+    assert_eq!(open.as_array().unwrap().len(), 1, "{open}");
+    assert_eq!(open[0]["overdue"], false);
+    let overdue = json(
+        &steward_authority(&stack, None, &["review", "list", "--overdue", "-o", "json"]).await,
+    );
+    assert_eq!(
+        overdue,
+        serde_json::json!([]),
+        "due in the configured time, not yet"
+    );
+
+    // The invoker may not review their own break-glass; an owner may.
+    let out = steward_authority(
+        &stack,
+        Some(&oncall),
+        &["review", "complete", &id, "--note", "fine"],
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done = json(
+        &steward_authority(
+            &stack,
+            Some(&alice),
+            &[
+                "review",
+                "complete",
+                &id,
+                "--note",
+                "suspension was right",
+                "-o",
+                "json",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(done["state"], "completed");
+    assert_eq!(done["completed_by"], "alice");
+    let open = json(&steward_authority(&stack, None, &["review", "list", "-o", "json"]).await);
+    assert_eq!(open, serde_json::json!([]));
+    let all = json(
+        &steward_authority(
+            &stack,
+            None,
+            &["review", "list", "--state", "all", "-o", "json"],
+        )
+        .await,
+    );
+    assert_eq!(all[0]["completion_note"], "suspension was right");
+}
