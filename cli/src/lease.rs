@@ -2,7 +2,9 @@
 //!
 //! `list` pages through every lease matching its filters, `show` prints one,
 //! `revoke` ends one lease or every active lease of an incident, identity
-//! or holder (the broker asks authority first). Tables by default,
+//! or holder (the broker asks authority first), `watch` follows the
+//! revocation log as it grows (one JSON object a line with `--output
+//! json`). Tables by default,
 //! `--output json` for scripts; a refused call exits as [`crate::exit`]
 //! says.
 
@@ -221,20 +223,27 @@ fn table(rows: &[LeaseRow]) {
     }
 }
 
-fn row(lease: &pb::Lease) -> LeaseRow {
-    let kind = match pb::CredentialKind::try_from(lease.kind) {
+fn kind_word(kind: i32) -> &'static str {
+    match pb::CredentialKind::try_from(kind) {
         Ok(pb::CredentialKind::X509Svid) => "x509-svid",
         Ok(pb::CredentialKind::JwtSvid) => "jwt-svid",
         Ok(pb::CredentialKind::ApiToken) => "api-token",
         Ok(pb::CredentialKind::DatabaseRole) => "database-role",
         _ => "unknown",
-    };
-    let state = match pb::LeaseState::try_from(lease.state) {
+    }
+}
+
+fn state_word(state: i32) -> &'static str {
+    match pb::LeaseState::try_from(state) {
         Ok(pb::LeaseState::Active) => "active",
         Ok(pb::LeaseState::Revoked) => "revoked",
         Ok(pb::LeaseState::Expired) => "expired",
         _ => "unknown",
-    };
+    }
+}
+
+fn row(lease: &pb::Lease) -> LeaseRow {
+    let (kind, state) = (kind_word(lease.kind), state_word(lease.state));
     LeaseRow {
         lease_id: lease.lease_id.clone(),
         identity_id: lease.identity_id.clone(),
@@ -253,4 +262,92 @@ fn row(lease: &pb::Lease) -> LeaseRow {
         revoked_by: lease.revoked_by.clone(),
         revoke_reason: lease.revoke_reason.clone(),
     }
+}
+
+/// Where `watch` starts and when it stops.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WatchArgs {
+    /// Replay the revocations after this sequence first (0: the whole
+    /// log); without it, only what is revoked from now on.
+    #[arg(long)]
+    pub after: Option<u64>,
+    /// Only revocations of this incident.
+    #[arg(long)]
+    pub incident: Option<String>,
+    /// Stop after this many (shown) revocations.
+    #[arg(long)]
+    pub count: Option<usize>,
+}
+
+/// A revocation as printed.
+#[derive(Debug, serde::Serialize)]
+struct RevocationRow {
+    sequence: u64,
+    lease_id: String,
+    identity_id: String,
+    kind: String,
+    state: String,
+    incident_ref: String,
+    credential_ref: String,
+    revoked: String,
+    reason: String,
+}
+
+pub async fn watch(
+    args: &ConnectionArgs,
+    watch: WatchArgs,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    let mut stream = broker(args)
+        .await?
+        .watch_revocations(pb::WatchRevocationsRequest {
+            after_sequence: watch.after,
+        })
+        .await?
+        .into_inner();
+    if output == Output::Table {
+        println!(
+            "{:>8}  {:<36}  {:<13} {:<8} {:<12} {:<20}  REASON",
+            "SEQ", "LEASE", "KIND", "STATE", "INCIDENT", "REVOKED"
+        );
+    }
+    let mut shown = 0;
+    while watch.count.is_none_or(|n| shown < n) {
+        let Some(r) = stream.message().await? else {
+            anyhow::bail!("the broker ended the stream; resume with --after <last sequence>");
+        };
+        if watch
+            .incident
+            .as_ref()
+            .is_some_and(|i| *i != r.incident_ref)
+        {
+            continue;
+        }
+        let row = RevocationRow {
+            sequence: r.sequence,
+            lease_id: r.lease_id,
+            identity_id: r.identity_id,
+            kind: kind_word(r.kind).to_owned(),
+            state: state_word(r.state).to_owned(),
+            incident_ref: r.incident_ref,
+            credential_ref: r.credential_ref,
+            revoked: crate::format::time(r.revoke_time.as_ref()),
+            reason: r.reason,
+        };
+        match output {
+            Output::Json => println!("{}", serde_json::to_string(&row)?),
+            Output::Table => println!(
+                "{:>8}  {:<36}  {:<13} {:<8} {:<12} {:<20}  {}",
+                row.sequence,
+                row.lease_id,
+                row.kind,
+                row.state,
+                row.incident_ref,
+                row.revoked,
+                row.reason
+            ),
+        }
+        shown += 1;
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -8,7 +8,7 @@
 //! - `identity import|list|show`, `signal post`: inventory;
 //! - `approval list|show|approve|deny`, `breakglass invoke`,
 //!   `review list|complete`, `incident close`: authority;
-//! - `lease list|show|revoke`: the broker's leases;
+//! - `lease list|show|revoke|watch`: the broker's leases;
 //! - `audit verify|export`: the evidence log.
 //!
 //! Tables by default, `--output json` for scripts; a refused call exits
@@ -265,6 +265,11 @@ enum LeaseCommand {
     },
     /// One lease, every field.
     Show { lease_id: String },
+    /// Follow revocations as they happen (and replay with --after).
+    Watch {
+        #[command(flatten)]
+        watch: lease::WatchArgs,
+    },
     /// Revoke one lease, or every active lease of an incident, identity or
     /// holder. The broker asks authority first.
     Revoke {
@@ -398,6 +403,7 @@ fn main() -> ExitCode {
             } => approval::close_incident(&cli.conn, &incident_ref, &reason, cli.output).await,
             Command::Lease { command } => match command {
                 LeaseCommand::List { filter } => lease::list(&cli.conn, filter, cli.output).await,
+                LeaseCommand::Watch { watch } => lease::watch(&cli.conn, watch, cli.output).await,
                 LeaseCommand::Show { lease_id } => {
                     lease::show(&cli.conn, &lease_id, cli.output).await
                 }

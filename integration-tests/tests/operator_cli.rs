@@ -295,6 +295,62 @@ async fn operators_list_show_and_revoke_leases_from_the_cli() {
         .await,
     );
     assert_eq!(untouched["state"], "active");
+
+    // The revocation log, replayed: one JSON object a line, in order.
+    let out = steward(
+        &stack,
+        "operator",
+        &[
+            "lease", "watch", "--after", "0", "--count", "2", "-o", "json",
+        ],
+    )
+    .await;
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let seen: Vec<&str> = lines
+        .iter()
+        .map(|l| l["lease_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(seen, vec![issued[0].as_str(), issued[1].as_str()]);
+    assert_eq!(lines[1]["reason"], "incident over");
+    // Resumed after the last one seen, a watcher gets what is revoked next.
+    let last = lines[1]["sequence"].as_u64().unwrap().to_string();
+    let watcher = {
+        let pki = stack.pki.path().to_owned();
+        let addr = stack.service("credential-broker").address();
+        std::thread::spawn(move || {
+            std::process::Command::new(binary_dir().join("steward"))
+                .args(["--cert", &pki.join("operator.crt").display().to_string()])
+                .args(["--key", &pki.join("operator.key").display().to_string()])
+                .args(["--bundle", &pki.join("bundle.pem").display().to_string()])
+                .args([
+                    "--addr", &addr, "lease", "watch", "--after", &last, "--count", "1", "-o",
+                    "json",
+                ])
+                .output()
+                .unwrap()
+        })
+    };
+    json(
+        &steward(
+            &stack,
+            "operator",
+            &[
+                "lease", "revoke", &issued[2], "--reason", "last one", "-o", "json",
+            ],
+        )
+        .await,
+    );
+    let out = tokio::task::spawn_blocking(move || watcher.join().unwrap())
+        .await
+        .unwrap();
+    let next: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(next["lease_id"], issued[2].as_str());
+    assert_eq!(next["incident_ref"], "INC-10");
+    assert_eq!(next["state"], "revoked");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
