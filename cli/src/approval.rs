@@ -74,7 +74,7 @@ pub struct ReviewRow {
     pub time: String,
 }
 
-async fn authority(args: &ConnectionArgs) -> anyhow::Result<AuthorityServiceClient<Channel>> {
+pub async fn authority(args: &ConnectionArgs) -> anyhow::Result<AuthorityServiceClient<Channel>> {
     Ok(AuthorityServiceClient::new(
         args.channel("authority").await?,
     ))

@@ -11,11 +11,9 @@
 use std::process::ExitCode;
 
 use steward_proto::steward::authority::v1 as pb;
-use steward_proto::steward::authority::v1::authority_service_client::AuthorityServiceClient;
-use tonic::transport::Channel;
 
 use crate::Output;
-use crate::approval::as_human;
+use crate::approval::{as_human, authority};
 use crate::client::ConnectionArgs;
 use crate::format;
 
@@ -76,12 +74,6 @@ pub struct ReviewRow {
     pub completed_by: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub completion_note: String,
-}
-
-async fn authority(args: &ConnectionArgs) -> anyhow::Result<AuthorityServiceClient<Channel>> {
-    Ok(AuthorityServiceClient::new(
-        args.channel("authority").await?,
-    ))
 }
 
 #[derive(Debug, serde::Serialize)]

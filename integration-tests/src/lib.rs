@@ -66,6 +66,22 @@ impl TestPki {
         self.dir.path()
     }
 
+    /// The `steward` CLI's connection flags: the SVID `<cert>.crt` /
+    /// `<cert>.key` written here, the bundle, and `addr`.
+    pub fn cli_args(&self, cert: &str, addr: &str) -> Vec<String> {
+        let file = |name: String| self.path().join(name).display().to_string();
+        vec![
+            "--cert".to_owned(),
+            file(format!("{cert}.crt")),
+            "--key".to_owned(),
+            file(format!("{cert}.key")),
+            "--bundle".to_owned(),
+            file("bundle.pem".to_owned()),
+            "--addr".to_owned(),
+            addr.to_owned(),
+        ]
+    }
+
     /// Issues a compliant SVID for `id` (with `localhost`/`127.0.0.1` SANs)
     /// and writes `<file>.crt` / `<file>.key`.
     pub fn svid(&self, file: &str, id: &str) -> SvidPaths {

@@ -25,16 +25,9 @@ impl Cli {
         let signer = NoteSigner::from_pkcs8("steward.test/audit", der.secret_der()).unwrap();
         let vkey = pki.join("audit-log.vkey");
         std::fs::write(&vkey, signer.verifier_key()).unwrap();
-        let args = vec![
-            "--cert".into(),
-            pki.join("operator.crt").display().to_string(),
-            "--key".into(),
-            pki.join("operator.key").display().to_string(),
-            "--bundle".into(),
-            pki.join("bundle.pem").display().to_string(),
-            "--addr".into(),
-            stack.service("audit").address(),
-        ];
+        let args = stack
+            .pki
+            .cli_args("operator", &stack.service("audit").address());
         Self {
             args,
             vkey,

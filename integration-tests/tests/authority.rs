@@ -728,6 +728,20 @@ async fn only_the_broker_records_an_allow_with_its_outcome() {
     let left = decide(broker.clone(), with_outcome("/service/credential-broker")).await;
     assert_eq!(left.effect, pb::Effect::Allow as i32);
     assert!(left.recorded_with_outcome, "{left:?}");
+    // The broker acting for a human: the human's decision is authority's to record.
+    let for_alice = broker
+        .clone()
+        .authorize(bearer(
+            with_outcome("/service/credential-broker"),
+            &stack.token("alice"),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .decision
+        .unwrap();
+    assert_eq!(for_alice.effect, pb::Effect::Allow as i32);
+    assert!(!for_alice.recorded_with_outcome);
     let denied = decide(broker, with_outcome("/automation/soar")).await;
     assert_eq!(denied.effect, pb::Effect::Deny as i32);
     assert!(!denied.recorded_with_outcome);
@@ -738,7 +752,7 @@ async fn only_the_broker_records_an_allow_with_its_outcome() {
 
     // Authority's outbox delivers in order: once the last decision is in
     // the log, the first would be too had authority recorded it.
-    let evidence = stack.evidence_of(&nhi, "decision.authorize", 2).await;
+    let evidence = stack.evidence_of(&nhi, "decision.authorize", 3).await;
     let recorded: Vec<&str> = evidence
         .iter()
         .filter_map(|e| e.record.as_ref())
@@ -747,6 +761,10 @@ async fn only_the_broker_records_an_allow_with_its_outcome() {
         .collect();
     assert_eq!(
         recorded,
-        vec![denied.decision_id.as_str(), by_another.decision_id.as_str()]
+        vec![
+            for_alice.decision_id.as_str(),
+            denied.decision_id.as_str(),
+            by_another.decision_id.as_str()
+        ]
     );
 }

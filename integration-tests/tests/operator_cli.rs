@@ -55,17 +55,7 @@ async fn steward_authority(stack: &TestStack, token: Option<&Path>, extra: &[&st
 }
 
 async fn steward_at(stack: &TestStack, cert: &str, addr: &str, extra: &[&str]) -> Output {
-    let pki = stack.pki.path();
-    let mut args = vec![
-        "--cert".to_owned(),
-        pki.join(format!("{cert}.crt")).display().to_string(),
-        "--key".to_owned(),
-        pki.join(format!("{cert}.key")).display().to_string(),
-        "--bundle".to_owned(),
-        pki.join("bundle.pem").display().to_string(),
-        "--addr".to_owned(),
-        addr.to_owned(),
-    ];
+    let mut args = stack.pki.cli_args(cert, addr);
     args.extend(extra.iter().map(|s| s.to_string()));
     tokio::task::spawn_blocking(move || {
         std::process::Command::new(binary_dir().join("steward"))
@@ -86,6 +76,14 @@ fn json(output: &Output) -> serde_json::Value {
         String::from_utf8_lossy(&output.stdout)
     );
     serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// Asserts that the command exited with `code`; returns what it said on
+/// standard error.
+fn exits(output: &Output, code: i32) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(code), "{stderr}");
+    stderr
 }
 
 fn ids(value: &serde_json::Value) -> Vec<String> {
@@ -278,12 +276,7 @@ async fn operators_list_show_and_revoke_leases_from_the_cli() {
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
     let out = steward_at(&stack, "operator", "127.0.0.1:1", &["lease", "list"]).await;
-    assert_eq!(
-        out.status.code(),
-        Some(7),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    exits(&out, 7);
 
     // Nothing above touched the other incident's lease.
     let untouched = json(
@@ -319,17 +312,18 @@ async fn operators_list_show_and_revoke_leases_from_the_cli() {
     // Resumed after the last one seen, a watcher gets what is revoked next.
     let last = lines[1]["sequence"].as_u64().unwrap().to_string();
     let watcher = {
-        let pki = stack.pki.path().to_owned();
-        let addr = stack.service("credential-broker").address();
+        let mut args = stack
+            .pki
+            .cli_args("operator", &stack.service("credential-broker").address());
+        args.extend(
+            [
+                "lease", "watch", "--after", &last, "--count", "1", "-o", "json",
+            ]
+            .map(String::from),
+        );
         std::thread::spawn(move || {
             std::process::Command::new(binary_dir().join("steward"))
-                .args(["--cert", &pki.join("operator.crt").display().to_string()])
-                .args(["--key", &pki.join("operator.key").display().to_string()])
-                .args(["--bundle", &pki.join("bundle.pem").display().to_string()])
-                .args([
-                    "--addr", &addr, "lease", "watch", "--after", &last, "--count", "1", "-o",
-                    "json",
-                ])
+                .args(args)
                 .output()
                 .unwrap()
         })
@@ -404,8 +398,7 @@ async fn an_owner_approves_from_the_cli_and_closing_the_incident_revokes_its_lea
         &["approval", "approve", &request_id, "--reason", "ok"],
     )
     .await;
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("steward login"));
+    assert!(exits(&out, 1).contains("steward login"));
     // Someone who is not the owner is refused, and the request stays pending.
     let bob = dir.path().join("bob");
     std::fs::write(&bob, stack.token("bob")).unwrap();
@@ -415,12 +408,7 @@ async fn an_owner_approves_from_the_cli_and_closing_the_incident_revokes_its_lea
         &["approval", "approve", &request_id, "--reason", "ok"],
     )
     .await;
-    assert_eq!(
-        out.status.code(),
-        Some(5),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    exits(&out, 5);
     let shown = json(
         &steward_authority(
             &stack,
@@ -488,7 +476,7 @@ async fn an_owner_approves_from_the_cli_and_closing_the_incident_revokes_its_lea
     assert_eq!(revoked["state"], "revoked");
 
     let out = steward_authority(&stack, None, &["incident", "close", "INC-11"]).await;
-    assert_eq!(out.status.code(), Some(2), "a reason is required");
+    assert!(exits(&out, 2).contains("--reason"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -502,12 +490,7 @@ async fn operators_import_and_read_identities_and_post_signals_from_the_cli() {
     // The sample holds two bad rows: each is named by line and field, the
     // rest is applied, and the exit code says rows were rejected.
     let out = steward_on(&stack, "inventory", &import).await;
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    exits(&out, 2);
     let first: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         (
@@ -570,11 +553,7 @@ async fn operators_import_and_read_identities_and_post_signals_from_the_cli() {
         &["identity", "list", "--state", "asleep"],
     )
     .await;
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "an unknown state is a usage error"
-    );
+    exits(&out, 2); // an unknown state is a usage error
 
     // The scanner's finding raises the identity's risk, with the reason.
     let posted = json(
@@ -641,7 +620,7 @@ async fn operators_import_and_read_identities_and_post_signals_from_the_cli() {
         ],
     )
     .await;
-    assert_eq!(out.status.code(), Some(2));
+    exits(&out, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -683,12 +662,7 @@ permit (principal == Steward::Human::"oncall", action == Steward::Action::"break
 
     // Only the principals a policy names may break glass.
     let out = steward_authority(&stack, Some(&bob), &invoke).await;
-    assert_eq!(
-        out.status.code(),
-        Some(5),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    exits(&out, 5);
     let invoked = json(&steward_authority(&stack, Some(&oncall), &invoke).await);
     assert!(
         !invoked["grant_id"].as_str().unwrap().is_empty(),
@@ -726,12 +700,7 @@ permit (principal == Steward::Human::"oncall", action == Steward::Action::"break
         &["review", "complete", &id, "--note", "fine"],
     )
     .await;
-    assert_eq!(
-        out.status.code(),
-        Some(5),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    exits(&out, 5);
     let done = json(
         &steward_authority(
             &stack,
