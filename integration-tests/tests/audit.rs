@@ -403,6 +403,19 @@ async fn checkpoints_and_proofs_satisfy_independent_verifiers() {
         .unwrap()
         .into_inner();
     assert_eq!((by_hash.index, by_hash.tree_size), (5, 13));
+    // A hash the log does not hold, and one it holds only beyond the size
+    // asked for, are not found.
+    for (hash, size) in [(vec![7u8; 32], 0), (entries[12].leaf_hash.clone(), 12)] {
+        let missing = reader
+            .get_inclusion_proof(pb::GetInclusionProofRequest {
+                leaf: Some(pb::get_inclusion_proof_request::Leaf::LeafHash(hash)),
+                tree_size: size,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
+        assert!(missing.message().starts_with("leaf_hash:"), "{missing:?}");
+    }
 
     // The log grows; every earlier size is consistent with the new head.
     append_many(&mut writer, 8, "INC-9").await;

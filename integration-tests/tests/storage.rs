@@ -12,13 +12,13 @@ async fn counts(config: &DatabaseConfig) -> (i64, i64) {
     const MIGRATIONS: &str = "SELECT COUNT(*) FROM _sqlx_migrations";
     const STARTS: &str = "SELECT COUNT(*) FROM steward_service_starts";
     let counts = match &db {
-        Database::Sqlite(pool) => (
+        Database::Sqlite(sqlite) => (
             sqlx::query_scalar::<sqlx::Sqlite, i64>(MIGRATIONS)
-                .fetch_one(pool)
+                .fetch_one(sqlite.pool())
                 .await
                 .unwrap(),
             sqlx::query_scalar::<sqlx::Sqlite, i64>(STARTS)
-                .fetch_one(pool)
+                .fetch_one(sqlite.pool())
                 .await
                 .unwrap(),
         ),

@@ -265,9 +265,10 @@ fn per_second(mut f: impl FnMut()) -> f64 {
 async fn sqlite_commits() -> anyhow::Result<Vec<Figure>> {
     let dir = tempfile::tempdir()?;
     let db = Database::connect(&DatabaseConfig::sqlite(&dir.path().join("bench.db"))).await?;
-    let Database::Sqlite(pool) = &db else {
+    let Database::Sqlite(sqlite) = &db else {
         anyhow::bail!("expected sqlite");
     };
+    let pool = sqlite.pool();
     sqlx::query::<sqlx::Sqlite>("CREATE TABLE rows (id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
         .execute(pool)
         .await?;

@@ -32,7 +32,8 @@ use sqlx::sqlite::{
 macro_rules! on_backend {
     ($db:expr, $pool:ident, $ty:ident => $body:expr) => {
         match $db {
-            $crate::Database::Sqlite($pool) => {
+            $crate::Database::Sqlite(sqlite) => {
+                let $pool = sqlite.pool();
                 #[allow(dead_code)]
                 type $ty = ::sqlx::Sqlite;
                 $body
@@ -189,8 +190,23 @@ pub enum Backend {
 /// A connection pool on either backend.
 #[derive(Debug, Clone)]
 pub enum Database {
-    Sqlite(SqlitePool),
+    Sqlite(SqliteDatabase),
     Postgres(PgPool),
+}
+
+/// An SQLite database: a pool of connections, and one more connection
+/// that the service's busy writers share (see [`Database::writer`]).
+#[derive(Debug, Clone)]
+pub struct SqliteDatabase {
+    pool: SqlitePool,
+    writer: SqlitePool,
+}
+
+impl SqliteDatabase {
+    /// The pool statements run on.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
 }
 
 impl Database {
@@ -213,7 +229,13 @@ impl Database {
                 .pragma("cache_size", format!("-{}", SQLITE_CACHE_KIB))
                 // Checkpoint every ~40 MiB of WAL rather than 4 MiB: a hot
                 // index page rewritten by many commits is copied back once.
-                .pragma("wal_autocheckpoint", "10000");
+                .pragma("wal_autocheckpoint", "10000")
+                // A multi-row statement inside a transaction keeps a
+                // statement journal, which SQLite spills to a file in
+                // /var/tmp past 64 KiB: an open, writes, an unlink and a
+                // close for every large batch. Keep it (and sorts) in
+                // memory.
+                .pragma("temp_store", "memory");
             if let Some(parent) = options.get_filename().parent()
                 && !parent.as_os_str().is_empty()
             {
@@ -222,10 +244,13 @@ impl Database {
             }
             let pool = SqlitePoolOptions::new()
                 .max_connections(config.max_connections.max(1))
-                .connect_with(options)
+                .connect_with(options.clone())
                 .await
                 .map_err(DbError::Connect)?;
-            Ok(Self::Sqlite(pool))
+            let writer = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_lazy_with(options);
+            Ok(Self::Sqlite(SqliteDatabase { pool, writer }))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let options = PgConnectOptions::from_str(url).map_err(DbError::Connect)?;
             let pool = PgPoolOptions::new()
@@ -237,6 +262,29 @@ impl Database {
             Ok(Self::Postgres(pool))
         } else {
             Err(DbError::UnsupportedUrl(redact(url)))
+        }
+    }
+
+    /// The same database, with every statement on one connection that the
+    /// service's busy writers share (the lease writer, the evidence
+    /// batcher and sequencer, the outbox's settles); other statements stay
+    /// on the pool. On PostgreSQL this is the pool itself.
+    ///
+    /// SQLite commits one write at a time, and a connection that finds the
+    /// database changed by another connection drops its whole page cache.
+    /// Writers taking turns on separate connections would each re-read
+    /// their indexes from the OS after every commit of the others, and
+    /// collide in SQLite's sleeping busy handler; on one connection the
+    /// pages stay cached and the turns are a queue. The connection is
+    /// shared, so a holder must never wait for it again while holding it
+    /// (inside a transaction, use the transaction).
+    pub fn writer(&self) -> Self {
+        match self {
+            Self::Sqlite(sqlite) => Self::Sqlite(SqliteDatabase {
+                pool: sqlite.writer.clone(),
+                writer: sqlite.writer.clone(),
+            }),
+            Self::Postgres(pool) => Self::Postgres(pool.clone()),
         }
     }
 
@@ -256,7 +304,11 @@ impl Database {
     pub async fn migrate(&self, set: &MigrationSet) -> Result<(), DbError> {
         self.claim(set.service).await?;
         match self {
-            Self::Sqlite(pool) => migrator(BASELINE_SQLITE, set.sqlite)?.run(pool).await?,
+            Self::Sqlite(sqlite) => {
+                migrator(BASELINE_SQLITE, set.sqlite)?
+                    .run(sqlite.pool())
+                    .await?
+            }
             Self::Postgres(pool) => migrator(BASELINE, set.postgres)?.run(pool).await?,
         }
         tracing::debug!(service = set.service, backend = ?self.backend(), "migrations applied");
@@ -272,7 +324,7 @@ impl Database {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         match self {
-            Self::Sqlite(pool) => {
+            Self::Sqlite(SqliteDatabase { pool, .. }) => {
                 sqlx::query::<sqlx::Sqlite>(INSERT)
                     .bind(version)
                     .bind(now)
@@ -293,7 +345,7 @@ impl Database {
     /// Cheap liveness probe for health checks.
     pub async fn ping(&self) -> Result<(), DbError> {
         match self {
-            Self::Sqlite(pool) => {
+            Self::Sqlite(SqliteDatabase { pool, .. }) => {
                 sqlx::query::<sqlx::Sqlite>("SELECT 1")
                     .execute(pool)
                     .await?;
@@ -310,7 +362,10 @@ impl Database {
     /// Closes every pooled connection.
     pub async fn close(&self) {
         match self {
-            Self::Sqlite(pool) => pool.close().await,
+            Self::Sqlite(sqlite) => {
+                sqlite.writer.close().await;
+                sqlite.pool.close().await;
+            }
             Self::Postgres(pool) => pool.close().await,
         }
     }
@@ -324,7 +379,7 @@ impl Database {
             ON CONFLICT (singleton) DO NOTHING";
         const OWNER: &str = "SELECT service FROM steward_database_owner WHERE singleton = 1";
         let found: String = match self {
-            Self::Sqlite(pool) => {
+            Self::Sqlite(SqliteDatabase { pool, .. }) => {
                 sqlx::query::<sqlx::Sqlite>(CREATE).execute(pool).await?;
                 sqlx::query::<sqlx::Sqlite>(CLAIM)
                     .bind(service)

@@ -25,8 +25,8 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Starts the writer on `database`; it stops when `shutdown` resolves,
-    /// after committing what was queued.
+    /// Starts the writer on `database`'s [`Database::writer`]; it stops
+    /// when `shutdown` resolves, after committing what was queued.
     pub fn start(
         database: Database,
         forwarder: Option<Forwarder>,
@@ -34,7 +34,13 @@ impl Batcher {
     ) -> (Self, impl std::future::Future<Output = ()> + Send + 'static) {
         let (queue, rx) = mpsc::channel(4 * MAX_BATCH);
         let healthy = Arc::new(AtomicBool::new(true));
-        let writer = run(database, forwarder, rx, Arc::clone(&healthy), shutdown);
+        let writer = run(
+            database.writer(),
+            forwarder,
+            rx,
+            Arc::clone(&healthy),
+            shutdown,
+        );
         (Self { queue, healthy }, writer)
     }
 

@@ -23,17 +23,7 @@ pub struct ForwarderOptions {
     /// The pause after a delivered batch before the next one, so that
     /// under load batches grow instead of rounds multiplying.
     pub linger: Duration,
-    /// Held while the forwarder writes, when the service's own writer
-    /// holds it too (see [`WriteGate`]).
-    pub write_gate: Option<WriteGate>,
 }
-
-/// One writer at a time on an SQLite database, in the process's own queue.
-/// SQLite takes one write transaction at a time, and a connection that
-/// finds the database locked *sleeps* in its busy handler (1, 2, 5, 10 ms
-/// and up) rather than queueing; a service whose writer and forwarder both
-/// hold this gate around their write transactions never meets that sleep.
-pub type WriteGate = Arc<tokio::sync::Mutex<()>>;
 
 impl Default for ForwarderOptions {
     fn default() -> Self {
@@ -43,22 +33,25 @@ impl Default for ForwarderOptions {
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(30),
             linger: Duration::from_millis(20),
-            write_gate: None,
         }
     }
 }
 
-/// Pending and delivered counts, for health and tests.
+/// What the outbox holds, for health and tests: delivered records are
+/// deleted, so only these remain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutboxStats {
+    /// Waiting for audit.
     pub pending: i64,
-    pub delivered: i64,
+    /// Refused by audit, kept for an operator.
     pub failed: i64,
 }
 
 /// Ships the outbox of one service's database to audit.
 #[derive(Debug, Clone)]
 pub struct Forwarder {
+    /// The service's [`Database::writer`]: the outbox's rows were just
+    /// written there, and settling them is a write.
     database: Database,
     client: AuditServiceClient<Channel>,
     options: ForwarderOptions,
@@ -70,7 +63,7 @@ impl Forwarder {
     /// so that audit being down at start-up is just another retry.
     pub fn new(database: Database, channel: Channel, options: ForwarderOptions) -> Self {
         Self {
-            database,
+            database: database.writer(),
             client: AuditServiceClient::new(channel),
             options,
             wake: Arc::new(Notify::new()),
@@ -98,6 +91,15 @@ impl Forwarder {
     /// Runs until `shutdown` resolves.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        // Versions before ADR 0013 kept delivered rows, marked.
+        const DELIVERED_BEFORE: &str =
+            "DELETE FROM evidence_outbox WHERE delivered_at_ns IS NOT NULL";
+        let tidied: Result<(), sqlx::Error> = on_backend!(&self.database, pool, Db => {
+            sqlx::query::<Db>(DELIVERED_BEFORE).execute(pool).await.map(|_| ())
+        });
+        if let Err(error) = tidied {
+            tracing::warn!(%error, "cannot remove delivered outbox rows");
+        }
         let mut backoff = self.options.min_backoff;
         loop {
             let pause = match self.forward_once().await {
@@ -162,47 +164,26 @@ impl Forwarder {
                 ));
             }
         };
-        let _gate = self.write_gate().await;
-        let now = i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos())
-            .unwrap_or(i64::MAX);
-        const DELIVERED: &str = "UPDATE evidence_outbox SET delivered_at_ns = $1, log_index = $2, attempts = attempts + 1 WHERE seq = $3";
+        // Audit has every appended record (or had it already): its rows
+        // leave the outbox. The common case is a whole batch of
+        // consecutive seqs, and one DELETE of the range.
+        const DELIVERED: &str = "DELETE FROM evidence_outbox WHERE seq = $1";
         const DEAD: &str =
             "UPDATE evidence_outbox SET last_error = $1, attempts = attempts + 1 WHERE seq = $2";
-        // The common case: every record appended, at consecutive indices,
-        // for consecutive seqs. One UPDATE settles the whole batch.
-        let contiguous = results.len() == seqs.len()
-            && seqs.windows(2).all(|w| w[1] == w[0] + 1)
+        let all_appended = results.len() == seqs.len()
             && results
                 .iter()
-                .enumerate()
-                .all(|(i, r)| match (&r.result, &results[0].result) {
-                    (
-                        Some(pb::append_batch_result::Result::Appended(a)),
-                        Some(pb::append_batch_result::Result::Appended(first)),
-                    ) => !a.duplicate && a.index == first.index + i as u64,
-                    _ => false,
-                });
-        if contiguous
-            && let (
-                Some(first_seq),
-                Some(last_seq),
-                Some(pb::append_batch_result::Result::Appended(first)),
-            ) = (
-                seqs.first(),
-                seqs.last(),
-                results.first().and_then(|r| r.result.as_ref()),
-            )
+                .all(|r| matches!(r.result, Some(pb::append_batch_result::Result::Appended(_))));
+        if all_appended
+            && seqs.windows(2).all(|w| w[1] == w[0] + 1)
+            && let (Some(first), Some(last)) = (seqs.first(), seqs.last())
         {
-            const SETTLE_RANGE: &str = "UPDATE evidence_outbox
-                    SET delivered_at_ns = $1, log_index = $2 + (seq - $3), attempts = attempts + 1
-                    WHERE seq >= $3 AND seq <= $4";
-            let base = i64::try_from(first.index).unwrap_or(i64::MAX);
+            const DELIVERED_RANGE: &str =
+                "DELETE FROM evidence_outbox WHERE seq >= $1 AND seq <= $2";
             on_backend!(&self.database, pool, Db => {
-                sqlx::query::<Db>(SETTLE_RANGE)
-                    .bind(now)
-                    .bind(base)
-                    .bind(first_seq)
-                    .bind(last_seq)
+                sqlx::query::<Db>(DELIVERED_RANGE)
+                    .bind(first)
+                    .bind(last)
                     .execute(pool)
                     .await?;
             });
@@ -212,9 +193,8 @@ impl Forwarder {
             let mut tx = pool.begin().await?;
             for (seq, result) in seqs.iter().zip(&results) {
                 match &result.result {
-                    Some(pb::append_batch_result::Result::Appended(a)) => {
-                        let index = i64::try_from(a.index).unwrap_or(i64::MAX);
-                        sqlx::query::<Db>(DELIVERED).bind(now).bind(index).bind(seq).execute(&mut *tx).await?;
+                    Some(pb::append_batch_result::Result::Appended(_)) => {
+                        sqlx::query::<Db>(DELIVERED).bind(seq).execute(&mut *tx).await?;
                     }
                     Some(pb::append_batch_result::Result::Error(e)) => {
                         // The record was validated when it was queued, so this is a
@@ -231,18 +211,10 @@ impl Forwarder {
         Ok(results.len())
     }
 
-    async fn write_gate(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
-        match &self.options.write_gate {
-            Some(gate) => Some(gate.clone().lock_owned().await),
-            None => None,
-        }
-    }
-
     async fn count_attempt(&self, seqs: &[i64]) -> Result<(), ForwardError> {
         const ATTEMPT: &str = "UPDATE evidence_outbox SET attempts = attempts + 1
             WHERE seq >= $1 AND seq <= $2 AND delivered_at_ns IS NULL";
         if let (Some(first), Some(last)) = (seqs.first(), seqs.last()) {
-            let _gate = self.write_gate().await;
             on_backend!(&self.database, pool, Db => {
                 sqlx::query::<Db>(ATTEMPT).bind(first).bind(last).execute(pool).await?;
             });
@@ -250,21 +222,16 @@ impl Forwarder {
         Ok(())
     }
 
-    /// Counts of pending, delivered and failed records.
+    /// Counts of pending and failed records.
     pub async fn stats(database: &Database) -> Result<OutboxStats, sqlx::Error> {
         const SQL: &str = "SELECT
-            COUNT(*) FILTER (WHERE delivered_at_ns IS NULL AND last_error IS NULL),
-            COUNT(*) FILTER (WHERE delivered_at_ns IS NOT NULL),
+            COUNT(*) FILTER (WHERE last_error IS NULL),
             COUNT(*) FILTER (WHERE last_error IS NOT NULL)
-            FROM evidence_outbox";
-        let (pending, delivered, failed): (i64, i64, i64) = on_backend!(database, pool, Db => {
-            sqlx::query_as::<Db, (i64, i64, i64)>(SQL).fetch_one(pool).await?
+            FROM evidence_outbox WHERE delivered_at_ns IS NULL";
+        let (pending, failed): (i64, i64) = on_backend!(database, pool, Db => {
+            sqlx::query_as::<Db, (i64, i64)>(SQL).fetch_one(pool).await?
         });
-        Ok(OutboxStats {
-            pending,
-            delivered,
-            failed,
-        })
+        Ok(OutboxStats { pending, failed })
     }
 }
 

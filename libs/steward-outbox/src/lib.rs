@@ -6,9 +6,10 @@
 //!    record and insert it into its own `evidence_outbox` table. The state
 //!    change and its evidence commit together or not at all.
 //! 2. A [`Forwarder`] task ships pending rows to audit's `AppendBatch` in
-//!    `seq` order, marks them delivered with their log index, and retries
-//!    with exponential backoff while audit is away. It survives restarts:
-//!    the table is the queue.
+//!    `seq` order, deletes them once audit has them (the log is their home
+//!    from then on), and retries with exponential backoff while audit is
+//!    away. It survives restarts: the table is the queue. A record audit
+//!    refuses stays, marked with the error.
 //! 3. Audit de-duplicates by record id, so a batch re-sent after a lost
 //!    acknowledgement is logged once: delivery is exactly-once in the log,
 //!    in per-service order.
@@ -25,7 +26,7 @@ use steward_evidence::record::{EvidenceRecord, FieldError};
 use steward_evidence::wire::record_to_proto;
 
 pub use batcher::Batcher;
-pub use forwarder::{Forwarder, ForwarderOptions, OutboxStats, WriteGate};
+pub use forwarder::{Forwarder, ForwarderOptions, OutboxStats};
 
 /// The outbox table on SQLite.
 pub const SQLITE_SQL: &str = "CREATE TABLE evidence_outbox (

@@ -27,16 +27,30 @@ use tonic::service::Routes;
 
 pub use config::{AuditConfig, LogConfig};
 
-const SQLITE_MIGRATIONS: &[MigrationFile] = &[MigrationFile {
-    version: 2,
-    description: "evidence log",
-    sql: include_str!("../migrations/sqlite/0002_evidence_log.sql"),
-}];
-const POSTGRES_MIGRATIONS: &[MigrationFile] = &[MigrationFile {
-    version: 2,
-    description: "evidence log",
-    sql: include_str!("../migrations/postgres/0002_evidence_log.sql"),
-}];
+const SQLITE_MIGRATIONS: &[MigrationFile] = &[
+    MigrationFile {
+        version: 2,
+        description: "evidence log",
+        sql: include_str!("../migrations/sqlite/0002_evidence_log.sql"),
+    },
+    MigrationFile {
+        version: 3,
+        description: "leaf lookup in memory",
+        sql: include_str!("../migrations/sqlite/0003_leaf_lookup_in_memory.sql"),
+    },
+];
+const POSTGRES_MIGRATIONS: &[MigrationFile] = &[
+    MigrationFile {
+        version: 2,
+        description: "evidence log",
+        sql: include_str!("../migrations/postgres/0002_evidence_log.sql"),
+    },
+    MigrationFile {
+        version: 3,
+        description: "leaf lookup in memory",
+        sql: include_str!("../migrations/postgres/0003_leaf_lookup_in_memory.sql"),
+    },
+];
 
 /// Service identities allowed to append, and readers of the evidence.
 const WRITERS: &[&str] = &[

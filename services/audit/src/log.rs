@@ -142,7 +142,7 @@ pub struct Log {
 
 struct Shared {
     store: Store,
-    tree: RwLock<MerkleTree>,
+    tree: RwLock<LeafTree>,
     signer: NoteSigner,
     origin: String,
     latest: RwLock<Option<SignedCheckpoint>>,
@@ -171,7 +171,7 @@ impl Log {
     ) -> Result<(Self, mpsc::Receiver<Job>), LogError> {
         let store_is_sqlite = matches!(store.database(), steward_db::Database::Sqlite(_));
         let hashes = store.leaf_hashes().await?;
-        let mut tree = MerkleTree::new();
+        let mut tree = LeafTree::default();
         for hash in hashes {
             tree.push(hash);
         }
@@ -261,6 +261,11 @@ impl Log {
         self.tree().leaf(index)
     }
 
+    /// The index of the first entry whose leaf hash is `hash`.
+    pub fn index_of(&self, hash: &Hash) -> Option<u64> {
+        self.tree().index_of(hash)
+    }
+
     pub fn inclusion_proof(&self, index: u64, tree_size: u64) -> Result<Vec<Hash>, LogError> {
         Ok(self.tree().inclusion_proof(index, tree_size)?)
     }
@@ -327,16 +332,23 @@ impl Log {
         Ok(signed)
     }
 
-    fn tree(&self) -> std::sync::RwLockReadGuard<'_, MerkleTree> {
+    fn tree(&self) -> std::sync::RwLockReadGuard<'_, LeafTree> {
         self.shared.tree.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The sequencer for this log, writing through the pool.
+    /// The sequencer for this log, writing through the database's writer.
     pub fn sequencer(&self) -> Sequencer {
         Sequencer {
             shared: self.shared.clone(),
+            store: self.writer_store(),
             locked: None,
         }
+    }
+
+    /// The store on the database's writer connection, where the sequencer
+    /// looks up and inserts entries (see [`steward_db::Database::writer`]).
+    fn writer_store(&self) -> Store {
+        Store::new(self.shared.store.database().writer())
     }
 
     /// Reads entries other processes committed beyond our tree (a replica
@@ -443,6 +455,7 @@ impl Log {
                         self.shared.sequencer.store(true, Ordering::Release);
                         let sequencer = Sequencer {
                             shared: self.shared.clone(),
+                            store: self.writer_store(),
                             locked: Some(conn),
                         };
                         match sequencer
@@ -508,6 +521,7 @@ impl Log {
 /// lock, so losing that session means losing the ability to write.
 pub struct Sequencer {
     shared: Arc<Shared>,
+    store: Store,
     locked: Option<sqlx::PgConnection>,
 }
 
@@ -577,7 +591,7 @@ impl Sequencer {
                     .map(|p| p.record.record_id.hyphenated().to_string())
             })
             .collect();
-        let existing = match self.shared.store.existing(&ids).await {
+        let existing = match self.store.existing(&ids).await {
             Ok(rows) => rows,
             Err(error) => {
                 fail_all(jobs, &error);
@@ -649,7 +663,7 @@ impl Sequencer {
 
         let written = match &mut self.locked {
             Some(conn) => Store::insert_locked(conn, &new_entries).await,
-            None => self.shared.store.insert(&new_entries).await,
+            None => self.store.insert(&new_entries).await,
         };
         if let Err(error) = written {
             tracing::error!(%error, records = new_entries.len(), "evidence commit failed");
@@ -709,4 +723,80 @@ fn fail_all(jobs: Vec<Job>, error: &sqlx::Error) {
 /// Nanoseconds since the Unix epoch.
 pub fn now_ns() -> i64 {
     i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos()).unwrap_or(i64::MAX)
+}
+
+/// The Merkle tree of the log, and which index holds each leaf hash (for
+/// proofs asked by hash). The lookup keeps the first 8 bytes of each hash
+/// (about 20 bytes a leaf), checked against the tree's own leaf; the rare
+/// other hash with the same 8 bytes is kept whole.
+#[derive(Default)]
+struct LeafTree {
+    merkle: MerkleTree,
+    by_prefix: HashMap<u64, u64>,
+    collided: HashMap<Hash, u64>,
+}
+
+impl LeafTree {
+    fn push(&mut self, hash: Hash) {
+        let index = self.merkle.size();
+        self.merkle.push(hash);
+        match self.by_prefix.entry(prefix(&hash)) {
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(index);
+            }
+            std::collections::hash_map::Entry::Occupied(first) => {
+                if self.merkle.leaf(*first.get()) != Some(hash) {
+                    self.collided.entry(hash).or_insert(index);
+                }
+            }
+        }
+    }
+
+    fn index_of(&self, hash: &Hash) -> Option<u64> {
+        let first = *self.by_prefix.get(&prefix(hash))?;
+        if self.merkle.leaf(first).as_ref() == Some(hash) {
+            Some(first)
+        } else {
+            self.collided.get(hash).copied()
+        }
+    }
+}
+
+impl std::ops::Deref for LeafTree {
+    type Target = MerkleTree;
+
+    fn deref(&self) -> &MerkleTree {
+        &self.merkle
+    }
+}
+
+fn prefix(hash: &Hash) -> u64 {
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hash[..8]);
+    u64::from_le_bytes(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leaf_lookup_tells_hashes_with_the_same_prefix_apart() {
+        let mut tree = LeafTree::default();
+        let a = [1u8; 32];
+        let mut b = a;
+        b[31] = 2;
+        let mut c = a;
+        c[0] = 9;
+        for hash in [a, b, c, a] {
+            tree.push(hash);
+        }
+        assert_eq!(tree.index_of(&a), Some(0), "the first of a repeated leaf");
+        assert_eq!(tree.index_of(&b), Some(1));
+        assert_eq!(tree.index_of(&c), Some(2));
+        let mut d = a;
+        d[20] = 5;
+        assert_eq!(tree.index_of(&d), None);
+        assert_eq!(tree.size(), 4);
+    }
 }

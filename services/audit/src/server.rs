@@ -251,20 +251,17 @@ impl AuditService for AuditServer {
         let index = match request.leaf {
             Some(pb::get_inclusion_proof_request::Leaf::Index(index)) => index,
             Some(pb::get_inclusion_proof_request::Leaf::LeafHash(hash)) => {
-                if hash.len() != 32 {
+                let Ok(hash) = steward_evidence::Hash::try_from(hash.as_slice()) else {
                     return Err(Status::invalid_argument("leaf_hash: must be 32 bytes"));
-                }
-                let found = self
-                    .log
-                    .store()
+                };
+                self.log
                     .index_of(&hash)
-                    .await
-                    .map_err(|e| status(e.into()))?;
-                found.filter(|i| *i < tree_size).ok_or_else(|| {
-                    Status::not_found(format!(
-                        "leaf_hash: no such leaf in the tree of size {tree_size}"
-                    ))
-                })?
+                    .filter(|i| *i < tree_size)
+                    .ok_or_else(|| {
+                        Status::not_found(format!(
+                            "leaf_hash: no such leaf in the tree of size {tree_size}"
+                        ))
+                    })?
             }
             None => return Err(Status::invalid_argument("leaf: give index or leaf_hash")),
         };

@@ -244,15 +244,6 @@ impl Store {
         Ok(rows.into_iter().map(StoredEntry::from_row).collect())
     }
 
-    /// The index of the first entry with this leaf hash.
-    pub async fn index_of(&self, leaf_hash: &[u8]) -> Result<Option<u64>, sqlx::Error> {
-        const SQL: &str = "SELECT MIN(idx) FROM entries WHERE leaf_hash = $1";
-        let idx: Option<i64> = on_backend!(&self.db, pool, Db => {
-            sqlx::query_scalar::<Db, Option<i64>>(SQL).bind(leaf_hash.to_vec()).fetch_one(pool).await?
-        });
-        Ok(idx.map(to_u64))
-    }
-
     pub async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, sqlx::Error> {
         const SQL: &str =
             "SELECT tree_size, root_hash, note FROM checkpoints ORDER BY tree_size DESC LIMIT 1";

@@ -178,19 +178,11 @@ async fn routes(context: ServiceContext, config: BrokerConfig) -> Result<Routes,
     )
     .await
     .map_err(StartError::Init)?;
-    // On SQLite the lease writer and the forwarder's settles take turns
-    // through one gate instead of meeting SQLite's sleeping busy handler.
-    let gate = matches!(context.database, steward_db::Database::Sqlite(_))
-        .then(steward_outbox::WriteGate::default);
-    let forwarder = Forwarder::spawn(
-        &context,
-        ForwarderOptions {
-            write_gate: gate.clone(),
-            ..ForwarderOptions::default()
-        },
-    )?;
+    // The lease writer and the forwarder's settles share the database's
+    // writer connection.
+    let forwarder = Forwarder::spawn(&context, ForwarderOptions::default())?;
     let (writer, task) =
-        store::writer::Writer::start(store.clone(), Some(forwarder), gate, context.shutdown())
+        store::writer::Writer::start(store.clone(), Some(forwarder), context.shutdown())
             .await
             .map_err(|e| StartError::Init(e.to_string()))?;
     context.spawn(task);

@@ -108,13 +108,34 @@ async fn issue(
     Ok(())
 }
 
-/// One round: `callers` callers issuing for `window`; (rate, latencies).
+/// CPU time (user + system) this process has used so far.
+fn cpu_time() -> anyhow::Result<Duration> {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let usage = getrusage(UsageWho::RUSAGE_SELF)?;
+    let duration = |t: nix::sys::time::TimeVal| {
+        Duration::from_secs(u64::try_from(t.tv_sec()).unwrap_or(0))
+            + Duration::from_micros(u64::try_from(t.tv_usec()).unwrap_or(0))
+    };
+    Ok(duration(usage.user_time()) + duration(usage.system_time()))
+}
+
+/// One round's outcome.
+struct Round {
+    /// Issuances per second.
+    rate: f64,
+    /// The process's CPU time (every service and the callers) per issuance.
+    cpu_per_issue: Duration,
+    latencies: Histogram<u64>,
+}
+
+/// One round: `callers` callers issuing for `window`.
 async fn round(
     setup: &Setup,
     kind: Credential,
     window: Duration,
     callers: usize,
-) -> anyhow::Result<(f64, Histogram<u64>)> {
+) -> anyhow::Result<Round> {
+    let cpu_before = cpu_time()?;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..callers {
@@ -141,7 +162,13 @@ async fn round(
         total += n;
         h.add(th)?;
     }
-    Ok((total as f64 / started.elapsed().as_secs_f64(), h))
+    let elapsed = started.elapsed();
+    let cpu = cpu_time()?.saturating_sub(cpu_before);
+    Ok(Round {
+        rate: total as f64 / elapsed.as_secs_f64(),
+        cpu_per_issue: cpu / u32::try_from(total.max(1)).unwrap_or(u32::MAX),
+        latencies: h,
+    })
 }
 
 /// Three rounds at `callers`; the median by throughput.
@@ -157,15 +184,17 @@ async fn issuance(
     for _ in 0..3 {
         rounds.push(round(setup, kind, Duration::from_secs(3), callers).await?);
     }
-    rounds.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let all: Vec<String> = rounds.iter().map(|r| format!("{:.0}", r.0)).collect();
-    let (rate, h) = &rounds[1];
+    rounds.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+    let all: Vec<String> = rounds.iter().map(|r| format!("{:.0}", r.rate)).collect();
+    let median = &rounds[1];
+    let h = &median.latencies;
     Ok(Figure {
         name: format!(
-            "broker {name}, {callers} callers (median of 3 rounds: {}/s)",
-            all.join(" / ")
+            "broker {name}, {callers} callers (median of 3 rounds: {}/s; {} µs CPU per issuance)",
+            all.join(" / "),
+            median.cpu_per_issue.as_micros()
         ),
-        value: *rate,
+        value: median.rate,
         unit: "issue/s",
         p50_us: Some(h.value_at_quantile(0.5) as f64),
         p99_us: Some(h.value_at_quantile(0.99) as f64),
@@ -314,9 +343,9 @@ async fn reaping(mut setup: Setup) -> anyhow::Result<Vec<Figure>> {
     let mut issued = 0.0;
     let mut reaped_in = None;
     while reaped_in.is_none() && started.elapsed() < Duration::from_secs(300) {
-        let (rate, rh) = round(&setup, Credential::X509, Duration::from_secs(1), LIGHT).await?;
-        issued += rate;
-        h.add(rh)?;
+        let r = round(&setup, Credential::X509, Duration::from_secs(1), LIGHT).await?;
+        issued += r.rate;
+        h.add(r.latencies)?;
         let left: i64 = on_backend!(&db, pool, Db => {
             sqlx::query_scalar::<Db, i64>(
                 "SELECT COUNT(*) FROM leases WHERE state = 1 AND expires_at_ns <= $1",

@@ -96,9 +96,10 @@ async fn seed() -> anyhow::Result<PathBuf> {
     );
     let db = Database::connect(&DatabaseConfig::sqlite(&building)).await?;
     db.migrate(&steward_inventory::SPEC.migrations).await?;
-    let Database::Sqlite(pool) = &db else {
+    let Database::Sqlite(sqlite) = &db else {
         anyhow::bail!("expected sqlite")
     };
+    let pool = sqlite.pool();
     sqlx::query::<sqlx::Sqlite>("PRAGMA synchronous = OFF")
         .execute(pool)
         .await?;

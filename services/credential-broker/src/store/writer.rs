@@ -7,8 +7,9 @@
 //! drained with them follow in a transaction of their own, so no caller
 //! waits for them. Each caller is answered once its batch is durable; a
 //! change that cannot apply (the lease is not active, a renewal beyond the
-//! max TTL) fails alone. On SQLite each transaction holds the service's
-//! `WriteGate`, shared with the outbox forwarder.
+//! max TTL) fails alone. The writer commits on the database's
+//! [`steward_db::Database::writer`], which the outbox forwarder's settles
+//! share.
 //!
 //! The writer numbers the revocation log. After a batch commits it
 //! publishes the batch's revocations, in order, to the live watchers.
@@ -17,7 +18,7 @@ use std::sync::Arc;
 
 use steward_db::{Engine, Placeholders, on_backend};
 use steward_evidence::EvidenceRecord;
-use steward_outbox::{Forwarder, OutboxTransaction, WriteGate};
+use steward_outbox::{Forwarder, OutboxTransaction};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
@@ -107,13 +108,13 @@ impl Writer {
     pub async fn start(
         store: Store,
         forwarder: Option<Forwarder>,
-        gate: Option<WriteGate>,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(Self, impl std::future::Future<Output = ()> + Send + 'static), StoreError> {
+        let store = Store::new(store.database().writer());
         let last = store.last_sequence().await?;
         let (queue, rx) = mpsc::channel(4 * MAX_BATCH);
         let (live, _) = broadcast::channel(LIVE_BUFFER);
-        let task = run(store, last, rx, live.clone(), forwarder, gate, shutdown);
+        let task = run(store, last, rx, live.clone(), forwarder, shutdown);
         Ok((Self { queue, live }, task))
     }
 
@@ -140,7 +141,6 @@ async fn run(
     mut rx: mpsc::Receiver<(Change, Reply)>,
     live: broadcast::Sender<Arc<RevocationEntry>>,
     forwarder: Option<Forwarder>,
-    gate: Option<WriteGate>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     tokio::pin!(shutdown);
@@ -164,7 +164,7 @@ async fn run(
             batch.into_iter().partition(|(c, _)| c.is_expiry());
         for part in [calls, expiries] {
             if !part.is_empty() {
-                last = commit(&store, last, part, &live, forwarder.as_ref(), gate.as_ref()).await;
+                last = commit(&store, last, part, &live, forwarder.as_ref()).await;
             }
         }
     }
@@ -178,16 +178,9 @@ async fn commit(
     batch: Vec<(Change, Reply)>,
     live: &broadcast::Sender<Arc<RevocationEntry>>,
     forwarder: Option<&Forwarder>,
-    gate: Option<&WriteGate>,
 ) -> i64 {
     let (changes, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-    let held = match gate {
-        Some(gate) => Some(gate.lock().await),
-        None => None,
-    };
-    let applied = store.apply(changes, last).await;
-    drop(held);
-    match applied {
+    match store.apply(changes, last).await {
         Ok((results, revoked)) => {
             if let Some(forwarder) = forwarder {
                 forwarder.wake();
