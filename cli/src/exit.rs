@@ -17,6 +17,9 @@ use std::process::ExitCode;
 
 use tonic::Code;
 
+/// Bad usage, or an argument a service (or the command itself) refused.
+pub const BAD_ARGUMENT: u8 = 2;
+
 /// The exit code and the advice for a failed command.
 pub fn failure(error: &anyhow::Error) -> (ExitCode, Option<String>) {
     if let Some(steward_identity::connector::ConnectError::Transport(..)) =
@@ -31,7 +34,7 @@ pub fn failure(error: &anyhow::Error) -> (ExitCode, Option<String>) {
         return (ExitCode::FAILURE, None);
     };
     let (code, hint) = match status.code() {
-        Code::InvalidArgument | Code::OutOfRange => (2, None),
+        Code::InvalidArgument | Code::OutOfRange => (BAD_ARGUMENT, None),
         Code::NotFound => (4, None),
         Code::PermissionDenied | Code::Unauthenticated => (
             5,

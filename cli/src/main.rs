@@ -6,7 +6,8 @@
 //! - `health`, `whoami`: are the services there, who do they see;
 //! - `login`, `logout`: the human's token;
 //! - `identity import|list|show`, `signal post`: inventory;
-//! - `approval list|show|approve|deny`, `breakglass invoke`,
+//! - `policy` and `rules` `validate|upload|list|show|activate|rollback`,
+//!   `approval list|show|approve|deny`, `breakglass invoke`,
 //!   `review list|complete`, `incident close`: authority;
 //! - `lease list|show|revoke|watch`: the broker's leases;
 //! - `audit verify|export`: the evidence log.
@@ -25,6 +26,7 @@ mod health;
 mod identity;
 mod lease;
 mod login;
+mod policy;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -106,6 +108,17 @@ enum Command {
     Signal {
         #[command(subcommand)]
         command: SignalCommand,
+    },
+    /// Cedar policy sets: validate, upload, list, show, activate, roll back.
+    Policy {
+        #[command(subcommand)]
+        command: DocumentCommand,
+    },
+    /// Response rules (what a risk signal sets off): validate, upload,
+    /// list, show, activate, roll back.
+    Rules {
+        #[command(subcommand)]
+        command: DocumentCommand,
     },
     /// Approval requests: list, show, approve, deny (approving needs
     /// `steward login`).
@@ -193,6 +206,46 @@ enum SignalCommand {
     Post {
         #[command(flatten)]
         signal: identity::SignalArgs,
+    },
+}
+
+/// The commands of a versioned document of authority's.
+#[derive(Debug, Subcommand)]
+enum DocumentCommand {
+    /// Check a file without uploading it (exit 2 when it is not valid).
+    Validate { file: PathBuf },
+    /// Upload a file as the next version (checked first).
+    Upload {
+        file: PathBuf,
+        /// What this version changes.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Make it the active version too (needs --reason).
+        #[arg(long, requires = "reason")]
+        activate: bool,
+        /// Why it is activated (recorded).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Every version, newest first.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// One version with its text (the active one by default).
+    Show { version: Option<u64> },
+    /// Make a version the active one.
+    Activate {
+        version: u64,
+        /// Why (recorded).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Go back to the version active before this one.
+    Rollback {
+        /// Why (recorded).
+        #[arg(long)]
+        reason: String,
     },
 }
 
@@ -372,6 +425,8 @@ fn main() -> ExitCode {
             Command::Signal {
                 command: SignalCommand::Post { signal },
             } => identity::post_signal(&cli.conn, signal, cli.output).await,
+            Command::Policy { command } => document(&cli.conn, policy::Kind::Policy, command, cli.output).await,
+            Command::Rules { command } => document(&cli.conn, policy::Kind::Rules, command, cli.output).await,
             Command::Approval { command } => match command {
                 ApprovalCommand::List { filter } => {
                     approval::list(&cli.conn, filter, cli.output).await
@@ -425,6 +480,36 @@ fn main() -> ExitCode {
                 eprintln!("hint: {hint}");
             }
             code
+        }
+    }
+}
+
+async fn document(
+    conn: &client::ConnectionArgs,
+    kind: policy::Kind,
+    command: DocumentCommand,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    match command {
+        DocumentCommand::Validate { file } => policy::validate(conn, kind, &file, output).await,
+        DocumentCommand::Upload {
+            file,
+            description,
+            activate,
+            reason,
+        } => {
+            let activate = reason.as_deref().filter(|_| activate);
+            policy::upload(conn, kind, &file, &description, activate, output).await
+        }
+        DocumentCommand::List { limit } => policy::list(conn, kind, limit, output).await,
+        DocumentCommand::Show { version } => {
+            policy::show(conn, kind, version.unwrap_or(0), output).await
+        }
+        DocumentCommand::Activate { version, reason } => {
+            policy::activate(conn, kind, Some(version), &reason, output).await
+        }
+        DocumentCommand::Rollback { reason } => {
+            policy::activate(conn, kind, None, &reason, output).await
         }
     }
 }

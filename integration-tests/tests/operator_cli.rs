@@ -1,6 +1,6 @@
 //! The operator's `steward` commands against real services over mTLS:
-//! `identity` and `signal` (inventory), `lease` (broker), `approval` and
-//! `incident` (authority). Lists with filters, one record, revocation of
+//! `identity` and `signal` (inventory), `lease` (broker), `policy`,
+//! `rules`, `approval` and `incident` (authority). Lists with filters, one record, revocation of
 //! one lease and of an incident's, an owner's approval, an incident's
 //! closure, imports with rejected rows; JSON for scripts, and exit codes a
 //! script can tell apart.
@@ -730,4 +730,171 @@ permit (principal == Steward::Human::"oncall", action == Steward::Action::"break
         .await,
     );
     assert_eq!(all[0]["completion_note"], "suspension was right");
+}
+
+/// `steward policy` and `steward rules`: a document that is not valid is
+/// reported by line (or path), exits 2 and is not uploaded; a valid one is
+/// uploaded, activated with a reason, shown, listed and rolled back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_manage_policy_sets_and_response_rules_from_the_cli() {
+    let stack = TestStack::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let broken = file("broken.cedar", "permit (principal, action, resource)\n");
+    let policies = file("site.cedar", &format!("{BROKER_POLICIES}\n{POLICIES}"));
+    let bad_rules = file(
+        "bad-rules.json",
+        r#"{"rules": [{"id": "", "signal_kind": "secret_exposed", "actions": []}]}"#,
+    );
+    let rules = file(
+        "rules.json",
+        r#"{"rules": [{"id": "contain-exposed-secrets", "signal_kind": "secret_exposed",
+            "min_severity": "high", "actions": ["watchlist", "restrict"],
+            "reason": "an exposed secret is contained at once"}]}"#,
+    );
+    let versions = async |noun: &str| {
+        json(&steward_on(&stack, "authority", &["-o", "json", noun, "list"]).await)
+            .as_array()
+            .unwrap()
+            .len()
+    };
+
+    // Not valid: said where, exit 2, nothing uploaded.
+    let before = versions("policy").await;
+    let said = exits(
+        &steward_on(&stack, "authority", &["policy", "validate", &broken]).await,
+        2,
+    );
+    assert!(said.contains("broken.cedar: line "), "{said}");
+    exits(
+        &steward_on(&stack, "authority", &["policy", "upload", &broken]).await,
+        2,
+    );
+    assert_eq!(versions("policy").await, before);
+    let said = exits(
+        &steward_on(&stack, "authority", &["rules", "upload", &bad_rules]).await,
+        2,
+    );
+    assert!(said.contains("bad-rules.json: rules[0]"), "{said}");
+    assert_eq!(versions("rules").await, 0);
+
+    // Valid: uploaded and activated in one step, with the reason recorded.
+    let checked = json(
+        &steward_on(
+            &stack,
+            "authority",
+            &["-o", "json", "policy", "validate", &policies],
+        )
+        .await,
+    );
+    assert!(
+        checked["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|id| id == "operators-revoke"),
+        "{checked}"
+    );
+    let uploaded = json(
+        &steward_on(
+            &stack,
+            "authority",
+            &[
+                "-o",
+                "json",
+                "policy",
+                "upload",
+                &policies,
+                "--description",
+                "operators may revoke",
+                "--activate",
+                "--reason",
+                "CHG-7",
+            ],
+        )
+        .await,
+    );
+    let version = uploaded["version"].as_u64().unwrap();
+    assert!(uploaded["active"].as_bool().unwrap(), "{uploaded}");
+    assert_eq!(
+        uploaded["uploaded_by"],
+        "spiffe://steward.test/operator/admin"
+    );
+    let active = json(&steward_on(&stack, "authority", &["-o", "json", "policy", "show"]).await);
+    assert_eq!(active["version"].as_u64(), Some(version));
+    assert!(
+        active["document"]
+            .as_str()
+            .unwrap()
+            .contains("operators-revoke")
+    );
+    let listed = json(&steward_on(&stack, "authority", &["-o", "json", "policy", "list"]).await);
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["version"].as_u64() == Some(version) && v["active"] == true),
+        "{listed}"
+    );
+    // The table says what to do next for a version not yet active.
+    let table = steward_on(&stack, "authority", &["rules", "upload", &rules]).await;
+    let said = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert!(said.contains("uploaded response rules version 1"), "{said}");
+    assert!(said.contains("steward rules activate 1"), "{said}");
+    json(
+        &steward_on(
+            &stack,
+            "authority",
+            &["-o", "json", "rules", "activate", "1", "--reason", "CHG-8"],
+        )
+        .await,
+    );
+    let shown = json(&steward_on(&stack, "authority", &["-o", "json", "rules", "show", "1"]).await);
+    assert!(shown["active"].as_bool().unwrap(), "{shown}");
+    assert_eq!(shown["ids"][0], "contain-exposed-secrets");
+
+    // An unknown version is not found; a rollback goes back one version.
+    exits(
+        &steward_on(
+            &stack,
+            "authority",
+            &["rules", "activate", "99", "--reason", "typo"],
+        )
+        .await,
+        4,
+    );
+    let again = json(
+        &steward_on(
+            &stack,
+            "authority",
+            &[
+                "-o",
+                "json",
+                "policy",
+                "upload",
+                &policies,
+                "--activate",
+                "--reason",
+                "CHG-9",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(again["version"].as_u64(), Some(version + 1));
+    let back = json(
+        &steward_on(
+            &stack,
+            "authority",
+            &["-o", "json", "policy", "rollback", "--reason", "undo CHG-9"],
+        )
+        .await,
+    );
+    assert_eq!(back["version"].as_u64(), Some(version), "{back}");
+    let active = json(&steward_on(&stack, "authority", &["-o", "json", "policy", "show"]).await);
+    assert_eq!(active["version"].as_u64(), Some(version));
 }
