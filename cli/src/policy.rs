@@ -8,11 +8,15 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use steward_proto::steward::authority::v1 as pb;
+use steward_proto::steward::authority::v1::authority_service_client::AuthorityServiceClient;
+use tonic::transport::Channel;
 
 use crate::Output;
 use crate::approval::authority;
 use crate::client::ConnectionArgs;
 use crate::format;
+
+type Authority = AuthorityServiceClient<Channel>;
 
 /// Which of authority's documents a command is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,11 +99,10 @@ fn read(file: &Path) -> anyhow::Result<String> {
 }
 
 async fn validation(
-    args: &ConnectionArgs,
+    client: &mut Authority,
     kind: Kind,
     document: String,
 ) -> anyhow::Result<Validation> {
-    let mut client = authority(args).await?;
     Ok(match kind {
         Kind::Policy => {
             let answer = client
@@ -181,13 +184,14 @@ pub async fn validate(
     file: &Path,
     output: Output,
 ) -> anyhow::Result<ExitCode> {
-    let checked = validation(args, kind, read(file)?).await?;
+    let mut client = authority(args).await?;
+    let checked = validation(&mut client, kind, read(file)?).await?;
     report(kind, file, &checked, output)
 }
 
-/// Uploads `file` as a new version (validated first: an invalid document
-/// is reported like `validate` and not sent); with `activate`, also makes
-/// it the active version.
+/// Uploads `file` as a new version; with `activate`, also makes it the
+/// active version. A document authority refuses as not valid is reported
+/// like `validate`.
 pub async fn upload(
     args: &ConnectionArgs,
     kind: Kind,
@@ -197,36 +201,40 @@ pub async fn upload(
     output: Output,
 ) -> anyhow::Result<ExitCode> {
     let document = read(file)?;
-    let checked = validation(args, kind, document.clone()).await?;
-    if !checked.valid {
-        return report(kind, file, &checked, output);
-    }
     let mut client = authority(args).await?;
     let description = description.to_owned();
-    let mut uploaded = match kind {
+    let sent = match kind {
         Kind::Policy => client
             .upload_policy_set(pb::UploadPolicySetRequest {
-                policies: document,
+                policies: document.clone(),
                 description,
             })
-            .await?
-            .into_inner()
-            .policy_set
-            .map(policy_row),
+            .await
+            .map(|r| r.into_inner().policy_set.map(policy_row)),
         Kind::Rules => client
             .upload_response_rules(pb::UploadResponseRulesRequest {
-                document,
+                document: document.clone(),
                 description,
             })
-            .await?
-            .into_inner()
-            .rule_set
-            .map(rules_row),
-    }
-    .ok_or_else(|| missing(kind))?;
+            .await
+            .map(|r| r.into_inner().rule_set.map(rules_row)),
+    };
+    let mut uploaded = match sent {
+        Ok(row) => row.ok_or_else(|| missing(kind))?,
+        Err(status) if status.code() == tonic::Code::InvalidArgument => {
+            // Say where, as `validate` does; a refusal for another reason
+            // (the description, say) is the service's own message.
+            let checked = validation(&mut client, kind, document).await?;
+            if checked.valid {
+                return Err(status.into());
+            }
+            return report(kind, file, &checked, output);
+        }
+        Err(status) => return Err(status.into()),
+    };
     let mut previous = None;
     if let Some(reason) = activate {
-        let (row, before) = activation(args, kind, uploaded.version, reason).await?;
+        let (row, before) = activation(&mut client, kind, Some(uploaded.version), reason).await?;
         uploaded = row;
         previous = Some(before);
     }
@@ -352,26 +360,41 @@ pub async fn show(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Activates `version`; returns it and the version active before.
+/// Activates `version`, or with `None` goes back to the version active
+/// before the current one; returns the now active version and the one
+/// active before.
 async fn activation(
-    args: &ConnectionArgs,
+    client: &mut Authority,
     kind: Kind,
-    version: u64,
+    version: Option<u64>,
     reason: &str,
 ) -> anyhow::Result<(VersionRow, u64)> {
-    let mut client = authority(args).await?;
     let reason = reason.to_owned();
-    let (row, previous) = match kind {
-        Kind::Policy => {
+    let (row, previous) = match (kind, version) {
+        (Kind::Policy, Some(version)) => {
             let answer = client
                 .activate_policy_set(pb::ActivatePolicySetRequest { version, reason })
                 .await?
                 .into_inner();
             (answer.policy_set.map(policy_row), answer.previous_version)
         }
-        Kind::Rules => {
+        (Kind::Policy, None) => {
+            let answer = client
+                .rollback_policy_set(pb::RollbackPolicySetRequest { reason })
+                .await?
+                .into_inner();
+            (answer.policy_set.map(policy_row), answer.previous_version)
+        }
+        (Kind::Rules, Some(version)) => {
             let answer = client
                 .activate_response_rules(pb::ActivateResponseRulesRequest { version, reason })
+                .await?
+                .into_inner();
+            (answer.rule_set.map(rules_row), answer.previous_version)
+        }
+        (Kind::Rules, None) => {
+            let answer = client
+                .rollback_response_rules(pb::RollbackResponseRulesRequest { reason })
                 .await?
                 .into_inner();
             (answer.rule_set.map(rules_row), answer.previous_version)
@@ -389,30 +412,8 @@ pub async fn activate(
     reason: &str,
     output: Output,
 ) -> anyhow::Result<ExitCode> {
-    let (mut row, previous) = match version {
-        Some(version) => activation(args, kind, version, reason).await?,
-        None => {
-            let mut client = authority(args).await?;
-            let reason = reason.to_owned();
-            let (row, previous) = match kind {
-                Kind::Policy => {
-                    let answer = client
-                        .rollback_policy_set(pb::RollbackPolicySetRequest { reason })
-                        .await?
-                        .into_inner();
-                    (answer.policy_set.map(policy_row), answer.previous_version)
-                }
-                Kind::Rules => {
-                    let answer = client
-                        .rollback_response_rules(pb::RollbackResponseRulesRequest { reason })
-                        .await?
-                        .into_inner();
-                    (answer.rule_set.map(rules_row), answer.previous_version)
-                }
-            };
-            (row.ok_or_else(|| missing(kind))?, previous)
-        }
-    };
+    let mut client = authority(args).await?;
+    let (mut row, previous) = activation(&mut client, kind, version, reason).await?;
     row.document.clear();
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&row)?),

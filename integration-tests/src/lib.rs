@@ -623,3 +623,16 @@ pub fn binary_dir() -> PathBuf {
         deps.to_owned()
     }
 }
+
+/// Runs the `steward` CLI binary with `args` off the async runtime, and
+/// returns what it printed and how it exited.
+pub async fn run_steward(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(binary_dir().join("steward"))
+            .args(args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}

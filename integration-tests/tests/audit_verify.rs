@@ -8,7 +8,7 @@ use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject;
 use steward_evidence::NoteSigner;
 use steward_integration_tests::evidence::append_many;
-use steward_integration_tests::{TestStack, binary_dir, execute_sql};
+use steward_integration_tests::{TestStack, execute_sql, run_steward};
 
 struct Cli {
     args: Vec<String>,
@@ -43,14 +43,7 @@ impl Cli {
     async fn run(&self, extra: &[&str]) -> Output {
         let mut args = self.args.clone();
         args.extend(extra.iter().map(|s| s.to_string()));
-        tokio::task::spawn_blocking(move || {
-            std::process::Command::new(binary_dir().join("steward"))
-                .args(args)
-                .output()
-                .unwrap()
-        })
-        .await
-        .unwrap()
+        run_steward(args).await
     }
 
     async fn verify(&self) -> (i32, String) {

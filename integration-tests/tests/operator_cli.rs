@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Output;
 
 use steward_integration_tests::broker::{BROKER_POLICIES, SOAR, task};
-use steward_integration_tests::{TestStack, binary_dir, workspace_root};
+use steward_integration_tests::{TestStack, binary_dir, run_steward, workspace_root};
 use steward_proto::steward::broker::v1 as pb;
 
 /// The site's broker policies, plus: operators may revoke any credential.
@@ -57,14 +57,7 @@ async fn steward_authority(stack: &TestStack, token: Option<&Path>, extra: &[&st
 async fn steward_at(stack: &TestStack, cert: &str, addr: &str, extra: &[&str]) -> Output {
     let mut args = stack.pki.cli_args(cert, addr);
     args.extend(extra.iter().map(|s| s.to_string()));
-    tokio::task::spawn_blocking(move || {
-        std::process::Command::new(binary_dir().join("steward"))
-            .args(args)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap()
+    run_steward(args).await
 }
 
 fn json(output: &Output) -> serde_json::Value {

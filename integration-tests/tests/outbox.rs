@@ -120,6 +120,15 @@ async fn evidence_queues_while_audit_is_down_and_arrives_exactly_once_in_order()
     change(&db, 99, false).await; // rolled back: neither state nor evidence
     assert_eq!(count(&db, "SELECT COUNT(*) FROM widgets").await, 20);
     assert_eq!(Forwarder::stats(&db).await.unwrap().pending, 20);
+    // A row an earlier version kept after delivery, marked: the forwarder
+    // removes it when it starts.
+    steward_integration_tests::execute_sql(
+        &database,
+        "INSERT INTO evidence_outbox (record_id, record, enqueued_at_ns, delivered_at_ns, log_index)
+         VALUES ('delivered-before-adr-0013', '', 1, 2, 0)",
+    )
+    .await;
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM evidence_outbox").await, 21);
 
     let inventory = stack.pki.client(
         "inventory-forwarder",
@@ -142,9 +151,11 @@ async fn evidence_queues_while_audit_is_down_and_arrives_exactly_once_in_order()
         let _ = stopped.await;
     }));
 
-    // A few failed attempts against the stopped audit, and nothing lost.
+    // A few failed attempts against the stopped audit, and nothing lost;
+    // the row delivered long ago is gone.
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert_eq!(Forwarder::stats(&db).await.unwrap().pending, 20);
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM evidence_outbox").await, 20);
     // The last five rows as queued, to put back below.
     let last_five: Vec<(String, Vec<u8>, i64)> = on_backend!(&db, pool, Db => {
         sqlx::query_as::<Db, (String, Vec<u8>, i64)>(
