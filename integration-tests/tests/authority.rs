@@ -768,3 +768,107 @@ async fn only_the_broker_records_an_allow_with_its_outcome() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_batch_answers_each_request_as_authorize_would() {
+    let stack = TestStack::start().await;
+    let mut inventory = stack.inventory().await;
+    let nhi = create(&mut inventory, spec("batch-token")).await.id;
+    let mut client = authority(&stack).await;
+    site(&mut client).await;
+    let incident = pb::RequestContext {
+        incident_ref: "INC-7".into(),
+        reason: "the token leaked".into(),
+        ..Default::default()
+    };
+    let requests = vec![
+        ask(
+            workload("/service/credential-broker"),
+            "issue",
+            &nhi,
+            Default::default(),
+        ),
+        ask(workload("/a"), "issue", &nhi, Default::default()),
+        ask(workload("/a"), "issue", "not-a-uuid", Default::default()),
+        ask(
+            workload("/a"),
+            "issue",
+            &uuid::Uuid::now_v7().to_string(),
+            Default::default(),
+        ),
+        ask(workload("/automation/soar"), "rotate", &nhi, incident),
+    ];
+    let results = client
+        .authorize_batch(pb::AuthorizeBatchRequest {
+            requests: requests.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), requests.len());
+    let decision = |i: usize| match &results[i].result {
+        Some(pb::authorize_result::Result::Decision(d)) => d.clone(),
+        other => panic!("request {i}: {other:?}"),
+    };
+    let error = |i: usize| match &results[i].result {
+        Some(pb::authorize_result::Result::Error(e)) => (Code::from(e.code), e.message.clone()),
+        other => panic!("request {i}: {other:?}"),
+    };
+    let allowed = decision(0);
+    assert_eq!(allowed.effect, pb::Effect::Allow as i32);
+    assert_eq!(allowed.policy_ids, vec!["broker-issues"]);
+    assert_eq!(allowed.resource.unwrap().state, "active");
+    assert_eq!(decision(1).effect, pb::Effect::Deny as i32);
+    let (code, message) = error(2);
+    assert_eq!(code, Code::InvalidArgument);
+    assert!(message.starts_with("resource_id"), "{message}");
+    assert_eq!(error(3).0, Code::NotFound);
+    let approval = decision(4);
+    assert_eq!(approval.effect, pb::Effect::ApprovalRequired as i32);
+    let opened = client
+        .get_approval_request(pb::GetApprovalRequestRequest {
+            id: approval.approval_request_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .approval_request
+        .unwrap();
+    assert_eq!(opened.incident_ref, "INC-7");
+    // Each decision is its own, with its own id, as single calls give.
+    let single = client
+        .authorize(requests[1].clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .decision
+        .unwrap();
+    assert_eq!(single.effect, pb::Effect::Deny as i32);
+    assert_eq!(single.reason, decision(1).reason);
+    assert_ne!(single.decision_id, decision(1).decision_id);
+
+    for (requests, what) in [
+        (vec![], "is required"),
+        (vec![requests[0].clone(); 257], "at most 256"),
+    ] {
+        let err = client
+            .authorize_batch(pb::AuthorizeBatchRequest { requests })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(
+            err.message().starts_with("requests") && err.message().contains(what),
+            "{}",
+            err.message()
+        );
+    }
+    let err = authority_as(&stack, "/auditor/eve")
+        .await
+        .authorize_batch(pb::AuthorizeBatchRequest {
+            requests: vec![requests[0].clone()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+}

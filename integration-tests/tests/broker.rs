@@ -1393,3 +1393,48 @@ async fn an_issuance_and_its_decision_are_one_record_and_a_refusal_is_recorded()
     assert!(failed.target.as_ref().unwrap().lease_id.is_empty());
     assert_eq!(failed.incident_ref, "INC-7");
 }
+
+/// The broker asks authority for concurrent issuances' decisions in
+/// batches: each caller still gets the answer to its own request.
+#[tokio::test]
+async fn concurrent_issuances_each_get_their_own_decision() {
+    let stack = TestStack::start().await;
+    stack.activate_policies(BROKER_POLICIES, true).await;
+    let production = stack.workload_identity("billing-sync", "production").await;
+    let staging = stack.workload_identity("staging-sync", "staging").await;
+    let development = stack.workload_identity("dev-sync", "development").await;
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let soar = stack.broker_caller(SOAR).await;
+    let calls = (0..96).map(|i| {
+        let mut client = soar.clone();
+        let request = match i % 4 {
+            0 => token(&production.id, &[], 0, "INC-9"),
+            1 => token(&staging.id, &[], 0, "INC-9"),
+            2 => token(&unknown, &[], 0, "INC-9"),
+            _ => token(&development.id, &[], 0, "INC-9"),
+        };
+        tokio::spawn(async move { (i, client.issue_api_token(request).await) })
+    });
+    let mut issued = 0;
+    for call in calls.collect::<Vec<_>>() {
+        let (i, answer) = call.await.unwrap();
+        match (i % 4, answer) {
+            (0, Ok(response)) => {
+                let lease = response.into_inner().lease.unwrap();
+                assert_eq!(lease.identity_id, production.id);
+                issued += 1;
+            }
+            (1, Err(e)) => {
+                assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+                assert!(e.message().starts_with("approval required"), "{e:?}");
+            }
+            (2, Err(e)) => assert_eq!(e.code(), Code::NotFound, "{e:?}"),
+            (3, Err(e)) => assert_eq!(e.code(), Code::PermissionDenied, "{e:?}"),
+            (kind, answer) => panic!("request {i} (kind {kind}): {answer:?}"),
+        }
+    }
+    assert_eq!(issued, 24);
+    let mut soar = soar;
+    assert_eq!(leases(&mut soar, &production.id).await.len(), 24);
+    assert!(leases(&mut soar, &staging.id).await.is_empty());
+}

@@ -124,6 +124,7 @@ pub const SPEC: ServiceSpec = ServiceSpec {
         (rpc!("ActivatePolicySet"), &[OPERATORS]),
         (rpc!("RollbackPolicySet"), &[OPERATORS]),
         (rpc!("Authorize"), &[SERVICES, OPERATORS, AUTOMATION]),
+        (rpc!("AuthorizeBatch"), &[SERVICES, OPERATORS, AUTOMATION]),
         (rpc!("DryRun"), &[OPERATORS, AUTOMATION]),
         (rpc!("Explain"), &[OPERATORS, AUDITORS, AUTOMATION]),
         (

@@ -35,6 +35,8 @@ use crate::store::{NewVersion, SetKind, Store, StoreError, StoredSet};
 
 /// The emitting service's name in every record.
 const SERVICE: &str = "authority";
+/// Most requests one `AuthorizeBatch` decides.
+pub const MAX_AUTHORIZE_BATCH: usize = 256;
 
 /// The active policy set, compiled.
 #[derive(Debug)]
@@ -852,6 +854,44 @@ impl AuthorityService for AuthorityServer {
         Ok(Response::new(pb::AuthorizeResponse {
             decision: Some(self.authorize_with_grants(&r, &actor).await?),
         }))
+    }
+
+    async fn authorize_batch(
+        &self,
+        request: Request<pb::AuthorizeBatchRequest>,
+    ) -> Result<Response<pb::AuthorizeBatchResponse>, Status> {
+        let actor = self.actor(&request)?;
+        let requests = request.into_inner().requests;
+        if requests.is_empty() {
+            return Err(Status::invalid_argument("requests: is required"));
+        }
+        if requests.len() > MAX_AUTHORIZE_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "requests: {} requests; at most {MAX_AUTHORIZE_BATCH} in one batch",
+                requests.len()
+            )));
+        }
+        // Concurrently, as separate calls would be: one request waiting
+        // for inventory's facts does not hold up the rest.
+        let decided = futures_util::future::join_all(
+            requests
+                .iter()
+                .map(|r| self.authorize_with_grants(r, &actor)),
+        )
+        .await;
+        let results = decided
+            .into_iter()
+            .map(|decided| pb::AuthorizeResult {
+                result: Some(match decided {
+                    Ok(decision) => pb::authorize_result::Result::Decision(decision),
+                    Err(status) => pb::authorize_result::Result::Error(pb::AuthorizeError {
+                        code: status.code() as i32,
+                        message: status.message().to_owned(),
+                    }),
+                }),
+            })
+            .collect();
+        Ok(Response::new(pb::AuthorizeBatchResponse { results }))
     }
 
     async fn dry_run(

@@ -19,6 +19,7 @@
 //! [`steward_server::Application`] in-process with [`build`].
 
 pub mod authorities;
+pub mod authorizer;
 pub mod backends;
 pub mod ca;
 pub mod config;
@@ -192,19 +193,19 @@ async fn routes(context: ServiceContext, config: BrokerConfig) -> Result<Routes,
         own,
         context.shutdown(),
     ));
-    // Every issuance asks authority: several connections, so that one
-    // HTTP/2 connection's task does not carry every decision.
-    let authority_client = || {
-        context
-            .peer_channel("authority", &context.peers.authority)
-            .map(AuthorityServiceClient::new)
-    };
-    let authority = server::Peers::new(
-        authority_client()?,
-        (1..server::AUTHORITY_CONNECTIONS)
-            .map(|_| authority_client())
+    // Every issuance asks authority, in batches over several connections,
+    // so that one HTTP/2 connection's task does not carry every decision.
+    let (authority, task) = authorizer::Authorizer::start(
+        (0..authorizer::CONNECTIONS)
+            .map(|_| {
+                context
+                    .peer_channel("authority", &context.peers.authority)
+                    .map(AuthorityServiceClient::new)
+            })
             .collect::<Result<Vec<_>, _>>()?,
+        context.shutdown(),
     );
+    context.spawn(task);
     let inventory = context.peer_channel("inventory", &context.peers.inventory)?;
     let shared = Arc::new(server::Shared {
         own: context.spiffe_id.clone(),

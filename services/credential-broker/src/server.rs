@@ -20,7 +20,6 @@ use steward_evidence::record::{
 };
 use steward_identity::{PeerIdentity, SpiffeId};
 use steward_proto::steward::authority::v1 as authority_pb;
-use steward_proto::steward::authority::v1::authority_service_client::AuthorityServiceClient;
 use steward_proto::steward::broker::v1 as pb;
 use steward_proto::steward::broker::v1::credential_broker_server::CredentialBroker;
 use steward_proto::steward::inventory::v1::inventory_service_client::InventoryServiceClient;
@@ -58,7 +57,8 @@ pub struct Shared {
     /// Counts CA rotations: the Workload API's streams resend bundles and
     /// SVIDs when it moves.
     pub rotated: tokio::sync::watch::Sender<u64>,
-    pub authority: Peers<AuthorityServiceClient<Channel>>,
+    /// Decisions, batched.
+    pub authority: crate::authorizer::Authorizer,
     /// For risk signals (a rotation whose revocation was not confirmed).
     pub inventory: InventoryServiceClient<Channel>,
     /// The external credential backend, if one is configured.
@@ -286,31 +286,6 @@ impl Made {
     }
 }
 
-/// Connections to authority.
-pub const AUTHORITY_CONNECTIONS: usize = 4;
-
-/// Clients of one peer over several connections, taken in turn.
-#[derive(Debug)]
-pub struct Peers<C> {
-    clients: Vec<C>,
-    next: std::sync::atomic::AtomicUsize,
-}
-
-impl<C: Clone> Peers<C> {
-    pub fn new(first: C, more: impl IntoIterator<Item = C>) -> Self {
-        Self {
-            clients: std::iter::once(first).chain(more).collect(),
-            next: std::sync::atomic::AtomicUsize::new(0),
-        }
-    }
-
-    /// The next connection's client.
-    pub fn next(&self) -> C {
-        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.clients[n % self.clients.len()].clone()
-    }
-}
-
 /// What authority allowed.
 #[derive(Debug)]
 pub(crate) struct Allowed {
@@ -403,11 +378,8 @@ impl BrokerServer {
                 claim_by: None,
             }),
         };
-        let mut client = self.shared.authority.next();
-        let decision = match client.authorize(request).await {
-            Ok(response) => response.into_inner().decision.ok_or_else(|| {
-                Status::unavailable("authority answered without a decision; nothing was issued")
-            })?,
+        let decision = match self.shared.authority.decide(request).await {
+            Ok(decision) => decision,
             Err(status) => {
                 return Err(match status.code() {
                     tonic::Code::InvalidArgument
