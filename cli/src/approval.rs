@@ -214,11 +214,13 @@ pub async fn close_incident(
     args: &ConnectionArgs,
     incident: &str,
     reason: &str,
+    correlation_id: &str,
     output: Output,
 ) -> anyhow::Result<ExitCode> {
     let message = pb::CloseIncidentRequest {
         incident_ref: incident.to_owned(),
         reason: reason.to_owned(),
+        correlation_id: correlation_id.to_owned(),
     };
     // A human who is logged in is recorded as the one who closed it.
     let request = match as_human(message.clone(), args.token_file.as_deref()) {

@@ -34,6 +34,9 @@ pub struct InvokeArgs {
     /// How long the grant lasts (at most 4 hours).
     #[arg(long, default_value_t = 3600)]
     pub duration_seconds: u32,
+    /// Joins the records to a chain of evidence (a signal's id, say).
+    #[arg(long, default_value = "")]
+    pub correlation_id: String,
 }
 
 /// Which reviews `list` shows.
@@ -94,7 +97,7 @@ pub async fn invoke(
         incident_ref: invoke.incident,
         reason: invoke.reason,
         duration_seconds: invoke.duration_seconds,
-        correlation_id: String::new(),
+        correlation_id: invoke.correlation_id,
     };
     let answer = authority(args)
         .await?

@@ -187,6 +187,7 @@ pub async fn revoke(
                 .revoke_leases(pb::RevokeLeasesRequest {
                     selector: Some(by.clone()),
                     reason: reason.to_owned(),
+                    ..Default::default()
                 })
                 .await?
                 .into_inner();

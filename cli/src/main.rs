@@ -306,6 +306,10 @@ enum IncidentCommand {
         incident_ref: String,
         #[arg(long)]
         reason: String,
+        /// Joins the closure's records, and the revocations of the
+        /// incident's leases, to a chain of evidence.
+        #[arg(long, default_value = "")]
+        correlation_id: String,
     },
 }
 
@@ -451,11 +455,22 @@ fn main() -> ExitCode {
                 }
             },
             Command::Incident {
-                command: IncidentCommand::Close {
-                    incident_ref,
-                    reason,
-                },
-            } => approval::close_incident(&cli.conn, &incident_ref, &reason, cli.output).await,
+                command:
+                    IncidentCommand::Close {
+                        incident_ref,
+                        reason,
+                        correlation_id,
+                    },
+            } => {
+                approval::close_incident(
+                    &cli.conn,
+                    &incident_ref,
+                    &reason,
+                    &correlation_id,
+                    cli.output,
+                )
+                .await
+            }
             Command::Lease { command } => match command {
                 LeaseCommand::List { filter } => lease::list(&cli.conn, filter, cli.output).await,
                 LeaseCommand::Watch { watch } => lease::watch(&cli.conn, watch, cli.output).await,

@@ -62,6 +62,21 @@ impl TestPki {
         self.path().join("audit-log.key")
     }
 
+    /// Writes the audit log's verifier key (`<name>+<hash>+<key>`), derived
+    /// from the signing key rather than asked of the server, and returns
+    /// its path.
+    pub fn log_verifier_key(&self) -> PathBuf {
+        use rustls_pki_types::pem::PemObject;
+        let pem = std::fs::read(self.log_key()).unwrap();
+        let der = rustls_pki_types::PrivateKeyDer::from_pem_slice(&pem).unwrap();
+        let signer =
+            steward_evidence::NoteSigner::from_pkcs8("steward.test/audit", der.secret_der())
+                .unwrap();
+        let vkey = self.path().join("audit-log.vkey");
+        std::fs::write(&vkey, signer.verifier_key()).unwrap();
+        vkey
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
@@ -349,6 +364,20 @@ impl TestStack {
             configs,
             operator,
         }
+    }
+
+    /// Restarts authority at its address with post-action reviews due
+    /// after `seconds`.
+    pub async fn restart_authority_with_review_time(&mut self, seconds: u64) {
+        let addr = self.service("authority").addr;
+        self.stop("authority").await;
+        let mut config = self.configs["authority"].clone();
+        config.listen_addr = addr;
+        let mut settings = test_authority_config(config);
+        settings.break_glass_review_seconds = seconds;
+        let app = steward_authority::build_with(settings).await.unwrap();
+        self.services
+            .insert("authority".into(), RunningService::start("authority", app));
     }
 
     /// Stops a service and waits until it has finished.

@@ -4,9 +4,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use rustls_pki_types::PrivateKeyDer;
-use rustls_pki_types::pem::PemObject;
-use steward_evidence::NoteSigner;
 use steward_integration_tests::evidence::append_many;
 use steward_integration_tests::{TestStack, execute_sql, run_steward};
 
@@ -19,12 +16,7 @@ struct Cli {
 impl Cli {
     fn new(stack: &TestStack) -> Self {
         let pki = stack.pki.path();
-        // The verifier key comes from the signing key, not from the server.
-        let pem = std::fs::read(stack.pki.log_key()).unwrap();
-        let der = PrivateKeyDer::from_pem_slice(&pem).unwrap();
-        let signer = NoteSigner::from_pkcs8("steward.test/audit", der.secret_der()).unwrap();
-        let vkey = pki.join("audit-log.vkey");
-        std::fs::write(&vkey, signer.verifier_key()).unwrap();
+        let vkey = stack.pki.log_verifier_key();
         let args = stack
             .pki
             .cli_args("operator", &stack.service("audit").address());

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use steward_integration_tests::inventory::{create, spec};
-use steward_integration_tests::{RunningService, TEST_ISSUER, TestStack, bearer};
+use steward_integration_tests::{TEST_ISSUER, TestStack, bearer};
 use steward_proto::steward::authority::v1 as pb;
 use steward_proto::steward::authority::v1::authority_service_client::AuthorityServiceClient;
 use tonic::Code;
@@ -455,6 +455,7 @@ async fn two_of_a_group_approve_and_grants_keep_their_window_and_incident() {
         .close_incident(pb::CloseIncidentRequest {
             incident_ref: "INC-9".into(),
             reason: "resolved".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -482,6 +483,7 @@ async fn two_of_a_group_approve_and_grants_keep_their_window_and_incident() {
         .close_incident(pb::CloseIncidentRequest {
             incident_ref: String::new(),
             reason: "x".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -626,25 +628,10 @@ async fn expired_requests_cannot_be_approved_and_unclaimed_grants_lapse() {
     );
 }
 
-/// Restarts authority at its address with post-action reviews due after
-/// `seconds`.
-async fn with_review_time(stack: &mut TestStack, seconds: u64) {
-    let addr = stack.service("authority").addr;
-    stack.stop("authority").await;
-    let mut config = stack.configs["authority"].clone();
-    config.listen_addr = addr;
-    let mut settings = steward_integration_tests::test_authority_config(config);
-    settings.break_glass_review_seconds = seconds;
-    let app = steward_authority::build_with(settings).await.unwrap();
-    stack
-        .services
-        .insert("authority".into(), RunningService::start("authority", app));
-}
-
 #[tokio::test]
 async fn break_glass_is_for_named_principals_recorded_and_reviewed_by_owners() {
     let mut stack = TestStack::start().await;
-    with_review_time(&mut stack, 1).await;
+    stack.restart_authority_with_review_time(1).await;
     let mut inventory = stack.inventory().await;
     let nhi = create(&mut inventory, spec("payments-webhook")).await.id;
     let mut ops = operator(&stack).await;

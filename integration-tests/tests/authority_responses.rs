@@ -249,7 +249,8 @@ async fn a_signal_triggers_proportionate_recorded_responses() {
     );
 
     // Every step is evidence, tied to the signal by correlation id: the
-    // transitions inventory made and the responses authority recorded.
+    // signal itself, the transitions inventory made and the responses
+    // authority recorded.
     let evidence = stack.evidence_for(&nhi, 20).await;
     let by_signal: Vec<(String, String)> = evidence
         .iter()
@@ -258,6 +259,7 @@ async fn a_signal_triggers_proportionate_recorded_responses() {
         .map(|r| (r.emitting_service.clone(), r.action.clone()))
         .collect();
     for expected in [
+        ("inventory", "signal.add"),
         ("authority", "response.watchlist"),
         ("authority", "response.restrict"),
         ("authority", "response.open_ticket"),
@@ -270,7 +272,7 @@ async fn a_signal_triggers_proportionate_recorded_responses() {
     assert_eq!(
         by_signal
             .iter()
-            .filter(|(service, _)| service == "inventory")
+            .filter(|(service, action)| service == "inventory" && action != "signal.add")
             .count(),
         2,
         "two transitions by inventory: {by_signal:?}"

@@ -572,6 +572,7 @@ async fn api_tokens_are_shown_once_introspected_renewed_and_revoked_as_watchers_
                 "INC-10".into(),
             )),
             reason: "incident contained".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -610,6 +611,7 @@ async fn api_tokens_are_shown_once_introspected_renewed_and_revoked_as_watchers_
         .revoke_leases(pb::RevokeLeasesRequest {
             selector: None,
             reason: "x".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -621,6 +623,7 @@ async fn api_tokens_are_shown_once_introspected_renewed_and_revoked_as_watchers_
                 "not a spiffe id".into(),
             )),
             reason: "x".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -631,6 +634,7 @@ async fn api_tokens_are_shown_once_introspected_renewed_and_revoked_as_watchers_
                 "spiffe://steward.test/automation/other".into(),
             )),
             reason: "nothing of theirs".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -712,6 +716,7 @@ async fn api_tokens_are_shown_once_introspected_renewed_and_revoked_as_watchers_
                 identity.id.clone(),
             )),
             reason: "identity retired".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -940,6 +945,7 @@ async fn closing_an_incident_revokes_its_leases_even_after_a_broker_outage() {
         .close_incident(authority::CloseIncidentRequest {
             incident_ref: "INC-42".into(),
             reason: "contained".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -997,6 +1003,7 @@ async fn closing_an_incident_revokes_its_leases_even_after_a_broker_outage() {
         .close_incident(authority::CloseIncidentRequest {
             incident_ref: "INC-44".into(),
             reason: "contained".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -280,10 +280,12 @@ pub fn incident_record(
     actor: &Actor,
     incident: &str,
     reason: &str,
+    correlation_id: &str,
     grants_ended: usize,
     approvals_cancelled: usize,
 ) -> EvidenceRecord {
     let mut record = base(actor, "incident.closed", "", incident, reason);
+    record.correlation_id = correlation_id.to_owned();
     record.attributes = attributes(&[
         ("grants_ended", grants_ended.to_string()),
         ("approvals_cancelled", approvals_cancelled.to_string()),

@@ -17,7 +17,7 @@ use steward_proto::steward::broker::v1::credential_broker_client::CredentialBrok
 use tokio::sync::Notify;
 use tonic::transport::Channel;
 
-use crate::store::{Store, StoreError};
+use crate::store::{Closure, Store, StoreError};
 
 /// How often pending closures are retried.
 const RETRY: Duration = Duration::from_secs(3);
@@ -42,14 +42,15 @@ impl Closures {
         }
     }
 
-    /// Has the broker revoke every lease of `incident`; returns their ids.
-    /// On success the closure (as closed at `closed_at`) is marked done.
-    pub async fn announce(
-        &self,
-        incident: &str,
-        reason: &str,
-        closed_at: i64,
-    ) -> Result<Vec<String>, String> {
+    /// Has the broker revoke every lease of the closed incident; returns
+    /// their ids. On success the closure is marked done.
+    pub async fn announce(&self, closure: &Closure) -> Result<Vec<String>, String> {
+        let Closure {
+            incident,
+            reason,
+            closed_at,
+            correlation_id,
+        } = closure;
         let mut client = self.broker.clone().ok_or_else(|| {
             "no credential broker is configured (peers.credential_broker)".to_owned()
         })?;
@@ -61,6 +62,7 @@ impl Closures {
                         incident.to_owned(),
                     )),
                     reason: truncate_utf8(format!("incident {incident} closed: {reason}"), 1024),
+                    correlation_id: correlation_id.clone(),
                 })
                 .await
                 .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
@@ -72,7 +74,7 @@ impl Closures {
         }
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         self.store
-            .closure_announced(incident, closed_at, now)
+            .closure_announced(incident, *closed_at, now)
             .await
             .map_err(|e: StoreError| e.to_string())?;
         Ok(revoked)
@@ -99,8 +101,9 @@ impl Closures {
                     continue;
                 }
             };
-            for (incident, reason, closed_at) in pending {
-                match self.announce(&incident, &reason, closed_at).await {
+            for closure in pending {
+                let incident = &closure.incident;
+                match self.announce(&closure).await {
                     Ok(leases) => tracing::info!(
                         incident,
                         leases = leases.len(),

@@ -24,6 +24,11 @@ pub struct AuthorityConfig {
     /// post-action review.
     #[serde(default = "default_review_seconds")]
     pub break_glass_review_seconds: u64,
+    /// Who reviews a break-glass on an identity with no owners in
+    /// inventory (a person or a group of `groups`): without someone, the
+    /// review could never be completed.
+    #[serde(default = "default_unowned_reviewer")]
+    pub unowned_reviewer: String,
     /// Answer a decision only once its evidence record is durable. Off by
     /// default: a decision that changes nothing (no grant spent) is
     /// answered once its record is queued for the next group commit, and a
@@ -37,6 +42,10 @@ pub struct AuthorityConfig {
 /// A day.
 fn default_review_seconds() -> u64 {
     24 * 3600
+}
+
+fn default_unowned_reviewer() -> String {
+    "security".to_owned()
 }
 
 /// An OIDC issuer, trusted through its published JWKS.
@@ -69,6 +78,7 @@ impl AuthorityConfig {
             groups: BTreeMap::new(),
             oidc: None,
             break_glass_review_seconds: default_review_seconds(),
+            unowned_reviewer: default_unowned_reviewer(),
             durable_decisions: false,
         }
     }

@@ -65,6 +65,11 @@ const SQLITE_MIGRATIONS: &[MigrationFile] = &[
         description: "closed incidents",
         sql: include_str!("../migrations/sqlite/0006_closed_incidents.sql"),
     },
+    MigrationFile {
+        version: 7,
+        description: "closure correlation ids",
+        sql: include_str!("../migrations/sqlite/0007_closure_correlation.sql"),
+    },
 ];
 const POSTGRES_MIGRATIONS: &[MigrationFile] = &[
     MigrationFile {
@@ -91,6 +96,11 @@ const POSTGRES_MIGRATIONS: &[MigrationFile] = &[
         version: 6,
         description: "closed incidents",
         sql: include_str!("../migrations/postgres/0006_closed_incidents.sql"),
+    },
+    MigrationFile {
+        version: 7,
+        description: "closure correlation ids",
+        sql: include_str!("../migrations/postgres/0007_closure_correlation.sql"),
     },
 ];
 

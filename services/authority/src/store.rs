@@ -8,7 +8,7 @@ use steward_outbox::OutboxTransaction;
 
 mod approvals;
 mod responses;
-pub use approvals::ListFilter;
+pub use approvals::{Closure, ListFilter};
 pub use responses::ResponseAction;
 
 /// A stored version.

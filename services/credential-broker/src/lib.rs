@@ -64,6 +64,11 @@ const SQLITE_MIGRATIONS: &[MigrationFile] = &[
         description: "credential backends",
         sql: include_str!("../migrations/sqlite/0005_backends.sql"),
     },
+    MigrationFile {
+        version: 6,
+        description: "rotation correlation ids",
+        sql: include_str!("../migrations/sqlite/0006_rotation_correlation.sql"),
+    },
 ];
 const POSTGRES_MIGRATIONS: &[MigrationFile] = &[
     MigrationFile {
@@ -85,6 +90,11 @@ const POSTGRES_MIGRATIONS: &[MigrationFile] = &[
         version: 5,
         description: "credential backends",
         sql: include_str!("../migrations/postgres/0005_backends.sql"),
+    },
+    MigrationFile {
+        version: 6,
+        description: "rotation correlation ids",
+        sql: include_str!("../migrations/postgres/0006_rotation_correlation.sql"),
     },
 ];
 

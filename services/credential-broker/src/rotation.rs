@@ -154,10 +154,11 @@ impl BrokerServer {
             incident_ref: task.incident_ref.clone(),
             actor: caller.clone(),
             created_at_ns: now,
+            correlation_id: truncate_utf8(task.correlation_id.clone(), 256),
         };
         let mut record = lease_record(&lease, &caller, "credential.rotate");
         record.outcome.reason = truncate_utf8(task.reason.clone(), MAX_REASON);
-        record.correlation_id = truncate_utf8(task.correlation_id.clone(), 256);
+        record.correlation_id.clone_from(&rotation.correlation_id);
         let attributes = &mut record.attributes;
         attributes.insert("rotation_id".into(), rotation.rotation_id.clone());
         attributes.insert(
@@ -214,7 +215,14 @@ impl BrokerServer {
             .collect();
         if !active.is_empty() {
             // Part of the rotation authority allowed.
-            self.revoke(&rotation.actor, &active, &reason, true).await?;
+            self.revoke(
+                &rotation.actor,
+                &active,
+                &reason,
+                &rotation.correlation_id,
+                true,
+            )
+            .await?;
         }
         let mut failures = Vec::new();
         for lease in &old {
@@ -249,6 +257,7 @@ impl BrokerServer {
         };
         let mut record = lease_record(&new_lease, &self.shared.own.to_string(), action);
         record.outcome.reason = truncate_utf8(detail.clone(), MAX_REASON);
+        record.correlation_id.clone_from(&rotation.correlation_id);
         if state == RotationState::Failed {
             record.outcome.status = steward_evidence::record::OutcomeStatus::Failed;
         }

@@ -882,6 +882,7 @@ impl BrokerServer {
         caller: &str,
         leases: &[Lease],
         reason: &str,
+        correlation_id: &str,
         decided: bool,
     ) -> Result<Vec<Lease>, Status> {
         let mut identities: Vec<&str> = if decided {
@@ -903,7 +904,7 @@ impl BrokerServer {
                 window_start_ns: now,
                 window_end_ns: i64::MAX,
                 reason: reason.to_owned(),
-                correlation_id: String::new(),
+                correlation_id: correlation_id.to_owned(),
             };
             self.authorize(caller, "revoke", identity, &lease_task, 0)
                 .await?;
@@ -911,9 +912,11 @@ impl BrokerServer {
         let evidence: RevocationEvidence = {
             let caller = caller.to_owned();
             let reason = reason.to_owned();
+            let correlation_id = correlation_id.to_owned();
             Arc::new(move |lease: &Lease| {
                 let mut record = lease_record(lease, &caller, "credential.revoke");
                 record.outcome.reason = truncate_utf8(reason.clone(), MAX_REASON);
+                record.correlation_id.clone_from(&correlation_id);
                 record
             })
         };
@@ -1388,7 +1391,7 @@ impl CredentialBroker for BrokerServer {
             }));
         }
         let ended = self
-            .revoke(&caller, std::slice::from_ref(&lease), &r.reason, false)
+            .revoke(&caller, std::slice::from_ref(&lease), &r.reason, "", false)
             .await?;
         let lease = match ended.into_iter().next() {
             Some(lease) => lease,
@@ -1412,6 +1415,7 @@ impl CredentialBroker for BrokerServer {
         let caller = caller(&request)?;
         let r = request.into_inner();
         text("reason", &r.reason, 1024, true)?;
+        text("correlation_id", &r.correlation_id, 256, false)?;
         // Authority revoking a closed incident's leases has decided already:
         // closing the incident was its decision.
         let decided =
@@ -1467,7 +1471,9 @@ impl CredentialBroker for BrokerServer {
         if leases.is_empty() {
             return Ok(Response::new(pb::RevokeLeasesResponse::default()));
         }
-        let ended = self.revoke(&caller, &leases, &r.reason, decided).await?;
+        let ended = self
+            .revoke(&caller, &leases, &r.reason, &r.correlation_id, decided)
+            .await?;
         Ok(Response::new(pb::RevokeLeasesResponse {
             lease_ids: ended.into_iter().map(|l| l.lease_id).collect(),
             more,

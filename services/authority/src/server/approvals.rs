@@ -10,7 +10,7 @@ use crate::approvals::{
     GrantState, PostActionReview, Review, ReviewState, Verdict, grant_record, review_record,
 };
 use crate::engine::{Decision, DecisionRequest, Effect, NhiFacts, Principal, RequestContext};
-use crate::store::{ListFilter, StoreError};
+use crate::store::{Closure, ListFilter, StoreError};
 
 pub fn now_s() -> i64 {
     now_ns() / 1_000_000_000
@@ -566,11 +566,18 @@ impl AuthorityServer {
         }
         optional_text("incident_ref", &r.incident_ref)?;
         let reason = reason_field("reason", &r.reason)?;
+        optional_text("correlation_id", &r.correlation_id)?;
         let closed_at = now_s();
         let (grants, requests) = self
             .shared
             .store
-            .close_incident(&r.incident_ref, &actor, &reason, closed_at)
+            .close_incident(
+                &r.incident_ref,
+                &actor,
+                &reason,
+                &r.correlation_id,
+                closed_at,
+            )
             .await
             .map_err(store_status)?;
         // The closure stands either way; the broker is told now if it can
@@ -578,7 +585,12 @@ impl AuthorityServer {
         let closures = &self.shared.closures;
         let announced = tokio::time::timeout(
             crate::closures::INLINE_WAIT,
-            closures.announce(&r.incident_ref, &reason, closed_at),
+            closures.announce(&Closure {
+                incident: r.incident_ref.clone(),
+                reason,
+                closed_at,
+                correlation_id: r.correlation_id,
+            }),
         )
         .await
         .unwrap_or_else(|_| Err("the broker did not answer in time".to_owned()));
@@ -702,7 +714,10 @@ impl AuthorityServer {
             resource_id: resource,
             incident_ref: r.incident_ref.clone(),
             reason: reason.clone(),
-            assignees: suggested_reviewers("", &decision_request.resource),
+            assignees: match suggested_reviewers("", &decision_request.resource) {
+                owners if owners.is_empty() => vec![self.shared.config.unowned_reviewer.clone()],
+                owners => owners,
+            },
             state: ReviewState::Open,
             due_at: now
                 + i64::try_from(self.shared.config.break_glass_review_seconds)

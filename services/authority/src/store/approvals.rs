@@ -213,6 +213,16 @@ macro_rules! insert_grant {
 }
 
 /// Filters for the list calls; empty fields match everything.
+/// A closed incident, as the broker is to be told of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closure {
+    pub incident: String,
+    pub reason: String,
+    /// Unix seconds.
+    pub closed_at: i64,
+    pub correlation_id: String,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
     pub state: Option<&'static str>,
@@ -626,6 +636,7 @@ impl Store {
         incident: &str,
         actor: &Actor,
         reason: &str,
+        correlation_id: &str,
         now: i64,
     ) -> Result<(Vec<Grant>, Vec<ApprovalRequest>), StoreError> {
         Ok(on_backend!(&self.db, pool, Db => {
@@ -665,16 +676,17 @@ impl Store {
                 a.decided_at = now;
                 records.push(approval_record(actor, "approval.cancelled", a, reason));
             }
-            records.push(incident_record(actor, incident, reason, grants.len(), requests.len()));
+            records.push(incident_record(actor, incident, reason, correlation_id, grants.len(), requests.len()));
             // The broker is told (again, if it was closed before): see
             // `Store::closures_to_announce`.
             sqlx::query::<Db>(
-                "INSERT INTO closed_incidents (incident_ref, closed_at, reason, leases_revoked_at) VALUES ($1, $2, $3, 0) \
-                 ON CONFLICT (incident_ref) DO UPDATE SET closed_at = $2, reason = $3, leases_revoked_at = 0",
+                "INSERT INTO closed_incidents (incident_ref, closed_at, reason, leases_revoked_at, correlation_id) VALUES ($1, $2, $3, 0, $4) \
+                 ON CONFLICT (incident_ref) DO UPDATE SET closed_at = $2, reason = $3, leases_revoked_at = 0, correlation_id = $4",
             )
             .bind(incident)
             .bind(now)
             .bind(reason)
+            .bind(correlation_id)
             .execute(&mut *tx)
             .await?;
             tx.enqueue_all(&records).await?;
@@ -684,19 +696,24 @@ impl Store {
     }
 
     /// Closed incidents whose leases the broker has not yet revoked, oldest
-    /// first: `(incident, reason, closed_at)`.
-    pub async fn closures_to_announce(
-        &self,
-        limit: i64,
-    ) -> Result<Vec<(String, String, i64)>, StoreError> {
+    /// first.
+    pub async fn closures_to_announce(&self, limit: i64) -> Result<Vec<Closure>, StoreError> {
         Ok(on_backend!(&self.db, pool, Db => {
-            sqlx::query_as::<Db, (String, String, i64)>(
-                "SELECT incident_ref, reason, closed_at FROM closed_incidents WHERE leases_revoked_at = 0 \
+            sqlx::query_as::<Db, (String, String, i64, String)>(
+                "SELECT incident_ref, reason, closed_at, correlation_id FROM closed_incidents WHERE leases_revoked_at = 0 \
                  ORDER BY closed_at LIMIT $1",
             )
             .bind(limit)
             .fetch_all(pool)
             .await?
+            .into_iter()
+            .map(|(incident, reason, closed_at, correlation_id)| Closure {
+                incident,
+                reason,
+                closed_at,
+                correlation_id,
+            })
+            .collect()
         }))
     }
 

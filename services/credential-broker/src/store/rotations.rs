@@ -39,10 +39,12 @@ pub struct Rotation {
     pub incident_ref: String,
     pub actor: String,
     pub created_at_ns: i64,
+    /// The records of the revocation and confirmation carry it.
+    pub correlation_id: String,
 }
 
 const COLUMNS: &str = "rotation_id, identity_id, kind, new_lease_id, old_lease_ids, state, \
-    revoke_at_ns, confirmed_at_ns, detail, incident_ref, actor, created_at_ns";
+    revoke_at_ns, confirmed_at_ns, detail, incident_ref, actor, created_at_ns, correlation_id";
 
 type Row = (
     String,
@@ -57,6 +59,7 @@ type Row = (
     String,
     String,
     i64,
+    String,
 );
 
 fn from_row(row: Row) -> Rotation {
@@ -73,6 +76,7 @@ fn from_row(row: Row) -> Rotation {
         incident_ref,
         actor,
         created_at_ns,
+        correlation_id,
     ) = row;
     Rotation {
         rotation_id,
@@ -87,6 +91,7 @@ fn from_row(row: Row) -> Rotation {
         incident_ref,
         actor,
         created_at_ns,
+        correlation_id,
     }
 }
 
@@ -100,7 +105,7 @@ impl Store {
         on_backend!(self.database(), pool, Db => {
             let mut tx = pool.begin_with(<Db as Engine>::BEGIN_WRITE).await?;
             let sql = format!(
-                "INSERT INTO rotations ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+                "INSERT INTO rotations ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
             );
             sqlx::query::<Db>(sqlx::AssertSqlSafe(sql))
                 .bind(&r.rotation_id)
@@ -115,6 +120,7 @@ impl Store {
                 .bind(&r.incident_ref)
                 .bind(&r.actor)
                 .bind(r.created_at_ns)
+                .bind(&r.correlation_id)
                 .execute(&mut *tx)
                 .await?;
             tx.enqueue_all(evidence).await?;

@@ -200,7 +200,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             refresh_signal_score!(tx, Db, &signal.identity_id);
-            let record = evidence::record(
+            let mut record = evidence::record(
                 context,
                 "signal.add",
                 Some((&signal.identity_id, kind)),
@@ -213,6 +213,18 @@ impl Store {
                     ("evidence_ref", signal.evidence_ref.clone()),
                 ],
             );
+            // A signal starts a chain: what it sets off (response actions,
+            // the incident's work) correlates by the signal's id. A
+            // correlation id the reporter sent is kept beside it.
+            let reported = std::mem::replace(
+                &mut record.correlation_id,
+                signal.id.hyphenated().to_string(),
+            );
+            if !reported.is_empty() {
+                record
+                    .attributes
+                    .insert("reporter_correlation_id".into(), reported);
+            }
             tx.enqueue_all(std::slice::from_ref(&record)).await?;
             tx.commit().await?;
         });
