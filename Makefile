@@ -5,13 +5,14 @@ CARGO  ?= cargo
 PYENV  := target/pyenv
 PYTHON := $(PYENV)/bin/python
 
-.PHONY: run build test lint fmt fmt-check clippy unit pydeps bench clean-dev help
+.PHONY: run build test lint fmt fmt-check clippy unit pydeps bench demo clean-dev help
 
 help:
 	@echo "make run    start all four services on SQLite with a generated dev PKI"
 	@echo "make test   fmt check, clippy -D warnings, unit and integration tests"
 	@echo "            (again on PostgreSQL when STEWARD_TEST_DATABASE_URL is set)"
 	@echo "make bench  baseline benchmarks (release build)"
+	@echo "make demo   the incident story, narrated, against a running \`make run\`"
 	@echo "make fmt    format the code"
 
 ## run: create the dev PKI if missing and run the four services until Ctrl-C
@@ -52,6 +53,10 @@ $(PYENV)/.installed: integration-tests/python/requirements.txt
 	python3 -m venv $(PYENV)
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r integration-tests/python/requirements.txt
 	touch $@
+
+## demo: the incident story against `make run` (in another terminal)
+demo: build
+	./deploy/demo/demo.sh
 
 bench:
 	$(CARGO) run --release -p steward-integration-tests --bin steward-bench

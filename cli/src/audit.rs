@@ -332,3 +332,125 @@ pub async fn export(
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// What `follow` streams, and when it stops.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FollowArgs {
+    /// First index (0: the whole log, then what is appended).
+    #[arg(long, default_value_t = 0)]
+    pub from: u64,
+    /// Only records of this chain of evidence.
+    #[arg(long)]
+    pub correlation_id: Option<String>,
+    /// Only records of this incident.
+    #[arg(long)]
+    pub incident: Option<String>,
+    /// Only records about this inventory identity.
+    #[arg(long)]
+    pub identity: Option<String>,
+    /// Only records of this action (`credential.rotate`, …).
+    #[arg(long)]
+    pub action: Option<String>,
+    /// Stop after this many records.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Stop once nothing new has arrived for this long.
+    #[arg(long)]
+    pub idle_seconds: Option<u64>,
+}
+
+/// Streams the log (`Subscribe`) as it grows: a line per record, or with
+/// `--output json` one `{index, leaf_hash, entry}` object per line, as
+/// `export` writes them.
+pub async fn follow(
+    conn: &ConnectionArgs,
+    args: FollowArgs,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    let mut stream = client(conn)
+        .await?
+        .subscribe(pb::SubscribeRequest {
+            from_index: args.from,
+            filter: Some(pb::EntryFilter {
+                incident_ref: args.incident.unwrap_or_default(),
+                nhi_id: args.identity.unwrap_or_default(),
+                actor: String::new(),
+                action: args.action.unwrap_or_default(),
+                correlation_id: args.correlation_id.unwrap_or_default(),
+            }),
+        })
+        .await?
+        .into_inner();
+    if output == Output::Table {
+        println!(
+            "{:>7}  {:<20}  {:<30} {:<18} {:<12}  ACTOR",
+            "INDEX", "TIME", "ACTION", "SERVICE", "INCIDENT"
+        );
+    }
+    let idle = args.idle_seconds.map(std::time::Duration::from_secs);
+    let mut shown = 0u64;
+    while args.count.is_none_or(|n| shown < n) {
+        let next = match idle {
+            Some(idle) => match tokio::time::timeout(idle, stream.message()).await {
+                Ok(next) => next?,
+                Err(_) => break,
+            },
+            None => stream.message().await?,
+        };
+        let Some(page) = next else {
+            bail!("audit ended the stream; resume with --from <next index>");
+        };
+        if let Some(behind) = page.fell_behind {
+            bail!(
+                "fell behind the log; resume with --from {}",
+                behind.resume_from
+            );
+        }
+        for entry in page.entries {
+            if args.count.is_some_and(|n| shown >= n) {
+                break;
+            }
+            let record = entry.record.clone().context("entry without a record")?;
+            let record = record_from_proto(record)
+                .map_err(|e| anyhow::anyhow!("entry {}: {e}", entry.index))?;
+            match output {
+                Output::Json => {
+                    let leaf: serde_json::Value =
+                        serde_json::from_slice(&record.canonical_leaf(&entry.appended_by))?;
+                    let line = serde_json::json!({ "index": entry.index, "leaf_hash": hex(&entry.leaf_hash), "entry": leaf });
+                    println!("{line}");
+                }
+                Output::Table => {
+                    let actor = if record.actor.human_subject.is_empty() {
+                        record.actor.workload_spiffe_id.clone()
+                    } else {
+                        format!(
+                            "{} via {}",
+                            record.actor.human_subject, record.actor.workload_spiffe_id
+                        )
+                    };
+                    let time = record
+                        .time
+                        .replace_nanosecond(0)
+                        .ok()
+                        .and_then(|t| {
+                            t.format(&time::format_description::well_known::Rfc3339)
+                                .ok()
+                        })
+                        .unwrap_or_default();
+                    println!(
+                        "{:>7}  {:<20}  {:<30} {:<18} {:<12}  {}",
+                        entry.index,
+                        time,
+                        record.action,
+                        record.emitting_service,
+                        record.incident_ref,
+                        actor
+                    );
+                }
+            }
+            shown += 1;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

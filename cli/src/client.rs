@@ -49,6 +49,17 @@ pub struct ConnectionArgs {
     /// --host and --base-port.
     #[arg(long, global = true, env = "STEWARD_ADDR")]
     pub addr: Option<String>,
+    /// `name=host:port` of one service (repeatable, or comma-separated in
+    /// the environment), for services that are not laid out from
+    /// --base-port and for commands that talk to more than one.
+    #[arg(
+        long = "service-addr",
+        global = true,
+        env = "STEWARD_SERVICE_ADDRS",
+        value_delimiter = ',',
+        value_parser = service_addr
+    )]
+    pub service_addrs: Vec<(String, String)>,
     /// Where the OIDC token from `steward login` is kept (default
     /// `~/.config/steward/token`).
     #[arg(long, global = true, env = "STEWARD_TOKEN_FILE")]
@@ -89,6 +100,9 @@ impl ConnectionArgs {
 
     /// `host:port` of a service.
     pub fn address(&self, service: &str) -> anyhow::Result<String> {
+        if let Some((_, addr)) = self.service_addrs.iter().rev().find(|(n, _)| n == service) {
+            return Ok(addr.clone());
+        }
         if let Some(addr) = &self.addr {
             return Ok(addr.clone());
         }
@@ -99,6 +113,25 @@ impl ConnectionArgs {
         let port = self.base_port + u16::try_from(index)?;
         Ok(format!("{}:{port}", self.host))
     }
+}
+
+/// `name=host:port`, `name` one of Steward's services.
+fn service_addr(text: &str) -> Result<(String, String), String> {
+    let (name, addr) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected name=host:port"))?;
+    if !crate::SERVICES.iter().any(|(known, _)| *known == name) {
+        return Err(format!(
+            "{name:?} is not one of inventory, authority, credential-broker, audit"
+        ));
+    }
+    if addr
+        .rsplit_once(':')
+        .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+    {
+        return Err(format!("{addr:?}: expected host:port"));
+    }
+    Ok((name.to_owned(), addr.to_owned()))
 }
 
 /// The SPIFFE ID a Steward service presents.

@@ -35,6 +35,13 @@ pub const LOG_ORIGIN: &str = "steward.local/audit";
 pub const OPERATOR_ID: &str = "spiffe://steward.local/operator/admin";
 /// The dev OIDC issuer authority trusts for humans (`steward login --dev`).
 pub const DEV_ISSUER: &str = "https://oidc.steward.local/dev";
+/// Client SVIDs the dev PKI also issues, for `make demo`: file stem and
+/// SPIFFE ID path.
+pub const DEMO_CLIENTS: &[(&str, &str)] = &[
+    ("soar", "/automation/soar"),
+    ("secret-scanner", "/automation/secret-scanner"),
+    ("auditor", "/auditor/demo"),
+];
 /// What the invoking user's processes are, through the Workload API.
 pub const DEV_WORKLOAD_ID: &str = "spiffe://steward.local/dev/workload";
 
@@ -94,6 +101,7 @@ pub async fn up(dir: &Path, base_port: u16, log_format: &str) -> anyhow::Result<
         host: "127.0.0.1".to_owned(),
         base_port,
         addr: None,
+        service_addrs: Vec::new(),
         token_file: None,
     };
     let healthy = tokio::select! {
@@ -206,6 +214,14 @@ fn ensure_pki(pki: &Path) -> anyhow::Result<()> {
         })
         .collect();
     leaves.push(("operator".to_owned(), OPERATOR_ID.to_owned(), false));
+    // The demo's automation and auditor (`make demo`).
+    for &(name, path) in DEMO_CLIENTS {
+        leaves.push((
+            name.to_owned(),
+            format!("spiffe://{TRUST_DOMAIN}{path}"),
+            false,
+        ));
+    }
     for (name, id, server) in leaves {
         let cert = pki.join(format!("{name}.crt"));
         let key = pki.join(format!("{name}.key"));
@@ -490,9 +506,12 @@ fn write_configs(dir: &Path, base_port: u16, log_format: &str) -> anyhow::Result
                 pki.join("broker.kek"),
                 dir.join("run").join("workload.sock")
             ),
+            // The security group reviews break-glass on identities without
+            // owners: the demo's security engineer, and you.
             "authority" => format!(
-                "{text}\n[oidc]\nissuer = {DEV_ISSUER:?}\naudience = \"steward\"\njwks_file = {:?}\n",
-                pki.join("oidc-jwks.json")
+                "{text}\n[oidc]\nissuer = {DEV_ISSUER:?}\naudience = \"steward\"\njwks_file = {:?}\n\n[groups]\nsecurity = [\"human:sam\", {:?}]\n",
+                pki.join("oidc-jwks.json"),
+                format!("human:{}", crate::login::default_subject())
             ),
             _ => text,
         };

@@ -243,7 +243,7 @@ fn state_word(state: i32) -> &'static str {
     }
 }
 
-fn row(lease: &pb::Lease) -> LeaseRow {
+pub fn row(lease: &pb::Lease) -> LeaseRow {
     let (kind, state) = (kind_word(lease.kind), state_word(lease.state));
     LeaseRow {
         lease_id: lease.lease_id.clone(),

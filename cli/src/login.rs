@@ -10,6 +10,11 @@ use anyhow::{Context, bail};
 use crate::Output;
 use crate::dev::DEV_ISSUER;
 
+/// Who `steward login --dev` names by default: `$USER`.
+pub fn default_subject() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "operator".to_owned())
+}
+
 /// How long a dev token lasts unless `--ttl-minutes` says otherwise.
 pub const DEV_TOKEN_MINUTES: u32 = 8 * 60;
 

@@ -19,9 +19,11 @@ mod approval;
 mod audit;
 mod breakglass;
 mod client;
+mod credential;
 mod dev;
 mod exit;
 mod format;
+mod grant;
 mod health;
 mod identity;
 mod lease;
@@ -147,6 +149,17 @@ enum Command {
         #[command(subcommand)]
         command: LeaseCommand,
     },
+    /// Credentials for a task: issue one, or rotate an identity's (the
+    /// broker asks authority first; exit 6 names an approval to wait for).
+    Credential {
+        #[command(subcommand)]
+        command: CredentialCommand,
+    },
+    /// Grants from approvals and break-glass: list, show, revoke.
+    Grant {
+        #[command(subcommand)]
+        command: GrantCommand,
+    },
     /// Ask a service which SPIFFE ID it verified for you.
     Whoami {
         /// Which service to ask.
@@ -167,6 +180,12 @@ enum AuditCommand {
         /// Where the last trusted checkpoint is kept between runs.
         #[arg(long, default_value = ".steward/audit/trusted-checkpoint")]
         state: PathBuf,
+    },
+    /// Stream the log as it grows (the whole log first with the default
+    /// --from 0), filtered by chain, incident, identity or action.
+    Follow {
+        #[command(flatten)]
+        follow: audit::FollowArgs,
     },
     /// Export entries as JSON Lines (one `{index, leaf_hash, entry}` per line) for SIEM ingestion.
     Export {
@@ -198,6 +217,13 @@ enum IdentityCommand {
     },
     /// One identity: owners, state, risk and why.
     Show { id: String },
+    /// Move an identity to another lifecycle state (watchlisted,
+    /// restricted, suspended, revoked, active …). When you are logged in,
+    /// authority decides first, with any grant you hold (break-glass too).
+    Transition {
+        #[command(flatten)]
+        transition: identity::TransitionArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -314,6 +340,43 @@ enum IncidentCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum CredentialCommand {
+    /// Issue an API token or a JWT-SVID for an identity; prints the secret
+    /// once.
+    Issue {
+        #[command(flatten)]
+        task: credential::TaskArgs,
+    },
+    /// Replace an identity's credentials of a kind: the new one now, the
+    /// old ones revoked after the overlap and confirmed rejected.
+    Rotate {
+        #[command(flatten)]
+        task: credential::TaskArgs,
+        /// How long the old credentials stay valid.
+        #[arg(long, default_value_t = 0)]
+        overlap_seconds: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum GrantCommand {
+    /// Grants matching the filters, newest first.
+    List {
+        #[command(flatten)]
+        filter: grant::Filter,
+    },
+    /// One grant, every field.
+    Show { id: String },
+    /// End a grant early.
+    Revoke {
+        id: String,
+        /// Why (recorded).
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum LeaseCommand {
     /// Leases matching the filters, newest last.
     List {
@@ -387,6 +450,9 @@ fn main() -> ExitCode {
                 command: AuditCommand::Verify { vkey, state },
             } => audit::verify(&cli.conn, &vkey, &state, cli.output).await,
             Command::Audit {
+                command: AuditCommand::Follow { follow },
+            } => audit::follow(&cli.conn, follow, cli.output).await,
+            Command::Audit {
                 command: AuditCommand::Export { from, to, file },
             } => audit::export(&cli.conn, from, to, file).await,
             Command::Whoami { service } => health::whoami(&cli.conn, &service, cli.output).await,
@@ -398,9 +464,7 @@ fn main() -> ExitCode {
                 from_file,
             } => match (dev, from_file) {
                 (true, _) => {
-                    let subject = subject
-                        .or_else(|| std::env::var("USER").ok())
-                        .unwrap_or_else(|| "operator".to_owned());
+                    let subject = subject.unwrap_or_else(login::default_subject);
                     login::login_dev(
                         &dir,
                         &subject,
@@ -425,6 +489,9 @@ fn main() -> ExitCode {
                     identity::list(&cli.conn, filter, cli.output).await
                 }
                 IdentityCommand::Show { id } => identity::show(&cli.conn, &id, cli.output).await,
+                IdentityCommand::Transition { transition } => {
+                    identity::transition(&cli.conn, transition, cli.output).await
+                }
             },
             Command::Signal {
                 command: SignalCommand::Post { signal },
@@ -479,6 +546,22 @@ fn main() -> ExitCode {
                 }
                 LeaseCommand::Revoke { selector, reason } => {
                     lease::revoke(&cli.conn, selector, &reason, cli.output).await
+                }
+            },
+            Command::Credential { command } => match command {
+                CredentialCommand::Issue { task } => {
+                    credential::issue(&cli.conn, task, cli.output).await
+                }
+                CredentialCommand::Rotate {
+                    task,
+                    overlap_seconds,
+                } => credential::rotate(&cli.conn, task, overlap_seconds, cli.output).await,
+            },
+            Command::Grant { command } => match command {
+                GrantCommand::List { filter } => grant::list(&cli.conn, filter, cli.output).await,
+                GrantCommand::Show { id } => grant::show(&cli.conn, &id, cli.output).await,
+                GrantCommand::Revoke { id, reason } => {
+                    grant::revoke(&cli.conn, &id, &reason, cli.output).await
                 }
             },
         }

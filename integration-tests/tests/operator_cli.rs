@@ -891,3 +891,207 @@ async fn operators_manage_policy_sets_and_response_rules_from_the_cli() {
     let active = json(&steward_on(&stack, "authority", &["-o", "json", "policy", "show"]).await);
     assert_eq!(active["version"].as_u64(), Some(version));
 }
+
+/// The incident story's other commands: the SOAR bot's `credential issue`
+/// and `rotate`, `grant list/show/revoke`, on call's `identity transition`
+/// (which authority decides first, with the person's grants) and the
+/// auditor's `audit follow`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_grants_transitions_and_the_audit_stream_from_the_cli() {
+    let stack = TestStack::start().await;
+    let policies = format!(
+        "{BROKER_POLICIES}\n@id(\"oncall-may-break-glass\")\npermit (principal == Steward::Human::\"oncall\", action == Steward::Action::\"break_glass\", resource);\n"
+    );
+    stack.activate_policies(&policies, true).await;
+    let identity = stack.workload_identity("billing-sync", "production").await;
+    stack.pki.client(
+        "soar",
+        &steward_integration_tests::spiffe_id(SOAR).to_string(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let oncall = dir.path().join("oncall");
+    std::fs::write(&oncall, stack.token("oncall")).unwrap();
+    let task = [
+        "--identity",
+        &identity.id,
+        "--incident",
+        "INC-5",
+        "--scope",
+        "ledger:write",
+        "--correlation-id",
+        "chain-5",
+    ];
+
+    let issued = json(
+        &steward(
+            &stack,
+            "soar",
+            &[&["credential", "issue"][..], &task, &["-o", "json"]].concat(),
+        )
+        .await,
+    );
+    assert!(
+        issued["token"].as_str().unwrap().starts_with("stw_"),
+        "{issued}"
+    );
+    assert_eq!(issued["lease"]["kind"], "api-token");
+    assert_eq!(issued["lease"]["incident_ref"], "INC-5");
+    let first = issued["lease"]["lease_id"].as_str().unwrap().to_owned();
+    let err = exits(
+        &steward(
+            &stack,
+            "soar",
+            &[&["credential", "issue", "--kind", "jwt-svid"][..], &task].concat(),
+        )
+        .await,
+        2,
+    );
+    assert!(err.contains("audience"), "{err}");
+    let rotated = json(
+        &steward(
+            &stack,
+            "soar",
+            &[&["credential", "rotate"][..], &task, &["-o", "json"]].concat(),
+        )
+        .await,
+    );
+    assert_eq!(rotated["state"], "confirmed", "{rotated}");
+    assert_eq!(rotated["old_lease_ids"], serde_json::json!([first]));
+    assert_ne!(rotated["token"], issued["token"]);
+
+    // A break-glass grant, read and revoked from the CLI.
+    let glass = [
+        "breakglass",
+        "invoke",
+        "--action",
+        "suspend",
+        "--identity",
+        &identity.id,
+        "--incident",
+        "INC-5",
+        "--reason",
+        "its key is being abused",
+        "-o",
+        "json",
+    ];
+    let invoked = json(&steward_authority(&stack, Some(&oncall), &glass).await);
+    let grant = invoked["grant_id"].as_str().unwrap().to_owned();
+    let listed = json(
+        &steward_authority(
+            &stack,
+            None,
+            &["grant", "list", "--incident", "INC-5", "-o", "json"],
+        )
+        .await,
+    );
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["id"], grant.as_str());
+    assert_eq!(listed[0]["break_glass"], true);
+    assert_eq!(listed[0]["state"], "active");
+    let shown =
+        json(&steward_authority(&stack, None, &["grant", "show", &grant, "-o", "json"]).await);
+    assert_eq!(shown["principal"], "oncall");
+    assert_eq!(shown["action"], "suspend");
+    let revoked = json(
+        &steward_authority(
+            &stack,
+            None,
+            &[
+                "grant",
+                "revoke",
+                &grant,
+                "--reason",
+                "not needed",
+                "-o",
+                "json",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(revoked["state"], "revoked");
+
+    // Without a grant, authority refuses on call's suspension, and nothing
+    // changes; with a fresh break-glass it goes through.
+    let suspend = [
+        "identity",
+        "transition",
+        &identity.id,
+        "--to",
+        "suspended",
+        "--incident",
+        "INC-5",
+        "--reason",
+        "its key is being abused",
+        "--correlation-id",
+        "chain-5",
+        "-o",
+        "json",
+    ];
+    let on_inventory = |token: Option<&Path>, extra: &[&str]| {
+        // A transition asks authority first: the CLI needs both addresses.
+        let mut args: Vec<String> = vec![
+            "--service-addr".to_owned(),
+            format!("authority={}", stack.service("authority").address()),
+        ];
+        if let Some(token) = token {
+            args.extend(["--token-file".to_owned(), token.display().to_string()]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let stack = &stack;
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            steward_on(stack, "inventory", &args).await
+        }
+    };
+    let err = exits(&on_inventory(Some(&oncall), &suspend).await, 5);
+    assert!(err.contains("denied suspend"), "{err}");
+    let unchanged =
+        json(&on_inventory(None, &["identity", "show", &identity.id, "-o", "json"]).await);
+    assert_eq!(unchanged["state"], "active");
+    json(&steward_authority(&stack, Some(&oncall), &glass).await);
+    let suspended = json(&on_inventory(Some(&oncall), &suspend).await);
+    assert_eq!(suspended["state"], "suspended", "{suspended}");
+
+    // The auditor's stream of the chain.
+    let mut seen = Vec::new();
+    for _ in 0..20 {
+        let out = steward_on(
+            &stack,
+            "audit",
+            &[
+                "audit",
+                "follow",
+                "--correlation-id",
+                "chain-5",
+                "--idle-seconds",
+                "1",
+                "-o",
+                "json",
+            ],
+        )
+        .await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        seen = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                let line: serde_json::Value = serde_json::from_str(l).unwrap();
+                line["entry"]["action"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        if [
+            "credential.rotate",
+            "credential.rotation_confirmed",
+            "identity.suspend",
+        ]
+        .iter()
+        .all(|a| seen.iter().any(|s| s == a))
+        {
+            return;
+        }
+    }
+    panic!("the chain's records did not all arrive: {seen:?}");
+}
