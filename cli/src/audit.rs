@@ -67,12 +67,15 @@ async fn for_each_entry(
         }
         token = page.next_page_token;
     }
-    eprint!("\r\x1b[K");
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprint!("\r\x1b[K");
+    }
     Ok(())
 }
 
+/// A progress line on a terminal; nothing in a pipe or a log.
 fn progress(done: u64, total: u64) {
-    if total > 0 {
+    if total > 0 && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         eprint!(
             "\r  {done}/{total} entries ({:.0}%)",
             done as f64 * 100.0 / total as f64

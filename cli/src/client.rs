@@ -60,6 +60,9 @@ pub struct ConnectionArgs {
         value_parser = service_addr
     )]
     pub service_addrs: Vec<(String, String)>,
+    /// The services' addresses from the config file (below the flags).
+    #[arg(skip)]
+    pub configured_addrs: Vec<(String, String)>,
     /// Where the OIDC token from `steward login` is kept (default
     /// `~/.config/steward/token`).
     #[arg(long, global = true, env = "STEWARD_TOKEN_FILE")]
@@ -106,6 +109,9 @@ impl ConnectionArgs {
         if let Some(addr) = &self.addr {
             return Ok(addr.clone());
         }
+        if let Some((_, addr)) = self.configured_addrs.iter().find(|(n, _)| n == service) {
+            return Ok(addr.clone());
+        }
         let index = crate::SERVICES
             .iter()
             .position(|(name, _)| *name == service)
@@ -116,7 +122,7 @@ impl ConnectionArgs {
 }
 
 /// `name=host:port`, `name` one of Steward's services.
-fn service_addr(text: &str) -> Result<(String, String), String> {
+pub fn service_addr(text: &str) -> Result<(String, String), String> {
     let (name, addr) = text
         .split_once('=')
         .ok_or_else(|| format!("{text:?}: expected name=host:port"))?;

@@ -102,6 +102,7 @@ pub async fn up(dir: &Path, base_port: u16, log_format: &str) -> anyhow::Result<
         base_port,
         addr: None,
         service_addrs: Vec::new(),
+        configured_addrs: Vec::new(),
         token_file: None,
     };
     let healthy = tokio::select! {

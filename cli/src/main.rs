@@ -19,6 +19,7 @@ mod approval;
 mod audit;
 mod breakglass;
 mod client;
+mod config;
 mod credential;
 mod dev;
 mod exit;
@@ -53,6 +54,10 @@ struct Cli {
     /// Output format.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
+    /// The settings file (default `~/.config/steward/config.toml`, if it
+    /// exists): flags and the environment win over it.
+    #[arg(long, global = true, env = "STEWARD_CONFIG")]
+    config: Option<PathBuf>,
     #[command(flatten)]
     conn: client::ConnectionArgs,
     #[command(subcommand)]
@@ -159,6 +164,12 @@ enum Command {
     Grant {
         #[command(subcommand)]
         command: GrantCommand,
+    },
+    /// Print a completion script for your shell: `steward completions bash
+    /// > ~/.local/share/bash-completion/completions/steward`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
     /// Ask a service which SPIFFE ID it verified for you.
     Whoami {
@@ -423,8 +434,32 @@ enum DevCommand {
     },
 }
 
+/// The command line, with the settings file below it.
+fn parse() -> anyhow::Result<Cli> {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let (path, explicit) = match &cli.config {
+        Some(path) => (Some(path.clone()), true),
+        None => (config::default_path(), false),
+    };
+    if let Some(path) = path
+        && let Some(file) = config::load(&path, explicit)?
+    {
+        let dir = path.parent().unwrap_or(std::path::Path::new("."));
+        config::apply(file, dir, &matches, &mut cli.conn, &mut cli.output)?;
+    }
+    Ok(cli)
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::from(exit::BAD_ARGUMENT);
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -456,6 +491,16 @@ fn main() -> ExitCode {
                 command: AuditCommand::Export { from, to, file },
             } => audit::export(&cli.conn, from, to, file).await,
             Command::Whoami { service } => health::whoami(&cli.conn, &service, cli.output).await,
+            Command::Completions { shell } => {
+                use clap::CommandFactory;
+                clap_complete::generate(
+                    shell,
+                    &mut Cli::command(),
+                    "steward",
+                    &mut std::io::stdout(),
+                );
+                Ok(ExitCode::SUCCESS)
+            }
             Command::Login {
                 dev,
                 subject,

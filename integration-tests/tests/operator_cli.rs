@@ -1095,3 +1095,87 @@ async fn credentials_grants_transitions_and_the_audit_stream_from_the_cli() {
     }
     panic!("the chain's records did not all arrive: {seen:?}");
 }
+
+/// `~/.config/steward/config.toml` (here `--config`): the SVID, the
+/// services' addresses and the output format come from the file, and a
+/// flag wins over it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_takes_its_settings_from_a_file_below_its_flags() {
+    let stack = TestStack::start().await;
+    stack.workload_identity("billing-sync", "production").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = stack.pki.path();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "cert = {:?}\nkey = {:?}\nbundle = {:?}\noutput = \"json\"\n\n[services]\ninventory = {:?}\nauthority = {:?}\n",
+            pki.join("operator.crt"),
+            pki.join("operator.key"),
+            pki.join("bundle.pem"),
+            stack.service("inventory").address(),
+            stack.service("authority").address(),
+        ),
+    )
+    .unwrap();
+    let with = |extra: &[&str]| {
+        let mut args = vec!["--config".to_owned(), config.display().to_string()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        run_steward(args)
+    };
+    let listed = json(&with(&["identity", "list"]).await);
+    assert_eq!(
+        listed[0]["display_name"], "billing-sync connector",
+        "{listed}"
+    );
+    let table = with(&["-o", "table", "identity", "list"]).await;
+    assert!(
+        String::from_utf8_lossy(&table.stdout).starts_with("IDENTITY"),
+        "{}",
+        String::from_utf8_lossy(&table.stdout)
+    );
+    // --addr names the one service to talk to, over the file: authority is
+    // not inventory, and the CLI will not talk to it as inventory.
+    let wrong = with(&[
+        "--addr",
+        &stack.service("authority").address(),
+        "identity",
+        "list",
+    ])
+    .await;
+    exits(&wrong, 7);
+
+    std::fs::write(&config, "colour = \"blue\"\n").unwrap();
+    let err = exits(&with(&["identity", "list"]).await, 2);
+    assert!(
+        err.contains("config.toml") && err.contains("colour"),
+        "{err}"
+    );
+    let missing = dir.path().join("nope.toml");
+    let err = exits(
+        &run_steward(vec![
+            "--config".into(),
+            missing.display().to_string(),
+            "identity".into(),
+            "list".into(),
+        ])
+        .await,
+        2,
+    );
+    assert!(err.contains("does not exist"), "{err}");
+}
+
+/// `steward completions <shell>` prints a script that knows the commands.
+#[tokio::test]
+async fn the_cli_prints_shell_completions() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = run_steward(vec!["completions".into(), shell.into()]).await;
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        for word in ["steward", "credential", "rotate", "breakglass"] {
+            assert!(script.contains(word), "{shell}: {word}");
+        }
+    }
+    let out = run_steward(vec!["completions".into(), "cmd.exe".into()]).await;
+    assert_eq!(out.status.code(), Some(2));
+}
