@@ -87,19 +87,52 @@ fn progress(done: u64, total: u64) {
 /// A verification failure: printed, and exit code 3.
 struct Failure(String);
 
+/// The log's verifier key, from a file the operator trusts.
+fn load_verifier(path: &Path) -> anyhow::Result<NoteVerifier> {
+    let vkey = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "cannot read the log's verifier key {} (pass --vkey)",
+            path.display()
+        )
+    })?;
+    NoteVerifier::parse(&vkey).context("invalid verifier key")
+}
+
+/// A fresh checkpoint with its signature checked: the signed note and
+/// what it says.
+async fn signed_checkpoint(
+    client: &mut AuditServiceClient<Channel>,
+    verifier: &NoteVerifier,
+) -> anyhow::Result<Result<(String, Checkpoint), Failure>> {
+    let note = client
+        .get_checkpoint(pb::GetCheckpointRequest { fresh: true })
+        .await?
+        .into_inner()
+        .signed_note;
+    let checkpoint = match verifier.verify(&note).map(Checkpoint::parse) {
+        Ok(Ok(checkpoint)) => checkpoint,
+        Ok(Err(e)) => {
+            return Ok(Err(Failure(format!(
+                "the signed checkpoint is malformed: {e}"
+            ))));
+        }
+        Err(e) => {
+            return Ok(Err(Failure(format!(
+                "the checkpoint is not signed by {}: {e}",
+                verifier.name()
+            ))));
+        }
+    };
+    Ok(Ok((note, checkpoint)))
+}
+
 pub async fn verify(
     conn: &ConnectionArgs,
     vkey_path: &Path,
     state_path: &Path,
     output: Output,
 ) -> anyhow::Result<ExitCode> {
-    let vkey = std::fs::read_to_string(vkey_path).with_context(|| {
-        format!(
-            "cannot read the log's verifier key {} (pass --vkey)",
-            vkey_path.display()
-        )
-    })?;
-    let verifier = NoteVerifier::parse(&vkey).context("invalid verifier key")?;
+    let verifier = load_verifier(vkey_path)?;
     let mut client = client(conn).await?;
 
     match run_verify(&mut client, &verifier, state_path).await? {
@@ -147,26 +180,9 @@ async fn run_verify(
     verifier: &NoteVerifier,
     state_path: &Path,
 ) -> anyhow::Result<Result<Report, Failure>> {
-    let response = client
-        .get_checkpoint(pb::GetCheckpointRequest { fresh: true })
-        .await?
-        .into_inner();
-    let text = match verifier.verify(&response.signed_note) {
-        Ok(text) => text,
-        Err(e) => {
-            return Ok(Err(Failure(format!(
-                "the checkpoint is not signed by {}: {e}",
-                verifier.name()
-            ))));
-        }
-    };
-    let checkpoint = match Checkpoint::parse(text) {
-        Ok(c) => c,
-        Err(e) => {
-            return Ok(Err(Failure(format!(
-                "the signed checkpoint is malformed: {e}"
-            ))));
-        }
+    let (signed_note, checkpoint) = match signed_checkpoint(client, verifier).await? {
+        Ok(signed) => signed,
+        Err(failure) => return Ok(Err(failure)),
     };
     let size = checkpoint.tree_size;
 
@@ -280,7 +296,7 @@ async fn run_verify(
     if let Some(parent) = state_path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    std::fs::write(state_path, &response.signed_note).with_context(|| {
+    std::fs::write(state_path, &signed_note).with_context(|| {
         format!(
             "cannot save the trusted checkpoint to {}",
             state_path.display()
@@ -453,6 +469,126 @@ pub async fn follow(
                 }
             }
             shown += 1;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Proves that one record is in the log: fetches a checkpoint and checks
+/// its signature with `vkey`, fetches the record's audit path for that
+/// checkpoint's tree, recomputes the leaf from the record's fields and
+/// the root from the path. Exit 3 when any of it fails.
+pub async fn proof(
+    conn: &ConnectionArgs,
+    vkey_path: &Path,
+    leaf: &str,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    let verifier = load_verifier(vkey_path)?;
+    let wanted = if leaf.len() == 64 && leaf.bytes().all(|b| b.is_ascii_hexdigit()) {
+        pb::get_inclusion_proof_request::Leaf::LeafHash(
+            (0..32)
+                .map(|i| u8::from_str_radix(&leaf[2 * i..2 * i + 2], 16))
+                .collect::<Result<Vec<u8>, _>>()?,
+        )
+    } else {
+        pb::get_inclusion_proof_request::Leaf::Index(leaf.parse().map_err(|_| {
+            tonic::Status::invalid_argument(
+                "leaf: a leaf hash (64 hex digits) or an index is required",
+            )
+        })?)
+    };
+    let mut client = client(conn).await?;
+    let failed = |reason: String| -> anyhow::Result<ExitCode> {
+        match output {
+            Output::Json => println!(
+                "{}",
+                serde_json::json!({ "verified": false, "reason": reason })
+            ),
+            Output::Table => println!("PROOF FAILED: {reason}"),
+        }
+        Ok(ExitCode::from(EXIT_TAMPERED))
+    };
+    let checkpoint = match signed_checkpoint(&mut client, &verifier).await? {
+        Ok((_, checkpoint)) => checkpoint,
+        Err(Failure(reason)) => return failed(reason),
+    };
+    let proof = client
+        .get_inclusion_proof(pb::GetInclusionProofRequest {
+            leaf: Some(wanted),
+            tree_size: checkpoint.tree_size,
+        })
+        .await?
+        .into_inner();
+    let entry = client
+        .get_entries(pb::GetEntriesRequest {
+            start_index: proof.index,
+            end_index: proof.index + 1,
+            page_size: 1,
+            page_token: String::new(),
+        })
+        .await?
+        .into_inner()
+        .entries
+        .into_iter()
+        .next()
+        .context("audit did not return the entry it proved")?;
+    let record = record_from_proto(entry.record.clone().context("entry without a record")?)
+        .map_err(|e| anyhow::anyhow!("entry {}: {e}", entry.index))?;
+    let recomputed = leaf_hash(&record.canonical_leaf(&entry.appended_by));
+    if recomputed.as_slice() != proof.leaf_hash.as_slice() {
+        return failed(format!(
+            "entry {}'s fields hash to {}, not to the proved leaf {}",
+            entry.index,
+            hex(&recomputed),
+            hex(&proof.leaf_hash)
+        ));
+    }
+    let path: Vec<Hash> = match proof
+        .hashes
+        .iter()
+        .map(|h| Hash::try_from(h.as_slice()))
+        .collect()
+    {
+        Ok(path) => path,
+        Err(_) => return failed("the audit path holds a hash that is not 32 bytes".into()),
+    };
+    if !verify_inclusion(
+        proof.index,
+        checkpoint.tree_size,
+        &recomputed,
+        &path,
+        &checkpoint.root_hash,
+    ) {
+        return failed(format!(
+            "entry {} is not in the signed tree of size {}",
+            proof.index, checkpoint.tree_size
+        ));
+    }
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({
+                "verified": true,
+                "index": proof.index,
+                "leaf_hash": hex(&recomputed),
+                "action": record.action,
+                "tree_size": checkpoint.tree_size,
+                "root_hash": hex(&checkpoint.root_hash),
+                "audit_path": path.iter().map(|h| hex(h)).collect::<Vec<_>>(),
+            })
+        ),
+        Output::Table => {
+            println!(
+                "entry {} ({}) is in the tree of {} signed by {}",
+                proof.index,
+                record.action,
+                checkpoint.tree_size,
+                verifier.name()
+            );
+            println!("  leaf hash  {}", hex(&recomputed));
+            println!("  root hash  {}", hex(&checkpoint.root_hash));
+            println!("  path       {} hashes", path.len());
         }
     }
     Ok(ExitCode::SUCCESS)

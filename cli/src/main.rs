@@ -192,6 +192,16 @@ enum AuditCommand {
         #[arg(long, default_value = ".steward/audit/trusted-checkpoint")]
         state: PathBuf,
     },
+    /// Prove one record is in the log: its inclusion proof against a
+    /// checkpoint whose signature is checked with --vkey, and its leaf
+    /// recomputed from its fields. Exits 3 when the proof fails.
+    Proof {
+        /// The record's leaf hash (64 hex digits) or its index.
+        leaf: String,
+        /// The log's verifier key (`<name>+<hash>+<key>`), from a source you trust.
+        #[arg(long, default_value = ".steward/dev/pki/audit-log.vkey")]
+        vkey: PathBuf,
+    },
     /// Stream the log as it grows (the whole log first with the default
     /// --from 0), filtered by chain, incident, identity or action.
     Follow {
@@ -452,7 +462,26 @@ fn parse() -> anyhow::Result<Cli> {
     Ok(cli)
 }
 
+/// `steward … | head` closes the pipe early. End as other tools do, with
+/// the shell's code for SIGPIPE, instead of `println!`'s panic.
+fn quiet_on_a_closed_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let text = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if text.contains("Broken pipe") || text.contains("BrokenPipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_on_a_closed_pipe();
     let cli = match parse() {
         Ok(cli) => cli,
         Err(error) => {
@@ -484,6 +513,9 @@ fn main() -> ExitCode {
             Command::Audit {
                 command: AuditCommand::Verify { vkey, state },
             } => audit::verify(&cli.conn, &vkey, &state, cli.output).await,
+            Command::Audit {
+                command: AuditCommand::Proof { leaf, vkey },
+            } => audit::proof(&cli.conn, &vkey, &leaf, cli.output).await,
             Command::Audit {
                 command: AuditCommand::Follow { follow },
             } => audit::follow(&cli.conn, follow, cli.output).await,

@@ -153,6 +153,15 @@ cat "$WORK/watch.txt"
 step "8. The auditor follows the chain of evidence and verifies the log"
 as auditor audit follow --correlation-id "$chain" --idle-seconds 3
 as auditor audit verify --vkey "$PKI/audit-log.vkey" --state "$WORK/trusted-checkpoint"
+say "the inclusion proof of each step, against the signed checkpoint:"
+quiet auditor audit follow --correlation-id "$chain" --idle-seconds 2 -o json >"$WORK/chain.jsonl"
+while read -r line; do
+    leaf=$(json '["leaf_hash"]' <<<"$line")
+    quiet auditor audit proof "$leaf" --vkey "$PKI/audit-log.vkey" -o json | python3 -c '
+import json, sys
+p = json.load(sys.stdin)
+print("  entry %3d %-30s in the signed tree of %d: proof verified" % (p["index"], p["action"], p["tree_size"]))'
+done <"$WORK/chain.jsonl"
 say "the break-glass review stays open (and is listed with --overdue once due) until completed:"
 review=$(quiet operator review list -o json | json '[0]["id"]')
 person sam review complete "$review" --note "the suspension was right"

@@ -38,7 +38,26 @@ permit (principal == Steward::Workload::"spiffe://steward.test/automation/soar",
 when { context.has_incident && resource.environment == "staging" };
 "#;
 
+/// The approval request a FAILED_PRECONDITION names in its
+/// `steward-approval-request-id` header.
+pub fn approval_request_of(status: &tonic::Status) -> String {
+    status
+        .metadata()
+        .get("steward-approval-request-id")
+        .expect("the approval request's id")
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
 impl TestStack {
+    /// An authority client as `spiffe://steward.test/<path>`.
+    pub async fn authority_caller(&self, path: &str) -> AuthorityServiceClient<Channel> {
+        let file = path.replace('/', "-");
+        let source = self.pki.client(&file, &spiffe_id(path).to_string());
+        AuthorityServiceClient::new(self.service("authority").channel(&source).await)
+    }
+
     /// A broker client with `source`'s SVID.
     pub async fn broker_as(&self, source: &Arc<SvidSource>) -> Client {
         CredentialBrokerClient::new(self.service("credential-broker").channel(source).await)

@@ -14,6 +14,18 @@ use crate::{TestStack, spiffe_id};
 
 pub type Client = InventoryServiceClient<Channel>;
 
+/// An identity's lifecycle state, as inventory has it now.
+pub async fn state_of(client: &mut Client, id: &str) -> i32 {
+    client
+        .get_identity(pb::GetIdentityRequest { id: id.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .identity
+        .unwrap()
+        .state
+}
+
 impl TestStack {
     /// An inventory client with `source`'s SVID.
     pub async fn inventory_as(&self, source: &Arc<SvidSource>) -> Client {

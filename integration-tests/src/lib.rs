@@ -623,6 +623,18 @@ pub fn test_log_config(pki_dir: &Path) -> steward_audit::LogConfig {
     }
 }
 
+/// A `steward` command's JSON output; the command must have succeeded.
+pub fn cli_json(output: &std::process::Output) -> serde_json::Value {
+    assert!(
+        output.status.success(),
+        "{:?}: {}{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr),
+        String::from_utf8_lossy(&output.stdout)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
 /// Runs one statement directly against a service's database, as an
 /// attacker or a careless operator with database access would.
 pub async fn execute_sql(database: &DatabaseConfig, sql: &'static str) {

@@ -13,15 +13,6 @@ async fn authority(stack: &TestStack) -> AuthorityServiceClient<Channel> {
     AuthorityServiceClient::new(stack.service("authority").channel(&stack.operator).await)
 }
 
-async fn authority_as(stack: &TestStack, path: &str) -> AuthorityServiceClient<Channel> {
-    let file = path.replace('/', "-");
-    let source = stack.pki.client(
-        &file,
-        &steward_integration_tests::spiffe_id(path).to_string(),
-    );
-    AuthorityServiceClient::new(stack.service("authority").channel(&source).await)
-}
-
 const SITE: &str = r#"
 @id("soar-rotates-connectors")
 @reason("SOAR rotates connector secrets during incidents once the technical owner approves")
@@ -199,7 +190,7 @@ async fn policy_sets_are_validated_versioned_activated_and_rolled_back() {
     assert_eq!(err.code(), Code::FailedPrecondition);
 
     // Only operators manage policy.
-    let mut bot = authority_as(&stack, "/automation/soar").await;
+    let mut bot = stack.authority_caller("/automation/soar").await;
     let err = bot
         .upload_policy_set(pb::UploadPolicySetRequest {
             policies: SITE.into(),
@@ -218,7 +209,7 @@ async fn decisions_use_inventory_facts_and_reach_audit() {
     let mut client = authority(&stack).await;
     let version = site(&mut client).await;
 
-    let mut soar = authority_as(&stack, "/automation/soar").await;
+    let mut soar = stack.authority_caller("/automation/soar").await;
     let incident = pb::RequestContext {
         incident_ref: "INC-42".into(),
         correlation_id: "corr-42".into(),
@@ -336,7 +327,7 @@ async fn decisions_use_inventory_facts_and_reach_audit() {
     );
 
     // The facts are read at decision time: a suspended identity is denied.
-    let mut broker = authority_as(&stack, "/service/credential-broker").await;
+    let mut broker = stack.authority_caller("/service/credential-broker").await;
     let issue = ask(
         workload("/service/credential-broker"),
         "issue",
@@ -631,7 +622,7 @@ async fn cached_facts_never_hide_a_write_that_returned() {
     let mut inventory = stack.inventory().await;
     let nhi = create(&mut inventory, spec("cache-coherence")).await.id;
     site(&mut authority(&stack).await).await;
-    let mut broker = authority_as(&stack, "/service/credential-broker").await;
+    let mut broker = stack.authority_caller("/service/credential-broker").await;
     let issue = ask(
         workload("/service/credential-broker"),
         "issue",
@@ -724,7 +715,7 @@ async fn only_the_broker_records_an_allow_with_its_outcome() {
             .unwrap()
     };
 
-    let broker = authority_as(&stack, "/service/credential-broker").await;
+    let broker = stack.authority_caller("/service/credential-broker").await;
     let left = decide(broker.clone(), with_outcome("/service/credential-broker")).await;
     assert_eq!(left.effect, pb::Effect::Allow as i32);
     assert!(left.recorded_with_outcome, "{left:?}");
@@ -745,7 +736,7 @@ async fn only_the_broker_records_an_allow_with_its_outcome() {
     let denied = decide(broker, with_outcome("/automation/soar")).await;
     assert_eq!(denied.effect, pb::Effect::Deny as i32);
     assert!(!denied.recorded_with_outcome);
-    let soar = authority_as(&stack, "/automation/soar").await;
+    let soar = stack.authority_caller("/automation/soar").await;
     let by_another = decide(soar, with_outcome("/service/credential-broker")).await;
     assert_eq!(by_another.effect, pb::Effect::Allow as i32);
     assert!(!by_another.recorded_with_outcome);
@@ -863,7 +854,8 @@ async fn a_batch_answers_each_request_as_authorize_would() {
             err.message()
         );
     }
-    let err = authority_as(&stack, "/auditor/eve")
+    let err = stack
+        .authority_caller("/auditor/eve")
         .await
         .authorize_batch(pb::AuthorizeBatchRequest {
             requests: vec![requests[0].clone()],

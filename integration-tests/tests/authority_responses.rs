@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use steward_integration_tests::inventory::{Client as Inventory, create, spec};
+use steward_integration_tests::inventory::{Client as Inventory, create, spec, state_of};
 use steward_integration_tests::{TestStack, bearer};
 use steward_proto::steward::authority::v1 as pb;
 use steward_proto::steward::authority::v1::authority_service_client::AuthorityServiceClient;
@@ -45,17 +45,6 @@ async fn signal(
         .signal
         .unwrap()
         .id
-}
-
-async fn state_of(inventory: &mut Inventory, id: &str) -> i32 {
-    inventory
-        .get_identity(inv::GetIdentityRequest { id: id.into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .identity
-        .unwrap()
-        .state
 }
 
 /// Waits (up to 20 s) until the responder has recorded `count` actions

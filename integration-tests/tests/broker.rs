@@ -9,7 +9,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use steward_integration_tests::TestStack;
-use steward_integration_tests::broker::{BROKER_POLICIES, SOAR, csr, in_seconds, task};
+use steward_integration_tests::broker::{
+    BROKER_POLICIES, SOAR, approval_request_of, csr, in_seconds, task,
+};
 use steward_proto::steward::audit::v1 as audit;
 use steward_proto::steward::broker::v1 as pb;
 use steward_proto::steward::inventory::v1 as inventory;
@@ -1246,26 +1248,11 @@ async fn a_rotation_that_needs_approval_proceeds_once_the_owner_approves() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
-    let request_id = err
-        .metadata()
-        .get("steward-approval-request-id")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let request_id = approval_request_of(&err);
 
     // The bot cannot approve its own request; alice, the technical owner,
     // can.
-    let mut bot = AuthorityServiceClient::new(
-        stack
-            .service("authority")
-            .channel(
-                &stack
-                    .pki
-                    .client("soar-approver", "spiffe://steward.test/automation/soar"),
-            )
-            .await,
-    );
+    let mut bot = stack.authority_caller(SOAR).await;
     let refused = bot
         .review_approval_request(authority::ReviewApprovalRequestRequest {
             id: request_id.clone(),

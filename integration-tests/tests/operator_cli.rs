@@ -9,7 +9,9 @@ use std::path::Path;
 use std::process::Output;
 
 use steward_integration_tests::broker::{BROKER_POLICIES, SOAR, task};
-use steward_integration_tests::{TestStack, binary_dir, run_steward, workspace_root};
+use steward_integration_tests::{
+    TestStack, binary_dir, cli_json as json, run_steward, workspace_root,
+};
 use steward_proto::steward::broker::v1 as pb;
 
 /// The site's broker policies, plus: operators may revoke any credential.
@@ -58,17 +60,6 @@ async fn steward_at(stack: &TestStack, cert: &str, addr: &str, extra: &[&str]) -
     let mut args = stack.pki.cli_args(cert, addr);
     args.extend(extra.iter().map(|s| s.to_string()));
     run_steward(args).await
-}
-
-fn json(output: &Output) -> serde_json::Value {
-    assert!(
-        output.status.success(),
-        "{:?}: {}{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr),
-        String::from_utf8_lossy(&output.stdout)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
 }
 
 /// Asserts that the command exited with `code`; returns what it said on
@@ -1178,4 +1169,22 @@ async fn the_cli_prints_shell_completions() {
     }
     let out = run_steward(vec!["completions".into(), "cmd.exe".into()]).await;
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// `steward … | head` ends quietly when the reader closes the pipe.
+#[tokio::test]
+async fn a_closed_pipe_ends_the_cli_quietly() {
+    let mut child = std::process::Command::new(binary_dir().join("steward"))
+        .args(["completions", "bash"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the reading end. The script (over 200 KB) does not fit in the
+    // pipe's buffer, so the write fails whenever it starts.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
 }

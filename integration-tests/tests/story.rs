@@ -9,8 +9,9 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use steward_evidence::merkle::{Hash, leaf_hash, verify_inclusion};
-use steward_integration_tests::broker::in_seconds;
-use steward_integration_tests::{TestStack, bearer, run_steward, workspace_root};
+use steward_integration_tests::broker::{approval_request_of, in_seconds};
+use steward_integration_tests::inventory::state_of;
+use steward_integration_tests::{TestStack, bearer, cli_json as json, run_steward, workspace_root};
 use steward_proto::steward::audit::v1 as audit;
 use steward_proto::steward::audit::v1::audit_service_client::AuditServiceClient;
 use steward_proto::steward::authority::v1 as authority;
@@ -65,18 +66,6 @@ async fn steward(
     run_steward(args).await
 }
 
-/// The command's JSON output; it must have succeeded.
-fn json(output: &Output) -> serde_json::Value {
-    assert!(
-        output.status.success(),
-        "{:?}: {}{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr),
-        String::from_utf8_lossy(&output.stdout)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
-}
-
 fn sample(name: &str) -> String {
     workspace_root()
         .join("deploy/samples")
@@ -93,20 +82,6 @@ fn task(incident: &str, minutes: i64, correlation: &str) -> Option<broker::Task>
         reason: "billing-sync's GitHub token was exposed in a public repository".into(),
         correlation_id: correlation.into(),
     })
-}
-
-async fn identity_state(
-    inventory: &mut steward_integration_tests::inventory::Client,
-    id: &str,
-) -> i32 {
-    inventory
-        .get_identity(inventory::GetIdentityRequest { id: id.into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .identity
-        .unwrap()
-        .state
 }
 
 /// Waits (up to 20 s) for `check` to hold.
@@ -283,8 +258,7 @@ async fn a_leaked_token_is_contained_rotated_and_its_incident_closed_with_verifi
         let mut inventory = inventory.clone();
         let leaked = leaked.clone();
         async move {
-            identity_state(&mut inventory, &leaked).await
-                == inventory::LifecycleState::Restricted as i32
+            state_of(&mut inventory, &leaked).await == inventory::LifecycleState::Restricted as i32
         }
     })
     .await;
@@ -302,26 +276,11 @@ async fn a_leaked_token_is_contained_rotated_and_its_incident_closed_with_verifi
     };
     let err = soar.rotate(rotate()).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
-    let request_id = err
-        .metadata()
-        .get("steward-approval-request-id")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let request_id = approval_request_of(&err);
 
     // 4. The bot cannot approve its own request; the owner approves from
     //    the CLI.
-    let mut bot = AuthorityServiceClient::new(
-        stack
-            .service("authority")
-            .channel(
-                &stack
-                    .pki
-                    .client("soar-reviewer", "spiffe://steward.test/automation/soar"),
-            )
-            .await,
-    );
+    let mut bot = stack.authority_caller(SOAR).await;
     let refused = bot
         .review_approval_request(authority::ReviewApprovalRequestRequest {
             id: request_id.clone(),
@@ -593,6 +552,49 @@ async fn a_leaked_token_is_contained_rotated_and_its_incident_closed_with_verifi
         String::from_utf8_lossy(&verified.stdout),
         String::from_utf8_lossy(&verified.stderr)
     );
+    // The CLI proves one step against the signed checkpoint…
+    let closed = steps
+        .iter()
+        .find(|e| e.record.as_ref().unwrap().action == "incident.closed")
+        .unwrap();
+    let leaf_hex: String = closed
+        .leaf_hash
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let vkey_arg = vkey.display().to_string();
+    let proved = json(
+        &steward(
+            &stack,
+            "auditor",
+            "audit",
+            None,
+            &[
+                "audit", "proof", &leaf_hex, "--vkey", &vkey_arg, "-o", "json",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(proved["verified"], true, "{proved}");
+    assert_eq!(proved["action"], "incident.closed");
+    assert_eq!(proved["index"], closed.index);
+    for (leaf, code) in [("not-a-leaf", 2), (&"0".repeat(64)[..], 4)] {
+        let out = steward(
+            &stack,
+            "auditor",
+            "audit",
+            None,
+            &["audit", "proof", leaf, "--vkey", &vkey_arg],
+        )
+        .await;
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{leaf}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // …and the test checks every step's proof itself.
     let checkpoint = log
         .get_checkpoint(audit::GetCheckpointRequest { fresh: true })
         .await
