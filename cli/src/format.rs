@@ -71,3 +71,27 @@ pub fn rows<T: Serialize>(rows: &[T], output: Output, table: impl Fn(&[T])) -> a
     }
     Ok(())
 }
+
+/// Awaits `work`, showing on a terminal how long it has been waiting
+/// (`what… 12 s`), for calls whose service does the long part.
+pub async fn waiting<T>(what: &str, work: impl std::future::Future<Output = T>) -> T {
+    use std::io::{IsTerminal, Write};
+    if !std::io::stderr().is_terminal() {
+        return work.await;
+    }
+    let started = std::time::Instant::now();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.tick().await;
+    tokio::pin!(work);
+    let done = loop {
+        tokio::select! {
+            done = &mut work => break done,
+            _ = tick.tick() => {
+                eprint!("\r  {what}… {} s", started.elapsed().as_secs());
+                let _ = std::io::stderr().flush();
+            }
+        }
+    };
+    eprint!("\r\x1b[K");
+    done
+}

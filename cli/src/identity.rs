@@ -216,16 +216,16 @@ pub async fn import(
             content.len()
         );
     }
-    let r = inventory(args)
-        .await?
-        .import_identities(pb::ImportIdentitiesRequest {
-            format: format as i32,
-            content,
-            source_system: import.source_system.unwrap_or_default(),
-            environment: import.environment.unwrap_or_default(),
-            dry_run: import.dry_run,
-            context: context(import.incident.as_ref()),
-        })
+    let mut client = inventory(args).await?;
+    let call = client.import_identities(pb::ImportIdentitiesRequest {
+        format: format as i32,
+        content,
+        source_system: import.source_system.unwrap_or_default(),
+        environment: import.environment.unwrap_or_default(),
+        dry_run: import.dry_run,
+        context: context(import.incident.as_ref()),
+    });
+    let r = format::waiting("inventory is importing", call)
         .await?
         .into_inner();
     let imported = Imported {

@@ -106,6 +106,10 @@ for _ in $(seq 50); do
     sleep 0.2
 done
 as operator identity list --text "billing-sync GitHub"
+say "restricted, it gets no new credential without a grant (exit 5):"
+rc=0
+as soar credential issue --identity "$token_id" --incident INC-42 --scope repo:write --reason "a fresh token" || rc=$?
+[ "$rc" -eq 5 ]
 
 step "3. The SOAR bot rotates the token for INC-42 (a 30-minute task window)"
 rotate=(credential rotate --identity "$token_id" --incident INC-42 --window-minutes 30 --scope repo:write

@@ -320,10 +320,7 @@ impl TestStack {
         let mut peers = steward_server::Peers::default();
         // Authority tells the broker of closed incidents, and starts first:
         // the broker's port is reserved up front.
-        let broker_addr = names.contains(&"credential-broker").then(|| {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            probe.local_addr().unwrap()
-        });
+        let broker_addr = names.contains(&"credential-broker").then(reserve_port);
         if let Some(addr) = broker_addr {
             peers.credential_broker = addr.to_string();
         }
@@ -620,6 +617,19 @@ pub fn test_log_config(pki_dir: &Path) -> steward_audit::LogConfig {
         signing_key: pki_dir.join("audit-log.key"),
         checkpoint_interval_ms: 200,
         ..steward_audit::LogConfig::default()
+    }
+}
+
+/// A free port for a service that must be told of before it binds. It is
+/// taken from below the kernel's ephemeral range, where every other test
+/// listener gets its port 0, so no parallel test is handed it between
+/// this probe and the service's bind.
+pub fn reserve_port() -> SocketAddr {
+    loop {
+        let port = 20_000 + (uuid::Uuid::new_v4().as_u128() % 10_000) as u16;
+        if let Ok(probe) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return probe.local_addr().unwrap();
+        }
     }
 }
 

@@ -23,15 +23,12 @@ fn steward(dir: &Path) -> Command {
     command
 }
 
-/// A base port whose next three ports are free too.
+/// A base port whose next three ports are free too, from below the
+/// kernel's ephemeral range (where other tests' port-0 listeners land),
+/// so none is handed out between this probe and `dev up`'s bind.
 fn free_base_port() -> u16 {
     for _ in 0..200 {
-        let probe = TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = probe.local_addr().unwrap().port();
-        drop(probe);
-        if base > 65000 {
-            continue;
-        }
+        let base = 30_000 + (uuid::Uuid::new_v4().as_u128() % 2_700) as u16;
         let all_free = (0..4).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok());
         if all_free {
             return base;

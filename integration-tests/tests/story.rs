@@ -263,6 +263,23 @@ async fn a_leaked_token_is_contained_rotated_and_its_incident_closed_with_verifi
     })
     .await;
 
+    // Restricted, it gets no new credential without a grant.
+    let refused = soar
+        .issue_api_token(broker::IssueApiTokenRequest {
+            identity_id: leaked.clone(),
+            scopes: vec!["repo:write".into()],
+            ttl_seconds: 600,
+            task: task("INC-42", 30, &chain),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("restricted"),
+        "{}",
+        refused.message()
+    );
+
     // 3. The SOAR bot opens INC-42 and asks the broker to rotate the
     //    token for a 30-minute task window: revoking the old one needs
     //    the technical owner.

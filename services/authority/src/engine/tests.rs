@@ -99,6 +99,7 @@ fn the_default_policies_validate_against_the_schema() {
             "steward-no-self-approval",
             "steward-approver-is-not-executor",
             "steward-no-credentials-for-dead-identities",
+            "steward-restricted-identities-need-a-grant",
             "steward-owners-may-approve",
             "steward-break-glass-acts",
             "steward-workloads-obtain-their-own-svids",
