@@ -1001,11 +1001,22 @@ async fn closing_an_incident_revokes_its_leases_even_after_a_broker_outage() {
         .unwrap()
         .into_inner();
     stack.stop("credential-broker").await;
+    // A correlation id no service would record changes nothing.
+    let err = ops
+        .close_incident(authority::CloseIncidentRequest {
+            incident_ref: "INC-44".into(),
+            reason: "contained".into(),
+            correlation_id: "chain\n44".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("correlation_id"), "{err:?}");
     let closed = ops
         .close_incident(authority::CloseIncidentRequest {
             incident_ref: "INC-44".into(),
             reason: "contained".into(),
-            ..Default::default()
+            correlation_id: "chain-44".into(),
         })
         .await
         .unwrap()
@@ -1056,6 +1067,36 @@ async fn closing_an_incident_revokes_its_leases_even_after_a_broker_outage() {
         lease.revoke_reason.starts_with("incident INC-44 closed"),
         "{lease:?}"
     );
+    // The retried closure kept its correlation id for the revocation's
+    // record.
+    let entries = stack
+        .evidence_of(&identity.id, "credential.revoke", 1)
+        .await;
+    let revoked = entries
+        .iter()
+        .filter_map(|e| e.record.as_ref())
+        .find(|r| {
+            r.action == "credential.revoke"
+                && r.target
+                    .as_ref()
+                    .is_some_and(|t| t.lease_id == lease.lease_id)
+        })
+        .expect("the revocation's record");
+    assert_eq!(revoked.correlation_id, "chain-44");
+
+    // RevokeLeases checks its correlation id before it revokes anything.
+    let err = operator
+        .revoke_leases(pb::RevokeLeasesRequest {
+            selector: Some(pb::revoke_leases_request::Selector::IncidentRef(
+                "INC-45".into(),
+            )),
+            reason: "cleanup".into(),
+            correlation_id: "x".repeat(257),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("correlation_id"), "{err:?}");
 }
 
 fn rotate(

@@ -245,6 +245,11 @@ async fn a_leaked_token_is_contained_rotated_and_its_incident_closed_with_verifi
             source: "secret-scanner".into(),
             summary: "GitHub token of billing-sync found in a public repository".into(),
             evidence_ref: "https://scanner.example.test/findings/42".into(),
+            // The scanner's own finding id: kept beside the chain's.
+            context: Some(inventory::ChangeContext {
+                incident_ref: String::new(),
+                correlation_id: "finding-42".into(),
+            }),
             ..Default::default()
         })
         .await
@@ -537,6 +542,11 @@ async fn a_leaked_token_is_contained_rotated_and_its_incident_closed_with_verifi
         assert!(actions.iter().any(|a| a == w), "{w} in {actions:?}");
     }
     assert_eq!(actions[0], "signal.add", "the chain starts at the signal");
+    let signalled = steps[0].record.as_ref().unwrap();
+    assert_eq!(
+        signalled.attributes["reporter_correlation_id"],
+        "finding-42"
+    );
     let revoked: Vec<&str> = steps
         .iter()
         .map(|e| e.record.as_ref().unwrap())
