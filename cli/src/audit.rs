@@ -135,7 +135,22 @@ pub async fn verify(
     let verifier = load_verifier(vkey_path)?;
     let mut client = client(conn).await?;
 
-    match run_verify(&mut client, &verifier, state_path).await? {
+    let verified = match run_verify(&mut client, &verifier, state_path).await {
+        // Audit itself reports its log damaged (an entry it cannot read, or
+        // its start-up integrity check failed): that is a failed verification.
+        Err(e)
+            if e.downcast_ref::<tonic::Status>()
+                .is_some_and(|s| s.code() == tonic::Code::DataLoss) =>
+        {
+            let message = e
+                .downcast_ref::<tonic::Status>()
+                .map(|s| s.message().to_owned())
+                .unwrap_or_default();
+            Err(Failure(format!("audit reports its log damaged: {message}")))
+        }
+        other => other?,
+    };
+    match verified {
         Ok(report) => {
             match output {
                 Output::Json => println!(

@@ -508,12 +508,15 @@ fn write_configs(dir: &Path, base_port: u16, log_format: &str) -> anyhow::Result
                 dir.join("run").join("workload.sock")
             ),
             // The security group reviews break-glass on identities without
-            // owners: the demo's security engineer, and you.
-            "authority" => format!(
-                "{text}\n[oidc]\nissuer = {DEV_ISSUER:?}\naudience = \"steward\"\njwks_file = {:?}\n\n[groups]\nsecurity = [\"human:sam\", {:?}]\n",
-                pki.join("oidc-jwks.json"),
-                format!("human:{}", crate::login::default_subject())
-            ),
+            // owners: the demo's security engineer, and you. You also
+            // manage policies when logged in (policy-admins).
+            "authority" => {
+                let you = format!("human:{}", crate::login::default_subject());
+                format!(
+                    "{text}\n[oidc]\nissuer = {DEV_ISSUER:?}\naudience = \"steward\"\njwks_file = {:?}\n\n[groups]\nsecurity = [\"human:sam\", {you:?}]\npolicy-admins = [{you:?}]\n",
+                    pki.join("oidc-jwks.json"),
+                )
+            }
             _ => text,
         };
         let path = config_dir.join(format!("{name}.toml"));

@@ -467,6 +467,7 @@ fn action_of(target: i32) -> Option<&'static str> {
         Ok(pb::LifecycleState::Restricted) => Some("restrict"),
         Ok(pb::LifecycleState::Suspended) => Some("suspend"),
         Ok(pb::LifecycleState::Revoked) => Some("revoke"),
+        Ok(pb::LifecycleState::Active) => Some("reinstate"),
         _ => None,
     }
 }

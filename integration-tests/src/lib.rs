@@ -590,8 +590,9 @@ pub fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
 }
 
 /// Authority as tests run it: humans' tokens from the test issuer; groups
-/// `security` (the humans `sam` and `sue`) and `team-billing` (`bea`, the
-/// team that is the sample identities' business owner).
+/// `security` (the humans `sam` and `sue`), `team-billing` (`bea`, the
+/// team that is the sample identities' business owner) and
+/// `policy-admins` (`pat`).
 pub fn test_authority_config(service: ServiceConfig) -> steward_authority::AuthorityConfig {
     let pki_dir = service.tls.svid.cert.parent().unwrap().to_owned();
     let (_, jwks_file) = test_issuer_key(&pki_dir);
@@ -608,6 +609,9 @@ pub fn test_authority_config(service: ServiceConfig) -> steward_authority::Autho
     config
         .groups
         .insert("team-billing".to_owned(), vec!["human:bea".to_owned()]);
+    config
+        .groups
+        .insert("policy-admins".to_owned(), vec!["human:pat".to_owned()]);
     config
 }
 

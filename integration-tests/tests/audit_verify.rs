@@ -170,3 +170,109 @@ async fn verify_catches_a_truncated_log_by_its_consistency_check() {
         "{out}"
     );
 }
+
+/// Audit's health as the operator sees it.
+async fn audit_health(stack: &TestStack) -> i32 {
+    let channel = stack.service("audit").channel(&stack.operator).await;
+    tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blanked_index_column_is_found_at_start_and_the_log_is_not_vouched_for() {
+    let mut stack = TestStack::audit_only().await;
+    let mut writer = stack.audit_as_service("inventory").await;
+    append_many(&mut writer, 11, "INC-42").await;
+    let mut cli = Cli::new(&stack);
+    assert_eq!(cli.verify().await.0, 0);
+    drop(writer);
+
+    // Someone with database access hides entry 3 from Query(incident_ref)
+    // by blanking its copy column; the leaf and its hash are untouched.
+    stack.stop("audit").await;
+    execute_sql(
+        &stack.configs["audit"].database,
+        "UPDATE entries SET incident_ref = '' WHERE idx = 3",
+    )
+    .await;
+    cli.set_addr(stack.restart_stopped("audit").await);
+
+    // Audit found it at start: NOT_SERVING, no checkpoint, no append.
+    assert_eq!(
+        audit_health(&stack).await,
+        tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
+    );
+    let mut reader = stack.audit_reader().await;
+    let err = reader
+        .get_checkpoint(steward_proto::steward::audit::v1::GetCheckpointRequest { fresh: true })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::DataLoss);
+    assert!(
+        err.message()
+            .contains("entry 3: its incident_ref column differs from its leaf"),
+        "{}",
+        err.message()
+    );
+    let mut writer = stack.audit_as_service("inventory").await;
+    let err = writer
+        .append(steward_proto::steward::audit::v1::AppendRequest {
+            record: Some(steward_integration_tests::evidence::record(99, "INC-42")),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::DataLoss, "{}", err.message());
+
+    // And `verify` says why, as a failed verification.
+    let (code, out) = cli.verify().await;
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains("entry 3: its incident_ref column differs"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_leaf_text_is_found_at_start() {
+    let mut stack = TestStack::audit_only().await;
+    let mut writer = stack.audit_as_service("inventory").await;
+    append_many(&mut writer, 6, "INC-42").await;
+    drop(writer);
+    let mut cli = Cli::new(&stack);
+    stack.stop("audit").await;
+    execute_sql(
+        &stack.configs["audit"].database,
+        "UPDATE entries SET leaf = replace(leaf, 'INC-42', 'INC-43') WHERE idx = 4",
+    )
+    .await;
+    cli.set_addr(stack.restart_stopped("audit").await);
+    let (code, out) = cli.verify().await;
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains("entry 4: its leaf text does not hash to its leaf hash"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_fails_with_3_on_an_entry_audit_cannot_read() {
+    let stack = TestStack::audit_only().await;
+    let mut writer = stack.audit_as_service("inventory").await;
+    append_many(&mut writer, 5, "INC-42").await;
+    let cli = Cli::new(&stack);
+    assert_eq!(cli.verify().await.0, 0);
+    execute_sql(
+        &stack.configs["audit"].database,
+        "UPDATE entries SET leaf = 'not a record' WHERE idx = 2",
+    )
+    .await;
+    let (code, out) = cli.verify().await;
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("entry 2"), "{out}");
+}

@@ -447,7 +447,8 @@ async fn bad_requests_are_refused_precisely_and_inventory_down_fails_closed() {
     let mut stack = TestStack::start().await;
     let mut inventory = stack.inventory().await;
     let nhi = create(&mut inventory, spec("tok-closed")).await.id;
-    let mut client = authority(&stack).await;
+    // The broker asks for its callers: any principal is its to name.
+    let mut client = stack.authority_caller("/service/credential-broker").await;
     for (request, field) in [
         (
             ask(workload("/a"), "explode", &nhi, Default::default()),
@@ -536,12 +537,17 @@ async fn group_membership_comes_from_config_and_long_reasons_are_recorded_whole_
     let app = steward_authority::build_with(settings).await.unwrap();
     let grouped = steward_integration_tests::RunningService::start("authority", app);
     let mut client = AuthorityServiceClient::new(grouped.channel(&stack.operator).await);
+    let broker = stack.pki.client(
+        "service-credential-broker",
+        "spiffe://steward.test/service/credential-broker",
+    );
+    let mut delegate = AuthorityServiceClient::new(grouped.channel(&broker).await);
 
     // A reason of 1,200 bytes in 3-byte characters: the record keeps whole
     // characters within its 1,024-byte limit.
     let reason = "€".repeat(400);
     let policies = format!(
-        "@id(\"bots-watchlist\") @reason(\"{reason}\")\npermit (principal in Steward::Group::\"bots\", action == Steward::Action::\"watchlist\", resource);"
+        "@id(\"bots-watchlist\") @reason(\"{reason}\")\npermit (principal in Steward::Group::\"bots\", action == Steward::Action::\"watchlist\", resource);\n@id(\"operators-manage-policy\")\npermit (principal is Steward::Workload, action == Steward::Action::\"manage_policy\", resource) when {{ principal.role == \"operator\" }};"
     );
     let version = client
         .upload_policy_set(pb::UploadPolicySetRequest {
@@ -562,7 +568,7 @@ async fn group_membership_comes_from_config_and_long_reasons_are_recorded_whole_
         .await
         .unwrap();
 
-    let bot = client
+    let bot = delegate
         .authorize(ask(
             workload("/automation/soar"),
             "watchlist",
@@ -576,7 +582,7 @@ async fn group_membership_comes_from_config_and_long_reasons_are_recorded_whole_
         .unwrap();
     assert_eq!(bot.effect, pb::Effect::Allow as i32);
     assert_eq!(bot.reason, reason);
-    let outsider = client
+    let outsider = delegate
         .authorize(ask(
             workload("/workload/payments"),
             "watchlist",
@@ -736,8 +742,8 @@ async fn only_the_broker_records_an_allow_with_its_outcome() {
     let denied = decide(broker, with_outcome("/automation/soar")).await;
     assert_eq!(denied.effect, pb::Effect::Deny as i32);
     assert!(!denied.recorded_with_outcome);
-    let soar = stack.authority_caller("/automation/soar").await;
-    let by_another = decide(soar, with_outcome("/service/credential-broker")).await;
+    let inventory = stack.authority_caller("/service/inventory").await;
+    let by_another = decide(inventory, with_outcome("/service/credential-broker")).await;
     assert_eq!(by_another.effect, pb::Effect::Allow as i32);
     assert!(!by_another.recorded_with_outcome);
 
@@ -789,7 +795,8 @@ async fn a_batch_answers_each_request_as_authorize_would() {
         ),
         ask(workload("/automation/soar"), "rotate", &nhi, incident),
     ];
-    let results = client
+    let mut delegate = stack.authority_caller("/service/credential-broker").await;
+    let results = delegate
         .authorize_batch(pb::AuthorizeBatchRequest {
             requests: requests.clone(),
         })
@@ -828,7 +835,7 @@ async fn a_batch_answers_each_request_as_authorize_would() {
         .unwrap();
     assert_eq!(opened.incident_ref, "INC-7");
     // Each decision is its own, with its own id, as single calls give.
-    let single = client
+    let single = delegate
         .authorize(requests[1].clone())
         .await
         .unwrap()
@@ -843,7 +850,7 @@ async fn a_batch_answers_each_request_as_authorize_would() {
         (vec![], "is required"),
         (vec![requests[0].clone(); 257], "at most 256"),
     ] {
-        let err = client
+        let err = delegate
             .authorize_batch(pb::AuthorizeBatchRequest { requests })
             .await
             .unwrap_err();

@@ -760,8 +760,16 @@ async fn api_tokens_are_shown_once_introspected_renewed_and_revoked_as_watchers_
 async fn dead_identities_get_nothing_approvals_are_named_and_authority_down_fails_closed() {
     let mut stack = TestStack::start().await;
     // The site's policies alone, without Steward's default forbid: the
-    // broker itself still refuses a suspended identity.
-    stack.activate_policies(BROKER_POLICIES, false).await;
+    // broker itself still refuses a suspended identity. (The operator's
+    // permit to manage policy keeps it from locking itself out.)
+    stack
+        .activate_policies(
+            &format!(
+                "{BROKER_POLICIES}\n@id(\"operators-manage-policy\")\npermit (principal is Steward::Workload, action == Steward::Action::\"manage_policy\", resource) when {{ principal.role == \"operator\" }};"
+            ),
+            false,
+        )
+        .await;
     let identity = stack.workload_identity("billing-sync", "production").await;
     let staging = stack.workload_identity("staging-sync", "staging").await;
     let mut soar = stack.broker_caller(SOAR).await;

@@ -729,7 +729,15 @@ async fn operators_manage_policy_sets_and_response_rules_from_the_cli() {
         path.display().to_string()
     };
     let broken = file("broken.cedar", "permit (principal, action, resource)\n");
-    let policies = file("site.cedar", &format!("{BROKER_POLICIES}\n{POLICIES}"));
+    // A site's set starts with Steward's defaults: without their
+    // manage_policy permit, activating it would lock the operator out.
+    let policies = file(
+        "site.cedar",
+        &format!(
+            "{}\n{BROKER_POLICIES}\n{POLICIES}",
+            steward_authority::engine::DEFAULT_POLICIES
+        ),
+    );
     let bad_rules = file(
         "bad-rules.json",
         r#"{"rules": [{"id": "", "signal_kind": "secret_exposed", "actions": []}]}"#,

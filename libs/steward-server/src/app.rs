@@ -66,9 +66,27 @@ pub struct ServiceContext {
     pub peers: crate::config::Peers,
     shutdown: tokio::sync::watch::Receiver<bool>,
     tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    unhealthy: Unhealthy,
+}
+
+/// Why the service must report NOT_SERVING although its database answers
+/// (audit's log failing its integrity check, say); `None` when nothing
+/// holds it back.
+type Unhealthy = Arc<std::sync::RwLock<Option<String>>>;
+
+fn held_back(unhealthy: &Unhealthy) -> Option<String> {
+    unhealthy.read().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 impl ServiceContext {
+    /// Makes health report NOT_SERVING for good, for `reason` (logged once),
+    /// whatever the database says: for a service that keeps answering
+    /// reads but cannot vouch for what it would serve.
+    pub fn mark_unhealthy(&self, reason: &str) {
+        tracing::error!(reason, "reporting NOT_SERVING");
+        *self.unhealthy.write().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_owned());
+    }
+
     /// Resolves once the service is shutting down (after in-flight calls
     /// have finished or the grace period ran out).
     pub fn shutdown(&self) -> impl Future<Output = ()> + Send + 'static {
@@ -121,6 +139,7 @@ pub struct Application {
     routes: Routes,
     stop_tasks: tokio::sync::watch::Sender<bool>,
     tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    unhealthy: Unhealthy,
 }
 
 impl std::fmt::Debug for Application {
@@ -165,6 +184,7 @@ impl Application {
             .map_err(|e| StartError::Bind(config.listen_addr, e))?;
         let (stop_tasks, shutdown) = tokio::sync::watch::channel(false);
         let tasks = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let unhealthy = Unhealthy::default();
         let context = ServiceContext {
             database: database.clone(),
             spiffe_id: own.clone(),
@@ -172,6 +192,7 @@ impl Application {
             peers: config.peers.clone(),
             shutdown,
             tasks: tasks.clone(),
+            unhealthy: unhealthy.clone(),
         };
         let routes = routes(context).await?;
         tracing::info!(service = spec.name, spiffe_id = %own, %local_addr, backend = ?database.backend(), "service bound");
@@ -186,6 +207,7 @@ impl Application {
             routes,
             stop_tasks,
             tasks,
+            unhealthy,
         })
     }
 
@@ -220,12 +242,23 @@ impl Application {
             routes,
             stop_tasks,
             tasks,
+            unhealthy,
             ..
         } = self;
 
         let (reporter, health_service) = tonic_health::server::health_reporter();
-        set_all(&reporter, &spec, ServingStatus::Serving).await;
-        let watchdog = tokio::spawn(watch_database(database.clone(), reporter.clone(), spec));
+        let initially = if held_back(&unhealthy).is_some() {
+            ServingStatus::NotServing
+        } else {
+            ServingStatus::Serving
+        };
+        set_all(&reporter, &spec, initially).await;
+        let watchdog = tokio::spawn(watch_database(
+            database.clone(),
+            reporter.clone(),
+            spec,
+            unhealthy,
+        ));
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(steward_proto::FILE_DESCRIPTOR_SET)
@@ -325,14 +358,21 @@ async fn set_all(reporter: &HealthReporter, spec: &ServiceSpec, status: ServingS
     }
 }
 
-/// Reports NOT_SERVING while the database does not answer.
-async fn watch_database(database: Database, reporter: HealthReporter, spec: ServiceSpec) {
-    let mut healthy = true;
+/// Reports NOT_SERVING while the database does not answer, or while
+/// the service holds itself back ([`ServiceContext::mark_unhealthy`]).
+async fn watch_database(
+    database: Database,
+    reporter: HealthReporter,
+    spec: ServiceSpec,
+    unhealthy: Unhealthy,
+) {
+    let mut healthy = held_back(&unhealthy).is_none();
     loop {
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let ok = tokio::time::timeout(Duration::from_secs(3), database.ping())
-            .await
-            .is_ok_and(|r| r.is_ok());
+        let ok = held_back(&unhealthy).is_none()
+            && tokio::time::timeout(Duration::from_secs(3), database.ping())
+                .await
+                .is_ok_and(|r| r.is_ok());
         if ok != healthy {
             healthy = ok;
             if ok {

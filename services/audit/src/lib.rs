@@ -123,6 +123,11 @@ async fn routes(context: ServiceContext, config: LogConfig) -> Result<Routes, St
     let (log, queue) = log::Log::open(store, signer, &options)
         .await
         .map_err(|e| StartError::Init(format!("evidence log: {e}")))?;
+    if let Some(why) = log.untrusted() {
+        context.mark_unhealthy(&format!(
+            "the evidence log failed its integrity check: {why}"
+        ));
+    }
     // On PostgreSQL, take the sequencer role now if it is free so that a
     // lone service accepts appends from its first request; otherwise this
     // process starts as a read replica that follows the log.

@@ -36,6 +36,10 @@ pub enum LogError {
     NotSequencer,
     #[error("{0}")]
     Corrupt(String),
+    #[error(
+        "the evidence log failed its integrity check at start-up, so audit signs no checkpoint and takes no append: {0}"
+    )]
+    Untrusted(String),
 }
 
 /// The result of appending one record.
@@ -150,6 +154,61 @@ struct Shared {
     committed: broadcast::Sender<Arc<Vec<LoggedEntry>>>,
     /// Whether this process holds the sequencer role.
     sequencer: AtomicBool,
+    /// Why the stored log cannot be vouched for (the first bad entry),
+    /// when the start-up check found one.
+    untrusted: Option<String>,
+}
+
+/// Entries read per page by the start-up check.
+const CHECK_PAGE: u32 = 5000;
+
+/// Reads every stored entry, in pages, and rebuilds the tree from the
+/// stored leaf hashes. Each entry's leaf must hash to its leaf hash, parse
+/// as a record, and reproduce every index column of its row; the first one
+/// that does not is returned as the reason the log cannot be vouched for.
+/// Entries out of order, or a leaf hash that is not 32 bytes, stop the
+/// start.
+async fn check_entries(store: &Store) -> Result<(LeafTree, Option<String>), LogError> {
+    let mut tree = LeafTree::default();
+    let mut untrusted = None;
+    loop {
+        let rows = store.scan(tree.size(), CHECK_PAGE).await?;
+        if rows.is_empty() {
+            return Ok((tree, untrusted));
+        }
+        for row in rows {
+            let expected = tree.size();
+            if row.index != expected {
+                return Err(LogError::Corrupt(format!(
+                    "entries are not contiguous: index {} where {expected} was expected",
+                    row.index
+                )));
+            }
+            let hash = Hash::try_from(row.leaf_hash.as_slice()).map_err(|_| {
+                LogError::Corrupt(format!("leaf hash of entry {} is not 32 bytes", row.index))
+            })?;
+            if untrusted.is_none()
+                && let Err(why) = check_entry(&row.columns, &hash)
+            {
+                untrusted = Some(format!("entry {}: {why}", row.index));
+            }
+            tree.push(hash);
+        }
+    }
+}
+
+/// Whether one stored row agrees with its own leaf.
+fn check_entry(columns: &crate::store::IndexColumns, hash: &Hash) -> Result<(), String> {
+    if leaf_hash(columns.leaf.as_bytes()) != *hash {
+        return Err("its leaf text does not hash to its leaf hash".to_owned());
+    }
+    let (record, _) = EvidenceRecord::from_canonical_leaf(columns.leaf.as_bytes())
+        .map_err(|e| format!("its leaf is not a readable record ({e})"))?;
+    let derived = crate::store::IndexColumns::of(&record, columns.leaf.clone());
+    match derived.first_difference(columns) {
+        Some(column) => Err(format!("its {column} column differs from its leaf")),
+        None => Ok(()),
+    }
 }
 
 impl std::fmt::Debug for Log {
@@ -170,11 +229,7 @@ impl Log {
         options: &LogOptions,
     ) -> Result<(Self, mpsc::Receiver<Job>), LogError> {
         let store_is_sqlite = matches!(store.database(), steward_db::Database::Sqlite(_));
-        let hashes = store.leaf_hashes().await?;
-        let mut tree = LeafTree::default();
-        for hash in hashes {
-            tree.push(hash);
-        }
+        let (tree, untrusted) = check_entries(&store).await?;
         let latest = match store.latest_checkpoint().await? {
             None => None,
             Some(stored) => {
@@ -194,7 +249,17 @@ impl Log {
                 Some(SignedCheckpoint::from_stored(stored)?)
             }
         };
-        tracing::info!(tree_size = tree.size(), origin = %options.origin, "evidence log opened");
+        match &untrusted {
+            None => {
+                tracing::info!(tree_size = tree.size(), origin = %options.origin, "evidence log opened")
+            }
+            Some(why) => tracing::error!(
+                tree_size = tree.size(),
+                origin = %options.origin,
+                first_bad = %why,
+                "evidence log opened, but it failed its integrity check: it signs no checkpoint and takes no append"
+            ),
+        }
         let (committed, _) = broadcast::channel(options.subscriber_buffer.max(1));
         let (jobs, queue) = mpsc::channel(4096);
         let shared = Arc::new(Shared {
@@ -207,8 +272,15 @@ impl Log {
             committed,
             // SQLite has exactly one writer process: this one.
             sequencer: AtomicBool::new(store_is_sqlite),
+            untrusted,
         });
         Ok((Self { shared, jobs }, queue))
+    }
+
+    /// Why the stored log cannot be vouched for, if the start-up check
+    /// found a bad entry.
+    pub fn untrusted(&self) -> Option<&str> {
+        self.shared.untrusted.as_deref()
     }
 
     /// Whether this process is the sequencer (the only writer).
@@ -221,6 +293,9 @@ impl Log {
         &self,
         records: Vec<Pending>,
     ) -> Result<Vec<Result<Appended, LogError>>, LogError> {
+        if let Some(why) = &self.shared.untrusted {
+            return Err(LogError::Untrusted(why.clone()));
+        }
         if !self.is_sequencer() {
             return Err(LogError::NotSequencer);
         }
@@ -291,6 +366,9 @@ impl Log {
     /// Signs and stores a checkpoint for the current tree if it grew since
     /// the last one (or none exists); returns the latest checkpoint.
     pub async fn publish(&self) -> Result<SignedCheckpoint, LogError> {
+        if let Some(why) = &self.shared.untrusted {
+            return Err(LogError::Untrusted(why.clone()));
+        }
         let _serial = self.shared.publish.lock().await;
         if !self.is_sequencer() {
             // Replicas never sign: they serve what the sequencer published.
@@ -497,6 +575,11 @@ impl Log {
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
+        if self.shared.untrusted.is_some() {
+            // Said once at open; nothing is ever signed.
+            shutdown.await;
+            return;
+        }
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -690,19 +773,13 @@ impl Sequencer {
 /// The stored row for a pending record; moves the leaf (the big part) and
 /// hands back the rest of the record.
 fn new_entry(index: u64, record_id: String, mut pending: Pending) -> (NewEntry, Pending) {
-    let r = &pending.record;
+    let mut columns =
+        crate::store::IndexColumns::of(&pending.record, std::mem::take(&mut pending.leaf));
+    columns.record_id = record_id;
     let entry = NewEntry {
         index,
-        record_id,
-        leaf: std::mem::take(&mut pending.leaf),
         leaf_hash: pending.leaf_hash,
-        time_ns: i64::try_from(r.time.unix_timestamp_nanos()).unwrap_or(i64::MAX),
-        incident_ref: r.incident_ref.clone(),
-        nhi_id: r.target.nhi_id.clone(),
-        workload: r.actor.workload_spiffe_id.clone(),
-        human_subject: r.actor.human_subject.clone(),
-        action: r.action.clone(),
-        correlation_id: r.correlation_id.clone(),
+        columns,
     };
     (entry, pending)
 }

@@ -58,6 +58,7 @@ fn status(error: LogError) -> Status {
             tracing::error!(error = %detail, "audit log corruption");
             Status::data_loss(detail)
         }
+        LogError::Untrusted(_) => Status::data_loss(error.to_string()),
     }
 }
 

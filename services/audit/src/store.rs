@@ -13,9 +13,17 @@ const LOOKUP_CHUNK: usize = 500;
 #[derive(Debug, Clone)]
 pub struct NewEntry {
     pub index: u64,
+    pub leaf_hash: Hash,
+    pub columns: IndexColumns,
+}
+
+/// What an entry's row holds besides its index and leaf hash: the leaf
+/// and the columns Query filters on, each derived from the leaf when it is
+/// written ([`IndexColumns::of`]) and checked against it at start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexColumns {
     pub record_id: String,
     pub leaf: String,
-    pub leaf_hash: Hash,
     pub time_ns: i64,
     pub incident_ref: String,
     pub nhi_id: String,
@@ -23,6 +31,51 @@ pub struct NewEntry {
     pub human_subject: String,
     pub action: String,
     pub correlation_id: String,
+}
+
+impl IndexColumns {
+    /// The columns of `record`'s row, its leaf being `leaf`.
+    pub fn of(record: &steward_evidence::EvidenceRecord, leaf: String) -> Self {
+        Self {
+            record_id: record.record_id.hyphenated().to_string(),
+            leaf,
+            time_ns: i64::try_from(record.time.unix_timestamp_nanos()).unwrap_or(i64::MAX),
+            incident_ref: record.incident_ref.clone(),
+            nhi_id: record.target.nhi_id.clone(),
+            workload: record.actor.workload_spiffe_id.clone(),
+            human_subject: record.actor.human_subject.clone(),
+            action: record.action.clone(),
+            correlation_id: record.correlation_id.clone(),
+        }
+    }
+
+    /// The first column that differs from `other`'s, by name.
+    pub fn first_difference(&self, other: &Self) -> Option<&'static str> {
+        [
+            ("record_id", self.record_id == other.record_id),
+            ("time_ns", self.time_ns == other.time_ns),
+            ("incident_ref", self.incident_ref == other.incident_ref),
+            ("nhi_id", self.nhi_id == other.nhi_id),
+            ("workload", self.workload == other.workload),
+            ("human_subject", self.human_subject == other.human_subject),
+            ("action", self.action == other.action),
+            (
+                "correlation_id",
+                self.correlation_id == other.correlation_id,
+            ),
+        ]
+        .into_iter()
+        .find(|(_, same)| !same)
+        .map(|(name, _)| name)
+    }
+}
+
+/// A stored row, whole.
+#[derive(Debug, Clone)]
+pub struct ScannedEntry {
+    pub index: u64,
+    pub leaf_hash: Vec<u8>,
+    pub columns: IndexColumns,
 }
 
 /// A stored leaf.
@@ -70,18 +123,19 @@ macro_rules! insert_in {
             let sql = insert_sql($backend, chunk.len());
             let mut query = sqlx::query::<$db>(sqlx::AssertSqlSafe(sql));
             for e in chunk {
+                let c = &e.columns;
                 query = query
                     .bind(to_i64(e.index))
-                    .bind(&e.record_id)
-                    .bind(&e.leaf)
+                    .bind(&c.record_id)
+                    .bind(&c.leaf)
                     .bind(e.leaf_hash.to_vec())
-                    .bind(e.time_ns)
-                    .bind(&e.incident_ref)
-                    .bind(&e.nhi_id)
-                    .bind(&e.workload)
-                    .bind(&e.human_subject)
-                    .bind(&e.action)
-                    .bind(&e.correlation_id);
+                    .bind(c.time_ns)
+                    .bind(&c.incident_ref)
+                    .bind(&c.nhi_id)
+                    .bind(&c.workload)
+                    .bind(&c.human_subject)
+                    .bind(&c.action)
+                    .bind(&c.correlation_id);
             }
             query.execute(&mut *$tx).await?;
         }
@@ -106,25 +160,62 @@ impl Store {
         Self { db }
     }
 
-    /// Every leaf hash in index order, for rebuilding the tree at start-up.
-    pub async fn leaf_hashes(&self) -> Result<Vec<Hash>, sqlx::Error> {
-        const SQL: &str = "SELECT idx, leaf_hash FROM entries ORDER BY idx";
-        let rows: Vec<(i64, Vec<u8>)> = on_backend!(&self.db, pool, Db => {
-            sqlx::query_as::<Db, (i64, Vec<u8>)>(SQL).fetch_all(pool).await?
+    /// Entries from `from` on in index order, at most `limit`, with every
+    /// column: what the start-up check compares with each leaf.
+    pub async fn scan(&self, from: u64, limit: u32) -> Result<Vec<ScannedEntry>, sqlx::Error> {
+        const SQL: &str = "SELECT idx, record_id, leaf, leaf_hash, time_ns, incident_ref, nhi_id, workload, human_subject, action, correlation_id FROM entries WHERE idx >= $1 ORDER BY idx LIMIT $2";
+        type Row = (
+            i64,
+            String,
+            String,
+            Vec<u8>,
+            i64,
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+        );
+        let rows: Vec<Row> = on_backend!(&self.db, pool, Db => {
+            sqlx::query_as::<Db, Row>(SQL)
+                .bind(to_i64(from))
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?
         });
-        let mut hashes = Vec::with_capacity(rows.len());
-        for (expected, (idx, hash)) in rows.into_iter().enumerate() {
-            if to_u64(idx) != expected as u64 {
-                return Err(sqlx::Error::Protocol(format!(
-                    "entries are not contiguous: index {idx} where {expected} was expected"
-                )));
-            }
-            let hash: Hash = hash.try_into().map_err(|_| {
-                sqlx::Error::Protocol(format!("leaf hash of entry {idx} is not 32 bytes"))
-            })?;
-            hashes.push(hash);
-        }
-        Ok(hashes)
+        Ok(rows
+            .into_iter()
+            .map(
+                |(
+                    idx,
+                    record_id,
+                    leaf,
+                    leaf_hash,
+                    time_ns,
+                    incident_ref,
+                    nhi_id,
+                    workload,
+                    human_subject,
+                    action,
+                    correlation_id,
+                )| ScannedEntry {
+                    index: to_u64(idx),
+                    leaf_hash,
+                    columns: IndexColumns {
+                        record_id,
+                        leaf,
+                        time_ns,
+                        incident_ref,
+                        nhi_id,
+                        workload,
+                        human_subject,
+                        action,
+                        correlation_id,
+                    },
+                },
+            )
+            .collect())
     }
 
     /// `(record_id, index, leaf_hash)` of the given record ids already logged.

@@ -53,9 +53,51 @@ pub const ACTIONS: &[&str] = &[
     "elevate",
     "approve",
     "break_glass",
+    "reinstate",
     "close_incident",
     "manage_policy",
+    "act_for",
 ];
+
+/// The actions whose resource is an NHI: the ones `Authorize` decides.
+/// The others are decided by the RPC that takes them (`CloseIncident`,
+/// the policy and rule uploads, delegation in `Authorize` itself).
+pub const NHI_ACTIONS: &[&str] = &[
+    "issue",
+    "renew",
+    "rotate",
+    "revoke",
+    "suspend",
+    "restrict",
+    "watchlist",
+    "elevate",
+    "approve",
+    "break_glass",
+    "reinstate",
+];
+
+/// What a decision is about: the entity type of its resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ResourceType {
+    Nhi,
+    Incident,
+    Document,
+    Human,
+    Workload,
+}
+
+impl ResourceType {
+    fn of(uid: &EntityUid) -> Option<Self> {
+        match uid.type_name().to_string().as_str() {
+            "Steward::Nhi" => Some(Self::Nhi),
+            "Steward::Incident" => Some(Self::Incident),
+            "Steward::Document" => Some(Self::Document),
+            "Steward::Human" => Some(Self::Human),
+            "Steward::Workload" => Some(Self::Workload),
+            _ => None,
+        }
+    }
+}
 
 /// Why the engine could not be built or a request evaluated.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +155,8 @@ struct Types {
     human: EntityTypeName,
     workload: EntityTypeName,
     nhi: EntityTypeName,
+    incident: EntityTypeName,
+    document: EntityTypeName,
 }
 
 impl Types {
@@ -159,6 +203,8 @@ impl Engine {
                 human: type_name("Steward::Human")?,
                 workload: type_name("Steward::Workload")?,
                 nhi: type_name("Steward::Nhi")?,
+                incident: type_name("Steward::Incident")?,
+                document: type_name("Steward::Document")?,
             },
             authorizer: Authorizer::new(),
         })
@@ -194,10 +240,73 @@ impl Engine {
             facts.labels.iter().map(|(k, v)| (k.clone(), string(v))),
         )
         .map_err(|e| request_error("resource", e.to_string()))?;
+        Self::resource_of(ResourceType::Nhi, facts, entity)
+    }
+
+    /// An incident by its reference, as `close_incident`'s resource.
+    pub fn incident(&self, reference: &str) -> Result<Arc<Resource>, EngineError> {
+        self.named(ResourceType::Incident, &self.types.incident, reference)
+    }
+
+    /// One of authority's documents (`policies`, `response_rules`), as
+    /// `manage_policy`'s resource.
+    pub fn document(&self, name: &str) -> Result<Arc<Resource>, EngineError> {
+        self.named(ResourceType::Document, &self.types.document, name)
+    }
+
+    /// A principal as a resource: whom `act_for` acts for.
+    pub fn principal_resource(&self, principal: &Principal) -> Result<Arc<Resource>, EngineError> {
+        let entity = self.principal_entity(principal)?;
+        let kind = match principal {
+            Principal::Workload { .. } => ResourceType::Workload,
+            Principal::Human { .. } => ResourceType::Human,
+        };
+        Self::resource_of(
+            kind,
+            NhiFacts {
+                id: principal.id().to_owned(),
+                ..NhiFacts::default()
+            },
+            entity,
+        )
+    }
+
+    fn named(
+        &self,
+        kind: ResourceType,
+        type_: &EntityTypeName,
+        id: &str,
+    ) -> Result<Arc<Resource>, EngineError> {
+        let entity = Entity::new(
+            Types::uid(type_, id),
+            [("id".to_owned(), string(id))].into_iter().collect(),
+            Default::default(),
+        )
+        .map_err(|e| request_error("resource", e.to_string()))?;
+        Self::resource_of(
+            kind,
+            NhiFacts {
+                id: id.to_owned(),
+                ..NhiFacts::default()
+            },
+            entity,
+        )
+    }
+
+    fn resource_of(
+        kind: ResourceType,
+        facts: NhiFacts,
+        entity: Entity,
+    ) -> Result<Arc<Resource>, EngineError> {
         let uid = entity.uid();
         let store = Entities::from_entities([entity], None)
             .map_err(|e| request_error("resource", e.to_string()))?;
-        Ok(Arc::new(Resource { facts, uid, store }))
+        Ok(Arc::new(Resource {
+            kind,
+            facts,
+            uid,
+            store,
+        }))
     }
 
     /// The principal's entity, from the cache when it was built before.
@@ -220,13 +329,14 @@ impl Engine {
                 spiffe_id,
                 trust_domain,
                 ..
-            } => [
+            } => vec![
                 ("id".to_owned(), string(spiffe_id)),
                 ("trust_domain".to_owned(), string(trust_domain)),
+                ("role".to_owned(), string(workload_role(spiffe_id))),
             ],
             Principal::Human {
                 subject, issuer, ..
-            } => [
+            } => vec![
                 ("id".to_owned(), string(subject)),
                 ("issuer".to_owned(), string(issuer)),
             ],
@@ -243,11 +353,22 @@ impl Engine {
     }
 }
 
-/// An NHI's facts and the Cedar entity made of them ([`Engine::resource`]),
-/// in an entity store of its own that a decision extends (cloning a store
-/// shares its entities).
+/// The first segment of a SPIFFE ID's path: `operator` for
+/// `spiffe://td/operator/admin`; empty when it has none.
+pub fn workload_role(spiffe_id: &str) -> &str {
+    spiffe_id
+        .strip_prefix("spiffe://")
+        .and_then(|rest| rest.split_once('/'))
+        .map_or("", |(_, path)| path.split('/').next().unwrap_or(""))
+}
+
+/// What a decision is about, with the Cedar entity made of it: an NHI's
+/// facts ([`Engine::resource`]), or an incident, a document or a
+/// principal (their facts hold only the id). The entity is in a store of
+/// its own that a decision extends (cloning a store shares its entities).
 #[derive(Debug, Clone)]
 pub struct Resource {
+    kind: ResourceType,
     facts: NhiFacts,
     uid: EntityUid,
     store: Entities,
@@ -256,6 +377,15 @@ pub struct Resource {
 impl Resource {
     pub fn facts(&self) -> &NhiFacts {
         &self.facts
+    }
+
+    pub fn kind(&self) -> ResourceType {
+        self.kind
+    }
+
+    /// Whether this is an NHI (its id is an inventory identity's).
+    pub fn is_nhi(&self) -> bool {
+        self.kind == ResourceType::Nhi
     }
 }
 
@@ -269,7 +399,7 @@ impl Deref for Resource {
 
 impl PartialEq for Resource {
     fn eq(&self, other: &Self) -> bool {
-        self.facts == other.facts
+        self.kind == other.kind && self.facts == other.facts
     }
 }
 
@@ -670,7 +800,7 @@ impl CompiledSet {
             actions,
             request.principal.key(),
             request.principal.groups(),
-            &request.resource.id,
+            (request.resource.kind, &request.resource.id),
         ))
     }
 

@@ -200,12 +200,27 @@ async fn routes(context: ServiceContext, config: AuthorityConfig) -> Result<Rout
         .map_err(|e| StartError::Init(e.to_string()))?
     {
         Some(v) => v,
-        None => bootstrap(&engine, &store, &own).await?,
+        None => bootstrap(&engine, &store, &own, "first start").await?,
     };
-    let stored = store
+    let mut stored = store
         .get(SetKind::Policies, version)
         .await
         .map_err(|e| StartError::Init(e.to_string()))?;
+    // A site still on an earlier release's defaults, untouched, moves to
+    // this release's (new actions are decided only by policies that name
+    // them). A site's own set is the site's to update.
+    if stored.uploaded_by == own
+        && stored.description == DEFAULTS_DESCRIPTION
+        && stored.policies != DEFAULT_POLICIES
+    {
+        let version =
+            bootstrap(&engine, &store, &own, "Steward's default policies updated").await?;
+        stored = store
+            .get(SetKind::Policies, version)
+            .await
+            .map_err(|e| StartError::Init(e.to_string()))?;
+    }
+    let version = stored.version;
     let set = CompiledSet::compile(&engine, &stored.policies).map_err(|e| {
         StartError::Init(format!(
             "active policy set {version} does not compile: {:?}",
@@ -256,8 +271,16 @@ async fn routes(context: ServiceContext, config: AuthorityConfig) -> Result<Rout
     Ok(Routes::new(AuthorityServiceServer::new(server)))
 }
 
+/// How the default policy set is described when authority installs it.
+const DEFAULTS_DESCRIPTION: &str = "Steward's default policies";
+
 /// A fresh authority starts with the default policies, active.
-async fn bootstrap(engine: &Engine, store: &store::Store, own: &str) -> Result<u64, StartError> {
+async fn bootstrap(
+    engine: &Engine,
+    store: &store::Store,
+    own: &str,
+    why: &str,
+) -> Result<u64, StartError> {
     let set = CompiledSet::compile(engine, DEFAULT_POLICIES)
         .map_err(|e| StartError::Init(format!("default policies: {:?}", e.first())))?;
     let ids = set.policy_ids();
@@ -267,7 +290,7 @@ async fn bootstrap(engine: &Engine, store: &store::Store, own: &str) -> Result<u
             SetKind::Policies,
             store::NewVersion {
                 text: DEFAULT_POLICIES,
-                description: "Steward's default policies",
+                description: DEFAULTS_DESCRIPTION,
                 ids: &ids,
                 uploaded_by: own,
                 now_ns: now,
@@ -276,7 +299,7 @@ async fn bootstrap(engine: &Engine, store: &store::Store, own: &str) -> Result<u
                 server::record(
                     own,
                     "policy.upload",
-                    "Steward's default policies",
+                    DEFAULTS_DESCRIPTION,
                     [("version".to_owned(), v.to_string())]
                         .into_iter()
                         .collect(),
@@ -286,26 +309,19 @@ async fn bootstrap(engine: &Engine, store: &store::Store, own: &str) -> Result<u
         .await
         .map_err(|e| StartError::Init(e.to_string()))?;
     store
-        .activate(
-            SetKind::Policies,
-            Some(version),
-            own,
-            "first start",
-            now,
-            |v, p| {
-                server::record(
-                    own,
-                    "policy.activate",
-                    "first start",
-                    [
-                        ("version".to_owned(), v.to_string()),
-                        ("previous_version".to_owned(), p.to_string()),
-                    ]
-                    .into_iter()
-                    .collect(),
-                )
-            },
-        )
+        .activate(SetKind::Policies, Some(version), own, why, now, |v, p| {
+            server::record(
+                own,
+                "policy.activate",
+                why,
+                [
+                    ("version".to_owned(), v.to_string()),
+                    ("previous_version".to_owned(), p.to_string()),
+                ]
+                .into_iter()
+                .collect(),
+            )
+        })
         .await
         .map_err(|e| StartError::Init(e.to_string()))?;
     tracing::info!(version, "installed the default policy set");

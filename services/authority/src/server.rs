@@ -26,7 +26,7 @@ mod rules;
 use crate::approvals::{APPROVAL_TTL_SECS, Actor, ApprovalRequest, ApprovalState, Grant};
 use crate::config::AuthorityConfig;
 use crate::engine::{
-    ACTIONS, CompiledSet, Decision, DecisionRequest, Effect, Engine, NhiFacts, PolicyError,
+    CompiledSet, Decision, DecisionRequest, Effect, Engine, NHI_ACTIONS, NhiFacts, PolicyError,
     Principal, RequestContext, Resource,
 };
 use crate::facts::{FactsCache, Lookup};
@@ -237,6 +237,22 @@ fn set_to_pb(s: &StoredSet, active: u64, with_text: bool) -> pb::PolicySet {
     }
 }
 
+/// An evidence record of a change `actor` made (its person too), under
+/// `decision`.
+pub(crate) fn actor_record(
+    actor: &Actor,
+    action: &str,
+    reason: &str,
+    attributes: BTreeMap<String, String>,
+    decision: &EvidenceDecision,
+) -> EvidenceRecord {
+    let mut record = record(&actor.workload, action, reason, attributes);
+    record.actor.human_subject = actor.human_subject.clone();
+    record.actor.human_issuer = actor.human_issuer.clone();
+    record.decision = decision.clone();
+    record
+}
+
 /// An evidence record by `actor` about the authority itself.
 pub fn record(
     actor: &str,
@@ -278,10 +294,12 @@ struct Extras {
     reason: String,
     /// Unix seconds; `i64::MAX` when unset.
     claim_by: i64,
+    standing: Standing,
 }
 
 struct Asked {
     principal: Principal,
+    standing: Standing,
     action: String,
     resource_id: Uuid,
     context: RequestContext,
@@ -291,71 +309,182 @@ struct Asked {
     claim_by: i64,
 }
 
+/// Why the caller may ask about the request's principal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Standing {
+    /// It is the caller: the person of its bearer token, else its SPIFFE ID.
+    Own,
+    /// A Steward service carrying its own caller's request (ADR 0015).
+    Service,
+    /// A caller that a policy permits to act for the principal (`act_for`).
+    Delegate {
+        policy_ids: Vec<String>,
+        version: u64,
+    },
+    /// DryRun and Explain: a question about anyone, which changes nothing.
+    WhatIf,
+}
+
+/// Whether a request may ask about principals other than its caller
+/// without a delegation: only questions that change nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Asking {
+    /// Authorize: a decision that is recorded, spends grants and opens
+    /// approval requests.
+    ForReal,
+    /// DryRun, Explain.
+    WhatIf,
+}
+
+/// The Steward services that may ask on behalf of their own callers
+/// without a policy: they authenticated that caller themselves.
+const DELEGATING_SERVICES: &[&str] = &["/service/credential-broker", "/service/inventory"];
+
+/// Whether two principals are the same one.
+fn same_principal(a: &Principal, b: &Principal) -> bool {
+    match (a, b) {
+        (Principal::Workload { spiffe_id: x, .. }, Principal::Workload { spiffe_id: y, .. }) => {
+            x == y
+        }
+        (
+            Principal::Human {
+                subject: x,
+                issuer: xi,
+                ..
+            },
+            Principal::Human {
+                subject: y,
+                issuer: yi,
+                ..
+            },
+        ) => x == y && xi == yi,
+        _ => false,
+    }
+}
+
 impl AuthorityServer {
-    fn check(
+    /// Whether `workload` is one of the services in [`DELEGATING_SERVICES`]
+    /// of this trust domain.
+    pub(crate) fn is_delegating_service(&self, workload: &str) -> bool {
+        SpiffeId::parse(workload).is_ok_and(|id| {
+            id.trust_domain() == self.own_trust_domain() && DELEGATING_SERVICES.contains(&id.path())
+        })
+    }
+
+    /// The request's principal, as written (not yet bound to the caller).
+    fn named_principal(
         &self,
         r: &pb::AuthorizeRequest,
-        prefix: &str,
-        actor: &Actor,
-    ) -> Result<Asked, Status> {
-        let field = |f: &str| format!("{prefix}{f}");
-        let principal = match r.principal.as_ref().and_then(|p| p.kind.as_ref()) {
+        field: &dyn Fn(&str) -> String,
+    ) -> Result<Principal, Status> {
+        match r.principal.as_ref().and_then(|p| p.kind.as_ref()) {
             Some(pb::principal::Kind::Workload(id)) => {
                 let id = SpiffeId::parse(id).map_err(|e| {
                     Status::invalid_argument(format!("{}: {e}", field("principal.workload")))
                 })?;
                 let spiffe_id = id.to_string();
-                Principal::Workload {
+                Ok(Principal::Workload {
                     groups: self.shared.config.groups_of(&spiffe_id),
                     trust_domain: id.trust_domain().name().to_owned(),
                     spiffe_id,
-                }
+                })
             }
             Some(pb::principal::Kind::Human(h)) => {
-                if h.subject.is_empty() || h.subject.len() > 256 {
-                    return Err(Status::invalid_argument(format!(
-                        "{}: is required (at most 256 bytes)",
-                        field("principal.human.subject")
-                    )));
+                for (name, value) in [("subject", &h.subject), ("issuer", &h.issuer)] {
+                    if value.is_empty() || value.len() > 256 || value.chars().any(char::is_control)
+                    {
+                        return Err(Status::invalid_argument(format!(
+                            "{}: is required (at most 256 bytes, no control characters)",
+                            field(&format!("principal.human.{name}"))
+                        )));
+                    }
                 }
-                if h.issuer.is_empty() || h.issuer.len() > 256 {
-                    return Err(Status::invalid_argument(format!(
-                        "{}: is required (at most 256 bytes)",
-                        field("principal.human.issuer")
-                    )));
-                }
-                // A human principal is the caller's own verified human, or
-                // one a Steward service verified and carries.
-                let own = actor.human_subject == h.subject && actor.human_issuer == h.issuer;
-                if !own && !self.has_role(&actor.workload, "service") {
-                    return Err(Status::permission_denied(format!(
-                        "{}: {:?} is not the human of this call's bearer token; only Steward services may act for other humans",
-                        field("principal.human"),
-                        h.subject
-                    )));
-                }
-                Principal::Human {
+                Ok(Principal::Human {
                     groups: self
                         .shared
                         .config
                         .groups_of(&format!("human:{}", h.subject)),
                     subject: h.subject.clone(),
                     issuer: h.issuer.clone(),
-                }
+                })
             }
-            None => {
-                return Err(Status::invalid_argument(format!(
-                    "{}: is required",
-                    field("principal")
-                )));
-            }
-        };
-        if !ACTIONS.contains(&r.action.as_str()) {
+            None => Err(Status::invalid_argument(format!(
+                "{}: is required",
+                field("principal")
+            ))),
+        }
+    }
+
+    /// Binds `principal` to the verified caller: it is the caller, or the
+    /// caller is a delegating Steward service, or a policy permits the
+    /// caller to `act_for` it. Anything else is PERMISSION_DENIED.
+    fn standing(
+        &self,
+        principal: &Principal,
+        actor: &Actor,
+        asking: Asking,
+        field: &dyn Fn(&str) -> String,
+    ) -> Result<Standing, Status> {
+        let own = self.principal_of(actor)?;
+        if same_principal(principal, &own) {
+            return Ok(Standing::Own);
+        }
+        if self.is_delegating_service(&actor.workload) {
+            return Ok(Standing::Service);
+        }
+        if asking == Asking::WhatIf {
+            return Ok(Standing::WhatIf);
+        }
+        let resource = self
+            .shared
+            .engine
+            .principal_resource(principal)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let now = now_ns() / 1_000_000_000;
+        let (decision, version) = self.decide_now(&DecisionRequest {
+            principal: own,
+            action: "act_for".to_owned(),
+            resource,
+            context: RequestContext {
+                now,
+                window_start: now,
+                window_end: now,
+                requester: actor.name().to_owned(),
+                acting_workload: actor.workload.clone(),
+                acting_human: actor.human_subject.clone(),
+                ..RequestContext::default()
+            },
+        })?;
+        if decision.effect != Effect::Allow {
+            return Err(Status::permission_denied(format!(
+                "{}: {} may not act for {}: {}",
+                field("principal"),
+                steward_errors::shown(actor.name()),
+                steward_errors::shown(principal.id()),
+                decision.reason
+            )));
+        }
+        Ok(Standing::Delegate {
+            policy_ids: decision.policy_ids,
+            version,
+        })
+    }
+
+    fn check(
+        &self,
+        r: &pb::AuthorizeRequest,
+        prefix: &str,
+        actor: &Actor,
+        asking: Asking,
+    ) -> Result<Asked, Status> {
+        let field = |f: &str| format!("{prefix}{f}");
+        let principal = self.named_principal(r, &field)?;
+        if !NHI_ACTIONS.contains(&r.action.as_str()) {
             return Err(Status::invalid_argument(format!(
-                "{}: {:?} is not one of {}",
+                "{}: {} is not one of {}",
                 field("action"),
-                r.action,
-                ACTIONS.join(", ")
+                steward_errors::shown(&r.action),
+                NHI_ACTIONS.join(", ")
             )));
         }
         let resource_id = Uuid::try_parse(&r.resource_id).map_err(|_| {
@@ -403,10 +532,44 @@ impl AuthorityServer {
                 field("context.requester")
             )));
         }
+        let standing = self.standing(&principal, actor, asking, &field)?;
+        // Who asked, and the person behind the call, are the verified
+        // caller's: only a delegating service names them for its caller.
+        let (requester, acting_human) = match standing {
+            Standing::Service | Standing::WhatIf => (
+                if c.requester.is_empty() {
+                    principal.id().to_owned()
+                } else {
+                    c.requester
+                },
+                c.acting_human,
+            ),
+            Standing::Own | Standing::Delegate { .. } => {
+                let requester = if r.action == "approve" {
+                    // The request being approved: the forbid on
+                    // self-approval reads it, so it cannot help a caller.
+                    c.requester
+                } else if c.requester.is_empty() || c.requester == actor.name() {
+                    actor.name().to_owned()
+                } else {
+                    return Err(Status::permission_denied(format!(
+                        "{}: the requester is the verified caller ({}); only Steward services name another",
+                        field("context.requester"),
+                        steward_errors::shown(actor.name())
+                    )));
+                };
+                if !(c.acting_human.is_empty() || c.acting_human == actor.human_subject) {
+                    return Err(Status::permission_denied(format!(
+                        "{}: the acting human is the one of this call's bearer token; only Steward services name another",
+                        field("context.acting_human")
+                    )));
+                }
+                (requester, actor.human_subject.clone())
+            }
+        };
         // Checked against the clock only when it opens an approval request.
         let claim_by =
             seconds(&field("context.claim_by"), c.claim_by.as_ref())?.unwrap_or(i64::MAX);
-        let acting_workload = String::new();
         Ok(Asked {
             reason: c.reason.trim().to_owned(),
             claim_by,
@@ -418,16 +581,13 @@ impl AuthorityServer {
                 // Only a grant supplies these (see `authorize`).
                 approvers: Default::default(),
                 break_glass: false,
-                requester: if c.requester.is_empty() {
-                    principal.id().to_owned()
-                } else {
-                    c.requester
-                },
-                acting_workload,
-                acting_human: c.acting_human,
+                requester,
+                acting_workload: actor.workload.clone(),
+                acting_human,
                 requested_ttl: i64::from(c.requested_ttl_seconds),
             },
             principal,
+            standing,
             action: r.action.clone(),
             resource_id,
             correlation_id: c.correlation_id,
@@ -531,9 +691,9 @@ impl AuthorityServer {
         r: &pb::AuthorizeRequest,
         prefix: &str,
         actor: &Actor,
+        asking: Asking,
     ) -> Result<(DecisionRequest, Extras), Status> {
-        let mut asked = self.check(r, prefix, actor)?;
-        asked.context.acting_workload = actor.workload.clone();
+        let asked = self.check(r, prefix, actor, asking)?;
         let facts = self.facts(&asked.resource_id).await?;
         Ok((
             DecisionRequest {
@@ -546,6 +706,7 @@ impl AuthorityServer {
                 correlation_id: asked.correlation_id,
                 reason: asked.reason,
                 claim_by: asked.claim_by,
+                standing: asked.standing,
             },
         ))
     }
@@ -558,7 +719,7 @@ impl AuthorityServer {
         actor: &Actor,
         version: u64,
     ) -> Result<(DecisionRequest, Decision, u64, Arc<CompiledSet>), Status> {
-        let (request, _) = self.prepare(r, prefix, actor).await?;
+        let (request, _) = self.prepare(r, prefix, actor, Asking::WhatIf).await?;
         let (version, set) = self.shared.compiled(version).await?;
         let decision = set
             .decide(&self.shared.engine, &request)
@@ -599,6 +760,30 @@ fn decision_to_pb(
             kind: request.resource.kind.clone(),
         }),
         recorded_with_outcome: false,
+    }
+}
+
+/// Notes in a decision's record how its caller stood to its principal:
+/// a delegate's record names the delegation and the policies that
+/// permitted it (the principal is already in `principal`, the delegate is
+/// the record's actor).
+fn note_standing(record: &mut EvidenceRecord, standing: &Standing) {
+    if let Standing::Delegate {
+        policy_ids,
+        version,
+    } = standing
+    {
+        record
+            .attributes
+            .insert("delegated".to_owned(), "act_for".to_owned());
+        record.attributes.insert(
+            "delegation_policy_ids".to_owned(),
+            truncate_utf8(policy_ids.join(","), MAX_ATTRIBUTE_VALUE),
+        );
+        record.attributes.insert(
+            "delegation_policy_set_version".to_owned(),
+            version.to_string(),
+        );
     }
 }
 
@@ -662,8 +847,18 @@ fn decision_record(
     record.record_id = id;
     record.actor.human_subject = human_subject;
     record.actor.human_issuer = human_issuer;
-    record.target.nhi_id = request.resource.id.clone();
-    record.target.nhi_kind = request.resource.kind.clone();
+    if request.resource.is_nhi() {
+        record.target.nhi_id = request.resource.id.clone();
+        record.target.nhi_kind = request.resource.kind.clone();
+    } else {
+        record.attributes.insert(
+            "resource".to_owned(),
+            truncate_utf8(
+                format!("{:?}:{}", request.resource.kind(), request.resource.id),
+                MAX_ATTRIBUTE_VALUE,
+            ),
+        );
+    }
     record.decision = EvidenceDecision {
         policy_set_version: version.to_string(),
         effect: match decision.effect {
@@ -682,10 +877,11 @@ fn decision_record(
     record.outcome.reason = truncate_utf8(decision.reason.clone(), MAX_REASON);
     record.incident_ref = request.context.incident_ref.clone();
     record.correlation_id = correlation_id.to_owned();
-    record.attributes = attributes
-        .into_iter()
-        .map(|(k, v)| (k, truncate_utf8(v, MAX_ATTRIBUTE_VALUE)))
-        .collect();
+    record.attributes.extend(
+        attributes
+            .into_iter()
+            .map(|(k, v)| (k, truncate_utf8(v, MAX_ATTRIBUTE_VALUE))),
+    );
     record
 }
 
@@ -716,8 +912,10 @@ impl AuthorityService for AuthorityServer {
         &self,
         request: Request<pb::UploadPolicySetRequest>,
     ) -> Result<Response<pb::UploadPolicySetResponse>, Status> {
-        let by = caller(&request)?;
+        let actor = self.actor(&request)?;
         let r = request.into_inner();
+        let allowed = self.admit_document(&actor, SetKind::Policies).await?;
+        let by = actor.name().to_owned();
         if r.policies.trim().is_empty() {
             return Err(Status::invalid_argument("policies: is required"));
         }
@@ -767,7 +965,7 @@ impl AuthorityService for AuthorityServer {
                     let mut a = BTreeMap::new();
                     a.insert("version".to_owned(), v.to_string());
                     a.insert("policies".to_owned(), ids.len().to_string());
-                    record(&by, "policy.upload", &r.description, a)
+                    actor_record(&actor, "policy.upload", &r.description, a, &allowed)
                 },
             )
             .await
@@ -820,12 +1018,12 @@ impl AuthorityService for AuthorityServer {
         &self,
         request: Request<pb::ActivatePolicySetRequest>,
     ) -> Result<Response<pb::ActivatePolicySetResponse>, Status> {
-        let by = caller(&request)?;
+        let actor = self.actor(&request)?;
         let r = request.into_inner();
         if r.version == 0 {
             return Err(Status::invalid_argument("version: is required"));
         }
-        let (set, previous) = self.switch(Some(r.version), &by, &r.reason).await?;
+        let (set, previous) = self.switch(Some(r.version), &actor, &r.reason).await?;
         Ok(Response::new(pb::ActivatePolicySetResponse {
             policy_set: Some(set),
             previous_version: previous,
@@ -836,9 +1034,9 @@ impl AuthorityService for AuthorityServer {
         &self,
         request: Request<pb::RollbackPolicySetRequest>,
     ) -> Result<Response<pb::RollbackPolicySetResponse>, Status> {
-        let by = caller(&request)?;
+        let actor = self.actor(&request)?;
         let r = request.into_inner();
-        let (set, previous) = self.switch(None, &by, &r.reason).await?;
+        let (set, previous) = self.switch(None, &actor, &r.reason).await?;
         Ok(Response::new(pb::RollbackPolicySetResponse {
             policy_set: Some(set),
             previous_version: previous,
@@ -1088,13 +1286,14 @@ impl AuthorityService for AuthorityServer {
         &self,
         request: Request<pb::ActivateResponseRulesRequest>,
     ) -> Result<Response<pb::ActivateResponseRulesResponse>, Status> {
-        let by = caller(&request)?;
+        let actor = self.actor(&request)?;
         let r = request.into_inner();
         if r.version == 0 {
             return Err(Status::invalid_argument("version: is required"));
         }
-        let (rule_set, previous_version) =
-            self.switch_rules(&by, Some(r.version), &r.reason).await?;
+        let (rule_set, previous_version) = self
+            .switch_rules(&actor, Some(r.version), &r.reason)
+            .await?;
         Ok(Response::new(pb::ActivateResponseRulesResponse {
             rule_set: Some(rule_set),
             previous_version,
@@ -1105,9 +1304,9 @@ impl AuthorityService for AuthorityServer {
         &self,
         request: Request<pb::RollbackResponseRulesRequest>,
     ) -> Result<Response<pb::RollbackResponseRulesResponse>, Status> {
-        let by = caller(&request)?;
+        let actor = self.actor(&request)?;
         let r = request.into_inner();
-        let (rule_set, previous_version) = self.switch_rules(&by, None, &r.reason).await?;
+        let (rule_set, previous_version) = self.switch_rules(&actor, None, &r.reason).await?;
         Ok(Response::new(pb::RollbackResponseRulesResponse {
             rule_set: Some(rule_set),
             previous_version,
@@ -1161,12 +1360,148 @@ impl AuthorityServer {
         version: u64,
         correlation_id: &str,
         used: Option<&Grant>,
+        standing: &Standing,
     ) -> Result<(), Status> {
-        let evidence = decision_record(id, actor, request, decision, version, correlation_id, used);
+        let mut evidence =
+            decision_record(id, actor, request, decision, version, correlation_id, used);
+        note_standing(&mut evidence, standing);
         self.evidence.record(evidence).await.map_err(|e| {
             tracing::error!(error = %e, "decision evidence not recorded");
             Status::unavailable("the decision could not be recorded; retry")
         })
+    }
+
+    /// Decides whether the verified caller may `action` `resource`, for a
+    /// change this service is about to make. A refusal is recorded as a
+    /// decision of its own and answered PERMISSION_DENIED, and nothing
+    /// changes; an ALLOW is returned for the change's own evidence record.
+    pub(crate) async fn admit(
+        &self,
+        actor: &Actor,
+        action: &str,
+        resource: Arc<Resource>,
+        incident_ref: &str,
+        correlation_id: &str,
+    ) -> Result<EvidenceDecision, Status> {
+        let now = now_ns() / 1_000_000_000;
+        let request = DecisionRequest {
+            principal: self.principal_of(actor)?,
+            action: action.to_owned(),
+            resource,
+            context: RequestContext {
+                incident_ref: incident_ref.to_owned(),
+                now,
+                window_start: now,
+                window_end: now,
+                requester: actor.name().to_owned(),
+                acting_workload: actor.workload.clone(),
+                acting_human: actor.human_subject.clone(),
+                ..RequestContext::default()
+            },
+        };
+        let (decision, version) = self.decide_now(&request)?;
+        if decision.effect != Effect::Allow {
+            self.record_decision(
+                Uuid::now_v7(),
+                actor,
+                &request,
+                &decision,
+                version,
+                correlation_id,
+                None,
+                &Standing::Own,
+            )
+            .await?;
+            return Err(Status::permission_denied(format!(
+                "{} may not {action} {}: {}",
+                steward_errors::shown(actor.name()),
+                steward_errors::shown(&request.resource.id),
+                if decision.effect == Effect::ApprovalRequired {
+                    "a policy asks for approval, and this action is not taken under a grant"
+                } else {
+                    &decision.reason
+                }
+            )));
+        }
+        Ok(EvidenceDecision {
+            policy_set_version: version.to_string(),
+            effect: EvidenceEffect::Allow,
+            policy_ids: decision.policy_ids.iter().take(MAX_IDS).cloned().collect(),
+            approval_ids: Vec::new(),
+        })
+    }
+
+    /// [`Self::admit`] for `manage_policy` on one of the two documents.
+    pub(crate) async fn admit_document(
+        &self,
+        actor: &Actor,
+        kind: SetKind,
+    ) -> Result<EvidenceDecision, Status> {
+        let name = match kind {
+            SetKind::Policies => "policies",
+            SetKind::ResponseRules => "response_rules",
+        };
+        let resource = self
+            .shared
+            .engine
+            .document(name)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        self.admit(actor, "manage_policy", resource, "", "").await
+    }
+
+    /// Refuses to activate (or roll back to) a policy set under which the
+    /// caller could no longer manage policy: it would have no way back.
+    async fn check_no_lockout(&self, actor: &Actor, version: Option<u64>) -> Result<(), Status> {
+        let target = match version {
+            Some(v) => v,
+            None => match self
+                .shared
+                .store
+                .rollback_target(SetKind::Policies)
+                .await
+                .map_err(store_status)?
+            {
+                // Nothing to roll back to: the store says so.
+                0 => return Ok(()),
+                v => v,
+            },
+        };
+        let (target, set) = match self.shared.compiled(target).await {
+            Ok(found) => found,
+            // An unknown version is the store's to refuse, by name.
+            Err(status) if status.code() == tonic::Code::NotFound => return Ok(()),
+            Err(status) => return Err(status),
+        };
+        let now = now_ns() / 1_000_000_000;
+        let request = DecisionRequest {
+            principal: self.principal_of(actor)?,
+            action: "manage_policy".to_owned(),
+            resource: self
+                .shared
+                .engine
+                .document("policies")
+                .map_err(|e| Status::internal(e.to_string()))?,
+            context: RequestContext {
+                now,
+                window_start: now,
+                window_end: now,
+                requester: actor.name().to_owned(),
+                acting_workload: actor.workload.clone(),
+                acting_human: actor.human_subject.clone(),
+                ..RequestContext::default()
+            },
+        };
+        let decision = set
+            .decide(&self.shared.engine, &request)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if decision.effect != Effect::Allow {
+            return Err(Status::failed_precondition(format!(
+                "version: policy set {target} would refuse {} manage_policy ({}), leaving no way back; add a manage_policy permit to it (Steward's defaults have one)",
+                steward_errors::shown(actor.name()),
+                decision.reason
+            )));
+        }
+        Ok(())
     }
 
     /// Whether the caller records an ALLOW in its outcome's evidence
@@ -1189,7 +1524,7 @@ impl AuthorityServer {
         r: &pb::AuthorizeRequest,
         actor: &Actor,
     ) -> Result<pb::Decision, Status> {
-        let (mut request, asked) = self.prepare(r, "", actor).await?;
+        let (mut request, asked) = self.prepare(r, "", actor, Asking::ForReal).await?;
         let active = self.shared.active();
         let decide = |request: &DecisionRequest| {
             active
@@ -1241,6 +1576,7 @@ impl AuthorityServer {
                 active.version,
                 &asked.correlation_id,
                 Some(grant),
+                &asked.standing,
             )
             .await?;
             let mut out = decision_to_pb(&decision, &with, active.version, &id);
@@ -1315,6 +1651,7 @@ impl AuthorityServer {
         if !approval_request_id.is_empty() {
             evidence.decision.approval_ids = vec![approval_request_id.clone()];
         }
+        note_standing(&mut evidence, &asked.standing);
         let with_outcome = decision.effect == Effect::Allow && self.records_with_outcome(r, actor);
         if !with_outcome {
             let recorded = if self.shared.config.durable_decisions {
@@ -1340,10 +1677,15 @@ impl AuthorityServer {
         &self,
         kind: SetKind,
         version: Option<u64>,
-        by: &str,
+        actor: &Actor,
         reason: &str,
     ) -> Result<(StoredSet, u64), Status> {
         let reason = approvals::reason_field("reason", reason)?;
+        let allowed = self.admit_document(actor, kind).await?;
+        if kind == SetKind::Policies {
+            self.check_no_lockout(actor, version).await?;
+        }
+        let by = actor.name();
         let event = format!(
             "{}.{}",
             kind.event_prefix(),
@@ -1360,7 +1702,7 @@ impl AuthorityServer {
                 let mut a = BTreeMap::new();
                 a.insert("version".to_owned(), target.to_string());
                 a.insert("previous_version".to_owned(), previous.to_string());
-                record(by, &event, &reason, a)
+                actor_record(actor, &event, &reason, a, &allowed)
             })
             .await
             .map_err(store_status)?;
@@ -1378,11 +1720,11 @@ impl AuthorityServer {
     async fn switch(
         &self,
         version: Option<u64>,
-        by: &str,
+        actor: &Actor,
         reason: &str,
     ) -> Result<(pb::PolicySet, u64), Status> {
         let (stored, previous) = self
-            .activate_version(SetKind::Policies, version, by, reason)
+            .activate_version(SetKind::Policies, version, actor, reason)
             .await?;
         let (_, set) = self.shared.compiled(stored.version).await?;
         self.shared.set_active(Active {

@@ -223,6 +223,19 @@ impl Store {
         Ok(version.map(to_u64))
     }
 
+    /// The version a rollback would activate: the one active before the
+    /// current one (0 when there is none).
+    pub async fn rollback_target(&self, kind: SetKind) -> Result<u64, StoreError> {
+        let (_, acts) = kind.tables();
+        let previous: Option<i64> = on_backend!(&self.db, pool, Db => {
+            let sql = format!("SELECT previous FROM {acts} ORDER BY seq DESC LIMIT 1");
+            sqlx::query_scalar::<Db, i64>(sqlx::AssertSqlSafe(sql))
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(previous.map_or(0, to_u64))
+    }
+
     /// Activates `version` (which must exist); `None` activates the version
     /// active before the current one. Returns (activated, previous).
     pub async fn activate(

@@ -157,8 +157,12 @@ pub(crate) fn text(field: &str, value: &str, max: usize, required: bool) -> Resu
 }
 
 pub(crate) fn uuid(field: &str, value: &str) -> Result<Uuid, Status> {
-    Uuid::try_parse(value)
-        .map_err(|_| Status::invalid_argument(format!("{field}: {value:?} is not a UUID")))
+    Uuid::try_parse(value).map_err(|_| {
+        Status::invalid_argument(format!(
+            "{field}: {} is not a UUID",
+            steward_errors::shown(value)
+        ))
+    })
 }
 
 pub(crate) fn kind_to_pb(kind: Kind) -> i32 {

@@ -399,7 +399,10 @@ fn validate_label_key(field: &str, key: &str) -> Result<(), FieldError> {
     {
         return Err(bad(
             field,
-            format!("label key {key:?} may contain only letters, digits and . _ - /"),
+            format!(
+                "label key {} may contain only letters, digits and . _ - /",
+                steward_errors::shown(key)
+            ),
         ));
     }
     Ok(())
@@ -411,7 +414,11 @@ pub fn validate_labels(field: &str, labels: &BTreeMap<String, String>) -> Result
     }
     for (key, value) in labels {
         validate_label_key(field, key)?;
-        optional(&format!("{field}[{key:?}]"), value, MAX_LABEL_VALUE)?;
+        optional(
+            &format!("{field}[{}]", steward_errors::shown(key)),
+            value,
+            MAX_LABEL_VALUE,
+        )?;
     }
     Ok(())
 }

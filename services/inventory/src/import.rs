@@ -53,11 +53,33 @@ pub struct Parsed {
 }
 
 impl Parsed {
+    /// Records a refused row. The field is a column name from the file
+    /// (a CSV header, say): one that is long or odd is quoted by
+    /// [`steward_errors::shown`], and the reason is cut at
+    /// [`MAX_REASON`] bytes, so an error never carries a file back.
     fn reject(&mut self, line: u64, field: impl Into<String>, reason: impl Into<String>) {
+        let field = field.into();
+        let plain = field.len() <= 64
+            && field.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'[' | b']')
+            });
+        let mut reason = reason.into();
+        if reason.len() > MAX_REASON {
+            let mut cut = MAX_REASON;
+            while !reason.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            reason.truncate(cut);
+            reason.push('…');
+        }
         self.errors.push(RowError {
             line,
-            field: field.into(),
-            reason: reason.into(),
+            field: if plain {
+                field
+            } else {
+                steward_errors::shown(&field)
+            },
+            reason,
         });
     }
 
@@ -104,9 +126,13 @@ fn blank(kind: Kind, source_system: &str, external_id: String, environment: &str
     spec
 }
 
+/// Most bytes of a rejected row's reason.
+const MAX_REASON: usize = 512;
+
 /// Parses an RFC 3339 time.
 fn rfc3339(text: &str) -> Result<Nanos, String> {
     let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .map_err(|_| format!("{text:?} is not an RFC 3339 time"))?;
-    i64::try_from(t.unix_timestamp_nanos()).map_err(|_| format!("{text:?} is out of range"))
+        .map_err(|_| format!("{} is not an RFC 3339 time", steward_errors::shown(text)))?;
+    i64::try_from(t.unix_timestamp_nanos())
+        .map_err(|_| format!("{} is out of range", steward_errors::shown(text)))
 }

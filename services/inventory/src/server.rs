@@ -279,7 +279,8 @@ impl InventoryService for InventoryServer {
             }
             if !UPDATABLE.contains(&path.as_str()) {
                 return Err(Status::invalid_argument(format!(
-                    "update_mask: {path:?} is not an updatable IdentitySpec field"
+                    "update_mask: {} is not an updatable IdentitySpec field",
+                    steward_errors::shown(path)
                 )));
             }
         }

@@ -21,6 +21,8 @@ use cedar_policy::{
     ActionConstraint, EntityUid, Policy, PolicySet, PrincipalConstraint, ResourceConstraint,
 };
 
+use super::ResourceType;
+
 /// The principal types a scope can name, as index dimensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PrincipalType {
@@ -49,11 +51,11 @@ enum PrincipalKey {
     Nobody,
 }
 
-/// Which NHI a policy's resource scope can match.
+/// Which resource a policy's resource scope can match.
 #[derive(Debug, Clone)]
 enum ResourceKey {
     Any,
-    Nhi(String),
+    Named(ResourceType, String),
     Nobody,
 }
 
@@ -128,14 +130,18 @@ impl SliceIndex {
                 }
             }
             resources.push(match policy.resource_constraint() {
-                // NHIs have no parents, so `in` an NHI means that NHI.
-                ResourceConstraint::Eq(uid)
-                | ResourceConstraint::In(uid)
-                | ResourceConstraint::IsIn(_, uid) => {
-                    if uid.type_name().to_string() == "Steward::Nhi" {
-                        ResourceKey::Nhi(uid.id().unescaped().to_owned())
-                    } else {
-                        ResourceKey::Nobody
+                ResourceConstraint::Eq(uid) => match ResourceType::of(&uid) {
+                    Some(t) => ResourceKey::Named(t, uid.id().unescaped().to_owned()),
+                    None => ResourceKey::Nobody,
+                },
+                // Only principals (the resources of `act_for`) have
+                // parents: `in` a group is left to Cedar. Anything else is
+                // `in` only itself.
+                ResourceConstraint::In(uid) | ResourceConstraint::IsIn(_, uid) => {
+                    match ResourceType::of(&uid) {
+                        Some(t) => ResourceKey::Named(t, uid.id().unescaped().to_owned()),
+                        None if uid.type_name().to_string() == "Steward::Group" => ResourceKey::Any,
+                        None => ResourceKey::Nobody,
                     }
                 }
                 ResourceConstraint::Any | ResourceConstraint::Is(_) => ResourceKey::Any,
@@ -152,13 +158,13 @@ impl SliceIndex {
     /// The positions of the policies that can apply, ascending, once each.
     /// `actions` are the ids of the action and its groups; `principals`
     /// the principal's type and id and its groups' ids; `resource` the
-    /// NHI's id.
+    /// resource's type and id.
     pub fn candidates(
         &self,
         actions: &[String],
         principal: (PrincipalType, &str),
         groups: &[String],
-        resource: &str,
+        resource: (ResourceType, &str),
     ) -> Vec<u32> {
         let mut out: Vec<u32> = Vec::new();
         let named = actions.iter().filter_map(|a| self.actions.get(a.as_str()));
@@ -168,7 +174,7 @@ impl SliceIndex {
                     out.extend(bucket.iter().copied().filter(|p| {
                         self.resources.get(*p as usize).is_some_and(|r| match r {
                             ResourceKey::Any => true,
-                            ResourceKey::Nhi(id) => id == resource,
+                            ResourceKey::Named(t, id) => *t == resource.0 && id == resource.1,
                             ResourceKey::Nobody => false,
                         })
                     }));

@@ -103,8 +103,42 @@ fn the_default_policies_validate_against_the_schema() {
             "steward-owners-may-approve",
             "steward-break-glass-acts",
             "steward-workloads-obtain-their-own-svids",
+            "steward-owners-reinstate",
+            "steward-people-close-incidents",
+            "steward-operators-close-incidents",
+            "steward-operators-manage-policy",
+            "steward-policy-admins-manage-policy",
         ]
     );
+}
+
+#[test]
+fn a_workloads_role_is_its_paths_first_segment() {
+    assert_eq!(workload_role("spiffe://td/operator/admin"), "operator");
+    assert_eq!(
+        workload_role("spiffe://td/automation/operator/x"),
+        "automation"
+    );
+    assert_eq!(workload_role("spiffe://td"), "");
+    assert_eq!(workload_role("spiffe://td/"), "");
+    // So a deeper "operator" is not an operator to the defaults.
+    let engine = engine();
+    let set = CompiledSet::compile(&engine, DEFAULT_POLICIES).unwrap();
+    let document = engine.document("policies").unwrap();
+    let ask = |principal: Principal| DecisionRequest {
+        principal,
+        action: "manage_policy".into(),
+        resource: document.clone(),
+        context: RequestContext::default(),
+    };
+    let effect = |p| set.decide(&engine, &ask(p)).unwrap().effect;
+    assert_eq!(effect(workload("/operator/admin", &[])), Effect::Allow);
+    assert_eq!(
+        effect(workload("/automation/operator/x", &[])),
+        Effect::Deny
+    );
+    assert_eq!(effect(human("alice", &[])), Effect::Deny);
+    assert_eq!(effect(human("pat", &["policy-admins"])), Effect::Allow);
 }
 
 #[test]
@@ -292,24 +326,31 @@ fn corpus(seed: u64, policies: usize) -> String {
             3 => format!("principal == Steward::Human::\"h{}\"", next(10)),
             _ => "principal is Steward::Human".to_owned(),
         };
-        let action = match next(4) {
+        let action_kind = next(4);
+        let action = match action_kind {
             0 => "action".to_owned(),
             1 => format!(
                 "action == Steward::Action::\"{}\"",
-                ACTIONS[next(ACTIONS.len() as u64) as usize]
+                NHI_ACTIONS[next(NHI_ACTIONS.len() as u64) as usize]
             ),
             2 => "action in Steward::Action::\"high_impact\"".to_owned(),
             _ => format!(
                 "action in [Steward::Action::\"{}\", Steward::Action::\"{}\"]",
-                ACTIONS[next(ACTIONS.len() as u64) as usize],
-                ACTIONS[next(ACTIONS.len() as u64) as usize]
+                NHI_ACTIONS[next(NHI_ACTIONS.len() as u64) as usize],
+                NHI_ACTIONS[next(NHI_ACTIONS.len() as u64) as usize]
             ),
         };
         let resource = match next(4) {
-            0 => format!("resource == Steward::Nhi::\"n{}\"", next(30)),
+            0 if action_kind != 0 => format!("resource == Steward::Nhi::\"n{}\"", next(30)),
             _ => "resource".to_owned(),
         };
-        let condition = match next(6) {
+        // A policy for any action may be asked about any resource type
+        // (incidents, documents, principals), so it reads only the context.
+        let condition = match if action_kind == 0 {
+            [0, 2, 4][next(3) as usize]
+        } else {
+            next(6)
+        } {
             0 => String::new(),
             1 => format!(" when {{ resource.risk_score > {} }}", next(100)),
             2 => " when { context.has_incident }".to_owned(),
@@ -339,7 +380,7 @@ fn arbitrary_request() -> impl Strategy<Value = DecisionRequest> {
         0..3u8,
         0..20u8,
         proptest::collection::vec(0..6u8, 0..3),
-        0..ACTIONS.len(),
+        0..NHI_ACTIONS.len(),
         0..30u8,
         0..100i64,
         any::<bool>(),
@@ -372,7 +413,7 @@ fn arbitrary_request() -> impl Strategy<Value = DecisionRequest> {
                 if risk % 3 == 0 {
                     facts.labels.clear();
                 }
-                let mut r = request(principal, ACTIONS[action], facts);
+                let mut r = request(principal, NHI_ACTIONS[action], facts);
                 if !incident {
                     r.context.incident_ref.clear();
                 }

@@ -262,7 +262,7 @@ impl AuthorityServer {
 
     /// The active policies' answer to `principal` doing `action` on
     /// `facts` outside any grant.
-    fn decide_now(&self, request: &DecisionRequest) -> Result<(Decision, u64), Status> {
+    pub(super) fn decide_now(&self, request: &DecisionRequest) -> Result<(Decision, u64), Status> {
         let active = self.shared.active();
         let decision = active
             .set
@@ -567,6 +567,20 @@ impl AuthorityServer {
         optional_text("incident_ref", &r.incident_ref)?;
         let reason = reason_field("reason", &r.reason)?;
         optional_text("correlation_id", &r.correlation_id)?;
+        let incident = self
+            .shared
+            .engine
+            .incident(&r.incident_ref)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let allowed = self
+            .admit(
+                &actor,
+                "close_incident",
+                incident,
+                &r.incident_ref,
+                &r.correlation_id,
+            )
+            .await?;
         let closed_at = now_s();
         let (grants, requests) = self
             .shared
@@ -577,6 +591,7 @@ impl AuthorityServer {
                 &reason,
                 &r.correlation_id,
                 closed_at,
+                &allowed,
             )
             .await
             .map_err(store_status)?;
@@ -628,8 +643,8 @@ impl AuthorityServer {
         ];
         if !ACTIONS.contains(&r.action.as_str()) {
             return Err(Status::invalid_argument(format!(
-                "action: {:?} cannot be taken under break-glass; one of {}",
-                r.action,
+                "action: {} cannot be taken under break-glass; one of {}",
+                steward_errors::shown(&r.action),
                 ACTIONS.join(", ")
             )));
         }
@@ -677,6 +692,7 @@ impl AuthorityServer {
             version,
             &r.correlation_id,
             None,
+            &super::Standing::Own,
         )
         .await?;
         if decision.effect != Effect::Allow {

@@ -7,7 +7,8 @@ use steward_proto::steward::authority::v1 as pb;
 use tonic::{Request, Status};
 
 use super::approvals::{page, paged, uuid_field};
-use super::{AuthorityServer, caller, now_ns, record, store_status, timestamp};
+use super::{AuthorityServer, actor_record, now_ns, store_status, timestamp};
+use crate::approvals::Actor;
 use crate::rules::{RuleError, RuleSet};
 use crate::store::{NewVersion, SetKind, StoredSet};
 
@@ -70,8 +71,10 @@ impl AuthorityServer {
         &self,
         request: Request<pb::UploadResponseRulesRequest>,
     ) -> Result<pb::UploadResponseRulesResponse, Status> {
-        let by = caller(&request)?;
+        let actor = self.actor(&request)?;
         let r = request.into_inner();
+        let allowed = self.admit_document(&actor, SetKind::ResponseRules).await?;
+        let by = actor.name().to_owned();
         if r.document.trim().is_empty() {
             return Err(Status::invalid_argument("document: is required"));
         }
@@ -114,7 +117,7 @@ impl AuthorityServer {
                     let mut a = BTreeMap::new();
                     a.insert("version".to_owned(), v.to_string());
                     a.insert("rules".to_owned(), ids.len().to_string());
-                    record(&by, "rules.upload", &r.description, a)
+                    actor_record(&actor, "rules.upload", &r.description, a, &allowed)
                 },
             )
             .await
@@ -166,12 +169,12 @@ impl AuthorityServer {
     /// Activates a version (or rolls back when `None`).
     pub(super) async fn switch_rules(
         &self,
-        by: &str,
+        actor: &Actor,
         version: Option<u64>,
         reason: &str,
     ) -> Result<(pb::ResponseRuleSet, u64), Status> {
         let (stored, previous) = self
-            .activate_version(SetKind::ResponseRules, version, by, reason)
+            .activate_version(SetKind::ResponseRules, version, actor, reason)
             .await?;
         Ok((set_to_pb(&stored, stored.version, false), previous))
     }

@@ -77,6 +77,18 @@ macro_rules! approval_of {
     }};
 }
 
+/// The correlation id of grant `$id`, read in transaction `$tx`: the
+/// records about a break-glass grant's review carry the grant's.
+macro_rules! grant_correlation {
+    ($db:ty, $tx:expr, $id:expr) => {
+        sqlx::query_scalar::<$db, String>("SELECT correlation_id FROM grants WHERE id = $1")
+            .bind($id)
+            .fetch_optional(&mut *$tx)
+            .await?
+            .unwrap_or_default()
+    };
+}
+
 macro_rules! review_of {
     ($row:expr) => {{
         let row = $row;
@@ -267,8 +279,9 @@ fn grant_from(a: &ApprovalRequest, approvers: Vec<String>, now: i64) -> Grant {
 
 impl Store {
     /// Opens `request`, unless one is already pending for the same
-    /// principal, action, resource and incident: then that one is
-    /// returned and nothing changes. `(request, opened)`.
+    /// principal, action, resource and incident, or approved with a grant
+    /// whose window has not started yet: then that one is returned and
+    /// nothing changes. `(request, opened)`.
     pub async fn open_approval(
         &self,
         request: ApprovalRequest,
@@ -288,6 +301,27 @@ impl Store {
                 .bind(now)
                 .fetch_optional(&mut *tx)
                 .await?;
+            // Approved already, with a grant whose window has not started:
+            // asking again before then waits for that grant.
+            let prefixed = APPROVAL_COLUMNS
+                .split(", ")
+                .map(|c| format!("a.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "SELECT {prefixed} FROM approval_requests a JOIN grants g ON g.id = a.grant_id WHERE a.principal = $1 AND a.action = $2 AND a.resource_id = $3 AND a.incident_ref = $4 AND a.state = 'approved' AND g.state = 'active' AND g.window_start > $5 ORDER BY a.id DESC LIMIT 1"
+            );
+            let existing = match existing {
+                Some(row) => Some(row),
+                None => sqlx::query::<Db>(sqlx::AssertSqlSafe(sql))
+                    .bind(&request.principal)
+                    .bind(&request.action)
+                    .bind(&request.resource_id)
+                    .bind(&request.incident_ref)
+                    .bind(now)
+                    .fetch_optional(&mut *tx)
+                    .await?,
+            };
             if let Some(row) = existing {
                 let found = approval_of!(&row);
                 tx.rollback().await?;
@@ -638,6 +672,7 @@ impl Store {
         reason: &str,
         correlation_id: &str,
         now: i64,
+        decision: &steward_evidence::record::Decision,
     ) -> Result<(Vec<Grant>, Vec<ApprovalRequest>), StoreError> {
         Ok(on_backend!(&self.db, pool, Db => {
             let mut tx = pool.begin_with(<Db as Engine>::BEGIN_WRITE).await?;
@@ -676,7 +711,9 @@ impl Store {
                 a.decided_at = now;
                 records.push(approval_record(actor, "approval.cancelled", a, reason));
             }
-            records.push(incident_record(actor, incident, reason, correlation_id, grants.len(), requests.len()));
+            let mut closed = incident_record(actor, incident, reason, correlation_id, grants.len(), requests.len());
+            closed.decision = decision.clone();
+            records.push(closed);
             // The broker is told (again, if it was closed before): see
             // `Store::closures_to_announce`.
             sqlx::query::<Db>(
@@ -840,7 +877,9 @@ impl Store {
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
-            tx.enqueue_all(&[review_record(actor, "breakglass.review_completed", &r, note)]).await?;
+            let mut completed = review_record(actor, "breakglass.review_completed", &r, note);
+            completed.correlation_id = grant_correlation!(Db, tx, &r.grant_id);
+            tx.enqueue_all(&[completed]).await?;
             tx.commit().await?;
             r
         }))
@@ -893,7 +932,9 @@ impl Store {
                     .bind(&r.id)
                     .execute(&mut *tx)
                     .await?;
-                records.push(review_record(actor, "breakglass.review_overdue", &r, "the post-action review is overdue"));
+                let mut overdue = review_record(actor, "breakglass.review_overdue", &r, "the post-action review is overdue");
+                overdue.correlation_id = grant_correlation!(Db, tx, &r.grant_id);
+                records.push(overdue);
             }
             let changed = records.len();
             if changed > 0 {

@@ -60,29 +60,41 @@ impl Selector {
 
     /// Parses the `type:value` form (`unix:uid:1000`).
     pub fn parse_joined(field: &str, text: &str) -> Result<Self, FieldError> {
-        let (kind, value) = text
-            .split_once(':')
-            .ok_or_else(|| bad(field, format!("{text:?} is not of the form type:value")))?;
+        let (kind, value) = text.split_once(':').ok_or_else(|| {
+            bad(
+                field,
+                format!(
+                    "{} is not of the form type:value",
+                    steward_errors::shown(text)
+                ),
+            )
+        })?;
         Self::parse(field, kind, value)
     }
 }
 
 fn unix_value(value: &str) -> Result<(), String> {
-    let (key, arg) = value
-        .split_once(':')
-        .ok_or_else(|| format!("unix selector {value:?} is not of the form key:value"))?;
+    let (key, arg) = value.split_once(':').ok_or_else(|| {
+        format!(
+            "unix selector {} is not of the form key:value",
+            steward_errors::shown(value)
+        )
+    })?;
     match key {
-        "uid" | "gid" => arg
-            .parse::<u32>()
-            .map(|_| ())
-            .map_err(|_| format!("unix:{key} needs a numeric id, not {arg:?}")),
+        "uid" | "gid" => arg.parse::<u32>().map(|_| ()).map_err(|_| {
+            format!(
+                "unix:{key} needs a numeric id, not {}",
+                steward_errors::shown(arg)
+            )
+        }),
         "user" | "group" if !arg.is_empty() => Ok(()),
         "path" if arg.starts_with('/') => Ok(()),
         "path" => Err("unix:path needs an absolute path".into()),
         "sha256" if arg.len() == 64 && arg.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(()),
         "sha256" => Err("unix:sha256 needs 64 hex digits".into()),
         other => Err(format!(
-            "unknown unix selector {other:?} (uid, gid, user, group, path, sha256)"
+            "unknown unix selector {} (uid, gid, user, group, path, sha256)",
+            steward_errors::shown(other)
         )),
     }
 }

@@ -64,7 +64,11 @@ pub fn parse(content: &[u8], defaults: &Defaults) -> Parsed {
             continue;
         }
         if !arn.starts_with("arn:") {
-            parsed.reject(line, "arn", format!("{arn:?} is not an ARN"));
+            parsed.reject(
+                line,
+                "arn",
+                format!("{} is not an ARN", steward_errors::shown(arn)),
+            );
             continue;
         }
         for slot in 1..=2 {

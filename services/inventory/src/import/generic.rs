@@ -93,7 +93,7 @@ fn csv_labels(text: &str) -> Result<BTreeMap<String, String>, String> {
         .map(|pair| {
             pair.split_once('=')
                 .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-                .ok_or_else(|| format!("{pair:?} is not key=value"))
+                .ok_or_else(|| format!("{} is not key=value", steward_errors::shown(pair)))
         })
         .collect()
 }
@@ -220,7 +220,8 @@ fn row(
         fail(
             "kind",
             format!(
-                "{kind_text:?} is not one of {}",
+                "{} is not one of {}",
+                steward_errors::shown(&kind_text),
                 Kind::ALL
                     .iter()
                     .map(|k| k.as_str())
@@ -271,7 +272,10 @@ fn row(
         spec.classification = Classification::parse(&v.to_ascii_lowercase()).ok_or_else(|| {
             fail(
                 "classification",
-                format!("{v:?} is not machine_to_machine or interactive"),
+                format!(
+                    "{} is not machine_to_machine or interactive",
+                    steward_errors::shown(&v)
+                ),
             )
         })?;
     }
@@ -290,7 +294,10 @@ fn row(
         let kind = OwnerKind::parse(&kind_text.to_ascii_lowercase()).ok_or_else(|| {
             fail(
                 &format!("{name}_kind"),
-                format!("{kind_text:?} is not person or team"),
+                format!(
+                    "{} is not person or team",
+                    steward_errors::shown(&kind_text)
+                ),
             )
         })?;
         let contact = take(fields, &format!("{name}_contact")).unwrap_or_default();

@@ -41,7 +41,11 @@ pub fn parse(content: &[u8], defaults: &Defaults) -> Parsed {
         if let Some(kind) = item.get("kind").and_then(Value::as_str)
             && kind != "ServiceAccount"
         {
-            parsed.reject(line, "kind", format!("{kind:?} is not a ServiceAccount"));
+            parsed.reject(
+                line,
+                "kind",
+                format!("{} is not a ServiceAccount", steward_errors::shown(kind)),
+            );
             continue;
         }
         let metadata = item.get("metadata").cloned().unwrap_or(Value::Null);

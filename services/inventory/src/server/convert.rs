@@ -180,7 +180,10 @@ pub fn apply_path(
         other => {
             return Err(bad(
                 "update_mask",
-                format!("{other:?} is not an IdentitySpec field"),
+                format!(
+                    "{} is not an IdentitySpec field",
+                    steward_errors::shown(other)
+                ),
             ));
         }
     }

@@ -1,0 +1,148 @@
+//! One table of who may call what: each RPC's `Callers:` comment in the
+//! protos and the allowlist its service enforces by default are the same
+//! list. The comment is the contract readers see; the allowlist is what
+//! the server does; this test keeps them one.
+//!
+//! A comment names SPIFFE ID paths of the service's own trust domain,
+//! comma-separated, ending with a period: `Callers: operator/*,
+//! service/authority.`; `*` is every SVID of the trust domain.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use steward_integration_tests::workspace_root;
+
+/// `rpc name → callers` from one proto file's services, as written.
+fn documented(proto: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let text = std::fs::read_to_string(workspace_root().join(proto)).unwrap();
+    let mut out = BTreeMap::new();
+    let mut service = String::new();
+    let mut comment = String::new();
+    // RPCs listed together under one comment share its callers.
+    let mut shared: Option<BTreeSet<String>> = None;
+    let package = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("package "))
+        .map(|p| p.trim_end_matches(';').to_owned())
+        .unwrap_or_default();
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("service ") {
+            service = rest.trim_end_matches('{').trim().to_owned();
+            comment.clear();
+        } else if let Some(c) = line.strip_prefix("//") {
+            comment.push(' ');
+            comment.push_str(c.trim());
+        } else if let Some(rest) = line.strip_prefix("rpc ") {
+            let name = rest.split('(').next().unwrap().trim();
+            let path = format!("/{package}.{service}/{name}");
+            let callers = callers_of(&comment)
+                .or_else(|| comment.is_empty().then(|| shared.clone()).flatten())
+                .unwrap_or_else(|| panic!("{proto}: {path} has no `Callers:` line"));
+            shared = Some(callers.clone());
+            out.insert(path, callers);
+            comment.clear();
+        } else if line.is_empty() {
+            comment.clear();
+            shared = None;
+        }
+    }
+    out
+}
+
+/// The list after `Callers:`, up to the period that ends it.
+fn callers_of(comment: &str) -> Option<BTreeSet<String>> {
+    let (_, rest) = comment.split_once("Callers:")?;
+    let list = rest.trim().split_once('.').map_or(rest, |(l, _)| l);
+    Some(
+        list.split(',')
+            // A parenthesised note may follow a path: `* (every SVID …)`.
+            .map(|c| {
+                c.split(" (")
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .trim_matches('`')
+                    .to_owned()
+            })
+            .filter(|c| !c.is_empty())
+            .inspect(|c| {
+                assert!(
+                    c.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"/*-_".contains(&b)),
+                    "`{c}` in {comment:?} is not a SPIFFE ID path"
+                );
+            })
+            .collect(),
+    )
+}
+
+/// `rpc → callers` a service enforces by default, as paths of its trust
+/// domain.
+fn enforced(spec: &steward_server::ServiceSpec) -> BTreeMap<String, BTreeSet<String>> {
+    spec.default_authz
+        .iter()
+        .map(|(rpc, callers)| {
+            let paths = callers
+                .iter()
+                .map(|c| {
+                    c.strip_prefix("spiffe://{td}/")
+                        .unwrap_or_else(|| {
+                            panic!("{rpc}: {c} is not in the service's own trust domain")
+                        })
+                        .to_owned()
+                })
+                .collect();
+            ((*rpc).to_owned(), paths)
+        })
+        .collect()
+}
+
+#[test]
+fn every_rpcs_callers_comment_is_the_allowlist_its_service_enforces() {
+    for (proto, spec) in [
+        (
+            "proto/steward/inventory/v1/inventory.proto",
+            steward_inventory::SPEC,
+        ),
+        (
+            "proto/steward/authority/v1/authority.proto",
+            steward_authority::SPEC,
+        ),
+        (
+            "proto/steward/broker/v1/broker.proto",
+            steward_credential_broker::SPEC,
+        ),
+        ("proto/steward/audit/v1/audit.proto", steward_audit::SPEC),
+    ] {
+        let documented = documented(proto);
+        let enforced = enforced(&spec);
+        assert!(!documented.is_empty(), "{proto}: no RPCs found");
+        for (rpc, callers) in &documented {
+            assert_eq!(
+                Some(callers),
+                enforced.get(rpc),
+                "{rpc}: the proto's Callers line and {}'s allowlist differ",
+                spec.name
+            );
+        }
+        for rpc in enforced.keys() {
+            assert!(
+                documented.contains_key(rpc),
+                "{rpc} is allowlisted by {} but not in {proto}",
+                spec.name
+            );
+        }
+    }
+}
+
+#[test]
+fn the_parser_reads_the_house_form() {
+    assert_eq!(
+        callers_of(" Lists things. Callers: operator/*, service/authority. More text."),
+        Some(BTreeSet::from([
+            "operator/*".to_owned(),
+            "service/authority".to_owned()
+        ]))
+    );
+    assert_eq!(callers_of(" no callers here"), None);
+}
