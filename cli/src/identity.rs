@@ -460,86 +460,33 @@ pub struct TransitionArgs {
     pub correlation_id: String,
 }
 
-/// The policy action a transition is, when it is one.
-fn action_of(target: i32) -> Option<&'static str> {
-    match pb::LifecycleState::try_from(target) {
-        Ok(pb::LifecycleState::Watchlisted) => Some("watchlist"),
-        Ok(pb::LifecycleState::Restricted) => Some("restrict"),
-        Ok(pb::LifecycleState::Suspended) => Some("suspend"),
-        Ok(pb::LifecycleState::Revoked) => Some("revoke"),
-        Ok(pb::LifecycleState::Active) => Some("reinstate"),
-        _ => None,
-    }
-}
-
-/// Moves an identity to another lifecycle state. A logged-in person asks
-/// authority first (the decision may use their grant, break-glass among
-/// them), and nothing changes unless it allows.
+/// Moves an identity to another lifecycle state. Inventory has authority
+/// decide first, for the logged-in person when there is one (their token
+/// goes with the call; the decision may use their grant, break-glass among
+/// them) and else for this SVID; nothing changes unless it allows.
 pub async fn transition(
     args: &ConnectionArgs,
     t: TransitionArgs,
     output: Output,
 ) -> anyhow::Result<ExitCode> {
-    use steward_proto::steward::authority::v1 as authority;
-    let human = crate::login::stored_human(args.token_file.as_deref())?;
-    if let (Some(human), Some(action)) = (human, action_of(t.target)) {
-        let request = authority::AuthorizeRequest {
-            principal: Some(authority::Principal {
-                kind: Some(authority::principal::Kind::Human(authority::Human {
-                    subject: human.subject,
-                    issuer: human.issuer,
-                })),
-            }),
-            action: action.to_owned(),
-            resource_id: t.id.clone(),
-            context: Some(authority::RequestContext {
-                incident_ref: t.incident.clone(),
-                correlation_id: t.correlation_id.clone(),
-                reason: t.reason.clone(),
-                ..Default::default()
-            }),
-            decision_evidence: authority::DecisionEvidence::Unspecified as i32,
-        };
-        let decision = crate::approval::authority(args)
-            .await?
-            .authorize(crate::approval::as_human(
-                request,
-                args.token_file.as_deref(),
-            )?)
-            .await?
-            .into_inner()
-            .decision
-            .context("authority answered without a decision")?;
-        match authority::Effect::try_from(decision.effect) {
-            Ok(authority::Effect::Allow) => {}
-            Ok(authority::Effect::ApprovalRequired) => {
-                return Err(tonic::Status::failed_precondition(format!(
-                    "{action} needs approval: request {} ({}); retry once it is approved",
-                    decision.approval_request_id, decision.reason
-                ))
-                .into());
-            }
-            _ => {
-                return Err(tonic::Status::permission_denied(format!(
-                    "authority denied {action} (decision {}): {}",
-                    decision.decision_id, decision.reason
-                ))
-                .into());
-            }
-        }
+    let mut request = tonic::Request::new(pb::TransitionStateRequest {
+        id: t.id,
+        target_state: t.target,
+        reason: t.reason,
+        expected_version: 0,
+        context: Some(pb::ChangeContext {
+            incident_ref: t.incident,
+            correlation_id: t.correlation_id,
+        }),
+    });
+    if let Some(token) = crate::login::stored_token(args.token_file.as_deref())? {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse()?);
     }
     let answer = inventory(args)
         .await?
-        .transition_state(pb::TransitionStateRequest {
-            id: t.id,
-            target_state: t.target,
-            reason: t.reason,
-            expected_version: 0,
-            context: Some(pb::ChangeContext {
-                incident_ref: t.incident,
-                correlation_id: t.correlation_id,
-            }),
-        })
+        .transition_state(request)
         .await?
         .into_inner();
     let identity = answer

@@ -324,13 +324,20 @@ impl TestStack {
         if let Some(addr) = broker_addr {
             peers.credential_broker = addr.to_string();
         }
+        // Inventory asks authority about lifecycle changes, and starts
+        // before it: authority's port is reserved up front too.
+        let authority_addr = names.contains(&"authority").then(reserve_port);
+        if let Some(addr) = authority_addr {
+            peers.authority = addr.to_string();
+        }
         for name in names.iter().copied() {
             let mut config = Self::config_for(&pki, &backend, name).await;
             config.peers = peers.clone();
-            if name == "credential-broker"
-                && let Some(addr) = broker_addr
-            {
-                config.listen_addr = addr;
+            match (name, broker_addr, authority_addr) {
+                ("credential-broker", Some(addr), _) | ("authority", _, Some(addr)) => {
+                    config.listen_addr = addr;
+                }
+                _ => {}
             }
             let app = if name == "audit" {
                 steward_audit::build(steward_audit::AuditConfig {

@@ -761,11 +761,11 @@ async fn dead_identities_get_nothing_approvals_are_named_and_authority_down_fail
     let mut stack = TestStack::start().await;
     // The site's policies alone, without Steward's default forbid: the
     // broker itself still refuses a suspended identity. (The operator's
-    // permit to manage policy keeps it from locking itself out.)
+    // permits keep it managing policy and lifecycle states.)
     stack
         .activate_policies(
             &format!(
-                "{BROKER_POLICIES}\n@id(\"operators-manage-policy\")\npermit (principal is Steward::Workload, action == Steward::Action::\"manage_policy\", resource) when {{ principal.role == \"operator\" }};"
+                "{BROKER_POLICIES}\n@id(\"operators-manage-policy\")\npermit (principal is Steward::Workload, action in [Steward::Action::\"manage_policy\", Steward::Action::\"suspend\", Steward::Action::\"reinstate\"], resource) when {{ principal.role == \"operator\" }};"
             ),
             false,
         )

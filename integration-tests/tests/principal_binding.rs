@@ -715,3 +715,108 @@ async fn every_record_of_a_break_glass_carries_its_correlation_id() {
         assert_eq!(record.correlation_id, "corr-glass", "{}", record.action);
     }
 }
+
+#[tokio::test]
+async fn a_persons_transition_through_inventory_is_decided_by_authority() {
+    use steward_integration_tests::inventory::state_of;
+    use steward_proto::steward::inventory::v1 as inv;
+
+    let stack = TestStack::start().await;
+    let mut inventory = stack.inventory().await;
+    let nhi = create(&mut inventory, spec("billing-sync-token")).await.id;
+    let mut ops =
+        AuthorityServiceClient::new(stack.service("authority").channel(&stack.operator).await);
+    install_site(&mut ops).await;
+    let to = |state: inv::LifecycleState| inv::TransitionStateRequest {
+        id: nhi.clone(),
+        target_state: state as i32,
+        reason: "the key is being used from a new region".into(),
+        expected_version: 0,
+        context: Some(inv::ChangeContext {
+            incident_ref: "INC-8".into(),
+            correlation_id: "corr-INC-8".into(),
+        }),
+    };
+    let active = inv::LifecycleState::Active as i32;
+
+    // Alice (an owner, but no policy lets her suspend) and a token that
+    // does not verify change nothing, as through the CLI.
+    let err = inventory
+        .transition_state(bearer(
+            to(inv::LifecycleState::Suspended),
+            &stack.token("alice"),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
+    assert!(
+        err.message().contains("authority denied suspend"),
+        "{}",
+        err.message()
+    );
+    let err = inventory
+        .transition_state(bearer(to(inv::LifecycleState::Suspended), "forged"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{}", err.message());
+    assert_eq!(state_of(&mut inventory, &nhi).await, active);
+
+    // On call, after breaking glass for it, may.
+    ops.break_glass(bearer(
+        pb::BreakGlassRequest {
+            action: "suspend".into(),
+            resource_id: nhi.clone(),
+            incident_ref: "INC-8".into(),
+            reason: "the key is being used from a new region".into(),
+            duration_seconds: 600,
+            correlation_id: "corr-INC-8".into(),
+        },
+        &stack.token("oncall"),
+    ))
+    .await
+    .unwrap();
+    let moved = inventory
+        .transition_state(bearer(
+            to(inv::LifecycleState::Suspended),
+            &stack.token("oncall"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        moved.identity.unwrap().state,
+        inv::LifecycleState::Suspended as i32
+    );
+    // The change's record carries authority's decision.
+    let entries = stack.evidence_of(&nhi, "identity.suspend", 1).await;
+    let suspended = entries
+        .iter()
+        .filter_map(|e| e.record.as_ref())
+        .find(|r| r.action == "identity.suspend")
+        .unwrap();
+    let decision = suspended.decision.as_ref().unwrap();
+    assert_eq!(decision.policy_ids, vec!["steward-break-glass-acts"]);
+    assert!(!suspended.attributes["decision_id"].is_empty());
+
+    // Lifting the suspension asks too: the owner may, automation may not
+    // even call (the allowlist), and the operator's own SVID may.
+    let mut soar = stack.inventory_caller("/automation/soar").await;
+    let err = soar
+        .transition_state(to(inv::LifecycleState::Active))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let lifted = inventory
+        .transition_state(bearer(
+            to(inv::LifecycleState::Active),
+            &stack.token("alice"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(lifted.identity.unwrap().state, active);
+    inventory
+        .transition_state(to(inv::LifecycleState::Watchlisted))
+        .await
+        .unwrap();
+}

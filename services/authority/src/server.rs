@@ -375,9 +375,15 @@ impl AuthorityServer {
     fn named_principal(
         &self,
         r: &pb::AuthorizeRequest,
+        actor: &Actor,
         field: &dyn Fn(&str) -> String,
     ) -> Result<Principal, Status> {
         match r.principal.as_ref().and_then(|p| p.kind.as_ref()) {
+            Some(pb::principal::Kind::Caller(true)) => self.principal_of(actor),
+            Some(pb::principal::Kind::Caller(false)) => Err(Status::invalid_argument(format!(
+                "{}: is false; set it to ask for the caller, or name a principal",
+                field("principal.caller")
+            ))),
             Some(pb::principal::Kind::Workload(id)) => {
                 let id = SpiffeId::parse(id).map_err(|e| {
                     Status::invalid_argument(format!("{}: {e}", field("principal.workload")))
@@ -478,7 +484,7 @@ impl AuthorityServer {
         asking: Asking,
     ) -> Result<Asked, Status> {
         let field = |f: &str| format!("{prefix}{f}");
-        let principal = self.named_principal(r, &field)?;
+        let principal = self.named_principal(r, actor, &field)?;
         if !NHI_ACTIONS.contains(&r.action.as_str()) {
             return Err(Status::invalid_argument(format!(
                 "{}: {} is not one of {}",

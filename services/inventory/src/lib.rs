@@ -141,8 +141,26 @@ pub async fn routes(context: ServiceContext) -> Result<Routes, StartError> {
         context.spiffe_id.to_string(),
         context.shutdown(),
     ));
-    let server =
-        server::InventoryServer::new(store, transitions, context.spiffe_id.trust_domain().clone());
+    // Lifecycle changes are authority's to decide; with no authority
+    // configured, they fail closed (except authority's own).
+    let authority = if context.peers.authority.is_empty() {
+        tracing::warn!(
+            "no authority configured (peers.authority): lifecycle transitions are refused"
+        );
+        None
+    } else {
+        Some(context.peer_channel("authority", &context.peers.authority)?)
+    };
+    let authority_id = format!(
+        "spiffe://{}/service/authority",
+        context.spiffe_id.trust_domain()
+    );
+    let server = server::InventoryServer::new(
+        store,
+        transitions,
+        context.spiffe_id.trust_domain().clone(),
+        server::gate::LifecycleGate::new(authority, authority_id),
+    );
     Ok(Routes::new(
         InventoryServiceServer::new(server)
             .max_decoding_message_size(MAX_REQUEST_BYTES)

@@ -2,6 +2,7 @@
 //! protobuf out. Every error becomes a precise status here and nowhere else.
 
 pub mod convert;
+pub mod gate;
 
 use std::collections::BTreeSet;
 
@@ -35,14 +36,21 @@ pub struct InventoryServer {
     store: Store,
     transitions: Transitions,
     trust_domain: TrustDomain,
+    gate: gate::LifecycleGate,
 }
 
 impl InventoryServer {
-    pub fn new(store: Store, transitions: Transitions, trust_domain: TrustDomain) -> Self {
+    pub fn new(
+        store: Store,
+        transitions: Transitions,
+        trust_domain: TrustDomain,
+        gate: gate::LifecycleGate,
+    ) -> Self {
         Self {
             store,
             transitions,
             trust_domain,
+            gate,
         }
     }
 
@@ -331,10 +339,23 @@ impl InventoryService for InventoryServer {
         request: Request<pb::TransitionStateRequest>,
     ) -> Result<Response<pb::TransitionStateResponse>, Status> {
         let context = context(&request, request.get_ref().context.as_ref())?;
-        let r = request.into_inner();
+        let r = request.get_ref();
         let id = id("id", &r.id)?;
         let target = state("target_state", r.target_state).map_err(invalid)?;
         required("reason", &r.reason, MAX_TEXT).map_err(invalid)?;
+        // An illegal move is refused before authority is asked, so that
+        // only a decision about a change that can happen is recorded (the
+        // writer checks again, against the state it commits on).
+        let current = self.store.get(&id).await.map_err(status)?;
+        current
+            .state
+            .transition_to(target)
+            .map_err(|why| Status::failed_precondition(format!("target_state: {why}")))?;
+        let allowed = self
+            .gate
+            .decide(&request, &id, target, &r.reason, &context)
+            .await?;
+        let r = request.into_inner();
         let (identity, transition) = self
             .transitions
             .submit(TransitionRequest {
@@ -343,6 +364,7 @@ impl InventoryService for InventoryServer {
                 reason: r.reason,
                 expected_version: version(r.expected_version),
                 context,
+                allowed,
             })
             .await
             .map_err(status)?;

@@ -108,6 +108,7 @@ fn the_default_policies_validate_against_the_schema() {
             "steward-operators-close-incidents",
             "steward-operators-manage-policy",
             "steward-policy-admins-manage-policy",
+            "steward-operators-manage-lifecycle",
         ]
     );
 }

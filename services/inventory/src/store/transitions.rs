@@ -32,6 +32,9 @@ pub struct TransitionRequest {
     pub reason: String,
     pub expected_version: Option<i64>,
     pub context: ChangeContext,
+    /// Authority's ALLOW, recorded with the change (`None` for authority's
+    /// own transitions, which its rules decided).
+    pub allowed: Option<crate::server::gate::Allowed>,
 }
 
 /// One row of an identity's lifecycle history.
@@ -290,7 +293,7 @@ fn plan(
         reversible: request.target.is_reversible(),
         at: now,
     };
-    let record = evidence::record(
+    let mut record = evidence::record(
         &request.context,
         &format!("identity.{}", verb(from, request.target)),
         Some((&identity.id, identity.spec.kind)),
@@ -300,8 +303,19 @@ fn plan(
             ("to_state", request.target.as_str().to_owned()),
             ("reversible", transition.reversible.to_string()),
             ("transition_id", transition.id.hyphenated().to_string()),
+            (
+                "decision_id",
+                request
+                    .allowed
+                    .as_ref()
+                    .map(|a| a.decision_id.clone())
+                    .unwrap_or_default(),
+            ),
         ],
     );
+    if let Some(allowed) = &request.allowed {
+        record.decision = allowed.decision.clone();
+    }
     Ok((identity.clone(), transition, record))
 }
 

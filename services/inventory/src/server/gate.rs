@@ -1,0 +1,147 @@
+//! Lifecycle transitions are decided by authority before inventory makes
+//! them (ADR 0015): the same answer through this gRPC API as through the
+//! CLI. Inventory asks as a delegating Steward service, for its caller:
+//! the person of the call's bearer token (forwarded to authority, which
+//! verifies it), else the caller's SPIFFE ID. Authority's own transitions
+//! (its responder, which its rules decided) are not asked again. An
+//! unreachable authority changes nothing (fail closed).
+
+use steward_evidence::record::{Decision as EvidenceDecision, Effect as EvidenceEffect};
+use steward_proto::steward::authority::v1 as authority;
+use steward_proto::steward::authority::v1::authority_service_client::AuthorityServiceClient;
+use tonic::transport::Channel;
+use tonic::{Request, Status};
+use uuid::Uuid;
+
+use crate::domain::{ChangeContext, State};
+
+/// What authority allowed, for the transition's evidence record.
+#[derive(Debug, Clone)]
+pub struct Allowed {
+    pub decision_id: String,
+    pub decision: EvidenceDecision,
+}
+
+/// Inventory's client of authority's decisions.
+#[derive(Debug, Clone)]
+pub struct LifecycleGate {
+    authority: Option<AuthorityServiceClient<Channel>>,
+    /// `spiffe://<td>/service/authority`: its transitions are its own
+    /// decisions.
+    authority_id: String,
+}
+
+/// The policy action a move to `target` is.
+pub fn action_of(target: State) -> &'static str {
+    match target {
+        State::Active => "reinstate",
+        State::Watchlisted => "watchlist",
+        State::Restricted => "restrict",
+        State::Suspended => "suspend",
+        // Both end the identity for good.
+        State::Revoked | State::Decommissioned => "revoke",
+    }
+}
+
+impl LifecycleGate {
+    pub fn new(authority: Option<Channel>, authority_id: String) -> Self {
+        Self {
+            authority: authority.map(AuthorityServiceClient::new),
+            authority_id,
+        }
+    }
+
+    /// Asks authority whether the caller of `request` may move identity
+    /// `id` to `target`. `Ok(None)`: authority itself is the caller.
+    pub async fn decide<T>(
+        &self,
+        request: &Request<T>,
+        id: &Uuid,
+        target: State,
+        reason: &str,
+        context: &ChangeContext,
+    ) -> Result<Option<Allowed>, Status> {
+        if context.actor == self.authority_id {
+            return Ok(None);
+        }
+        let Some(client) = &self.authority else {
+            return Err(Status::unavailable(
+                "inventory has no authority to ask (peers.authority); lifecycle changes fail closed",
+            ));
+        };
+        let token = request.metadata().get("authorization").cloned();
+        let principal = if token.is_some() {
+            authority::principal::Kind::Caller(true)
+        } else {
+            authority::principal::Kind::Workload(context.actor.clone())
+        };
+        let action = action_of(target);
+        let mut ask = Request::new(authority::AuthorizeRequest {
+            principal: Some(authority::Principal {
+                kind: Some(principal),
+            }),
+            action: action.to_owned(),
+            resource_id: id.hyphenated().to_string(),
+            context: Some(authority::RequestContext {
+                incident_ref: context.incident_ref.clone(),
+                correlation_id: context.correlation_id.clone(),
+                reason: reason.to_owned(),
+                ..Default::default()
+            }),
+            decision_evidence: authority::DecisionEvidence::Unspecified as i32,
+        });
+        if let Some(token) = token {
+            ask.metadata_mut().insert("authorization", token);
+        }
+        let decision = match client.clone().authorize(ask).await {
+            Ok(answer) => answer
+                .into_inner()
+                .decision
+                .ok_or_else(|| Status::unavailable("authority answered without a decision"))?,
+            Err(status) => {
+                return Err(match status.code() {
+                    tonic::Code::Unauthenticated
+                    | tonic::Code::InvalidArgument
+                    | tonic::Code::NotFound
+                    | tonic::Code::PermissionDenied
+                    | tonic::Code::FailedPrecondition => {
+                        Status::new(status.code(), format!("authority: {}", status.message()))
+                    }
+                    code => {
+                        tracing::warn!(?code, "authority unreachable; refusing the transition");
+                        Status::unavailable(
+                            "authority cannot be reached; nothing was changed (fail closed); retry",
+                        )
+                    }
+                });
+            }
+        };
+        match authority::Effect::try_from(decision.effect) {
+            Ok(authority::Effect::Allow) => Ok(Some(Allowed {
+                decision: EvidenceDecision {
+                    policy_set_version: decision.policy_set_version.to_string(),
+                    effect: EvidenceEffect::Allow,
+                    policy_ids: decision.policy_ids,
+                    approval_ids: Vec::new(),
+                },
+                decision_id: decision.decision_id,
+            })),
+            Ok(authority::Effect::ApprovalRequired) => {
+                let mut status = Status::failed_precondition(format!(
+                    "approval required: authority opened approval request {} ({}); retry once it is approved",
+                    decision.approval_request_id, decision.reason
+                ));
+                if let Ok(value) = decision.approval_request_id.parse() {
+                    status
+                        .metadata_mut()
+                        .insert("steward-approval-request-id", value);
+                }
+                Err(status)
+            }
+            _ => Err(Status::permission_denied(format!(
+                "authority denied {action} on identity {id} (decision {}): {}",
+                decision.decision_id, decision.reason
+            ))),
+        }
+    }
+}
