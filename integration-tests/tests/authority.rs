@@ -412,14 +412,29 @@ async fn decisions_use_inventory_facts_and_reach_audit() {
 
     // Every Authorize is in the log, with the version and deciding policies.
     // Creation, the suspension and six decisions, from two services'
-    // outboxes; and the approval's request, review, approval, grant and use.
-    let evidence = stack.evidence_for(&nhi, 13).await;
+    // outboxes; and the approval's request, review, approval, grant and use;
+    // and the decision inventory asked for before the suspension.
+    let evidence = stack.evidence_for(&nhi, 14).await;
+    let inventory_id = "spiffe://steward.test/service/inventory";
+    let asked_by = |r: &&steward_proto::steward::audit::v1::EvidenceRecord| {
+        r.actor.as_ref().unwrap().workload_spiffe_id.clone()
+    };
     let decisions: Vec<_> = evidence
         .iter()
         .filter_map(|e| e.record.as_ref())
-        .filter(|r| r.action == "decision.authorize")
+        .filter(|r| r.action == "decision.authorize" && asked_by(r) != inventory_id)
         .collect();
     assert_eq!(decisions.len(), 6, "{evidence:?}");
+    let for_the_suspension: Vec<_> = evidence
+        .iter()
+        .filter_map(|e| e.record.as_ref())
+        .filter(|r| r.action == "decision.authorize" && asked_by(r) == inventory_id)
+        .collect();
+    assert_eq!(for_the_suspension.len(), 1, "{evidence:?}");
+    assert_eq!(
+        for_the_suspension[0].attributes["requested_action"],
+        "suspend"
+    );
     let first = decisions[0];
     assert_eq!(first.incident_ref, "INC-42");
     assert_eq!(first.correlation_id, "corr-42");

@@ -245,19 +245,50 @@ async fn access_reviews_apply_attestations_and_flag_what_was_not_attested() {
         .unwrap();
     assert_eq!(campaign.pending, 3);
 
-    let attest =
-        |identity: &str,
-         reviewer: &str,
-         decision: pb::ReviewDecision,
-         expiry: Option<prost_types::Timestamp>| pb::AttestReviewRequest {
-            campaign_id: campaign.id.clone(),
-            identity_id: identity.into(),
-            reviewer: reviewer.into(),
-            decision: decision as i32,
-            reason: "reviewed".into(),
-            new_expire_time: expiry,
-            context: None,
-        };
+    // A reviewer is the person of the call's bearer token, as authority
+    // verified it; the request names nobody.
+    let attest = |identity: &str,
+                  reviewer: &str,
+                  decision: pb::ReviewDecision,
+                  expiry: Option<prost_types::Timestamp>| {
+        steward_integration_tests::bearer(
+            pb::AttestReviewRequest {
+                campaign_id: campaign.id.clone(),
+                identity_id: identity.into(),
+                reviewer: String::new(),
+                decision: decision as i32,
+                reason: "reviewed".into(),
+                new_expire_time: expiry,
+                context: None,
+            },
+            &stack.token(reviewer),
+        )
+    };
+    // Without a person's token, nobody attests; naming another reviewer
+    // than the token's person is refused.
+    let mut anonymous = attest(
+        &keep,
+        "alice",
+        pb::ReviewDecision::StillNeeded,
+        Some(days_from_now(90)),
+    )
+    .into_inner();
+    let err = client.attest_review(anonymous.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(
+        err.message().starts_with("authorization"),
+        "{}",
+        err.message()
+    );
+    anonymous.reviewer = "alice".into();
+    let err = client
+        .attest_review(steward_integration_tests::bearer(
+            anonymous,
+            &stack.token("mallory"),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
     // Only an owner may attest.
     let err = client
         .attest_review(attest(
@@ -269,7 +300,7 @@ async fn access_reviews_apply_attestations_and_flag_what_was_not_attested() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
-    assert!(err.message().contains("alice"), "{}", err.message());
+    assert!(err.message().contains("attest"), "{}", err.message());
     let err = client
         .attest_review(attest(
             &keep,
@@ -307,8 +338,9 @@ async fn access_reviews_apply_attestations_and_flag_what_was_not_attested() {
     assert_eq!(err.code(), Code::FailedPrecondition);
     let dropped = client
         .attest_review(attest(
+            // bea answers for team-billing, the owning team she is in.
             &drop,
-            "team-billing",
+            "bea",
             pb::ReviewDecision::Revoke,
             None,
         ))
@@ -382,19 +414,31 @@ async fn access_reviews_apply_attestations_and_flag_what_was_not_attested() {
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
 
-    let evidence = stack.evidence_for(&silent, 2).await;
-    let actions: Vec<&str> = evidence
-        .iter()
-        .map(|e| e.record.as_ref().unwrap().action.as_str())
-        .collect();
+    // Inventory's own records (authority keeps its record of each
+    // attestation's decision beside them).
+    let own = |entries: Vec<steward_proto::steward::audit::v1::LogEntry>| -> Vec<String> {
+        entries
+            .into_iter()
+            .filter_map(|e| e.record)
+            .filter(|r| r.emitting_service == "inventory")
+            .map(|r| r.action)
+            .collect()
+    };
+    let actions = own(stack.evidence_of(&silent, "review.flag", 1).await);
     assert_eq!(actions, vec!["identity.create", "review.flag"]);
-    let evidence = stack.evidence_for(&drop, 3).await;
-    let actions: Vec<&str> = evidence
+    let entries = stack.evidence_of(&drop, "identity.revoke", 1).await;
+    let attested = entries
         .iter()
-        .map(|e| e.record.as_ref().unwrap().action.as_str())
-        .collect();
+        .filter_map(|e| e.record.as_ref())
+        .find(|r| r.action == "review.attest")
+        .unwrap();
+    assert_eq!(attested.attributes["reviewer"], "bea");
     assert_eq!(
-        actions,
+        attested.decision.as_ref().unwrap().policy_ids,
+        vec!["steward-owners-attest"]
+    );
+    assert_eq!(
+        own(entries),
         vec!["identity.create", "review.attest", "identity.revoke"]
     );
 }

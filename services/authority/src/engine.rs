@@ -53,6 +53,7 @@ pub const ACTIONS: &[&str] = &[
     "elevate",
     "approve",
     "break_glass",
+    "attest",
     "reinstate",
     "close_incident",
     "manage_policy",
@@ -73,6 +74,7 @@ pub const NHI_ACTIONS: &[&str] = &[
     "elevate",
     "approve",
     "break_glass",
+    "attest",
     "reinstate",
 ];
 
@@ -235,6 +237,20 @@ impl Engine {
                 ),
                 ("source_system".to_owned(), string(&facts.source_system)),
                 ("spiffe_id".to_owned(), string(&facts.spiffe_id)),
+                (
+                    "owners".to_owned(),
+                    RestrictedExpression::new_set(
+                        [&facts.technical_owner, &facts.business_owner]
+                            .into_iter()
+                            .filter(|o| !o.is_empty())
+                            .map(|o| {
+                                RestrictedExpression::new_entity_uid(Types::uid(
+                                    &self.types.group,
+                                    o,
+                                ))
+                            }),
+                    ),
+                ),
             ],
             [],
             facts.labels.iter().map(|(k, v)| (k.clone(), string(v))),

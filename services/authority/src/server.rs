@@ -766,6 +766,7 @@ fn decision_to_pb(
             kind: request.resource.kind.clone(),
         }),
         recorded_with_outcome: false,
+        principal: request.principal.id().to_owned(),
     }
 }
 

@@ -807,11 +807,22 @@ impl InventoryService for InventoryServer {
         request: Request<pb::AttestReviewRequest>,
     ) -> Result<Response<pb::AttestReviewResponse>, Status> {
         let context = context(&request, request.get_ref().context.as_ref())?;
+        let campaign_id = id("campaign_id", &request.get_ref().campaign_id)?;
+        let identity_id = id("identity_id", &request.get_ref().identity_id)?;
+        optional("reviewer", &request.get_ref().reviewer, MAX_NAME).map_err(invalid)?;
+        optional("reason", &request.get_ref().reason, MAX_TEXT).map_err(invalid)?;
+        // The reviewer is the person authority verified, never the field.
+        let (reviewer, allowed) = self
+            .gate
+            .attester(&request, &identity_id, &request.get_ref().reason, &context)
+            .await?;
         let r = request.into_inner();
-        let campaign_id = id("campaign_id", &r.campaign_id)?;
-        let identity_id = id("identity_id", &r.identity_id)?;
-        required("reviewer", &r.reviewer, MAX_NAME).map_err(invalid)?;
-        optional("reason", &r.reason, MAX_TEXT).map_err(invalid)?;
+        if !(r.reviewer.is_empty() || r.reviewer == reviewer) {
+            return Err(Status::permission_denied(format!(
+                "reviewer: the reviewer is the person of the bearer token ({}); leave it empty",
+                steward_errors::shown(&reviewer)
+            )));
+        }
         let decision = decision("decision", r.decision).map_err(invalid)?;
         let new_expires_at =
             nanos("new_expire_time", r.new_expire_time.as_ref()).map_err(invalid)?;
@@ -848,7 +859,8 @@ impl InventoryService for InventoryServer {
                 &Attestation {
                     campaign_id,
                     identity_id,
-                    reviewer: r.reviewer,
+                    reviewer,
+                    allowed: Some(allowed),
                     decision,
                     reason: r.reason,
                     new_expires_at: if decision == Decision::StillNeeded {

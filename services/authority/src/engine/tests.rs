@@ -109,6 +109,7 @@ fn the_default_policies_validate_against_the_schema() {
             "steward-operators-manage-policy",
             "steward-policy-admins-manage-policy",
             "steward-operators-manage-lifecycle",
+            "steward-owners-attest",
         ]
     );
 }

@@ -51,6 +51,26 @@ impl LifecycleGate {
         }
     }
 
+    /// Asks authority whether the person of `request`'s bearer token may
+    /// answer identity `id`'s access review (`attest`), and returns that
+    /// person's name as authority verified it: an attestation's reviewer
+    /// is never taken from the request.
+    pub async fn attester<T>(
+        &self,
+        request: &Request<T>,
+        id: &Uuid,
+        reason: &str,
+        context: &ChangeContext,
+    ) -> Result<(String, Allowed), Status> {
+        if request.metadata().get("authorization").is_none() {
+            return Err(Status::permission_denied(
+                "authorization: an attestation is a person's answer; call with their bearer token",
+            ));
+        }
+        let (allowed, principal) = self.ask(request, id, "attest", reason, context).await?;
+        Ok((principal, allowed))
+    }
+
     /// Asks authority whether the caller of `request` may move identity
     /// `id` to `target`. `Ok(None)`: authority itself is the caller.
     pub async fn decide<T>(
@@ -64,6 +84,23 @@ impl LifecycleGate {
         if context.actor == self.authority_id {
             return Ok(None);
         }
+        let (allowed, _) = self
+            .ask(request, id, action_of(target), reason, context)
+            .await?;
+        Ok(Some(allowed))
+    }
+
+    /// Authority's ALLOW of `action` on `id` for the caller of `request`,
+    /// with the principal it decided for; anything else is the caller's
+    /// error.
+    async fn ask<T>(
+        &self,
+        request: &Request<T>,
+        id: &Uuid,
+        action: &str,
+        reason: &str,
+        context: &ChangeContext,
+    ) -> Result<(Allowed, String), Status> {
         let Some(client) = &self.authority else {
             return Err(Status::unavailable(
                 "inventory has no authority to ask (peers.authority); lifecycle changes fail closed",
@@ -75,7 +112,6 @@ impl LifecycleGate {
         } else {
             authority::principal::Kind::Workload(context.actor.clone())
         };
-        let action = action_of(target);
         let mut ask = Request::new(authority::AuthorizeRequest {
             principal: Some(authority::Principal {
                 kind: Some(principal),
@@ -117,15 +153,18 @@ impl LifecycleGate {
             }
         };
         match authority::Effect::try_from(decision.effect) {
-            Ok(authority::Effect::Allow) => Ok(Some(Allowed {
-                decision: EvidenceDecision {
-                    policy_set_version: decision.policy_set_version.to_string(),
-                    effect: EvidenceEffect::Allow,
-                    policy_ids: decision.policy_ids,
-                    approval_ids: Vec::new(),
+            Ok(authority::Effect::Allow) => Ok((
+                Allowed {
+                    decision: EvidenceDecision {
+                        policy_set_version: decision.policy_set_version.to_string(),
+                        effect: EvidenceEffect::Allow,
+                        policy_ids: decision.policy_ids,
+                        approval_ids: Vec::new(),
+                    },
+                    decision_id: decision.decision_id,
                 },
-                decision_id: decision.decision_id,
-            })),
+                decision.principal,
+            )),
             Ok(authority::Effect::ApprovalRequired) => {
                 let mut status = Status::failed_precondition(format!(
                     "approval required: authority opened approval request {} ({}); retry once it is approved",

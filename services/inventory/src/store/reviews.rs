@@ -58,7 +58,11 @@ pub struct ReviewItem {
 pub struct Attestation {
     pub campaign_id: Uuid,
     pub identity_id: Uuid,
+    /// The person authority verified.
     pub reviewer: String,
+    /// Authority's ALLOW of the attestation (its `attest` decision):
+    /// whether the reviewer may answer for this identity is its to say.
+    pub allowed: Option<crate::server::gate::Allowed>,
     pub decision: Decision,
     pub reason: String,
     pub new_expires_at: Option<Nanos>,
@@ -392,11 +396,12 @@ impl Store {
                     "identity_id: already attested ({}) by {}", item.decision, item.reviewer
                 )));
             }
-            if !item.owners.contains(&a.reviewer) {
+            // Unchecked attestations are not taken: authority decides who
+            // may answer (its owners, by name or by group).
+            if a.allowed.is_none() {
                 return Err(Error::PermissionDenied(format!(
-                    "reviewer: {:?} does not own this identity; its owners are {}",
-                    a.reviewer,
-                    if item.owners.is_empty() { "none".to_owned() } else { item.owners.join(", ") }
+                    "reviewer: {} was not allowed by authority to attest",
+                    steward_errors::shown(&a.reviewer)
                 )));
             }
             let sql = format!("SELECT kind, state, version FROM identities WHERE id = $1{}", <Db as Engine>::FOR_UPDATE);
@@ -464,7 +469,7 @@ impl Store {
                 .bind(&identity)
                 .execute(&mut *tx)
                 .await?;
-            records.insert(0, evidence::record(
+            let mut attested = evidence::record(
                 context,
                 "review.attest",
                 Some((&a.identity_id, kind)),
@@ -474,8 +479,13 @@ impl Store {
                     ("decision", a.decision.as_str().to_owned()),
                     ("reviewer", a.reviewer.clone()),
                     ("new_expires_at_ns", a.new_expires_at.map(|t| t.to_string()).unwrap_or_default()),
+                    ("decision_id", a.allowed.as_ref().map(|d| d.decision_id.clone()).unwrap_or_default()),
                 ],
-            ));
+            );
+            if let Some(allowed) = &a.allowed {
+                attested.decision = allowed.decision.clone();
+            }
+            records.insert(0, attested);
             tx.enqueue_all(&records).await?;
             tx.commit().await?;
             item.decision = a.decision;
