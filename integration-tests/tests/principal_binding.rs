@@ -66,6 +66,24 @@ async fn install_site(client: &mut Client) -> u64 {
     version
 }
 
+/// A stack with one NHI (alice its technical owner, team-billing its
+/// business owner) and the site's policies active; an inventory client and
+/// an authority client as the operator.
+async fn site_stack() -> (
+    TestStack,
+    steward_integration_tests::inventory::Client,
+    String,
+    Client,
+) {
+    let stack = TestStack::start().await;
+    let mut inventory = stack.inventory().await;
+    let nhi = create(&mut inventory, spec("billing-sync-token")).await.id;
+    let mut ops =
+        AuthorityServiceClient::new(stack.service("authority").channel(&stack.operator).await);
+    install_site(&mut ops).await;
+    (stack, inventory, nhi, ops)
+}
+
 fn context(incident: &str) -> pb::RequestContext {
     pb::RequestContext {
         incident_ref: incident.into(),
@@ -140,12 +158,7 @@ async fn active_version(client: &mut Client) -> u64 {
 
 #[tokio::test]
 async fn a_workload_cannot_act_as_another_nor_spend_its_grant() {
-    let stack = TestStack::start().await;
-    let mut inventory = stack.inventory().await;
-    let nhi = create(&mut inventory, spec("billing-sync-token")).await.id;
-    let mut ops =
-        AuthorityServiceClient::new(stack.service("authority").channel(&stack.operator).await);
-    install_site(&mut ops).await;
+    let (stack, _, nhi, mut ops) = site_stack().await;
     let mut soar = stack.authority_caller("/automation/soar").await;
     let mut scanner = stack.authority_caller("/automation/secret-scanner").await;
 
@@ -236,12 +249,7 @@ async fn a_workload_cannot_act_as_another_nor_spend_its_grant() {
 
 #[tokio::test]
 async fn a_persons_request_names_that_person_who_cannot_approve_it() {
-    let stack = TestStack::start().await;
-    let mut inventory = stack.inventory().await;
-    let nhi = create(&mut inventory, spec("billing-sync-token")).await.id;
-    let mut ops =
-        AuthorityServiceClient::new(stack.service("authority").channel(&stack.operator).await);
-    install_site(&mut ops).await;
+    let (stack, _, nhi, mut ops) = site_stack().await;
     let alice = stack.token("alice");
 
     // Alice, on the operator's SVID, asks for the SOAR bot: not hers to ask.
@@ -314,12 +322,7 @@ async fn a_persons_request_names_that_person_who_cannot_approve_it() {
 
 #[tokio::test]
 async fn a_delegate_acts_for_a_principal_only_where_a_policy_says_and_is_recorded() {
-    let stack = TestStack::start().await;
-    let mut inventory = stack.inventory().await;
-    let nhi = create(&mut inventory, spec("billing-sync-token")).await.id;
-    let mut ops =
-        AuthorityServiceClient::new(stack.service("authority").channel(&stack.operator).await);
-    install_site(&mut ops).await;
+    let (stack, _, nhi, mut ops) = site_stack().await;
     let mut runner = stack.authority_caller("/automation/runner").await;
 
     // The runner may act for the SOAR bot, and for no one else.
@@ -397,12 +400,7 @@ async fn a_delegate_acts_for_a_principal_only_where_a_policy_says_and_is_recorde
 
 #[tokio::test]
 async fn closing_an_incident_is_decided_by_policy() {
-    let stack = TestStack::start().await;
-    let mut inventory = stack.inventory().await;
-    let nhi = create(&mut inventory, spec("billing-sync-token")).await.id;
-    let mut ops =
-        AuthorityServiceClient::new(stack.service("authority").channel(&stack.operator).await);
-    install_site(&mut ops).await;
+    let (stack, _, nhi, mut ops) = site_stack().await;
     let mut soar = stack.authority_caller("/automation/soar").await;
     let asked = decide(&mut soar, as_workload(SOAR, "rotate", &nhi, "INC-4")).await;
     let request_id = asked.approval_request_id;
@@ -611,12 +609,7 @@ async fn policies_are_managed_only_by_those_a_policy_permits() {
 
 #[tokio::test]
 async fn asking_again_before_a_grants_start_returns_the_same_request() {
-    let stack = TestStack::start().await;
-    let mut inventory = stack.inventory().await;
-    let nhi = create(&mut inventory, spec("billing-sync-token")).await.id;
-    let mut ops =
-        AuthorityServiceClient::new(stack.service("authority").channel(&stack.operator).await);
-    install_site(&mut ops).await;
+    let (stack, _, nhi, mut ops) = site_stack().await;
     let mut soar = stack.authority_caller("/automation/soar").await;
     let start = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
     let scheduled = || {
@@ -664,12 +657,7 @@ async fn asking_again_before_a_grants_start_returns_the_same_request() {
 
 #[tokio::test]
 async fn every_record_of_a_break_glass_carries_its_correlation_id() {
-    let stack = TestStack::start().await;
-    let mut inventory = stack.inventory().await;
-    let nhi = create(&mut inventory, spec("billing-sync-token")).await.id;
-    let mut ops =
-        AuthorityServiceClient::new(stack.service("authority").channel(&stack.operator).await);
-    install_site(&mut ops).await;
+    let (stack, _, nhi, mut ops) = site_stack().await;
     let glass = ops
         .break_glass(bearer(
             pb::BreakGlassRequest {
@@ -721,12 +709,7 @@ async fn a_persons_transition_through_inventory_is_decided_by_authority() {
     use steward_integration_tests::inventory::state_of;
     use steward_proto::steward::inventory::v1 as inv;
 
-    let stack = TestStack::start().await;
-    let mut inventory = stack.inventory().await;
-    let nhi = create(&mut inventory, spec("billing-sync-token")).await.id;
-    let mut ops =
-        AuthorityServiceClient::new(stack.service("authority").channel(&stack.operator).await);
-    install_site(&mut ops).await;
+    let (stack, mut inventory, nhi, mut ops) = site_stack().await;
     let to = |state: inv::LifecycleState| inv::TransitionStateRequest {
         id: nhi.clone(),
         target_state: state as i32,

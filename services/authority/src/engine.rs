@@ -41,28 +41,7 @@ pub const SCHEMA: &str = include_str!("../policy/steward.cedarschema");
 /// The policy set a fresh authority starts with.
 pub const DEFAULT_POLICIES: &str = include_str!("../policy/default.cedar");
 
-/// The actions of the schema, in the order the API lists them.
-pub const ACTIONS: &[&str] = &[
-    "issue",
-    "renew",
-    "rotate",
-    "revoke",
-    "suspend",
-    "restrict",
-    "watchlist",
-    "elevate",
-    "approve",
-    "break_glass",
-    "attest",
-    "reinstate",
-    "close_incident",
-    "manage_policy",
-    "act_for",
-];
-
 /// The actions whose resource is an NHI: the ones `Authorize` decides.
-/// The others are decided by the RPC that takes them (`CloseIncident`,
-/// the policy and rule uploads, delegation in `Authorize` itself).
 pub const NHI_ACTIONS: &[&str] = &[
     "issue",
     "renew",
@@ -77,6 +56,15 @@ pub const NHI_ACTIONS: &[&str] = &[
     "attest",
     "reinstate",
 ];
+
+/// The other actions, decided by the RPC that takes them (`CloseIncident`,
+/// the policy and rule uploads, delegation in `Authorize` itself).
+pub const OTHER_ACTIONS: &[&str] = &["close_incident", "manage_policy", "act_for"];
+
+/// Every action of the schema, in the order the API lists them.
+pub fn actions() -> impl Iterator<Item = &'static str> {
+    NHI_ACTIONS.iter().chain(OTHER_ACTIONS).copied()
+}
 
 /// What a decision is about: the entity type of its resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -176,7 +164,7 @@ impl Engine {
             .map_err(|e| EngineError::Schema(e.to_string()))?;
         let mut action_entities = HashMap::new();
         let mut action_keys = HashMap::new();
-        for name in ACTIONS {
+        for name in actions() {
             let uid = action_uid(name)?;
             let groups: Vec<EntityUid> = entities
                 .ancestors(&uid)
@@ -186,12 +174,12 @@ impl Engine {
                 .chain(groups.iter())
                 .filter_map(|u| entities.get(u).cloned())
                 .collect();
-            action_entities.insert((*name).to_owned(), needed);
+            action_entities.insert(name.to_owned(), needed);
             let keys = std::iter::once(&uid)
                 .chain(groups.iter())
                 .map(|u| u.id().unescaped().to_owned())
                 .collect();
-            action_keys.insert((*name).to_owned(), keys);
+            action_keys.insert(name.to_owned(), keys);
         }
         Ok(Self {
             schema,

@@ -340,6 +340,22 @@ pub(crate) enum Asking {
 /// without a policy: they authenticated that caller themselves.
 const DELEGATING_SERVICES: &[&str] = &["/service/credential-broker", "/service/inventory"];
 
+/// The context of a decision about what `actor` itself is doing now, for
+/// `incident_ref` (no task window beyond the moment).
+fn own_context(actor: &Actor, incident_ref: &str) -> RequestContext {
+    let now = now_ns() / 1_000_000_000;
+    RequestContext {
+        incident_ref: incident_ref.to_owned(),
+        now,
+        window_start: now,
+        window_end: now,
+        requester: actor.name().to_owned(),
+        acting_workload: actor.workload.clone(),
+        acting_human: actor.human_subject.clone(),
+        ..RequestContext::default()
+    }
+}
+
 /// Whether two principals are the same one.
 fn same_principal(a: &Principal, b: &Principal) -> bool {
     match (a, b) {
@@ -446,20 +462,11 @@ impl AuthorityServer {
             .engine
             .principal_resource(principal)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let now = now_ns() / 1_000_000_000;
         let (decision, version) = self.decide_now(&DecisionRequest {
             principal: own,
             action: "act_for".to_owned(),
             resource,
-            context: RequestContext {
-                now,
-                window_start: now,
-                window_end: now,
-                requester: actor.name().to_owned(),
-                acting_workload: actor.workload.clone(),
-                acting_human: actor.human_subject.clone(),
-                ..RequestContext::default()
-            },
+            context: own_context(actor, ""),
         })?;
         if decision.effect != Effect::Allow {
             return Err(Status::permission_denied(format!(
@@ -1390,21 +1397,11 @@ impl AuthorityServer {
         incident_ref: &str,
         correlation_id: &str,
     ) -> Result<EvidenceDecision, Status> {
-        let now = now_ns() / 1_000_000_000;
         let request = DecisionRequest {
             principal: self.principal_of(actor)?,
             action: action.to_owned(),
             resource,
-            context: RequestContext {
-                incident_ref: incident_ref.to_owned(),
-                now,
-                window_start: now,
-                window_end: now,
-                requester: actor.name().to_owned(),
-                acting_workload: actor.workload.clone(),
-                acting_human: actor.human_subject.clone(),
-                ..RequestContext::default()
-            },
+            context: own_context(actor, incident_ref),
         };
         let (decision, version) = self.decide_now(&request)?;
         if decision.effect != Effect::Allow {
@@ -1479,7 +1476,6 @@ impl AuthorityServer {
             Err(status) if status.code() == tonic::Code::NotFound => return Ok(()),
             Err(status) => return Err(status),
         };
-        let now = now_ns() / 1_000_000_000;
         let request = DecisionRequest {
             principal: self.principal_of(actor)?,
             action: "manage_policy".to_owned(),
@@ -1488,15 +1484,7 @@ impl AuthorityServer {
                 .engine
                 .document("policies")
                 .map_err(|e| Status::internal(e.to_string()))?,
-            context: RequestContext {
-                now,
-                window_start: now,
-                window_end: now,
-                requester: actor.name().to_owned(),
-                acting_workload: actor.workload.clone(),
-                acting_human: actor.human_subject.clone(),
-                ..RequestContext::default()
-            },
+            context: own_context(actor, ""),
         };
         let decision = set
             .decide(&self.shared.engine, &request)

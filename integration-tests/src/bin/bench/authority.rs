@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use hdrhistogram::Histogram;
 use steward_authority::engine::{
-    ACTIONS, CompiledSet, DEFAULT_POLICIES, DecisionRequest, Engine, NhiFacts, Principal,
+    CompiledSet, DEFAULT_POLICIES, DecisionRequest, Engine, NHI_ACTIONS, NhiFacts, Principal,
     RequestContext,
 };
 
@@ -33,7 +33,7 @@ fn policies() -> String {
     };
     // 600 per-workload grants.
     for i in 0..600 {
-        let action = ACTIONS[i % 7];
+        let action = NHI_ACTIONS[i % 7];
         add(format!(
             "@max_ttl(\"{}\") permit (principal == Steward::Workload::\"spiffe://steward.test/w/{}\", action == Steward::Action::\"{action}\", resource) when {{ resource.environment == \"{}\" }};",
             300 + i,
@@ -60,7 +60,7 @@ fn policies() -> String {
     for i in 0..17 {
         add(format!(
             "forbid (principal, action == Steward::Action::\"{}\", resource) when {{ resource.risk_score > {} && !context.has_incident }};",
-            ACTIONS[i % ACTIONS.len()],
+            NHI_ACTIONS[i % NHI_ACTIONS.len()],
             90 + i % 10
         ));
     }
@@ -105,7 +105,7 @@ pub fn run() -> anyhow::Result<Vec<Figure>> {
                 trust_domain: "steward.test".into(),
                 groups: vec![format!("team-{}", i % 130)],
             },
-            action: ACTIONS[i % ACTIONS.len()].into(),
+            action: NHI_ACTIONS[i % NHI_ACTIONS.len()].into(),
             resource: std::sync::Arc::clone(&nhis[i * 7919 % NHIS]),
             context: RequestContext {
                 incident_ref: if i % 2 == 0 {
