@@ -803,3 +803,68 @@ async fn a_persons_transition_through_inventory_is_decided_by_authority() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn rotating_the_ca_is_decided_by_authority() {
+    use steward_proto::steward::broker::v1 as broker;
+
+    let stack = TestStack::start().await;
+    let mut ca = stack.broker_as(&stack.operator.clone()).await;
+    let bundle = async |ca: &mut steward_integration_tests::broker::Client| {
+        ca.get_trust_bundle(broker::GetTrustBundleRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .x509_intermediates
+    };
+    let before = bundle(&mut ca).await;
+    let rotate = || broker::RotateCaRequest {
+        rotate_root: false,
+        reason: "scheduled".into(),
+    };
+
+    // A person no policy lets rotate the CA, on the operator's SVID: the
+    // CA stays as it was. So does one whose token does not verify.
+    let err = ca
+        .rotate_ca(bearer(rotate(), &stack.token("alice")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
+    assert!(err.message().contains("rotate_ca"), "{}", err.message());
+    let err = ca.rotate_ca(bearer(rotate(), "forged")).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{}", err.message());
+    assert_eq!(bundle(&mut ca).await, before);
+
+    // The operator's own SVID may, and the record carries the decision.
+    ca.rotate_ca(rotate()).await.unwrap();
+    let after = bundle(&mut ca).await;
+    assert_ne!(after[0], before[0]);
+    let mut audit = stack.audit_reader().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let rotated = loop {
+        let found = audit
+            .query(steward_proto::steward::audit::v1::QueryRequest {
+                filter: Some(steward_proto::steward::audit::v1::EntryFilter {
+                    action: "ca.rotate".into(),
+                    ..Default::default()
+                }),
+                page_size: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .entries
+            .into_iter()
+            .find_map(|e| e.record);
+        if let Some(record) = found {
+            break record;
+        }
+        assert!(std::time::Instant::now() < deadline, "no ca.rotate record");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        rotated.decision.unwrap().policy_ids,
+        vec!["steward-operators-rotate-the-ca"]
+    );
+}

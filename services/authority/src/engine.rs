@@ -59,7 +59,7 @@ pub const NHI_ACTIONS: &[&str] = &[
 
 /// The other actions, decided by the RPC that takes them (`CloseIncident`,
 /// the policy and rule uploads, delegation in `Authorize` itself).
-pub const OTHER_ACTIONS: &[&str] = &["close_incident", "manage_policy", "act_for"];
+pub const OTHER_ACTIONS: &[&str] = &["close_incident", "manage_policy", "act_for", "rotate_ca"];
 
 /// Every action of the schema, in the order the API lists them.
 pub fn actions() -> impl Iterator<Item = &'static str> {
@@ -72,6 +72,7 @@ pub enum ResourceType {
     Nhi,
     Incident,
     Document,
+    TrustDomain,
     Human,
     Workload,
 }
@@ -82,6 +83,7 @@ impl ResourceType {
             "Steward::Nhi" => Some(Self::Nhi),
             "Steward::Incident" => Some(Self::Incident),
             "Steward::Document" => Some(Self::Document),
+            "Steward::TrustDomain" => Some(Self::TrustDomain),
             "Steward::Human" => Some(Self::Human),
             "Steward::Workload" => Some(Self::Workload),
             _ => None,
@@ -147,6 +149,7 @@ struct Types {
     nhi: EntityTypeName,
     incident: EntityTypeName,
     document: EntityTypeName,
+    trust_domain: EntityTypeName,
 }
 
 impl Types {
@@ -195,6 +198,7 @@ impl Engine {
                 nhi: type_name("Steward::Nhi")?,
                 incident: type_name("Steward::Incident")?,
                 document: type_name("Steward::Document")?,
+                trust_domain: type_name("Steward::TrustDomain")?,
             },
             authorizer: Authorizer::new(),
         })
@@ -256,6 +260,11 @@ impl Engine {
     /// `manage_policy`'s resource.
     pub fn document(&self, name: &str) -> Result<Arc<Resource>, EngineError> {
         self.named(ResourceType::Document, &self.types.document, name)
+    }
+
+    /// A trust domain (its CA), as `rotate_ca`'s resource.
+    pub fn trust_domain(&self, name: &str) -> Result<Arc<Resource>, EngineError> {
+        self.named(ResourceType::TrustDomain, &self.types.trust_domain, name)
     }
 
     /// A principal as a resource: whom `act_for` acts for.

@@ -301,12 +301,20 @@ struct Asked {
     principal: Principal,
     standing: Standing,
     action: String,
-    resource_id: Uuid,
+    resource: AskedResource,
     context: RequestContext,
     correlation_id: String,
     reason: String,
     /// Unix seconds; `i64::MAX` when unset.
     claim_by: i64,
+}
+
+/// What an `Authorize` is about, checked.
+#[derive(Debug, Clone)]
+enum AskedResource {
+    Nhi(Uuid),
+    /// This trust domain, for `rotate_ca`.
+    TrustDomain(String),
 }
 
 /// Why the caller may ask about the request's principal.
@@ -492,20 +500,48 @@ impl AuthorityServer {
     ) -> Result<Asked, Status> {
         let field = |f: &str| format!("{prefix}{f}");
         let principal = self.named_principal(r, actor, &field)?;
-        if !NHI_ACTIONS.contains(&r.action.as_str()) {
-            return Err(Status::invalid_argument(format!(
-                "{}: {} is not one of {}",
-                field("action"),
-                steward_errors::shown(&r.action),
-                NHI_ACTIONS.join(", ")
-            )));
-        }
-        let resource_id = Uuid::try_parse(&r.resource_id).map_err(|_| {
-            Status::invalid_argument(format!(
-                "{}: is not an identity id (UUID)",
-                field("resource_id")
-            ))
-        })?;
+        let resource = match pb::ResourceKind::try_from(r.resource_kind) {
+            Ok(pb::ResourceKind::Unspecified | pb::ResourceKind::Nhi) => {
+                if !NHI_ACTIONS.contains(&r.action.as_str()) {
+                    return Err(Status::invalid_argument(format!(
+                        "{}: {} is not one of {}",
+                        field("action"),
+                        steward_errors::shown(&r.action),
+                        NHI_ACTIONS.join(", ")
+                    )));
+                }
+                AskedResource::Nhi(Uuid::try_parse(&r.resource_id).map_err(|_| {
+                    Status::invalid_argument(format!(
+                        "{}: is not an identity id (UUID)",
+                        field("resource_id")
+                    ))
+                })?)
+            }
+            Ok(pb::ResourceKind::TrustDomain) => {
+                if r.action != "rotate_ca" {
+                    return Err(Status::invalid_argument(format!(
+                        "{}: {} is not an action on a trust domain (rotate_ca)",
+                        field("action"),
+                        steward_errors::shown(&r.action)
+                    )));
+                }
+                if r.resource_id != self.own_trust_domain().name() {
+                    return Err(Status::invalid_argument(format!(
+                        "{}: {} is not this trust domain",
+                        field("resource_id"),
+                        steward_errors::shown(&r.resource_id)
+                    )));
+                }
+                AskedResource::TrustDomain(r.resource_id.clone())
+            }
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "{}: {} is not a resource kind",
+                    field("resource_kind"),
+                    r.resource_kind
+                )));
+            }
+        };
         let c = r.context.clone().unwrap_or_default();
         for (name, value) in [
             ("incident_ref", &c.incident_ref),
@@ -602,7 +638,7 @@ impl AuthorityServer {
             principal,
             standing,
             action: r.action.clone(),
-            resource_id,
+            resource,
             correlation_id: c.correlation_id,
         })
     }
@@ -707,7 +743,14 @@ impl AuthorityServer {
         asking: Asking,
     ) -> Result<(DecisionRequest, Extras), Status> {
         let asked = self.check(r, prefix, actor, asking)?;
-        let facts = self.facts(&asked.resource_id).await?;
+        let facts = match &asked.resource {
+            AskedResource::Nhi(id) => self.facts(id).await?,
+            AskedResource::TrustDomain(name) => self
+                .shared
+                .engine
+                .trust_domain(name)
+                .map_err(|e| Status::internal(e.to_string()))?,
+        };
         Ok((
             DecisionRequest {
                 principal: asked.principal,
@@ -1583,7 +1626,14 @@ impl AuthorityServer {
         let decision = decide(&request)?;
         let id = Uuid::now_v7();
         let mut approval_request_id = String::new();
-        if let (Effect::ApprovalRequired, Some(needed)) = (decision.effect, &decision.approval) {
+        // Approval requests and grants are about NHIs; a policy asking
+        // approval for anything else leaves the decision APPROVAL_REQUIRED
+        // with no request opened, which callers refuse.
+        if let (Effect::ApprovalRequired, Some(needed), true) = (
+            decision.effect,
+            &decision.approval,
+            request.resource.is_nhi(),
+        ) {
             if asked.reason.is_empty() {
                 return Err(Status::invalid_argument(
                     "context.reason: is required: this action needs approval, and the approval request states why",

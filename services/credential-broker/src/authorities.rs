@@ -31,6 +31,15 @@ pub struct Authorities {
     pub intermediates: Vec<Vec<u8>>,
 }
 
+/// Who rotates the CA, what, why, and authority's ALLOW of it.
+#[derive(Debug, Clone, Copy)]
+pub struct RotationOrder<'a> {
+    pub actor: &'a str,
+    pub what: CaRotation,
+    pub reason: &'a str,
+    pub decision: &'a steward_evidence::record::Decision,
+}
+
 /// What a CA rotation replaces. The JWT-SVID key is replaced either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CaRotation {
@@ -238,7 +247,7 @@ impl Authorities {
         })
     }
 
-    /// Replaces the signing material (`what`, and the JWT key): stores the
+    /// Replaces the signing material (`order.what`, and the JWT key): stores the
     /// new, retires the old (published for the overlap), with evidence.
     /// Load again to use it.
     pub async fn rotate(
@@ -246,10 +255,14 @@ impl Authorities {
         store: &Store,
         kek: &dyn KeyEncryption,
         config: &CaConfig,
-        actor: &str,
-        what: CaRotation,
-        reason: &str,
+        order: &RotationOrder<'_>,
     ) -> Result<(), String> {
+        let RotationOrder {
+            actor,
+            what,
+            reason,
+            decision,
+        } = *order;
         let trust_domain = self.ca.trust_domain();
         let keys = store.keys().await.map_err(|e| e.to_string())?;
         let now = OffsetDateTime::now_utc();
@@ -310,6 +323,7 @@ impl Authorities {
             .map(|k| k.id)
             .collect();
         let mut record = EvidenceRecord::new(actor, "ca.rotate", crate::SPEC.name);
+        record.decision = decision.clone();
         record.outcome.reason = steward_evidence::record::truncate_utf8(reason.to_owned(), 1024);
         record.attributes.insert(
             "rotated".into(),

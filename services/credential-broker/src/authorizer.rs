@@ -30,6 +30,9 @@ type Reply = oneshot::Sender<Result<pb::Decision, Status>>;
 #[derive(Debug, Clone)]
 pub struct Authorizer {
     queue: mpsc::Sender<(pb::AuthorizeRequest, Reply)>,
+    /// For a decision that carries its caller's bearer token (RotateCa by
+    /// a person): a batch carries no per-request metadata.
+    direct: Option<AuthorityServiceClient<Channel>>,
 }
 
 impl Authorizer {
@@ -40,7 +43,26 @@ impl Authorizer {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> (Self, impl Future<Output = ()> + Send + 'static) {
         let (queue, rx) = mpsc::channel(4 * MAX_BATCH);
-        (Self { queue }, dispatch(clients, rx, shutdown))
+        let direct = clients.first().cloned();
+        (Self { queue, direct }, dispatch(clients, rx, shutdown))
+    }
+
+    /// Authority's answer to one `Authorize` sent alone, with the metadata
+    /// of `request` (a forwarded bearer token).
+    pub async fn decide_alone(
+        &self,
+        request: tonic::Request<pb::AuthorizeRequest>,
+    ) -> Result<pb::Decision, Status> {
+        let mut client = self
+            .direct
+            .clone()
+            .ok_or_else(|| Status::unavailable("no connection to authority"))?;
+        client
+            .authorize(request)
+            .await?
+            .into_inner()
+            .decision
+            .ok_or_else(|| Status::unavailable("authority answered without a decision"))
     }
 
     /// Authority's answer to `request`: its decision, or the status

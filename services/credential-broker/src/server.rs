@@ -340,6 +340,71 @@ impl Allowed {
     }
 }
 
+impl BrokerServer {
+    /// Asks authority `rotate_ca` on this trust domain for the caller of
+    /// `request`: the person of its bearer token (forwarded), else its
+    /// SPIFFE ID. Anything but ALLOW refuses the rotation; an unreachable
+    /// authority rotates nothing (fail closed).
+    async fn authorize_ca_rotation<T>(
+        &self,
+        request: &Request<T>,
+        caller: &str,
+        reason: &str,
+    ) -> Result<steward_evidence::record::Decision, Status> {
+        let token = request.metadata().get("authorization").cloned();
+        let mut ask = Request::new(authority_pb::AuthorizeRequest {
+            principal: Some(authority_pb::Principal {
+                kind: Some(if token.is_some() {
+                    authority_pb::principal::Kind::Caller(true)
+                } else {
+                    authority_pb::principal::Kind::Workload(caller.to_owned())
+                }),
+            }),
+            action: "rotate_ca".to_owned(),
+            resource_id: self.shared.own.trust_domain().name().to_owned(),
+            resource_kind: authority_pb::ResourceKind::TrustDomain as i32,
+            context: Some(authority_pb::RequestContext {
+                reason: reason.to_owned(),
+                ..Default::default()
+            }),
+            decision_evidence: authority_pb::DecisionEvidence::Unspecified as i32,
+        });
+        if let Some(token) = token {
+            ask.metadata_mut().insert("authorization", token);
+        }
+        let decision = match self.shared.authority.decide_alone(ask).await {
+            Ok(decision) => decision,
+            Err(status) => {
+                return Err(match status.code() {
+                    tonic::Code::Unauthenticated
+                    | tonic::Code::InvalidArgument
+                    | tonic::Code::PermissionDenied => {
+                        Status::new(status.code(), format!("authority: {}", status.message()))
+                    }
+                    code => {
+                        tracing::warn!(?code, "authority unreachable; refusing the CA rotation");
+                        Status::unavailable(
+                            "authority cannot be reached; the CA was not rotated (fail closed); retry",
+                        )
+                    }
+                });
+            }
+        };
+        if authority_pb::Effect::try_from(decision.effect) != Ok(authority_pb::Effect::Allow) {
+            return Err(Status::permission_denied(format!(
+                "authority denied rotate_ca (decision {}): {}",
+                decision.decision_id, decision.reason
+            )));
+        }
+        Ok(steward_evidence::record::Decision {
+            policy_set_version: decision.policy_set_version.to_string(),
+            effect: steward_evidence::record::Effect::Allow,
+            policy_ids: decision.policy_ids,
+            approval_ids: Vec::new(),
+        })
+    }
+}
+
 /// Lifecycle states in which an identity gets no credentials.
 const DEAD_STATES: &[&str] = &["suspended", "revoked", "decommissioned"];
 
@@ -381,6 +446,7 @@ impl BrokerServer {
                 reason: task.reason.clone(),
                 claim_by: None,
             }),
+            resource_kind: authority_pb::ResourceKind::Nhi as i32,
         };
         let decision = match self.shared.authority.decide(request).await {
             Ok(decision) => decision,
@@ -1033,8 +1099,11 @@ impl CredentialBroker for BrokerServer {
         request: Request<pb::RotateCaRequest>,
     ) -> Result<Response<pb::RotateCaResponse>, Status> {
         let caller = caller(&request)?;
+        text("reason", &request.get_ref().reason, 1024, true)?;
+        let allowed = self
+            .authorize_ca_rotation(&request, &caller, &request.get_ref().reason)
+            .await?;
         let r = request.into_inner();
-        text("reason", &r.reason, 1024, true)?;
         let what = if r.rotate_root {
             crate::authorities::CaRotation::Root
         } else {
@@ -1047,9 +1116,12 @@ impl CredentialBroker for BrokerServer {
                 &self.shared.store,
                 self.shared.kek.as_ref(),
                 &self.shared.ca_config,
-                &caller,
-                what,
-                &r.reason,
+                &crate::authorities::RotationOrder {
+                    actor: &caller,
+                    what,
+                    reason: &r.reason,
+                    decision: &allowed,
+                },
             )
             .await
             .map_err(|e| {

@@ -110,6 +110,7 @@ fn the_default_policies_validate_against_the_schema() {
             "steward-policy-admins-manage-policy",
             "steward-operators-manage-lifecycle",
             "steward-owners-attest",
+            "steward-operators-rotate-the-ca",
         ]
     );
 }

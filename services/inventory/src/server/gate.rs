@@ -125,6 +125,7 @@ impl LifecycleGate {
                 ..Default::default()
             }),
             decision_evidence: authority::DecisionEvidence::Unspecified as i32,
+            resource_kind: authority::ResourceKind::Nhi as i32,
         });
         if let Some(token) = token {
             ask.metadata_mut().insert("authorization", token);
