@@ -135,6 +135,161 @@ fn every_rpcs_callers_comment_is_the_allowlist_its_service_enforces() {
     }
 }
 
+/// How an RPC streams, from its line in the proto.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Unary,
+    ServerStream,
+    BidiStream,
+}
+
+/// `rpc path → shape` for one proto file.
+fn shapes(proto: &str) -> BTreeMap<String, Shape> {
+    let text = std::fs::read_to_string(workspace_root().join(proto)).unwrap();
+    let package = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("package "))
+        .map(|p| p.trim_end_matches(';').to_owned())
+        .unwrap_or_default();
+    let mut service = String::new();
+    let mut out = BTreeMap::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("service ") {
+            service = rest.trim_end_matches('{').trim().to_owned();
+        } else if let Some(rest) = line.strip_prefix("rpc ") {
+            let name = rest.split('(').next().unwrap().trim();
+            let shape = if rest.contains("(stream ") {
+                Shape::BidiStream
+            } else if rest.contains("returns (stream ") {
+                Shape::ServerStream
+            } else {
+                Shape::Unary
+            };
+            out.insert(format!("/{package}.{service}/{name}"), shape);
+        }
+    }
+    out
+}
+
+/// A caller's SPIFFE ID path for an allowlist pattern: `operator/*` →
+/// `operator/table`, `*` → `workload/table`.
+fn instance(pattern: &str) -> String {
+    match pattern.strip_suffix('*') {
+        Some("") => "workload/table".to_owned(),
+        Some(prefix) => format!("{prefix}table"),
+        None => pattern.to_owned(),
+    }
+}
+
+fn admits(pattern: &str, path: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => path.starts_with(prefix),
+        None => pattern == path,
+    }
+}
+
+/// Calls `rpc` with an empty request as `caller`; the status it ended with
+/// (`None`: it answered, or a stream stayed open).
+async fn call(
+    stack: &steward_integration_tests::TestStack,
+    service: &str,
+    rpc: &str,
+    shape: Shape,
+    caller: &str,
+) -> Option<tonic::Status> {
+    let file = format!("table-{}", caller.replace('/', "-"));
+    let source = stack
+        .pki
+        .client(&file, &format!("spiffe://steward.test/{caller}"));
+    let channel = stack.service(service).channel(&source).await;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::try_from(rpc).unwrap();
+    let codec = tonic_prost::ProstCodec::<(), ()>::default();
+    let answered = async {
+        match shape {
+            Shape::Unary => grpc.unary(tonic::Request::new(()), path, codec).await.err(),
+            Shape::ServerStream => {
+                match grpc
+                    .server_streaming(tonic::Request::new(()), path, codec)
+                    .await
+                {
+                    Err(status) => Some(status),
+                    Ok(mut stream) => stream.get_mut().message().await.err(),
+                }
+            }
+            Shape::BidiStream => {
+                let requests = tokio_stream::iter(Vec::<()>::new());
+                match grpc
+                    .streaming(tonic::Request::new(requests), path, codec)
+                    .await
+                {
+                    Err(status) => Some(status),
+                    Ok(mut stream) => stream.get_mut().message().await.err(),
+                }
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(2), answered)
+        .await
+        .unwrap_or(None)
+}
+
+/// Whether the allowlist (not the handler) refused the call.
+fn refused_by_the_allowlist(status: &Option<tonic::Status>) -> bool {
+    status.as_ref().is_some_and(|s| {
+        s.code() == tonic::Code::PermissionDenied && s.message().contains("is not allowed to call")
+    })
+}
+
+/// Every RPC of the four APIs, through the real servers: a caller the
+/// table leaves out is refused before any handler runs (so nothing it
+/// asked can change), and a caller the table names gets past the
+/// allowlist (so "everything refused" cannot pass).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_refuses_callers_off_its_list_and_admits_those_on_it() {
+    let stack = steward_integration_tests::TestStack::start().await;
+    let candidates = [
+        "workload/intruder",
+        "auditor/eve",
+        "automation/intruder",
+        "service/intruder",
+        "operator/intruder",
+    ];
+    let mut checked = 0;
+    for (proto, service) in [
+        ("proto/steward/inventory/v1/inventory.proto", "inventory"),
+        ("proto/steward/authority/v1/authority.proto", "authority"),
+        ("proto/steward/broker/v1/broker.proto", "credential-broker"),
+        ("proto/steward/audit/v1/audit.proto", "audit"),
+    ] {
+        let shapes = shapes(proto);
+        for (rpc, callers) in documented(proto) {
+            let shape = shapes[&rpc];
+            let allowed = callers.iter().next().unwrap();
+            let status = call(&stack, service, &rpc, shape, &instance(allowed)).await;
+            assert!(
+                !refused_by_the_allowlist(&status),
+                "{rpc}: {allowed} is on its list, yet refused: {status:?}"
+            );
+            // A caller of this trust domain that no pattern admits (none
+            // exists for `*`).
+            if let Some(outsider) = candidates
+                .iter()
+                .find(|c| !callers.iter().any(|p| admits(p, c)))
+            {
+                let status = call(&stack, service, &rpc, shape, outsider).await;
+                assert!(
+                    refused_by_the_allowlist(&status),
+                    "{rpc}: {outsider} is off its list, yet got {status:?}"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 70, "only {checked} RPCs");
+}
+
 #[test]
 fn the_parser_reads_the_house_form() {
     assert_eq!(
