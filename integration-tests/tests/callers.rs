@@ -301,3 +301,176 @@ fn the_parser_reads_the_house_form() {
     );
     assert_eq!(callers_of(" no callers here"), None);
 }
+
+/// A message already encoded: what the payload sweep sends.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Raw(Vec<u8>);
+
+impl prost::Message for Raw {
+    fn encode_raw(&self, buf: &mut impl prost::bytes::BufMut) {
+        buf.put_slice(&self.0);
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl prost::bytes::Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        prost::encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// One string field set to `value`, on the wire.
+fn one_string_field(number: i32, value: &[u8]) -> Raw {
+    let mut out = Vec::with_capacity(value.len() + 16);
+    let mut varint = |mut v: u64, out: &mut Vec<u8>| {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    };
+    varint(((number as u64) << 3) | 2, &mut out);
+    varint(value.len() as u64, &mut out);
+    out.extend_from_slice(value);
+    Raw(out)
+}
+
+/// `rpc path → (input message's top-level string fields, streams in?)`,
+/// from the descriptors every server also serves by reflection.
+fn string_fields() -> BTreeMap<String, Vec<(String, i32)>> {
+    use prost::Message as _;
+    use prost_types::field_descriptor_proto::Type;
+    let set = prost_types::FileDescriptorSet::decode(steward_proto::FILE_DESCRIPTOR_SET).unwrap();
+    let mut messages = BTreeMap::new();
+    for file in &set.file {
+        let package = file.package();
+        for m in &file.message_type {
+            messages.insert(format!(".{package}.{}", m.name()), m.clone());
+        }
+    }
+    let mut out = BTreeMap::new();
+    for file in &set.file {
+        let package = file.package();
+        if !package.starts_with("steward.") || package.starts_with("steward.testing") {
+            continue;
+        }
+        for service in &file.service {
+            for method in &service.method {
+                if method.client_streaming() {
+                    continue;
+                }
+                let input = &messages[method.input_type()];
+                let fields = input
+                    .field
+                    .iter()
+                    .filter(|f| f.r#type() == Type::String)
+                    .map(|f| (f.name().to_owned(), f.number()))
+                    .collect();
+                out.insert(
+                    format!("/{package}.{}/{}", service.name(), method.name()),
+                    fields,
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Every top-level string field of every RPC, sent 1 MB and 10 MB long
+/// by a caller the RPC admits: whatever the answer, it is short and never
+/// carries the value back (a status message over grpcio's 16 KiB metadata
+/// limit turns a refusal into RESOURCE_EXHAUSTED, and an echoed secret
+/// ends up in every log). A 10 MB value over a server's message limit is
+/// RESOURCE_EXHAUSTED, never a crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_answer_carries_a_huge_value_back() {
+    let stack = steward_integration_tests::TestStack::start().await;
+    let fields = string_fields();
+    let mut sent = 0;
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for (proto, service) in [
+        ("proto/steward/inventory/v1/inventory.proto", "inventory"),
+        ("proto/steward/authority/v1/authority.proto", "authority"),
+        ("proto/steward/broker/v1/broker.proto", "credential-broker"),
+        ("proto/steward/audit/v1/audit.proto", "audit"),
+    ] {
+        let shapes = shapes(proto);
+        for (rpc, callers) in documented(proto) {
+            let Some(strings) = fields.get(&rpc) else {
+                continue;
+            };
+            let caller = instance(callers.iter().next().unwrap());
+            let file = format!("sweep-{}", caller.replace('/', "-"));
+            let source = stack
+                .pki
+                .client(&file, &format!("spiffe://steward.test/{caller}"));
+            let channel = stack.service(service).channel(&source).await;
+            for (name, number) in strings {
+                for size in [1usize << 20, 10 << 20] {
+                    let value = vec![b'q'; size];
+                    let mut grpc = tonic::client::Grpc::new(channel.clone())
+                        .max_encoding_message_size(64 << 20)
+                        .max_decoding_message_size(64 << 20);
+                    grpc.ready().await.unwrap();
+                    let path = http::uri::PathAndQuery::try_from(rpc.as_str()).unwrap();
+                    let codec = tonic_prost::ProstCodec::<Raw, Raw>::default();
+                    let request = tonic::Request::new(one_string_field(*number, &value));
+                    let answer = async {
+                        match shapes[&rpc] {
+                            Shape::Unary => grpc.unary(request, path, codec).await.err(),
+                            _ => match grpc.server_streaming(request, path, codec).await {
+                                Err(status) => Some(status),
+                                Ok(mut stream) => stream.get_mut().message().await.err(),
+                            },
+                        }
+                    };
+                    let status = tokio::time::timeout(std::time::Duration::from_secs(10), answer)
+                        .await
+                        .unwrap_or(None);
+                    *seen
+                        .entry(
+                            status
+                                .as_ref()
+                                .map_or(format!("answered {rpc} {name}"), |s| {
+                                    format!("{:?}", s.code())
+                                }),
+                        )
+                        .or_insert(0) += 1;
+                    if let Some(status) = status {
+                        let message = status.message();
+                        assert!(
+                            message.len() < 1024,
+                            "{rpc} {name} ({size} bytes): {} a {}-byte message: {}…",
+                            status.code(),
+                            message.len(),
+                            &message[..message.len().min(120)]
+                        );
+                        assert!(
+                            !message.contains(&"q".repeat(100)),
+                            "{rpc} {name}: the value came back: {message}"
+                        );
+                        assert!(
+                            status.code() != tonic::Code::Unknown
+                                && status.code() != tonic::Code::Internal,
+                            "{rpc} {name} ({size} bytes): {status:?}"
+                        );
+                    }
+                    sent += 1;
+                }
+            }
+        }
+    }
+    eprintln!("answers to {sent} huge values: {seen:?}");
+    assert!(sent > 100, "only {sent} values sent");
+}
