@@ -333,7 +333,7 @@ impl prost::Message for Raw {
 /// One string field set to `value`, on the wire.
 fn one_string_field(number: i32, value: &[u8]) -> Raw {
     let mut out = Vec::with_capacity(value.len() + 16);
-    let mut varint = |mut v: u64, out: &mut Vec<u8>| {
+    let varint = |mut v: u64, out: &mut Vec<u8>| {
         while v >= 0x80 {
             out.push((v as u8) | 0x80);
             v >>= 7;
