@@ -1,0 +1,125 @@
+//! Changes authority owns are decided for their caller first: closing an
+//! incident (`close_incident`), managing policies and rules
+//! (`manage_policy`), with no activation that would lock the caller out.
+
+use super::*;
+
+impl AuthorityServer {
+    /// Decides whether the verified caller may `action` `resource`, for a
+    /// change this service is about to make. A refusal is recorded as a
+    /// decision of its own and answered PERMISSION_DENIED, and nothing
+    /// changes; an ALLOW is returned for the change's own evidence record.
+    pub(crate) async fn admit(
+        &self,
+        actor: &Actor,
+        action: &str,
+        resource: Arc<Resource>,
+        incident_ref: &str,
+        correlation_id: &str,
+    ) -> Result<EvidenceDecision, Status> {
+        let request = DecisionRequest {
+            principal: self.principal_of(actor)?,
+            action: action.to_owned(),
+            resource,
+            context: own_context(actor, incident_ref),
+        };
+        let (decision, version) = self.decide_now(&request)?;
+        if decision.effect != Effect::Allow {
+            self.record_decision(
+                Uuid::now_v7(),
+                actor,
+                &request,
+                &decision,
+                version,
+                correlation_id,
+                None,
+                &Standing::Own,
+            )
+            .await?;
+            return Err(Status::permission_denied(format!(
+                "{} may not {action} {}: {}",
+                steward_errors::shown(actor.name()),
+                steward_errors::shown(&request.resource.id),
+                if decision.effect == Effect::ApprovalRequired {
+                    "a policy asks for approval, and this action is not taken under a grant"
+                } else {
+                    &decision.reason
+                }
+            )));
+        }
+        Ok(EvidenceDecision {
+            policy_set_version: version.to_string(),
+            effect: EvidenceEffect::Allow,
+            policy_ids: decision.policy_ids.iter().take(MAX_IDS).cloned().collect(),
+            approval_ids: Vec::new(),
+        })
+    }
+
+    /// [`Self::admit`] for `manage_policy` on one of the two documents.
+    pub(crate) async fn admit_document(
+        &self,
+        actor: &Actor,
+        kind: SetKind,
+    ) -> Result<EvidenceDecision, Status> {
+        let name = match kind {
+            SetKind::Policies => "policies",
+            SetKind::ResponseRules => "response_rules",
+        };
+        let resource = self
+            .shared
+            .engine
+            .document(name)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        self.admit(actor, "manage_policy", resource, "", "").await
+    }
+
+    /// Refuses to activate (or roll back to) a policy set under which the
+    /// caller could no longer manage policy: it would have no way back.
+    pub(super) async fn check_no_lockout(
+        &self,
+        actor: &Actor,
+        version: Option<u64>,
+    ) -> Result<(), Status> {
+        let target = match version {
+            Some(v) => v,
+            None => match self
+                .shared
+                .store
+                .rollback_target(SetKind::Policies)
+                .await
+                .map_err(store_status)?
+            {
+                // Nothing to roll back to: the store says so.
+                0 => return Ok(()),
+                v => v,
+            },
+        };
+        let (target, set) = match self.shared.compiled(target).await {
+            Ok(found) => found,
+            // An unknown version is the store's to refuse, by name.
+            Err(status) if status.code() == tonic::Code::NotFound => return Ok(()),
+            Err(status) => return Err(status),
+        };
+        let request = DecisionRequest {
+            principal: self.principal_of(actor)?,
+            action: "manage_policy".to_owned(),
+            resource: self
+                .shared
+                .engine
+                .document("policies")
+                .map_err(|e| Status::internal(e.to_string()))?,
+            context: own_context(actor, ""),
+        };
+        let decision = set
+            .decide(&self.shared.engine, &request)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if decision.effect != Effect::Allow {
+            return Err(Status::failed_precondition(format!(
+                "version: policy set {target} would refuse {} manage_policy ({}), leaving no way back; add a manage_policy permit to it (Steward's defaults have one)",
+                steward_errors::shown(actor.name()),
+                decision.reason
+            )));
+        }
+        Ok(())
+    }
+}

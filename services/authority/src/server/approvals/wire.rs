@@ -1,0 +1,192 @@
+//! Wire checks and conversions of the approval, grant and review handlers.
+
+use super::*;
+
+pub fn now_s() -> i64 {
+    now_ns() / 1_000_000_000
+}
+
+pub(super) fn ts(seconds: i64) -> Option<prost_types::Timestamp> {
+    (seconds != 0 && seconds != i64::MAX).then_some(prost_types::Timestamp { seconds, nanos: 0 })
+}
+
+/// A required id field: a UUID.
+pub fn uuid_field(field: &str, value: &str) -> Result<String, Status> {
+    Uuid::try_parse(value)
+        .map(|u| u.hyphenated().to_string())
+        .map_err(|_| Status::invalid_argument(format!("{field}: is not an id (UUID)")))
+}
+
+/// A required free-text reason.
+pub fn reason_field(field: &str, value: &str) -> Result<String, Status> {
+    let trimmed = value.trim();
+    if trimmed.is_empty()
+        || value.len() > 1024
+        || value.chars().any(|c| c.is_control() && c != '\n')
+    {
+        return Err(Status::invalid_argument(format!(
+            "{field}: is required (at most 1024 bytes, no control characters)"
+        )));
+    }
+    Ok(trimmed.to_owned())
+}
+
+pub(super) fn optional_text(field: &str, value: &str) -> Result<(), Status> {
+    if value.len() > 256 || value.chars().any(char::is_control) {
+        return Err(Status::invalid_argument(format!(
+            "{field}: at most 256 bytes, no control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// A page size: 50 when unset, at most 500.
+pub fn page(size: u32) -> usize {
+    match size {
+        0 => 50,
+        n => n.min(500) as usize,
+    }
+}
+
+pub(super) fn page_token(token: &str) -> Result<String, Status> {
+    if token.is_empty() {
+        return Ok(String::new());
+    }
+    uuid_field("page_token", token)
+        .map_err(|_| Status::invalid_argument("page_token: not a token from a previous response"))
+}
+
+/// Keeps `limit` rows and the token for the next page.
+pub fn paged<T>(mut rows: Vec<T>, limit: usize, id: impl Fn(&T) -> String) -> (Vec<T>, String) {
+    if rows.len() > limit {
+        rows.truncate(limit);
+        let next = rows.last().map(id).unwrap_or_default();
+        (rows, next)
+    } else {
+        (rows, String::new())
+    }
+}
+
+pub(super) fn approval_state_to_pb(s: ApprovalState) -> i32 {
+    (match s {
+        ApprovalState::Pending => pb::ApprovalState::Pending,
+        ApprovalState::Approved => pb::ApprovalState::Approved,
+        ApprovalState::Denied => pb::ApprovalState::Denied,
+        ApprovalState::Expired => pb::ApprovalState::Expired,
+        ApprovalState::Cancelled => pb::ApprovalState::Cancelled,
+    }) as i32
+}
+
+pub(super) fn grant_state_to_pb(s: GrantState) -> i32 {
+    (match s {
+        GrantState::Active => pb::GrantState::Active,
+        GrantState::Used => pb::GrantState::Used,
+        GrantState::Expired => pb::GrantState::Expired,
+        GrantState::Revoked => pb::GrantState::Revoked,
+        GrantState::IncidentClosed => pb::GrantState::IncidentClosed,
+    }) as i32
+}
+
+pub fn approval_to_pb(a: &ApprovalRequest) -> pb::ApprovalRequest {
+    pb::ApprovalRequest {
+        id: a.id.clone(),
+        principal: a.principal.clone(),
+        action: a.action.clone(),
+        resource_id: a.resource_id.clone(),
+        incident_ref: a.incident_ref.clone(),
+        requester: a.requester.clone(),
+        reason: a.reason.clone(),
+        approvals_required: a.approvals_required,
+        approver: a.approver.clone(),
+        suggested_reviewers: a.suggested_reviewers.clone(),
+        state: approval_state_to_pb(a.state),
+        reviews: a
+            .reviews
+            .iter()
+            .map(|r| pb::Review {
+                reviewer: r.reviewer.clone(),
+                reviewer_issuer: r.reviewer_issuer.clone(),
+                carried_by: r.carried_by.clone(),
+                verdict: match r.verdict {
+                    Verdict::Approve => pb::Verdict::Approve as i32,
+                    Verdict::Deny => pb::Verdict::Deny as i32,
+                },
+                reason: r.reason.clone(),
+                review_time: ts(r.at),
+            })
+            .collect(),
+        window_start: ts(a.window_start),
+        window_end: ts(a.window_end),
+        claim_by: ts(a.claim_by),
+        create_time: ts(a.created_at),
+        expire_time: ts(a.expires_at),
+        decide_time: ts(a.decided_at),
+        grant_id: a.grant_id.clone(),
+        policy_set_version: a.policy_set_version,
+        decision_id: a.decision_id.clone(),
+        correlation_id: a.correlation_id.clone(),
+    }
+}
+
+pub fn grant_to_pb(g: &Grant) -> pb::Grant {
+    pb::Grant {
+        id: g.id.clone(),
+        principal: g.principal.clone(),
+        action: g.action.clone(),
+        resource_id: g.resource_id.clone(),
+        incident_ref: g.incident_ref.clone(),
+        approval_request_id: g.approval_request_id.clone(),
+        approvers: g.approvers.clone(),
+        break_glass: g.break_glass,
+        window_start: ts(g.window_start),
+        window_end: ts(g.window_end),
+        claim_by: ts(g.claim_by),
+        single_use: g.single_use,
+        state: grant_state_to_pb(g.state),
+        claim_time: ts(g.claimed_at),
+        end_time: ts(g.ended_at),
+        end_reason: g.end_reason.clone(),
+        create_time: ts(g.created_at),
+        correlation_id: g.correlation_id.clone(),
+    }
+}
+
+pub(super) fn review_to_pb(r: &PostActionReview, now: i64) -> pb::PostActionReview {
+    pb::PostActionReview {
+        id: r.id.clone(),
+        grant_id: r.grant_id.clone(),
+        principal: r.principal.clone(),
+        action: r.action.clone(),
+        resource_id: r.resource_id.clone(),
+        incident_ref: r.incident_ref.clone(),
+        reason: r.reason.clone(),
+        assignees: r.assignees.clone(),
+        state: match r.state {
+            ReviewState::Open => pb::ReviewState::Open as i32,
+            ReviewState::Completed => pb::ReviewState::Completed as i32,
+        },
+        due_time: ts(r.due_at),
+        overdue: r.overdue_at(now),
+        completed_by: r.completed_by.clone(),
+        completion_note: r.completion_note.clone(),
+        complete_time: ts(r.completed_at),
+        create_time: ts(r.created_at),
+    }
+}
+
+/// The owners an approval's approver predicate points at.
+pub fn suggested_reviewers(approver: &str, facts: &NhiFacts) -> Vec<String> {
+    let names = match approver {
+        "technical_owner" => vec![facts.technical_owner.clone()],
+        "business_owner" => vec![facts.business_owner.clone()],
+        "" => vec![facts.technical_owner.clone(), facts.business_owner.clone()],
+        _ => Vec::new(),
+    };
+    let mut out: Vec<String> = Vec::new();
+    for name in names {
+        if !name.is_empty() && !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
+}
