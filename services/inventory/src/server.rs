@@ -3,6 +3,9 @@
 
 pub mod convert;
 pub mod gate;
+mod registration;
+mod reports;
+mod reviews;
 
 use std::collections::BTreeSet;
 
@@ -598,427 +601,69 @@ impl InventoryService for InventoryServer {
         &self,
         request: Request<pb::CreateRegistrationEntryRequest>,
     ) -> Result<Response<pb::CreateRegistrationEntryResponse>, Status> {
-        let context = context(&request, request.get_ref().context.as_ref())?;
-        let r = request.into_inner();
-        let e = r
-            .entry
-            .ok_or_else(|| Status::invalid_argument("entry: is required"))?;
-        let spiffe = |field: &str, value: &str| {
-            if value.is_empty() {
-                return Err(Status::invalid_argument(format!("{field}: is required")));
-            }
-            SpiffeId::parse(value)
-                .map_err(|err| Status::invalid_argument(format!("{field}: {err}")))
-        };
-        let spiffe_id = spiffe("entry.spiffe_id", &e.spiffe_id)?;
-        let parent_id = spiffe("entry.parent_id", &e.parent_id)?;
-        if spiffe_id.trust_domain() != &self.trust_domain {
-            return Err(Status::invalid_argument(format!(
-                "entry.spiffe_id: must be in this trust domain ({})",
-                self.trust_domain.name()
-            )));
-        }
-        let selectors = e
-            .selectors
-            .iter()
-            .enumerate()
-            .map(|(i, s)| Selector::parse(&format!("entry.selectors[{i}]"), &s.r#type, &s.value))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(invalid)?;
-        let selectors = selector::canonical("entry.selectors", selectors).map_err(invalid)?;
-        for (field, ttl) in [
-            ("entry.x509_svid_ttl", e.x509_svid_ttl),
-            ("entry.jwt_svid_ttl", e.jwt_svid_ttl),
-        ] {
-            if !(0..=86_400 * 30).contains(&ttl) {
-                return Err(Status::invalid_argument(format!(
-                    "{field}: must be 0 (the default) to 2592000 seconds"
-                )));
-            }
-        }
-        let identity_id = id("entry.identity_id", &e.identity_id)?;
-        let entry = RegistrationEntry {
-            id: Uuid::now_v7(),
-            spiffe_id,
-            parent_id,
-            selectors,
-            x509_ttl: e.x509_svid_ttl,
-            jwt_ttl: e.jwt_svid_ttl,
-            identity_id,
-            created_at: now_ns(),
-        };
-        self.store
-            .create_entry(&entry, &context)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(pb::CreateRegistrationEntryResponse {
-            entry: Some(entry_to_pb(&entry)),
-        }))
+        self.create_registration_entry_impl(request).await
     }
 
     async fn delete_registration_entry(
         &self,
         request: Request<pb::DeleteRegistrationEntryRequest>,
     ) -> Result<Response<pb::DeleteRegistrationEntryResponse>, Status> {
-        let context = context(&request, request.get_ref().context.as_ref())?;
-        let entry_id = id("id", &request.get_ref().id)?;
-        self.store
-            .delete_entry(&entry_id, &context)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(pb::DeleteRegistrationEntryResponse {}))
+        self.delete_registration_entry_impl(request).await
     }
 
     async fn list_registration_entries(
         &self,
         request: Request<pb::ListRegistrationEntriesRequest>,
     ) -> Result<Response<pb::ListRegistrationEntriesResponse>, Status> {
-        let r = request.into_inner();
-        let identity_id = if r.identity_id.is_empty() {
-            None
-        } else {
-            Some(id("identity_id", &r.identity_id)?)
-        };
-        let (entries, next_page_token) = self
-            .store
-            .entries(identity_id.as_ref(), page_size(r.page_size), &r.page_token)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(pb::ListRegistrationEntriesResponse {
-            entries: entries.iter().map(entry_to_pb).collect(),
-            next_page_token,
-        }))
+        self.list_registration_entries_impl(request).await
     }
 
     async fn match_selectors(
         &self,
         request: Request<pb::MatchSelectorsRequest>,
     ) -> Result<Response<pb::MatchSelectorsResponse>, Status> {
-        let r = request.into_inner();
-        if r.selectors.len() > 4 * selector::MAX_SELECTORS {
-            return Err(Status::invalid_argument("selectors: too many"));
-        }
-        let attested = r
-            .selectors
-            .iter()
-            .enumerate()
-            .map(|(i, s)| Selector::parse(&format!("selectors[{i}]"), &s.r#type, &s.value))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(invalid)?;
-        let entries = self
-            .store
-            .match_selectors(&attested)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(pb::MatchSelectorsResponse {
-            entries: entries.iter().map(entry_to_pb).collect(),
-        }))
+        self.match_selectors_impl(request).await
     }
 
     async fn start_review_campaign(
         &self,
         request: Request<pb::StartReviewCampaignRequest>,
     ) -> Result<Response<pb::StartReviewCampaignResponse>, Status> {
-        let context = context(&request, request.get_ref().context.as_ref())?;
-        let r = request.into_inner();
-        required("name", &r.name, MAX_NAME).map_err(invalid)?;
-        let filter = filter(r.filter.as_ref(), "filter.").map_err(invalid)?;
-        let now = now_ns();
-        let deadline = nanos("deadline", r.deadline.as_ref())
-            .map_err(invalid)?
-            .ok_or_else(|| Status::invalid_argument("deadline: is required"))?;
-        if deadline <= now {
-            return Err(Status::invalid_argument("deadline: must be in the future"));
-        }
-        let mut campaign = Campaign {
-            id: Uuid::now_v7(),
-            name: r.name,
-            filter,
-            deadline,
-            open: true,
-            created_by: context.actor.clone(),
-            created_at: now,
-            pending: 0,
-            still_needed: 0,
-            revoked: 0,
-            flagged: 0,
-        };
-        campaign.pending = self
-            .store
-            .start_campaign(&campaign, &context)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(pb::StartReviewCampaignResponse {
-            campaign: Some(campaign_to_pb(&campaign)),
-        }))
+        self.start_review_campaign_impl(request).await
     }
 
     async fn get_review_campaign(
         &self,
         request: Request<pb::GetReviewCampaignRequest>,
     ) -> Result<Response<pb::GetReviewCampaignResponse>, Status> {
-        let context = context(&request, None)?;
-        let campaign_id = id("id", &request.get_ref().id)?;
-        let campaign = self
-            .store
-            .campaign(&campaign_id, &context)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(pb::GetReviewCampaignResponse {
-            campaign: Some(campaign_to_pb(&campaign)),
-        }))
+        self.get_review_campaign_impl(request).await
     }
 
     async fn list_review_items(
         &self,
         request: Request<pb::ListReviewItemsRequest>,
     ) -> Result<Response<pb::ListReviewItemsResponse>, Status> {
-        let context = context(&request, None)?;
-        let r = request.into_inner();
-        let campaign_id = id("campaign_id", &r.campaign_id)?;
-        let decision = if r.decision == 0 {
-            None
-        } else {
-            Some(decision("decision", r.decision).map_err(invalid)?)
-        };
-        // Flags overdue items first, so the list is never stale.
-        self.store
-            .campaign(&campaign_id, &context)
-            .await
-            .map_err(status)?;
-        let (items, next_page_token) = self
-            .store
-            .review_items(
-                &campaign_id,
-                decision,
-                page_size(r.page_size),
-                &r.page_token,
-            )
-            .await
-            .map_err(status)?;
-        Ok(Response::new(pb::ListReviewItemsResponse {
-            items: items.iter().map(item_to_pb).collect(),
-            next_page_token,
-        }))
+        self.list_review_items_impl(request).await
     }
 
     async fn attest_review(
         &self,
         request: Request<pb::AttestReviewRequest>,
     ) -> Result<Response<pb::AttestReviewResponse>, Status> {
-        let context = context(&request, request.get_ref().context.as_ref())?;
-        let campaign_id = id("campaign_id", &request.get_ref().campaign_id)?;
-        let identity_id = id("identity_id", &request.get_ref().identity_id)?;
-        optional("reviewer", &request.get_ref().reviewer, MAX_NAME).map_err(invalid)?;
-        optional("reason", &request.get_ref().reason, MAX_TEXT).map_err(invalid)?;
-        // The reviewer is the person authority verified, never the field.
-        let (reviewer, allowed) = self
-            .gate
-            .attester(&request, &identity_id, &request.get_ref().reason, &context)
-            .await?;
-        let r = request.into_inner();
-        if !(r.reviewer.is_empty() || r.reviewer == reviewer) {
-            return Err(Status::permission_denied(format!(
-                "reviewer: the reviewer is the person of the bearer token ({}); leave it empty",
-                steward_errors::shown(&reviewer)
-            )));
-        }
-        let decision = decision("decision", r.decision).map_err(invalid)?;
-        let new_expires_at =
-            nanos("new_expire_time", r.new_expire_time.as_ref()).map_err(invalid)?;
-        match decision {
-            Decision::StillNeeded => match new_expires_at {
-                None => {
-                    return Err(Status::invalid_argument(
-                        "new_expire_time: is required when the identity is still needed",
-                    ));
-                }
-                Some(t) if t <= now_ns() => {
-                    return Err(Status::invalid_argument(
-                        "new_expire_time: must be in the future",
-                    ));
-                }
-                Some(_) => {}
-            },
-            Decision::Revoke => {
-                if r.reason.trim().is_empty() {
-                    return Err(Status::invalid_argument(
-                        "reason: is required when revoking",
-                    ));
-                }
-            }
-            other => {
-                return Err(Status::invalid_argument(format!(
-                    "decision: must be STILL_NEEDED or REVOKE, not {other}"
-                )));
-            }
-        }
-        let item = self
-            .store
-            .attest(
-                &Attestation {
-                    campaign_id,
-                    identity_id,
-                    reviewer,
-                    allowed: Some(allowed),
-                    decision,
-                    reason: r.reason,
-                    new_expires_at: if decision == Decision::StillNeeded {
-                        new_expires_at
-                    } else {
-                        None
-                    },
-                },
-                &context,
-            )
-            .await
-            .map_err(status)?;
-        let identity = self.store.get(&identity_id).await.map_err(status)?;
-        Ok(Response::new(pb::AttestReviewResponse {
-            item: Some(item_to_pb(&item)),
-            identity: Some(self.present(&identity).await?),
-        }))
+        self.attest_review_impl(request).await
     }
 
     async fn get_posture_report(
         &self,
         request: Request<pb::GetPostureReportRequest>,
     ) -> Result<Response<pb::GetPostureReportResponse>, Status> {
-        let r = request.into_inner();
-        let report = report(r.report)?;
-        if r.days > 36_500 {
-            return Err(Status::invalid_argument("days: at most 36500"));
-        }
-        let days = if r.days == 0 {
-            report.default_days()
-        } else {
-            i64::from(r.days)
-        };
-        let filter = filter(r.filter.as_ref(), "filter.").map_err(invalid)?;
-        let now = nanos("as_of", r.as_of.as_ref())
-            .map_err(invalid)?
-            .unwrap_or_else(now_ns);
-        let page = self
-            .store
-            .report(
-                report,
-                days,
-                &filter,
-                page_size(r.page_size),
-                &r.page_token,
-                now,
-            )
-            .await
-            .map_err(status)?;
-        Ok(Response::new(pb::GetPostureReportResponse {
-            findings: page
-                .findings
-                .iter()
-                .map(|f| {
-                    let s = &f.identity.spec;
-                    pb::PostureFinding {
-                        identity_id: f.identity.id.hyphenated().to_string(),
-                        display_name: s.display_name.clone(),
-                        kind: kind_to_pb(s.kind),
-                        state: state_to_pb(f.identity.state),
-                        business_owner: s
-                            .business_owner
-                            .as_ref()
-                            .map(|o| o.name.clone())
-                            .unwrap_or_default(),
-                        technical_owner: s
-                            .technical_owner
-                            .as_ref()
-                            .map(|o| o.name.clone())
-                            .unwrap_or_default(),
-                        reasons: f.reasons.clone(),
-                    }
-                })
-                .collect(),
-            next_page_token: page.next_page_token,
-            total: page.total.unwrap_or(0),
-            as_of: Some(timestamp(now)),
-        }))
+        self.get_posture_report_impl(request).await
     }
 
     async fn import_identities(
         &self,
         request: Request<pb::ImportIdentitiesRequest>,
     ) -> Result<Response<pb::ImportIdentitiesResponse>, Status> {
-        let context = context(&request, request.get_ref().context.as_ref())?;
-        let r = request.into_inner();
-        let format = format(r.format)?;
-        if r.content.is_empty() {
-            return Err(Status::invalid_argument("content: is required"));
-        }
-        optional("source_system", &r.source_system, MAX_NAME).map_err(invalid)?;
-        optional("environment", &r.environment, MAX_NAME).map_err(invalid)?;
-        let defaults = Defaults {
-            source_system: r.source_system.clone(),
-            environment: r.environment.clone(),
-            trust_domain: self.trust_domain.clone(),
-        };
-        let content = r.content;
-        let parsed =
-            tokio::task::spawn_blocking(move || import::parse(format, &content, &defaults))
-                .await
-                .map_err(|_| Status::internal("the import parser failed"))?;
-        // Vanished is judged only over the source systems the import covers.
-        let mut sources: BTreeSet<String> = parsed.sources.clone();
-        if !r.source_system.is_empty() {
-            sources.insert(r.source_system.clone());
-        }
-        let outcome = self
-            .store
-            .import(parsed.rows, &sources, r.dry_run, format.as_str(), &context)
-            .await
-            .map_err(status)?;
-        let mut errors: Vec<pb::ImportError> = parsed
-            .errors
-            .iter()
-            .map(|e| pb::ImportError {
-                line: e.line,
-                field: e.field.clone(),
-                reason: e.reason.clone(),
-            })
-            .chain(
-                outcome
-                    .rejected
-                    .iter()
-                    .map(|(line, field, reason)| pb::ImportError {
-                        line: *line,
-                        field: field.clone(),
-                        reason: reason.clone(),
-                    }),
-            )
-            .collect();
-        errors.sort_by_key(|e| e.line);
-        let rejected = errors.len() as u64;
-        errors.truncate(crate::store::import::MAX_REPORTED);
-        Ok(Response::new(pb::ImportIdentitiesResponse {
-            rows: parsed.total,
-            created: outcome.created,
-            changed: outcome.changed,
-            unchanged: outcome.unchanged,
-            vanished: outcome.vanished,
-            rejected,
-            drift: outcome
-                .drift
-                .iter()
-                .map(|d| pb::Drift {
-                    kind: match d.kind {
-                        DriftKind::New => pb::DriftKind::New,
-                        DriftKind::Changed => pb::DriftKind::Changed,
-                        DriftKind::Vanished => pb::DriftKind::Vanished,
-                    } as i32,
-                    identity_id: d.identity_id.hyphenated().to_string(),
-                    source_system: d.source_system.clone(),
-                    external_id: d.external_id.clone(),
-                    fields: d.fields.clone(),
-                })
-                .collect(),
-            errors,
-            dry_run: r.dry_run,
-        }))
+        self.import_identities_impl(request).await
     }
 }

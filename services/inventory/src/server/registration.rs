@@ -1,0 +1,126 @@
+//! The SPIFFE registration entry handlers.
+
+use super::*;
+
+impl InventoryServer {
+    pub(super) async fn create_registration_entry_impl(
+        &self,
+        request: Request<pb::CreateRegistrationEntryRequest>,
+    ) -> Result<Response<pb::CreateRegistrationEntryResponse>, Status> {
+        let context = context(&request, request.get_ref().context.as_ref())?;
+        let r = request.into_inner();
+        let e = r
+            .entry
+            .ok_or_else(|| Status::invalid_argument("entry: is required"))?;
+        let spiffe = |field: &str, value: &str| {
+            if value.is_empty() {
+                return Err(Status::invalid_argument(format!("{field}: is required")));
+            }
+            SpiffeId::parse(value)
+                .map_err(|err| Status::invalid_argument(format!("{field}: {err}")))
+        };
+        let spiffe_id = spiffe("entry.spiffe_id", &e.spiffe_id)?;
+        let parent_id = spiffe("entry.parent_id", &e.parent_id)?;
+        if spiffe_id.trust_domain() != &self.trust_domain {
+            return Err(Status::invalid_argument(format!(
+                "entry.spiffe_id: must be in this trust domain ({})",
+                self.trust_domain.name()
+            )));
+        }
+        let selectors = e
+            .selectors
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Selector::parse(&format!("entry.selectors[{i}]"), &s.r#type, &s.value))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(invalid)?;
+        let selectors = selector::canonical("entry.selectors", selectors).map_err(invalid)?;
+        for (field, ttl) in [
+            ("entry.x509_svid_ttl", e.x509_svid_ttl),
+            ("entry.jwt_svid_ttl", e.jwt_svid_ttl),
+        ] {
+            if !(0..=86_400 * 30).contains(&ttl) {
+                return Err(Status::invalid_argument(format!(
+                    "{field}: must be 0 (the default) to 2592000 seconds"
+                )));
+            }
+        }
+        let identity_id = id("entry.identity_id", &e.identity_id)?;
+        let entry = RegistrationEntry {
+            id: Uuid::now_v7(),
+            spiffe_id,
+            parent_id,
+            selectors,
+            x509_ttl: e.x509_svid_ttl,
+            jwt_ttl: e.jwt_svid_ttl,
+            identity_id,
+            created_at: now_ns(),
+        };
+        self.store
+            .create_entry(&entry, &context)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::CreateRegistrationEntryResponse {
+            entry: Some(entry_to_pb(&entry)),
+        }))
+    }
+
+    pub(super) async fn delete_registration_entry_impl(
+        &self,
+        request: Request<pb::DeleteRegistrationEntryRequest>,
+    ) -> Result<Response<pb::DeleteRegistrationEntryResponse>, Status> {
+        let context = context(&request, request.get_ref().context.as_ref())?;
+        let entry_id = id("id", &request.get_ref().id)?;
+        self.store
+            .delete_entry(&entry_id, &context)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::DeleteRegistrationEntryResponse {}))
+    }
+
+    pub(super) async fn list_registration_entries_impl(
+        &self,
+        request: Request<pb::ListRegistrationEntriesRequest>,
+    ) -> Result<Response<pb::ListRegistrationEntriesResponse>, Status> {
+        let r = request.into_inner();
+        let identity_id = if r.identity_id.is_empty() {
+            None
+        } else {
+            Some(id("identity_id", &r.identity_id)?)
+        };
+        let (entries, next_page_token) = self
+            .store
+            .entries(identity_id.as_ref(), page_size(r.page_size), &r.page_token)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ListRegistrationEntriesResponse {
+            entries: entries.iter().map(entry_to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    pub(super) async fn match_selectors_impl(
+        &self,
+        request: Request<pb::MatchSelectorsRequest>,
+    ) -> Result<Response<pb::MatchSelectorsResponse>, Status> {
+        let r = request.into_inner();
+        if r.selectors.len() > 4 * selector::MAX_SELECTORS {
+            return Err(Status::invalid_argument("selectors: too many"));
+        }
+        let attested = r
+            .selectors
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Selector::parse(&format!("selectors[{i}]"), &s.r#type, &s.value))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(invalid)?;
+        let entries = self
+            .store
+            .match_selectors(&attested)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::MatchSelectorsResponse {
+            entries: entries.iter().map(entry_to_pb).collect(),
+        }))
+    }
+}
