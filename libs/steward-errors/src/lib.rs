@@ -37,6 +37,37 @@ pub fn shown(value: &str) -> String {
     out
 }
 
+/// A peer's answer to a call this service made on a caller's behalf, as
+/// the caller should see it: a refusal about the request (bad argument,
+/// not found, not allowed, not now, not authenticated) is passed on,
+/// prefixed with the peer's name; anything else means the peer could not
+/// decide, and the caller gets UNAVAILABLE saying that nothing was done
+/// (`nothing_done`): fail closed. The peer's own detail is logged, not
+/// returned.
+pub fn from_peer(peer: &str, status: &tonic::Status, nothing_done: &str) -> tonic::Status {
+    use tonic::Code;
+    match status.code() {
+        Code::InvalidArgument
+        | Code::NotFound
+        | Code::PermissionDenied
+        | Code::FailedPrecondition
+        | Code::Unauthenticated => {
+            tonic::Status::new(status.code(), format!("{peer}: {}", status.message()))
+        }
+        code => {
+            tracing::warn!(
+                peer,
+                ?code,
+                message = status.message(),
+                "peer could not answer; failing closed"
+            );
+            tonic::Status::unavailable(format!(
+                "{peer} cannot be reached; {nothing_done} (fail closed); retry"
+            ))
+        }
+    }
+}
+
 /// What kind of secret `value` looks like, if any.
 pub fn secret_kind(value: &str) -> Option<&'static str> {
     let v = value.trim();
@@ -93,6 +124,30 @@ mod tests {
         // Cut on a character boundary.
         let wide = "é".repeat(100);
         assert!(shown(&wide).starts_with(&format!("\"{}\"", "é".repeat(SHOWN_CHARS))));
+    }
+
+    #[test]
+    fn a_peers_refusal_is_passed_on_and_its_absence_fails_closed() {
+        let refused = from_peer(
+            "authority",
+            &tonic::Status::permission_denied("no policy permits this request"),
+            "nothing was changed",
+        );
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert_eq!(
+            refused.message(),
+            "authority: no policy permits this request"
+        );
+        let down = from_peer(
+            "authority",
+            &tonic::Status::internal("h2 protocol error: connection reset"),
+            "nothing was changed",
+        );
+        assert_eq!(down.code(), tonic::Code::Unavailable);
+        assert_eq!(
+            down.message(),
+            "authority cannot be reached; nothing was changed (fail closed); retry"
+        );
     }
 
     #[test]

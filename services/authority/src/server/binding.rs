@@ -142,12 +142,13 @@ impl AuthorityServer {
         asking: Asking,
         field: &dyn Fn(&str) -> String,
     ) -> Result<Standing, Status> {
+        // The broker's every issuance comes this way: checked first.
+        if self.is_delegating_service(&actor.workload) {
+            return Ok(Standing::Service);
+        }
         let own = self.principal_of(actor)?;
         if same_principal(principal, &own) {
             return Ok(Standing::Own);
-        }
-        if self.is_delegating_service(&actor.workload) {
-            return Ok(Standing::Service);
         }
         if asking == Asking::WhatIf {
             return Ok(Standing::WhatIf);

@@ -91,19 +91,11 @@ impl BrokerServer {
         let decision = match self.shared.authority.decide_alone(ask).await {
             Ok(decision) => decision,
             Err(status) => {
-                return Err(match status.code() {
-                    tonic::Code::Unauthenticated
-                    | tonic::Code::InvalidArgument
-                    | tonic::Code::PermissionDenied => {
-                        Status::new(status.code(), format!("authority: {}", status.message()))
-                    }
-                    code => {
-                        tracing::warn!(?code, "authority unreachable; refusing the CA rotation");
-                        Status::unavailable(
-                            "authority cannot be reached; the CA was not rotated (fail closed); retry",
-                        )
-                    }
-                });
+                return Err(steward_errors::from_peer(
+                    "authority",
+                    &status,
+                    "the CA was not rotated",
+                ));
             }
         };
         if authority_pb::Effect::try_from(decision.effect) != Ok(authority_pb::Effect::Allow) {
@@ -162,20 +154,11 @@ impl BrokerServer {
         let decision = match self.shared.authority.decide(request).await {
             Ok(decision) => decision,
             Err(status) => {
-                return Err(match status.code() {
-                    tonic::Code::InvalidArgument
-                    | tonic::Code::NotFound
-                    | tonic::Code::PermissionDenied
-                    | tonic::Code::FailedPrecondition => {
-                        Status::new(status.code(), format!("authority: {}", status.message()))
-                    }
-                    _ => {
-                        tracing::warn!(code = ?status.code(), message = status.message(), "authority unreachable");
-                        Status::unavailable(
-                            "authority cannot be reached; nothing was issued or changed (fail closed); retry",
-                        )
-                    }
-                });
+                return Err(steward_errors::from_peer(
+                    "authority",
+                    &status,
+                    "nothing was issued or changed",
+                ));
             }
         };
         match authority_pb::Effect::try_from(decision.effect) {

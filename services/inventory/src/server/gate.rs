@@ -136,21 +136,11 @@ impl LifecycleGate {
                 .decision
                 .ok_or_else(|| Status::unavailable("authority answered without a decision"))?,
             Err(status) => {
-                return Err(match status.code() {
-                    tonic::Code::Unauthenticated
-                    | tonic::Code::InvalidArgument
-                    | tonic::Code::NotFound
-                    | tonic::Code::PermissionDenied
-                    | tonic::Code::FailedPrecondition => {
-                        Status::new(status.code(), format!("authority: {}", status.message()))
-                    }
-                    code => {
-                        tracing::warn!(?code, "authority unreachable; refusing the transition");
-                        Status::unavailable(
-                            "authority cannot be reached; nothing was changed (fail closed); retry",
-                        )
-                    }
-                });
+                return Err(steward_errors::from_peer(
+                    "authority",
+                    &status,
+                    "nothing was changed",
+                ));
             }
         };
         match authority::Effect::try_from(decision.effect) {
