@@ -37,6 +37,8 @@ pub const ECHO_SPEC: ServiceSpec = ServiceSpec {
     },
     grpc_services: &["steward.testing.v1.EchoService"],
     default_authz: &[],
+    max_request_bytes: steward_server::bounds::DEFAULT_MAX_REQUEST_BYTES,
+    field_limits: &[],
 };
 
 /// Starts the echo service on `pki`, with `rules` as its allowlist.

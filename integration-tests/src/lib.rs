@@ -7,6 +7,7 @@ pub mod broker;
 pub mod echo;
 pub mod evidence;
 pub mod inventory;
+pub mod protos;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -658,10 +659,10 @@ pub fn cli_json(output: &std::process::Output) -> serde_json::Value {
 
 /// Runs one statement directly against a service's database, as an
 /// attacker or a careless operator with database access would.
-pub async fn execute_sql(database: &DatabaseConfig, sql: &'static str) {
+pub async fn execute_sql(database: &DatabaseConfig, sql: &str) {
     let db = steward_db::Database::connect(database).await.unwrap();
     steward_db::on_backend!(&db, pool, Db => {
-        sqlx::query::<Db>(sql).execute(pool).await.unwrap();
+        sqlx::query::<Db>(sqlx::AssertSqlSafe(sql.to_owned())).execute(pool).await.unwrap();
     });
     db.close().await;
 }
@@ -697,4 +698,13 @@ pub async fn run_steward(args: Vec<String>) -> std::process::Output {
     })
     .await
     .unwrap()
+}
+
+/// The interpreter with grpcio installed: `STEWARD_TEST_PYTHON`, or the
+/// virtualenv `make test` creates under `target/pyenv`.
+pub fn python() -> PathBuf {
+    match std::env::var_os("STEWARD_TEST_PYTHON") {
+        Some(path) => PathBuf::from(path),
+        None => workspace_root().join("target/pyenv/bin/python"),
+    }
 }

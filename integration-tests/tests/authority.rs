@@ -886,3 +886,102 @@ async fn a_batch_answers_each_request_as_authorize_would() {
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
 }
+
+async fn active_policy_set(stack: &TestStack) -> pb::PolicySet {
+    authority(stack)
+        .await
+        .get_policy_set(pb::GetPolicySetRequest { version: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .policy_set
+        .unwrap()
+}
+
+/// An earlier release's defaults, as a site that never changed them has.
+const EARLIER_DEFAULTS: &str = r#"@id("steward-no-self-approval")
+forbid (principal, action == Steward::Action::"approve", resource) when { false };"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untouched_defaults_of_an_earlier_release_are_upgraded_on_start_a_sites_own_set_is_not() {
+    let mut stack = TestStack::start().await;
+    assert_eq!(active_policy_set(&stack).await.version, 1);
+    let database = stack.configs["authority"].database.clone();
+
+    // A site's own set (its description is the site's): left alone.
+    stack.stop("authority").await;
+    steward_integration_tests::execute_sql(
+        &database,
+        "UPDATE policy_sets SET description = 'our policies' WHERE version = 1",
+    )
+    .await;
+    stack.restart_stopped("authority").await;
+    let set = active_policy_set(&stack).await;
+    assert_eq!((set.version, set.description.as_str()), (1, "our policies"));
+
+    // Steward's own defaults of an earlier release: replaced by this
+    // release's, as a new version, on start.
+    stack.stop("authority").await;
+    steward_integration_tests::execute_sql(
+        &database,
+        "UPDATE policy_sets SET description = 'Steward''s default policies' WHERE version = 1",
+    )
+    .await;
+    steward_integration_tests::execute_sql(
+        &database,
+        &format!(
+            "UPDATE policy_sets SET policies = '{}' WHERE version = 1",
+            EARLIER_DEFAULTS.replace('\'', "''")
+        ),
+    )
+    .await;
+    stack.restart_stopped("authority").await;
+    let set = active_policy_set(&stack).await;
+    assert_eq!(set.version, 2);
+    assert_eq!(set.description, "Steward's default policies");
+    assert!(
+        set.policy_ids
+            .iter()
+            .any(|id| id == "steward-operators-rotate-the-ca"),
+        "{:?}",
+        set.policy_ids
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trust_domain_is_asked_about_only_for_rotate_ca_and_only_this_one() {
+    let stack = TestStack::start().await;
+    let mut broker = stack.authority_caller("/service/credential-broker").await;
+    let ask = |action: &str, resource: &str| pb::AuthorizeRequest {
+        principal: Some(pb::Principal {
+            kind: Some(pb::principal::Kind::Caller(true)),
+        }),
+        action: action.into(),
+        resource_id: resource.into(),
+        resource_kind: pb::ResourceKind::TrustDomain as i32,
+        ..Default::default()
+    };
+    let err = broker
+        .authorize(ask("rotate_ca", "other.example"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().starts_with("resource_id: "),
+        "{}",
+        err.message()
+    );
+    let err = broker
+        .authorize(ask("issue", "steward.test"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("action: "), "{}", err.message());
+    // This trust domain, rotate_ca: a decision (the broker is no operator).
+    let decision = broker
+        .authorize(ask("rotate_ca", "steward.test"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(decision.decision.is_some());
+}

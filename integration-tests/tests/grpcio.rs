@@ -1,19 +1,9 @@
 //! A plain grpcio (Python) client, given only `bundle.pem`, the operator SVID
 //! and `localhost`, reaches health on all four services.
 
-use std::path::PathBuf;
 use std::process::Command;
 
-use steward_integration_tests::{SERVICE_NAMES, TestStack, workspace_root};
-
-/// The interpreter with grpcio installed: `STEWARD_TEST_PYTHON`, or the
-/// virtualenv `make test` creates under `target/pyenv`.
-fn python() -> PathBuf {
-    match std::env::var_os("STEWARD_TEST_PYTHON") {
-        Some(path) => PathBuf::from(path),
-        None => workspace_root().join("target/pyenv/bin/python"),
-    }
-}
+use steward_integration_tests::{SERVICE_NAMES, TestStack, python, workspace_root};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_grpcio_client_reaches_health_on_all_four_services() {

@@ -17,6 +17,7 @@ use tonic::service::Routes;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::bounds::{Bounds, BoundsLayer};
 use crate::config::ServiceConfig;
 use crate::whoami::WhoAmI;
 
@@ -31,6 +32,14 @@ pub struct ServiceSpec {
     pub grpc_services: &'static [&'static str],
     /// Built-in allowlist, used when the config gives none.
     pub default_authz: &'static [(&'static str, &'static [&'static str])],
+    /// The largest request message accepted
+    /// ([`crate::bounds::DEFAULT_MAX_REQUEST_BYTES`] unless a service needs
+    /// more); the service's gRPC servers must accept at least as much.
+    pub max_request_bytes: usize,
+    /// Fields allowed past the wire bound's defaults, `(full field name,
+    /// bytes)`: `("steward.inventory.v1.ImportIdentitiesRequest.content",
+    /// …)`. See [`crate::bounds`].
+    pub field_limits: &'static [(&'static str, usize)],
 }
 
 /// Why a service could not start.
@@ -136,6 +145,7 @@ pub struct Application {
     source: Arc<SvidSource>,
     database: Database,
     allowlist: CallerAllowlist,
+    bounds: Bounds,
     routes: Routes,
     stop_tasks: tokio::sync::watch::Sender<bool>,
     tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
@@ -171,6 +181,12 @@ impl Application {
         let source = SvidSource::load(config.tls.svid.clone(), extra)?;
         let own = source.material().id.clone();
         let allowlist = build_allowlist(&spec, &config, own.trust_domain().clone())?;
+        let bounds = Bounds::new(
+            steward_proto::FILE_DESCRIPTOR_SET,
+            spec.field_limits,
+            spec.max_request_bytes,
+        )
+        .map_err(StartError::Init)?;
 
         let database = Database::connect(&config.database).await?;
         database.migrate(&spec.migrations).await?;
@@ -204,6 +220,7 @@ impl Application {
             source,
             database,
             allowlist,
+            bounds,
             routes,
             stop_tasks,
             tasks,
@@ -239,6 +256,7 @@ impl Application {
             source,
             database,
             allowlist,
+            bounds,
             routes,
             stop_tasks,
             tasks,
@@ -295,6 +313,7 @@ impl Application {
             })
             .timeout(Duration::from_secs(config.request_timeout_secs.max(1)))
             .layer(AuthorizeCallerLayer::new(allowlist))
+            .layer(BoundsLayer::new(bounds))
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, signalled);
 

@@ -8,7 +8,8 @@
 //!
 //! Layer order, outermost first: connect info (the verified
 //! [`steward_identity::PeerIdentity`], set by the transport) → trace span →
-//! timeout → caller authorisation → the service's handlers.
+//! timeout → caller authorisation → the wire bound ([`bounds`]) → the
+//! service's handlers.
 
 /// Every Steward binary (each links this crate) allocates with mimalloc.
 /// Cedar's evaluation, tonic's request path and sqlx allocate heavily, and
@@ -18,6 +19,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod app;
+pub mod bounds;
 pub mod config;
 pub mod shutdown;
 pub mod whoami;

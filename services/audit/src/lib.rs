@@ -85,6 +85,8 @@ pub const SPEC: ServiceSpec = ServiceSpec {
         ("/steward.audit.v1.AuditService/Query", READERS),
         ("/steward.audit.v1.AuditService/Subscribe", READERS),
     ],
+    max_request_bytes: steward_server::bounds::DEFAULT_MAX_REQUEST_BYTES,
+    field_limits: &[],
 };
 
 /// This service's configuration with its defaults.

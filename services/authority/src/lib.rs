@@ -115,6 +115,9 @@ macro_rules! rpc {
     };
 }
 
+/// The largest policy set or response-rule document accepted.
+pub const MAX_DOCUMENT_BYTES: usize = 512 * 1024;
+
 /// What makes this binary the authority service.
 pub const SPEC: ServiceSpec = ServiceSpec {
     name: "authority",
@@ -178,6 +181,25 @@ pub const SPEC: ServiceSpec = ServiceSpec {
         (
             rpc!("ListResponseActions"),
             &[OPERATORS, AUDITORS, AUTOMATION],
+        ),
+    ],
+    max_request_bytes: steward_server::bounds::DEFAULT_MAX_REQUEST_BYTES,
+    field_limits: &[
+        (
+            "steward.authority.v1.ValidatePolicySetRequest.policies",
+            MAX_DOCUMENT_BYTES,
+        ),
+        (
+            "steward.authority.v1.UploadPolicySetRequest.policies",
+            MAX_DOCUMENT_BYTES,
+        ),
+        (
+            "steward.authority.v1.ValidateResponseRulesRequest.document",
+            MAX_DOCUMENT_BYTES,
+        ),
+        (
+            "steward.authority.v1.UploadResponseRulesRequest.document",
+            MAX_DOCUMENT_BYTES,
         ),
     ],
 };

@@ -152,6 +152,8 @@ pub const SPEC: ServiceSpec = ServiceSpec {
         ),
         (rpc!("WatchRevocations"), EVERYONE),
     ],
+    max_request_bytes: steward_server::bounds::DEFAULT_MAX_REQUEST_BYTES,
+    field_limits: &[],
 };
 
 /// Unix nanoseconds now.

@@ -115,6 +115,11 @@ pub const SPEC: ServiceSpec = ServiceSpec {
         (rpc!("GetPostureReport"), READERS),
         (rpc!("ImportIdentities"), MAINTAINERS),
     ],
+    max_request_bytes: MAX_REQUEST_BYTES,
+    field_limits: &[(
+        "steward.inventory.v1.ImportIdentitiesRequest.content",
+        MAX_REQUEST_BYTES,
+    )],
 };
 
 /// Largest request the service accepts (imports carry whole exports).
