@@ -29,6 +29,7 @@ mod health;
 mod identity;
 mod lease;
 mod login;
+mod outbox;
 mod policy;
 
 use std::path::PathBuf;
@@ -171,11 +172,41 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// The evidence each service holds for audit: what waits, and what
+    /// audit refused (parked) until you send it again.
+    Outbox {
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
     /// Ask a service which SPIFFE ID it verified for you.
     Whoami {
         /// Which service to ask.
         #[arg(long, default_value = "inventory")]
         service: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OutboxCommand {
+    /// Count what waits and list what is parked, per service. Exits 6
+    /// when any record is parked.
+    Show {
+        /// Only this service (repeatable; default: inventory, authority,
+        /// credential-broker).
+        #[arg(long)]
+        service: Vec<String>,
+    },
+    /// Send parked records to audit again, once their cause is fixed.
+    Retry {
+        /// The service whose outbox holds them.
+        #[arg(long)]
+        service: String,
+        /// The parked records, by seq (as `show` lists them).
+        #[arg(long = "seq", required_unless_present = "all", conflicts_with = "all")]
+        seqs: Vec<i64>,
+        /// Every parked record of the service.
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -522,6 +553,12 @@ fn main() -> ExitCode {
             Command::Audit {
                 command: AuditCommand::Export { from, to, file },
             } => audit::export(&cli.conn, from, to, file).await,
+            Command::Outbox {
+                command: OutboxCommand::Show { service },
+            } => outbox::show(&cli.conn, &service, cli.output).await,
+            Command::Outbox {
+                command: OutboxCommand::Retry { service, seqs, all },
+            } => outbox::retry(&cli.conn, &service, seqs, all, cli.output).await,
             Command::Whoami { service } => health::whoami(&cli.conn, &service, cli.output).await,
             Command::Completions { shell } => {
                 use clap::CommandFactory;

@@ -9,13 +9,20 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::workspace_root;
 
-/// The four APIs: proto file and the service that serves it.
-pub const APIS: [(&str, &str); 4] = [
+/// The services' APIs: proto file and a service that serves it (the
+/// evidence outbox's, by each service that writes evidence).
+pub const APIS: [(&str, &str); 7] = [
     ("proto/steward/inventory/v1/inventory.proto", "inventory"),
     ("proto/steward/authority/v1/authority.proto", "authority"),
     ("proto/steward/broker/v1/broker.proto", "credential-broker"),
     ("proto/steward/audit/v1/audit.proto", "audit"),
+    (OUTBOX_PROTO, "inventory"),
+    (OUTBOX_PROTO, "authority"),
+    (OUTBOX_PROTO, "credential-broker"),
 ];
+
+/// The evidence outbox's API, served beside a service's own.
+pub const OUTBOX_PROTO: &str = "proto/steward/common/v1/outbox.proto";
 
 /// `rpc name → callers` from one proto file's services, as written.
 pub fn documented(proto: &str) -> BTreeMap<String, BTreeSet<String>> {

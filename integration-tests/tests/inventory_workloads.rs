@@ -317,19 +317,20 @@ async fn access_reviews_apply_attestations_and_flag_what_was_not_attested() {
         .unwrap_err();
     assert!(err.message().starts_with("decision"));
 
+    let new_expiry = days_from_now(90);
     let kept = client
         .attest_review(attest(
             &keep,
             "alice",
             pb::ReviewDecision::StillNeeded,
-            Some(days_from_now(90)),
+            Some(new_expiry),
         ))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(
         kept.identity.unwrap().expire_time.unwrap().seconds,
-        days_from_now(90).seconds
+        new_expiry.seconds
     );
     let err = client
         .attest_review(attest(&keep, "alice", pb::ReviewDecision::Revoke, None))

@@ -1,6 +1,7 @@
 //! Refusals never carry the caller's payload back: an oversized value is
 //! named by its field and quoted bounded, and a value that looks like a
-//! secret is never quoted at all (`steward_errors::shown`).
+//! secret is never quoted at all (`steward_errors::shown`). A value over
+//! the wire bound (`steward_server::bounds`) is refused by its size alone.
 
 use steward_integration_tests::TestStack;
 use steward_integration_tests::inventory::{create, spec};
@@ -12,12 +13,17 @@ use tonic::Code;
 /// The largest message a refusal may carry.
 const SMALL: usize = 1024;
 
+fn start(message: &str) -> &str {
+    &message[..message.len().min(80)]
+}
+
 #[tokio::test]
 async fn a_megabyte_value_is_refused_by_field_in_a_short_message() {
     let stack = TestStack::start().await;
     let mut inv = stack.inventory().await;
     let nhi = create(&mut inv, spec("refusals")).await.id;
     let huge = "x".repeat(1 << 20);
+    let long = "x".repeat(3000);
 
     let mut broker = stack.authority_caller("/service/credential-broker").await;
     let err = broker
@@ -33,19 +39,42 @@ async fn a_megabyte_value_is_refused_by_field_in_a_short_message() {
         })
         .await
         .unwrap_err();
+    // Over the wire bound: refused before authority's handler runs.
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message()
+            .starts_with("`action` is 1048576 bytes long; at most 4096"),
+        "{}",
+        start(err.message())
+    );
+    assert!(err.message().len() < SMALL, "{} bytes", err.message().len());
+    // Under it but over the handler's own limit: quoted bounded.
+    let err = broker
+        .authorize(authority::AuthorizeRequest {
+            principal: Some(authority::Principal {
+                kind: Some(authority::principal::Kind::Workload(
+                    "spiffe://steward.test/service/credential-broker".into(),
+                )),
+            }),
+            action: long.clone(),
+            resource_id: nhi.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(
         err.message().starts_with("action: "),
         "{}",
-        &err.message()[..80]
+        start(err.message())
     );
     assert!(err.message().len() < SMALL, "{} bytes", err.message().len());
-    assert!(err.message().contains("1048576 bytes"), "{}", err.message());
+    assert!(err.message().contains("3000"), "{}", err.message());
 
     let mut leases = stack.broker_caller("/automation/soar").await;
     let err = leases
         .get_lease(broker::GetLeaseRequest {
-            lease_id: huge.clone(),
+            lease_id: long.clone(),
         })
         .await
         .unwrap_err();
@@ -53,7 +82,7 @@ async fn a_megabyte_value_is_refused_by_field_in_a_short_message() {
     assert!(
         err.message().starts_with("lease_id: "),
         "{}",
-        &err.message()[..80]
+        start(err.message())
     );
     assert!(err.message().len() < SMALL, "{} bytes", err.message().len());
 

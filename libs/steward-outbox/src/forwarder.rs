@@ -100,6 +100,22 @@ impl Forwarder {
         if let Err(error) = tidied {
             tracing::warn!(%error, "cannot remove delivered outbox rows");
         }
+        // Versions before this one parked a record audit could not store
+        // as if audit had refused it: those go back in line.
+        const NOT_REFUSED: &str = "UPDATE evidence_outbox SET last_error = NULL
+            WHERE last_error IN ('evidence storage is unavailable; retry', 'the audit log is shutting down', 'no result')
+               OR last_error LIKE 'this audit replica is not the sequencer; retry%'";
+        let requeued: Result<u64, sqlx::Error> = on_backend!(&self.database, pool, Db => {
+            sqlx::query::<Db>(NOT_REFUSED).execute(pool).await.map(|r| r.rows_affected())
+        });
+        match requeued {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                records = n,
+                "evidence parked by an earlier version although audit never refused it: sending it again"
+            ),
+            Err(error) => tracing::warn!(%error, "cannot re-queue parked outbox rows"),
+        }
         let mut backoff = self.options.min_backoff;
         loop {
             let pause = match self.forward_once().await {
@@ -168,7 +184,7 @@ impl Forwarder {
         // leave the outbox. The common case is a whole batch of
         // consecutive seqs, and one DELETE of the range.
         const DELIVERED: &str = "DELETE FROM evidence_outbox WHERE seq = $1";
-        const DEAD: &str =
+        const PARK: &str =
             "UPDATE evidence_outbox SET last_error = $1, attempts = attempts + 1 WHERE seq = $2";
         let all_appended = results.len() == seqs.len()
             && results
@@ -189,6 +205,12 @@ impl Forwarder {
             });
             return Ok(results.len());
         }
+        // A record audit refused (invalid, or its id logged with other
+        // content) is parked for an operator, so it does not block every
+        // later one; one audit could not store is left pending and the
+        // whole round backs off, as for a failed call.
+        let mut retry: Option<(tonic::Code, String)> = None;
+        let mut waiting = Vec::new();
         on_backend!(&self.database, pool, Db => {
             let mut tx = pool.begin().await?;
             for (seq, result) in seqs.iter().zip(&results) {
@@ -196,18 +218,23 @@ impl Forwarder {
                     Some(pb::append_batch_result::Result::Appended(_)) => {
                         sqlx::query::<Db>(DELIVERED).bind(seq).execute(&mut *tx).await?;
                     }
-                    Some(pb::append_batch_result::Result::Error(e)) => {
-                        // The record was validated when it was queued, so this is a
-                        // version skew or a reused record id: keep it, loudly, and
-                        // move on rather than block every later record.
-                        tracing::error!(seq, code = e.code, message = %e.message, "audit refused an evidence record; kept in the outbox as failed");
-                        sqlx::query::<Db>(DEAD).bind(&e.message).bind(seq).execute(&mut *tx).await?;
+                    Some(pb::append_batch_result::Result::Error(e)) if refused(e.code) => {
+                        tracing::error!(seq, code = e.code, message = %e.message, "audit refused an evidence record; parked in the outbox for an operator");
+                        sqlx::query::<Db>(PARK).bind(&e.message).bind(seq).execute(&mut *tx).await?;
                     }
-                    None => {}
+                    Some(pb::append_batch_result::Result::Error(e)) => {
+                        waiting.push(*seq);
+                        retry.get_or_insert((tonic::Code::from(e.code), e.message.clone()));
+                    }
+                    None => waiting.push(*seq),
                 }
             }
             tx.commit().await?;
         });
+        if let Some((code, message)) = retry {
+            self.count_attempt(&waiting).await?;
+            return Err(ForwardError::Audit(code, message));
+        }
         Ok(results.len())
     }
 
@@ -233,6 +260,16 @@ impl Forwarder {
         });
         Ok(OutboxStats { pending, failed })
     }
+}
+
+/// Whether a per-record `AppendError` code is audit refusing the record
+/// (INVALID_ARGUMENT, ALREADY_EXISTS: sending it again cannot help), as
+/// opposed to audit not storing it this time (anything else, retried).
+fn refused(code: i32) -> bool {
+    matches!(
+        tonic::Code::from(code),
+        tonic::Code::InvalidArgument | tonic::Code::AlreadyExists
+    )
 }
 
 /// Why a delivery attempt failed; the forwarder retries.

@@ -9,7 +9,9 @@
 //!    `seq` order, deletes them once audit has them (the log is their home
 //!    from then on), and retries with exponential backoff while audit is
 //!    away. It survives restarts: the table is the queue. A record audit
-//!    refuses stays, marked with the error.
+//!    could not store this time is sent again; one audit refuses (invalid,
+//!    or its id logged with other content) is parked, marked with the
+//!    error, and listed by [`OutboxAdmin`] until an operator retries it.
 //! 3. Audit de-duplicates by record id, so a batch re-sent after a lost
 //!    acknowledgement is logged once: delivery is exactly-once in the log,
 //!    in per-service order.
@@ -17,6 +19,7 @@
 //! Services add the outbox table to their migrations with [`SQLITE_SQL`] and
 //! [`POSTGRES_SQL`] under a version number of their choosing.
 
+mod admin;
 mod batcher;
 mod forwarder;
 
@@ -25,8 +28,14 @@ use steward_db::Placeholders;
 use steward_evidence::record::{EvidenceRecord, FieldError};
 use steward_evidence::wire::record_to_proto;
 
+pub use admin::OutboxAdmin;
 pub use batcher::Batcher;
 pub use forwarder::{Forwarder, ForwarderOptions, OutboxStats};
+
+/// Who may read a service's outbox ([`OutboxAdmin`]), as allowlist rules.
+pub const OUTBOX_READERS: &[&str] = &["spiffe://{td}/operator/*", "spiffe://{td}/auditor/*"];
+/// Who may send parked records again.
+pub const OUTBOX_MAINTAINERS: &[&str] = &["spiffe://{td}/operator/*"];
 
 /// The outbox table on SQLite.
 pub const SQLITE_SQL: &str = "CREATE TABLE evidence_outbox (

@@ -184,6 +184,17 @@ impl AuditService for AuditServer {
         } else {
             self.log.append(valid).await.map_err(status)?
         };
+        // A record audit could not store is not refused: the whole call
+        // fails, so the sender retries the batch (records of it already
+        // appended are recognised by their ids). Only a real refusal, the
+        // same id with other content, is answered record by record.
+        if let Some(i) = outcomes
+            .iter()
+            .position(|o| matches!(o, Err(e) if !matches!(e, LogError::Conflict { .. })))
+            && let Err(error) = outcomes.swap_remove(i)
+        {
+            return Err(status(error));
+        }
         let mut outcomes: Vec<Option<Result<crate::log::Appended, LogError>>> =
             outcomes.drain(..).map(Some).collect();
         let results = slots

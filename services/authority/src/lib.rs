@@ -130,6 +130,14 @@ pub const SPEC: ServiceSpec = ServiceSpec {
     grpc_services: &["steward.authority.v1.AuthorityService"],
     // RPC → callers; `{td}` is replaced by the service's trust domain.
     default_authz: &[
+        (
+            "/steward.common.v1.EvidenceOutbox/GetOutbox",
+            steward_outbox::OUTBOX_READERS,
+        ),
+        (
+            "/steward.common.v1.EvidenceOutbox/RetryParked",
+            steward_outbox::OUTBOX_MAINTAINERS,
+        ),
         (rpc!("ValidatePolicySet"), &[OPERATORS, AUTOMATION]),
         (rpc!("UploadPolicySet"), &[OPERATORS]),
         (rpc!("ListPolicySets"), &[OPERATORS, AUDITORS, AUTOMATION]),
@@ -278,6 +286,8 @@ async fn routes(context: ServiceContext, config: AuthorityConfig) -> Result<Rout
         .await
         .map_err(|e| StartError::Init(e.to_string()))?;
     let forwarder = Forwarder::spawn(&context, ForwarderOptions::default())?;
+    let outbox =
+        steward_outbox::OutboxAdmin::server(context.database.clone(), SPEC.name, forwarder.clone());
     let (batcher, writer) = Batcher::start(
         context.database.clone(),
         Some(forwarder),
@@ -290,7 +300,7 @@ async fn routes(context: ServiceContext, config: AuthorityConfig) -> Result<Rout
     context.spawn(Arc::clone(&shared.facts).follow(inventory.clone(), context.shutdown()));
     let server = server::AuthorityServer::new(shared, inventory, batcher);
     context.spawn(server.clone().respond(context.shutdown()));
-    Ok(Routes::new(AuthorityServiceServer::new(server)))
+    Ok(Routes::new(AuthorityServiceServer::new(server)).add_service(outbox))
 }
 
 /// How the default policy set is described when authority installs it.

@@ -127,6 +127,14 @@ pub const SPEC: ServiceSpec = ServiceSpec {
     grpc_services: &["steward.broker.v1.CredentialBroker"],
     // RPC → callers; `{td}` is replaced by the service's trust domain.
     default_authz: &[
+        (
+            "/steward.common.v1.EvidenceOutbox/GetOutbox",
+            steward_outbox::OUTBOX_READERS,
+        ),
+        (
+            "/steward.common.v1.EvidenceOutbox/RetryParked",
+            steward_outbox::OUTBOX_MAINTAINERS,
+        ),
         (rpc!("GetTrustBundle"), EVERYONE),
         (rpc!("RotateCa"), &[OPERATORS]),
         (rpc!("IssueX509Svid"), ISSUERS),
@@ -194,6 +202,8 @@ async fn routes(context: ServiceContext, config: BrokerConfig) -> Result<Routes,
     // The lease writer and the forwarder's settles share the database's
     // writer connection.
     let forwarder = Forwarder::spawn(&context, ForwarderOptions::default())?;
+    let outbox =
+        steward_outbox::OutboxAdmin::server(context.database.clone(), SPEC.name, forwarder.clone());
     let (writer, task) =
         store::writer::Writer::start(store.clone(), Some(forwarder), context.shutdown())
             .await
@@ -247,7 +257,7 @@ async fn routes(context: ServiceContext, config: BrokerConfig) -> Result<Routes,
             }
         });
     }
-    Ok(Routes::new(CredentialBrokerServer::new(broker)))
+    Ok(Routes::new(CredentialBrokerServer::new(broker)).add_service(outbox))
 }
 
 /// Builds the service with default settings around `config` (the

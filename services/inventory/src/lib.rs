@@ -88,6 +88,14 @@ pub const SPEC: ServiceSpec = ServiceSpec {
     grpc_services: &["steward.inventory.v1.InventoryService"],
     // RPC → callers; `{td}` is replaced by the service's trust domain.
     default_authz: &[
+        (
+            "/steward.common.v1.EvidenceOutbox/GetOutbox",
+            steward_outbox::OUTBOX_READERS,
+        ),
+        (
+            "/steward.common.v1.EvidenceOutbox/RetryParked",
+            steward_outbox::OUTBOX_MAINTAINERS,
+        ),
         (rpc!("CreateIdentity"), MAINTAINERS),
         (rpc!("GetIdentity"), READERS),
         (rpc!("UpdateIdentity"), MAINTAINERS),
@@ -137,6 +145,8 @@ pub fn default_config() -> ServiceConfig {
 /// forwarder, the transition writer, the review sweeper.
 pub async fn routes(context: ServiceContext) -> Result<Routes, StartError> {
     let forwarder = Forwarder::spawn(&context, ForwarderOptions::default())?;
+    let outbox =
+        steward_outbox::OutboxAdmin::server(context.database.clone(), SPEC.name, forwarder.clone());
     let store = store::Store::new(context.database.clone(), Some(forwarder));
     let (transitions, writer) =
         store::transitions::Transitions::start(store.clone(), context.shutdown());
@@ -170,7 +180,8 @@ pub async fn routes(context: ServiceContext) -> Result<Routes, StartError> {
         InventoryServiceServer::new(server)
             .max_decoding_message_size(MAX_REQUEST_BYTES)
             .max_encoding_message_size(MAX_REQUEST_BYTES),
-    ))
+    )
+    .add_service(outbox))
 }
 
 /// Closes review campaigns whose deadline passed, so that flags appear

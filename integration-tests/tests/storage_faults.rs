@@ -1,0 +1,327 @@
+//! Storage faults lose nothing: while audit's own storage fails, the other
+//! services keep acknowledging changes and their evidence waits in their
+//! outboxes; once it is back, every record reaches the log exactly once,
+//! nothing is left parked, and the log verifies.
+
+use std::time::{Duration, Instant};
+
+use steward_db::{Database, DatabaseConfig, on_backend};
+use steward_integration_tests::inventory::{create, spec};
+use steward_integration_tests::{TestBackend, TestStack, evidence, run_steward, spiffe_id};
+use steward_outbox::{Forwarder, OutboxStats};
+use steward_proto::steward::audit::v1 as audit;
+use steward_proto::steward::common::v1 as common;
+use steward_proto::steward::common::v1::evidence_outbox_client::EvidenceOutboxClient;
+
+/// A service's storage made to fail from outside, as an operator's
+/// database would: on SQLite another process holds the write lock longer
+/// than the service's busy timeout (10 s); on PostgreSQL the database
+/// refuses connections and its sessions are ended.
+enum Outage {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres {
+        admin: sqlx::PgPool,
+        database: String,
+    },
+}
+
+impl Outage {
+    async fn begin(backend: &TestBackend, config: &DatabaseConfig) -> Self {
+        use sqlx::Connection as _;
+        match backend {
+            TestBackend::Sqlite => {
+                let mut connection = sqlx::SqliteConnection::connect(&config.url).await.unwrap();
+                sqlx::query("BEGIN EXCLUSIVE")
+                    .execute(&mut connection)
+                    .await
+                    .unwrap();
+                Self::Sqlite(connection)
+            }
+            TestBackend::Postgres(admin_url) => {
+                let admin = sqlx::PgPool::connect(admin_url).await.unwrap();
+                let database = config
+                    .url
+                    .rsplit('/')
+                    .next()
+                    .unwrap()
+                    .split('?')
+                    .next()
+                    .unwrap()
+                    .to_owned();
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "ALTER DATABASE \"{database}\" WITH ALLOW_CONNECTIONS false"
+                )))
+                .execute(&admin)
+                .await
+                .unwrap();
+                sqlx::query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                     WHERE datname = $1 AND pid <> pg_backend_pid()",
+                )
+                .bind(&database)
+                .execute(&admin)
+                .await
+                .unwrap();
+                Self::Postgres { admin, database }
+            }
+        }
+    }
+
+    /// How long the fault must last to fail writes, not just delay them.
+    fn length(&self) -> Duration {
+        match self {
+            Self::Sqlite(_) => Duration::from_secs(13),
+            Self::Postgres { .. } => Duration::from_secs(8),
+        }
+    }
+
+    async fn end(self) {
+        match self {
+            Self::Sqlite(mut connection) => {
+                sqlx::query("ROLLBACK")
+                    .execute(&mut connection)
+                    .await
+                    .unwrap();
+            }
+            Self::Postgres { admin, database } => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "ALTER DATABASE \"{database}\" WITH ALLOW_CONNECTIONS true"
+                )))
+                .execute(&admin)
+                .await
+                .unwrap();
+            }
+        }
+    }
+}
+
+async fn outbox(db: &Database) -> (OutboxStats, i64) {
+    let stats = Forwarder::stats(db).await.unwrap();
+    const ATTEMPTED: &str =
+        "SELECT CAST(COALESCE(MAX(attempts), 0) AS BIGINT) FROM evidence_outbox";
+    let attempted: i64 = on_backend!(db, pool, Db => {
+        sqlx::query_scalar::<Db, i64>(ATTEMPTED).fetch_one(pool).await.unwrap()
+    });
+    (stats, attempted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evidence_waits_out_audits_storage_failure_and_arrives_exactly_once() {
+    let stack = TestStack::start().await;
+    let mut inventory = stack.inventory().await;
+    let outbox_db = Database::connect(&stack.configs["inventory"].database)
+        .await
+        .unwrap();
+    // The start-up records are in: the outbox is empty.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while outbox(&outbox_db).await.0.pending > 0 {
+        assert!(Instant::now() < deadline, "start-up evidence not delivered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let outage = Outage::begin(&stack.backend, &stack.configs["audit"].database).await;
+    let until = Instant::now() + outage.length();
+    let mut acknowledged = Vec::new();
+    let mut retried = false;
+    while Instant::now() < until {
+        let n = acknowledged.len();
+        acknowledged.push(create(&mut inventory, spec(&format!("fault-{n}"))).await.id);
+        let (_, attempts) = outbox(&outbox_db).await;
+        retried |= attempts > 0;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (during, _) = outbox(&outbox_db).await;
+    outage.end().await;
+    assert!(
+        during.pending > 0,
+        "the fault never held evidence back: {during:?}"
+    );
+    assert!(retried, "no delivery was ever attempted and failed");
+
+    // Recovery: the outbox drains completely, nothing parked.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (stats, _) = outbox(&outbox_db).await;
+        assert_eq!(
+            stats.failed, 0,
+            "evidence parked although audit never refused it"
+        );
+        if stats.pending == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "outbox not drained: {stats:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Every acknowledged change has exactly one record in the log.
+    let mut reader = stack.audit_reader().await;
+    for id in &acknowledged {
+        let entries = reader
+            .query(audit::QueryRequest {
+                filter: Some(audit::EntryFilter {
+                    nhi_id: id.clone(),
+                    ..Default::default()
+                }),
+                page_size: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .entries;
+        let created = entries
+            .iter()
+            .filter(|e| {
+                e.record
+                    .as_ref()
+                    .is_some_and(|r| r.action == "identity.create")
+            })
+            .count();
+        assert_eq!(created, 1, "{id}: {created} identity.create records");
+    }
+
+    // And the log is one a verifier accepts.
+    let mut args = stack
+        .pki
+        .cli_args("operator", &stack.service("audit").address());
+    args.extend([
+        "audit".to_owned(),
+        "verify".to_owned(),
+        "--vkey".to_owned(),
+        stack.pki.log_verifier_key().display().to_string(),
+        "--state".to_owned(),
+        stack
+            .pki
+            .path()
+            .join("verify-state/trusted")
+            .display()
+            .to_string(),
+    ]);
+    let out = run_steward(args).await;
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn outbox_as(
+    stack: &TestStack,
+    path: &str,
+) -> EvidenceOutboxClient<tonic::transport::Channel> {
+    let source = stack
+        .pki
+        .client(&path.replace('/', "-"), &spiffe_id(path).to_string());
+    EvidenceOutboxClient::new(stack.service("inventory").channel(&source).await)
+}
+
+async fn parked(stack: &TestStack) -> common::GetOutboxResponse {
+    outbox_as(stack, "/operator/alice")
+        .await
+        .get_outbox(common::GetOutboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// A record audit refuses (here: its id already logged with other
+/// content) is parked, not retried forever nor dropped: an operator sees
+/// it through the API and the CLI and can send it again; nobody else can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_record_is_parked_listed_and_sent_again_only_by_an_operator() {
+    let stack = TestStack::start().await;
+    let mut writer = stack.audit_as_service("inventory").await;
+    let logged = evidence::record(1, "INC-parked");
+    writer
+        .append(audit::AppendRequest {
+            record: Some(logged.clone()),
+        })
+        .await
+        .unwrap();
+    // The same id, other content, queued in inventory's outbox.
+    let mut clash = logged.clone();
+    clash.action = "identity.suspend".into();
+    let db = Database::connect(&stack.configs["inventory"].database)
+        .await
+        .unwrap();
+    on_backend!(&db, pool, Db => {
+        sqlx::query::<Db>(
+            "INSERT INTO evidence_outbox (record_id, record, enqueued_at_ns) VALUES ($1, $2, 1)",
+        )
+        .bind(&clash.record_id)
+        .bind(prost::Message::encode_to_vec(&clash))
+        .execute(pool)
+        .await
+        .unwrap();
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let answer = loop {
+        let answer = parked(&stack).await;
+        if answer.parked == 1 {
+            break answer;
+        }
+        assert!(Instant::now() < deadline, "never parked: {answer:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(answer.service, "inventory");
+    let record = &answer.parked_records[0];
+    assert_eq!(record.record_id, logged.record_id);
+    assert_eq!(record.action, "identity.suspend");
+    assert!(!record.error.is_empty());
+
+    // The CLI lists it, and says so by its exit code.
+    let mut args = stack
+        .pki
+        .cli_args("operator", &stack.service("inventory").address());
+    args.extend(["outbox", "show", "--service", "inventory"].map(String::from));
+    let out = run_steward(args).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(6), "{text}");
+    assert!(text.contains(&logged.record_id), "{text}");
+
+    // An auditor may look but not send it again: nothing changes.
+    let err = outbox_as(&stack, "/auditor/eve")
+        .await
+        .retry_parked(common::RetryParkedRequest {
+            seqs: vec![],
+            all: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert_eq!(
+        parked(&stack).await.parked_records[0].attempts,
+        record.attempts
+    );
+
+    let mut operator = outbox_as(&stack, "/operator/alice").await;
+    let err = operator
+        .retry_parked(common::RetryParkedRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().starts_with("seqs: "), "{}", err.message());
+
+    // The operator sends it again: audit refuses it again, and it is
+    // parked again, one attempt more.
+    let requeued = operator
+        .retry_parked(common::RetryParkedRequest {
+            seqs: vec![record.seq],
+            all: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .requeued;
+    assert_eq!(requeued, 1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let answer = parked(&stack).await;
+        if answer.parked == 1 && answer.parked_records[0].attempts > record.attempts {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not sent again: {answer:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
