@@ -242,12 +242,12 @@ impl Database {
                 std::fs::create_dir_all(parent)
                     .map_err(|e| DbError::Connect(sqlx::Error::Io(e)))?;
             }
-            let pool = SqlitePoolOptions::new()
+            let pool = recovering(SqlitePoolOptions::new())
                 .max_connections(config.max_connections.max(1))
                 .connect_with(options.clone())
                 .await
                 .map_err(DbError::Connect)?;
-            let writer = SqlitePoolOptions::new()
+            let writer = recovering(SqlitePoolOptions::new())
                 .max_connections(1)
                 .connect_lazy_with(options);
             Ok(Self::Sqlite(SqliteDatabase { pool, writer }))
@@ -410,6 +410,76 @@ impl Database {
     }
 }
 
+/// Pool options whose connections never return to the pool stuck inside a
+/// transaction. After a full disk or an I/O error SQLite may end the
+/// transaction itself; the rollback sqlx then sends fails, and sqlx would
+/// count the connection as inside a transaction for good ("begin_with at
+/// non-zero transaction depth" on every later write). Such a connection is
+/// closed, and the pool opens a fresh one: writes succeed again as soon as
+/// the storage does, without a restart.
+fn recovering(options: SqlitePoolOptions) -> SqlitePoolOptions {
+    options.after_release(|connection, _| {
+        Box::pin(async move {
+            use sqlx::Connection as _;
+            // A transaction dropped on an error queued its rollback: let it
+            // run before looking.
+            connection.ping().await?;
+            if connection.is_in_transaction() {
+                tracing::warn!(
+                    "a database connection is stuck inside a transaction SQLite already ended; replacing it"
+                );
+                return Ok(false);
+            }
+            Ok(true)
+        })
+    })
+}
+
+/// What a storage error means for the one who asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The disk (or the database's size cap) is full: nothing more can be
+    /// written until space is freed. RESOURCE_EXHAUSTED.
+    Full,
+    /// The database or its directory cannot be written.
+    ReadOnly,
+    /// Anything else: down, locked, unreachable. Retry.
+    Unavailable,
+}
+
+/// What a caller is told when the service's storage is full.
+pub const FULL: &str =
+    "this service's storage is full; nothing was changed; free space on its volume, then retry";
+
+/// Classifies a storage error, on either engine.
+pub fn fault_of(error: &sqlx::Error) -> Fault {
+    match error {
+        sqlx::Error::Database(db) => {
+            let code = db.code();
+            let code = code.as_deref().unwrap_or("");
+            // SQLite's (extended) result codes, numerically; PostgreSQL's
+            // SQLSTATEs.
+            match code.parse::<i32>().map(|c| c & 0xff) {
+                Ok(13) if code.len() < 5 => Fault::Full,
+                Ok(8) if code.len() < 5 => Fault::ReadOnly,
+                _ => match code {
+                    "53100" => Fault::Full,
+                    "25006" => Fault::ReadOnly,
+                    _ => Fault::Unavailable,
+                },
+            }
+        }
+        sqlx::Error::Io(io) => match io.kind() {
+            std::io::ErrorKind::StorageFull => Fault::Full,
+            std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied => {
+                Fault::ReadOnly
+            }
+            _ => Fault::Unavailable,
+        },
+        _ => Fault::Unavailable,
+    }
+}
+
 /// Version 1 of every service database: the start journal.
 const BASELINE: &MigrationFile = &MigrationFile {
     version: 1,
@@ -508,6 +578,103 @@ mod tests {
             db.migrate(&other).await,
             Err(DbError::WrongOwner { .. })
         ));
+    }
+
+    /// A full database (here: capped with `max_page_count` on the one
+    /// writer connection) is classified as full, and once the cap is lifted
+    /// the next write succeeds on the same `Database`, with no restart, and
+    /// is durable. SQLite ends the transaction itself on SQLITE_FULL; the
+    /// connection sqlx then believed inside a transaction refused every
+    /// `BEGIN IMMEDIATE`, and plain transactions on it became savepoints of
+    /// a transaction nobody would commit (acknowledged, then lost).
+    #[tokio::test]
+    async fn sqlite_recovers_from_a_full_database_by_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::connect(&DatabaseConfig::sqlite(&dir.path().join("full.db")))
+            .await
+            .unwrap();
+        db.migrate(&SET).await.unwrap();
+        let writer = db.writer();
+        let Database::Sqlite(sqlite) = &writer else {
+            unreachable!()
+        };
+        let pool = sqlite.pool();
+        sqlx::query("CREATE TABLE blobs (b BLOB NOT NULL)")
+            .execute(pool)
+            .await
+            .unwrap();
+        let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "PRAGMA max_page_count = {}",
+            pages + 4
+        )))
+        .execute(pool)
+        .await
+        .unwrap();
+        // Transactions of large rows until the cap is hit.
+        let mut full = None;
+        for _ in 0..100 {
+            let result: Result<(), sqlx::Error> = async {
+                let mut tx = pool.begin().await?;
+                for _ in 0..4 {
+                    sqlx::query("INSERT INTO blobs (b) VALUES (zeroblob(200000))")
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await
+            }
+            .await;
+            if let Err(error) = result {
+                full = Some(error);
+                break;
+            }
+        }
+        let error = full.expect("the cap was never reached");
+        assert_eq!(fault_of(&error), Fault::Full, "{error}");
+        // Space returns: lift the cap (on whichever connection the pool
+        // now holds), and write again.
+        sqlx::query("PRAGMA max_page_count = 1073741823")
+            .execute(pool)
+            .await
+            .unwrap();
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+        sqlx::query("INSERT INTO blobs (b) VALUES (x'0102')")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let plain = pool.begin().await.unwrap();
+        plain.commit().await.unwrap();
+        // Seen from a connection of its own: committed.
+        let other = Database::connect(&DatabaseConfig::sqlite(&dir.path().join("full.db")))
+            .await
+            .unwrap();
+        let Database::Sqlite(other) = &other else {
+            unreachable!()
+        };
+        let marked: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM blobs WHERE b = x'0102'")
+            .fetch_one(other.pool())
+            .await
+            .unwrap();
+        assert_eq!(marked, 1);
+    }
+
+    #[test]
+    fn io_faults_are_classified() {
+        let io = |kind| sqlx::Error::Io(std::io::Error::from(kind));
+        assert_eq!(fault_of(&io(std::io::ErrorKind::StorageFull)), Fault::Full);
+        assert_eq!(
+            fault_of(&io(std::io::ErrorKind::ReadOnlyFilesystem)),
+            Fault::ReadOnly
+        );
+        assert_eq!(
+            fault_of(&io(std::io::ErrorKind::ConnectionRefused)),
+            Fault::Unavailable
+        );
+        assert_eq!(fault_of(&sqlx::Error::PoolTimedOut), Fault::Unavailable);
     }
 
     #[tokio::test]

@@ -50,6 +50,10 @@ fn status(error: LogError) -> Status {
         LogError::NotSequencer => Status::unavailable(
             "this audit replica is not the sequencer; retry, or send appends to the replica that holds the role",
         ),
+        LogError::Storage(detail) if steward_db::fault_of(&detail) == steward_db::Fault::Full => {
+            tracing::error!(error = %detail, "audit storage is full");
+            Status::resource_exhausted(steward_db::FULL)
+        }
         LogError::Storage(detail) => {
             tracing::error!(error = %detail, "audit storage error");
             Status::unavailable("evidence storage is unavailable; retry")

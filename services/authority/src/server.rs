@@ -200,6 +200,10 @@ pub fn store_status(error: StoreError) -> Status {
             tracing::error!(error = %detail, "authority storage error");
             Status::unavailable("authority storage is unavailable; retry")
         }
+        StoreError::StorageFull(detail) => {
+            tracing::error!(error = %detail, "authority storage is full");
+            Status::resource_exhausted(steward_db::FULL)
+        }
     }
 }
 

@@ -35,17 +35,26 @@ pub enum StoreError {
     PermissionDenied(String),
     #[error("storage: {0}")]
     Storage(String),
+    /// The disk (or the database's cap) is full.
+    #[error("storage full: {0}")]
+    StorageFull(String),
 }
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        Self::Storage(e.to_string())
+        match steward_db::fault_of(&e) {
+            steward_db::Fault::Full => Self::StorageFull(e.to_string()),
+            _ => Self::Storage(e.to_string()),
+        }
     }
 }
 
 impl From<steward_outbox::OutboxError> for StoreError {
     fn from(e: steward_outbox::OutboxError) -> Self {
-        Self::Storage(e.to_string())
+        match e {
+            steward_outbox::OutboxError::Storage(e) => e.into(),
+            other => Self::Storage(other.to_string()),
+        }
     }
 }
 

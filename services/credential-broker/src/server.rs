@@ -127,6 +127,10 @@ pub fn store_status(error: StoreError) -> Status {
             tracing::error!(error = %detail, "broker storage error");
             Status::unavailable("the broker's storage is unavailable; nothing was changed; retry")
         }
+        StoreError::StorageFull(detail) => {
+            tracing::error!(error = %detail, "broker storage is full");
+            Status::resource_exhausted(steward_db::FULL)
+        }
     }
 }
 

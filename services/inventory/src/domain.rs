@@ -50,17 +50,26 @@ pub enum Error {
     PermissionDenied(String),
     #[error("storage: {0}")]
     Storage(String),
+    /// The disk (or the database's cap) is full.
+    #[error("storage full: {0}")]
+    StorageFull(String),
 }
 
 impl From<sqlx::Error> for Error {
     fn from(error: sqlx::Error) -> Self {
-        Self::Storage(error.to_string())
+        match steward_db::fault_of(&error) {
+            steward_db::Fault::Full => Self::StorageFull(error.to_string()),
+            _ => Self::Storage(error.to_string()),
+        }
     }
 }
 
 impl From<steward_outbox::OutboxError> for Error {
     fn from(error: steward_outbox::OutboxError) -> Self {
-        Self::Storage(error.to_string())
+        match error {
+            steward_outbox::OutboxError::Storage(e) => e.into(),
+            other => Self::Storage(other.to_string()),
+        }
     }
 }
 

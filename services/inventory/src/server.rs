@@ -93,6 +93,10 @@ pub fn status(error: Error) -> Status {
             tracing::error!(error = %detail, "inventory storage error");
             Status::unavailable("inventory storage is unavailable; retry")
         }
+        Error::StorageFull(detail) => {
+            tracing::error!(error = %detail, "inventory storage is full");
+            Status::resource_exhausted(steward_db::FULL)
+        }
     }
 }
 
