@@ -325,3 +325,55 @@ async fn a_refused_record_is_parked_listed_and_sent_again_only_by_an_operator() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Waits until inventory's health says `wanted`; how long that took.
+async fn health_becomes(
+    health: &mut tonic_health::pb::health_client::HealthClient<tonic::transport::Channel>,
+    wanted: tonic_health::pb::health_check_response::ServingStatus,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .status();
+        if status == wanted {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still {status:?}, not {wanted:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Readiness writes to storage (`SELECT 1` would answer throughout): a
+/// database that takes no writes is NOT_SERVING within about 2 s (a probe
+/// every 0.5 s, each given 1.5 s), and SERVING again as soon as it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reports_storage_that_takes_no_writes() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let stack = TestStack::start().await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        stack.service("inventory").channel(&stack.operator).await,
+    );
+    health_becomes(&mut health, ServingStatus::Serving).await;
+
+    let outage = Outage::begin(&stack.backend, &stack.configs["inventory"].database).await;
+    let down = health_becomes(&mut health, ServingStatus::NotServing).await;
+    // The others' storage is fine: they still serve.
+    let mut audit = tonic_health::pb::health_client::HealthClient::new(
+        stack.service("audit").channel(&stack.operator).await,
+    );
+    health_becomes(&mut audit, ServingStatus::Serving).await;
+    outage.end().await;
+    let up = health_becomes(&mut health, ServingStatus::Serving).await;
+    eprintln!(
+        "NOT_SERVING {} ms after the fault, SERVING {} ms after recovery",
+        down.as_millis(),
+        up.as_millis()
+    );
+}

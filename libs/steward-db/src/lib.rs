@@ -342,7 +342,7 @@ impl Database {
         Ok(())
     }
 
-    /// Cheap liveness probe for health checks.
+    /// Cheap liveness probe: the database answers a query.
     pub async fn ping(&self) -> Result<(), DbError> {
         match self {
             Self::Sqlite(SqliteDatabase { pool, .. }) => {
@@ -354,6 +354,26 @@ impl Database {
                 sqlx::query::<sqlx::Postgres>("SELECT 1")
                     .execute(pool)
                     .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The readiness probe: one real write, committed, on the connection
+    /// the service's writers use (an unchanged row rewritten: on SQLite a
+    /// WAL frame and an fsync, on PostgreSQL a tuple and a WAL record). It
+    /// fails when the database cannot take writes, which `SELECT 1` never
+    /// notices: a full disk, a read-only file, a lock held elsewhere, a
+    /// writer stuck after an error.
+    pub async fn probe_write(&self) -> Result<(), DbError> {
+        const TOUCH: &str =
+            "UPDATE steward_database_owner SET service = service WHERE singleton = 1";
+        match self {
+            Self::Sqlite(SqliteDatabase { writer, .. }) => {
+                sqlx::query::<sqlx::Sqlite>(TOUCH).execute(writer).await?;
+            }
+            Self::Postgres(pool) => {
+                sqlx::query::<sqlx::Postgres>(TOUCH).execute(pool).await?;
             }
         }
         Ok(())

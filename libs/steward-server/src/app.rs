@@ -377,7 +377,13 @@ async fn set_all(reporter: &HealthReporter, spec: &ServiceSpec, status: ServingS
     }
 }
 
-/// Reports NOT_SERVING while the database does not answer, or while
+/// How often readiness writes to the database, and how long one probe may
+/// take: a storage failure shows within `PROBE_EVERY + PROBE_TIMEOUT` (2 s),
+/// a recovery within `PROBE_EVERY` of the first probe that succeeds.
+const PROBE_EVERY: Duration = Duration::from_millis(500);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// Reports NOT_SERVING while the database does not take a write, or while
 /// the service holds itself back ([`ServiceContext::mark_unhealthy`]).
 async fn watch_database(
     database: Database,
@@ -387,17 +393,34 @@ async fn watch_database(
 ) {
     let mut healthy = held_back(&unhealthy).is_none();
     loop {
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        let ok = held_back(&unhealthy).is_none()
-            && tokio::time::timeout(Duration::from_secs(3), database.ping())
-                .await
-                .is_ok_and(|r| r.is_ok());
+        tokio::time::sleep(PROBE_EVERY).await;
+        let probe = if let Some(reason) = held_back(&unhealthy) {
+            Err(reason)
+        } else {
+            match tokio::time::timeout(PROBE_TIMEOUT, database.probe_write()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(steward_db::DbError::Sqlx(error))) => {
+                    Err(match steward_db::fault_of(&error) {
+                        steward_db::Fault::Full => format!("storage is full: {error}"),
+                        steward_db::Fault::ReadOnly => format!("storage is read-only: {error}"),
+                        steward_db::Fault::Unavailable => {
+                            format!("storage does not take writes: {error}")
+                        }
+                    })
+                }
+                Ok(Err(error)) => Err(format!("storage does not take writes: {error}")),
+                Err(_) => Err(format!(
+                    "a write to storage took longer than {} ms",
+                    PROBE_TIMEOUT.as_millis()
+                )),
+            }
+        };
+        let ok = probe.is_ok();
         if ok != healthy {
             healthy = ok;
-            if ok {
-                tracing::info!("database answers again");
-            } else {
-                tracing::error!("database does not answer; reporting NOT_SERVING");
+            match probe {
+                Ok(()) => tracing::info!("storage takes writes again; reporting SERVING"),
+                Err(reason) => tracing::error!(%reason, "reporting NOT_SERVING"),
             }
             let status = if ok {
                 ServingStatus::Serving
