@@ -128,6 +128,9 @@ pub enum DbError {
     UnsupportedUrl(String),
     #[error("cannot open database: {0}")]
     Connect(#[source] sqlx::Error),
+    /// An SQLite file that cannot be opened: where, and why.
+    #[error("cannot open the SQLite database {path}: {reason}")]
+    OpenSqlite { path: String, reason: String },
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database belongs to service {found:?}, not {expected:?}")]
@@ -236,17 +239,26 @@ impl Database {
                 // close for every large batch. Keep it (and sorts) in
                 // memory.
                 .pragma("temp_store", "memory");
-            if let Some(parent) = options.get_filename().parent()
+            let path = options.get_filename().to_owned();
+            let cannot_open = |reason: String| DbError::OpenSqlite {
+                path: path.display().to_string(),
+                reason,
+            };
+            if let Some(parent) = path.parent()
                 && !parent.as_os_str().is_empty()
             {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| DbError::Connect(sqlx::Error::Io(e)))?;
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    cannot_open(format!(
+                        "cannot create its directory {}: {e}",
+                        parent.display()
+                    ))
+                })?;
             }
             let pool = recovering(SqlitePoolOptions::new())
                 .max_connections(config.max_connections.max(1))
                 .connect_with(options.clone())
                 .await
-                .map_err(DbError::Connect)?;
+                .map_err(|e| cannot_open(why_not_open(&path, &e)))?;
             let writer = recovering(SqlitePoolOptions::new())
                 .max_connections(1)
                 .connect_lazy_with(options);
@@ -427,6 +439,29 @@ impl Database {
             });
         }
         Ok(())
+    }
+}
+
+/// Why SQLite could not open `path`, in an operator's terms where the
+/// file system tells (SQLite itself says only "unable to open database
+/// file").
+fn why_not_open(path: &std::path::Path, error: &sqlx::Error) -> String {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    match (std::fs::metadata(path), std::fs::metadata(dir)) {
+        (Ok(file), _) if file.is_dir() => "it is a directory".to_owned(),
+        (Ok(file), _) if file.permissions().readonly() => {
+            format!("the file is read-only ({error})")
+        }
+        (_, Err(e)) => format!("its directory {} cannot be used: {e}", dir.display()),
+        (_, Ok(d)) if !d.is_dir() => format!("{} is not a directory", dir.display()),
+        (_, Ok(d)) if d.permissions().readonly() => format!(
+            "its directory {} is read-only (SQLite creates the -wal and -shm files beside the database)",
+            dir.display()
+        ),
+        _ => error.to_string(),
     }
 }
 
@@ -680,6 +715,27 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(marked, 1);
+    }
+
+    #[tokio::test]
+    async fn an_sqlite_file_that_cannot_be_opened_is_named_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        // Its "directory" is a regular file.
+        let blocker = dir.path().join("blocker");
+        std::fs::write(&blocker, b"").unwrap();
+        let path = blocker.join("svc.db");
+        let error = Database::connect(&DatabaseConfig::sqlite(&path))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains(&path.display().to_string()), "{error}");
+        assert!(error.contains("cannot create its directory"), "{error}");
+        // The database path is a directory.
+        let error = Database::connect(&DatabaseConfig::sqlite(dir.path()))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("it is a directory"), "{error}");
     }
 
     #[test]
