@@ -17,6 +17,8 @@ mod authority;
 mod broker;
 #[path = "bench/inventory.rs"]
 mod inventory;
+#[path = "bench/outbox.rs"]
+mod outbox;
 
 use std::time::{Duration, Instant};
 
@@ -111,6 +113,13 @@ fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    // `steward-bench drain` runs the outbox drain figures alone.
+    if std::env::args().nth(1).as_deref() == Some("drain") {
+        for f in runtime.block_on(outbox::run())? {
+            println!("{}: {:.0} {}", f.name, f.value, f.unit);
+        }
+        return Ok(());
+    }
     // `steward-bench appends` runs the audit append figure alone (profiling).
     if std::env::args().nth(1).as_deref() == Some("appends") {
         for f in runtime.block_on(audit_appends())? {
@@ -135,6 +144,7 @@ fn main() -> anyhow::Result<()> {
         figures.extend(audit_appends().await?);
         figures.extend(subscriber_lag().await?);
         figures.extend(audit_start_check().await?);
+        figures.extend(outbox::run().await?);
         anyhow::Ok(())
     })?;
     figures.extend(proofs_at_a_million());
@@ -542,9 +552,19 @@ fn print_ratios(baseline: &[Figure], audit: &[Figure]) {
             appends / floor
         );
     }
+    if let (Some(drain), Some(appends)) = (
+        find(audit, "outbox: drain rate"),
+        find(audit, "audit durable appends"),
+    ) {
+        println!(
+            "outbox drain / audit appends               = {:.2}  (drain {:.0} records/s)",
+            drain / appends,
+            drain
+        );
+    }
     for f in audit
         .iter()
-        .filter(|f| f.name.starts_with("audit start-up check"))
+        .filter(|f| f.name.starts_with("audit start-up check") || f.name.starts_with("outbox:"))
     {
         println!("{}: {:.1} {}", f.name, f.value, f.unit);
     }

@@ -17,7 +17,9 @@ pub struct ForwarderOptions {
     pub batch_size: u32,
     /// How often to look for work when nobody calls [`Forwarder::wake`].
     pub poll_interval: Duration,
-    /// First and largest pause after a failed delivery.
+    /// First and largest pause after a failed delivery. The largest bounds
+    /// how long evidence waits after audit is back (5 s by default: a
+    /// call every 5 s to an audit that is down costs nothing).
     pub min_backoff: Duration,
     pub max_backoff: Duration,
     /// The pause after a delivered batch before the next one, so that
@@ -31,7 +33,7 @@ impl Default for ForwarderOptions {
             batch_size: 500,
             poll_interval: Duration::from_millis(500),
             min_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(30),
+            max_backoff: Duration::from_secs(5),
             linger: Duration::from_millis(20),
         }
     }
