@@ -122,6 +122,15 @@ impl Forwarder {
         loop {
             let pause = match self.forward_once().await {
                 Ok(0) => self.options.poll_interval,
+                // A full batch: a backlog is waiting, send the next now.
+                Ok(n) if n >= self.options.batch_size as usize => {
+                    backoff = self.options.min_backoff;
+                    tokio::select! {
+                        biased;
+                        () = &mut shutdown => return,
+                        () = std::future::ready(()) => continue,
+                    }
+                }
                 Ok(_) => {
                     backoff = self.options.min_backoff;
                     // Under load, let records gather for a moment instead of
