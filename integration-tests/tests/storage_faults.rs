@@ -70,7 +70,7 @@ impl Outage {
     /// How long the fault must last to fail writes, not just delay them.
     fn length(&self) -> Duration {
         match self {
-            Self::Sqlite(_) => Duration::from_secs(13),
+            Self::Sqlite(_) => Duration::from_secs(16),
             Self::Postgres { .. } => Duration::from_secs(8),
         }
     }

@@ -203,6 +203,10 @@ pub enum Database {
 pub struct SqliteDatabase {
     pool: SqlitePool,
     writer: SqlitePool,
+    /// One connection of its own for the readiness probe, with a short
+    /// busy timeout: a probe never holds the writers' connection while
+    /// another process holds the lock.
+    probe: SqlitePool,
 }
 
 impl SqliteDatabase {
@@ -261,8 +265,15 @@ impl Database {
                 .map_err(|e| cannot_open(why_not_open(&path, &e)))?;
             let writer = recovering(SqlitePoolOptions::new())
                 .max_connections(1)
-                .connect_lazy_with(options);
-            Ok(Self::Sqlite(SqliteDatabase { pool, writer }))
+                .connect_lazy_with(options.clone());
+            let probe = recovering(SqlitePoolOptions::new())
+                .max_connections(1)
+                .connect_lazy_with(options.busy_timeout(PROBE_BUSY_TIMEOUT));
+            Ok(Self::Sqlite(SqliteDatabase {
+                pool,
+                writer,
+                probe,
+            }))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let options = PgConnectOptions::from_str(url).map_err(DbError::Connect)?;
             let pool = PgPoolOptions::new()
@@ -295,6 +306,7 @@ impl Database {
             Self::Sqlite(sqlite) => Self::Sqlite(SqliteDatabase {
                 pool: sqlite.writer.clone(),
                 writer: sqlite.writer.clone(),
+                probe: sqlite.probe.clone(),
             }),
             Self::Postgres(pool) => Self::Postgres(pool.clone()),
         }
@@ -371,18 +383,18 @@ impl Database {
         Ok(())
     }
 
-    /// The readiness probe: one real write, committed, on the connection
-    /// the service's writers use (an unchanged row rewritten: on SQLite a
-    /// WAL frame and an fsync, on PostgreSQL a tuple and a WAL record). It
-    /// fails when the database cannot take writes, which `SELECT 1` never
-    /// notices: a full disk, a read-only file, a lock held elsewhere, a
-    /// writer stuck after an error.
+    /// The readiness probe: one real write, committed (an unchanged row
+    /// rewritten: on SQLite a WAL frame and an fsync, on its own connection
+    /// that waits at most [`PROBE_BUSY_TIMEOUT`] for the lock; on
+    /// PostgreSQL a tuple and a WAL record). It fails when the database
+    /// cannot take writes, which `SELECT 1` never notices: a full disk, a
+    /// read-only file, a lock held elsewhere.
     pub async fn probe_write(&self) -> Result<(), DbError> {
         const TOUCH: &str =
             "UPDATE steward_database_owner SET service = service WHERE singleton = 1";
         match self {
-            Self::Sqlite(SqliteDatabase { writer, .. }) => {
-                sqlx::query::<sqlx::Sqlite>(TOUCH).execute(writer).await?;
+            Self::Sqlite(SqliteDatabase { probe, .. }) => {
+                sqlx::query::<sqlx::Sqlite>(TOUCH).execute(probe).await?;
             }
             Self::Postgres(pool) => {
                 sqlx::query::<sqlx::Postgres>(TOUCH).execute(pool).await?;
@@ -395,6 +407,7 @@ impl Database {
     pub async fn close(&self) {
         match self {
             Self::Sqlite(sqlite) => {
+                sqlite.probe.close().await;
                 sqlite.writer.close().await;
                 sqlite.pool.close().await;
             }
@@ -501,6 +514,9 @@ pub enum Fault {
     /// Anything else: down, locked, unreachable. Retry.
     Unavailable,
 }
+
+/// How long the readiness probe waits for SQLite's write lock.
+pub const PROBE_BUSY_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What a caller is told when the service's storage is full.
 pub const FULL: &str =
