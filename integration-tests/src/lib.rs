@@ -207,6 +207,9 @@ pub struct RunningService {
     pub name: String,
     pub addr: SocketAddr,
     pub spiffe_id: SpiffeId,
+    /// The service's own database handle (the same pools it serves from),
+    /// for tests that fault its connections.
+    pub database: steward_db::Database,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), steward_server::StartError>>>,
 }
@@ -216,6 +219,7 @@ impl RunningService {
     pub fn start(name: &str, app: Application) -> Self {
         let addr = app.local_addr();
         let spiffe_id = app.spiffe_id();
+        let database = app.database().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until(async move {
             let _ = stopped.await;
@@ -224,6 +228,7 @@ impl RunningService {
             name: name.to_owned(),
             addr,
             spiffe_id,
+            database,
             stop: Some(stop),
             task: Some(task),
         }

@@ -382,3 +382,108 @@ async fn health_reports_storage_that_takes_no_writes() {
         up.as_millis()
     );
 }
+
+/// Caps (or, with `None`, uncaps) every connection of an SQLite service's
+/// pools with `PRAGMA max_page_count`, holding them all at once so that
+/// each is reached: the disk is "full" for the service alone.
+async fn cap_sqlite(database: &Database, pages: Option<i64>) {
+    for view in [database.clone(), database.writer()] {
+        let Database::Sqlite(sqlite) = &view else {
+            return;
+        };
+        let pool = sqlite.pool();
+        let mut held = Vec::new();
+        for _ in 0..pool.options().get_max_connections() {
+            let mut connection = pool.acquire().await.unwrap();
+            let cap = pages.unwrap_or(1_073_741_823);
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "PRAGMA max_page_count = {cap}"
+            )))
+            .execute(&mut *connection)
+            .await
+            .unwrap();
+            held.push(connection);
+        }
+    }
+}
+
+/// SQLite: a full disk answers RESOURCE_EXHAUSTED naming the storage as
+/// full, changes nothing, and once space returns writes succeed again
+/// without a restart; every acknowledged change has its one record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_resource_exhausted_and_writes_resume_without_a_restart() {
+    let stack = TestStack::start().await;
+    if stack.backend != TestBackend::Sqlite {
+        return; // PostgreSQL's disk-full path is the same mapping (53100)
+    }
+    let mut inventory = stack.inventory().await;
+    let database = &stack.service("inventory").database;
+    let Database::Sqlite(sqlite) = database else {
+        unreachable!()
+    };
+    let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+        .fetch_one(sqlite.pool())
+        .await
+        .unwrap();
+    cap_sqlite(database, Some(pages + 2)).await;
+
+    let mut acknowledged = Vec::new();
+    let mut refused = None;
+    for n in 0..2000 {
+        let mut identity = spec(&format!("full-{n}"));
+        identity.purpose = "p".repeat(2000);
+        match inventory
+            .create_identity(
+                steward_proto::steward::inventory::v1::CreateIdentityRequest {
+                    identity: Some(identity),
+                    context: None,
+                },
+            )
+            .await
+        {
+            Ok(created) => acknowledged.push(created.into_inner().identity.unwrap().id),
+            Err(status) => {
+                refused = Some(status);
+                break;
+            }
+        }
+    }
+    let status = refused.expect("the capped database never filled");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("storage is full"),
+        "{}",
+        status.message()
+    );
+    // Nothing half-done: exactly the acknowledged identities exist.
+    let listed = inventory
+        .list_identities(
+            steward_proto::steward::inventory::v1::ListIdentitiesRequest {
+                page_size: 1000,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .into_inner()
+        .identities
+        .len();
+    assert_eq!(listed, acknowledged.len());
+
+    // Space returns: the next write succeeds, no restart.
+    cap_sqlite(database, None).await;
+    acknowledged.push(create(&mut inventory, spec("after-the-fault")).await.id);
+
+    for id in &acknowledged {
+        let entries = stack.evidence_for(id, 1).await;
+        let created = entries
+            .iter()
+            .filter(|e| {
+                e.record
+                    .as_ref()
+                    .is_some_and(|r| r.action == "identity.create")
+            })
+            .count();
+        assert_eq!(created, 1, "{id}: {created} identity.create records");
+    }
+}
