@@ -9,6 +9,7 @@ use steward_proto::steward::common::v1::evidence_outbox_client::EvidenceOutboxCl
 
 use crate::Output;
 use crate::client::ConnectionArgs;
+use crate::format;
 
 /// The services that keep an evidence outbox.
 pub const SERVICES: &[&str] = &["inventory", "authority", "credential-broker"];
@@ -32,18 +33,6 @@ pub struct ParkedRow {
     pub error: String,
     pub attempts: i64,
     pub enqueued: String,
-}
-
-fn time(ts: Option<&prost_types::Timestamp>) -> String {
-    ts.and_then(|t| {
-        time::OffsetDateTime::from_unix_timestamp(t.seconds)
-            .ok()
-            .and_then(|d| {
-                d.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            })
-    })
-    .unwrap_or_default()
 }
 
 async fn client(
@@ -82,7 +71,7 @@ pub async fn show(
             service: service.to_owned(),
             pending: answer.pending,
             parked: answer.parked,
-            oldest_pending: time(answer.oldest_pending_time.as_ref()),
+            oldest_pending: format::time(answer.oldest_pending_time.as_ref()),
             parked_records: answer
                 .parked_records
                 .iter()
@@ -92,7 +81,7 @@ pub async fn show(
                     action: p.action.clone(),
                     error: p.error.clone(),
                     attempts: p.attempts,
-                    enqueued: time(p.enqueue_time.as_ref()),
+                    enqueued: format::time(p.enqueue_time.as_ref()),
                 })
                 .collect(),
         });

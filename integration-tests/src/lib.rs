@@ -707,9 +707,16 @@ pub async fn run_steward(args: Vec<String>) -> std::process::Output {
 
 /// The interpreter with grpcio installed: `STEWARD_TEST_PYTHON`, or the
 /// virtualenv `make test` creates under `target/pyenv`.
+/// Panics, saying how to get one, when it is missing.
 pub fn python() -> PathBuf {
-    match std::env::var_os("STEWARD_TEST_PYTHON") {
+    let python = match std::env::var_os("STEWARD_TEST_PYTHON") {
         Some(path) => PathBuf::from(path),
         None => workspace_root().join("target/pyenv/bin/python"),
-    }
+    };
+    assert!(
+        python.exists(),
+        "{} not found: run `make test` (it creates the venv with grpcio) or set STEWARD_TEST_PYTHON",
+        python.display()
+    );
+    python
 }

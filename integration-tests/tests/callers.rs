@@ -149,65 +149,49 @@ async fn state(stack: &steward_integration_tests::TestStack) -> Vec<String> {
         .into_inner();
     vec![
         format!("log {} {:?}", checkpoint.tree_size, checkpoint.root_hash),
-        format!(
-            "{:?}",
+        shown(
             nhis.list_identities(inventory::ListIdentitiesRequest {
                 page_size: 1000,
                 ..Default::default()
             })
-            .await
-            .unwrap()
-            .into_inner()
+            .await,
         ),
-        format!(
-            "{:?}",
+        shown(
             policy
                 .list_policy_sets(authority::ListPolicySetsRequest::default())
-                .await
-                .unwrap()
-                .into_inner()
+                .await,
         ),
-        format!(
-            "{:?}",
+        shown(
             policy
                 .list_response_rules(authority::ListResponseRulesRequest::default())
-                .await
-                .unwrap()
-                .into_inner()
+                .await,
         ),
-        format!(
-            "{:?}",
+        shown(
             policy
                 .list_approval_requests(authority::ListApprovalRequestsRequest::default())
-                .await
-                .unwrap()
-                .into_inner()
+                .await,
         ),
-        format!(
-            "{:?}",
+        shown(
             policy
                 .list_grants(authority::ListGrantsRequest::default())
-                .await
-                .unwrap()
-                .into_inner()
+                .await,
         ),
-        format!(
-            "{:?}",
+        shown(
             leases
                 .list_leases(broker::ListLeasesRequest::default())
-                .await
-                .unwrap()
-                .into_inner()
+                .await,
         ),
-        format!(
-            "{:?}",
+        shown(
             leases
                 .get_trust_bundle(broker::GetTrustBundleRequest::default())
-                .await
-                .unwrap()
-                .into_inner()
+                .await,
         ),
     ]
+}
+
+/// An answer as the state comparison keeps it.
+fn shown<T: std::fmt::Debug>(answer: Result<tonic::Response<T>, tonic::Status>) -> String {
+    format!("{:?}", answer.unwrap().into_inner())
 }
 
 /// Every RPC of the four APIs, through the real servers: a caller the

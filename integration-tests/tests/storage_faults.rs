@@ -105,6 +105,24 @@ async fn outbox(db: &Database) -> (OutboxStats, i64) {
     (stats, attempted)
 }
 
+/// Each identity has exactly one `identity.create` record in the log
+/// (waiting up to 20 s for the first).
+async fn each_created_once(stack: &TestStack, identities: &[String]) {
+    for id in identities {
+        let created = stack
+            .evidence_for(id, 1)
+            .await
+            .iter()
+            .filter(|e| {
+                e.record
+                    .as_ref()
+                    .is_some_and(|r| r.action == "identity.create")
+            })
+            .count();
+        assert_eq!(created, 1, "{id}: {created} identity.create records");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evidence_waits_out_audits_storage_failure_and_arrives_exactly_once() {
     let stack = TestStack::start().await;
@@ -159,31 +177,7 @@ async fn evidence_waits_out_audits_storage_failure_and_arrives_exactly_once() {
     }
 
     // Every acknowledged change has exactly one record in the log.
-    let mut reader = stack.audit_reader().await;
-    for id in &acknowledged {
-        let entries = reader
-            .query(audit::QueryRequest {
-                filter: Some(audit::EntryFilter {
-                    nhi_id: id.clone(),
-                    ..Default::default()
-                }),
-                page_size: 100,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .entries;
-        let created = entries
-            .iter()
-            .filter(|e| {
-                e.record
-                    .as_ref()
-                    .is_some_and(|r| r.action == "identity.create")
-            })
-            .count();
-        assert_eq!(created, 1, "{id}: {created} identity.create records");
-    }
+    each_created_once(&stack, &acknowledged).await;
 
     // And the log is one a verifier accepts.
     let mut args = stack
@@ -301,12 +295,35 @@ async fn a_refused_record_is_parked_listed_and_sent_again_only_by_an_operator() 
     );
 
     let mut operator = outbox_as(&stack, "/operator/alice").await;
+    for bad in [
+        common::RetryParkedRequest::default(),
+        common::RetryParkedRequest {
+            seqs: vec![record.seq],
+            all: true,
+        },
+        common::RetryParkedRequest {
+            seqs: (0..1001).collect(),
+            all: false,
+        },
+    ] {
+        let err = operator.retry_parked(bad).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().starts_with("seqs: "), "{}", err.message());
+    }
     let err = operator
-        .retry_parked(common::RetryParkedRequest::default())
+        .get_outbox(common::GetOutboxRequest { page_size: 1001 })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    assert!(err.message().starts_with("seqs: "), "{}", err.message());
+    assert!(
+        err.message().starts_with("page_size: "),
+        "{}",
+        err.message()
+    );
+    assert_eq!(
+        parked(&stack).await.parked_records[0].attempts,
+        record.attempts
+    );
 
     // The operator sends it again: audit refuses it again, and it is
     // parked again, one attempt more.
@@ -474,16 +491,5 @@ async fn a_full_disk_is_resource_exhausted_and_writes_resume_without_a_restart()
     cap_sqlite(database, None).await;
     acknowledged.push(create(&mut inventory, spec("after-the-fault")).await.id);
 
-    for id in &acknowledged {
-        let entries = stack.evidence_for(id, 1).await;
-        let created = entries
-            .iter()
-            .filter(|e| {
-                e.record
-                    .as_ref()
-                    .is_some_and(|r| r.action == "identity.create")
-            })
-            .count();
-        assert_eq!(created, 1, "{id}: {created} identity.create records");
-    }
+    each_created_once(&stack, &acknowledged).await;
 }

@@ -44,14 +44,17 @@ impl OutboxAdmin {
 
 fn storage(error: sqlx::Error) -> Status {
     tracing::error!(%error, "outbox storage error");
-    Status::unavailable("storage is unavailable; retry")
+    match steward_db::fault_of(&error) {
+        steward_db::Fault::Full => Status::resource_exhausted(steward_db::FULL),
+        _ => Status::unavailable("storage is unavailable; retry"),
+    }
 }
 
+/// A stored nanosecond time as the wire's timestamp.
 fn time_of(ns: i64) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp {
-        seconds: ns.div_euclid(1_000_000_000),
-        nanos: i32::try_from(ns.rem_euclid(1_000_000_000)).unwrap_or(0),
-    })
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns))
+        .ok()
+        .map(steward_evidence::wire::timestamp)
 }
 
 #[tonic::async_trait]
