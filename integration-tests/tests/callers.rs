@@ -197,8 +197,8 @@ fn shown<T: std::fmt::Debug>(answer: Result<tonic::Response<T>, tonic::Status>) 
 /// Every RPC of the four APIs, through the real servers: a caller the
 /// table leaves out is refused before any handler runs, and nothing the
 /// services hold changed (read back through their APIs); a caller the
-/// table names gets past the allowlist (so "everything refused" cannot
-/// pass).
+/// table names gets past the allowlist. `callers_admitted.rs` sends each
+/// RPC that changes state a valid request and checks it succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rpc_refuses_callers_off_its_list_and_admits_those_on_it() {
     let stack = steward_integration_tests::TestStack::start().await;

@@ -360,10 +360,22 @@ impl AuthorityServer {
         let r = request.into_inner();
         let id = uuid_field("id", &r.id)?;
         let reason = reason_field("reason", &r.reason)?;
+        // Anyone else ending a grant would deny its principal the work it
+        // was approved for.
+        let operator = self.has_role(&actor.workload, "operator");
         let g = self
             .shared
             .store
-            .revoke_grant(&id, &actor, &reason, now_s())
+            .revoke_grant(&id, &actor, &reason, now_s(), |g| {
+                if operator || actor.name() == g.principal {
+                    Ok(())
+                } else {
+                    Err(StoreError::PermissionDenied(format!(
+                        "only the principal ({}) or an operator may revoke grant {}",
+                        g.principal, g.id
+                    )))
+                }
+            })
             .await
             .map_err(store_status)?;
         Ok(pb::RevokeGrantResponse {

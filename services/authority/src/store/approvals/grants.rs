@@ -123,6 +123,7 @@ impl Store {
         actor: &Actor,
         reason: &str,
         now: i64,
+        allowed: impl FnOnce(&Grant) -> Result<(), StoreError>,
     ) -> Result<Grant, StoreError> {
         Ok(on_backend!(&self.db, pool, Db => {
             let mut tx = pool.begin_with(<Db as Engine>::BEGIN_WRITE).await?;
@@ -131,6 +132,7 @@ impl Store {
                 Some(row) => grant_of!(&row),
                 None => return Err(StoreError::NotFound(format!("id: grant {id} does not exist"))),
             };
+            allowed(&g)?;
             if g.state != GrantState::Active {
                 return Err(StoreError::FailedPrecondition(format!(
                     "id: grant {id} is already {}", g.state.as_str()
