@@ -6,6 +6,7 @@
 pub mod broker;
 pub mod echo;
 pub mod evidence;
+pub mod faults;
 pub mod inventory;
 pub mod protos;
 
@@ -311,13 +312,28 @@ impl TestStack {
         .await
     }
 
-    /// Starts `names` (audit first, so the others know where it is).
+    /// Starts the four services on `backend`, whatever the environment
+    /// says (a test's own PostgreSQL server, say).
+    pub async fn start_on(backend: TestBackend) -> Self {
+        let names = ["audit", "inventory", "authority", "credential-broker"];
+        Self::start_services_on(&names, backend, |_| {}).await
+    }
+
+    /// Starts `names` on the environment's backend.
     async fn start_services(
         names: &[&str],
         adjust: impl FnOnce(&mut steward_audit::LogConfig),
     ) -> Self {
+        Self::start_services_on(names, TestBackend::from_env(), adjust).await
+    }
+
+    /// Starts `names` (audit first, so the others know where it is).
+    async fn start_services_on(
+        names: &[&str],
+        backend: TestBackend,
+        adjust: impl FnOnce(&mut steward_audit::LogConfig),
+    ) -> Self {
         let pki = TestPki::new();
-        let backend = TestBackend::from_env();
         let mut log = test_log_config(pki.path());
         adjust(&mut log);
         let mut services = BTreeMap::new();

@@ -5,105 +5,15 @@
 
 use std::time::{Duration, Instant};
 
-use steward_db::{Database, DatabaseConfig, on_backend};
+use steward_db::{Database, on_backend};
+use steward_integration_tests::faults::{
+    Outage, ReadOnly, cap_sqlite, drained, log_verifies, outbox,
+};
 use steward_integration_tests::inventory::{create, spec};
 use steward_integration_tests::{TestBackend, TestStack, evidence, run_steward, spiffe_id};
-use steward_outbox::{Forwarder, OutboxStats};
 use steward_proto::steward::audit::v1 as audit;
 use steward_proto::steward::common::v1 as common;
 use steward_proto::steward::common::v1::evidence_outbox_client::EvidenceOutboxClient;
-
-/// A service's storage made to fail from outside, as an operator's
-/// database would: on SQLite another process holds the write lock longer
-/// than the service's busy timeout (10 s); on PostgreSQL the database
-/// refuses connections and its sessions are ended.
-enum Outage {
-    Sqlite(sqlx::SqliteConnection),
-    Postgres {
-        admin: sqlx::PgPool,
-        database: String,
-    },
-}
-
-impl Outage {
-    async fn begin(backend: &TestBackend, config: &DatabaseConfig) -> Self {
-        use sqlx::Connection as _;
-        match backend {
-            TestBackend::Sqlite => {
-                let mut connection = sqlx::SqliteConnection::connect(&config.url).await.unwrap();
-                sqlx::query("BEGIN EXCLUSIVE")
-                    .execute(&mut connection)
-                    .await
-                    .unwrap();
-                Self::Sqlite(connection)
-            }
-            TestBackend::Postgres(admin_url) => {
-                let admin = sqlx::PgPool::connect(admin_url).await.unwrap();
-                let database = config
-                    .url
-                    .rsplit('/')
-                    .next()
-                    .unwrap()
-                    .split('?')
-                    .next()
-                    .unwrap()
-                    .to_owned();
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "ALTER DATABASE \"{database}\" WITH ALLOW_CONNECTIONS false"
-                )))
-                .execute(&admin)
-                .await
-                .unwrap();
-                sqlx::query(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                     WHERE datname = $1 AND pid <> pg_backend_pid()",
-                )
-                .bind(&database)
-                .execute(&admin)
-                .await
-                .unwrap();
-                Self::Postgres { admin, database }
-            }
-        }
-    }
-
-    /// How long the fault must last to fail writes, not just delay them.
-    fn length(&self) -> Duration {
-        match self {
-            Self::Sqlite(_) => Duration::from_secs(16),
-            Self::Postgres { .. } => Duration::from_secs(8),
-        }
-    }
-
-    async fn end(self) {
-        match self {
-            Self::Sqlite(mut connection) => {
-                sqlx::query("ROLLBACK")
-                    .execute(&mut connection)
-                    .await
-                    .unwrap();
-            }
-            Self::Postgres { admin, database } => {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "ALTER DATABASE \"{database}\" WITH ALLOW_CONNECTIONS true"
-                )))
-                .execute(&admin)
-                .await
-                .unwrap();
-            }
-        }
-    }
-}
-
-async fn outbox(db: &Database) -> (OutboxStats, i64) {
-    let stats = Forwarder::stats(db).await.unwrap();
-    const ATTEMPTED: &str =
-        "SELECT CAST(COALESCE(MAX(attempts), 0) AS BIGINT) FROM evidence_outbox";
-    let attempted: i64 = on_backend!(db, pool, Db => {
-        sqlx::query_scalar::<Db, i64>(ATTEMPTED).fetch_one(pool).await.unwrap()
-    });
-    (stats, attempted)
-}
 
 /// Each identity has exactly one `identity.create` record in the log
 /// (waiting up to 20 s for the first).
@@ -162,47 +72,12 @@ async fn evidence_waits_out_audits_storage_failure_and_arrives_exactly_once() {
     );
 
     // Recovery: the outbox drains completely, nothing parked.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (stats, _) = outbox(&outbox_db).await;
-        assert_eq!(
-            stats.failed, 0,
-            "evidence parked although audit never refused it"
-        );
-        if stats.pending == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "outbox not drained: {stats:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    drained(&outbox_db, Duration::from_secs(60)).await;
 
-    // Every acknowledged change has exactly one record in the log.
+    // Every acknowledged change has exactly one record in the log, and the
+    // log is one a verifier accepts.
     each_created_once(&stack, &acknowledged).await;
-
-    // And the log is one a verifier accepts.
-    let mut args = stack
-        .pki
-        .cli_args("operator", &stack.service("audit").address());
-    args.extend([
-        "audit".to_owned(),
-        "verify".to_owned(),
-        "--vkey".to_owned(),
-        stack.pki.log_verifier_key().display().to_string(),
-        "--state".to_owned(),
-        stack
-            .pki
-            .path()
-            .join("verify-state/trusted")
-            .display()
-            .to_string(),
-    ]);
-    let out = run_steward(args).await;
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    log_verifies(&stack).await;
 }
 
 async fn outbox_as(
@@ -400,30 +275,6 @@ async fn health_reports_storage_that_takes_no_writes() {
     );
 }
 
-/// Caps (or, with `None`, uncaps) every connection of an SQLite service's
-/// pools with `PRAGMA max_page_count`, holding them all at once so that
-/// each is reached: the disk is "full" for the service alone.
-async fn cap_sqlite(database: &Database, pages: Option<i64>) {
-    for view in [database.clone(), database.writer()] {
-        let Database::Sqlite(sqlite) = &view else {
-            return;
-        };
-        let pool = sqlite.pool();
-        let mut held = Vec::new();
-        for _ in 0..pool.options().get_max_connections() {
-            let mut connection = pool.acquire().await.unwrap();
-            let cap = pages.unwrap_or(1_073_741_823);
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "PRAGMA max_page_count = {cap}"
-            )))
-            .execute(&mut *connection)
-            .await
-            .unwrap();
-            held.push(connection);
-        }
-    }
-}
-
 /// SQLite: a full disk answers RESOURCE_EXHAUSTED naming the storage as
 /// full, changes nothing, and once space returns writes succeed again
 /// without a restart; every acknowledged change has its one record.
@@ -492,4 +343,53 @@ async fn a_full_disk_is_resource_exhausted_and_writes_resume_without_a_restart()
     acknowledged.push(create(&mut inventory, spec("after-the-fault")).await.id);
 
     each_created_once(&stack, &acknowledged).await;
+}
+
+/// Storage that turns read-only (SQLite: `query_only` on every
+/// connection, as a read-only file answers; PostgreSQL: read-only
+/// sessions, as a demoted primary answers): a change is UNAVAILABLE and
+/// changes nothing, reads still answer, health says NOT_SERVING; once it
+/// is writable the next change succeeds without a restart, and every
+/// acknowledged change has its one record in a log that verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_storage_refuses_changes_and_resumes_without_a_restart() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let stack = TestStack::start().await;
+    let mut inventory = stack.inventory().await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        stack.service("inventory").channel(&stack.operator).await,
+    );
+    let mut acknowledged = vec![create(&mut inventory, spec("before-read-only")).await.id];
+    let listed = |inventory: &mut steward_integration_tests::inventory::Client| {
+        let mut inventory = inventory.clone();
+        async move {
+            let request = steward_proto::steward::inventory::v1::ListIdentitiesRequest {
+                page_size: 1000,
+                ..Default::default()
+            };
+            let answer = inventory.list_identities(request).await.unwrap();
+            answer.into_inner().identities.len()
+        }
+    };
+
+    let read_only = ReadOnly::begin(&stack, "inventory").await;
+    let status = inventory
+        .create_identity(
+            steward_proto::steward::inventory::v1::CreateIdentityRequest {
+                identity: Some(spec("while-read-only")),
+                context: None,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert_eq!(listed(&mut inventory).await, 1, "a refused change was kept");
+    health_becomes(&mut health, ServingStatus::NotServing).await;
+    read_only.end().await;
+
+    health_becomes(&mut health, ServingStatus::Serving).await;
+    acknowledged.push(create(&mut inventory, spec("after-read-only")).await.id);
+    assert_eq!(listed(&mut inventory).await, 2);
+    each_created_once(&stack, &acknowledged).await;
+    log_verifies(&stack).await;
 }

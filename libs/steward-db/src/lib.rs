@@ -214,6 +214,13 @@ impl SqliteDatabase {
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
+
+    /// Every pool of this database: the readers', the writers' shared
+    /// connection and the readiness probe's. For tools that must reach
+    /// each connection (a per-connection `PRAGMA`, say).
+    pub fn pools(&self) -> [&SqlitePool; 3] {
+        [&self.pool, &self.writer, &self.probe]
+    }
 }
 
 impl Database {
