@@ -261,7 +261,7 @@ pub async fn drained(db: &Database, within: Duration) {
     loop {
         let (stats, _) = outbox(db).await;
         assert_eq!(
-            stats.failed, 0,
+            stats.parked, 0,
             "evidence parked although audit never refused it"
         );
         if stats.pending == 0 {

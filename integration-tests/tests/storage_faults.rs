@@ -104,7 +104,12 @@ async fn parked(stack: &TestStack) -> common::GetOutboxResponse {
 /// it through the API and the CLI and can send it again; nobody else can.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_record_is_parked_listed_and_sent_again_only_by_an_operator() {
+    use tonic_health::pb::health_check_response::ServingStatus;
     let stack = TestStack::start().await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        stack.service("inventory").channel(&stack.operator).await,
+    );
+    assert_eq!(evidence_health(&mut health).await, ServingStatus::Serving);
     let mut writer = stack.audit_as_service("inventory").await;
     let logged = evidence::record(1, "INC-parked");
     writer
@@ -139,6 +144,14 @@ async fn a_refused_record_is_parked_listed_and_sent_again_only_by_an_operator() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(answer.service, "inventory");
+    // Health says so under the outbox's name, within one count (2 s); the
+    // service itself still serves.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while evidence_health(&mut health).await != ServingStatus::NotServing {
+        assert!(Instant::now() < deadline, "parked evidence not in health");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    health_becomes(&mut health, ServingStatus::Serving).await;
     let record = &answer.parked_records[0];
     assert_eq!(record.record_id, logged.record_id);
     assert_eq!(record.action, "identity.suspend");
@@ -221,6 +234,16 @@ async fn a_refused_record_is_parked_listed_and_sent_again_only_by_an_operator() 
         assert!(Instant::now() < deadline, "not sent again: {answer:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// What health reports under the outbox's name (parked evidence).
+async fn evidence_health(
+    health: &mut tonic_health::pb::health_client::HealthClient<tonic::transport::Channel>,
+) -> tonic_health::pb::health_check_response::ServingStatus {
+    let request = tonic_health::pb::HealthCheckRequest {
+        service: steward_outbox::HEALTH_NAME.to_owned(),
+    };
+    health.check(request).await.unwrap().into_inner().status()
 }
 
 /// Waits until inventory's health says `wanted`; how long that took.

@@ -108,7 +108,7 @@ impl EvidenceOutbox for OutboxAdmin {
             .collect();
         Ok(Response::new(pb::GetOutboxResponse {
             pending: stats.pending,
-            parked: stats.failed,
+            parked: stats.parked,
             parked_records,
             oldest_pending_time: oldest.and_then(time_of),
             service: self.service.to_owned(),

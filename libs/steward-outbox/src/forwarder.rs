@@ -45,8 +45,8 @@ impl Default for ForwarderOptions {
 pub struct OutboxStats {
     /// Waiting for audit.
     pub pending: i64,
-    /// Refused by audit, kept for an operator.
-    pub failed: i64,
+    /// Refused by audit, parked for an operator.
+    pub parked: i64,
 }
 
 /// Ships the outbox of one service's database to audit.
@@ -82,6 +82,8 @@ impl Forwarder {
         let channel = context.peer_channel("audit", &context.peers.audit)?;
         let forwarder = Self::new(context.database.clone(), channel, options);
         context.spawn(forwarder.clone().run(context.shutdown()));
+        context.report(crate::HEALTH_NAME, None);
+        context.spawn(report_parked(context.clone()));
         Ok(forwarder)
     }
 
@@ -260,16 +262,43 @@ impl Forwarder {
         Ok(())
     }
 
-    /// Counts of pending and failed records.
+    /// Counts of pending and parked records.
     pub async fn stats(database: &Database) -> Result<OutboxStats, sqlx::Error> {
         const SQL: &str = "SELECT
             COUNT(*) FILTER (WHERE last_error IS NULL),
             COUNT(*) FILTER (WHERE last_error IS NOT NULL)
             FROM evidence_outbox WHERE delivered_at_ns IS NULL";
-        let (pending, failed): (i64, i64) = on_backend!(database, pool, Db => {
+        let (pending, parked): (i64, i64) = on_backend!(database, pool, Db => {
             sqlx::query_as::<Db, (i64, i64)>(SQL).fetch_one(pool).await?
         });
-        Ok(OutboxStats { pending, failed })
+        Ok(OutboxStats { pending, parked })
+    }
+}
+
+/// How often parked evidence is counted for health.
+const PARKED_EVERY: Duration = Duration::from_secs(2);
+
+/// Reports [`crate::HEALTH_NAME`] NOT_SERVING while audit has refused
+/// records that wait, parked, for an operator.
+async fn report_parked(context: steward_server::ServiceContext) {
+    let shutdown = context.shutdown();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(PARKED_EVERY) => {}
+        }
+        match Forwarder::stats(&context.database).await {
+            Ok(OutboxStats { parked: 0, .. }) => context.report(crate::HEALTH_NAME, None),
+            Ok(OutboxStats { parked, .. }) => context.report(
+                crate::HEALTH_NAME,
+                Some(format!(
+                    "{parked} evidence records parked: audit refused them (`steward outbox show`)"
+                )),
+            ),
+            // The storage watchdog reports the database itself.
+            Err(_) => {}
+        }
     }
 }
 

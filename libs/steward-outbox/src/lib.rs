@@ -32,6 +32,13 @@ pub use admin::OutboxAdmin;
 pub use batcher::Batcher;
 pub use forwarder::{Forwarder, ForwarderOptions, OutboxStats};
 
+/// The gRPC health name under which a service with an outbox reports
+/// parked evidence: NOT_SERVING while audit has refused records that wait
+/// for an operator, SERVING otherwise. The service's own health is not
+/// affected (it still serves); a probe that should page someone asks for
+/// this name.
+pub const HEALTH_NAME: &str = "steward.common.v1.EvidenceOutbox";
+
 /// Who may read a service's outbox ([`OutboxAdmin`]), as allowlist rules.
 pub const OUTBOX_READERS: &[&str] = &["spiffe://{td}/operator/*", "spiffe://{td}/auditor/*"];
 /// Who may send parked records again.

@@ -76,6 +76,15 @@ pub struct ServiceContext {
     shutdown: tokio::sync::watch::Receiver<bool>,
     tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     unhealthy: Unhealthy,
+    conditions: Conditions,
+}
+
+/// Conditions reported under health names of their own, beside the
+/// service's: name → why it is NOT_SERVING (`None`: SERVING).
+type Conditions = Arc<std::sync::RwLock<BTreeMap<&'static str, Option<String>>>>;
+
+fn conditions_now(conditions: &Conditions) -> BTreeMap<&'static str, Option<String>> {
+    conditions.read().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 /// Why the service must report NOT_SERVING although its database answers
@@ -94,6 +103,18 @@ impl ServiceContext {
     pub fn mark_unhealthy(&self, reason: &str) {
         tracing::error!(reason, "reporting NOT_SERVING");
         *self.unhealthy.write().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_owned());
+    }
+
+    /// Reports a condition under its own health name `name` (gRPC health's
+    /// `service` field): NOT_SERVING for `Some(reason)`, SERVING for
+    /// `None`. The service's own status is not affected; a probe that
+    /// cares asks for `name`. Changes show within half a second, and each
+    /// is logged once.
+    pub fn report(&self, name: &'static str, reason: Option<String>) {
+        self.conditions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name, reason);
     }
 
     /// Resolves once the service is shutting down (after in-flight calls
@@ -150,6 +171,7 @@ pub struct Application {
     stop_tasks: tokio::sync::watch::Sender<bool>,
     tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     unhealthy: Unhealthy,
+    conditions: Conditions,
 }
 
 impl std::fmt::Debug for Application {
@@ -201,6 +223,7 @@ impl Application {
         let (stop_tasks, shutdown) = tokio::sync::watch::channel(false);
         let tasks = Arc::new(std::sync::Mutex::new(Vec::new()));
         let unhealthy = Unhealthy::default();
+        let conditions = Conditions::default();
         let context = ServiceContext {
             database: database.clone(),
             spiffe_id: own.clone(),
@@ -209,6 +232,7 @@ impl Application {
             shutdown,
             tasks: tasks.clone(),
             unhealthy: unhealthy.clone(),
+            conditions: conditions.clone(),
         };
         let routes = routes(context).await?;
         tracing::info!(service = spec.name, spiffe_id = %own, %local_addr, backend = ?database.backend(), "service bound");
@@ -225,6 +249,7 @@ impl Application {
             stop_tasks,
             tasks,
             unhealthy,
+            conditions,
         })
     }
 
@@ -261,6 +286,7 @@ impl Application {
             stop_tasks,
             tasks,
             unhealthy,
+            conditions,
             ..
         } = self;
 
@@ -277,6 +303,7 @@ impl Application {
             spec,
             unhealthy,
         ));
+        let reporting = tokio::spawn(watch_conditions(conditions, reporter.clone()));
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(steward_proto::FILE_DESCRIPTOR_SET)
@@ -331,6 +358,7 @@ impl Application {
             }
         };
         watchdog.abort();
+        reporting.abort();
         let _ = stop_tasks.send(true);
         let handles: Vec<_> = std::mem::take(&mut *tasks.lock().unwrap_or_else(|p| p.into_inner()));
         for handle in handles {
@@ -374,6 +402,35 @@ async fn set_all(reporter: &HealthReporter, spec: &ServiceSpec, status: ServingS
     reporter.set_service_status("", status).await;
     for name in spec.grpc_services {
         reporter.set_service_status(*name, status).await;
+    }
+}
+
+/// Reports each condition under its health name as it changes, logging
+/// each change once.
+async fn watch_conditions(conditions: Conditions, reporter: HealthReporter) {
+    let mut reported: BTreeMap<&'static str, Option<String>> = BTreeMap::new();
+    loop {
+        for (name, reason) in conditions_now(&conditions) {
+            let known = reported.get(name);
+            if known == Some(&reason) {
+                continue;
+            }
+            let status = match &reason {
+                Some(reason) => {
+                    tracing::warn!(health = name, %reason, "reporting NOT_SERVING");
+                    ServingStatus::NotServing
+                }
+                None => {
+                    if known.is_some() {
+                        tracing::info!(health = name, "reporting SERVING again");
+                    }
+                    ServingStatus::Serving
+                }
+            };
+            reporter.set_service_status(name, status).await;
+            reported.insert(name, reason);
+        }
+        tokio::time::sleep(PROBE_EVERY).await;
     }
 }
 
