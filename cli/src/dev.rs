@@ -26,6 +26,7 @@ use tokio::process::{Child, Command};
 
 use crate::SERVICES;
 use crate::client::ConnectionArgs;
+use crate::login::{DEV_ISSUER, dev_issuer_key};
 
 /// The dev trust domain.
 pub const TRUST_DOMAIN: &str = "steward.local";
@@ -33,8 +34,6 @@ pub const TRUST_DOMAIN: &str = "steward.local";
 pub const LOG_ORIGIN: &str = "steward.local/audit";
 /// The operator's SPIFFE ID in the dev PKI.
 pub const OPERATOR_ID: &str = "spiffe://steward.local/operator/admin";
-/// The dev OIDC issuer authority trusts for humans (`steward login --dev`).
-pub const DEV_ISSUER: &str = "https://oidc.steward.local/dev";
 /// Client SVIDs the dev PKI also issues, for `make demo`: file stem and
 /// SPIFFE ID path.
 pub const DEMO_CLIENTS: &[(&str, &str)] = &[
@@ -302,22 +301,6 @@ fn ensure_oidc_key(pki: &Path) -> anyhow::Result<()> {
         0o644,
     )?;
     Ok(())
-}
-
-/// Loads the dev issuer's signing key from the dev PKI directory.
-pub fn dev_issuer_key(pki: &Path) -> anyhow::Result<steward_identity::jwt::SigningKey> {
-    let key_path = pki.join("oidc-issuer.key");
-    let pem = std::fs::read(&key_path).with_context(|| {
-        format!(
-            "cannot read {}: run `steward dev up` first",
-            key_path.display()
-        )
-    })?;
-    let der = rustls_pki_types::PrivateKeyDer::from_pem_slice(&pem)
-        .with_context(|| format!("{} is not a PEM private key", key_path.display()))?;
-    Ok(steward_identity::jwt::SigningKey::from_pkcs8(
-        der.secret_der(),
-    )?)
 }
 
 fn expiring(cert: &Path) -> anyhow::Result<bool> {

@@ -6,9 +6,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
+use rustls_pki_types::pem::PemObject;
 
 use crate::Output;
-use crate::dev::DEV_ISSUER;
+
+/// The dev OIDC issuer authority trusts for humans (`steward login --dev`).
+pub const DEV_ISSUER: &str = "https://oidc.steward.local/dev";
 
 /// Who `steward login --dev` names by default: `$USER`.
 pub fn default_subject() -> String {
@@ -121,7 +124,7 @@ pub fn login_dev(
     if ttl_minutes == 0 || ttl_minutes > 24 * 60 {
         bail!("--ttl-minutes: from 1 to 1440");
     }
-    let key = crate::dev::dev_issuer_key(&dev_dir.join("pki"))?;
+    let key = dev_issuer_key(&dev_dir.join("pki"))?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let claims = serde_json::json!({
         "iss": DEV_ISSUER,
@@ -189,4 +192,20 @@ pub fn stored_human(token_file: Option<&Path>) -> anyhow::Result<Option<TokenInf
     stored_token(token_file)?
         .map(|token| describe(&token, &path))
         .transpose()
+}
+
+/// Loads the dev issuer's signing key from the dev PKI directory.
+pub fn dev_issuer_key(pki: &Path) -> anyhow::Result<steward_identity::jwt::SigningKey> {
+    let key_path = pki.join("oidc-issuer.key");
+    let pem = std::fs::read(&key_path).with_context(|| {
+        format!(
+            "cannot read {}: run `steward dev up` first",
+            key_path.display()
+        )
+    })?;
+    let der = rustls_pki_types::PrivateKeyDer::from_pem_slice(&pem)
+        .with_context(|| format!("{} is not a PEM private key", key_path.display()))?;
+    Ok(steward_identity::jwt::SigningKey::from_pkcs8(
+        der.secret_der(),
+    )?)
 }

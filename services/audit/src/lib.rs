@@ -10,6 +10,7 @@
 //! data structures and cryptography live in `steward-evidence`.
 
 pub mod config;
+pub mod convert;
 pub mod log;
 pub mod server;
 pub mod store;

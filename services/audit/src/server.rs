@@ -14,6 +14,7 @@ use time::OffsetDateTime;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::convert::entry_to_proto;
 use crate::log::{Log, LogError, LoggedEntry, Pending};
 use crate::store::QueryFilter;
 use crate::subscribe;
@@ -70,15 +71,6 @@ fn appended_by<T>(request: &Request<T>) -> Result<String, Status> {
     PeerIdentity::of(request)
         .map(|p| p.spiffe_id.to_string())
         .ok_or_else(|| Status::unauthenticated("no verified peer identity"))
-}
-
-pub fn entry_to_proto(e: &LoggedEntry) -> pb::LogEntry {
-    pb::LogEntry {
-        index: e.index,
-        record: Some(record_to_proto(&e.record)),
-        appended_by: e.appended_by.clone(),
-        leaf_hash: e.leaf_hash.to_vec(),
-    }
 }
 
 fn stored_to_proto(stored: &[crate::store::StoredEntry]) -> Result<Vec<pb::LogEntry>, Status> {

@@ -10,8 +10,8 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
+use crate::convert::entry_to_proto;
 use crate::log::{Log, LoggedEntry};
-use crate::server::entry_to_proto;
 use crate::store::QueryFilter;
 
 /// Entries per replayed message.

@@ -25,10 +25,8 @@ pub mod ca;
 pub mod config;
 pub mod keys;
 pub mod reaper;
-pub mod rotation;
 pub mod server;
 pub mod store;
-pub mod watch;
 pub mod workload;
 
 use std::sync::Arc;
@@ -247,7 +245,7 @@ async fn routes(context: ServiceContext, config: BrokerConfig) -> Result<Routes,
         context.spawn(backends::follow(store.clone(), backend, context.shutdown()));
     }
     let broker = server::BrokerServer::new(shared);
-    context.spawn(rotation::run(broker.clone(), context.shutdown()));
+    context.spawn(server::rotation::run(broker.clone(), context.shutdown()));
     if let Some(socket) = config.workload_api_socket.clone() {
         let api = workload::WorkloadApi::new(broker.clone(), inventory);
         let shutdown = context.shutdown();

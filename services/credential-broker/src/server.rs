@@ -33,12 +33,14 @@ use crate::backends::{BackendCredential, BackendError, CredentialBackend};
 use crate::ca::IssuedSvid;
 use crate::config::TtlConfig;
 use crate::keys::KeyEncryption;
+use crate::now_ns;
 use crate::store::writer::{Applied, Change, RevocationEvidence, Writer};
 use crate::store::{Kind, Lease, LeaseFilter, LeaseState, Store, StoreError};
-use crate::{now_ns, watch};
 
 mod decision;
 mod issuance;
+pub mod rotation;
+mod watch;
 mod wire;
 
 pub(crate) use decision::Allowed;
@@ -634,7 +636,7 @@ impl CredentialBroker for BrokerServer {
             .await
             .map_err(store_status)?;
         Ok(Response::new(pb::GetRotationResponse {
-            rotation: Some(crate::rotation::to_pb(&rotation)),
+            rotation: Some(rotation::to_pb(&rotation)),
         }))
     }
 

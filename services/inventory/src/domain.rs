@@ -359,6 +359,13 @@ impl Filter {
     }
 }
 
+/// What authority allowed, for a change's evidence record.
+#[derive(Debug, Clone)]
+pub struct Allowed {
+    pub decision_id: String,
+    pub decision: steward_evidence::record::Decision,
+}
+
 /// Who changed something, and in service of what.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChangeContext {

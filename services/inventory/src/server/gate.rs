@@ -13,14 +13,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Status};
 use uuid::Uuid;
 
-use crate::domain::{ChangeContext, State};
-
-/// What authority allowed, for the transition's evidence record.
-#[derive(Debug, Clone)]
-pub struct Allowed {
-    pub decision_id: String,
-    pub decision: EvidenceDecision,
-}
+use crate::domain::{Allowed, ChangeContext, State};
 
 /// Inventory's client of authority's decisions.
 #[derive(Debug, Clone)]

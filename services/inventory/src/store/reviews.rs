@@ -62,7 +62,7 @@ pub struct Attestation {
     pub reviewer: String,
     /// Authority's ALLOW of the attestation (its `attest` decision):
     /// whether the reviewer may answer for this identity is its to say.
-    pub allowed: Option<crate::server::gate::Allowed>,
+    pub allowed: Option<crate::domain::Allowed>,
     pub decision: Decision,
     pub reason: String,
     pub new_expires_at: Option<Nanos>,

@@ -34,7 +34,7 @@ pub struct TransitionRequest {
     pub context: ChangeContext,
     /// Authority's ALLOW, recorded with the change (`None` for authority's
     /// own transitions, which its rules decided).
-    pub allowed: Option<crate::server::gate::Allowed>,
+    pub allowed: Option<crate::domain::Allowed>,
 }
 
 /// One row of an identity's lifecycle history.

@@ -18,11 +18,11 @@ use steward_proto::steward::inventory::v1 as inventory;
 use tonic::{Request, Status};
 use uuid::Uuid;
 
-use crate::now_ns;
-use crate::server::{
+use super::{
     BrokerServer, Made, Make, caller, check_audience, check_scopes, kind_to_pb, lease_record,
     lease_to_pb, store_status, timestamp,
 };
+use crate::now_ns;
 use crate::store::rotations::{Rotation, RotationState};
 use crate::store::{Kind, Lease, LeaseFilter, LeaseState};
 
@@ -83,7 +83,7 @@ impl BrokerServer {
                 (Kind::ApiToken, Make::Token { scopes: &r.scopes })
             }
             Ok(pb::CredentialKind::DatabaseRole) => {
-                crate::server::text("template", &r.template, 64, true)?;
+                super::text("template", &r.template, 64, true)?;
                 (
                     Kind::DatabaseRole,
                     Make::DatabaseRole {

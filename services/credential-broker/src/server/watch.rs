@@ -12,7 +12,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use crate::server::{kind_to_pb, store_status, timestamp};
+use super::{kind_to_pb, store_status, timestamp};
 use crate::store::writer::Writer;
 use crate::store::{LeaseState, RevocationEntry, Store, StoreError};
 
