@@ -200,8 +200,48 @@ async fn run_verify(
         Err(failure) => return Ok(Err(failure)),
     };
     let size = checkpoint.tree_size;
+    let tree = match recomputed_tree(client, size).await? {
+        Ok(tree) => tree,
+        Err(failure) => return Ok(Err(failure)),
+    };
+    let root = tree.root(size)?;
+    if root != checkpoint.root_hash {
+        return Ok(Err(first_leaf_not_signed(
+            client,
+            &tree,
+            size,
+            &checkpoint.root_hash,
+        )
+        .await?));
+    }
+    let trusted_before =
+        match trusted_before(client, verifier, state_path, &tree, &checkpoint).await? {
+            Ok(trusted) => trusted,
+            Err(failure) => return Ok(Err(failure)),
+        };
+    if let Some(parent) = state_path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(state_path, &signed_note).with_context(|| {
+        format!(
+            "cannot save the trusted checkpoint to {}",
+            state_path.display()
+        )
+    })?;
+    Ok(Ok(Report {
+        size,
+        root,
+        trusted_before,
+    }))
+}
 
-    // Recompute every leaf from the record fields the API returns.
+/// The tree of the first `size` entries, each leaf recomputed from the
+/// record fields the API returns; the first entry that does not reproduce
+/// its leaf hash is the failure.
+async fn recomputed_tree(
+    client: &mut AuditServiceClient<Channel>,
+    size: u64,
+) -> anyhow::Result<Result<MerkleTree, Failure>> {
     let mut tree = MerkleTree::new();
     let mut first_bad: Option<String> = None;
     for_each_entry(client, 0, size, |entry| {
@@ -228,100 +268,100 @@ async fn run_verify(
         Ok(())
     })
     .await?;
-    if let Some(reason) = first_bad {
-        return Ok(Err(Failure(format!("first bad index: {reason}"))));
-    }
-    let root = tree.root(size)?;
-    if root != checkpoint.root_hash {
-        // The leaves agree with the log's own hashes, yet not with the signed
-        // root: find the first leaf the signed tree does not contain.
-        for index in 0..size {
-            let proof = client
-                .get_inclusion_proof(pb::GetInclusionProofRequest {
-                    leaf: Some(pb::get_inclusion_proof_request::Leaf::Index(index)),
-                    tree_size: size,
-                })
-                .await?
-                .into_inner();
-            let hashes: Vec<Hash> = proof
-                .hashes
-                .iter()
-                .filter_map(|h| h.as_slice().try_into().ok())
-                .collect();
-            let leaf = tree.leaf(index).unwrap_or([0; 32]);
-            if !verify_inclusion(index, size, &leaf, &hashes, &checkpoint.root_hash) {
-                return Ok(Err(Failure(format!(
-                    "first bad index: entry {index} is not in the signed tree"
-                ))));
-            }
-        }
-        return Ok(Err(Failure(
-            "the entries do not reproduce the signed root hash".into(),
-        )));
-    }
+    Ok(match first_bad {
+        Some(reason) => Err(Failure(format!("first bad index: {reason}"))),
+        None => Ok(tree),
+    })
+}
 
-    // Consistency with what this machine trusted before.
-    let trusted_before = match std::fs::read_to_string(state_path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", state_path.display())),
-        Ok(note) => {
-            let text = verifier
-                .verify(&note)
-                .context("the saved trusted checkpoint does not verify")?;
-            let trusted = Checkpoint::parse(text)?;
-            if trusted.tree_size > size {
-                return Ok(Err(Failure(format!(
-                    "the log shrank: {size} entries now, {} in the checkpoint trusted before (truncated or forked)",
-                    trusted.tree_size
-                ))));
-            }
-            // Every tree extends the empty tree: nothing to prove from size 0.
-            let consistent = if trusted.tree_size == 0 {
-                true
-            } else {
-                let proof = client
-                    .get_consistency_proof(pb::GetConsistencyProofRequest {
-                        first_size: trusted.tree_size,
-                        second_size: size,
-                    })
-                    .await?
-                    .into_inner();
-                let hashes: Vec<Hash> = proof
-                    .hashes
-                    .iter()
-                    .filter_map(|h| h.as_slice().try_into().ok())
-                    .collect();
-                verify_consistency(
-                    trusted.tree_size,
-                    size,
-                    &trusted.root_hash,
-                    &checkpoint.root_hash,
-                    &hashes,
-                ) && tree.root(trusted.tree_size)? == trusted.root_hash
-            };
-            if !consistent {
-                return Ok(Err(Failure(format!(
-                    "the log is not consistent with the checkpoint trusted before (size {}): history was rewritten",
-                    trusted.tree_size
-                ))));
-            }
-            Some(trusted.tree_size)
+/// The leaves agree with the log's own hashes, yet not with the signed
+/// root: the first leaf the signed tree does not contain.
+async fn first_leaf_not_signed(
+    client: &mut AuditServiceClient<Channel>,
+    tree: &MerkleTree,
+    size: u64,
+    signed_root: &Hash,
+) -> anyhow::Result<Failure> {
+    for index in 0..size {
+        let proof = client
+            .get_inclusion_proof(pb::GetInclusionProofRequest {
+                leaf: Some(pb::get_inclusion_proof_request::Leaf::Index(index)),
+                tree_size: size,
+            })
+            .await?
+            .into_inner();
+        let leaf = tree.leaf(index).unwrap_or([0; 32]);
+        if !verify_inclusion(index, size, &leaf, &hashes_of(&proof.hashes), signed_root) {
+            return Ok(Failure(format!(
+                "first bad index: entry {index} is not in the signed tree"
+            )));
         }
-    };
-    if let Some(parent) = state_path.parent() {
-        std::fs::create_dir_all(parent)?;
     }
-    std::fs::write(state_path, &signed_note).with_context(|| {
-        format!(
-            "cannot save the trusted checkpoint to {}",
-            state_path.display()
-        )
-    })?;
-    Ok(Ok(Report {
-        size,
-        root,
-        trusted_before,
-    }))
+    Ok(Failure(
+        "the entries do not reproduce the signed root hash".into(),
+    ))
+}
+
+/// Proof hashes as 32-byte values (a wrong length is left out, and the
+/// proof then fails).
+fn hashes_of(hashes: &[Vec<u8>]) -> Vec<Hash> {
+    hashes
+        .iter()
+        .filter_map(|h| h.as_slice().try_into().ok())
+        .collect()
+}
+
+/// The size of the checkpoint this machine trusted before, once the log is
+/// proven consistent with it (`None`: none was saved).
+async fn trusted_before(
+    client: &mut AuditServiceClient<Channel>,
+    verifier: &NoteVerifier,
+    state_path: &Path,
+    tree: &MerkleTree,
+    checkpoint: &Checkpoint,
+) -> anyhow::Result<Result<Option<u64>, Failure>> {
+    let size = checkpoint.tree_size;
+    let note = match std::fs::read_to_string(state_path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Ok(None)),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", state_path.display())),
+        Ok(note) => note,
+    };
+    let text = verifier
+        .verify(&note)
+        .context("the saved trusted checkpoint does not verify")?;
+    let trusted = Checkpoint::parse(text)?;
+    if trusted.tree_size > size {
+        return Ok(Err(Failure(format!(
+            "the log shrank: {size} entries now, {} in the checkpoint trusted before (truncated or forked)",
+            trusted.tree_size
+        ))));
+    }
+    // Every tree extends the empty tree: nothing to prove from size 0.
+    let consistent = if trusted.tree_size == 0 {
+        true
+    } else {
+        let proof = client
+            .get_consistency_proof(pb::GetConsistencyProofRequest {
+                first_size: trusted.tree_size,
+                second_size: size,
+            })
+            .await?
+            .into_inner();
+        verify_consistency(
+            trusted.tree_size,
+            size,
+            &trusted.root_hash,
+            &checkpoint.root_hash,
+            &hashes_of(&proof.hashes),
+        ) && tree.root(trusted.tree_size)? == trusted.root_hash
+    };
+    if !consistent {
+        return Ok(Err(Failure(format!(
+            "the log is not consistent with the checkpoint trusted before (size {}): history was rewritten",
+            trusted.tree_size
+        ))));
+    }
+    Ok(Ok(Some(trusted.tree_size)))
 }
 
 /// Writes entries `[from, to)` as JSON Lines: one object per entry with its

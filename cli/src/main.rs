@@ -37,6 +37,7 @@ use std::process::ExitCode;
 
 pub use args::Output;
 use args::*;
+use client::ConnectionArgs;
 
 /// Services, their default ports and their SPIFFE ID path.
 pub const SERVICES: &[(&str, u16)] = &[
@@ -98,159 +99,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async move {
-        match cli.command {
-            Command::Dev {
-                command:
-                    DevCommand::Up {
-                        dir,
-                        base_port,
-                        log_format,
-                    },
-            } => dev::up(&dir, base_port, &log_format).await,
-            Command::Dev {
-                command: DevCommand::Reset { dir },
-            } => dev::reset(&dir),
-            Command::Health => health::health(&cli.conn, cli.output).await,
-            Command::Audit {
-                command: AuditCommand::Verify { vkey, state },
-            } => audit::verify(&cli.conn, &vkey, &state, cli.output).await,
-            Command::Audit {
-                command: AuditCommand::Proof { leaf, vkey },
-            } => audit::proof(&cli.conn, &vkey, &leaf, cli.output).await,
-            Command::Audit {
-                command: AuditCommand::Follow { follow },
-            } => audit::follow(&cli.conn, follow, cli.output).await,
-            Command::Audit {
-                command: AuditCommand::Export { from, to, file },
-            } => audit::export(&cli.conn, from, to, file).await,
-            Command::Outbox {
-                command: OutboxCommand::Show { service },
-            } => outbox::show(&cli.conn, &service, cli.output).await,
-            Command::Outbox {
-                command: OutboxCommand::Retry { service, seqs, all },
-            } => outbox::retry(&cli.conn, &service, seqs, all, cli.output).await,
-            Command::Whoami { service } => health::whoami(&cli.conn, &service, cli.output).await,
-            Command::Completions { shell } => {
-                use clap::CommandFactory;
-                clap_complete::generate(
-                    shell,
-                    &mut Cli::command(),
-                    "steward",
-                    &mut std::io::stdout(),
-                );
-                Ok(ExitCode::SUCCESS)
-            }
-            Command::Login {
-                dev,
-                subject,
-                dir,
-                ttl_minutes,
-                from_file,
-            } => match (dev, from_file) {
-                (true, _) => {
-                    let subject = subject.unwrap_or_else(login::default_subject);
-                    login::login_dev(
-                        &dir,
-                        &subject,
-                        ttl_minutes,
-                        cli.conn.token_file.as_deref(),
-                        cli.output,
-                    )
-                }
-                (false, Some(file)) => {
-                    login::login_from_file(&file, cli.conn.token_file.as_deref(), cli.output)
-                }
-                (false, None) => Err(anyhow::anyhow!(
-                    "say where the token comes from: --dev (the dev issuer of `steward dev up`) or --from-file <token file>"
-                )),
-            },
-            Command::Logout => login::logout(cli.conn.token_file.as_deref()),
-            Command::Identity { command } => match command {
-                IdentityCommand::Import { import } => {
-                    identity::import(&cli.conn, import, cli.output).await
-                }
-                IdentityCommand::List { filter } => {
-                    identity::list(&cli.conn, filter, cli.output).await
-                }
-                IdentityCommand::Show { id } => identity::show(&cli.conn, &id, cli.output).await,
-                IdentityCommand::Transition { transition } => {
-                    identity::transition(&cli.conn, transition, cli.output).await
-                }
-            },
-            Command::Signal {
-                command: SignalCommand::Post { signal },
-            } => identity::post_signal(&cli.conn, signal, cli.output).await,
-            Command::Policy { command } => document(&cli.conn, policy::Kind::Policy, command, cli.output).await,
-            Command::Rules { command } => document(&cli.conn, policy::Kind::Rules, command, cli.output).await,
-            Command::Approval { command } => match command {
-                ApprovalCommand::List { filter } => {
-                    approval::list(&cli.conn, filter, cli.output).await
-                }
-                ApprovalCommand::Show { id } => approval::show(&cli.conn, &id, cli.output).await,
-                ApprovalCommand::Approve { id, reason } => {
-                    approval::review(&cli.conn, &id, true, &reason, cli.output).await
-                }
-                ApprovalCommand::Deny { id, reason } => {
-                    approval::review(&cli.conn, &id, false, &reason, cli.output).await
-                }
-            },
-            Command::Breakglass {
-                command: BreakglassCommand::Invoke { invoke },
-            } => breakglass::invoke(&cli.conn, invoke, cli.output).await,
-            Command::Review { command } => match command {
-                ReviewCommand::List { filter } => {
-                    breakglass::list(&cli.conn, filter, cli.output).await
-                }
-                ReviewCommand::Complete { id, note } => {
-                    breakglass::complete(&cli.conn, &id, &note, cli.output).await
-                }
-            },
-            Command::Incident {
-                command:
-                    IncidentCommand::Close {
-                        incident_ref,
-                        reason,
-                        correlation_id,
-                    },
-            } => {
-                approval::close_incident(
-                    &cli.conn,
-                    &incident_ref,
-                    &reason,
-                    &correlation_id,
-                    cli.output,
-                )
-                .await
-            }
-            Command::Lease { command } => match command {
-                LeaseCommand::List { filter } => lease::list(&cli.conn, filter, cli.output).await,
-                LeaseCommand::Watch { watch } => lease::watch(&cli.conn, watch, cli.output).await,
-                LeaseCommand::Show { lease_id } => {
-                    lease::show(&cli.conn, &lease_id, cli.output).await
-                }
-                LeaseCommand::Revoke { selector, reason } => {
-                    lease::revoke(&cli.conn, selector, &reason, cli.output).await
-                }
-            },
-            Command::Credential { command } => match command {
-                CredentialCommand::Issue { task } => {
-                    credential::issue(&cli.conn, task, cli.output).await
-                }
-                CredentialCommand::Rotate {
-                    task,
-                    overlap_seconds,
-                } => credential::rotate(&cli.conn, task, overlap_seconds, cli.output).await,
-            },
-            Command::Grant { command } => match command {
-                GrantCommand::List { filter } => grant::list(&cli.conn, filter, cli.output).await,
-                GrantCommand::Show { id } => grant::show(&cli.conn, &id, cli.output).await,
-                GrantCommand::Revoke { id, reason } => {
-                    grant::revoke(&cli.conn, &id, &reason, cli.output).await
-                }
-            },
-        }
-    });
+    let result = runtime.block_on(run(cli));
     match result {
         Ok(code) => code,
         Err(error) => {
@@ -264,6 +113,199 @@ fn main() -> ExitCode {
             }
             code
         }
+    }
+}
+
+/// Runs one parsed command line.
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Dev {
+            command:
+                DevCommand::Up {
+                    dir,
+                    base_port,
+                    log_format,
+                },
+        } => dev::up(&dir, base_port, &log_format).await,
+        Command::Dev {
+            command: DevCommand::Reset { dir },
+        } => dev::reset(&dir),
+        Command::Health => health::health(&cli.conn, cli.output).await,
+        Command::Audit {
+            command: AuditCommand::Verify { vkey, state },
+        } => audit::verify(&cli.conn, &vkey, &state, cli.output).await,
+        Command::Audit {
+            command: AuditCommand::Proof { leaf, vkey },
+        } => audit::proof(&cli.conn, &vkey, &leaf, cli.output).await,
+        Command::Audit {
+            command: AuditCommand::Follow { follow },
+        } => audit::follow(&cli.conn, follow, cli.output).await,
+        Command::Audit {
+            command: AuditCommand::Export { from, to, file },
+        } => audit::export(&cli.conn, from, to, file).await,
+        Command::Outbox {
+            command: OutboxCommand::Show { service },
+        } => outbox::show(&cli.conn, &service, cli.output).await,
+        Command::Outbox {
+            command: OutboxCommand::Retry { service, seqs, all },
+        } => outbox::retry(&cli.conn, &service, seqs, all, cli.output).await,
+        Command::Whoami { service } => health::whoami(&cli.conn, &service, cli.output).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "steward",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Login {
+            dev,
+            subject,
+            dir,
+            ttl_minutes,
+            from_file,
+        } => match (dev, from_file) {
+            (true, _) => {
+                let subject = subject.unwrap_or_else(login::default_subject);
+                login::login_dev(
+                    &dir,
+                    &subject,
+                    ttl_minutes,
+                    cli.conn.token_file.as_deref(),
+                    cli.output,
+                )
+            }
+            (false, Some(file)) => {
+                login::login_from_file(&file, cli.conn.token_file.as_deref(), cli.output)
+            }
+            (false, None) => Err(anyhow::anyhow!(
+                "say where the token comes from: --dev (the dev issuer of `steward dev up`) or --from-file <token file>"
+            )),
+        },
+        Command::Logout => login::logout(cli.conn.token_file.as_deref()),
+        Command::Identity { command } => identity_command(&cli.conn, command, cli.output).await,
+        Command::Signal {
+            command: SignalCommand::Post { signal },
+        } => identity::post_signal(&cli.conn, signal, cli.output).await,
+        Command::Policy { command } => {
+            document(&cli.conn, policy::Kind::Policy, command, cli.output).await
+        }
+        Command::Rules { command } => {
+            document(&cli.conn, policy::Kind::Rules, command, cli.output).await
+        }
+        Command::Approval { command } => approval_command(&cli.conn, command, cli.output).await,
+        Command::Breakglass {
+            command: BreakglassCommand::Invoke { invoke },
+        } => breakglass::invoke(&cli.conn, invoke, cli.output).await,
+        Command::Review { command } => review_command(&cli.conn, command, cli.output).await,
+        Command::Incident {
+            command:
+                IncidentCommand::Close {
+                    incident_ref,
+                    reason,
+                    correlation_id,
+                },
+        } => {
+            approval::close_incident(
+                &cli.conn,
+                &incident_ref,
+                &reason,
+                &correlation_id,
+                cli.output,
+            )
+            .await
+        }
+        Command::Lease { command } => lease_command(&cli.conn, command, cli.output).await,
+        Command::Credential { command } => credential_command(&cli.conn, command, cli.output).await,
+        Command::Grant { command } => grant_command(&cli.conn, command, cli.output).await,
+    }
+}
+
+async fn identity_command(
+    conn: &ConnectionArgs,
+    command: IdentityCommand,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    match command {
+        IdentityCommand::Import { import } => identity::import(conn, import, output).await,
+        IdentityCommand::List { filter } => identity::list(conn, filter, output).await,
+        IdentityCommand::Show { id } => identity::show(conn, &id, output).await,
+        IdentityCommand::Transition { transition } => {
+            identity::transition(conn, transition, output).await
+        }
+    }
+}
+
+async fn approval_command(
+    conn: &ConnectionArgs,
+    command: ApprovalCommand,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    match command {
+        ApprovalCommand::List { filter } => approval::list(conn, filter, output).await,
+        ApprovalCommand::Show { id } => approval::show(conn, &id, output).await,
+        ApprovalCommand::Approve { id, reason } => {
+            approval::review(conn, &id, true, &reason, output).await
+        }
+        ApprovalCommand::Deny { id, reason } => {
+            approval::review(conn, &id, false, &reason, output).await
+        }
+    }
+}
+
+async fn review_command(
+    conn: &ConnectionArgs,
+    command: ReviewCommand,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    match command {
+        ReviewCommand::List { filter } => breakglass::list(conn, filter, output).await,
+        ReviewCommand::Complete { id, note } => {
+            breakglass::complete(conn, &id, &note, output).await
+        }
+    }
+}
+
+async fn lease_command(
+    conn: &ConnectionArgs,
+    command: LeaseCommand,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    match command {
+        LeaseCommand::List { filter } => lease::list(conn, filter, output).await,
+        LeaseCommand::Watch { watch } => lease::watch(conn, watch, output).await,
+        LeaseCommand::Show { lease_id } => lease::show(conn, &lease_id, output).await,
+        LeaseCommand::Revoke { selector, reason } => {
+            lease::revoke(conn, selector, &reason, output).await
+        }
+    }
+}
+
+async fn credential_command(
+    conn: &ConnectionArgs,
+    command: CredentialCommand,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    match command {
+        CredentialCommand::Issue { task } => credential::issue(conn, task, output).await,
+        CredentialCommand::Rotate {
+            task,
+            overlap_seconds,
+        } => credential::rotate(conn, task, overlap_seconds, output).await,
+    }
+}
+
+async fn grant_command(
+    conn: &ConnectionArgs,
+    command: GrantCommand,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    match command {
+        GrantCommand::List { filter } => grant::list(conn, filter, output).await,
+        GrantCommand::Show { id } => grant::show(conn, &id, output).await,
+        GrantCommand::Revoke { id, reason } => grant::revoke(conn, &id, &reason, output).await,
     }
 }
 

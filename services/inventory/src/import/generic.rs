@@ -9,7 +9,7 @@ use serde_json::Value;
 use steward_identity::SpiffeId;
 
 use super::{Defaults, Parsed, RowError, blank, rfc3339};
-use crate::domain::{Classification, Kind, Owner, OwnerKind};
+use crate::domain::{Classification, IdentitySpec, Kind, Owner, OwnerKind};
 use crate::store::import::ImportRow;
 
 /// Every column the generic formats know.
@@ -207,13 +207,17 @@ fn push(
     }
 }
 
+/// A row's refusal: the column, and why.
+fn fail(field: &str, reason: String) -> (String, String) {
+    (field.to_owned(), reason)
+}
+
 fn row(
     line: u64,
     fields: &mut BTreeMap<String, String>,
     labels: Option<BTreeMap<String, String>>,
     defaults: &Defaults,
 ) -> Result<ImportRow, (String, String)> {
-    let fail = |field: &str, reason: String| (field.to_owned(), reason);
     let take = |fields: &mut BTreeMap<String, String>, k: &str| fields.remove(k);
     let kind_text = take(fields, "kind").unwrap_or_default();
     let kind = Kind::parse(&kind_text.to_ascii_lowercase()).ok_or_else(|| {
@@ -279,18 +283,46 @@ fn row(
             )
         })?;
     }
+    owners(fields, &mut spec, &mut present)?;
+    if let Some(v) = take(fields, "spiffe_id") {
+        present.push("spiffe_id");
+        if !v.is_empty() {
+            spec.spiffe_id =
+                Some(SpiffeId::parse(&v).map_err(|e| fail("spiffe_id", e.to_string()))?);
+        }
+    }
+    times(fields, &mut spec, &mut present)?;
+    if let Some(labels) = labels {
+        present.push("labels");
+        spec.labels = labels;
+    }
+    Ok(ImportRow {
+        line,
+        spec,
+        fields: present,
+    })
+}
+
+/// The two owners' columns (`<role>`, `<role>_kind`, `<role>_contact`).
+fn owners(
+    fields: &mut BTreeMap<String, String>,
+    spec: &mut IdentitySpec,
+    present: &mut Vec<&'static str>,
+) -> Result<(), (String, String)> {
     for (name, field) in [
         ("business_owner", "business_owner"),
         ("technical_owner", "technical_owner"),
     ] {
-        let Some(owner) = take(fields, name) else {
+        let Some(owner) = fields.remove(name) else {
             continue;
         };
         present.push(field);
         if owner.is_empty() {
             continue;
         }
-        let kind_text = take(fields, &format!("{name}_kind")).unwrap_or_else(|| "person".into());
+        let kind_text = fields
+            .remove(&format!("{name}_kind"))
+            .unwrap_or_else(|| "person".into());
         let kind = OwnerKind::parse(&kind_text.to_ascii_lowercase()).ok_or_else(|| {
             fail(
                 &format!("{name}_kind"),
@@ -300,7 +332,9 @@ fn row(
                 ),
             )
         })?;
-        let contact = take(fields, &format!("{name}_contact")).unwrap_or_default();
+        let contact = fields
+            .remove(&format!("{name}_contact"))
+            .unwrap_or_default();
         let owner = Owner {
             kind,
             name: owner,
@@ -312,32 +346,26 @@ fn row(
             spec.technical_owner = Some(owner);
         }
     }
-    if let Some(v) = take(fields, "spiffe_id") {
-        present.push("spiffe_id");
-        if !v.is_empty() {
-            spec.spiffe_id =
-                Some(SpiffeId::parse(&v).map_err(|e| fail("spiffe_id", e.to_string()))?);
-        }
-    }
+    Ok(())
+}
+
+/// The RFC 3339 time columns.
+fn times(
+    fields: &mut BTreeMap<String, String>,
+    spec: &mut IdentitySpec,
+    present: &mut Vec<&'static str>,
+) -> Result<(), (String, String)> {
     for (name, slot) in [
         ("expire_time", &mut spec.expires_at),
         ("last_rotate_time", &mut spec.last_rotated_at),
         ("last_use_time", &mut spec.last_used_at),
     ] {
-        if let Some(v) = take(fields, name) {
+        if let Some(v) = fields.remove(name) {
             present.push(name);
             if !v.is_empty() {
                 *slot = Some(rfc3339(&v).map_err(|reason| fail(name, reason))?);
             }
         }
     }
-    if let Some(labels) = labels {
-        present.push("labels");
-        spec.labels = labels;
-    }
-    Ok(ImportRow {
-        line,
-        spec,
-        fields: present,
-    })
+    Ok(())
 }

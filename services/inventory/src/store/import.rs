@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::{
     COLUMN_COUNT, COLUMNS, Engine, Store, bind_identity, read_identity, update_row, write_labels,
 };
-use crate::domain::{ChangeContext, Error, Identity, IdentitySpec, State, now_ns};
+use crate::domain::{ChangeContext, Error, Identity, IdentitySpec, Nanos, State, now_ns};
 use crate::evidence;
 
 /// Rows per transaction: large enough that the commit (and its WAL
@@ -218,51 +218,7 @@ impl Store {
                     );
                 }
             }
-            let mut created: Vec<Identity> = Vec::new();
-            let mut changed: Vec<(Identity, Vec<String>)> = Vec::new();
-            for row in batch {
-                let key = (row.spec.source_system.clone(), row.spec.external_id.clone());
-                match existing.get(&key) {
-                    None => {
-                        let mut spec = row.spec.clone();
-                        if spec.business_owner.is_none() || spec.technical_owner.is_none() || spec.purpose.trim().is_empty() {
-                            spec.unowned = true;
-                        }
-                        if let Err(e) = spec.validate() {
-                            outcome.rejected.push((row.line, e.field, e.reason));
-                            continue;
-                        }
-                        created.push(Identity {
-                            id: Uuid::now_v7(),
-                            spec,
-                            state: State::Active,
-                            created_at: now,
-                            updated_at: now,
-                            state_changed_at: now,
-                            version: 1,
-                            signal_score: 0,
-                            signal_summary: String::new(),
-                            entitlement_idle_since: None,
-                            consumer_count: 0,
-                        });
-                    }
-                    Some(current) => {
-                        let mut next = current.clone();
-                        let fields = merge(&mut next.spec, row);
-                        if fields.is_empty() {
-                            outcome.unchanged += 1;
-                            continue;
-                        }
-                        if let Err(e) = next.spec.validate() {
-                            outcome.rejected.push((row.line, e.field, e.reason));
-                            continue;
-                        }
-                        next.updated_at = now;
-                        next.version += 1;
-                        changed.push((next, fields));
-                    }
-                }
-            }
+            let (created, changed) = plan(batch, &existing, now, outcome);
             let orphaned = |i: &Identity| {
                 i.spec.unowned || i.owner_names().iter().any(|n| departed.contains(n))
             };
@@ -301,63 +257,142 @@ impl Store {
                     write_labels::<Db>(&mut tx, &identity.id, &identity.spec.labels, true).await?;
                 }
             }
-            let mut records: Vec<EvidenceRecord> = Vec::with_capacity(created.len() + changed.len());
-            for identity in &created {
-                records.push(evidence::record(
-                    context,
-                    "identity.import",
-                    Some((&identity.id, identity.spec.kind)),
-                    "",
-                    [
-                        ("drift", "new".to_owned()),
-                        ("format", format.to_owned()),
-                        ("source_system", identity.spec.source_system.clone()),
-                        ("external_id", identity.spec.external_id.clone()),
-                    ],
-                ));
-            }
-            for (identity, fields) in &changed {
-                records.push(evidence::record(
-                    context,
-                    "identity.import",
-                    Some((&identity.id, identity.spec.kind)),
-                    "",
-                    [
-                        ("drift", "changed".to_owned()),
-                        ("format", format.to_owned()),
-                        ("source_system", identity.spec.source_system.clone()),
-                        ("external_id", identity.spec.external_id.clone()),
-                        ("fields", fields.join(",")),
-                    ],
-                ));
-            }
+            let records = import_records(&created, &changed, context, format);
             tx.enqueue_all(&records).await?;
             if dry_run {
                 tx.rollback().await?;
             } else {
                 tx.commit().await?;
             }
-            outcome.created += created.len() as u64;
-            outcome.changed += changed.len() as u64;
-            for identity in created {
-                outcome.note(Drift {
-                    kind: DriftKind::New,
-                    identity_id: identity.id,
-                    source_system: identity.spec.source_system,
-                    external_id: identity.spec.external_id,
-                    fields: Vec::new(),
-                });
-            }
-            for (identity, fields) in changed {
-                outcome.note(Drift {
-                    kind: DriftKind::Changed,
-                    identity_id: identity.id,
-                    source_system: identity.spec.source_system,
-                    external_id: identity.spec.external_id,
-                    fields,
-                });
-            }
+            outcome.noted(created, changed);
         });
         Ok(())
+    }
+}
+
+/// Which rows of a batch are new identities and which change an existing
+/// one (with the fields that changed); the rest are unchanged or rejected,
+/// as `outcome` counts.
+fn plan(
+    batch: &[ImportRow],
+    existing: &HashMap<(String, String), Identity>,
+    now: Nanos,
+    outcome: &mut ImportOutcome,
+) -> (Vec<Identity>, Vec<(Identity, Vec<String>)>) {
+    let mut created: Vec<Identity> = Vec::new();
+    let mut changed: Vec<(Identity, Vec<String>)> = Vec::new();
+    for row in batch {
+        let key = (row.spec.source_system.clone(), row.spec.external_id.clone());
+        match existing.get(&key) {
+            None => {
+                let mut spec = row.spec.clone();
+                if spec.business_owner.is_none()
+                    || spec.technical_owner.is_none()
+                    || spec.purpose.trim().is_empty()
+                {
+                    spec.unowned = true;
+                }
+                if let Err(e) = spec.validate() {
+                    outcome.rejected.push((row.line, e.field, e.reason));
+                    continue;
+                }
+                created.push(Identity {
+                    id: Uuid::now_v7(),
+                    spec,
+                    state: State::Active,
+                    created_at: now,
+                    updated_at: now,
+                    state_changed_at: now,
+                    version: 1,
+                    signal_score: 0,
+                    signal_summary: String::new(),
+                    entitlement_idle_since: None,
+                    consumer_count: 0,
+                });
+            }
+            Some(current) => {
+                let mut next = current.clone();
+                let fields = merge(&mut next.spec, row);
+                if fields.is_empty() {
+                    outcome.unchanged += 1;
+                    continue;
+                }
+                if let Err(e) = next.spec.validate() {
+                    outcome.rejected.push((row.line, e.field, e.reason));
+                    continue;
+                }
+                next.updated_at = now;
+                next.version += 1;
+                changed.push((next, fields));
+            }
+        }
+    }
+    (created, changed)
+}
+
+/// One `identity.import` record per new or changed identity.
+fn import_records(
+    created: &[Identity],
+    changed: &[(Identity, Vec<String>)],
+    context: &ChangeContext,
+    format: &str,
+) -> Vec<EvidenceRecord> {
+    let mut records: Vec<EvidenceRecord> = Vec::with_capacity(created.len() + changed.len());
+    for identity in created {
+        records.push(evidence::record(
+            context,
+            "identity.import",
+            Some((&identity.id, identity.spec.kind)),
+            "",
+            [
+                ("drift", "new".to_owned()),
+                ("format", format.to_owned()),
+                ("source_system", identity.spec.source_system.clone()),
+                ("external_id", identity.spec.external_id.clone()),
+            ],
+        ));
+    }
+    for (identity, fields) in changed {
+        records.push(evidence::record(
+            context,
+            "identity.import",
+            Some((&identity.id, identity.spec.kind)),
+            "",
+            [
+                ("drift", "changed".to_owned()),
+                ("format", format.to_owned()),
+                ("source_system", identity.spec.source_system.clone()),
+                ("external_id", identity.spec.external_id.clone()),
+                ("fields", fields.join(",")),
+            ],
+        ));
+    }
+    records
+}
+
+impl ImportOutcome {
+    /// Counts a committed batch's new and changed identities, and notes
+    /// their drift.
+    fn noted(&mut self, created: Vec<Identity>, changed: Vec<(Identity, Vec<String>)>) {
+        self.created += created.len() as u64;
+        self.changed += changed.len() as u64;
+        for identity in created {
+            self.note(Drift {
+                kind: DriftKind::New,
+                identity_id: identity.id,
+                source_system: identity.spec.source_system,
+                external_id: identity.spec.external_id,
+                fields: Vec::new(),
+            });
+        }
+        for (identity, fields) in changed {
+            self.note(Drift {
+                kind: DriftKind::Changed,
+                identity_id: identity.id,
+                source_system: identity.spec.source_system,
+                external_id: identity.spec.external_id,
+                fields,
+            });
+        }
     }
 }
