@@ -92,6 +92,88 @@ fn sealed(key: &StoredKey) -> SealedCert {
     }
 }
 
+/// A new CA for `trust_domain` on first start: its two keys to store
+/// (sealed) in `new`, its `ca.generate` record in `evidence`.
+fn first_ca(
+    trust_domain: &str,
+    kek: &dyn KeyEncryption,
+    config: &CaConfig,
+    actor: &str,
+    now: OffsetDateTime,
+    new: &mut Vec<StoredKey>,
+    evidence: &mut Vec<EvidenceRecord>,
+) -> Result<CaHierarchy, String> {
+    let ca = CaHierarchy::generate(
+        trust_domain,
+        now,
+        Duration::seconds(i64::try_from(config.root_validity_secs).unwrap_or(i64::MAX)),
+        Duration::seconds(i64::try_from(config.intermediate_validity_secs).unwrap_or(i64::MAX)),
+    )
+    .map_err(|e| format!("cannot generate the CA: {e}"))?;
+    let sealed = ca.seal(kek).map_err(|e| e.to_string())?;
+    for (kind, cert, not_after) in [
+        ("root", sealed.root, ca.root_not_after()),
+        (
+            "intermediate",
+            sealed.intermediate,
+            ca.intermediate_not_after(),
+        ),
+    ] {
+        new.push(StoredKey {
+            id: 0,
+            kind: kind.to_owned(),
+            public: cert.cert_pem,
+            sealed_key: cert.sealed_key,
+            kek_id: cert.kek_id,
+            not_after_ns: ns(not_after),
+            created_at_ns: ns(now),
+            retired_at_ns: 0,
+        });
+    }
+    let mut record = EvidenceRecord::new(actor, "ca.generate", crate::SPEC.name);
+    record.outcome.reason = format!("first start: a new CA for {trust_domain}");
+    record
+        .attributes
+        .insert("trust_domain".into(), trust_domain.to_owned());
+    record
+        .attributes
+        .insert("root_not_after".into(), ca.root_not_after().to_string());
+    record.attributes.insert(
+        "intermediate_not_after".into(),
+        ca.intermediate_not_after().to_string(),
+    );
+    evidence.push(record);
+    Ok(ca)
+}
+
+/// A new JWT-SVID signing key on first start: stored (sealed) in `new`,
+/// its `jwt_key.generate` record in `evidence`.
+fn first_jwt_key(
+    kek: &dyn KeyEncryption,
+    actor: &str,
+    now: OffsetDateTime,
+    new: &mut Vec<StoredKey>,
+    evidence: &mut Vec<EvidenceRecord>,
+) -> Result<SigningKey, String> {
+    let der = SigningKey::generate_pkcs8().map_err(|e| e.to_string())?;
+    let key = SigningKey::from_pkcs8(&der).map_err(|e| e.to_string())?;
+    new.push(StoredKey {
+        id: 0,
+        kind: "jwt".to_owned(),
+        public: serde_json::to_string(&jwt_svid_jwk(&key)).map_err(|e| e.to_string())?,
+        sealed_key: kek.seal(JWT_PURPOSE, &der).map_err(|e| e.to_string())?,
+        kek_id: kek.kek_id().to_owned(),
+        not_after_ns: i64::MAX,
+        created_at_ns: ns(now),
+        retired_at_ns: 0,
+    });
+    let mut record = EvidenceRecord::new(actor, "jwt_key.generate", crate::SPEC.name);
+    record.outcome.reason = "first start: a new JWT-SVID signing key".to_owned();
+    record.attributes.insert("kid".into(), key.kid().to_owned());
+    evidence.push(record);
+    Ok(key)
+}
+
 impl Authorities {
     /// Loads the stored authorities, generating (and storing, with
     /// evidence by `actor`) whatever is missing.
@@ -117,51 +199,15 @@ impl Authorities {
                 kek,
             )
             .map_err(|e| format!("cannot open the stored CA: {e}"))?,
-            (None, None) => {
-                let ca = CaHierarchy::generate(
-                    trust_domain,
-                    now,
-                    Duration::seconds(i64::try_from(config.root_validity_secs).unwrap_or(i64::MAX)),
-                    Duration::seconds(
-                        i64::try_from(config.intermediate_validity_secs).unwrap_or(i64::MAX),
-                    ),
-                )
-                .map_err(|e| format!("cannot generate the CA: {e}"))?;
-                let sealed = ca.seal(kek).map_err(|e| e.to_string())?;
-                for (kind, cert, not_after) in [
-                    ("root", sealed.root, ca.root_not_after()),
-                    (
-                        "intermediate",
-                        sealed.intermediate,
-                        ca.intermediate_not_after(),
-                    ),
-                ] {
-                    new.push(StoredKey {
-                        id: 0,
-                        kind: kind.to_owned(),
-                        public: cert.cert_pem,
-                        sealed_key: cert.sealed_key,
-                        kek_id: cert.kek_id,
-                        not_after_ns: ns(not_after),
-                        created_at_ns: ns(now),
-                        retired_at_ns: 0,
-                    });
-                }
-                let mut record = EvidenceRecord::new(actor, "ca.generate", crate::SPEC.name);
-                record.outcome.reason = format!("first start: a new CA for {trust_domain}");
-                record
-                    .attributes
-                    .insert("trust_domain".into(), trust_domain.to_owned());
-                record
-                    .attributes
-                    .insert("root_not_after".into(), ca.root_not_after().to_string());
-                record.attributes.insert(
-                    "intermediate_not_after".into(),
-                    ca.intermediate_not_after().to_string(),
-                );
-                evidence.push(record);
-                ca
-            }
+            (None, None) => first_ca(
+                trust_domain,
+                kek,
+                config,
+                actor,
+                now,
+                &mut new,
+                &mut evidence,
+            )?,
             _ => {
                 return Err(
                     "the stored CA is incomplete (a root without an intermediate, or the reverse)"
@@ -176,26 +222,7 @@ impl Authorities {
                     .map_err(|e| format!("cannot open the stored JWT signing key: {e}"))?;
                 SigningKey::from_pkcs8(&der).map_err(|e| e.to_string())?
             }
-            None => {
-                let der = SigningKey::generate_pkcs8().map_err(|e| e.to_string())?;
-                let key = SigningKey::from_pkcs8(&der).map_err(|e| e.to_string())?;
-                new.push(StoredKey {
-                    id: 0,
-                    kind: "jwt".to_owned(),
-                    public: serde_json::to_string(&jwt_svid_jwk(&key))
-                        .map_err(|e| e.to_string())?,
-                    sealed_key: kek.seal(JWT_PURPOSE, &der).map_err(|e| e.to_string())?,
-                    kek_id: kek.kek_id().to_owned(),
-                    not_after_ns: i64::MAX,
-                    created_at_ns: ns(now),
-                    retired_at_ns: 0,
-                });
-                let mut record = EvidenceRecord::new(actor, "jwt_key.generate", crate::SPEC.name);
-                record.outcome.reason = "first start: a new JWT-SVID signing key".to_owned();
-                record.attributes.insert("kid".into(), key.kid().to_owned());
-                evidence.push(record);
-                key
-            }
+            None => first_jwt_key(kek, actor, now, &mut new, &mut evidence)?,
         };
         if !new.is_empty() {
             store

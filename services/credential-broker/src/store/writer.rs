@@ -297,21 +297,8 @@ impl Store {
                             }
                             query.execute(&mut *tx).await?;
                         }
-                        for lease in &mut ended {
-                            lease.state = state;
-                            lease.revoked_at_ns = now_ns;
-                            lease.revoked_by.clone_from(&by);
-                            lease.revoke_reason.clone_from(&reason);
-                            evidence.push(record(lease));
-                            sequence += 1;
-                            revoked.push(RevocationEntry {
-                                sequence,
-                                state,
-                                revoked_at_ns: now_ns,
-                                reason: reason.clone(),
-                                lease: lease.clone(),
-                            });
-                        }
+                        let ended = Revocation { state, by: &by, reason: &reason, at_ns: now_ns }
+                            .applied(ended, &record, &mut sequence, &mut evidence, &mut revoked);
                         results.push(Ok(Applied::Revoked(ended)));
                     }
                 }
@@ -325,29 +312,81 @@ impl Store {
                 for lease in chunk {
                     query = bind_lease!(query, lease);
                 }
-                query.execute(&mut *tx).await.map_err(|e| {
-                    StoreError::Storage(format!("cannot store leases: {e}"))
-                })?;
-            }
-            for chunk in revoked.chunks(CHUNK * 4) {
-                let sql = format!(
-                    "INSERT INTO revocations (sequence, lease_id, state, revoked_at_ns, reason) VALUES {}",
-                    <Db as Placeholders>::values(chunk.len(), 5, 1)
-                );
-                let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
-                for entry in chunk {
-                    query = query
-                        .bind(entry.sequence)
-                        .bind(&entry.lease.lease_id)
-                        .bind(entry.state as i64)
-                        .bind(entry.revoked_at_ns)
-                        .bind(&entry.reason);
-                }
                 query.execute(&mut *tx).await?;
             }
+            insert_revocations::<Db>(&mut tx, &revoked).await?;
             tx.enqueue_all(&evidence).await?;
             tx.commit().await?;
         });
         Ok((results, revoked))
     }
+}
+
+/// One revocation change, as the writer applies it to each lease it ends.
+struct Revocation<'a> {
+    state: LeaseState,
+    by: &'a str,
+    reason: &'a str,
+    at_ns: i64,
+}
+
+impl Revocation<'_> {
+    /// Marks `ended` revoked, each with its evidence record and the next
+    /// number in the revocation log after `sequence`.
+    fn applied(
+        &self,
+        mut ended: Vec<Lease>,
+        record: &RevocationEvidence,
+        sequence: &mut i64,
+        evidence: &mut Vec<EvidenceRecord>,
+        revoked: &mut Vec<RevocationEntry>,
+    ) -> Vec<Lease> {
+        for lease in &mut ended {
+            lease.state = self.state;
+            lease.revoked_at_ns = self.at_ns;
+            self.by.clone_into(&mut lease.revoked_by);
+            self.reason.clone_into(&mut lease.revoke_reason);
+            evidence.push(record(lease));
+            *sequence += 1;
+            revoked.push(RevocationEntry {
+                sequence: *sequence,
+                state: self.state,
+                revoked_at_ns: self.at_ns,
+                reason: self.reason.to_owned(),
+                lease: lease.clone(),
+            });
+        }
+        ended
+    }
+}
+
+/// Appends `entries` to the revocation log, in multi-row INSERTs.
+async fn insert_revocations<DB>(
+    tx: &mut sqlx::Transaction<'_, DB>,
+    entries: &[RevocationEntry],
+) -> Result<(), StoreError>
+where
+    DB: Engine,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    for chunk in entries.chunks(CHUNK * 4) {
+        let sql = format!(
+            "INSERT INTO revocations (sequence, lease_id, state, revoked_at_ns, reason) VALUES {}",
+            DB::values(chunk.len(), 5, 1)
+        );
+        let mut query = sqlx::query::<DB>(sqlx::AssertSqlSafe(sql));
+        for entry in chunk {
+            query = query
+                .bind(entry.sequence)
+                .bind(entry.lease.lease_id.clone())
+                .bind(entry.state as i64)
+                .bind(entry.revoked_at_ns)
+                .bind(entry.reason.clone());
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
 }

@@ -391,19 +391,7 @@ impl Store {
                 .await?
                 .ok_or_else(|| Error::NotFound(format!("identity {identity} is not part of campaign {campaign}")))?;
             let mut item = read_item(&row)?;
-            if item.decision != Decision::Pending {
-                return Err(Error::FailedPrecondition(format!(
-                    "identity_id: already attested ({}) by {}", item.decision, item.reviewer
-                )));
-            }
-            // Unchecked attestations are not taken: authority decides who
-            // may answer (its owners, by name or by group).
-            if a.allowed.is_none() {
-                return Err(Error::PermissionDenied(format!(
-                    "reviewer: {} was not allowed by authority to attest",
-                    steward_errors::shown(&a.reviewer)
-                )));
-            }
+            may_attest(&item, a)?;
             let sql = format!("SELECT kind, state, version FROM identities WHERE id = $1{}", <Db as Engine>::FOR_UPDATE);
             let (kind, state, version): (String, String, i64) = sqlx::query_as::<Db, (String, String, i64)>(sqlx::AssertSqlSafe(sql))
                 .bind(&identity)
@@ -442,19 +430,7 @@ impl Store {
                             .bind(now)
                             .execute(&mut *tx)
                             .await?;
-                        records.push(evidence::record(
-                            context,
-                            "identity.revoke",
-                            Some((&a.identity_id, kind)),
-                            &a.reason,
-                            [
-                                ("from_state", state.as_str().to_owned()),
-                                ("to_state", "revoked".to_owned()),
-                                ("reversible", "false".to_owned()),
-                                ("transition_id", transition_id.hyphenated().to_string()),
-                                ("campaign_id", campaign.clone()),
-                            ],
-                        ));
+                        records.push(revoked_record(a, kind, state, transition_id, context));
                     }
                 }
             }
@@ -469,22 +445,7 @@ impl Store {
                 .bind(&identity)
                 .execute(&mut *tx)
                 .await?;
-            let mut attested = evidence::record(
-                context,
-                "review.attest",
-                Some((&a.identity_id, kind)),
-                &a.reason,
-                [
-                    ("campaign_id", campaign.clone()),
-                    ("decision", a.decision.as_str().to_owned()),
-                    ("reviewer", a.reviewer.clone()),
-                    ("new_expires_at_ns", a.new_expires_at.map(|t| t.to_string()).unwrap_or_default()),
-                    ("decision_id", a.allowed.as_ref().map(|d| d.decision_id.clone()).unwrap_or_default()),
-                ],
-            );
-            if let Some(allowed) = &a.allowed {
-                attested.decision = allowed.decision.clone();
-            }
+            let attested = attested_record(a, kind, context);
             records.insert(0, attested);
             tx.enqueue_all(&records).await?;
             tx.commit().await?;
@@ -499,4 +460,76 @@ impl Store {
             .await;
         Ok(item)
     }
+}
+
+/// Whether `a` may answer for `item`: not yet answered, and allowed by
+/// authority. Unchecked attestations are not taken: authority decides who
+/// may answer (the identity's owners, by name or by group).
+fn may_attest(item: &ReviewItem, a: &Attestation) -> Result<(), Error> {
+    if item.decision != Decision::Pending {
+        return Err(Error::FailedPrecondition(format!(
+            "identity_id: already attested ({}) by {}",
+            item.decision, item.reviewer
+        )));
+    }
+    if a.allowed.is_none() {
+        return Err(Error::PermissionDenied(format!(
+            "reviewer: {} was not allowed by authority to attest",
+            steward_errors::shown(&a.reviewer)
+        )));
+    }
+    Ok(())
+}
+
+/// The `review.attest` record, carrying authority's decision.
+fn attested_record(a: &Attestation, kind: Kind, context: &ChangeContext) -> EvidenceRecord {
+    let mut attested = evidence::record(
+        context,
+        "review.attest",
+        Some((&a.identity_id, kind)),
+        &a.reason,
+        [
+            ("campaign_id", a.campaign_id.hyphenated().to_string()),
+            ("decision", a.decision.as_str().to_owned()),
+            ("reviewer", a.reviewer.clone()),
+            (
+                "new_expires_at_ns",
+                a.new_expires_at.map(|t| t.to_string()).unwrap_or_default(),
+            ),
+            (
+                "decision_id",
+                a.allowed
+                    .as_ref()
+                    .map(|d| d.decision_id.clone())
+                    .unwrap_or_default(),
+            ),
+        ],
+    );
+    if let Some(allowed) = &a.allowed {
+        attested.decision = allowed.decision.clone();
+    }
+    attested
+}
+
+/// The `identity.revoke` record of an owner's "revoke" answer.
+fn revoked_record(
+    a: &Attestation,
+    kind: Kind,
+    from: State,
+    transition_id: Uuid,
+    context: &ChangeContext,
+) -> EvidenceRecord {
+    evidence::record(
+        context,
+        "identity.revoke",
+        Some((&a.identity_id, kind)),
+        &a.reason,
+        [
+            ("from_state", from.as_str().to_owned()),
+            ("to_state", "revoked".to_owned()),
+            ("reversible", "false".to_owned()),
+            ("transition_id", transition_id.hyphenated().to_string()),
+            ("campaign_id", a.campaign_id.hyphenated().to_string()),
+        ],
+    )
 }
