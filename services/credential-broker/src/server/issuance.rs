@@ -330,154 +330,20 @@ impl BrokerServer {
             Make::Token { .. } | Make::DatabaseRole { .. } => ttl.api_token_default,
         };
         let (ttl, expires) = self.lifetime(ttl_seconds, default, allowed, task, now)?;
+        let m = Minting {
+            allowed,
+            principal,
+            identity_id,
+            task,
+            ttl,
+            expires,
+            now,
+        };
         let (lease, record, made) = match what {
-            Make::X509 { csr } => {
-                let spiffe_id = self.svid_id(identity_id, allowed)?.to_string();
-                let issued = self
-                    .authorities()
-                    .ca
-                    .issue_x509_svid(
-                        csr,
-                        &spiffe_id,
-                        time::Duration::seconds(ttl),
-                        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(now))
-                            .map_err(|e| Status::internal(e.to_string()))?,
-                    )
-                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
-                let expires = expires.min(
-                    i64::try_from(issued.not_after.unix_timestamp_nanos()).unwrap_or(i64::MAX),
-                );
-                let lease = self.lease(
-                    Kind::X509Svid,
-                    identity_id,
-                    principal,
-                    &spiffe_id,
-                    task,
-                    allowed,
-                    (ttl, expires),
-                    now,
-                    issued.serial.clone(),
-                );
-                let record =
-                    self.issue_record(&lease, allowed, task, hex(&sha256(&issued.cert_der)));
-                (lease, record, Made::X509(issued))
-            }
-            Make::Jwt { audience } => {
-                let spiffe_id = self.svid_id(identity_id, allowed)?.to_string();
-                let jti = Uuid::new_v4().hyphenated().to_string();
-                let mut lease = self.lease(
-                    Kind::JwtSvid,
-                    identity_id,
-                    principal,
-                    &spiffe_id,
-                    task,
-                    allowed,
-                    (ttl, expires),
-                    now,
-                    jti.clone(),
-                );
-                lease.audience = audience.to_vec();
-                let mut claims = serde_json::Map::new();
-                claims.insert("sub".into(), spiffe_id.into());
-                claims.insert(
-                    "aud".into(),
-                    match audience {
-                        [one] => one.clone().into(),
-                        many => many.to_vec().into(),
-                    },
-                );
-                claims.insert("exp".into(), (lease.expires_at_ns / NS).into());
-                claims.insert("iat".into(), (now / NS).into());
-                claims.insert("jti".into(), jti.into());
-                let token = self
-                    .authorities()
-                    .jwt
-                    .sign("JWT", &claims)
-                    .map_err(|e| Status::internal(e.to_string()))?;
-                let mut record = self.issue_record(&lease, allowed, task, String::new());
-                record
-                    .attributes
-                    .insert("audience".into(), truncate_utf8(audience.join(" "), 1024));
-                (lease, record, Made::Jwt(token))
-            }
-            Make::Token { scopes } => {
-                let mut secret = [0u8; 32];
-                self.shared
-                    .random
-                    .fill(&mut secret)
-                    .map_err(|_| Status::internal("no randomness available"))?;
-                let token = format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(secret));
-                let reference = token[..TOKEN_PREFIX.len() + TOKEN_REF_CHARS].to_owned();
-                let mut lease = self.lease(
-                    Kind::ApiToken,
-                    identity_id,
-                    principal,
-                    &allowed.facts.spiffe_id,
-                    task,
-                    allowed,
-                    (ttl, expires),
-                    now,
-                    reference,
-                );
-                lease.token_hash = Some(sha256(token.as_bytes()));
-                lease.scopes = scopes.to_vec();
-                let mut record = self.issue_record(&lease, allowed, task, String::new());
-                record
-                    .attributes
-                    .insert("scopes".into(), truncate_utf8(scopes.join(" "), 1024));
-                (lease, record, Made::Token(token))
-            }
-            Make::DatabaseRole { template } => {
-                let backend = self.shared.backend.clone().ok_or_else(|| {
-                    Status::failed_precondition(
-                        "template: no database backend is configured (postgres_backend)",
-                    )
-                })?;
-                let credential = backend
-                    .create(template, expires)
-                    .await
-                    .map_err(|e| match e {
-                        BackendError::UnknownTemplate(m) => {
-                            Status::invalid_argument(format!("template: {m}"))
-                        }
-                        BackendError::Refused(m) => Status::failed_precondition(m),
-                        BackendError::Unavailable(m) => {
-                            tracing::warn!(error = m, "database backend unavailable");
-                            Status::unavailable(
-                                "the database backend cannot be reached; nothing was issued",
-                            )
-                        }
-                    })?;
-                let mut lease = self.lease(
-                    Kind::DatabaseRole,
-                    identity_id,
-                    principal,
-                    &allowed.facts.spiffe_id,
-                    task,
-                    allowed,
-                    (ttl, expires),
-                    now,
-                    credential.username.clone(),
-                );
-                lease.backend = backend.name().to_owned();
-                lease.scopes = vec![template.to_owned()];
-                lease.sealed_secret = Some(
-                    crate::backends::seal(
-                        self.shared.kek.as_ref(),
-                        &lease.lease_id,
-                        &credential.password,
-                    )
-                    .map_err(Status::internal)?,
-                );
-                let mut record = self.issue_record(&lease, allowed, task, String::new());
-                record
-                    .attributes
-                    .insert("backend".into(), lease.backend.clone());
-                record
-                    .attributes
-                    .insert("template".into(), truncate_utf8(template.to_owned(), 256));
-                (lease, record, Made::DatabaseRole(credential))
-            }
+            Make::X509 { csr } => self.mint_x509(&m, csr)?,
+            Make::Jwt { audience } => self.mint_jwt(&m, audience)?,
+            Make::Token { scopes } => self.mint_token(&m, scopes)?,
+            Make::DatabaseRole { template } => self.mint_database_role(&m, template).await?,
         };
         let lease = match self.commit_issue(lease.clone(), record).await {
             Ok(lease) => lease,
@@ -493,6 +359,161 @@ impl BrokerServer {
             }
         };
         Ok((lease, made))
+    }
+
+    /// An X.509-SVID from the caller's CSR, for the identity's SPIFFE ID.
+    fn mint_x509(&self, m: &Minting<'_>, csr: &[u8]) -> Result<Minted, Status> {
+        let spiffe_id = self.svid_id(m.identity_id, m.allowed)?.to_string();
+        let issued = self
+            .authorities()
+            .ca
+            .issue_x509_svid(
+                csr,
+                &spiffe_id,
+                time::Duration::seconds(m.ttl),
+                time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(m.now))
+                    .map_err(|e| Status::internal(e.to_string()))?,
+            )
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let expires = m
+            .expires
+            .min(i64::try_from(issued.not_after.unix_timestamp_nanos()).unwrap_or(i64::MAX));
+        let lease = self.lease(
+            Kind::X509Svid,
+            m.identity_id,
+            m.principal,
+            &spiffe_id,
+            m.task,
+            m.allowed,
+            (m.ttl, expires),
+            m.now,
+            issued.serial.clone(),
+        );
+        let record = self.issue_record(&lease, m.allowed, m.task, hex(&sha256(&issued.cert_der)));
+        Ok((lease, record, Made::X509(issued)))
+    }
+
+    /// A JWT-SVID for `audience`, signed with the current key.
+    fn mint_jwt(&self, m: &Minting<'_>, audience: &[String]) -> Result<Minted, Status> {
+        let spiffe_id = self.svid_id(m.identity_id, m.allowed)?.to_string();
+        let jti = Uuid::new_v4().hyphenated().to_string();
+        let mut lease = self.lease(
+            Kind::JwtSvid,
+            m.identity_id,
+            m.principal,
+            &spiffe_id,
+            m.task,
+            m.allowed,
+            (m.ttl, m.expires),
+            m.now,
+            jti.clone(),
+        );
+        lease.audience = audience.to_vec();
+        let mut claims = serde_json::Map::new();
+        claims.insert("sub".into(), spiffe_id.into());
+        claims.insert(
+            "aud".into(),
+            match audience {
+                [one] => one.clone().into(),
+                many => many.to_vec().into(),
+            },
+        );
+        claims.insert("exp".into(), (lease.expires_at_ns / NS).into());
+        claims.insert("iat".into(), (m.now / NS).into());
+        claims.insert("jti".into(), jti.into());
+        let token = self
+            .authorities()
+            .jwt
+            .sign("JWT", &claims)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let mut record = self.issue_record(&lease, m.allowed, m.task, String::new());
+        record
+            .attributes
+            .insert("audience".into(), truncate_utf8(audience.join(" "), 1024));
+        Ok((lease, record, Made::Jwt(token)))
+    }
+
+    /// An opaque API token: only its hash and reference are kept.
+    fn mint_token(&self, m: &Minting<'_>, scopes: &[String]) -> Result<Minted, Status> {
+        let mut secret = [0u8; 32];
+        self.shared
+            .random
+            .fill(&mut secret)
+            .map_err(|_| Status::internal("no randomness available"))?;
+        let token = format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(secret));
+        let reference = token[..TOKEN_PREFIX.len() + TOKEN_REF_CHARS].to_owned();
+        let mut lease = self.lease(
+            Kind::ApiToken,
+            m.identity_id,
+            m.principal,
+            &m.allowed.facts.spiffe_id,
+            m.task,
+            m.allowed,
+            (m.ttl, m.expires),
+            m.now,
+            reference,
+        );
+        lease.token_hash = Some(sha256(token.as_bytes()));
+        lease.scopes = scopes.to_vec();
+        let mut record = self.issue_record(&lease, m.allowed, m.task, String::new());
+        record
+            .attributes
+            .insert("scopes".into(), truncate_utf8(scopes.join(" "), 1024));
+        Ok((lease, record, Made::Token(token)))
+    }
+
+    /// A login role from the database backend's `template`; its password
+    /// is kept sealed.
+    async fn mint_database_role(&self, m: &Minting<'_>, template: &str) -> Result<Minted, Status> {
+        let backend = self.shared.backend.clone().ok_or_else(|| {
+            Status::failed_precondition(
+                "template: no database backend is configured (postgres_backend)",
+            )
+        })?;
+        let credential = backend
+            .create(template, m.expires)
+            .await
+            .map_err(|e| match e {
+                BackendError::UnknownTemplate(m) => {
+                    Status::invalid_argument(format!("template: {m}"))
+                }
+                BackendError::Refused(m) => Status::failed_precondition(m),
+                BackendError::Unavailable(m) => {
+                    tracing::warn!(error = m, "database backend unavailable");
+                    Status::unavailable(
+                        "the database backend cannot be reached; nothing was issued",
+                    )
+                }
+            })?;
+        let mut lease = self.lease(
+            Kind::DatabaseRole,
+            m.identity_id,
+            m.principal,
+            &m.allowed.facts.spiffe_id,
+            m.task,
+            m.allowed,
+            (m.ttl, m.expires),
+            m.now,
+            credential.username.clone(),
+        );
+        lease.backend = backend.name().to_owned();
+        lease.scopes = vec![template.to_owned()];
+        lease.sealed_secret = Some(
+            crate::backends::seal(
+                self.shared.kek.as_ref(),
+                &lease.lease_id,
+                &credential.password,
+            )
+            .map_err(Status::internal)?,
+        );
+        let mut record = self.issue_record(&lease, m.allowed, m.task, String::new());
+        record
+            .attributes
+            .insert("backend".into(), lease.backend.clone());
+        record
+            .attributes
+            .insert("template".into(), truncate_utf8(template.to_owned(), 256));
+        Ok((lease, record, Made::DatabaseRole(credential)))
     }
 
     pub(super) async fn commit_issue(
@@ -578,3 +599,19 @@ impl BrokerServer {
         }
     }
 }
+
+/// What every credential kind is minted under: the decision, who asked
+/// for which identity in which task, and the lease's lifetime.
+pub(crate) struct Minting<'a> {
+    allowed: &'a Allowed,
+    principal: &'a str,
+    identity_id: &'a str,
+    task: &'a Task,
+    ttl: i64,
+    expires: i64,
+    now: i64,
+}
+
+/// A minted credential: its lease, its evidence record, and what the
+/// caller gets.
+type Minted = (Lease, EvidenceRecord, Made);
