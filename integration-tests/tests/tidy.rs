@@ -23,7 +23,6 @@ const STILL_TO_SPLIT: &[&str] = &[
     "services/authority/src/server/approvals/breakglass.rs: fn break_glass_impl",
     "services/authority/src/server/decide.rs: fn check",
     "services/authority/src/server/decide.rs: fn authorize_with_grants",
-    "services/credential-broker/src/server/rotation.rs: fn rotate_impl",
 ];
 
 /// Where the product's own code lives (the test suite is not held to

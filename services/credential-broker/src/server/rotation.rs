@@ -18,9 +18,11 @@ use steward_proto::steward::inventory::v1 as inventory;
 use tonic::{Request, Status};
 use uuid::Uuid;
 
+use steward_evidence::EvidenceRecord;
+
 use super::{
-    BrokerServer, Made, Make, caller, check_audience, check_scopes, kind_to_pb, lease_record,
-    lease_to_pb, store_status, timestamp,
+    Allowed, BrokerServer, Made, Make, Task, caller, check_audience, check_scopes, kind_to_pb,
+    lease_record, lease_to_pb, store_status, timestamp,
 };
 use crate::now_ns;
 use crate::store::rotations::{Rotation, RotationState};
@@ -52,6 +54,92 @@ pub fn to_pb(r: &Rotation) -> pb::Rotation {
     }
 }
 
+/// The kind a rotation replaces and how to mint its successor, from the
+/// request's kind and that kind's fields.
+fn what_to_rotate(r: &pb::RotateRequest) -> Result<(Kind, Make<'_>), Status> {
+    Ok(match pb::CredentialKind::try_from(r.kind) {
+        Ok(pb::CredentialKind::X509Svid) => {
+            if r.csr.is_empty() || r.csr.len() > 16 * 1024 {
+                return Err(Status::invalid_argument(
+                    "csr: is required to rotate an X.509-SVID (a DER PKCS#10 request of at most 16 KiB)",
+                ));
+            }
+            (Kind::X509Svid, Make::X509 { csr: &r.csr })
+        }
+        Ok(pb::CredentialKind::JwtSvid) => {
+            check_audience(&r.audience)?;
+            (
+                Kind::JwtSvid,
+                Make::Jwt {
+                    audience: &r.audience,
+                },
+            )
+        }
+        Ok(pb::CredentialKind::ApiToken) => {
+            check_scopes(&r.scopes)?;
+            (Kind::ApiToken, Make::Token { scopes: &r.scopes })
+        }
+        Ok(pb::CredentialKind::DatabaseRole) => {
+            super::text("template", &r.template, 64, true)?;
+            (
+                Kind::DatabaseRole,
+                Make::DatabaseRole {
+                    template: &r.template,
+                },
+            )
+        }
+        _ => {
+            return Err(Status::invalid_argument(
+                "kind: one of CREDENTIAL_KIND_X509_SVID, CREDENTIAL_KIND_JWT_SVID, CREDENTIAL_KIND_API_TOKEN, CREDENTIAL_KIND_DATABASE_ROLE",
+            ));
+        }
+    })
+}
+
+/// The `credential.rotate` record: the new lease, the leases it replaces,
+/// the overlap and the decision.
+fn rotation_record(
+    lease: &Lease,
+    rotation: &Rotation,
+    task: &Task,
+    overlap_seconds: u32,
+    allowed: &Allowed,
+) -> EvidenceRecord {
+    let mut record = lease_record(lease, &rotation.actor, "credential.rotate");
+    record.outcome.reason = truncate_utf8(task.reason.clone(), MAX_REASON);
+    record.correlation_id.clone_from(&rotation.correlation_id);
+    let attributes = &mut record.attributes;
+    attributes.insert("rotation_id".into(), rotation.rotation_id.clone());
+    attributes.insert(
+        "old_lease_ids".into(),
+        truncate_utf8(rotation.old_lease_ids.join(" "), 1024),
+    );
+    attributes.insert("overlap_seconds".into(), overlap_seconds.to_string());
+    attributes.insert(
+        "rotate_decision_id".into(),
+        allowed.decision.decision_id.clone(),
+    );
+    record
+}
+
+/// What the caller gets: the rotation, the new lease and its secret.
+fn response(rotation: &Rotation, lease: &Lease, made: Made) -> pb::RotateResponse {
+    let mut response = pb::RotateResponse {
+        rotation: Some(to_pb(rotation)),
+        lease: Some(lease_to_pb(lease)),
+        ..Default::default()
+    };
+    match made {
+        Made::X509(issued) => response.x509_svid = issued.chain_der,
+        Made::DatabaseRole(credential) => {
+            response.username = credential.username;
+            response.password = credential.password;
+        }
+        other => response.token = other.secret(),
+    }
+    response
+}
+
 impl BrokerServer {
     pub(crate) async fn rotate_impl(
         &self,
@@ -60,43 +148,7 @@ impl BrokerServer {
         let caller = caller(&request)?;
         let r = request.into_inner();
         let (task, now) = self.checked(&r.identity_id, r.ttl_seconds, r.task.as_ref())?;
-        let (kind, what) = match pb::CredentialKind::try_from(r.kind) {
-            Ok(pb::CredentialKind::X509Svid) => {
-                if r.csr.is_empty() || r.csr.len() > 16 * 1024 {
-                    return Err(Status::invalid_argument(
-                        "csr: is required to rotate an X.509-SVID (a DER PKCS#10 request of at most 16 KiB)",
-                    ));
-                }
-                (Kind::X509Svid, Make::X509 { csr: &r.csr })
-            }
-            Ok(pb::CredentialKind::JwtSvid) => {
-                check_audience(&r.audience)?;
-                (
-                    Kind::JwtSvid,
-                    Make::Jwt {
-                        audience: &r.audience,
-                    },
-                )
-            }
-            Ok(pb::CredentialKind::ApiToken) => {
-                check_scopes(&r.scopes)?;
-                (Kind::ApiToken, Make::Token { scopes: &r.scopes })
-            }
-            Ok(pb::CredentialKind::DatabaseRole) => {
-                super::text("template", &r.template, 64, true)?;
-                (
-                    Kind::DatabaseRole,
-                    Make::DatabaseRole {
-                        template: &r.template,
-                    },
-                )
-            }
-            _ => {
-                return Err(Status::invalid_argument(
-                    "kind: one of CREDENTIAL_KIND_X509_SVID, CREDENTIAL_KIND_JWT_SVID, CREDENTIAL_KIND_API_TOKEN, CREDENTIAL_KIND_DATABASE_ROLE",
-                ));
-            }
-        };
+        let (kind, what) = what_to_rotate(&r)?;
         if r.overlap_seconds > MAX_OVERLAP_SECONDS {
             return Err(Status::invalid_argument(format!(
                 "overlap_seconds: at most {MAX_OVERLAP_SECONDS}"
@@ -156,20 +208,7 @@ impl BrokerServer {
             created_at_ns: now,
             correlation_id: truncate_utf8(task.correlation_id.clone(), 256),
         };
-        let mut record = lease_record(&lease, &caller, "credential.rotate");
-        record.outcome.reason = truncate_utf8(task.reason.clone(), MAX_REASON);
-        record.correlation_id.clone_from(&rotation.correlation_id);
-        let attributes = &mut record.attributes;
-        attributes.insert("rotation_id".into(), rotation.rotation_id.clone());
-        attributes.insert(
-            "old_lease_ids".into(),
-            truncate_utf8(rotation.old_lease_ids.join(" "), 1024),
-        );
-        attributes.insert("overlap_seconds".into(), r.overlap_seconds.to_string());
-        attributes.insert(
-            "rotate_decision_id".into(),
-            allowed.decision.decision_id.clone(),
-        );
+        let record = rotation_record(&lease, &rotation, &task, r.overlap_seconds, &allowed);
         self.shared
             .store
             .insert_rotation(&rotation, &[record])
@@ -180,20 +219,7 @@ impl BrokerServer {
         } else {
             rotation
         };
-        let mut response = pb::RotateResponse {
-            rotation: Some(to_pb(&rotation)),
-            lease: Some(lease_to_pb(&lease)),
-            ..Default::default()
-        };
-        match made {
-            Made::X509(issued) => response.x509_svid = issued.chain_der,
-            Made::DatabaseRole(credential) => {
-                response.username = credential.username;
-                response.password = credential.password;
-            }
-            other => response.token = other.secret(),
-        }
-        Ok(response)
+        Ok(response(&rotation, &lease, made))
     }
 
     /// Revokes a rotation's old leases, confirms each is rejected, and
