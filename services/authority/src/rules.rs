@@ -163,6 +163,136 @@ fn lowest() -> String {
     "low".to_owned()
 }
 
+/// Every problem a rule document has, each with its path.
+#[derive(Default)]
+struct Problems(Vec<RuleError>);
+
+impl Problems {
+    fn add(&mut self, path: String, message: String) {
+        self.0.push(RuleError { path, message });
+    }
+
+    /// Rule `i`, validated; its problems are added (`ids` holds the ids
+    /// seen so far).
+    fn rule(&mut self, i: usize, raw: RawRule, ids: &mut BTreeSet<String>) -> Rule {
+        let at = |field: &str| format!("rules[{i}].{field}");
+        let valid_id = !raw.id.is_empty()
+            && raw.id.len() <= 128
+            && raw
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !valid_id {
+            self.add(
+                at("id"),
+                "1 to 128 characters: letters, digits, '-', '_', '.'".into(),
+            );
+        } else if !ids.insert(raw.id.clone()) {
+            self.add(at("id"), format!("{:?} is used twice", raw.id));
+        }
+        if !SIGNAL_KINDS.contains(&raw.signal_kind.as_str()) {
+            self.add(
+                at("signal_kind"),
+                format!(
+                    "{} is not one of {}",
+                    steward_errors::shown(&raw.signal_kind),
+                    SIGNAL_KINDS.join(", ")
+                ),
+            );
+        }
+        let min_severity = SEVERITIES
+            .iter()
+            .position(|s| *s == raw.min_severity)
+            .unwrap_or_else(|| {
+                self.add(
+                    at("min_severity"),
+                    format!(
+                        "{} is not one of {}",
+                        steward_errors::shown(&raw.min_severity),
+                        SEVERITIES.join(", ")
+                    ),
+                );
+                0
+            });
+        let actions = self.actions(i, &raw.actions);
+        let approval_required = match raw.approval.as_deref() {
+            None | Some("auto") => false,
+            Some("required") => true,
+            Some(other) => {
+                self.add(
+                    at("approval"),
+                    format!(
+                        "{} is not \"auto\" or \"required\"",
+                        steward_errors::shown(other)
+                    ),
+                );
+                false
+            }
+        };
+        if raw.approval.as_deref() == Some("auto") && actions.iter().any(|a| !a.reversible()) {
+            self.add(
+                at("approval"),
+                "irreversible actions (revoke) always require approval".into(),
+            );
+        }
+        let approver = raw.approver.unwrap_or_else(|| "technical_owner".to_owned());
+        let approver_ok = approver == "technical_owner"
+            || approver == "business_owner"
+            || approver
+                .strip_prefix("group:")
+                .is_some_and(|g| !g.is_empty() && g.len() <= 128);
+        if !approver_ok {
+            self.add(
+                at("approver"),
+                format!(
+                    "{} is not technical_owner, business_owner or group:<name>",
+                    steward_errors::shown(&approver)
+                ),
+            );
+        }
+        if raw.reason.len() > 512 || raw.reason.chars().any(char::is_control) {
+            self.add(
+                at("reason"),
+                "at most 512 bytes, no control characters".into(),
+            );
+        }
+        Rule {
+            id: raw.id,
+            signal_kind: raw.signal_kind,
+            min_severity,
+            actions,
+            approval_required,
+            approver,
+            reason: raw.reason,
+        }
+    }
+
+    /// Rule `i`'s actions: at least one, each known, none twice.
+    fn actions(&mut self, i: usize, names: &[String]) -> Vec<Action> {
+        if names.is_empty() {
+            self.add(format!("rules[{i}].actions"), "at least one action".into());
+        }
+        let mut actions = Vec::new();
+        for (j, name) in names.iter().enumerate() {
+            let at = format!("rules[{i}].actions[{j}]");
+            match Action::parse(name) {
+                Some(a) if actions.contains(&a) => {
+                    self.add(at, format!("{} twice", steward_errors::shown(name)));
+                }
+                Some(a) => actions.push(a),
+                None => self.add(
+                    at,
+                    format!(
+                        "{} is not one of open_ticket, watchlist, restrict, suspend, revoke",
+                        steward_errors::shown(name)
+                    ),
+                ),
+            }
+        }
+        actions
+    }
+}
+
 impl RuleSet {
     /// Parses and validates `text`; every error, with its path.
     pub fn parse(text: &str) -> Result<Self, Vec<RuleError>> {
@@ -172,123 +302,21 @@ impl RuleSet {
                 message: e.to_string(),
             }]
         })?;
-        let mut errors = Vec::new();
-        let mut ids = BTreeSet::new();
-        let mut rules = Vec::with_capacity(doc.rules.len());
-        let mut bad = |path: String, message: String| errors.push(RuleError { path, message });
+        let mut problems = Problems::default();
         if doc.rules.len() > 1000 {
-            bad("rules".into(), "at most 1000 rules".into());
+            problems.add("rules".into(), "at most 1000 rules".into());
         }
-        for (i, raw) in doc.rules.into_iter().enumerate() {
-            let at = |field: &str| format!("rules[{i}].{field}");
-            let valid_id = !raw.id.is_empty()
-                && raw.id.len() <= 128
-                && raw
-                    .id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-            if !valid_id {
-                bad(
-                    at("id"),
-                    "1 to 128 characters: letters, digits, '-', '_', '.'".into(),
-                );
-            } else if !ids.insert(raw.id.clone()) {
-                bad(at("id"), format!("{:?} is used twice", raw.id));
-            }
-            if !SIGNAL_KINDS.contains(&raw.signal_kind.as_str()) {
-                bad(
-                    at("signal_kind"),
-                    format!(
-                        "{:?} is not one of {}",
-                        raw.signal_kind,
-                        SIGNAL_KINDS.join(", ")
-                    ),
-                );
-            }
-            let min_severity = SEVERITIES
-                .iter()
-                .position(|s| *s == raw.min_severity)
-                .unwrap_or_else(|| {
-                    bad(
-                        at("min_severity"),
-                        format!(
-                            "{:?} is not one of {}",
-                            raw.min_severity,
-                            SEVERITIES.join(", ")
-                        ),
-                    );
-                    0
-                });
-            if raw.actions.is_empty() {
-                bad(at("actions"), "at least one action".into());
-            }
-            let mut actions = Vec::new();
-            for (j, name) in raw.actions.iter().enumerate() {
-                match Action::parse(name) {
-                    Some(a) if actions.contains(&a) => {
-                        bad(
-                            format!("rules[{i}].actions[{j}]"),
-                            format!("{name:?} twice"),
-                        );
-                    }
-                    Some(a) => actions.push(a),
-                    None => bad(
-                        format!("rules[{i}].actions[{j}]"),
-                        format!(
-                            "{name:?} is not one of open_ticket, watchlist, restrict, suspend, revoke"
-                        ),
-                    ),
-                }
-            }
-            let approval_required = match raw.approval.as_deref() {
-                None | Some("auto") => false,
-                Some("required") => true,
-                Some(other) => {
-                    bad(
-                        at("approval"),
-                        format!("{other:?} is not \"auto\" or \"required\""),
-                    );
-                    false
-                }
-            };
-            if raw.approval.as_deref() == Some("auto") && actions.iter().any(|a| !a.reversible()) {
-                bad(
-                    at("approval"),
-                    "irreversible actions (revoke) always require approval".into(),
-                );
-            }
-            let approver = raw.approver.unwrap_or_else(|| "technical_owner".to_owned());
-            let approver_ok = approver == "technical_owner"
-                || approver == "business_owner"
-                || approver
-                    .strip_prefix("group:")
-                    .is_some_and(|g| !g.is_empty() && g.len() <= 128);
-            if !approver_ok {
-                bad(
-                    at("approver"),
-                    format!("{approver:?} is not technical_owner, business_owner or group:<name>"),
-                );
-            }
-            if raw.reason.len() > 512 || raw.reason.chars().any(char::is_control) {
-                bad(
-                    at("reason"),
-                    "at most 512 bytes, no control characters".into(),
-                );
-            }
-            rules.push(Rule {
-                id: raw.id,
-                signal_kind: raw.signal_kind,
-                min_severity,
-                actions,
-                approval_required,
-                approver,
-                reason: raw.reason,
-            });
-        }
-        if errors.is_empty() {
+        let mut ids = BTreeSet::new();
+        let rules = doc
+            .rules
+            .into_iter()
+            .enumerate()
+            .map(|(i, raw)| problems.rule(i, raw, &mut ids))
+            .collect();
+        if problems.0.is_empty() {
             Ok(Self { rules })
         } else {
-            Err(errors)
+            Err(problems.0)
         }
     }
 
