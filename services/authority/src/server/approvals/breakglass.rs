@@ -9,38 +9,8 @@ impl AuthorityServer {
     ) -> Result<pb::BreakGlassResponse, Status> {
         let actor = self.actor(&request)?;
         let r = request.into_inner();
-        const ACTIONS: [&str; 8] = [
-            "issue",
-            "renew",
-            "rotate",
-            "revoke",
-            "suspend",
-            "restrict",
-            "watchlist",
-            "elevate",
-        ];
-        if !ACTIONS.contains(&r.action.as_str()) {
-            return Err(Status::invalid_argument(format!(
-                "action: {} cannot be taken under break-glass; one of {}",
-                steward_errors::shown(&r.action),
-                ACTIONS.join(", ")
-            )));
-        }
-        let resource_id = Uuid::try_parse(&r.resource_id)
-            .map_err(|_| Status::invalid_argument("resource_id: is not an identity id (UUID)"))?;
+        let (resource_id, reason, duration) = checked(&r)?;
         let resource = resource_id.hyphenated().to_string();
-        optional_text("incident_ref", &r.incident_ref)?;
-        optional_text("correlation_id", &r.correlation_id)?;
-        let reason = reason_field("reason", &r.reason)?;
-        let duration = match i64::from(r.duration_seconds) {
-            0 => BREAK_GLASS_DEFAULT_SECS,
-            d if d > BREAK_GLASS_MAX_SECS => {
-                return Err(Status::invalid_argument(format!(
-                    "duration_seconds: at most {BREAK_GLASS_MAX_SECS}"
-                )));
-            }
-            d => d,
-        };
         let facts = self.facts(&resource_id).await?;
         let now = now_s();
         let decision_request = DecisionRequest {
@@ -80,48 +50,8 @@ impl AuthorityServer {
                 decision.reason
             )));
         }
-        let grant = Grant {
-            id: Uuid::now_v7().hyphenated().to_string(),
-            principal: actor.name().to_owned(),
-            action: r.action.clone(),
-            resource_id: resource.clone(),
-            incident_ref: r.incident_ref.clone(),
-            approval_request_id: String::new(),
-            approvers: Vec::new(),
-            break_glass: true,
-            window_start: now,
-            window_end: now + duration,
-            claim_by: now + duration,
-            single_use: false,
-            state: GrantState::Active,
-            claimed_at: 0,
-            ended_at: 0,
-            end_reason: String::new(),
-            created_at: now,
-            correlation_id: r.correlation_id.clone(),
-        };
-        let review = PostActionReview {
-            id: Uuid::now_v7().hyphenated().to_string(),
-            grant_id: grant.id.clone(),
-            principal: grant.principal.clone(),
-            action: r.action.clone(),
-            resource_id: resource,
-            incident_ref: r.incident_ref.clone(),
-            reason: reason.clone(),
-            assignees: match suggested_reviewers("", &decision_request.resource) {
-                owners if owners.is_empty() => vec![self.shared.config.unowned_reviewer.clone()],
-                owners => owners,
-            },
-            state: ReviewState::Open,
-            due_at: now
-                + i64::try_from(self.shared.config.break_glass_review_seconds)
-                    .unwrap_or(i64::MAX / 2),
-            flagged_at: 0,
-            completed_by: String::new(),
-            completion_note: String::new(),
-            completed_at: 0,
-            created_at: now,
-        };
+        let grant = break_glass_grant(&actor, &r, &resource, now, duration);
+        let review = self.review_of(&grant, &r, &reason, &decision_request.resource, now);
         let mut invoked = grant_record(&actor, "breakglass.invoked", &grant, &reason);
         invoked.decision.policy_set_version = version.to_string();
         invoked.decision.policy_ids = decision.policy_ids.clone();
@@ -144,6 +74,40 @@ impl AuthorityServer {
                 &decision_id,
             )),
         })
+    }
+
+    /// The review a break-glass opens: its owners (or the configured
+    /// reviewer of unowned identities) must complete it by the due time.
+    fn review_of(
+        &self,
+        grant: &Grant,
+        r: &pb::BreakGlassRequest,
+        reason: &str,
+        facts: &NhiFacts,
+        now: i64,
+    ) -> PostActionReview {
+        PostActionReview {
+            id: Uuid::now_v7().hyphenated().to_string(),
+            grant_id: grant.id.clone(),
+            principal: grant.principal.clone(),
+            action: r.action.clone(),
+            resource_id: grant.resource_id.clone(),
+            incident_ref: r.incident_ref.clone(),
+            reason: reason.to_owned(),
+            assignees: match suggested_reviewers("", facts) {
+                owners if owners.is_empty() => vec![self.shared.config.unowned_reviewer.clone()],
+                owners => owners,
+            },
+            state: ReviewState::Open,
+            due_at: now
+                + i64::try_from(self.shared.config.break_glass_review_seconds)
+                    .unwrap_or(i64::MAX / 2),
+            flagged_at: 0,
+            completed_by: String::new(),
+            completion_note: String::new(),
+            completed_at: 0,
+            created_at: now,
+        }
     }
 
     pub(in crate::server) async fn list_post_action_reviews_impl(
@@ -227,5 +191,73 @@ impl AuthorityServer {
         Ok(pb::CompletePostActionReviewResponse {
             review: Some(review_to_pb(&review, now)),
         })
+    }
+}
+
+/// A break-glass request's checked fields: the identity, the reason and
+/// how long the grant lasts.
+fn checked(r: &pb::BreakGlassRequest) -> Result<(Uuid, String, i64), Status> {
+    const ACTIONS: [&str; 8] = [
+        "issue",
+        "renew",
+        "rotate",
+        "revoke",
+        "suspend",
+        "restrict",
+        "watchlist",
+        "elevate",
+    ];
+    if !ACTIONS.contains(&r.action.as_str()) {
+        return Err(Status::invalid_argument(format!(
+            "action: {} cannot be taken under break-glass; one of {}",
+            steward_errors::shown(&r.action),
+            ACTIONS.join(", ")
+        )));
+    }
+    let resource_id = Uuid::try_parse(&r.resource_id)
+        .map_err(|_| Status::invalid_argument("resource_id: is not an identity id (UUID)"))?;
+    optional_text("incident_ref", &r.incident_ref)?;
+    optional_text("correlation_id", &r.correlation_id)?;
+    let reason = reason_field("reason", &r.reason)?;
+    let duration = match i64::from(r.duration_seconds) {
+        0 => BREAK_GLASS_DEFAULT_SECS,
+        d if d > BREAK_GLASS_MAX_SECS => {
+            return Err(Status::invalid_argument(format!(
+                "duration_seconds: at most {BREAK_GLASS_MAX_SECS}"
+            )));
+        }
+        d => d,
+    };
+    Ok((resource_id, reason, duration))
+}
+
+/// The grant a break-glass gives its invoker: `r.action` on `resource`
+/// for `duration`, not single use.
+fn break_glass_grant(
+    actor: &Actor,
+    r: &pb::BreakGlassRequest,
+    resource: &str,
+    now: i64,
+    duration: i64,
+) -> Grant {
+    Grant {
+        id: Uuid::now_v7().hyphenated().to_string(),
+        principal: actor.name().to_owned(),
+        action: r.action.clone(),
+        resource_id: resource.to_owned(),
+        incident_ref: r.incident_ref.clone(),
+        approval_request_id: String::new(),
+        approvers: Vec::new(),
+        break_glass: true,
+        window_start: now,
+        window_end: now + duration,
+        claim_by: now + duration,
+        single_use: false,
+        state: GrantState::Active,
+        claimed_at: 0,
+        ended_at: 0,
+        end_reason: String::new(),
+        created_at: now,
+        correlation_id: r.correlation_id.clone(),
     }
 }
