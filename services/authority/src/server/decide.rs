@@ -44,7 +44,66 @@ impl AuthorityServer {
     ) -> Result<Asked, Status> {
         let field = |f: &str| format!("{prefix}{f}");
         let principal = self.named_principal(r, actor, &field)?;
-        let resource = match pb::ResourceKind::try_from(r.resource_kind) {
+        let resource = self.asked_resource(r, &field)?;
+        let c = r.context.clone().unwrap_or_default();
+        context_text(&c, &field)?;
+        let now = now_ns() / 1_000_000_000;
+        let window_start =
+            seconds(&field("context.window_start"), c.window_start.as_ref())?.unwrap_or(now);
+        let window_end =
+            seconds(&field("context.window_end"), c.window_end.as_ref())?.unwrap_or(i64::MAX);
+        if window_end < window_start {
+            return Err(Status::invalid_argument(format!(
+                "{}: ends before the window starts",
+                field("context.window_end")
+            )));
+        }
+        // For an approval, "who asked" is someone else's request: it must be
+        // stated, or the no-self-approval rule could not be checked.
+        if r.action == "approve" && c.requester.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "{}: is required for approve (the principal that made the request being approved)",
+                field("context.requester")
+            )));
+        }
+        let standing = self.standing(&principal, actor, asking, &field)?;
+        let (requester, acting_human) =
+            who_asked(&standing, &principal, actor, &r.action, &c, &field)?;
+        // Checked against the clock only when it opens an approval request.
+        let claim_by =
+            seconds(&field("context.claim_by"), c.claim_by.as_ref())?.unwrap_or(i64::MAX);
+        Ok(Asked {
+            reason: c.reason.trim().to_owned(),
+            claim_by,
+            context: RequestContext {
+                incident_ref: c.incident_ref,
+                now,
+                window_start,
+                window_end,
+                // Only a grant supplies these (see `authorize`).
+                approvers: Default::default(),
+                break_glass: false,
+                requester,
+                acting_workload: actor.workload.clone(),
+                acting_human,
+                requested_ttl: i64::from(c.requested_ttl_seconds),
+            },
+            principal,
+            standing,
+            action: r.action.clone(),
+            resource,
+            correlation_id: c.correlation_id,
+        })
+    }
+
+    /// What an `Authorize` is about: an identity for its actions, or this
+    /// trust domain for `rotate_ca`.
+    fn asked_resource(
+        &self,
+        r: &pb::AuthorizeRequest,
+        field: &dyn Fn(&str) -> String,
+    ) -> Result<AskedResource, Status> {
+        Ok(match pb::ResourceKind::try_from(r.resource_kind) {
             Ok(pb::ResourceKind::Unspecified | pb::ResourceKind::Nhi) => {
                 if !NHI_ACTIONS.contains(&r.action.as_str()) {
                     return Err(Status::invalid_argument(format!(
@@ -85,105 +144,6 @@ impl AuthorityServer {
                     r.resource_kind
                 )));
             }
-        };
-        let c = r.context.clone().unwrap_or_default();
-        for (name, value) in [
-            ("incident_ref", &c.incident_ref),
-            ("requester", &c.requester),
-            ("acting_human", &c.acting_human),
-            ("correlation_id", &c.correlation_id),
-        ] {
-            if value.len() > 256 || value.chars().any(char::is_control) {
-                return Err(Status::invalid_argument(format!(
-                    "{}: at most 256 bytes, no control characters",
-                    field(&format!("context.{name}"))
-                )));
-            }
-        }
-        if c.reason.len() > 1024 || c.reason.chars().any(|ch| ch.is_control() && ch != '\n') {
-            return Err(Status::invalid_argument(format!(
-                "{}: at most 1024 bytes, no control characters",
-                field("context.reason")
-            )));
-        }
-        let now = now_ns() / 1_000_000_000;
-        let window_start =
-            seconds(&field("context.window_start"), c.window_start.as_ref())?.unwrap_or(now);
-        let window_end =
-            seconds(&field("context.window_end"), c.window_end.as_ref())?.unwrap_or(i64::MAX);
-        if window_end < window_start {
-            return Err(Status::invalid_argument(format!(
-                "{}: ends before the window starts",
-                field("context.window_end")
-            )));
-        }
-        // For an approval, "who asked" is someone else's request: it must be
-        // stated, or the no-self-approval rule could not be checked.
-        if r.action == "approve" && c.requester.is_empty() {
-            return Err(Status::invalid_argument(format!(
-                "{}: is required for approve (the principal that made the request being approved)",
-                field("context.requester")
-            )));
-        }
-        let standing = self.standing(&principal, actor, asking, &field)?;
-        // Who asked, and the person behind the call, are the verified
-        // caller's: only a delegating service names them for its caller.
-        let (requester, acting_human) = match standing {
-            Standing::Service | Standing::WhatIf => (
-                if c.requester.is_empty() {
-                    principal.id().to_owned()
-                } else {
-                    c.requester
-                },
-                c.acting_human,
-            ),
-            Standing::Own | Standing::Delegate { .. } => {
-                let requester = if r.action == "approve" {
-                    // The request being approved: the forbid on
-                    // self-approval reads it, so it cannot help a caller.
-                    c.requester
-                } else if c.requester.is_empty() || c.requester == actor.name() {
-                    actor.name().to_owned()
-                } else {
-                    return Err(Status::permission_denied(format!(
-                        "{}: the requester is the verified caller ({}); only Steward services name another",
-                        field("context.requester"),
-                        steward_errors::shown(actor.name())
-                    )));
-                };
-                if !(c.acting_human.is_empty() || c.acting_human == actor.human_subject) {
-                    return Err(Status::permission_denied(format!(
-                        "{}: the acting human is the one of this call's bearer token; only Steward services name another",
-                        field("context.acting_human")
-                    )));
-                }
-                (requester, actor.human_subject.clone())
-            }
-        };
-        // Checked against the clock only when it opens an approval request.
-        let claim_by =
-            seconds(&field("context.claim_by"), c.claim_by.as_ref())?.unwrap_or(i64::MAX);
-        Ok(Asked {
-            reason: c.reason.trim().to_owned(),
-            claim_by,
-            context: RequestContext {
-                incident_ref: c.incident_ref,
-                now,
-                window_start,
-                window_end,
-                // Only a grant supplies these (see `authorize`).
-                approvers: Default::default(),
-                break_glass: false,
-                requester,
-                acting_workload: actor.workload.clone(),
-                acting_human,
-                requested_ttl: i64::from(c.requested_ttl_seconds),
-            },
-            principal,
-            standing,
-            action: r.action.clone(),
-            resource,
-            correlation_id: c.correlation_id,
         })
     }
 
@@ -274,6 +234,25 @@ impl AuthorityServer {
     /// Authorize: decide with each grant that covers the request (its
     /// approvals, or break-glass) and spend the one an ALLOW used; with no
     /// grant, decide bare, and open an approval request when one is needed.
+    /// The grants `request`'s principal holds that could allow it (none
+    /// without a store read, for a principal known to hold none).
+    async fn usable_grants(&self, request: &DecisionRequest) -> Result<Vec<Grant>, Status> {
+        if !self.shared.may_hold_grant(request.principal.id()) {
+            return Ok(Vec::new());
+        }
+        self.shared
+            .store
+            .usable_grants(
+                request.principal.id(),
+                &request.action,
+                &request.resource.id,
+                &request.context.incident_ref,
+                request.context.now,
+            )
+            .await
+            .map_err(store_status)
+    }
+
     pub(super) async fn authorize_with_grants(
         &self,
         r: &pb::AuthorizeRequest,
@@ -288,21 +267,7 @@ impl AuthorityServer {
                 .map_err(|e| Status::invalid_argument(e.to_string()))
         };
         let now = request.context.now;
-        let grants = if self.shared.may_hold_grant(request.principal.id()) {
-            self.shared
-                .store
-                .usable_grants(
-                    request.principal.id(),
-                    &request.action,
-                    &request.resource.id,
-                    &request.context.incident_ref,
-                    now,
-                )
-                .await
-                .map_err(store_status)?
-        } else {
-            Vec::new()
-        };
+        let grants = self.usable_grants(&request).await?;
         for grant in &grants {
             let mut with = request.clone();
             with.context.approvers = grant.approvers.iter().cloned().collect();
@@ -351,48 +316,7 @@ impl AuthorityServer {
             &decision.approval,
             request.resource.is_nhi(),
         ) {
-            if asked.reason.is_empty() {
-                return Err(Status::invalid_argument(
-                    "context.reason: is required: this action needs approval, and the approval request states why",
-                ));
-            }
-            if asked.claim_by < now {
-                return Err(Status::invalid_argument(
-                    "context.claim_by: is in the past; a grant could never be claimed",
-                ));
-            }
-            let window_end = request.context.window_end;
-            let opened = ApprovalRequest {
-                id: Uuid::now_v7().hyphenated().to_string(),
-                principal: request.principal.id().to_owned(),
-                principal_issuer: match &request.principal {
-                    Principal::Human { issuer, .. } => issuer.clone(),
-                    Principal::Workload { .. } => String::new(),
-                },
-                action: request.action.clone(),
-                resource_id: request.resource.id.clone(),
-                incident_ref: request.context.incident_ref.clone(),
-                requester: request.context.requester.clone(),
-                reason: asked.reason.clone(),
-                approvals_required: needed.approvals,
-                approver: needed.approver.clone(),
-                suggested_reviewers: approvals::suggested_reviewers(
-                    &needed.approver,
-                    &request.resource,
-                ),
-                window_start: request.context.window_start,
-                window_end,
-                claim_by: asked.claim_by.min(window_end),
-                policy_set_version: active.version,
-                decision_id: id.hyphenated().to_string(),
-                correlation_id: asked.correlation_id.clone(),
-                state: ApprovalState::Pending,
-                created_at: now,
-                expires_at: (now + APPROVAL_TTL_SECS).min(window_end),
-                decided_at: 0,
-                grant_id: String::new(),
-                reviews: Vec::new(),
-            };
+            let opened = approval_request(&request, &asked, needed, active.version, &id)?;
             let (request_row, _) = self
                 .shared
                 .store
@@ -431,4 +355,123 @@ impl AuthorityServer {
         out.recorded_with_outcome = with_outcome;
         Ok(out)
     }
+}
+
+/// The context's free text: bounded, no control characters.
+fn context_text(c: &pb::RequestContext, field: &dyn Fn(&str) -> String) -> Result<(), Status> {
+    for (name, value) in [
+        ("incident_ref", &c.incident_ref),
+        ("requester", &c.requester),
+        ("acting_human", &c.acting_human),
+        ("correlation_id", &c.correlation_id),
+    ] {
+        if value.len() > 256 || value.chars().any(char::is_control) {
+            return Err(Status::invalid_argument(format!(
+                "{}: at most 256 bytes, no control characters",
+                field(&format!("context.{name}"))
+            )));
+        }
+    }
+    if c.reason.len() > 1024 || c.reason.chars().any(|ch| ch.is_control() && ch != '\n') {
+        return Err(Status::invalid_argument(format!(
+            "{}: at most 1024 bytes, no control characters",
+            field("context.reason")
+        )));
+    }
+    Ok(())
+}
+
+/// Who asked, and the person behind the call: the verified caller's. Only
+/// a delegating service (or a what-if question) names them for its caller.
+fn who_asked(
+    standing: &Standing,
+    principal: &Principal,
+    actor: &Actor,
+    action: &str,
+    c: &pb::RequestContext,
+    field: &dyn Fn(&str) -> String,
+) -> Result<(String, String), Status> {
+    Ok(match standing {
+        Standing::Service | Standing::WhatIf => (
+            if c.requester.is_empty() {
+                principal.id().to_owned()
+            } else {
+                c.requester.clone()
+            },
+            c.acting_human.clone(),
+        ),
+        Standing::Own | Standing::Delegate { .. } => {
+            let requester = if action == "approve" {
+                // The request being approved: the forbid on
+                // self-approval reads it, so it cannot help a caller.
+                c.requester.clone()
+            } else if c.requester.is_empty() || c.requester == actor.name() {
+                actor.name().to_owned()
+            } else {
+                return Err(Status::permission_denied(format!(
+                    "{}: the requester is the verified caller ({}); only Steward services name another",
+                    field("context.requester"),
+                    steward_errors::shown(actor.name())
+                )));
+            };
+            if !(c.acting_human.is_empty() || c.acting_human == actor.human_subject) {
+                return Err(Status::permission_denied(format!(
+                    "{}: the acting human is the one of this call's bearer token; only Steward services name another",
+                    field("context.acting_human")
+                )));
+            }
+            (requester, actor.human_subject.clone())
+        }
+    })
+}
+
+/// The approval request a decision that needs `needed` opens: checked
+/// that it says why and that its grant could still be claimed.
+fn approval_request(
+    request: &DecisionRequest,
+    asked: &Extras,
+    needed: &crate::engine::ApprovalRequirement,
+    version: u64,
+    decision_id: &Uuid,
+) -> Result<ApprovalRequest, Status> {
+    let now = request.context.now;
+    if asked.reason.is_empty() {
+        return Err(Status::invalid_argument(
+            "context.reason: is required: this action needs approval, and the approval request states why",
+        ));
+    }
+    if asked.claim_by < now {
+        return Err(Status::invalid_argument(
+            "context.claim_by: is in the past; a grant could never be claimed",
+        ));
+    }
+    let window_end = request.context.window_end;
+    Ok(ApprovalRequest {
+        id: Uuid::now_v7().hyphenated().to_string(),
+        principal: request.principal.id().to_owned(),
+        principal_issuer: match &request.principal {
+            Principal::Human { issuer, .. } => issuer.clone(),
+            Principal::Workload { .. } => String::new(),
+        },
+        action: request.action.clone(),
+        resource_id: request.resource.id.clone(),
+        incident_ref: request.context.incident_ref.clone(),
+        requester: request.context.requester.clone(),
+        reason: asked.reason.clone(),
+        approvals_required: needed.approvals,
+        approver: needed.approver.clone(),
+        suggested_reviewers: approvals::suggested_reviewers(&needed.approver, &request.resource),
+        window_start: request.context.window_start,
+        window_end,
+        claim_by: asked.claim_by.min(window_end),
+        policy_set_version: version,
+        decision_id: decision_id.hyphenated().to_string(),
+        correlation_id: asked.correlation_id.clone(),
+        state: ApprovalState::Pending,
+        created_at: now,
+        expires_at: (now + APPROVAL_TTL_SECS).min(window_end),
+        decided_at: 0,
+        grant_id: String::new(),
+        reviews: Vec::new(),
+    })
 }
