@@ -133,6 +133,12 @@ pub fn store_status(error: StoreError) -> Status {
             tracing::error!(error = %detail, "broker storage is full");
             Status::resource_exhausted(steward_db::FULL)
         }
+        StoreError::Corrupt(detail) => {
+            tracing::error!(error = %detail, "broker storage holds a value it cannot read");
+            Status::data_loss(
+                "the broker's storage holds a value it cannot read; nothing was changed",
+            )
+        }
     }
 }
 

@@ -21,6 +21,16 @@ pub enum StoreError {
     /// The disk (or the database's cap) is full.
     #[error("storage full: {0}")]
     StorageFull(String),
+    /// A stored value this version cannot read: never read as a default.
+    #[error("corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// A stored `what` that is not one of its codes.
+pub(crate) fn corrupt(what: &str, code: i64) -> StoreError {
+    StoreError::Corrupt(format!(
+        "stored {what} {code} is not one this version knows"
+    ))
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -52,13 +62,14 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub(crate) fn from_i64(v: i64) -> Self {
-        match v {
+    pub(crate) fn from_i64(v: i64) -> Result<Self, StoreError> {
+        Ok(match v {
             1 => Self::X509Svid,
             2 => Self::JwtSvid,
+            3 => Self::ApiToken,
             4 => Self::DatabaseRole,
-            _ => Self::ApiToken,
-        }
+            other => return Err(corrupt("lease kind", other)),
+        })
     }
 
     /// As evidence and logs name it.
@@ -81,12 +92,13 @@ pub enum LeaseState {
 }
 
 impl LeaseState {
-    pub(crate) fn from_i64(v: i64) -> Self {
-        match v {
+    pub(crate) fn from_i64(v: i64) -> Result<Self, StoreError> {
+        Ok(match v {
             1 => Self::Active,
             2 => Self::Revoked,
-            _ => Self::Expired,
-        }
+            3 => Self::Expired,
+            other => return Err(corrupt("lease state", other)),
+        })
     }
 
     pub fn as_str(self) -> &'static str {
@@ -194,7 +206,7 @@ macro_rules! lease_from_row {
         $crate::store::Lease {
             lease_id: row.try_get(0)?,
             identity_id: row.try_get(1)?,
-            kind: $crate::store::Kind::from_i64(row.try_get(2)?),
+            kind: $crate::store::Kind::from_i64(row.try_get(2)?)?,
             holder: row.try_get(3)?,
             spiffe_id: row.try_get(4)?,
             incident_ref: row.try_get(5)?,
@@ -205,7 +217,7 @@ macro_rules! lease_from_row {
             max_expires_at_ns: row.try_get(10)?,
             ttl_seconds: row.try_get(11)?,
             renewable: row.try_get::<i64, _>(12)? != 0,
-            state: $crate::store::LeaseState::from_i64(row.try_get(13)?),
+            state: $crate::store::LeaseState::from_i64(row.try_get(13)?)?,
             credential_ref: row.try_get(14)?,
             token_hash: row.try_get(15)?,
             audience: $crate::store::split(row.try_get(16)?),
@@ -535,7 +547,7 @@ impl Store {
                 let reason: String = row.try_get(LEASE_COLUMN_COUNT + 3)?;
                 entries.push(RevocationEntry {
                     sequence,
-                    state: LeaseState::from_i64(state),
+                    state: LeaseState::from_i64(state)?,
                     revoked_at_ns,
                     reason,
                     lease: lease_from_row!(row),

@@ -53,6 +53,9 @@ pub enum Error {
     /// The disk (or the database's cap) is full.
     #[error("storage full: {0}")]
     StorageFull(String),
+    /// A stored value this version cannot read: never read as a default.
+    #[error("corrupt: {0}")]
+    Corrupt(String),
 }
 
 impl From<sqlx::Error> for Error {

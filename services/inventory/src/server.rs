@@ -97,6 +97,12 @@ pub fn status(error: Error) -> Status {
             tracing::error!(error = %detail, "inventory storage is full");
             Status::resource_exhausted(steward_db::FULL)
         }
+        Error::Corrupt(detail) => {
+            tracing::error!(error = %detail, "inventory storage holds a value it cannot read");
+            Status::data_loss(
+                "inventory's storage holds a value it cannot read; nothing was changed",
+            )
+        }
     }
 }
 

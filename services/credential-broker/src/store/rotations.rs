@@ -16,12 +16,13 @@ pub enum RotationState {
 }
 
 impl RotationState {
-    fn from_i64(v: i64) -> Self {
-        match v {
+    fn from_i64(v: i64) -> Result<Self, StoreError> {
+        Ok(match v {
             1 => Self::Overlap,
             2 => Self::Confirmed,
-            _ => Self::Failed,
-        }
+            3 => Self::Failed,
+            other => return Err(super::corrupt("rotation state", other)),
+        })
     }
 }
 
@@ -62,7 +63,7 @@ type Row = (
     String,
 );
 
-fn from_row(row: Row) -> Rotation {
+fn from_row(row: Row) -> Result<Rotation, StoreError> {
     let (
         rotation_id,
         identity_id,
@@ -78,13 +79,13 @@ fn from_row(row: Row) -> Rotation {
         created_at_ns,
         correlation_id,
     ) = row;
-    Rotation {
+    Ok(Rotation {
         rotation_id,
         identity_id,
-        kind: Kind::from_i64(kind),
+        kind: Kind::from_i64(kind)?,
         new_lease_id,
         old_lease_ids: super::split(old),
-        state: RotationState::from_i64(state),
+        state: RotationState::from_i64(state)?,
         revoke_at_ns,
         confirmed_at_ns,
         detail,
@@ -92,7 +93,7 @@ fn from_row(row: Row) -> Rotation {
         actor,
         created_at_ns,
         correlation_id,
-    }
+    })
 }
 
 impl Store {
@@ -137,7 +138,7 @@ impl Store {
                 .fetch_optional(pool)
                 .await?
         });
-        row.map(from_row).ok_or_else(|| {
+        row.map(from_row).transpose()?.ok_or_else(|| {
             StoreError::NotFound(format!("rotation_id: rotation {id} does not exist"))
         })
     }
@@ -158,7 +159,7 @@ impl Store {
                 .fetch_all(pool)
                 .await?
         });
-        Ok(rows.into_iter().map(from_row).collect())
+        rows.into_iter().map(from_row).collect()
     }
 
     /// Records a rotation's outcome (once: only a rotation still in its

@@ -166,7 +166,7 @@ impl Store {
                 outcome.vanished += 1;
                 outcome.note(Drift {
                     kind: DriftKind::Vanished,
-                    identity_id: Uuid::try_parse(&id).unwrap_or_default(),
+                    identity_id: Uuid::try_parse(&id).map_err(|_| super::corrupt("id", &id))?,
                     source_system: source.clone(),
                     external_id,
                     fields: Vec::new(),

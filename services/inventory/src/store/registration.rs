@@ -156,7 +156,11 @@ impl Store {
                 .bind(entry.identity_id.hyphenated().to_string())
                 .fetch_optional(&mut *tx)
                 .await?;
-            let kind = kind.and_then(|k| Kind::parse(&k)).unwrap_or(Kind::WorkloadIdentity);
+            // The identity may be gone; a kind that does not parse is corrupt.
+            let kind = match kind {
+                None => Kind::WorkloadIdentity,
+                Some(k) => Kind::parse(&k).ok_or_else(|| corrupt("kind", &k))?,
+            };
             let record = evidence::record(
                 context,
                 "registration.delete",

@@ -185,7 +185,10 @@ where
 }
 
 pub(crate) fn corrupt(what: &str, value: &str) -> Error {
-    Error::Storage(format!("stored {what} {value:?} is not valid"))
+    Error::Corrupt(format!(
+        "stored {what} {} is not valid",
+        steward_errors::shown(value)
+    ))
 }
 
 fn owner_from(name: String, kind: &str, contact: String) -> Result<Option<Owner>, Error> {

@@ -121,6 +121,8 @@ async fn run(
                 for reply in replies {
                     let _ = reply.send(Err(match &error {
                         Error::Aborted(m) => Error::Aborted(m.clone()),
+                        Error::StorageFull(m) => Error::StorageFull(m.clone()),
+                        Error::Corrupt(m) => Error::Corrupt(m.clone()),
                         other => Error::Storage(other.to_string()),
                     }));
                 }
