@@ -211,3 +211,60 @@ async fn spiffe_clients_get_svids_bundles_and_jwts_for_their_kernel_identity() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// py-spiffe (WorkloadApiClient, X509Source) and a default grpcio channel
+/// get SVIDs, bundles and JWTs over the socket, unchanged: gRPC C-core
+/// sends the socket's path as the HTTP/2 authority, which the server side
+/// mends (`workload/mend.rs`) instead of resetting the stream. A bare
+/// call without the security header is INVALID_ARGUMENT, as the spec says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn py_spiffe_and_a_default_grpcio_channel_get_their_svids() {
+    let stack = TestStack::start().await;
+    let socket = stack.pki.path().join("workload.sock");
+    socket_ready(&socket).await;
+    let identity = stack.workload_identity("python", "production").await;
+    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(stack.pki.path()).unwrap());
+    stack
+        .inventory()
+        .await
+        .create_registration_entry(inventory::CreateRegistrationEntryRequest {
+            entry: Some(inventory::RegistrationEntry {
+                spiffe_id: identity.spiffe_id.clone(),
+                parent_id: "spiffe://steward.test/service/credential-broker".into(),
+                selectors: vec![inventory::Selector {
+                    r#type: "unix".into(),
+                    value: format!("uid:{uid}"),
+                }],
+                x509_svid_ttl: 3600,
+                jwt_svid_ttl: 300,
+                identity_id: identity.id.clone(),
+                ..Default::default()
+            }),
+            context: None,
+        })
+        .await
+        .unwrap();
+
+    let python = steward_integration_tests::python();
+    let script = steward_integration_tests::workspace_root()
+        .join("integration-tests/python/workload_clients.py");
+    let spiffe_id = identity.spiffe_id.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .arg(spiffe_id)
+            .arg("steward.test")
+            .env("SPIFFE_ENDPOINT_SOCKET", endpoint(&socket))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "python clients failed:\n{stdout}\n{stderr}"
+    );
+    assert_eq!(stdout.matches("ok ").count(), 8, "{stdout}");
+}

@@ -16,6 +16,12 @@
 //! half its lifetime, at once when one of the workload's leases is
 //! revoked, and after a CA rotation; the bundle streams resend after a CA
 //! rotation.
+//!
+//! Clients built on gRPC C-core (py-spiffe) and grpc-java send the
+//! socket's path as the HTTP/2 authority; [`mend`] gives those streams a
+//! valid one before the server sees them.
+
+mod mend;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -485,7 +491,10 @@ pub async fn serve(
             ),
         )
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::UnixListenerStream::new(listener),
+                |accepted| accepted.map(mend::Mended::new),
+            ),
             shutdown,
         )
         .await

@@ -1,0 +1,67 @@
+"""The SPIFFE Workload API as Python users reach it: py-spiffe's
+WorkloadApiClient and X509Source, and a default grpcio channel, over the
+Unix socket named in SPIFFE_ENDPOINT_SOCKET. None of them sets the HTTP/2
+authority: gRPC C-core sends the socket's path.
+
+usage: workload_clients.py SPIFFE_ID TRUST_DOMAIN
+Prints one line per check and exits 0 only if every one passed.
+"""
+
+import os
+import sys
+
+import grpc
+from spiffe import TrustDomain, WorkloadApiClient, X509Source
+from spiffe._proto import workload_pb2, workload_pb2_grpc
+
+
+def main(argv):
+    if len(argv) != 3:
+        print(__doc__, file=sys.stderr)
+        return 2
+    spiffe_id, trust_domain = argv[1], TrustDomain(argv[2])
+    socket = os.environ["SPIFFE_ENDPOINT_SOCKET"]
+    checks = []
+
+    def check(name, ok, detail=""):
+        checks.append(ok)
+        print(f"{'ok' if ok else 'FAILED'} {name} {detail}".rstrip())
+
+    # A default channel: no authority override, no security header. The
+    # spec's answer is INVALID_ARGUMENT, not a reset stream.
+    with grpc.insecure_channel(socket) as channel:
+        stub = workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)
+        try:
+            stub.FetchJWTSVID(workload_pb2.JWTSVIDRequest(audience=["ledger"]), timeout=10)
+            check("bare call refused", False, "it was answered")
+        except grpc.RpcError as error:
+            check("bare call refused", error.code() == grpc.StatusCode.INVALID_ARGUMENT,
+                  f"{error.code().name}: {error.details()}")
+
+    client = WorkloadApiClient(default_timeout=10)
+    svid = client.fetch_x509_svid()
+    check("x509 svid", str(svid.spiffe_id) == spiffe_id, str(svid.spiffe_id))
+    check("x509 chain", len(svid.cert_chain) >= 1 and svid.private_key is not None)
+    bundles = client.fetch_x509_bundles()
+    bundle = bundles.get_bundle_for_trust_domain(trust_domain)
+    check("x509 bundle", bundle is not None and len(bundle.x509_authorities) >= 1)
+    jwt = client.fetch_jwt_svid(audience={"ledger"})
+    check("jwt svid", str(jwt.spiffe_id) == spiffe_id and "ledger" in jwt.audience,
+          str(jwt.spiffe_id))
+    validated = client.validate_jwt_svid(jwt.token, "ledger")
+    check("jwt validated", str(validated.spiffe_id) == spiffe_id)
+    jwt_bundles = client.fetch_jwt_bundles()
+    check("jwt bundle",
+          jwt_bundles.get_bundle_for_trust_domain(trust_domain) is not None)
+    client.close()
+
+    source = X509Source(timeout_in_seconds=10)
+    try:
+        check("x509 source", str(source.svid.spiffe_id) == spiffe_id)
+    finally:
+        source.close()
+    return 0 if all(checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
