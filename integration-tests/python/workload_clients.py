@@ -3,29 +3,51 @@ WorkloadApiClient and X509Source, and a default grpcio channel, over the
 Unix socket named in SPIFFE_ENDPOINT_SOCKET. None of them sets the HTTP/2
 authority: gRPC C-core sends the socket's path.
 
-usage: workload_clients.py SPIFFE_ID TRUST_DOMAIN
-Prints one line per check and exits 0 only if every one passed.
+usage: workload_clients.py unregistered
+       workload_clients.py SPIFFE_ID TRUST_DOMAIN
+The first expects PERMISSION_DENIED (no registration entry matches this
+process); the second every fetch, a validated JWT-SVID and an X.509-SVID
+rotated while an X509Source watches. Prints one line per check and exits 0
+only if every one passed.
 """
 
 import os
 import sys
+import time
 
 import grpc
 from spiffe import TrustDomain, WorkloadApiClient, X509Source
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 
 
+checks = []
+
+
+def check(name, ok, detail=""):
+    checks.append(ok)
+    print(f"{'ok' if ok else 'FAILED'} {name} {detail}".rstrip())
+
+
+def unregistered():
+    client = WorkloadApiClient(default_timeout=10)
+    try:
+        client.fetch_x509_svid()
+        check("unregistered refused", False, "an SVID was served")
+    except Exception as error:  # py-spiffe wraps the gRPC status
+        check("unregistered refused", "PERMISSION_DENIED" in str(error), str(error))
+    finally:
+        client.close()
+    return 0 if all(checks) else 1
+
+
 def main(argv):
+    if len(argv) == 2 and argv[1] == "unregistered":
+        return unregistered()
     if len(argv) != 3:
         print(__doc__, file=sys.stderr)
         return 2
     spiffe_id, trust_domain = argv[1], TrustDomain(argv[2])
     socket = os.environ["SPIFFE_ENDPOINT_SOCKET"]
-    checks = []
-
-    def check(name, ok, detail=""):
-        checks.append(ok)
-        print(f"{'ok' if ok else 'FAILED'} {name} {detail}".rstrip())
 
     # A default channel: no authority override, no security header. The
     # spec's answer is INVALID_ARGUMENT, not a reset stream.
@@ -55,9 +77,18 @@ def main(argv):
           jwt_bundles.get_bundle_for_trust_domain(trust_domain) is not None)
     client.close()
 
+    # The source watches the stream: a new SVID arrives before the old
+    # one's half-life has long passed.
     source = X509Source(timeout_in_seconds=10)
     try:
-        check("x509 source", str(source.svid.spiffe_id) == spiffe_id)
+        first = source.svid
+        check("x509 source", str(first.spiffe_id) == spiffe_id)
+        deadline = time.monotonic() + 15
+        while (source.svid.leaf.serial_number == first.leaf.serial_number
+               and time.monotonic() < deadline):
+            time.sleep(0.2)
+        check("x509 source rotated",
+              source.svid.leaf.serial_number != first.leaf.serial_number)
     finally:
         source.close()
     return 0 if all(checks) else 1

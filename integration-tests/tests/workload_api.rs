@@ -215,14 +215,40 @@ async fn spiffe_clients_get_svids_bundles_and_jwts_for_their_kernel_identity() {
 /// py-spiffe (WorkloadApiClient, X509Source) and a default grpcio channel
 /// get SVIDs, bundles and JWTs over the socket, unchanged: gRPC C-core
 /// sends the socket's path as the HTTP/2 authority, which the server side
-/// mends (`workload/mend.rs`) instead of resetting the stream. A bare
-/// call without the security header is INVALID_ARGUMENT, as the spec says.
+/// mends (`workload/mend.rs`) instead of resetting the stream. As the
+/// spec says, a bare call without the security header is INVALID_ARGUMENT
+/// and a process no entry matches is PERMISSION_DENIED; an X509Source
+/// sees its SVID rotate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn py_spiffe_and_a_default_grpcio_channel_get_their_svids() {
     let stack = TestStack::start().await;
     let socket = stack.pki.path().join("workload.sock");
     socket_ready(&socket).await;
     let identity = stack.workload_identity("python", "production").await;
+    let run = |args: Vec<String>| {
+        let python = steward_integration_tests::python();
+        let script = steward_integration_tests::workspace_root()
+            .join("integration-tests/python/workload_clients.py");
+        let socket = endpoint(&socket);
+        tokio::task::spawn_blocking(move || {
+            let output = std::process::Command::new(python)
+                .arg(script)
+                .args(args)
+                .env("SPIFFE_ENDPOINT_SOCKET", socket)
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(
+                output.status.success(),
+                "python clients failed:\n{stdout}\n{stderr}"
+            );
+            stdout
+        })
+    };
+    let refused = run(vec!["unregistered".into()]).await.unwrap();
+    assert_eq!(refused.matches("ok ").count(), 1, "{refused}");
+
     let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(stack.pki.path()).unwrap());
     stack
         .inventory()
@@ -235,7 +261,7 @@ async fn py_spiffe_and_a_default_grpcio_channel_get_their_svids() {
                     r#type: "unix".into(),
                     value: format!("uid:{uid}"),
                 }],
-                x509_svid_ttl: 3600,
+                x509_svid_ttl: 6,
                 jwt_svid_ttl: 300,
                 identity_id: identity.id.clone(),
                 ..Default::default()
@@ -245,26 +271,8 @@ async fn py_spiffe_and_a_default_grpcio_channel_get_their_svids() {
         .await
         .unwrap();
 
-    let python = steward_integration_tests::python();
-    let script = steward_integration_tests::workspace_root()
-        .join("integration-tests/python/workload_clients.py");
-    let spiffe_id = identity.spiffe_id.clone();
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python)
-            .arg(script)
-            .arg(spiffe_id)
-            .arg("steward.test")
-            .env("SPIFFE_ENDPOINT_SOCKET", endpoint(&socket))
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "python clients failed:\n{stdout}\n{stderr}"
-    );
-    assert_eq!(stdout.matches("ok ").count(), 8, "{stdout}");
+    let stdout = run(vec![identity.spiffe_id.clone(), "steward.test".into()])
+        .await
+        .unwrap();
+    assert_eq!(stdout.matches("ok ").count(), 9, "{stdout}");
 }
