@@ -4,10 +4,11 @@ Unix socket named in SPIFFE_ENDPOINT_SOCKET. None of them sets the HTTP/2
 authority: gRPC C-core sends the socket's path.
 
 usage: workload_clients.py unregistered
-       workload_clients.py SPIFFE_ID TRUST_DOMAIN
+       workload_clients.py SPIFFE_ID TRUST_DOMAIN [--rotation]
 The first expects PERMISSION_DENIED (no registration entry matches this
-process); the second every fetch, a validated JWT-SVID and an X.509-SVID
-rotated while an X509Source watches. Prints one line per check and exits 0
+process); the second every fetch and a validated JWT-SVID, and with
+--rotation an X.509-SVID rotated while an X509Source watches (for SVIDs
+that live seconds). Prints one line per check and exits 0
 only if every one passed.
 """
 
@@ -43,10 +44,11 @@ def unregistered():
 def main(argv):
     if len(argv) == 2 and argv[1] == "unregistered":
         return unregistered()
-    if len(argv) != 3:
+    if len(argv) not in (3, 4) or argv[3:] not in ([], ["--rotation"]):
         print(__doc__, file=sys.stderr)
         return 2
     spiffe_id, trust_domain = argv[1], TrustDomain(argv[2])
+    rotation = argv[3:] == ["--rotation"]
     socket = os.environ["SPIFFE_ENDPOINT_SOCKET"]
 
     # A default channel: no authority override, no security header. The
@@ -83,6 +85,8 @@ def main(argv):
     try:
         first = source.svid
         check("x509 source", str(first.spiffe_id) == spiffe_id)
+        if not rotation:
+            return 0 if all(checks) else 1
         deadline = time.monotonic() + 15
         while (source.svid.leaf.serial_number == first.leaf.serial_number
                and time.monotonic() < deadline):

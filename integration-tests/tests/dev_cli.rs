@@ -155,6 +155,27 @@ fn dev_up_serves_four_healthy_services_and_stops_cleanly_on_ctrl_c() {
     });
     assert_eq!(x509, "spiffe://steward.local/dev/workload");
     assert_eq!(jwt, x509);
+    // And so does py-spiffe, whose gRPC core sends the socket's path as
+    // the HTTP/2 authority.
+    let python = std::process::Command::new(steward_integration_tests::python())
+        .arg(
+            steward_integration_tests::workspace_root()
+                .join("integration-tests/python/workload_clients.py"),
+        )
+        .args([x509.as_str(), "steward.local"])
+        .env(
+            "SPIFFE_ENDPOINT_SOCKET",
+            format!("unix:{}", socket.display()),
+        )
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&python.stdout);
+    assert!(
+        python.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&python.stderr)
+    );
+    assert_eq!(said.matches("ok ").count(), 8, "{said}");
 
     let services = children_of(child.id());
     assert_eq!(

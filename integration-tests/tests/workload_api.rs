@@ -271,8 +271,12 @@ async fn py_spiffe_and_a_default_grpcio_channel_get_their_svids() {
         .await
         .unwrap();
 
-    let stdout = run(vec![identity.spiffe_id.clone(), "steward.test".into()])
-        .await
-        .unwrap();
+    let stdout = run(vec![
+        identity.spiffe_id.clone(),
+        "steward.test".into(),
+        "--rotation".into(),
+    ])
+    .await
+    .unwrap();
     assert_eq!(stdout.matches("ok ").count(), 9, "{stdout}");
 }
