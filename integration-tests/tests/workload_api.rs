@@ -280,3 +280,113 @@ async fn py_spiffe_and_a_default_grpcio_channel_get_their_svids() {
     .unwrap();
     assert_eq!(stdout.matches("ok ").count(), 9, "{stdout}");
 }
+
+/// `message` with the Workload API's security header.
+fn header<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("workload.spiffe.io", "true".parse().unwrap());
+    request
+}
+
+/// An entry for this uid as `identity`.
+fn entry_for(
+    identity: &inventory::Identity,
+    uid: u32,
+) -> inventory::CreateRegistrationEntryRequest {
+    inventory::CreateRegistrationEntryRequest {
+        entry: Some(inventory::RegistrationEntry {
+            spiffe_id: identity.spiffe_id.clone(),
+            parent_id: "spiffe://steward.test/service/credential-broker".into(),
+            selectors: vec![inventory::Selector {
+                r#type: "unix".into(),
+                value: format!("uid:{uid}"),
+            }],
+            x509_svid_ttl: 3600,
+            jwt_svid_ttl: 300,
+            identity_id: identity.id.clone(),
+            ..Default::default()
+        }),
+        context: None,
+    }
+}
+
+/// One entry whose SVIDs are refused (its identity suspended) leaves the
+/// workload's other SVIDs served, as the spec asks; only when nothing can
+/// be issued is the call refused. An entry cannot name another SPIFFE ID
+/// than its identity acts as.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_entry_leaves_the_workloads_other_svids_served() {
+    let stack = TestStack::start().await;
+    let socket = stack.pki.path().join("workload.sock");
+    socket_ready(&socket).await;
+    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(stack.pki.path()).unwrap());
+    let kept = stack.workload_identity("kept", "production").await;
+    let suspended = stack.workload_identity("suspended", "production").await;
+    let mut ops = stack.inventory().await;
+
+    // Naming another identity's SPIFFE ID is refused, and nothing is made.
+    let mut wrong = entry_for(&kept, uid);
+    wrong.entry.as_mut().unwrap().spiffe_id = suspended.spiffe_id.clone();
+    let err = ops.create_registration_entry(wrong).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().starts_with("entry.spiffe_id: "), "{err:?}");
+    let listed = ops
+        .list_registration_entries(inventory::ListRegistrationEntriesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert!(listed.is_empty(), "{listed:?}");
+
+    for identity in [&kept, &suspended] {
+        ops.create_registration_entry(entry_for(identity, uid))
+            .await
+            .unwrap();
+    }
+    ops.transition_state(inventory::TransitionStateRequest {
+        id: suspended.id.clone(),
+        target_state: inventory::LifecycleState::Suspended as i32,
+        reason: "the key leaked".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    let channel = spiffe::transport::connect(
+        &spiffe::transport::Endpoint::parse(&endpoint(&socket)).unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut api = SpiffeWorkloadApiClient::new(channel);
+    let mut stream = api
+        .fetch_x509svid(header(raw::X509svidRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.next().await.unwrap().unwrap();
+    let ids: Vec<&str> = first.svids.iter().map(|s| s.spiffe_id.as_str()).collect();
+    assert_eq!(ids, [kept.spiffe_id.as_str()]);
+    let jwts = api
+        .fetch_jwtsvid(header(raw::JwtsvidRequest {
+            audience: vec!["ledger".into()],
+            spiffe_id: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .svids;
+    let ids: Vec<&str> = jwts.iter().map(|s| s.spiffe_id.as_str()).collect();
+    assert_eq!(ids, [kept.spiffe_id.as_str()]);
+
+    // Asking for the suspended one alone: nothing can be served.
+    let err = api
+        .fetch_jwtsvid(header(raw::JwtsvidRequest {
+            audience: vec!["ledger".into()],
+            spiffe_id: suspended.spiffe_id.clone(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+}

@@ -157,6 +157,46 @@ impl WorkloadApi {
         self.broker.authorities().roots.concat()
     }
 
+    /// One entry's X.509-SVID, with a key the broker makes for it.
+    async fn x509_svid(
+        &self,
+        entry: &Entry,
+        now: i64,
+    ) -> Result<(pb::X509svid, crate::store::Lease), Status> {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let mut params = rcgen::CertificateParams::default();
+        params.subject_alt_names = vec![rcgen::SanType::URI(
+            entry
+                .spiffe_id
+                .clone()
+                .try_into()
+                .map_err(|_| Status::internal("a registered SPIFFE ID is not a URI"))?,
+        )];
+        let csr = params
+            .serialize_request(&key)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let (lease, made) = self
+            .broker
+            .issue(
+                &entry.spiffe_id,
+                &entry.identity_id,
+                Make::X509 { csr: csr.der() },
+                entry.x509_ttl,
+                &Self::task(),
+                now,
+            )
+            .await?;
+        let svid = pb::X509svid {
+            spiffe_id: entry.spiffe_id.clone(),
+            x509_svid: made.x509_chain().concat(),
+            x509_svid_key: key.serialize_der(),
+            bundle: self.bundle(),
+            hint: String::new(),
+        };
+        Ok((svid, lease))
+    }
+
     /// A fresh X.509-SVID for every entry; with the leases and the time
     /// after which they should be replaced.
     async fn x509_svids(
@@ -167,42 +207,19 @@ impl WorkloadApi {
         let mut leases = HashSet::new();
         let mut refresh = Duration::MAX;
         let now = now_ns();
+        let mut refused = Vec::new();
         for entry in entries {
-            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-                .map_err(|e| Status::internal(e.to_string()))?;
-            let mut params = rcgen::CertificateParams::default();
-            params.subject_alt_names = vec![rcgen::SanType::URI(
-                entry
-                    .spiffe_id
-                    .clone()
-                    .try_into()
-                    .map_err(|_| Status::internal("a registered SPIFFE ID is not a URI"))?,
-            )];
-            let csr = params
-                .serialize_request(&key)
-                .map_err(|e| Status::internal(e.to_string()))?;
-            let (lease, made) = self
-                .broker
-                .issue(
-                    &entry.spiffe_id,
-                    &entry.identity_id,
-                    Make::X509 { csr: csr.der() },
-                    entry.x509_ttl,
-                    &Self::task(),
-                    now,
-                )
-                .await?;
-            let half = u64::try_from((lease.expires_at_ns - now) / 2).unwrap_or(0);
-            refresh = refresh.min(Duration::from_nanos(half).max(MIN_REFRESH));
-            leases.insert(lease.lease_id);
-            svids.push(pb::X509svid {
-                spiffe_id: entry.spiffe_id.clone(),
-                x509_svid: made.x509_chain().concat(),
-                x509_svid_key: key.serialize_der(),
-                bundle: self.bundle(),
-                hint: String::new(),
-            });
+            match self.x509_svid(entry, now).await {
+                Ok((svid, lease)) => {
+                    let half = u64::try_from((lease.expires_at_ns - now) / 2).unwrap_or(0);
+                    refresh = refresh.min(Duration::from_nanos(half).max(MIN_REFRESH));
+                    leases.insert(lease.lease_id);
+                    svids.push(svid);
+                }
+                Err(status) => refused.push((entry.spiffe_id.as_str(), status)),
+            }
         }
+        served(svids.is_empty(), refused)?;
         Ok((
             pb::X509svidResponse {
                 svids,
@@ -374,14 +391,15 @@ impl SpiffeWorkloadApi for WorkloadApi {
             if entries.is_empty() {
                 return Err(Status::permission_denied(format!(
                     "spiffe_id: this workload is not registered as {}",
-                    r.spiffe_id
+                    steward_errors::shown(&r.spiffe_id)
                 )));
             }
         }
         let now = now_ns();
         let mut svids = Vec::new();
-        for entry in entries {
-            let (_, made) = self
+        let mut refused = Vec::new();
+        for entry in &entries {
+            let issued = self
                 .broker
                 .issue(
                     &entry.spiffe_id,
@@ -393,13 +411,17 @@ impl SpiffeWorkloadApi for WorkloadApi {
                     &Self::task(),
                     now,
                 )
-                .await?;
-            svids.push(pb::Jwtsvid {
-                spiffe_id: entry.spiffe_id,
-                svid: made.secret(),
-                hint: String::new(),
-            });
+                .await;
+            match issued {
+                Ok((_, made)) => svids.push(pb::Jwtsvid {
+                    spiffe_id: entry.spiffe_id.clone(),
+                    svid: made.secret(),
+                    hint: String::new(),
+                }),
+                Err(status) => refused.push((entry.spiffe_id.as_str(), status)),
+            }
         }
+        served(svids.is_empty(), refused)?;
         Ok(Response::new(pb::JwtsvidResponse { svids }))
     }
 
@@ -501,4 +523,23 @@ pub async fn serve(
         .map_err(|e| e.to_string());
     let _ = std::fs::remove_file(&socket);
     served
+}
+
+/// Serves what could be issued: an entry whose SVID was refused (its
+/// identity suspended, say) is left out and logged, as the spec asks,
+/// and only when nothing at all could be issued does the call fail, with
+/// the first refusal.
+fn served(nothing: bool, refused: Vec<(&str, Status)>) -> Result<(), Status> {
+    for (spiffe_id, status) in &refused {
+        tracing::warn!(
+            spiffe_id,
+            code = ?status.code(),
+            reason = status.message(),
+            "workload api: an entry's svid was not issued; serving the others"
+        );
+    }
+    match refused.into_iter().next() {
+        Some((_, status)) if nothing => Err(status),
+        _ => Ok(()),
+    }
 }

@@ -75,12 +75,23 @@ impl Store {
         let selectors = joined(&entry.selectors);
         on_backend!(&self.db, pool, Db => {
             let mut tx = pool.begin_with(<Db as Engine>::BEGIN_WRITE).await?;
-            let kind: Option<String> = sqlx::query_scalar::<Db, String>("SELECT kind FROM identities WHERE id = $1")
+            let found: Option<(String, Option<String>)> = sqlx::query_as::<Db, (String, Option<String>)>(
+                "SELECT kind, spiffe_id FROM identities WHERE id = $1")
                 .bind(entry.identity_id.hyphenated().to_string())
                 .fetch_optional(&mut *tx)
                 .await?;
-            let kind = kind.ok_or_else(|| not_found(&entry.identity_id))?;
+            let (kind, acts_as) = found.ok_or_else(|| not_found(&entry.identity_id))?;
             let kind = Kind::parse(&kind).ok_or_else(|| corrupt("kind", &kind))?;
+            // An entry issues the identity's SVIDs: it cannot name another
+            // SPIFFE ID than the one the identity acts as.
+            if let Some(acts_as) = acts_as.filter(|a| !a.is_empty())
+                && acts_as != entry.spiffe_id.to_string()
+            {
+                return Err(Error::FailedPrecondition(format!(
+                    "entry.spiffe_id: identity {} acts as {acts_as}; its entries must name that SPIFFE ID",
+                    entry.identity_id
+                )));
+            }
             let existing: Option<String> = sqlx::query_scalar::<Db, String>(
                 "SELECT id FROM registration_entries WHERE parent_id = $1 AND spiffe_id = $2 AND selectors = $3")
                 .bind(entry.parent_id.to_string())
