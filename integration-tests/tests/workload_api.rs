@@ -390,3 +390,117 @@ async fn a_refused_entry_leaves_the_workloads_other_svids_served() {
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
 }
+
+/// An entry's DNS names are DNS SANs of its X.509-SVIDs, beside the one
+/// URI SAN, so a stock TLS client checking host names verifies a service
+/// that presents one; a bad name is refused by field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entrys_dns_names_let_host_name_checks_verify_its_svids() {
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use x509_parser::extensions::GeneralName;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+
+    let stack = TestStack::start().await;
+    let socket = stack.pki.path().join("workload.sock");
+    socket_ready(&socket).await;
+    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(stack.pki.path()).unwrap());
+    let identity = stack.workload_identity("ledger", "production").await;
+    let mut ops = stack.inventory().await;
+    let with = |names: &[&str]| {
+        let mut request = entry_for(&identity, uid);
+        request.entry.as_mut().unwrap().dns_names = names.iter().map(|n| n.to_string()).collect();
+        request
+    };
+    for (names, field) in [
+        (&["bad_name"][..], "entry.dns_names[0]"),
+        (
+            &["ok.internal", "-leading.internal"][..],
+            "entry.dns_names[1]",
+        ),
+        (&["a..b"][..], "entry.dns_names[0]"),
+    ] {
+        let err = ops
+            .create_registration_entry(with(names))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().starts_with(field), "{err:?}");
+    }
+    let created = ops
+        .create_registration_entry(with(&[
+            "Ledger.Internal",
+            "ledger.internal",
+            "*.svc.internal",
+        ]))
+        .await
+        .unwrap()
+        .into_inner()
+        .entry
+        .unwrap();
+    assert_eq!(created.dns_names, ["ledger.internal", "*.svc.internal"]);
+
+    let client = WorkloadApiClient::connect_to(endpoint(&socket))
+        .await
+        .unwrap();
+    let svid = client.fetch_x509_svid().await.unwrap();
+    let chain: Vec<CertificateDer> = svid
+        .cert_chain()
+        .iter()
+        .map(|c| CertificateDer::from(c.as_bytes().to_vec()))
+        .collect();
+    let (_, leaf) = X509Certificate::from_der(&chain[0]).unwrap();
+    let names = &leaf
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names;
+    let uris: Vec<&str> = names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::URI(u) => Some(*u),
+            _ => None,
+        })
+        .collect();
+    let dns: Vec<&str> = names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some(*d),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(uris, [identity.spiffe_id.as_str()]);
+    assert_eq!(dns, ["ledger.internal", "*.svc.internal"]);
+
+    // As a TLS client checking host names would: webpki, the broker's
+    // roots as the only anchors.
+    let mut roots = rustls::RootCertStore::empty();
+    let bundles = client.fetch_x509_bundles().await.unwrap();
+    let ours = bundles
+        .get(&TrustDomain::new("steward.test").unwrap())
+        .unwrap();
+    for root in ours.authorities() {
+        roots
+            .add(CertificateDer::from(root.as_bytes().to_vec()))
+            .unwrap();
+    }
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        std::sync::Arc::new(roots),
+        std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .unwrap();
+    let check = |host: &str| {
+        verifier.verify_server_cert(
+            &chain[0],
+            &chain[1..],
+            &ServerName::try_from(host.to_owned()).unwrap(),
+            &[],
+            UnixTime::now(),
+        )
+    };
+    check("ledger.internal").unwrap();
+    check("api.svc.internal").unwrap();
+    assert!(check("other.internal").is_err());
+}

@@ -309,6 +309,7 @@ impl CaHierarchy {
         &self,
         csr_der: &[u8],
         spiffe_id: &str,
+        dns_names: &[String],
         ttl: Duration,
         now: OffsetDateTime,
     ) -> Result<IssuedSvid, CsrError> {
@@ -323,6 +324,13 @@ impl CaHierarchy {
             uri(spiffe_id)
                 .map_err(|_| CsrError::WrongIdentity(format!("{spiffe_id:?} is not a URI")))?,
         ];
+        // The SPIFFE ID stays the one URI SAN (the X.509-SVID spec); DNS
+        // names may stand beside it.
+        for name in dns_names {
+            let name = rcgen::string::Ia5String::try_from(name.as_str())
+                .map_err(|_| CsrError::Unsupported(format!("{name:?} is not a DNS name")))?;
+            params.subject_alt_names.push(SanType::DnsName(name));
+        }
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         if requested.rsa {

@@ -241,7 +241,10 @@ impl CredentialBroker for BrokerServer {
             .issue(
                 &caller,
                 &r.identity_id,
-                Make::X509 { csr: &r.csr },
+                Make::X509 {
+                    csr: &r.csr,
+                    dns_names: &[],
+                },
                 r.ttl_seconds,
                 &task,
                 now,

@@ -68,6 +68,8 @@ struct Entry {
     identity_id: String,
     x509_ttl: u32,
     jwt_ttl: u32,
+    /// DNS SANs its X.509-SVIDs carry, as inventory checked them.
+    dns_names: Vec<String>,
 }
 
 impl WorkloadApi {
@@ -135,6 +137,7 @@ impl WorkloadApi {
                 identity_id: e.identity_id,
                 x509_ttl: u32::try_from(e.x509_svid_ttl).unwrap_or(0),
                 jwt_ttl: u32::try_from(e.jwt_svid_ttl).unwrap_or(0),
+                dns_names: e.dns_names,
             })
             .collect())
     }
@@ -181,7 +184,10 @@ impl WorkloadApi {
             .issue(
                 &entry.spiffe_id,
                 &entry.identity_id,
-                Make::X509 { csr: csr.der() },
+                Make::X509 {
+                    csr: csr.der(),
+                    dns_names: &entry.dns_names,
+                },
                 entry.x509_ttl,
                 &Self::task(),
                 now,

@@ -36,6 +36,11 @@ const SQLITE_MIGRATIONS: &[MigrationFile] = &[
         description: "inventory",
         sql: include_str!("../migrations/sqlite/0003_inventory.sql"),
     },
+    MigrationFile {
+        version: 4,
+        description: "registration entries' dns names",
+        sql: include_str!("../migrations/sqlite/0004_registration_dns_names.sql"),
+    },
 ];
 const POSTGRES_MIGRATIONS: &[MigrationFile] = &[
     MigrationFile {
@@ -47,6 +52,11 @@ const POSTGRES_MIGRATIONS: &[MigrationFile] = &[
         version: 3,
         description: "inventory",
         sql: include_str!("../migrations/postgres/0003_inventory.sql"),
+    },
+    MigrationFile {
+        version: 4,
+        description: "registration entries' dns names",
+        sql: include_str!("../migrations/postgres/0004_registration_dns_names.sql"),
     },
 ];
 

@@ -43,7 +43,7 @@ fn an_svid_follows_the_x509_svid_spec_and_chains_to_the_bundle() {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let now = OffsetDateTime::now_utc();
     let svid = ca
-        .issue_x509_svid(&csr(&key, &[ID], false), ID, Duration::hours(1), now)
+        .issue_x509_svid(&csr(&key, &[ID], false), ID, &[], Duration::hours(1), now)
         .unwrap();
     let (_, leaf) = X509Certificate::from_der(&svid.cert_der).unwrap();
 
@@ -96,6 +96,7 @@ fn an_svid_never_outlives_its_intermediate() {
         .issue_x509_svid(
             &csr(&key, &[ID], false),
             ID,
+            &[],
             Duration::days(400),
             OffsetDateTime::now_utc(),
         )
@@ -109,7 +110,7 @@ fn bad_csrs_are_refused_precisely() {
     let now = OffsetDateTime::now_utc();
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let issue = |der: &[u8]| {
-        ca.issue_x509_svid(der, ID, Duration::hours(1), now)
+        ca.issue_x509_svid(der, ID, &[], Duration::hours(1), now)
             .unwrap_err()
     };
 
@@ -137,12 +138,18 @@ fn bad_csrs_are_refused_precisely() {
     // RSA: 2048 bits are accepted, 1024 are not (CSRs made with openssl).
     let weak = pem_der(include_str!("rsa1024.csr.pem"));
     assert!(matches!(
-        ca.issue_x509_svid(&weak, "spiffe://steward.test/w/weak", Duration::hours(1), now),
+        ca.issue_x509_svid(&weak, "spiffe://steward.test/w/weak", &[], Duration::hours(1), now),
         Err(CsrError::WeakKey(m)) if m.contains("1024")
     ));
     let rsa = pem_der(include_str!("rsa2048.csr.pem"));
     let svid = ca
-        .issue_x509_svid(&rsa, "spiffe://steward.test/w/rsa", Duration::hours(1), now)
+        .issue_x509_svid(
+            &rsa,
+            "spiffe://steward.test/w/rsa",
+            &[],
+            Duration::hours(1),
+            now,
+        )
         .unwrap();
     assert!(!svid.cert_der.is_empty());
     for e in [
@@ -177,6 +184,7 @@ fn the_hierarchy_is_stored_sealed_and_opens_only_with_its_kek() {
         .issue_x509_svid(
             &csr(&key, &[ID], false),
             ID,
+            &[],
             Duration::hours(1),
             OffsetDateTime::now_utc(),
         )

@@ -7,7 +7,12 @@ use super::*;
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Make<'a> {
     /// An X.509-SVID certifying the CSR's key.
-    X509 { csr: &'a [u8] },
+    /// `dns_names`: DNS SANs beside the SPIFFE ID, from a registration
+    /// entry (never from the caller's CSR).
+    X509 {
+        csr: &'a [u8],
+        dns_names: &'a [String],
+    },
     /// A JWT-SVID for these audiences.
     Jwt { audience: &'a [String] },
     /// An opaque API token with these scopes.
@@ -340,7 +345,7 @@ impl BrokerServer {
             now,
         };
         let (lease, record, made) = match what {
-            Make::X509 { csr } => self.mint_x509(&m, csr)?,
+            Make::X509 { csr, dns_names } => self.mint_x509(&m, csr, dns_names)?,
             Make::Jwt { audience } => self.mint_jwt(&m, audience)?,
             Make::Token { scopes } => self.mint_token(&m, scopes)?,
             Make::DatabaseRole { template } => self.mint_database_role(&m, template).await?,
@@ -362,7 +367,12 @@ impl BrokerServer {
     }
 
     /// An X.509-SVID from the caller's CSR, for the identity's SPIFFE ID.
-    fn mint_x509(&self, m: &Minting<'_>, csr: &[u8]) -> Result<Minted, Status> {
+    fn mint_x509(
+        &self,
+        m: &Minting<'_>,
+        csr: &[u8],
+        dns_names: &[String],
+    ) -> Result<Minted, Status> {
         let spiffe_id = self.svid_id(m.identity_id, m.allowed)?.to_string();
         let issued = self
             .authorities()
@@ -370,6 +380,7 @@ impl BrokerServer {
             .issue_x509_svid(
                 csr,
                 &spiffe_id,
+                dns_names,
                 time::Duration::seconds(m.ttl),
                 time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(m.now))
                     .map_err(|e| Status::internal(e.to_string()))?,

@@ -64,7 +64,13 @@ fn what_to_rotate(r: &pb::RotateRequest) -> Result<(Kind, Make<'_>), Status> {
                     "csr: is required to rotate an X.509-SVID (a DER PKCS#10 request of at most 16 KiB)",
                 ));
             }
-            (Kind::X509Svid, Make::X509 { csr: &r.csr })
+            (
+                Kind::X509Svid,
+                Make::X509 {
+                    csr: &r.csr,
+                    dns_names: &[],
+                },
+            )
         }
         Ok(pb::CredentialKind::JwtSvid) => {
             check_audience(&r.audience)?;

@@ -386,6 +386,7 @@ pub fn entry_to_pb(e: &RegistrationEntry) -> pb::RegistrationEntry {
         jwt_svid_ttl: e.jwt_ttl,
         identity_id: e.identity_id.hyphenated().to_string(),
         create_time: Some(timestamp(e.created_at)),
+        dns_names: e.dns_names.clone(),
     }
 }
 

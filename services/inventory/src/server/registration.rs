@@ -46,6 +46,7 @@ impl InventoryServer {
             }
         }
         let identity_id = id("entry.identity_id", &e.identity_id)?;
+        let dns_names = dns_names("entry.dns_names", &e.dns_names)?;
         let entry = RegistrationEntry {
             id: Uuid::now_v7(),
             spiffe_id,
@@ -55,6 +56,7 @@ impl InventoryServer {
             jwt_ttl: e.jwt_svid_ttl,
             identity_id,
             created_at: now_ns(),
+            dns_names,
         };
         self.store
             .create_entry(&entry, &context)
@@ -123,4 +125,43 @@ impl InventoryServer {
             entries: entries.iter().map(entry_to_pb).collect(),
         }))
     }
+}
+
+/// The most DNS names one entry may carry.
+const MAX_DNS_NAMES: usize = 32;
+
+/// Checked DNS names: valid host names (RFC 1123 labels; a leading `*.`
+/// for a wildcard), lower-cased, without duplicates.
+fn dns_names(field: &str, names: &[String]) -> Result<Vec<String>, Status> {
+    if names.len() > MAX_DNS_NAMES {
+        return Err(Status::invalid_argument(format!(
+            "{field}: at most {MAX_DNS_NAMES}"
+        )));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(names.len());
+    for (i, name) in names.iter().enumerate() {
+        let lower = name.to_ascii_lowercase();
+        if !host_name(&lower) {
+            return Err(Status::invalid_argument(format!(
+                "{field}[{i}]: {} is not a host name",
+                steward_errors::shown(name)
+            )));
+        }
+        if !out.contains(&lower) {
+            out.push(lower);
+        }
+    }
+    Ok(out)
+}
+
+fn host_name(name: &str) -> bool {
+    let name = name.strip_prefix("*.").unwrap_or(name);
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    !name.is_empty() && name.len() <= 253 && name.split('.').all(label)
 }

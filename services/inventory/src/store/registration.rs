@@ -23,10 +23,12 @@ pub struct RegistrationEntry {
     pub jwt_ttl: i32,
     pub identity_id: Uuid,
     pub created_at: Nanos,
+    /// Lower-case, without duplicates, in the order given.
+    pub dns_names: Vec<String>,
 }
 
 const ENTRY_COLUMNS: &str =
-    "id, spiffe_id, parent_id, selectors, x509_ttl, jwt_ttl, identity_id, created_at_ns";
+    "id, spiffe_id, parent_id, selectors, x509_ttl, jwt_ttl, identity_id, created_at_ns, dns_names";
 
 fn joined(selectors: &[Selector]) -> String {
     selectors
@@ -61,6 +63,12 @@ where
         jwt_ttl: i32::try_from(c.int()?).unwrap_or(0),
         identity_id: c.id()?,
         created_at: c.int()?,
+        dns_names: c
+            .text()?
+            .split('\n')
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect(),
     })
 }
 
@@ -104,7 +112,7 @@ impl Store {
                     "entry: an entry with this parent, SPIFFE ID and selectors exists ({existing})"
                 )));
             }
-            let sql = format!("INSERT INTO registration_entries ({ENTRY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)");
+            let sql = format!("INSERT INTO registration_entries ({ENTRY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)");
             sqlx::query::<Db>(sqlx::AssertSqlSafe(sql))
                 .bind(entry.id.hyphenated().to_string())
                 .bind(entry.spiffe_id.to_string())
@@ -114,6 +122,7 @@ impl Store {
                 .bind(i64::from(entry.jwt_ttl))
                 .bind(entry.identity_id.hyphenated().to_string())
                 .bind(entry.created_at)
+                .bind(entry.dns_names.join("\n"))
                 .execute(&mut *tx)
                 .await?;
             let sql = format!(
