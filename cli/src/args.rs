@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::{approval, audit, breakglass, client, credential, grant, identity, lease, login};
+use crate::{
+    approval, audit, breakglass, client, credential, grant, identity, lease, login, workload,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -127,6 +129,11 @@ pub(crate) enum Command {
     Grant {
         #[command(subcommand)]
         command: GrantCommand,
+    },
+    /// SPIFFE registration entries: register, list, show, delete.
+    Workload {
+        #[command(subcommand)]
+        command: WorkloadCommand,
     },
     /// Print a completion script for your shell: `steward completions bash
     /// > ~/.local/share/bash-completion/completions/steward`.
@@ -388,6 +395,25 @@ pub(crate) enum GrantCommand {
         #[arg(long)]
         reason: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum WorkloadCommand {
+    /// Register a workload: the selectors that make it act as an identity.
+    Register {
+        #[command(flatten)]
+        register: workload::Registration,
+    },
+    /// Entries matching the filters.
+    List {
+        #[command(flatten)]
+        filter: workload::Filter,
+    },
+    /// One entry, every field.
+    Show { id: String },
+    /// Remove an entry: workloads showing its selectors no longer get its
+    /// SVIDs.
+    Delete { id: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -399,7 +399,7 @@ async fn register_dev_workload(conn: &ConnectionArgs) -> anyhow::Result<()> {
         .list_registration_entries(inv::ListRegistrationEntriesRequest {
             identity_id: identity.id.clone(),
             page_size: 100,
-            page_token: String::new(),
+            ..Default::default()
         })
         .await?
         .into_inner()

@@ -10,6 +10,7 @@
 //!   `approval list|show|approve|deny`, `breakglass invoke`,
 //!   `review list|complete`, `incident close`: authority;
 //! - `lease list|show|revoke|watch`: the broker's leases;
+//! - `workload register|list|show|delete`: SPIFFE registration entries;
 //! - `audit verify|export`: the evidence log.
 //!
 //! Tables by default, `--output json` for scripts; a refused call exits
@@ -32,6 +33,7 @@ mod lease;
 mod login;
 mod outbox;
 mod policy;
+mod workload;
 
 use std::process::ExitCode;
 
@@ -220,6 +222,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Lease { command } => lease_command(&cli.conn, command, cli.output).await,
         Command::Credential { command } => credential_command(&cli.conn, command, cli.output).await,
         Command::Grant { command } => grant_command(&cli.conn, command, cli.output).await,
+        Command::Workload { command } => workload_command(&cli.conn, command, cli.output).await,
+    }
+}
+
+async fn workload_command(
+    conn: &ConnectionArgs,
+    command: WorkloadCommand,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    match command {
+        WorkloadCommand::Register { register } => workload::register(conn, register, output).await,
+        WorkloadCommand::List { filter } => workload::list(conn, filter, output).await,
+        WorkloadCommand::Show { id } => workload::show(conn, &id, output).await,
+        WorkloadCommand::Delete { id } => workload::delete(conn, &id, output).await,
     }
 }
 

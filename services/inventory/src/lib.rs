@@ -125,6 +125,7 @@ pub const SPEC: ServiceSpec = ServiceSpec {
         (rpc!("CreateRegistrationEntry"), OPERATORS_ONLY),
         (rpc!("DeleteRegistrationEntry"), OPERATORS_ONLY),
         (rpc!("ListRegistrationEntries"), ENTRY_READERS),
+        (rpc!("GetRegistrationEntry"), ENTRY_READERS),
         (rpc!("MatchSelectors"), MATCHERS),
         (rpc!("StartReviewCampaign"), OPERATORS_ONLY),
         (rpc!("GetReviewCampaign"), REVIEW_READERS),

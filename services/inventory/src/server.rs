@@ -628,6 +628,17 @@ impl InventoryService for InventoryServer {
         self.list_registration_entries_impl(request).await
     }
 
+    async fn get_registration_entry(
+        &self,
+        request: Request<pb::GetRegistrationEntryRequest>,
+    ) -> Result<Response<pb::GetRegistrationEntryResponse>, Status> {
+        let entry_id = id("id", &request.get_ref().id)?;
+        let entry = self.store.entry(&entry_id).await.map_err(status)?;
+        Ok(Response::new(pb::GetRegistrationEntryResponse {
+            entry: Some(entry_to_pb(&entry)),
+        }))
+    }
+
     async fn match_selectors(
         &self,
         request: Request<pb::MatchSelectorsRequest>,

@@ -1,6 +1,7 @@
 //! The SPIFFE registration entry handlers.
 
 use super::*;
+use crate::store::registration::EntryFilter;
 
 impl InventoryServer {
     pub(super) async fn create_registration_entry_impl(
@@ -85,14 +86,30 @@ impl InventoryServer {
         request: Request<pb::ListRegistrationEntriesRequest>,
     ) -> Result<Response<pb::ListRegistrationEntriesResponse>, Status> {
         let r = request.into_inner();
-        let identity_id = if r.identity_id.is_empty() {
-            None
-        } else {
-            Some(id("identity_id", &r.identity_id)?)
+        let filter = EntryFilter {
+            identity_id: if r.identity_id.is_empty() {
+                None
+            } else {
+                Some(id("identity_id", &r.identity_id)?)
+            },
+            spiffe_id: if r.spiffe_id.is_empty() {
+                None
+            } else {
+                Some(
+                    SpiffeId::parse(&r.spiffe_id)
+                        .map_err(|e| Status::invalid_argument(format!("spiffe_id: {e}")))?,
+                )
+            },
+            selector: r
+                .selector
+                .as_ref()
+                .map(|s| Selector::parse("selector", &s.r#type, &s.value))
+                .transpose()
+                .map_err(invalid)?,
         };
         let (entries, next_page_token) = self
             .store
-            .entries(identity_id.as_ref(), page_size(r.page_size), &r.page_token)
+            .entries(&filter, page_size(r.page_size), &r.page_token)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ListRegistrationEntriesResponse {

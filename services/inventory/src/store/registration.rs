@@ -27,6 +27,14 @@ pub struct RegistrationEntry {
     pub dns_names: Vec<String>,
 }
 
+/// Which entries a list returns; every filter set must hold.
+#[derive(Debug, Clone, Default)]
+pub struct EntryFilter {
+    pub identity_id: Option<Uuid>,
+    pub spiffe_id: Option<SpiffeId>,
+    pub selector: Option<Selector>,
+}
+
 const ENTRY_COLUMNS: &str =
     "id, spiffe_id, parent_id, selectors, x509_ttl, jwt_ttl, identity_id, created_at_ns, dns_names";
 
@@ -201,21 +209,36 @@ impl Store {
     /// Entries, optionally only an identity's, in id order.
     pub async fn entries(
         &self,
-        identity_id: Option<&Uuid>,
+        filter: &EntryFilter,
         page: usize,
         token: &str,
     ) -> Result<(Vec<RegistrationEntry>, String), Error> {
         let after = super::after_id(token)?;
-        let identity = identity_id
+        let identity = filter
+            .identity_id
             .map(|i| i.hyphenated().to_string())
+            .unwrap_or_default();
+        let spiffe_id = filter
+            .spiffe_id
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let selector = filter
+            .selector
+            .as_ref()
+            .map(ToString::to_string)
             .unwrap_or_default();
         let rows = on_backend!(&self.db, pool, Db => {
             let sql = format!(
                 "SELECT {ENTRY_COLUMNS} FROM registration_entries
-                 WHERE ($1 = '' OR identity_id = $1) AND id > $2 ORDER BY id LIMIT $3"
+                 WHERE ($1 = '' OR identity_id = $1) AND ($2 = '' OR spiffe_id = $2)
+                   AND ($3 = '' OR id IN (SELECT entry_id FROM registration_selectors WHERE selector = $3))
+                   AND id > $4 ORDER BY id LIMIT $5"
             );
             let rows = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql))
                 .bind(&identity)
+                .bind(&spiffe_id)
+                .bind(&selector)
                 .bind(&after)
                 .bind(i64::try_from(page + 1).unwrap_or(i64::MAX))
                 .fetch_all(pool)
@@ -223,6 +246,19 @@ impl Store {
             rows.iter().map(read_entry).collect::<Result<Vec<_>, _>>()?
         });
         Ok(paged(rows, page, |e| e.id.hyphenated().to_string()))
+    }
+
+    /// One entry, by id.
+    pub async fn entry(&self, id: &Uuid) -> Result<RegistrationEntry, Error> {
+        let row = on_backend!(&self.db, pool, Db => {
+            let sql = format!("SELECT {ENTRY_COLUMNS} FROM registration_entries WHERE id = $1");
+            let row = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql))
+                .bind(id.hyphenated().to_string())
+                .fetch_optional(pool)
+                .await?;
+            row.as_ref().map(read_entry).transpose()?
+        });
+        row.ok_or_else(|| Error::NotFound(format!("id: registration entry {id} does not exist")))
     }
 
     /// The entries whose selectors are all among `attested`.
