@@ -130,7 +130,7 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: GrantCommand,
     },
-    /// SPIFFE registration entries: register, list, show, delete.
+    /// SPIFFE registration entries: register, list, show, update, delete.
     Workload {
         #[command(subcommand)]
         command: WorkloadCommand,
@@ -411,6 +411,11 @@ pub(crate) enum WorkloadCommand {
     },
     /// One entry, every field.
     Show { id: String },
+    /// Change an entry's selectors, SVID lifetimes or DNS names.
+    Update {
+        #[command(flatten)]
+        change: workload::Change,
+    },
     /// Remove an entry: workloads showing its selectors no longer get its
     /// SVIDs.
     Delete { id: String },

@@ -10,7 +10,7 @@
 //!   `approval list|show|approve|deny`, `breakglass invoke`,
 //!   `review list|complete`, `incident close`: authority;
 //! - `lease list|show|revoke|watch`: the broker's leases;
-//! - `workload register|list|show|delete`: SPIFFE registration entries;
+//! - `workload register|list|show|update|delete`: SPIFFE registration entries;
 //! - `audit verify|export`: the evidence log.
 //!
 //! Tables by default, `--output json` for scripts; a refused call exits
@@ -235,6 +235,7 @@ async fn workload_command(
         WorkloadCommand::Register { register } => workload::register(conn, register, output).await,
         WorkloadCommand::List { filter } => workload::list(conn, filter, output).await,
         WorkloadCommand::Show { id } => workload::show(conn, &id, output).await,
+        WorkloadCommand::Update { change } => workload::update(conn, change, output).await,
         WorkloadCommand::Delete { id } => workload::delete(conn, &id, output).await,
     }
 }

@@ -3,7 +3,8 @@
 //! `k8s:ns:payments`) make a workload act as which inventory identity, and
 //! with which SPIFFE ID, TTLs and DNS names its SVIDs are issued.
 //! `register` makes one, `list` pages through them (by identity, SPIFFE ID
-//! or selector), `show` prints one, `delete` removes one. Inventory
+//! or selector), `show` prints one, `update` changes its selectors, TTLs
+//! or DNS names, `delete` removes one. Inventory
 //! validates every field; its refusal names the field.
 
 use std::process::ExitCode;
@@ -38,6 +39,28 @@ pub struct Registration {
     /// A DNS name for its X.509-SVIDs; repeat for several.
     #[arg(long = "dns-name")]
     pub dns_names: Vec<String>,
+}
+
+/// What `update` changes: only the flags given.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Change {
+    /// The entry.
+    pub id: String,
+    /// The entry's selectors from now on (replacing all of them); repeat.
+    #[arg(long = "selector")]
+    pub selectors: Vec<String>,
+    /// X.509-SVID lifetime in seconds (0: the broker's default).
+    #[arg(long)]
+    pub x509_ttl: Option<i32>,
+    /// JWT-SVID lifetime in seconds (0: the broker's default).
+    #[arg(long)]
+    pub jwt_ttl: Option<i32>,
+    /// The entry's DNS names from now on (replacing all of them); repeat.
+    #[arg(long = "dns-name", conflicts_with = "no_dns_names")]
+    pub dns_names: Vec<String>,
+    /// Remove every DNS name.
+    #[arg(long)]
+    pub no_dns_names: bool,
 }
 
 /// Which entries `list` shows.
@@ -173,6 +196,55 @@ pub async fn register(
             entry.spiffe_id
         ),
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn update(args: &ConnectionArgs, c: Change, output: Output) -> anyhow::Result<ExitCode> {
+    let mut paths = Vec::new();
+    let mut entry = pb::RegistrationEntry {
+        id: c.id,
+        ..Default::default()
+    };
+    if !c.selectors.is_empty() {
+        entry.selectors = c
+            .selectors
+            .iter()
+            .map(|s| selector(s))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        paths.push("selectors");
+    }
+    if let Some(ttl) = c.x509_ttl {
+        entry.x509_svid_ttl = ttl;
+        paths.push("x509_svid_ttl");
+    }
+    if let Some(ttl) = c.jwt_ttl {
+        entry.jwt_svid_ttl = ttl;
+        paths.push("jwt_svid_ttl");
+    }
+    if !c.dns_names.is_empty() || c.no_dns_names {
+        entry.dns_names = c.dns_names;
+        paths.push("dns_names");
+    }
+    if paths.is_empty() {
+        return Err(tonic::Status::invalid_argument(
+            "nothing to change: give --selector, --x509-ttl, --jwt-ttl, --dns-name or --no-dns-names",
+        )
+        .into());
+    }
+    let entry = inventory(args)
+        .await?
+        .update_registration_entry(pb::UpdateRegistrationEntryRequest {
+            entry: Some(entry),
+            update_mask: Some(prost_types::FieldMask {
+                paths: paths.iter().map(|p| p.to_string()).collect(),
+            }),
+            context: None,
+        })
+        .await?
+        .into_inner()
+        .entry
+        .ok_or_else(|| anyhow::anyhow!("inventory answered without the entry"))?;
+    crate::format::record(&row(&entry), output)?;
     Ok(ExitCode::SUCCESS)
 }
 

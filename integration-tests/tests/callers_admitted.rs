@@ -336,6 +336,26 @@ async fn every_changing_rpc_succeeds_for_a_caller_on_its_list() {
         .into_inner()
         .entry
         .unwrap();
+    let updated = t
+        .inventory("UpdateRegistrationEntry", OPERATOR)
+        .await
+        .update_registration_entry(inventory::UpdateRegistrationEntryRequest {
+            entry: Some(inventory::RegistrationEntry {
+                id: entry.id.clone(),
+                x509_svid_ttl: 900,
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["x509_svid_ttl".into()],
+            }),
+            context: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entry
+        .unwrap();
+    assert_eq!(updated.x509_svid_ttl, 900);
     t.inventory("DeleteRegistrationEntry", OPERATOR)
         .await
         .delete_registration_entry(inventory::DeleteRegistrationEntryRequest {

@@ -1,7 +1,8 @@
 //! `steward workload` against the real inventory: registration entries
-//! registered, listed by selector and SPIFFE ID, shown and deleted, as
-//! `spire-server entry` keeps them; a bad selector is refused by field,
-//! by the CLI or by inventory, with the exit code for a bad argument.
+//! registered, listed by selector and SPIFFE ID, shown, updated and
+//! deleted, as `spire-server entry` keeps them; a bad selector is refused
+//! by field, by the CLI or by inventory, with the exit code for a bad
+//! argument.
 
 use std::process::Output;
 
@@ -24,7 +25,7 @@ fn exits(output: &Output, code: i32) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn operators_register_list_show_and_delete_workloads_from_the_cli() {
+async fn operators_register_list_show_update_and_delete_workloads_from_the_cli() {
     let stack = TestStack::start().await;
     let identity = stack.workload_identity("cli-ledger", "production").await;
     let register = |selector: &'static str| {
@@ -96,6 +97,51 @@ async fn operators_register_list_show_and_delete_workloads_from_the_cli() {
     let shown = workload(&stack, &["show", &id, "--output", "json"]).await;
     exits(&shown, 0);
     assert_eq!(cli_json(&shown)["id"], id.as_str());
+
+    // Update: only what the flags name; refusals name the field.
+    let updated = workload(
+        &stack,
+        &[
+            "update",
+            &id,
+            "--x509-ttl",
+            "900",
+            "--dns-name",
+            "a.internal",
+            "--dns-name",
+            "b.internal",
+            "--output",
+            "json",
+        ],
+    )
+    .await;
+    exits(&updated, 0);
+    let updated = cli_json(&updated);
+    assert_eq!(updated["x509_svid_ttl"], 900);
+    assert_eq!(
+        updated["dns_names"],
+        serde_json::json!(["a.internal", "b.internal"])
+    );
+    assert_eq!(updated["selectors"], entry["selectors"]);
+    let stderr = exits(&workload(&stack, &["update", &id]).await, 2);
+    assert!(stderr.contains("nothing to change"), "{stderr}");
+    let stderr = exits(
+        &workload(&stack, &["update", &id, "--selector", "unix:uid:bob"]).await,
+        2,
+    );
+    assert!(stderr.contains("entry.selectors[0]"), "{stderr}");
+    let cleared = workload(
+        &stack,
+        &["update", &id, "--no-dns-names", "--output", "json"],
+    )
+    .await;
+    exits(&cleared, 0);
+    assert_eq!(cli_json(&cleared)["dns_names"], serde_json::json!([]));
+    let unknown = uuid::Uuid::now_v7().to_string();
+    exits(
+        &workload(&stack, &["update", &unknown, "--jwt-ttl", "60"]).await,
+        4,
+    );
 
     exits(&workload(&stack, &["delete", &id]).await, 0);
     exits(&workload(&stack, &["show", &id]).await, 4);

@@ -123,6 +123,7 @@ pub const SPEC: ServiceSpec = ServiceSpec {
         (rpc!("ListEntitlements"), READERS),
         (rpc!("SetOwnerStatus"), MAINTAINERS),
         (rpc!("CreateRegistrationEntry"), OPERATORS_ONLY),
+        (rpc!("UpdateRegistrationEntry"), OPERATORS_ONLY),
         (rpc!("DeleteRegistrationEntry"), OPERATORS_ONLY),
         (rpc!("ListRegistrationEntries"), ENTRY_READERS),
         (rpc!("GetRegistrationEntry"), ENTRY_READERS),

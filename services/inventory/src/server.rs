@@ -614,6 +614,13 @@ impl InventoryService for InventoryServer {
         self.create_registration_entry_impl(request).await
     }
 
+    async fn update_registration_entry(
+        &self,
+        request: Request<pb::UpdateRegistrationEntryRequest>,
+    ) -> Result<Response<pb::UpdateRegistrationEntryResponse>, Status> {
+        self.update_registration_entry_impl(request).await
+    }
+
     async fn delete_registration_entry(
         &self,
         request: Request<pb::DeleteRegistrationEntryRequest>,

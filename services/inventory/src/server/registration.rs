@@ -1,7 +1,7 @@
 //! The SPIFFE registration entry handlers.
 
 use super::*;
-use crate::store::registration::EntryFilter;
+use crate::store::registration::{EntryChange, EntryFilter};
 
 impl InventoryServer {
     pub(super) async fn create_registration_entry_impl(
@@ -28,24 +28,9 @@ impl InventoryServer {
                 self.trust_domain.name()
             )));
         }
-        let selectors = e
-            .selectors
-            .iter()
-            .enumerate()
-            .map(|(i, s)| Selector::parse(&format!("entry.selectors[{i}]"), &s.r#type, &s.value))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(invalid)?;
-        let selectors = selector::canonical("entry.selectors", selectors).map_err(invalid)?;
-        for (field, ttl) in [
-            ("entry.x509_svid_ttl", e.x509_svid_ttl),
-            ("entry.jwt_svid_ttl", e.jwt_svid_ttl),
-        ] {
-            if !(0..=86_400 * 30).contains(&ttl) {
-                return Err(Status::invalid_argument(format!(
-                    "{field}: must be 0 (the default) to 2592000 seconds"
-                )));
-            }
-        }
+        let selectors = selectors_of(&e.selectors)?;
+        ttl("entry.x509_svid_ttl", e.x509_svid_ttl)?;
+        ttl("entry.jwt_svid_ttl", e.jwt_svid_ttl)?;
         let identity_id = id("entry.identity_id", &e.identity_id)?;
         let dns_names = dns_names("entry.dns_names", &e.dns_names)?;
         let entry = RegistrationEntry {
@@ -64,6 +49,49 @@ impl InventoryServer {
             .await
             .map_err(status)?;
         Ok(Response::new(pb::CreateRegistrationEntryResponse {
+            entry: Some(entry_to_pb(&entry)),
+        }))
+    }
+
+    pub(super) async fn update_registration_entry_impl(
+        &self,
+        request: Request<pb::UpdateRegistrationEntryRequest>,
+    ) -> Result<Response<pb::UpdateRegistrationEntryResponse>, Status> {
+        let context = context(&request, request.get_ref().context.as_ref())?;
+        let r = request.into_inner();
+        let e = r
+            .entry
+            .ok_or_else(|| Status::invalid_argument("entry: is required"))?;
+        let entry_id = id("entry.id", &e.id)?;
+        let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
+        if paths.is_empty() {
+            return Err(Status::invalid_argument(
+                "update_mask: name what changes (selectors, x509_svid_ttl, jwt_svid_ttl, dns_names)",
+            ));
+        }
+        let mut change = EntryChange::default();
+        for path in &paths {
+            match path.as_str() {
+                "selectors" => change.selectors = Some(selectors_of(&e.selectors)?),
+                "x509_svid_ttl" => {
+                    change.x509_ttl = Some(ttl("entry.x509_svid_ttl", e.x509_svid_ttl)?)
+                }
+                "jwt_svid_ttl" => change.jwt_ttl = Some(ttl("entry.jwt_svid_ttl", e.jwt_svid_ttl)?),
+                "dns_names" => change.dns_names = Some(dns_names("entry.dns_names", &e.dns_names)?),
+                other => {
+                    return Err(Status::invalid_argument(format!(
+                        "update_mask: {} cannot change (selectors, x509_svid_ttl, jwt_svid_ttl, dns_names can)",
+                        steward_errors::shown(other)
+                    )));
+                }
+            }
+        }
+        let entry = self
+            .store
+            .update_entry(&entry_id, &change, &context)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::UpdateRegistrationEntryResponse {
             entry: Some(entry_to_pb(&entry)),
         }))
     }
@@ -141,6 +169,28 @@ impl InventoryServer {
         Ok(Response::new(pb::MatchSelectorsResponse {
             entries: entries.iter().map(entry_to_pb).collect(),
         }))
+    }
+}
+
+/// An entry's selectors, checked and in canonical order.
+fn selectors_of(wire: &[pb::Selector]) -> Result<Vec<Selector>, Status> {
+    let selectors = wire
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Selector::parse(&format!("entry.selectors[{i}]"), &s.r#type, &s.value))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(invalid)?;
+    selector::canonical("entry.selectors", selectors).map_err(invalid)
+}
+
+/// An SVID lifetime: 0 (the broker's default) to 30 days.
+fn ttl(field: &str, seconds: i32) -> Result<i32, Status> {
+    if (0..=86_400 * 30).contains(&seconds) {
+        Ok(seconds)
+    } else {
+        Err(Status::invalid_argument(format!(
+            "{field}: must be 0 (the default) to 2592000 seconds"
+        )))
     }
 }
 

@@ -35,8 +35,41 @@ pub struct EntryFilter {
     pub selector: Option<Selector>,
 }
 
+/// What an update changes; `None` keeps the field.
+#[derive(Debug, Clone, Default)]
+pub struct EntryChange {
+    pub selectors: Option<Vec<Selector>>,
+    pub x509_ttl: Option<i32>,
+    pub jwt_ttl: Option<i32>,
+    pub dns_names: Option<Vec<String>>,
+}
+
 const ENTRY_COLUMNS: &str =
     "id, spiffe_id, parent_id, selectors, x509_ttl, jwt_ttl, identity_id, created_at_ns, dns_names";
+
+impl RegistrationEntry {
+    /// Applies `change`; the names of the fields that changed.
+    fn apply(&mut self, change: &EntryChange) -> Vec<&'static str> {
+        let mut fields = Vec::new();
+        if let Some(selectors) = &change.selectors {
+            self.selectors.clone_from(selectors);
+            fields.push("selectors");
+        }
+        if let Some(ttl) = change.x509_ttl {
+            self.x509_ttl = ttl;
+            fields.push("x509_svid_ttl");
+        }
+        if let Some(ttl) = change.jwt_ttl {
+            self.jwt_ttl = ttl;
+            fields.push("jwt_svid_ttl");
+        }
+        if let Some(names) = &change.dns_names {
+            self.dns_names.clone_from(names);
+            fields.push("dns_names");
+        }
+        fields
+    }
+}
 
 fn joined(selectors: &[Selector]) -> String {
     selectors
@@ -162,6 +195,85 @@ impl Store {
     }
 
     /// Deletes an entry.
+    /// Changes an entry's selectors, TTLs or DNS names, with a
+    /// `registration.update` record naming the fields changed.
+    pub async fn update_entry(
+        &self,
+        id: &Uuid,
+        change: &EntryChange,
+        context: &ChangeContext,
+    ) -> Result<RegistrationEntry, Error> {
+        let entry = on_backend!(&self.db, pool, Db => {
+            let mut tx = pool.begin_with(<Db as Engine>::BEGIN_WRITE).await?;
+            let sql = format!("SELECT {ENTRY_COLUMNS} FROM registration_entries WHERE id = $1{}", <Db as Engine>::FOR_UPDATE);
+            let row = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql))
+                .bind(id.hyphenated().to_string())
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("entry.id: registration entry {id} does not exist")))?;
+            let mut entry = read_entry(&row)?;
+            let fields = entry.apply(change);
+            let selectors = joined(&entry.selectors);
+            if change.selectors.is_some() {
+                let clash: Option<String> = sqlx::query_scalar::<Db, String>(
+                    "SELECT id FROM registration_entries WHERE parent_id = $1 AND spiffe_id = $2 AND selectors = $3 AND id <> $4")
+                    .bind(entry.parent_id.to_string())
+                    .bind(entry.spiffe_id.to_string())
+                    .bind(&selectors)
+                    .bind(id.hyphenated().to_string())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if let Some(clash) = clash {
+                    return Err(Error::AlreadyExists(format!(
+                        "entry.selectors: an entry with this parent, SPIFFE ID and selectors exists ({clash})"
+                    )));
+                }
+                sqlx::query::<Db>("DELETE FROM registration_selectors WHERE entry_id = $1")
+                    .bind(id.hyphenated().to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                let sql = format!(
+                    "INSERT INTO registration_selectors (selector, entry_id) VALUES {}",
+                    <Db as Placeholders>::values(entry.selectors.len(), 2, 1)
+                );
+                let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
+                for s in &entry.selectors {
+                    query = query.bind(s.to_string()).bind(id.hyphenated().to_string());
+                }
+                query.execute(&mut *tx).await?;
+            }
+            sqlx::query::<Db>("UPDATE registration_entries SET selectors = $1, x509_ttl = $2, jwt_ttl = $3, dns_names = $4 WHERE id = $5")
+                .bind(&selectors)
+                .bind(i64::from(entry.x509_ttl))
+                .bind(i64::from(entry.jwt_ttl))
+                .bind(entry.dns_names.join("\n"))
+                .bind(id.hyphenated().to_string())
+                .execute(&mut *tx)
+                .await?;
+            let kind: String = sqlx::query_scalar::<Db, String>("SELECT kind FROM identities WHERE id = $1")
+                .bind(entry.identity_id.hyphenated().to_string())
+                .fetch_one(&mut *tx)
+                .await?;
+            let kind = Kind::parse(&kind).ok_or_else(|| corrupt("kind", &kind))?;
+            let record = evidence::record(
+                context,
+                "registration.update",
+                Some((&entry.identity_id, kind)),
+                "",
+                [
+                    ("entry_id", id.hyphenated().to_string()),
+                    ("spiffe_id", entry.spiffe_id.to_string()),
+                    ("fields", fields.join(",")),
+                ],
+            );
+            tx.enqueue_all(std::slice::from_ref(&record)).await?;
+            tx.commit().await?;
+            entry
+        });
+        self.committed(Changed::Nothing).await;
+        Ok(entry)
+    }
+
     pub async fn delete_entry(&self, id: &Uuid, context: &ChangeContext) -> Result<(), Error> {
         on_backend!(&self.db, pool, Db => {
             let mut tx = pool.begin_with(<Db as Engine>::BEGIN_WRITE).await?;
