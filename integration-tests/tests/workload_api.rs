@@ -504,3 +504,65 @@ async fn an_entrys_dns_names_let_host_name_checks_verify_its_svids() {
     check("api.svc.internal").unwrap();
     assert!(check("other.internal").is_err());
 }
+
+/// Each SVID rotates on its own schedule: a workload with a short-lived
+/// and a long-lived entry gets the short one re-issued at its half-life
+/// while the long one is served unchanged (before, the shortest lifetime
+/// re-issued every SVID, each a lease and a record).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_svid_rotates_on_its_own_schedule() {
+    let stack = TestStack::start().await;
+    let socket = stack.pki.path().join("workload.sock");
+    socket_ready(&socket).await;
+    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(stack.pki.path()).unwrap());
+    let short = stack.workload_identity("short", "production").await;
+    let long = stack.workload_identity("long", "production").await;
+    let mut ops = stack.inventory().await;
+    let mut brief = entry_for(&short, uid);
+    brief.entry.as_mut().unwrap().x509_svid_ttl = 4;
+    ops.create_registration_entry(brief).await.unwrap();
+    ops.create_registration_entry(entry_for(&long, uid))
+        .await
+        .unwrap();
+
+    let channel = spiffe::transport::connect(
+        &spiffe::transport::Endpoint::parse(&endpoint(&socket)).unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut stream = SpiffeWorkloadApiClient::new(channel)
+        .fetch_x509svid(header(raw::X509svidRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen: std::collections::BTreeMap<String, std::collections::BTreeSet<Vec<u8>>> =
+        Default::default();
+    let mut responses = 0;
+    let started = std::time::Instant::now();
+    while responses < 3 {
+        assert!(started.elapsed() < Duration::from_secs(20), "{seen:?}");
+        let response = stream.next().await.unwrap().unwrap();
+        responses += 1;
+        assert_eq!(response.svids.len(), 2);
+        for svid in response.svids {
+            seen.entry(svid.spiffe_id)
+                .or_default()
+                .insert(svid.x509_svid);
+        }
+    }
+    assert_eq!(seen[&short.spiffe_id].len(), 3, "the short SVID rotates");
+    assert_eq!(seen[&long.spiffe_id].len(), 1, "the long SVID is kept");
+    // One lease for the long entry, however many the short one took.
+    let leases = stack
+        .broker_caller("/operator/admin")
+        .await
+        .list_leases(broker::ListLeasesRequest {
+            identity_id: long.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .leases;
+    assert_eq!(leases.len(), 1, "{leases:?}");
+}

@@ -64,6 +64,8 @@ pub struct WorkloadApi {
 /// An identity the caller is registered as.
 #[derive(Debug, Clone)]
 struct Entry {
+    /// The registration entry's id.
+    id: String,
     spiffe_id: String,
     identity_id: String,
     x509_ttl: u32,
@@ -133,6 +135,7 @@ impl WorkloadApi {
         Ok(found
             .into_iter()
             .map(|e| Entry {
+                id: e.id,
                 spiffe_id: e.spiffe_id,
                 identity_id: e.identity_id,
                 x509_ttl: u32::try_from(e.x509_svid_ttl).unwrap_or(0),
@@ -203,28 +206,46 @@ impl WorkloadApi {
         Ok((svid, lease))
     }
 
-    /// A fresh X.509-SVID for every entry; with the leases and the time
-    /// after which they should be replaced.
+    /// An X.509-SVID for every entry: the one `held` still has while it is
+    /// not due (half its lifetime, as issued for the entry as it is now),
+    /// a fresh one otherwise, so each SVID rotates on its own schedule.
+    /// With the leases served and the time until the next one is due.
     async fn x509_svids(
         &self,
         entries: &[Entry],
+        held: &mut Held,
     ) -> Result<(pb::X509svidResponse, HashSet<String>, Duration), Status> {
+        let now = now_ns();
         let mut svids = Vec::new();
         let mut leases = HashSet::new();
         let mut refresh = Duration::MAX;
-        let now = now_ns();
         let mut refused = Vec::new();
+        let mut kept = BTreeMap::new();
         for entry in entries {
-            match self.x509_svid(entry, now).await {
-                Ok((svid, lease)) => {
-                    let half = u64::try_from((lease.expires_at_ns - now) / 2).unwrap_or(0);
-                    refresh = refresh.min(Duration::from_nanos(half).max(MIN_REFRESH));
-                    leases.insert(lease.lease_id);
-                    svids.push(svid);
-                }
-                Err(status) => refused.push((entry.spiffe_id.as_str(), status)),
+            let fresh = match held.svids.remove(&entry.id) {
+                Some(h) if h.renew_at_ns > now && h.issued_as == Issued::of(entry) => Some(h),
+                _ => match self.x509_svid(entry, now).await {
+                    Ok((svid, lease)) => Some(HeldSvid {
+                        issued_as: Issued::of(entry),
+                        svid,
+                        lease_id: lease.lease_id,
+                        renew_at_ns: now + (lease.expires_at_ns - now) / 2,
+                    }),
+                    Err(status) => {
+                        refused.push((entry.spiffe_id.as_str(), status));
+                        None
+                    }
+                },
+            };
+            if let Some(h) = fresh {
+                let due = u64::try_from(h.renew_at_ns - now).unwrap_or(0);
+                refresh = refresh.min(Duration::from_nanos(due).max(MIN_REFRESH));
+                leases.insert(h.lease_id.clone());
+                svids.push(h.svid.clone());
+                kept.insert(entry.id.clone(), h);
             }
         }
+        held.svids = kept;
         served(svids.is_empty(), refused)?;
         Ok((
             pb::X509svidResponse {
@@ -273,6 +294,41 @@ impl WorkloadApi {
     }
 }
 
+/// The X.509-SVIDs one `FetchX509SVID` stream serves, by entry id.
+#[derive(Default)]
+struct Held {
+    svids: BTreeMap<String, HeldSvid>,
+}
+
+struct HeldSvid {
+    /// What the entry said when this SVID was issued: a changed entry
+    /// gets a new one at once.
+    issued_as: Issued,
+    svid: pb::X509svid,
+    lease_id: String,
+    /// Half its lifetime.
+    renew_at_ns: i64,
+}
+
+#[derive(PartialEq, Eq)]
+struct Issued {
+    spiffe_id: String,
+    identity_id: String,
+    x509_ttl: u32,
+    dns_names: Vec<String>,
+}
+
+impl Issued {
+    fn of(entry: &Entry) -> Self {
+        Self {
+            spiffe_id: entry.spiffe_id.clone(),
+            identity_id: entry.identity_id.clone(),
+            x509_ttl: entry.x509_ttl,
+            dns_names: entry.dns_names.clone(),
+        }
+    }
+}
+
 /// A JSON value as a protobuf `Value`.
 fn to_value(value: &serde_json::Value) -> prost_types::Value {
     let kind = match value {
@@ -309,7 +365,8 @@ impl SpiffeWorkloadApi for WorkloadApi {
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         let selectors = Self::attest(&request)?;
         let entries = self.entries(selectors.clone()).await?;
-        let (first, mut leases, mut refresh) = self.x509_svids(&entries).await?;
+        let mut held = Held::default();
+        let (first, mut leases, mut refresh) = self.x509_svids(&entries, &mut held).await?;
         let (tx, rx) = mpsc::channel(2);
         let api = self.clone();
         let mut revocations = self.broker.writer().subscribe();
@@ -330,18 +387,27 @@ impl SpiffeWorkloadApi for WorkloadApi {
                         () = &mut stopped => return,
                         () = &mut deadline => break,
                         // A rotated CA: new SVIDs from the new intermediate.
-                        changed = ca_changes.changed() => if changed.is_err() { return } else { break },
+                        changed = ca_changes.changed() => if changed.is_err() { return } else {
+                            held.svids.clear();
+                            break
+                        },
                         revoked = revocations.recv() => match revoked {
-                            Ok(entry) if leases.contains(&entry.lease.lease_id) => break,
+                            Ok(entry) if leases.contains(&entry.lease.lease_id) => {
+                                held.svids.retain(|_, h| h.lease_id != entry.lease.lease_id);
+                                break
+                            }
                             Ok(_) => {}
-                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                                held.svids.clear();
+                                break
+                            }
                             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                         },
                     }
                 }
                 // Attest again: the entries may have changed.
                 let next = match api.entries(selectors.clone()).await {
-                    Ok(entries) => api.x509_svids(&entries).await,
+                    Ok(entries) => api.x509_svids(&entries, &mut held).await,
                     Err(status) => Err(status),
                 };
                 match next {
