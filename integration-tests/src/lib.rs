@@ -678,6 +678,14 @@ pub fn cli_json(output: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
+/// Asserts that a `steward` command exited with `code`; returns what it
+/// said on standard error.
+pub fn exits(output: &std::process::Output, code: i32) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(code), "{stderr}");
+    stderr
+}
+
 /// Runs one statement directly against a service's database, as an
 /// attacker or a careless operator with database access would.
 pub async fn execute_sql(database: &DatabaseConfig, sql: &str) {

@@ -10,7 +10,7 @@ use std::process::Output;
 
 use steward_integration_tests::broker::{BROKER_POLICIES, SOAR, task};
 use steward_integration_tests::{
-    TestStack, binary_dir, cli_json as json, run_steward, workspace_root,
+    TestStack, binary_dir, cli_json as json, exits, run_steward, workspace_root,
 };
 use steward_proto::steward::broker::v1 as pb;
 
@@ -64,12 +64,6 @@ async fn steward_at(stack: &TestStack, cert: &str, addr: &str, extra: &[&str]) -
 
 /// Asserts that the command exited with `code`; returns what it said on
 /// standard error.
-fn exits(output: &Output, code: i32) -> String {
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert_eq!(output.status.code(), Some(code), "{stderr}");
-    stderr
-}
-
 fn ids(value: &serde_json::Value) -> Vec<String> {
     value
         .as_array()

@@ -250,24 +250,13 @@ async fn py_spiffe_and_a_default_grpcio_channel_get_their_svids() {
     assert_eq!(refused.matches("ok ").count(), 1, "{refused}");
 
     let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(stack.pki.path()).unwrap());
+    let mut entry = entry_for(&identity, uid);
+    // Short-lived, so that a watching source sees a rotation.
+    entry.entry.as_mut().unwrap().x509_svid_ttl = 6;
     stack
         .inventory()
         .await
-        .create_registration_entry(inventory::CreateRegistrationEntryRequest {
-            entry: Some(inventory::RegistrationEntry {
-                spiffe_id: identity.spiffe_id.clone(),
-                parent_id: "spiffe://steward.test/service/credential-broker".into(),
-                selectors: vec![inventory::Selector {
-                    r#type: "unix".into(),
-                    value: format!("uid:{uid}"),
-                }],
-                x509_svid_ttl: 6,
-                jwt_svid_ttl: 300,
-                identity_id: identity.id.clone(),
-                ..Default::default()
-            }),
-            context: None,
-        })
+        .create_registration_entry(entry)
         .await
         .unwrap();
 

@@ -6,7 +6,7 @@
 
 use std::process::Output;
 
-use steward_integration_tests::{TestStack, cli_json, run_steward};
+use steward_integration_tests::{TestStack, cli_json, exits, run_steward};
 
 async fn workload(stack: &TestStack, extra: &[&str]) -> Output {
     let mut args = stack
@@ -15,13 +15,6 @@ async fn workload(stack: &TestStack, extra: &[&str]) -> Output {
     args.push("workload".to_owned());
     args.extend(extra.iter().map(|s| s.to_string()));
     run_steward(args).await
-}
-
-/// What the command said on standard error, once it exited with `code`.
-fn exits(output: &Output, code: i32) -> String {
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert_eq!(output.status.code(), Some(code), "{stderr}");
-    stderr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

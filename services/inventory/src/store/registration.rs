@@ -166,15 +166,7 @@ impl Store {
                 .bind(entry.dns_names.join("\n"))
                 .execute(&mut *tx)
                 .await?;
-            let sql = format!(
-                "INSERT INTO registration_selectors (selector, entry_id) VALUES {}",
-                <Db as Placeholders>::values(entry.selectors.len(), 2, 1)
-            );
-            let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
-            for s in &entry.selectors {
-                query = query.bind(s.to_string()).bind(entry.id.hyphenated().to_string());
-            }
-            query.execute(&mut *tx).await?;
+            insert_selectors::<Db>(&mut tx, entry).await?;
             let record = evidence::record(
                 context,
                 "registration.create",
@@ -232,15 +224,7 @@ impl Store {
                     .bind(id.hyphenated().to_string())
                     .execute(&mut *tx)
                     .await?;
-                let sql = format!(
-                    "INSERT INTO registration_selectors (selector, entry_id) VALUES {}",
-                    <Db as Placeholders>::values(entry.selectors.len(), 2, 1)
-                );
-                let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
-                for s in &entry.selectors {
-                    query = query.bind(s.to_string()).bind(id.hyphenated().to_string());
-                }
-                query.execute(&mut *tx).await?;
+                insert_selectors::<Db>(&mut tx, &entry).await?;
             }
             sqlx::query::<Db>("UPDATE registration_entries SET selectors = $1, x509_ttl = $2, jwt_ttl = $3, dns_names = $4 WHERE id = $5")
                 .bind(&selectors)
@@ -401,4 +385,29 @@ impl Store {
             .filter(|e| selector::matches(&e.selectors, attested))
             .collect())
     }
+}
+
+/// The selector index rows of `entry`, which `match_selectors` reads.
+async fn insert_selectors<DB>(
+    tx: &mut sqlx::Transaction<'_, DB>,
+    entry: &RegistrationEntry,
+) -> Result<(), Error>
+where
+    DB: Engine,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let sql = format!(
+        "INSERT INTO registration_selectors (selector, entry_id) VALUES {}",
+        DB::values(entry.selectors.len(), 2, 1)
+    );
+    let mut query = sqlx::query::<DB>(sqlx::AssertSqlSafe(sql));
+    for s in &entry.selectors {
+        query = query
+            .bind(s.to_string())
+            .bind(entry.id.hyphenated().to_string());
+    }
+    query.execute(&mut **tx).await?;
+    Ok(())
 }
