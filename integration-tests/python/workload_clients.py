@@ -83,16 +83,19 @@ def main(argv):
     # one's half-life has long passed.
     source = X509Source(timeout_in_seconds=10)
     try:
-        first = source.svid
+        def current():
+            return source.get_x509_context().default_svid
+
+        first = current()
         check("x509 source", str(first.spiffe_id) == spiffe_id)
         if not rotation:
             return 0 if all(checks) else 1
         deadline = time.monotonic() + 15
-        while (source.svid.leaf.serial_number == first.leaf.serial_number
+        while (current().leaf.serial_number == first.leaf.serial_number
                and time.monotonic() < deadline):
             time.sleep(0.2)
         check("x509 source rotated",
-              source.svid.leaf.serial_number != first.leaf.serial_number)
+              current().leaf.serial_number != first.leaf.serial_number)
     finally:
         source.close()
     return 0 if all(checks) else 1
