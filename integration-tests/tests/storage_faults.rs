@@ -300,7 +300,8 @@ async fn health_reports_storage_that_takes_no_writes() {
 
 /// SQLite: a full disk answers RESOURCE_EXHAUSTED naming the storage as
 /// full, changes nothing, and once space returns writes succeed again
-/// without a restart; every acknowledged change has its one record.
+/// without a restart; every acknowledged change has its one record, and
+/// the log verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_is_resource_exhausted_and_writes_resume_without_a_restart() {
     let stack = TestStack::start().await;
@@ -366,6 +367,7 @@ async fn a_full_disk_is_resource_exhausted_and_writes_resume_without_a_restart()
     acknowledged.push(create(&mut inventory, spec("after-the-fault")).await.id);
 
     each_created_once(&stack, &acknowledged).await;
+    log_verifies(&stack).await;
 }
 
 /// Storage that turns read-only (SQLite: `query_only` on every
