@@ -4,11 +4,17 @@
 //! real services bound to `127.0.0.1:0` over real mTLS.
 
 pub mod broker;
+mod cli;
 pub mod echo;
 pub mod evidence;
 pub mod faults;
+mod humans;
 pub mod inventory;
 pub mod protos;
+
+pub use cli::{binary_dir, cli_json, exits, python, run_steward, workspace_root};
+use humans::test_issuer_key;
+pub use humans::{TEST_ISSUER, bearer, human_token};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -571,53 +577,6 @@ pub fn test_broker_config(service: ServiceConfig) -> steward_credential_broker::
     config
 }
 
-/// The OIDC issuer tests' humans get tokens from.
-pub const TEST_ISSUER: &str = "https://oidc.steward.test";
-
-/// The test issuer's signing key, beside the SVIDs in `pki_dir` (made on
-/// first use), and its JWKS file.
-fn test_issuer_key(pki_dir: &Path) -> (steward_identity::jwt::SigningKey, PathBuf) {
-    let key_path = pki_dir.join("oidc-issuer.p8");
-    let jwks_path = pki_dir.join("oidc-jwks.json");
-    if !key_path.exists() {
-        let der = steward_identity::jwt::SigningKey::generate_pkcs8().unwrap();
-        write_atomic(&key_path, &der);
-    }
-    let key =
-        steward_identity::jwt::SigningKey::from_pkcs8(&std::fs::read(&key_path).unwrap()).unwrap();
-    if !jwks_path.exists() {
-        let jwks = steward_identity::jwt::JwkSet {
-            keys: vec![key.jwk()],
-        };
-        write_atomic(&jwks_path, serde_json::to_string(&jwks).unwrap().as_bytes());
-    }
-    (key, jwks_path)
-}
-
-/// An OIDC token for `subject` from the test issuer, valid for ten minutes.
-pub fn human_token(pki_dir: &Path, subject: &str) -> String {
-    let (key, _) = test_issuer_key(pki_dir);
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let claims = serde_json::json!({
-        "iss": TEST_ISSUER,
-        "sub": subject,
-        "aud": "steward",
-        "iat": now,
-        "exp": now + 600,
-        "jti": uuid::Uuid::new_v4().to_string(),
-    });
-    key.sign("JWT", claims.as_object().unwrap()).unwrap()
-}
-
-/// `message` carrying `token` as its bearer token.
-pub fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
-}
-
 /// Authority as tests run it: humans' tokens from the test issuer; groups
 /// `security` (the humans `sam` and `sue`), `team-billing` (`bea`, the
 /// team that is the sample identities' business owner) and
@@ -666,26 +625,6 @@ pub fn reserve_port() -> SocketAddr {
     }
 }
 
-/// A `steward` command's JSON output; the command must have succeeded.
-pub fn cli_json(output: &std::process::Output) -> serde_json::Value {
-    assert!(
-        output.status.success(),
-        "{:?}: {}{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr),
-        String::from_utf8_lossy(&output.stdout)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
-}
-
-/// Asserts that a `steward` command exited with `code`; returns what it
-/// said on standard error.
-pub fn exits(output: &std::process::Output, code: i32) -> String {
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert_eq!(output.status.code(), Some(code), "{stderr}");
-    stderr
-}
-
 /// Runs one statement directly against a service's database, as an
 /// attacker or a careless operator with database access would.
 pub async fn execute_sql(database: &DatabaseConfig, sql: &str) {
@@ -694,53 +633,4 @@ pub async fn execute_sql(database: &DatabaseConfig, sql: &str) {
         sqlx::query::<Db>(sqlx::AssertSqlSafe(sql.to_owned())).execute(pool).await.unwrap();
     });
     db.close().await;
-}
-
-/// The workspace root (for scripts and built binaries).
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
-
-/// The directory holding the workspace's built binaries (`target/<profile>`),
-/// found from the running test executable (`target/<profile>/deps/…`).
-pub fn binary_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap();
-    if deps.file_name().is_some_and(|n| n == "deps") {
-        deps.parent().unwrap().to_owned()
-    } else {
-        deps.to_owned()
-    }
-}
-
-/// Runs the `steward` CLI binary with `args` off the async runtime, and
-/// returns what it printed and how it exited.
-pub async fn run_steward(args: Vec<String>) -> std::process::Output {
-    tokio::task::spawn_blocking(move || {
-        std::process::Command::new(binary_dir().join("steward"))
-            .args(args)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap()
-}
-
-/// The interpreter with grpcio installed: `STEWARD_TEST_PYTHON`, or the
-/// virtualenv `make test` creates under `target/pyenv`.
-/// Panics, saying how to get one, when it is missing.
-pub fn python() -> PathBuf {
-    let python = match std::env::var_os("STEWARD_TEST_PYTHON") {
-        Some(path) => PathBuf::from(path),
-        None => workspace_root().join("target/pyenv/bin/python"),
-    };
-    assert!(
-        python.exists(),
-        "{} not found: run `make test` (it creates the venv with grpcio) or set STEWARD_TEST_PYTHON",
-        python.display()
-    );
-    python
 }
