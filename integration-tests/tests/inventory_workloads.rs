@@ -443,3 +443,112 @@ async fn access_reviews_apply_attestations_and_flag_what_was_not_attested() {
         vec!["identity.create", "review.attest", "identity.revoke"]
     );
 }
+
+/// UpdateRegistrationEntry changes only what its mask names; a path it
+/// cannot change, an empty selector list, or selectors another entry of
+/// the same SPIFFE ID already has are refused by field and change
+/// nothing; only operators may call it.
+#[tokio::test]
+async fn registration_entries_update_by_mask_and_refuse_what_they_cannot_change() {
+    let stack = TestStack::start().await;
+    let mut client = stack.inventory().await;
+    let mut s = spec("wl-update");
+    s.kind = pb::IdentityKind::WorkloadIdentity as i32;
+    let id = create(&mut client, s).await.id;
+    let first = client
+        .create_registration_entry(entry(
+            &id,
+            "/billing/sync",
+            vec![selector("unix", "uid:1000")],
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .entry
+        .unwrap();
+    client
+        .create_registration_entry(entry(
+            &id,
+            "/billing/sync",
+            vec![selector("unix", "uid:2000")],
+        ))
+        .await
+        .unwrap();
+    let update =
+        |entry: pb::RegistrationEntry, paths: &[&str]| pb::UpdateRegistrationEntryRequest {
+            entry: Some(entry),
+            update_mask: Some(prost_types::FieldMask {
+                paths: paths.iter().map(|p| p.to_string()).collect(),
+            }),
+            context: None,
+        };
+    let with = |change: fn(&mut pb::RegistrationEntry)| {
+        let mut e = pb::RegistrationEntry {
+            id: first.id.clone(),
+            ..Default::default()
+        };
+        change(&mut e);
+        e
+    };
+    for (request, code, field) in [
+        (
+            update(with(|_| {}), &[]),
+            Code::InvalidArgument,
+            "update_mask",
+        ),
+        (
+            update(
+                with(|e| e.spiffe_id = "spiffe://steward.test/x".into()),
+                &["spiffe_id"],
+            ),
+            Code::InvalidArgument,
+            "update_mask",
+        ),
+        (
+            update(with(|_| {}), &["selectors"]),
+            Code::InvalidArgument,
+            "entry.selectors",
+        ),
+        (
+            update(
+                with(|e| e.selectors = vec![selector("unix", "uid:2000")]),
+                &["selectors"],
+            ),
+            Code::AlreadyExists,
+            "entry.selectors",
+        ),
+    ] {
+        let err = client.update_registration_entry(request).await.unwrap_err();
+        assert_eq!(err.code(), code, "{field}: {err:?}");
+        assert!(err.message().starts_with(field), "{field}: {err:?}");
+    }
+    let get = pb::GetRegistrationEntryRequest {
+        id: first.id.clone(),
+    };
+    let kept = client.get_registration_entry(get.clone()).await.unwrap();
+    assert_eq!(kept.into_inner().entry.unwrap(), first);
+
+    // Not an operator: refused before anything is read.
+    let mut scanner = stack.inventory_caller("/automation/scanner").await;
+    let err = scanner
+        .update_registration_entry(update(with(|e| e.x509_svid_ttl = 60), &["x509_svid_ttl"]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let kept = client.get_registration_entry(get.clone()).await.unwrap();
+    assert_eq!(kept.into_inner().entry.unwrap(), first);
+
+    // The operator changes the TTL alone.
+    let changed = client
+        .update_registration_entry(update(with(|e| e.x509_svid_ttl = 60), &["x509_svid_ttl"]))
+        .await
+        .unwrap()
+        .into_inner()
+        .entry
+        .unwrap();
+    assert_eq!(changed.x509_svid_ttl, 60);
+    assert_eq!(
+        (changed.selectors, changed.jwt_svid_ttl, changed.dns_names),
+        (first.selectors, first.jwt_svid_ttl, first.dns_names)
+    );
+}

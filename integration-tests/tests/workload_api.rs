@@ -62,23 +62,10 @@ async fn spiffe_clients_get_svids_bundles_and_jwts_for_their_kernel_identity() {
     // The owner of a directory this process made is its uid.
     let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(stack.pki.path()).unwrap());
     let mut ops = stack.inventory().await;
-    ops.create_registration_entry(inventory::CreateRegistrationEntryRequest {
-        entry: Some(inventory::RegistrationEntry {
-            spiffe_id: identity.spiffe_id.clone(),
-            parent_id: "spiffe://steward.test/service/credential-broker".into(),
-            selectors: vec![inventory::Selector {
-                r#type: "unix".into(),
-                value: format!("uid:{uid}"),
-            }],
-            x509_svid_ttl: 4,
-            jwt_svid_ttl: 60,
-            identity_id: identity.id.clone(),
-            ..Default::default()
-        }),
-        context: None,
-    })
-    .await
-    .unwrap();
+    let mut short = entry_for(&identity, uid);
+    let entry = short.entry.as_mut().unwrap();
+    (entry.x509_svid_ttl, entry.jwt_svid_ttl) = (4, 60);
+    ops.create_registration_entry(short).await.unwrap();
 
     // X.509: the SVID names the identity and chains to the broker's bundle.
     let svid = client.fetch_x509_svid().await.unwrap();

@@ -116,6 +116,18 @@ async fn operators_register_list_show_update_and_delete_workloads_from_the_cli()
         serde_json::json!(["a.internal", "b.internal"])
     );
     assert_eq!(updated["selectors"], entry["selectors"]);
+    // The change is recorded, naming what changed.
+    let recorded = stack
+        .evidence_of(&identity.id, "registration.update", 1)
+        .await
+        .into_iter()
+        .filter_map(|e| e.record)
+        .find(|r| r.action == "registration.update")
+        .expect("a registration.update record");
+    assert_eq!(
+        recorded.attributes.get("fields").map(String::as_str),
+        Some("x509_svid_ttl,dns_names")
+    );
     let stderr = exits(&workload(&stack, &["update", &id]).await, 2);
     assert!(stderr.contains("nothing to change"), "{stderr}");
     let stderr = exits(

@@ -119,16 +119,7 @@ fn first_ca(
             ca.intermediate_not_after(),
         ),
     ] {
-        new.push(StoredKey {
-            id: 0,
-            kind: kind.to_owned(),
-            public: cert.cert_pem,
-            sealed_key: cert.sealed_key,
-            kek_id: cert.kek_id,
-            not_after_ns: ns(not_after),
-            created_at_ns: ns(now),
-            retired_at_ns: 0,
-        });
+        new.push(sealed_row(kind, cert, not_after, now));
     }
     let mut record = EvidenceRecord::new(actor, "ca.generate", crate::SPEC.name);
     record.outcome.reason = format!("first start: a new CA for {trust_domain}");
@@ -146,6 +137,45 @@ fn first_ca(
     Ok(ca)
 }
 
+/// The row that keeps a CA certificate and its sealed key.
+fn sealed_row(
+    kind: &str,
+    cert: SealedCert,
+    not_after: OffsetDateTime,
+    now: OffsetDateTime,
+) -> StoredKey {
+    StoredKey {
+        id: 0,
+        kind: kind.to_owned(),
+        public: cert.cert_pem,
+        sealed_key: cert.sealed_key,
+        kek_id: cert.kek_id,
+        not_after_ns: ns(not_after),
+        created_at_ns: ns(now),
+        retired_at_ns: 0,
+    }
+}
+
+/// A new JWT-SVID signing key, and the row that keeps it sealed.
+fn new_jwt_key(
+    kek: &dyn KeyEncryption,
+    now: OffsetDateTime,
+) -> Result<(SigningKey, StoredKey), String> {
+    let der = SigningKey::generate_pkcs8().map_err(|e| e.to_string())?;
+    let key = SigningKey::from_pkcs8(&der).map_err(|e| e.to_string())?;
+    let stored = StoredKey {
+        id: 0,
+        kind: "jwt".to_owned(),
+        public: serde_json::to_string(&jwt_svid_jwk(&key)).map_err(|e| e.to_string())?,
+        sealed_key: kek.seal(JWT_PURPOSE, &der).map_err(|e| e.to_string())?,
+        kek_id: kek.kek_id().to_owned(),
+        not_after_ns: i64::MAX,
+        created_at_ns: ns(now),
+        retired_at_ns: 0,
+    };
+    Ok((key, stored))
+}
+
 /// A new JWT-SVID signing key on first start: stored (sealed) in `new`,
 /// its `jwt_key.generate` record in `evidence`.
 fn first_jwt_key(
@@ -155,18 +185,8 @@ fn first_jwt_key(
     new: &mut Vec<StoredKey>,
     evidence: &mut Vec<EvidenceRecord>,
 ) -> Result<SigningKey, String> {
-    let der = SigningKey::generate_pkcs8().map_err(|e| e.to_string())?;
-    let key = SigningKey::from_pkcs8(&der).map_err(|e| e.to_string())?;
-    new.push(StoredKey {
-        id: 0,
-        kind: "jwt".to_owned(),
-        public: serde_json::to_string(&jwt_svid_jwk(&key)).map_err(|e| e.to_string())?,
-        sealed_key: kek.seal(JWT_PURPOSE, &der).map_err(|e| e.to_string())?,
-        kek_id: kek.kek_id().to_owned(),
-        not_after_ns: i64::MAX,
-        created_at_ns: ns(now),
-        retired_at_ns: 0,
-    });
+    let (key, stored) = new_jwt_key(kek, now)?;
+    new.push(stored);
     let mut record = EvidenceRecord::new(actor, "jwt_key.generate", crate::SPEC.name);
     record.outcome.reason = "first start: a new JWT-SVID signing key".to_owned();
     record.attributes.insert("kid".into(), key.kid().to_owned());
@@ -294,15 +314,8 @@ impl Authorities {
         let keys = store.keys().await.map_err(|e| e.to_string())?;
         let now = OffsetDateTime::now_utc();
         let validity = |secs: u64| Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX));
-        let stored = |kind: &str, cert: SealedCert, not_after: OffsetDateTime| StoredKey {
-            id: 0,
-            kind: kind.to_owned(),
-            public: cert.cert_pem,
-            sealed_key: cert.sealed_key,
-            kek_id: cert.kek_id,
-            not_after_ns: ns(not_after),
-            created_at_ns: ns(now),
-            retired_at_ns: 0,
+        let stored = |kind: &str, cert: SealedCert, not_after: OffsetDateTime| {
+            sealed_row(kind, cert, not_after, now)
         };
         let mut new = Vec::new();
         let mut retire_kinds = vec!["intermediate", "jwt"];
@@ -332,18 +345,8 @@ impl Authorities {
                 retire_kinds.push("root");
             }
         }
-        let der = SigningKey::generate_pkcs8().map_err(|e| e.to_string())?;
-        let jwt = SigningKey::from_pkcs8(&der).map_err(|e| e.to_string())?;
-        new.push(StoredKey {
-            id: 0,
-            kind: "jwt".to_owned(),
-            public: serde_json::to_string(&jwt_svid_jwk(&jwt)).map_err(|e| e.to_string())?,
-            sealed_key: kek.seal(JWT_PURPOSE, &der).map_err(|e| e.to_string())?,
-            kek_id: kek.kek_id().to_owned(),
-            not_after_ns: i64::MAX,
-            created_at_ns: ns(now),
-            retired_at_ns: 0,
-        });
+        let (jwt, stored) = new_jwt_key(kek, now)?;
+        new.push(stored);
         let retire: Vec<i64> = keys
             .iter()
             .filter(|k| k.retired_at_ns == 0 && retire_kinds.contains(&k.kind.as_str()))
