@@ -7,8 +7,19 @@
 //! 16 KiB) and turns INVALID_ARGUMENT into RESOURCE_EXHAUSTED, and a
 //! secret pasted into the wrong field would be echoed into every log that
 //! records the error. [`shown`] is the one way services quote a value.
+//!
+//! It is also where the services' one error model lives: the
+//! [`ServiceError`] trait each service's error enum implements,
+//! [`to_status`], and the wire checks in [`wire`] that name the field they
+//! refuse.
 
 use std::fmt::Write as _;
+
+mod service;
+pub mod wire;
+
+pub use service::{ServiceError, bad_field, to_status};
+pub use wire::{Invalid, invalid};
 
 /// Most characters of a value an error quotes.
 pub const SHOWN_CHARS: usize = 64;

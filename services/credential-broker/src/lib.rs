@@ -5,13 +5,15 @@
 //! - [`backends`]: external systems' credentials (PostgreSQL login roles);
 //! - [`authorities`]: the CA and JWT signing key, generated once, then
 //!   loaded and opened on every start;
+//! - [`issuance`]: the domain core, [`issuance::Issuer`]: issue, renew,
+//!   revoke, rotate, each asking authority through [`issuance::Decide`]
+//!   and committing its evidence with the lease;
 //! - [`store`]: leases and the revocation log, every change group-committed
 //!   with its evidence ([`store::writer`]);
-//! - [`server`]: the `steward.broker.v1.CredentialBroker` gRPC adapter,
-//!   which asks authority before every issue, renewal and revocation;
-//! - [`watch`]: `WatchRevocations`, replay then live;
+//! - [`authorizer`]: authority's decisions, queued and sent in batches;
+//! - [`grpc`]: the `steward.broker.v1.CredentialBroker` gRPC adapter
+//!   (parsing in `convert`, `WatchRevocations` in [`grpc::watch`]);
 //! - [`reaper`]: ends expired leases in batches;
-//! - [`rotation`]: rotation with confirmed revocation;
 //! - [`workload`]: the SPIFFE Workload API on a Unix domain socket.
 //!
 //! This crate is the service's library; `main.rs` only calls
@@ -23,9 +25,12 @@ pub mod authorizer;
 pub mod backends;
 pub mod ca;
 pub mod config;
+mod convert;
+pub mod grpc;
+pub mod issuance;
 pub mod keys;
+mod peers;
 pub mod reaper;
-pub mod server;
 pub mod store;
 pub mod workload;
 
@@ -227,15 +232,17 @@ async fn routes(context: ServiceContext, config: BrokerConfig) -> Result<Routes,
     );
     context.spawn(task);
     let inventory = context.peer_channel("inventory", &context.peers.inventory)?;
-    let shared = Arc::new(server::Shared {
+    let issuer = Arc::new(issuance::Issuer {
         own: context.spiffe_id.clone(),
         store: store.clone(),
         writer,
         authorities: std::sync::RwLock::new(Arc::new(authorities)),
         ca_config: config.ca.clone(),
         rotated: tokio::sync::watch::channel(0).0,
-        authority,
-        inventory: InventoryServiceClient::new(inventory.clone()),
+        decide: Arc::new(authority),
+        signals: Arc::new(peers::Inventory(InventoryServiceClient::new(
+            inventory.clone(),
+        ))),
         ttl: config.ttl,
         random: ring::rand::SystemRandom::new(),
         backend: backend.clone(),
@@ -244,10 +251,9 @@ async fn routes(context: ServiceContext, config: BrokerConfig) -> Result<Routes,
     if let Some(backend) = backend {
         context.spawn(backends::follow(store.clone(), backend, context.shutdown()));
     }
-    let broker = server::BrokerServer::new(shared);
-    context.spawn(server::rotation::run(broker.clone(), context.shutdown()));
+    context.spawn(issuance::rotation::run(issuer.clone(), context.shutdown()));
     if let Some(socket) = config.workload_api_socket.clone() {
-        let api = workload::WorkloadApi::new(broker.clone(), inventory);
+        let api = workload::WorkloadApi::new(issuer.clone(), inventory);
         let shutdown = context.shutdown();
         context.spawn(async move {
             if let Err(error) = workload::serve(api, socket, shutdown).await {
@@ -255,6 +261,7 @@ async fn routes(context: ServiceContext, config: BrokerConfig) -> Result<Routes,
             }
         });
     }
+    let broker = grpc::BrokerServer::new(issuer);
     Ok(Routes::new(CredentialBrokerServer::new(broker)).add_service(outbox))
 }
 

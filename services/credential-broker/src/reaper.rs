@@ -11,9 +11,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::issuance::lease_record;
 use crate::now_ns;
-use crate::server::lease_record;
-use crate::store::writer::{Change, RevocationEvidence, Writer};
+use crate::store::writer::{RevocationEvidence, Writer};
 use crate::store::{Lease, LeaseState, Store};
 
 /// Leases ended per change: small enough that the transaction it shares
@@ -45,14 +45,14 @@ pub async fn run(
             Ok(ids) if ids.is_empty() => {}
             Ok(ids) => {
                 let full = ids.len() == BATCH;
-                let change = Change::Revoke {
-                    lease_ids: ids,
-                    state: LeaseState::Expired,
-                    by: actor.clone(),
-                    reason: "expired".to_owned(),
-                    evidence: evidence.clone(),
-                };
-                if let Err(error) = writer.submit(change).await {
+                let expired = writer.revoke(
+                    ids,
+                    LeaseState::Expired,
+                    &actor,
+                    "expired",
+                    evidence.clone(),
+                );
+                if let Err(error) = expired.await {
                     tracing::warn!(%error, "reaping failed; retrying");
                 } else if full {
                     pause = BETWEEN_BATCHES;

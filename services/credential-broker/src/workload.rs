@@ -41,8 +41,8 @@ use tonic::transport::Channel;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
+use crate::issuance::{Issuer, Make, Task};
 use crate::now_ns;
-use crate::server::{BrokerServer, Make, Task};
 
 /// The header every Workload API call must carry.
 pub const SECURITY_HEADER: &str = "workload.spiffe.io";
@@ -52,10 +52,10 @@ const NS: i64 = 1_000_000_000;
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// The Workload API, issuing through the broker.
+/// The Workload API, issuing through the broker's core.
 #[derive(Clone)]
 pub struct WorkloadApi {
-    broker: BrokerServer,
+    issuer: std::sync::Arc<Issuer>,
     inventory: InventoryServiceClient<Channel>,
     /// Turns true when the server stops: open streams end then.
     stopping: watch::Receiver<bool>,
@@ -75,9 +75,9 @@ struct Entry {
 }
 
 impl WorkloadApi {
-    pub fn new(broker: BrokerServer, inventory: Channel) -> Self {
+    pub fn new(issuer: std::sync::Arc<Issuer>, inventory: Channel) -> Self {
         Self {
-            broker,
+            issuer,
             inventory: InventoryServiceClient::new(inventory),
             stopping: watch::channel(false).1,
         }
@@ -156,11 +156,11 @@ impl WorkloadApi {
     }
 
     fn trust_domain_id(&self) -> String {
-        format!("spiffe://{}", self.broker.own().trust_domain())
+        format!("spiffe://{}", self.issuer.own.trust_domain())
     }
 
     fn bundle(&self) -> Vec<u8> {
-        self.broker.authorities().roots.concat()
+        self.issuer.authorities().roots.concat()
     }
 
     /// One entry's X.509-SVID, with a key the broker makes for it.
@@ -183,7 +183,7 @@ impl WorkloadApi {
             .serialize_request(&key)
             .map_err(|e| Status::internal(e.to_string()))?;
         let (lease, made) = self
-            .broker
+            .issuer
             .issue(
                 &entry.spiffe_id,
                 &entry.identity_id,
@@ -275,7 +275,7 @@ impl WorkloadApi {
     {
         let (tx, rx) = mpsc::channel(1);
         let stopped = self.stopped();
-        let mut changes = self.broker.ca_changes();
+        let mut changes = self.issuer.ca_changes();
         let api = self.clone();
         tokio::spawn(async move {
             tokio::pin!(stopped);
@@ -369,8 +369,8 @@ impl SpiffeWorkloadApi for WorkloadApi {
         let (first, mut leases, mut refresh) = self.x509_svids(&entries, &mut held).await?;
         let (tx, rx) = mpsc::channel(2);
         let api = self.clone();
-        let mut revocations = self.broker.writer().subscribe();
-        let mut ca_changes = self.broker.ca_changes();
+        let mut revocations = self.issuer.writer.subscribe();
+        let mut ca_changes = self.issuer.ca_changes();
         let stopped = self.stopped();
         tokio::spawn(async move {
             tokio::pin!(stopped);
@@ -472,7 +472,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         let mut refused = Vec::new();
         for entry in &entries {
             let issued = self
-                .broker
+                .issuer
                 .issue(
                     &entry.spiffe_id,
                     &entry.identity_id,
@@ -490,7 +490,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
                     svid: made.secret(),
                     hint: String::new(),
                 }),
-                Err(status) => refused.push((entry.spiffe_id.as_str(), status)),
+                Err(error) => refused.push((entry.spiffe_id.as_str(), error.into())),
             }
         }
         served(svids.is_empty(), refused)?;
@@ -506,7 +506,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         let selectors = Self::attest(&request)?;
         self.entries(selectors).await?;
         Ok(Response::new(self.bundles(|api| {
-            let jwks = serde_json::to_vec(&api.broker.authorities().jwks)
+            let jwks = serde_json::to_vec(&api.issuer.authorities().jwks)
                 .map_err(|e| Status::internal(e.to_string()))?;
             Ok(pb::JwtBundlesResponse {
                 bundles: [(api.trust_domain_id(), jwks)].into_iter().collect(),
@@ -526,7 +526,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         if r.svid.is_empty() {
             return Err(Status::invalid_argument("svid: is required"));
         }
-        let keys = VerifyingKeys::from_jwks(&self.broker.authorities().jwks)
+        let keys = VerifyingKeys::from_jwks(&self.issuer.authorities().jwks)
             .map_err(|e| Status::internal(e.to_string()))?;
         let validation = jwt::Validation {
             issuer: String::new(),
@@ -538,7 +538,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         let subject = steward_identity::SpiffeId::parse(&claims.subject).map_err(|e| {
             Status::invalid_argument(format!("svid: its subject is not a SPIFFE ID: {e}"))
         })?;
-        if subject.trust_domain() != self.broker.own().trust_domain() {
+        if subject.trust_domain() != self.issuer.own.trust_domain() {
             return Err(Status::invalid_argument(
                 "svid: its subject is not of this trust domain",
             ));

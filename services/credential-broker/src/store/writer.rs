@@ -36,9 +36,11 @@ const LIVE_BUFFER: usize = 16_384;
 
 /// Builds a revoked lease's evidence record.
 pub type RevocationEvidence = Arc<dyn Fn(&Lease) -> EvidenceRecord + Send + Sync>;
+/// Builds a renewed lease's evidence record.
+pub type RenewalEvidence = Box<dyn FnOnce(&Lease) -> EvidenceRecord + Send>;
 
 /// One change.
-pub enum Change {
+enum Change {
     /// A new lease and its evidence.
     Issue {
         lease: Box<Lease>,
@@ -49,7 +51,7 @@ pub enum Change {
     Renew {
         lease_id: String,
         expires_at_ns: i64,
-        evidence: Box<dyn FnOnce(&Lease) -> EvidenceRecord + Send>,
+        evidence: RenewalEvidence,
     },
     /// Evidence of something that changed no lease (an allowed issuance
     /// that was refused after all).
@@ -79,7 +81,7 @@ impl Change {
 
 /// What a change did.
 #[derive(Debug)]
-pub enum Applied {
+enum Applied {
     Issued(Lease),
     Renewed(Lease),
     /// The leases this change ended (not those already ended).
@@ -118,8 +120,74 @@ impl Writer {
         Ok((Self { queue, live }, task))
     }
 
+    /// Issues `lease`: durable with its evidence when this returns.
+    pub async fn issue(&self, lease: Lease, evidence: EvidenceRecord) -> Result<Lease, StoreError> {
+        let change = Change::Issue {
+            lease: Box::new(lease),
+            evidence: Box::new(evidence),
+        };
+        match self.submit(change).await? {
+            Applied::Issued(lease) => Ok(lease),
+            _ => Err(out_of_kind()),
+        }
+    }
+
+    /// Moves an active lease's expiry to `expires_at_ns`, within its max;
+    /// `evidence` sees the renewed lease.
+    pub async fn renew(
+        &self,
+        lease_id: String,
+        expires_at_ns: i64,
+        evidence: RenewalEvidence,
+    ) -> Result<Lease, StoreError> {
+        let change = Change::Renew {
+            lease_id,
+            expires_at_ns,
+            evidence,
+        };
+        match self.submit(change).await? {
+            Applied::Renewed(lease) => Ok(lease),
+            _ => Err(out_of_kind()),
+        }
+    }
+
+    /// Records evidence of something that changed no lease (an allowed
+    /// issuance that was refused after all).
+    pub async fn record(&self, evidence: EvidenceRecord) -> Result<(), StoreError> {
+        let change = Change::Record {
+            evidence: Box::new(evidence),
+        };
+        match self.submit(change).await? {
+            Applied::Recorded => Ok(()),
+            _ => Err(out_of_kind()),
+        }
+    }
+
+    /// Ends, as `state`, every lease of `lease_ids` that is still active;
+    /// returns those it ended (not those already ended).
+    pub async fn revoke(
+        &self,
+        lease_ids: Vec<String>,
+        state: LeaseState,
+        by: &str,
+        reason: &str,
+        evidence: RevocationEvidence,
+    ) -> Result<Vec<Lease>, StoreError> {
+        let change = Change::Revoke {
+            lease_ids,
+            state,
+            by: by.to_owned(),
+            reason: reason.to_owned(),
+            evidence,
+        };
+        match self.submit(change).await? {
+            Applied::Revoked(ended) => Ok(ended),
+            _ => Err(out_of_kind()),
+        }
+    }
+
     /// Applies one change once it is durable with its evidence.
-    pub async fn submit(&self, change: Change) -> Result<Applied, StoreError> {
+    async fn submit(&self, change: Change) -> Result<Applied, StoreError> {
         let stopped = || StoreError::Storage("the lease writer has stopped".into());
         let (reply, answer) = oneshot::channel();
         self.queue
@@ -133,6 +201,12 @@ impl Writer {
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<RevocationEntry>> {
         self.live.subscribe()
     }
+}
+
+/// A writer that answered a change with another kind's result: a bug, and
+/// never the caller's fault.
+fn out_of_kind() -> StoreError {
+    StoreError::Storage("the lease writer answered out of kind".into())
 }
 
 async fn run(

@@ -12,7 +12,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use super::{kind_to_pb, store_status, timestamp};
+use crate::convert::{kind_to_pb, timestamp};
 use crate::store::writer::Writer;
 use crate::store::{LeaseState, RevocationEntry, Store, StoreError};
 
@@ -71,7 +71,7 @@ async fn replay(
         let page = store
             .revocations_after(cursor, REPLAY_PAGE)
             .await
-            .map_err(store_status)?;
+            .map_err(Status::from)?;
         let full = page.len() == REPLAY_PAGE;
         for entry in page {
             if until.is_some_and(|u| entry.sequence > u) {
