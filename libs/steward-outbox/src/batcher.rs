@@ -5,14 +5,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use steward_batch::{Group, limits};
 use steward_db::{Database, on_backend};
 use steward_evidence::EvidenceRecord;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{Forwarder, OutboxError, OutboxTransaction};
-
-/// Most records in one transaction.
-const MAX_BATCH: usize = 1000;
 
 type Job = (EvidenceRecord, Option<oneshot::Sender<Result<(), String>>>);
 
@@ -32,7 +30,7 @@ impl Batcher {
         forwarder: Option<Forwarder>,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> (Self, impl std::future::Future<Output = ()> + Send + 'static) {
-        let (queue, rx) = mpsc::channel(4 * MAX_BATCH);
+        let (queue, rx) = steward_batch::queue(limits::OUTBOX_RECORDS);
         let healthy = Arc::new(AtomicBool::new(true));
         let writer = run(
             database.writer(),
@@ -79,7 +77,7 @@ impl Batcher {
 async fn run(
     database: Database,
     forwarder: Option<Forwarder>,
-    mut rx: mpsc::Receiver<Job>,
+    mut rx: Group<Job>,
     healthy: Arc<AtomicBool>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
@@ -88,10 +86,10 @@ async fn run(
     // Queued records (nobody waiting) of batches that failed.
     let mut carried: Vec<EvidenceRecord> = Vec::new();
     loop {
-        let first = if stopping {
-            match rx.try_recv() {
-                Ok(job) => job,
-                Err(_) => {
+        let batch = if stopping {
+            match rx.ready() {
+                Some(batch) => batch,
+                None => {
                     if !carried.is_empty()
                         && let Err(error) = commit(&database, &carried).await
                     {
@@ -103,16 +101,9 @@ async fn run(
         } else {
             tokio::select! {
                 () = &mut shutdown => { stopping = true; continue; }
-                job = rx.recv() => match job { Some(job) => job, None => return },
+                batch = rx.next() => match batch { Some(batch) => batch, None => return },
             }
         };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
         let carried_count = carried.len();
         let mut records = std::mem::take(&mut carried);
         records.extend(batch.iter().map(|(r, _)| r.clone()));

@@ -13,7 +13,8 @@ use tonic::transport::Channel;
 /// Forwarder settings.
 #[derive(Debug, Clone)]
 pub struct ForwarderOptions {
-    /// Records per AppendBatch (audit accepts at most 1,000).
+    /// Records per AppendBatch, at most audit's
+    /// [`steward_batch::limits::APPEND_BATCH`] (a larger setting is capped).
     pub batch_size: u32,
     /// How often to look for work when nobody calls [`Forwarder::wake`].
     pub poll_interval: Duration,
@@ -125,7 +126,7 @@ impl Forwarder {
             let pause = match self.forward_once().await {
                 Ok(0) => self.options.poll_interval,
                 // A full batch: a backlog is waiting, send the next now.
-                Ok(n) if n >= self.options.batch_size as usize => {
+                Ok(n) if n >= self.batch_size() => {
                     backoff = self.options.min_backoff;
                     tokio::select! {
                         biased;
@@ -160,13 +161,18 @@ impl Forwarder {
         }
     }
 
+    /// Records per AppendBatch: the setting, within what audit accepts.
+    fn batch_size(&self) -> usize {
+        (self.options.batch_size as usize).clamp(1, steward_batch::limits::APPEND_BATCH)
+    }
+
     /// Delivers one batch; returns how many records it settled.
     pub async fn forward_once(&mut self) -> Result<usize, ForwardError> {
         const PENDING: &str = "SELECT seq, record FROM evidence_outbox
             WHERE delivered_at_ns IS NULL AND last_error IS NULL ORDER BY seq LIMIT $1";
         let rows: Vec<(i64, Vec<u8>)> = on_backend!(&self.database, pool, Db => {
             sqlx::query_as::<Db, (i64, Vec<u8>)>(PENDING)
-                .bind(i64::from(self.options.batch_size))
+                .bind(self.batch_size() as i64)
                 .fetch_all(pool)
                 .await?
         });

@@ -139,10 +139,7 @@ async fn routes(context: ServiceContext, config: LogConfig) -> Result<Routes, St
         .await
         .map_err(|e| StartError::Init(format!("sequencer role: {e}")))?;
     let follow = options.checkpoint_interval.min(Duration::from_millis(200));
-    context.spawn(
-        log.clone()
-            .run_roles(queue, options.max_batch, follow, context.clone(), role),
-    );
+    context.spawn(log.clone().run_roles(queue, follow, context.clone(), role));
     context.spawn(
         log.clone()
             .run_checkpointer(options.checkpoint_interval, context.shutdown()),

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use steward_batch::{Group, limits};
 use steward_evidence::merkle::{MerkleTree, ProofError};
 use steward_evidence::note::NoteSigner;
 use steward_evidence::{Checkpoint, EvidenceRecord, Hash, leaf_hash};
@@ -181,7 +182,7 @@ impl Log {
         store: Store,
         signer: NoteSigner,
         options: &LogOptions,
-    ) -> Result<(Self, mpsc::Receiver<Job>), LogError> {
+    ) -> Result<(Self, Group<Job>), LogError> {
         let store_is_sqlite = matches!(store.database(), steward_db::Database::Sqlite(_));
         let (tree, untrusted) = check_entries(&store).await?;
         let latest = match store.latest_checkpoint().await? {
@@ -215,7 +216,10 @@ impl Log {
             ),
         }
         let (committed, _) = broadcast::channel(options.subscriber_buffer.max(1));
-        let (jobs, queue) = mpsc::channel(4096);
+        let (jobs, queue) =
+            steward_batch::weighed(options.max_batch, limits::AUDIT_QUEUE, |job: &Job| {
+                job.records.len()
+            });
         let shared = Arc::new(Shared {
             store,
             tree: RwLock::new(tree),
@@ -456,17 +460,14 @@ impl Log {
     /// that follows the log and contends for the lock every `follow` tick.
     pub async fn run_roles(
         self,
-        mut queue: mpsc::Receiver<Job>,
-        max_batch: usize,
+        mut queue: Group<Job>,
         follow: Duration,
         context: steward_server::ServiceContext,
         mut first_attempt: Option<sqlx::PgConnection>,
     ) {
         let pool = match self.shared.store.database() {
             steward_db::Database::Sqlite(_) => {
-                self.sequencer()
-                    .run(queue, max_batch, context.shutdown())
-                    .await;
+                self.sequencer().run(queue, context.shutdown()).await;
                 return;
             }
             steward_db::Database::Postgres(pool) => pool.clone(),
@@ -490,10 +491,7 @@ impl Log {
                             store: self.writer_store(),
                             locked: Some(conn),
                         };
-                        match sequencer
-                            .run_until_lost(queue, max_batch, context.shutdown())
-                            .await
-                        {
+                        match sequencer.run_until_lost(queue, context.shutdown()).await {
                             None => return,
                             Some(returned) => queue = returned,
                         }

@@ -20,7 +20,7 @@ use crate::store::QueryFilter;
 use crate::subscribe;
 
 /// Largest AppendBatch.
-pub const MAX_BATCH: usize = 1000;
+pub const MAX_BATCH: usize = steward_batch::limits::APPEND_BATCH;
 /// Largest page for GetEntries and Query.
 pub const MAX_PAGE: u32 = 1000;
 const DEFAULT_PAGE: u32 = 100;

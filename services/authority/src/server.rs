@@ -47,7 +47,7 @@ use crate::store::{NewVersion, SetKind, Store, StoreError, StoredSet};
 /// The emitting service's name in every record.
 const SERVICE: &str = "authority";
 /// Most requests one `AuthorizeBatch` decides.
-pub const MAX_AUTHORIZE_BATCH: usize = 256;
+pub const MAX_AUTHORIZE_BATCH: usize = steward_batch::limits::AUTHORIZE_BATCH;
 
 /// The active policy set, compiled.
 #[derive(Debug)]

@@ -13,6 +13,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use steward_batch::{Group, limits};
 use steward_proto::steward::authority::v1 as pb;
 use steward_proto::steward::authority::v1::authority_service_client::AuthorityServiceClient;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -21,8 +22,6 @@ use tonic::transport::Channel;
 
 /// Connections to authority, and so batches in flight.
 pub const CONNECTIONS: usize = 4;
-/// Most requests in one batch: authority's limit.
-const MAX_BATCH: usize = 256;
 
 type Reply = oneshot::Sender<Result<pb::Decision, Status>>;
 
@@ -42,7 +41,8 @@ impl Authorizer {
         clients: Vec<AuthorityServiceClient<Channel>>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> (Self, impl Future<Output = ()> + Send + 'static) {
-        let (queue, rx) = mpsc::channel(4 * MAX_BATCH);
+        // Authority refuses a batch larger than its limit: the same constant.
+        let (queue, rx) = steward_batch::queue(limits::AUTHORIZE_BATCH);
         let direct = clients.first().cloned();
         (Self { queue, direct }, dispatch(clients, rx, shutdown))
     }
@@ -82,7 +82,7 @@ impl Authorizer {
 
 async fn dispatch(
     clients: Vec<AuthorityServiceClient<Channel>>,
-    mut rx: mpsc::Receiver<(pb::AuthorizeRequest, Reply)>,
+    mut rx: Group<(pb::AuthorizeRequest, Reply)>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let in_flight = Arc::new(Semaphore::new(clients.len().max(1)));
@@ -97,24 +97,14 @@ async fn dispatch(
                 Err(_) => return,
             },
         };
-        let first = tokio::select! {
+        let group = tokio::select! {
             () = &mut shutdown => return,
-            first = rx.recv() => match first {
-                Some(first) => first,
+            group = rx.next() => match group {
+                Some(group) => group,
                 None => return,
             },
         };
-        let mut requests = vec![first.0];
-        let mut replies = vec![first.1];
-        while requests.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok((request, reply)) => {
-                    requests.push(request);
-                    replies.push(reply);
-                }
-                Err(_) => break,
-            }
-        }
+        let (requests, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
         let mut client = clients[next % clients.len()].clone();
         next = next.wrapping_add(1);
         tokio::spawn(async move {

@@ -17,31 +17,25 @@ impl Sequencer {
     /// Commits queued appends until `shutdown`; then refuses new ones
     /// (callers get UNAVAILABLE), commits what was already queued, and
     /// returns.
-    pub async fn run(
-        self,
-        queue: mpsc::Receiver<Job>,
-        max_batch: usize,
-        shutdown: impl std::future::Future<Output = ()>,
-    ) {
-        let _ = self.run_until_lost(queue, max_batch, shutdown).await;
+    pub async fn run(self, queue: Group<Job>, shutdown: impl std::future::Future<Output = ()>) {
+        let _ = self.run_until_lost(queue, shutdown).await;
     }
 
     /// Like [`Sequencer::run`], but hands the queue back if a write fails on
     /// the locked connection (the role may be lost): the caller steps down.
     pub async fn run_until_lost(
         mut self,
-        mut queue: mpsc::Receiver<Job>,
-        max_batch: usize,
+        mut queue: Group<Job>,
         shutdown: impl std::future::Future<Output = ()>,
-    ) -> Option<mpsc::Receiver<Job>> {
+    ) -> Option<Group<Job>> {
         tokio::pin!(shutdown);
         let mut stopping = false;
         loop {
-            let first = if stopping {
-                queue.recv().await
+            let jobs = if stopping {
+                queue.next().await
             } else {
                 tokio::select! {
-                    job = queue.recv() => job,
+                    jobs = queue.next() => jobs,
                     () = &mut shutdown => {
                         stopping = true;
                         queue.close();
@@ -49,18 +43,7 @@ impl Sequencer {
                     }
                 }
             };
-            let Some(first) = first else { break };
-            let mut count = first.records.len();
-            let mut jobs = vec![first];
-            while count < max_batch {
-                match queue.try_recv() {
-                    Ok(job) => {
-                        count += job.records.len();
-                        jobs.push(job);
-                    }
-                    Err(_) => break,
-                }
-            }
+            let Some(jobs) = jobs else { break };
             if !self.commit(jobs).await && self.locked.is_some() && !stopping {
                 return Some(queue);
             }

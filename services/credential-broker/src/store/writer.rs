@@ -16,6 +16,7 @@
 
 use std::sync::Arc;
 
+use steward_batch::{Group, limits};
 use steward_db::{Engine, Placeholders, on_backend};
 use steward_evidence::EvidenceRecord;
 use steward_outbox::{Forwarder, OutboxTransaction};
@@ -26,8 +27,6 @@ use super::{
     lease_from_row,
 };
 
-/// Most changes in one transaction.
-const MAX_BATCH: usize = 256;
 /// Rows per multi-row INSERT.
 const CHUNK: usize = 40;
 /// Revocations kept for live watchers that are briefly behind; one further
@@ -37,14 +36,47 @@ const LIVE_BUFFER: usize = 16_384;
 /// Builds a revoked lease's evidence record.
 pub type RevocationEvidence = Arc<dyn Fn(&Lease) -> EvidenceRecord + Send + Sync>;
 /// Builds a renewed lease's evidence record.
-pub type RenewalEvidence = Box<dyn FnOnce(&Lease) -> EvidenceRecord + Send>;
+pub type RenewalEvidence = Box<dyn Fn(&Lease) -> EvidenceRecord + Send>;
+
+/// Where one change's result goes once its batch is durable: each kind of
+/// change carries an answer of its own type, so no caller can be answered
+/// with another kind's result.
+struct Answer<T> {
+    reply: oneshot::Sender<Result<T, StoreError>>,
+    result: Result<T, StoreError>,
+}
+
+impl<T> Answer<T> {
+    fn new() -> (Self, oneshot::Receiver<Result<T, StoreError>>) {
+        let (reply, receiver) = oneshot::channel();
+        let unapplied = StoreError::Storage("the lease writer did not apply the change".into());
+        let answer = Self {
+            reply,
+            result: Err(unapplied),
+        };
+        (answer, receiver)
+    }
+
+    /// Answers with the applied result, or with `failed` when the batch's
+    /// transaction did not commit.
+    fn send(self, failed: Option<&StoreError>) {
+        let result = match failed {
+            Some(error) => Err(error.clone()),
+            None => self.result,
+        };
+        // A caller that gave up is fine: the change stands.
+        let _ = self.reply.send(result);
+    }
+}
 
 /// One change.
 enum Change {
     /// A new lease and its evidence.
     Issue {
         lease: Box<Lease>,
-        evidence: Box<EvidenceRecord>,
+        /// Taken into the transaction when applied.
+        evidence: Option<Box<EvidenceRecord>>,
+        answer: Answer<Lease>,
     },
     /// Moves an active lease's expiry to `expires_at_ns` (checked against
     /// its max); `evidence` sees the renewed lease.
@@ -52,10 +84,15 @@ enum Change {
         lease_id: String,
         expires_at_ns: i64,
         evidence: RenewalEvidence,
+        answer: Answer<Lease>,
     },
     /// Evidence of something that changed no lease (an allowed issuance
     /// that was refused after all).
-    Record { evidence: Box<EvidenceRecord> },
+    Record {
+        /// Taken into the transaction when applied.
+        evidence: Option<Box<EvidenceRecord>>,
+        answer: Answer<()>,
+    },
     /// Ends every lease of `lease_ids` that is still active.
     Revoke {
         lease_ids: Vec<String>,
@@ -63,6 +100,7 @@ enum Change {
         by: String,
         reason: String,
         evidence: RevocationEvidence,
+        answer: Answer<Vec<Lease>>,
     },
 }
 
@@ -77,24 +115,22 @@ impl Change {
             }
         )
     }
-}
 
-/// What a change did.
-#[derive(Debug)]
-enum Applied {
-    Issued(Lease),
-    Renewed(Lease),
-    /// The leases this change ended (not those already ended).
-    Revoked(Vec<Lease>),
-    Recorded,
+    /// Answers the change's caller (with `failed` if its batch did not
+    /// commit).
+    fn answer(self, failed: Option<&StoreError>) {
+        match self {
+            Self::Issue { answer, .. } | Self::Renew { answer, .. } => answer.send(failed),
+            Self::Record { answer, .. } => answer.send(failed),
+            Self::Revoke { answer, .. } => answer.send(failed),
+        }
+    }
 }
-
-type Reply = oneshot::Sender<Result<Applied, StoreError>>;
 
 /// The queue in front of the writer task, and the live revocation feed.
 #[derive(Clone)]
 pub struct Writer {
-    queue: mpsc::Sender<(Change, Reply)>,
+    queue: mpsc::Sender<Change>,
     live: broadcast::Sender<Arc<RevocationEntry>>,
 }
 
@@ -114,7 +150,7 @@ impl Writer {
     ) -> Result<(Self, impl std::future::Future<Output = ()> + Send + 'static), StoreError> {
         let store = Store::new(store.database().writer());
         let last = store.last_sequence().await?;
-        let (queue, rx) = mpsc::channel(4 * MAX_BATCH);
+        let (queue, rx) = steward_batch::queue(limits::LEASE_CHANGES);
         let (live, _) = broadcast::channel(LIVE_BUFFER);
         let task = run(store, last, rx, live.clone(), forwarder, shutdown);
         Ok((Self { queue, live }, task))
@@ -122,14 +158,13 @@ impl Writer {
 
     /// Issues `lease`: durable with its evidence when this returns.
     pub async fn issue(&self, lease: Lease, evidence: EvidenceRecord) -> Result<Lease, StoreError> {
+        let (answer, result) = Answer::new();
         let change = Change::Issue {
             lease: Box::new(lease),
-            evidence: Box::new(evidence),
+            evidence: Some(Box::new(evidence)),
+            answer,
         };
-        match self.submit(change).await? {
-            Applied::Issued(lease) => Ok(lease),
-            _ => Err(out_of_kind()),
-        }
+        self.submit(change, result).await
     }
 
     /// Moves an active lease's expiry to `expires_at_ns`, within its max;
@@ -140,27 +175,25 @@ impl Writer {
         expires_at_ns: i64,
         evidence: RenewalEvidence,
     ) -> Result<Lease, StoreError> {
+        let (answer, result) = Answer::new();
         let change = Change::Renew {
             lease_id,
             expires_at_ns,
             evidence,
+            answer,
         };
-        match self.submit(change).await? {
-            Applied::Renewed(lease) => Ok(lease),
-            _ => Err(out_of_kind()),
-        }
+        self.submit(change, result).await
     }
 
     /// Records evidence of something that changed no lease (an allowed
     /// issuance that was refused after all).
     pub async fn record(&self, evidence: EvidenceRecord) -> Result<(), StoreError> {
+        let (answer, result) = Answer::new();
         let change = Change::Record {
-            evidence: Box::new(evidence),
+            evidence: Some(Box::new(evidence)),
+            answer,
         };
-        match self.submit(change).await? {
-            Applied::Recorded => Ok(()),
-            _ => Err(out_of_kind()),
-        }
+        self.submit(change, result).await
     }
 
     /// Ends, as `state`, every lease of `lease_ids` that is still active;
@@ -173,28 +206,27 @@ impl Writer {
         reason: &str,
         evidence: RevocationEvidence,
     ) -> Result<Vec<Lease>, StoreError> {
+        let (answer, result) = Answer::new();
         let change = Change::Revoke {
             lease_ids,
             state,
             by: by.to_owned(),
             reason: reason.to_owned(),
             evidence,
+            answer,
         };
-        match self.submit(change).await? {
-            Applied::Revoked(ended) => Ok(ended),
-            _ => Err(out_of_kind()),
-        }
+        self.submit(change, result).await
     }
 
-    /// Applies one change once it is durable with its evidence.
-    async fn submit(&self, change: Change) -> Result<Applied, StoreError> {
+    /// Queues one change and waits until it is durable with its evidence.
+    async fn submit<T>(
+        &self,
+        change: Change,
+        result: oneshot::Receiver<Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         let stopped = || StoreError::Storage("the lease writer has stopped".into());
-        let (reply, answer) = oneshot::channel();
-        self.queue
-            .send((change, reply))
-            .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        self.queue.send(change).await.map_err(|_| stopped())?;
+        result.await.map_err(|_| stopped())?
     }
 
     /// Revocations committed from now on.
@@ -203,39 +235,25 @@ impl Writer {
     }
 }
 
-/// A writer that answered a change with another kind's result: a bug, and
-/// never the caller's fault.
-fn out_of_kind() -> StoreError {
-    StoreError::Storage("the lease writer answered out of kind".into())
-}
-
 async fn run(
     store: Store,
     mut last: i64,
-    mut rx: mpsc::Receiver<(Change, Reply)>,
+    mut rx: Group<Change>,
     live: broadcast::Sender<Arc<RevocationEntry>>,
     forwarder: Option<Forwarder>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     tokio::pin!(shutdown);
     loop {
-        let first = tokio::select! {
+        let batch = tokio::select! {
             () = &mut shutdown => return,
-            job = rx.recv() => match job { Some(job) => job, None => return },
+            group = rx.next() => match group { Some(group) => group, None => return },
         };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
         // Expiries (the reaper's bulk changes) commit after, and apart from,
         // what callers are waiting for: an issuance never waits for 200
         // expired leases and their evidence in its own transaction. Each
         // kind keeps its order; no caller's change concerns an expiry.
-        let (expiries, calls): (Vec<_>, Vec<_>) =
-            batch.into_iter().partition(|(c, _)| c.is_expiry());
+        let (expiries, calls): (Vec<_>, Vec<_>) = batch.into_iter().partition(Change::is_expiry);
         for part in [calls, expiries] {
             if !part.is_empty() {
                 last = commit(&store, last, part, &live, forwarder.as_ref()).await;
@@ -249,13 +267,12 @@ async fn run(
 async fn commit(
     store: &Store,
     mut last: i64,
-    batch: Vec<(Change, Reply)>,
+    mut batch: Vec<Change>,
     live: &broadcast::Sender<Arc<RevocationEntry>>,
     forwarder: Option<&Forwarder>,
 ) -> i64 {
-    let (changes, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-    match store.apply(changes, last).await {
-        Ok((results, revoked)) => {
+    match store.apply(&mut batch, last).await {
+        Ok(revoked) => {
             if let Some(forwarder) = forwarder {
                 forwarder.wake();
             }
@@ -264,34 +281,36 @@ async fn commit(
                 // No receivers is fine: nobody is watching.
                 let _ = live.send(Arc::new(entry));
             }
-            for (reply, result) in replies.into_iter().zip(results) {
-                let _ = reply.send(result);
+            for change in batch {
+                change.answer(None);
             }
         }
         Err(error) => {
-            tracing::error!(%error, batch = replies.len(), "lease batch failed");
+            tracing::error!(%error, batch = batch.len(), "lease batch failed");
             // Another writer (a replica on the same PostgreSQL) may
             // have numbered revocations meanwhile.
             if let Ok(found) = store.last_sequence().await {
                 last = found;
             }
-            for reply in replies {
-                let _ = reply.send(Err(error.clone()));
+            for change in batch {
+                change.answer(Some(&error));
             }
         }
     }
     last
 }
 
-type Outcome = (Vec<Result<Applied, StoreError>>, Vec<RevocationEntry>);
-
 impl Store {
-    /// Applies `changes` in order in one transaction. The outer error means
+    /// Applies `changes` in order in one transaction, setting each one's
+    /// answer; returns the revocation log's new rows. An error means
     /// nothing was applied.
-    async fn apply(&self, changes: Vec<Change>, last: i64) -> Result<Outcome, StoreError> {
+    async fn apply(
+        &self,
+        changes: &mut [Change],
+        last: i64,
+    ) -> Result<Vec<RevocationEntry>, StoreError> {
         let now_ns = crate::now_ns();
-        let mut results = Vec::with_capacity(changes.len());
-        let mut issued: Vec<Lease> = Vec::new();
+        let mut issued: Vec<&Lease> = Vec::new();
         let mut evidence: Vec<EvidenceRecord> = Vec::new();
         let mut revoked: Vec<RevocationEntry> = Vec::new();
         let mut sequence = last;
@@ -299,19 +318,20 @@ impl Store {
             let mut tx = pool.begin_with(<Db as Engine>::BEGIN_WRITE).await?;
             for change in changes {
                 match change {
-                    Change::Issue { lease, evidence: record } => {
-                        issued.push((*lease).clone());
-                        evidence.push(*record);
-                        results.push(Ok(Applied::Issued(*lease)));
+                    Change::Issue { lease, evidence: record, answer } => {
+                        let lease: &Lease = lease;
+                        answer.result = Ok(lease.clone());
+                        issued.push(lease);
+                        evidence.extend(record.take().map(|r| *r));
                     }
-                    Change::Record { evidence: record } => {
-                        evidence.push(*record);
-                        results.push(Ok(Applied::Recorded));
+                    Change::Record { evidence: record, answer } => {
+                        evidence.extend(record.take().map(|r| *r));
+                        answer.result = Ok(());
                     }
-                    Change::Renew { lease_id, expires_at_ns, evidence: record } => {
+                    Change::Renew { lease_id, expires_at_ns, evidence: record, answer } => {
                         let sql = format!("SELECT {LEASE_COLUMNS} FROM leases WHERE lease_id = $1");
                         let found = match sqlx::query::<Db>(sqlx::AssertSqlSafe(sql))
-                            .bind(&lease_id)
+                            .bind(&*lease_id)
                             .fetch_optional(&mut *tx)
                             .await?
                         {
@@ -322,23 +342,23 @@ impl Store {
                             None => Err(StoreError::NotFound(format!(
                                 "lease_id: lease {lease_id} does not exist"
                             ))),
-                            Some(lease) if let Some(why) = lease.renewal_refused(now_ns, expires_at_ns) => {
+                            Some(lease) if let Some(why) = lease.renewal_refused(now_ns, *expires_at_ns) => {
                                 Err(StoreError::FailedPrecondition(why))
                             }
                             Some(mut lease) => {
                                 sqlx::query::<Db>("UPDATE leases SET expires_at_ns = $1 WHERE lease_id = $2")
-                                    .bind(expires_at_ns)
-                                    .bind(&lease_id)
+                                    .bind(*expires_at_ns)
+                                    .bind(&*lease_id)
                                     .execute(&mut *tx)
                                     .await?;
-                                lease.expires_at_ns = expires_at_ns;
+                                lease.expires_at_ns = *expires_at_ns;
                                 evidence.push(record(&lease));
-                                Ok(Applied::Renewed(lease))
+                                Ok(lease)
                             }
                         };
-                        results.push(result);
+                        answer.result = result;
                     }
-                    Change::Revoke { lease_ids, state, by, reason, evidence: record } => {
+                    Change::Revoke { lease_ids, state, by, reason, evidence: record, answer } => {
                         let mut ended = Vec::new();
                         for chunk in lease_ids.chunks(CHUNK * 10) {
                             let sql = format!(
@@ -362,18 +382,18 @@ impl Store {
                                 <Db as Placeholders>::list(chunk.len(), 5)
                             );
                             let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql))
-                                .bind(state as i64)
+                                .bind(*state as i64)
                                 .bind(now_ns)
-                                .bind(&by)
-                                .bind(&reason);
+                                .bind(&*by)
+                                .bind(&*reason);
                             for id in chunk {
                                 query = query.bind(id);
                             }
                             query.execute(&mut *tx).await?;
                         }
-                        let ended = Revocation { state, by: &by, reason: &reason, at_ns: now_ns }
-                            .applied(ended, &record, &mut sequence, &mut evidence, &mut revoked);
-                        results.push(Ok(Applied::Revoked(ended)));
+                        let ended = Revocation { state: *state, by, reason, at_ns: now_ns }
+                            .applied(ended, record, &mut sequence, &mut evidence, &mut revoked);
+                        answer.result = Ok(ended);
                     }
                 }
             }
@@ -392,7 +412,7 @@ impl Store {
             tx.enqueue_all(&evidence).await?;
             tx.commit().await?;
         });
-        Ok((results, revoked))
+        Ok(revoked)
     }
 }
 

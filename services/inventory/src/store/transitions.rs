@@ -11,6 +11,7 @@
 use crate::changes::Changed;
 use std::collections::HashMap;
 
+use steward_batch::{Group, limits};
 use steward_db::{Placeholders, on_backend};
 use steward_evidence::EvidenceRecord;
 use steward_outbox::OutboxTransaction;
@@ -20,9 +21,6 @@ use uuid::Uuid;
 use super::{COLUMNS, Columns, Engine, Store, check_version, not_found, read_identity};
 use crate::domain::{ChangeContext, Error, Identity, Nanos, State, now_ns};
 use crate::evidence;
-
-/// Most transitions in one transaction.
-const MAX_BATCH: usize = 256;
 
 /// A requested lifecycle change.
 #[derive(Debug, Clone)]
@@ -66,7 +64,7 @@ impl Transitions {
         store: Store,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> (Self, impl std::future::Future<Output = ()> + Send + 'static) {
-        let (queue, rx) = mpsc::channel(4 * MAX_BATCH);
+        let (queue, rx) = steward_batch::queue(limits::TRANSITIONS);
         (Self { queue }, run(store, rx, shutdown))
     }
 
@@ -88,22 +86,15 @@ impl Transitions {
 
 async fn run(
     store: Store,
-    mut rx: mpsc::Receiver<(TransitionRequest, Reply)>,
+    mut rx: Group<(TransitionRequest, Reply)>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     tokio::pin!(shutdown);
     loop {
-        let first = tokio::select! {
+        let batch = tokio::select! {
             () = &mut shutdown => return,
-            job = rx.recv() => match job { Some(job) => job, None => return },
+            batch = rx.next() => match batch { Some(batch) => batch, None => return },
         };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
         let (requests, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
         match store.apply_transitions(&requests).await {
             Ok(results) => {
