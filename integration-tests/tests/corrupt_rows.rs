@@ -1,12 +1,16 @@
 //! A stored value this version cannot read is an error, never a default:
-//! a lease whose kind or state code is unknown, or an identity whose state
-//! is not a state, is DATA_LOSS through the public API (an unknown kind
-//! used to read as an API token, an unknown state as expired). Once the
-//! row is mended the same call answers again.
+//! a lease whose kind or state code is unknown, an identity whose state
+//! is not a state, an open signal of no known kind, or a policy set whose
+//! version is negative is DATA_LOSS through the public API (an unknown
+//! kind used to read as an API token, an unknown state as expired, an
+//! unknown signal was skipped from the risk score, a negative version read
+//! as 0). Once the row is mended the same call answers again.
 
 use steward_integration_tests::broker::{BROKER_POLICIES, SOAR, task};
 use steward_integration_tests::inventory::{create, spec};
 use steward_integration_tests::{TestStack, execute_sql};
+use steward_proto::steward::authority::v1 as authority;
+use steward_proto::steward::authority::v1::authority_service_client::AuthorityServiceClient;
 use steward_proto::steward::broker::v1 as broker;
 use steward_proto::steward::inventory::v1 as inventory;
 use tonic::Code;
@@ -96,4 +100,93 @@ async fn an_identity_in_no_known_state_is_data_loss_not_a_default() {
     )
     .await;
     client.get_identity(get).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_signal_of_no_known_kind_is_data_loss_not_skipped_from_the_score() {
+    let stack = TestStack::start().await;
+    let mut client = stack.inventory().await;
+    let identity = create(&mut client, spec("corrupt-signal")).await;
+    let signal = |summary: &str| inventory::AddSignalRequest {
+        identity_id: identity.id.clone(),
+        kind: inventory::SignalKind::Dormant as i32,
+        severity: inventory::Severity::High as i32,
+        source: "scanner".into(),
+        summary: summary.into(),
+        ..Default::default()
+    };
+    let first = client
+        .add_signal(signal("unused for 90 days"))
+        .await
+        .unwrap()
+        .into_inner()
+        .signal
+        .unwrap();
+    let database = &stack.configs["inventory"].database;
+    let at = format!("WHERE id = '{}'", first.id);
+    execute_sql(
+        database,
+        &format!("UPDATE signals SET kind = 'haunted' {at}"),
+    )
+    .await;
+
+    // Scoring reads every open signal: the unreadable one fails the call,
+    // and the second signal is not stored.
+    data_loss(
+        client.add_signal(signal("still unused")).await.unwrap_err(),
+        "haunted",
+    );
+    let listed = |client: &mut steward_integration_tests::inventory::Client| {
+        let request = inventory::ListSignalsRequest {
+            identity_id: identity.id.clone(),
+            ..Default::default()
+        };
+        let mut client = client.clone();
+        async move { client.list_signals(request).await }
+    };
+    data_loss(listed(&mut client).await.unwrap_err(), "haunted");
+
+    execute_sql(
+        database,
+        &format!("UPDATE signals SET kind = 'dormant' {at}"),
+    )
+    .await;
+    let signals = listed(&mut client).await.unwrap().into_inner().signals;
+    assert_eq!(
+        signals.len(),
+        1,
+        "the refused signal was stored: {signals:?}"
+    );
+    client.add_signal(signal("still unused")).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_set_with_a_negative_version_is_data_loss_not_version_zero() {
+    let stack = TestStack::start().await;
+    let version = stack.activate_policies("", true).await;
+    let mut client =
+        AuthorityServiceClient::new(stack.service("authority").channel(&stack.operator).await);
+    let database = &stack.configs["authority"].database;
+    execute_sql(
+        database,
+        &format!("UPDATE policy_sets SET version = -7 WHERE version = {version}"),
+    )
+    .await;
+    let listed = client
+        .list_policy_sets(authority::ListPolicySetsRequest::default())
+        .await;
+    data_loss(listed.unwrap_err(), "-7");
+
+    execute_sql(
+        database,
+        &format!("UPDATE policy_sets SET version = {version} WHERE version = -7"),
+    )
+    .await;
+    let sets = client
+        .list_policy_sets(authority::ListPolicySetsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .policy_sets;
+    assert!(sets.iter().any(|s| s.version == version), "{sets:?}");
 }

@@ -204,6 +204,12 @@ pub fn store_status(error: StoreError) -> Status {
             tracing::error!(error = %detail, "authority storage is full");
             Status::resource_exhausted(steward_db::FULL)
         }
+        StoreError::Corrupt(detail) => {
+            tracing::error!(error = %detail, "authority storage holds a value it cannot read");
+            Status::data_loss(
+                "authority's storage holds a value it cannot read; nothing was changed",
+            )
+        }
     }
 }
 

@@ -38,6 +38,9 @@ pub enum StoreError {
     /// The disk (or the database's cap) is full.
     #[error("storage full: {0}")]
     StorageFull(String),
+    /// A stored value this version cannot read: an error, never a default.
+    #[error("corrupt: {0}")]
+    Corrupt(String),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -58,8 +61,9 @@ impl From<steward_outbox::OutboxError> for StoreError {
     }
 }
 
-fn to_u64(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
+/// A stored version; a negative one is a corrupt row, never version 0.
+fn to_u64(v: i64) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("stored version {v} is not valid")))
 }
 
 fn to_i64(v: u64) -> i64 {
@@ -68,9 +72,11 @@ fn to_i64(v: u64) -> i64 {
 
 type Row = (i64, String, String, String, String, i64);
 
-fn stored((version, policies, description, ids, uploaded_by, created_at_ns): Row) -> StoredSet {
-    StoredSet {
-        version: to_u64(version),
+fn stored(
+    (version, policies, description, ids, uploaded_by, created_at_ns): Row,
+) -> Result<StoredSet, StoreError> {
+    Ok(StoredSet {
+        version: to_u64(version)?,
         policies,
         description,
         policy_ids: ids
@@ -80,7 +86,7 @@ fn stored((version, policies, description, ids, uploaded_by, created_at_ns): Row
             .collect(),
         uploaded_by,
         created_at_ns,
-    }
+    })
 }
 
 const COLUMNS: &str = "version, policies, description, policy_ids, uploaded_by, created_at_ns";
@@ -172,9 +178,10 @@ impl Store {
                 .bind(now_ns)
                 .execute(&mut *tx)
                 .await?;
-            tx.enqueue_all(&[evidence(to_u64(next))]).await?;
+            let version = to_u64(next)?;
+            tx.enqueue_all(&[evidence(version)]).await?;
             tx.commit().await?;
-            to_u64(next)
+            version
         });
         Ok(version)
     }
@@ -196,7 +203,7 @@ impl Store {
                 .fetch_optional(pool)
                 .await?
         });
-        row.map(stored).ok_or_else(|| {
+        row.map(stored).transpose()?.ok_or_else(|| {
             StoreError::NotFound(format!("version: {} {version} does not exist", kind.noun()))
         })
     }
@@ -217,7 +224,7 @@ impl Store {
                 .fetch_all(pool)
                 .await?
         });
-        Ok(rows.into_iter().map(stored).collect())
+        rows.into_iter().map(stored).collect()
     }
 
     /// The active version, if any.
@@ -229,7 +236,7 @@ impl Store {
                 .fetch_optional(pool)
                 .await?
         });
-        Ok(version.map(to_u64))
+        version.map(to_u64).transpose()
     }
 
     /// The version a rollback would activate: the one active before the
@@ -242,7 +249,7 @@ impl Store {
                 .fetch_optional(pool)
                 .await?
         });
-        Ok(previous.map_or(0, to_u64))
+        previous.map_or(Ok(0), to_u64)
     }
 
     /// Activates `version` (which must exist); `None` activates the version
@@ -264,7 +271,10 @@ impl Store {
             let current: Option<(i64, i64)> = sqlx::query_as::<Db, (i64, i64)>(sqlx::AssertSqlSafe(sql))
             .fetch_optional(&mut *tx)
             .await?;
-            let (current, before) = current.map_or((0, 0), |(v, p)| (to_u64(v), to_u64(p)));
+            let (current, before) = match current {
+                Some((v, p)) => (to_u64(v)?, to_u64(p)?),
+                None => (0, 0),
+            };
             let target = match version {
                 Some(v) => v,
                 None if before == 0 => {
@@ -293,7 +303,7 @@ impl Store {
                 .bind(to_i64(target))
                 .fetch_optional(&mut *tx)
                 .await?;
-                earlier.map_or(0, to_u64)
+                earlier.map_or(Ok(0), to_u64)?
             } else {
                 current
             };

@@ -33,7 +33,10 @@ fn lines(list: &str) -> Vec<String> {
 }
 
 fn corrupt(what: &str, value: &str) -> StoreError {
-    StoreError::Storage(format!("unreadable {what} {value:?} in the database"))
+    StoreError::Corrupt(format!(
+        "stored {what} {} is not valid",
+        steward_errors::shown(value)
+    ))
 }
 
 macro_rules! col {
@@ -58,13 +61,15 @@ macro_rules! approval_of {
             incident_ref: col!(row, "incident_ref"),
             requester: col!(row, "requester"),
             reason: col!(row, "reason"),
-            approvals_required: u32::try_from(required).unwrap_or(u32::MAX),
+            approvals_required: u32::try_from(required)
+                .map_err(|_| corrupt("approval count", &required.to_string()))?,
             approver: col!(row, "approver"),
             suggested_reviewers: lines(&reviewers),
             window_start: col!(row, "window_start"),
             window_end: col!(row, "window_end"),
             claim_by: col!(row, "claim_by"),
-            policy_set_version: u64::try_from(version).unwrap_or(0),
+            policy_set_version: u64::try_from(version)
+                .map_err(|_| corrupt("policy set version", &version.to_string()))?,
             decision_id: col!(row, "decision_id"),
             correlation_id: col!(row, "correlation_id"),
             state: ApprovalState::parse(&state).ok_or_else(|| corrupt("approval state", &state))?,

@@ -171,8 +171,7 @@ impl Store {
                 .fetch_all(pool)
                 .await?
         });
-        Ok(rows
-            .into_iter()
+        rows.into_iter()
             .map(
                 |(
                     id,
@@ -185,19 +184,25 @@ impl Store {
                     detail,
                     approval_request_id,
                     at,
-                )| ResponseAction {
-                    id,
-                    signal_id,
-                    identity_id,
-                    rule_id,
-                    rule_version: u64::try_from(rule_version).unwrap_or(0),
-                    action,
-                    outcome,
-                    detail,
-                    approval_request_id,
-                    at,
+                )| {
+                    Ok(ResponseAction {
+                        id,
+                        signal_id,
+                        identity_id,
+                        rule_id,
+                        rule_version: u64::try_from(rule_version).map_err(|_| {
+                            StoreError::Corrupt(format!(
+                                "stored rule version {rule_version} is not valid"
+                            ))
+                        })?,
+                        action,
+                        outcome,
+                        detail,
+                        approval_request_id,
+                        at,
+                    })
                 },
             )
-            .collect())
+            .collect()
     }
 }

@@ -124,6 +124,14 @@ macro_rules! lock_identity {
     }};
 }
 
+/// A stored open signal's kind and severity; a value this build does not
+/// know is a corrupt row, not a signal to skip.
+pub(super) fn open_signal(kind: &str, severity: &str) -> Result<(SignalKind, Severity), Error> {
+    let kind = SignalKind::parse(kind).ok_or_else(|| corrupt("signal kind", kind))?;
+    let severity = Severity::parse(severity).ok_or_else(|| corrupt("severity", severity))?;
+    Ok((kind, severity))
+}
+
 /// Recomputes the identity's stored signal score from its open signals.
 macro_rules! refresh_signal_score {
     ($tx:expr, $db:ty, $id:expr) => {{
@@ -136,8 +144,8 @@ macro_rules! refresh_signal_score {
         .await?;
         let open: Vec<(SignalKind, Severity)> = open
             .iter()
-            .filter_map(|(k, s)| Some((SignalKind::parse(k)?, Severity::parse(s)?)))
-            .collect();
+            .map(|(k, s)| $crate::store::activity::open_signal(k, s))
+            .collect::<Result<_, Error>>()?;
         let (score, summary) = signal_part(&open);
         sqlx::query::<$db>(
             "UPDATE identities SET signal_score = $1, signal_summary = $2 WHERE id = $3",

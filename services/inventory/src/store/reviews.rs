@@ -149,8 +149,8 @@ macro_rules! close_overdue {
             .await?;
             let open: Vec<(SignalKind, Severity)> = open
                 .iter()
-                .filter_map(|(k, s)| Some((SignalKind::parse(k)?, Severity::parse(s)?)))
-                .collect();
+                .map(|(k, s)| super::activity::open_signal(k, s))
+                .collect::<Result<_, Error>>()?;
             let (score, summary) = signal_part(&open);
             sqlx::query::<$db>(
                 "UPDATE identities SET signal_score = $1, signal_summary = $2 WHERE id = $3",
@@ -164,7 +164,7 @@ macro_rules! close_overdue {
             records.push(evidence::record(
                 $context,
                 "review.flag",
-                Some((&target, Kind::parse(kind).unwrap_or(Kind::Other))),
+                Some((&target, Kind::parse(kind).ok_or_else(|| corrupt("kind", kind))?)),
                 "not attested by the access review deadline",
                 [
                     ("campaign_id", id.clone()),
