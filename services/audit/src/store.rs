@@ -87,12 +87,12 @@ pub struct StoredEntry {
 }
 
 impl StoredEntry {
-    fn from_row((idx, leaf, leaf_hash): (i64, String, Vec<u8>)) -> Self {
-        Self {
-            index: to_u64(idx),
+    fn from_row((idx, leaf, leaf_hash): (i64, String, Vec<u8>)) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            index: to_u64(idx)?,
             leaf,
             leaf_hash,
-        }
+        })
     }
 }
 
@@ -151,8 +151,10 @@ fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn to_u64(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
+/// A stored index or size; a negative one is a corrupt row, never 0.
+fn to_u64(v: i64) -> Result<u64, sqlx::Error> {
+    u64::try_from(v)
+        .map_err(|_| sqlx::Error::Decode(format!("stored index {v} is negative").into()))
 }
 
 impl Store {
@@ -184,8 +186,7 @@ impl Store {
                 .fetch_all(pool)
                 .await?
         });
-        Ok(rows
-            .into_iter()
+        rows.into_iter()
             .map(
                 |(
                     idx,
@@ -199,23 +200,25 @@ impl Store {
                     human_subject,
                     action,
                     correlation_id,
-                )| ScannedEntry {
-                    index: to_u64(idx),
-                    leaf_hash,
-                    columns: IndexColumns {
-                        record_id,
-                        leaf,
-                        time_ns,
-                        incident_ref,
-                        nhi_id,
-                        workload,
-                        human_subject,
-                        action,
-                        correlation_id,
-                    },
+                )| {
+                    Ok(ScannedEntry {
+                        index: to_u64(idx)?,
+                        leaf_hash,
+                        columns: IndexColumns {
+                            record_id,
+                            leaf,
+                            time_ns,
+                            incident_ref,
+                            nhi_id,
+                            workload,
+                            human_subject,
+                            action,
+                            correlation_id,
+                        },
+                    })
                 },
             )
-            .collect())
+            .collect()
     }
 
     /// `(record_id, index, leaf_hash)` of the given record ids already logged.
@@ -239,10 +242,9 @@ impl Store {
                 }
                 query.fetch_all(pool).await?
             });
-            found.extend(
-                rows.into_iter()
-                    .map(|(id, idx, hash)| (id, to_u64(idx), hash)),
-            );
+            for (id, idx, hash) in rows {
+                found.push((id, to_u64(idx)?, hash));
+            }
         }
         Ok(found)
     }
@@ -297,7 +299,7 @@ impl Store {
                 .fetch_all(pool)
                 .await?
         });
-        Ok(rows.into_iter().map(StoredEntry::from_row).collect())
+        rows.into_iter().map(StoredEntry::from_row).collect()
     }
 
     /// Entries matching `filter` with index in `[after, below)`, oldest first.
@@ -332,7 +334,7 @@ impl Store {
                 .fetch_all(pool)
                 .await?
         });
-        Ok(rows.into_iter().map(StoredEntry::from_row).collect())
+        rows.into_iter().map(StoredEntry::from_row).collect()
     }
 
     pub async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, sqlx::Error> {
@@ -341,11 +343,14 @@ impl Store {
         let row: Option<(i64, Vec<u8>, String)> = on_backend!(&self.db, pool, Db => {
             sqlx::query_as::<Db, (i64, Vec<u8>, String)>(SQL).fetch_optional(pool).await?
         });
-        Ok(row.map(|(size, root_hash, note)| StoredCheckpoint {
-            tree_size: to_u64(size),
-            root_hash,
-            note,
-        }))
+        row.map(|(size, root_hash, note)| {
+            Ok(StoredCheckpoint {
+                tree_size: to_u64(size)?,
+                root_hash,
+                note,
+            })
+        })
+        .transpose()
     }
 
     /// Records a published checkpoint (a checkpoint for a size already
