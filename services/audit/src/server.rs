@@ -36,8 +36,9 @@ impl AuditServer {
     }
 }
 
+/// A refused field: named in the message and in a `google.rpc.BadRequest`.
 fn invalid(error: FieldError) -> Status {
-    Status::invalid_argument(error.to_string())
+    steward_errors::invalid(error.field, error.reason).into()
 }
 
 fn status(error: LogError) -> Status {
@@ -105,9 +106,11 @@ fn page_token(token: &str, floor: u64) -> Result<u64, Status> {
         .ok()
         .filter(|t| *t >= floor)
         .ok_or_else(|| {
-            Status::invalid_argument(
-                "page_token: not a token from a previous response to this request",
+            steward_errors::invalid(
+                "page_token",
+                "not a token from a previous response to this request",
             )
+            .into()
         })
 }
 
@@ -135,7 +138,7 @@ impl AuditService for AuditServer {
         let record = request
             .into_inner()
             .record
-            .ok_or_else(|| Status::invalid_argument("record: is required"))?;
+            .ok_or_else(|| steward_errors::invalid("record", "is required"))?;
         let record = record_from_proto(record).map_err(invalid)?;
         let mut results = self
             .log
@@ -156,9 +159,11 @@ impl AuditService for AuditServer {
         let by = appended_by(&request)?;
         let records = request.into_inner().records;
         if records.len() > MAX_BATCH {
-            return Err(Status::invalid_argument(format!(
-                "records: at most {MAX_BATCH} per batch"
-            )));
+            return Err(steward_errors::invalid(
+                "records",
+                format!("at most {MAX_BATCH} per batch"),
+            )
+            .into());
         }
         // Validate everything first; only valid records reach the sequencer.
         let mut slots: Vec<Result<usize, FieldError>> = Vec::with_capacity(records.len());
@@ -260,7 +265,7 @@ impl AuditService for AuditServer {
             Some(pb::get_inclusion_proof_request::Leaf::Index(index)) => index,
             Some(pb::get_inclusion_proof_request::Leaf::LeafHash(hash)) => {
                 let Ok(hash) = steward_evidence::Hash::try_from(hash.as_slice()) else {
-                    return Err(Status::invalid_argument("leaf_hash: must be 32 bytes"));
+                    return Err(steward_errors::invalid("leaf_hash", "must be 32 bytes").into());
                 };
                 self.log
                     .index_of(&hash)
@@ -271,7 +276,7 @@ impl AuditService for AuditServer {
                         ))
                     })?
             }
-            None => return Err(Status::invalid_argument("leaf: give index or leaf_hash")),
+            None => return Err(steward_errors::invalid("leaf", "give index or leaf_hash").into()),
         };
         let hashes = self.log.inclusion_proof(index, tree_size).map_err(status)?;
         let leaf_hash = self.log.leaf(index).map(|h| h.to_vec()).unwrap_or_default();
@@ -290,13 +295,14 @@ impl AuditService for AuditServer {
         let request = request.into_inner();
         let second = self.resolve_size(request.second_size, "second_size")?;
         if request.first_size == 0 {
-            return Err(Status::invalid_argument("first_size: must be at least 1"));
+            return Err(steward_errors::invalid("first_size", "must be at least 1").into());
         }
         if request.first_size > second {
-            return Err(Status::invalid_argument(format!(
-                "first_size: {} is larger than second_size {second}",
-                request.first_size
-            )));
+            return Err(steward_errors::invalid(
+                "first_size",
+                format!("{} is larger than second_size {second}", request.first_size),
+            )
+            .into());
         }
         let hashes = self
             .log
@@ -326,10 +332,11 @@ impl AuditService for AuditServer {
             )));
         }
         if request.start_index > end {
-            return Err(Status::invalid_argument(format!(
-                "start_index: {} is after end_index {end}",
-                request.start_index
-            )));
+            return Err(steward_errors::invalid(
+                "start_index",
+                format!("{} is after end_index {end}", request.start_index),
+            )
+            .into());
         }
         let start = page_token(&request.page_token, request.start_index)?;
         let limit = page_size(request.page_size);
@@ -368,7 +375,7 @@ impl AuditService for AuditServer {
         if let (Some(since), Some(until)) = (filter.since_ns, filter.until_ns)
             && since > until
         {
-            return Err(Status::invalid_argument("since: is after until"));
+            return Err(steward_errors::invalid("since", "is after until").into());
         }
         let after = page_token(&request.page_token, 0)?;
         let limit = page_size(request.page_size);

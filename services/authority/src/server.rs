@@ -341,7 +341,7 @@ impl AuthorityService for AuthorityServer {
         let actor = self.actor(&request)?;
         let r = request.into_inner();
         if r.version == 0 {
-            return Err(Status::invalid_argument("version: is required"));
+            return Err(steward_errors::invalid("version", "is required").into());
         }
         let (set, previous) = self.switch(Some(r.version), &actor, &r.reason).await?;
         Ok(Response::new(pb::ActivatePolicySetResponse {
@@ -381,13 +381,17 @@ impl AuthorityService for AuthorityServer {
         let actor = self.actor(&request)?;
         let requests = request.into_inner().requests;
         if requests.is_empty() {
-            return Err(Status::invalid_argument("requests: is required"));
+            return Err(steward_errors::invalid("requests", "is required").into());
         }
         if requests.len() > MAX_AUTHORIZE_BATCH {
-            return Err(Status::invalid_argument(format!(
-                "requests: {} requests; at most {MAX_AUTHORIZE_BATCH} in one batch",
-                requests.len()
-            )));
+            return Err(steward_errors::invalid(
+                "requests",
+                format!(
+                    "{} requests; at most {MAX_AUTHORIZE_BATCH} in one batch",
+                    requests.len()
+                ),
+            )
+            .into());
         }
         // Concurrently, as separate calls would be: one request waiting
         // for inventory's facts does not hold up the rest.
@@ -419,11 +423,11 @@ impl AuthorityService for AuthorityServer {
         let actor = self.actor(&request)?;
         let r = request.into_inner();
         if r.version == 0 {
-            return Err(Status::invalid_argument("version: is required"));
+            return Err(steward_errors::invalid("version", "is required").into());
         }
         let asked = r
             .request
-            .ok_or_else(|| Status::invalid_argument("request: is required"))?;
+            .ok_or_else(|| steward_errors::invalid("request", "is required"))?;
         let (req, decision, version, _) =
             self.decide(&asked, "request.", &actor, r.version).await?;
         Ok(Response::new(pb::DryRunResponse {
@@ -439,7 +443,7 @@ impl AuthorityService for AuthorityServer {
         let r = request.into_inner();
         let asked = r
             .request
-            .ok_or_else(|| Status::invalid_argument("request: is required"))?;
+            .ok_or_else(|| steward_errors::invalid("request", "is required"))?;
         let version = if r.version == 0 {
             self.shared.active().version
         } else {
@@ -609,7 +613,7 @@ impl AuthorityService for AuthorityServer {
         let actor = self.actor(&request)?;
         let r = request.into_inner();
         if r.version == 0 {
-            return Err(Status::invalid_argument("version: is required"));
+            return Err(steward_errors::invalid("version", "is required").into());
         }
         let (rule_set, previous_version) = self
             .switch_rules(&actor, Some(r.version), &r.reason)

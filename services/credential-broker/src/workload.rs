@@ -453,9 +453,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         let selectors = Self::attest(&request)?;
         let r = request.into_inner();
         if r.audience.is_empty() || r.audience.iter().any(String::is_empty) {
-            return Err(Status::invalid_argument(
-                "audience: at least one is required",
-            ));
+            return Err(steward_errors::invalid("audience", "at least one is required").into());
         }
         let mut entries = self.entries(selectors).await?;
         if !r.spiffe_id.is_empty() {
@@ -521,10 +519,10 @@ impl SpiffeWorkloadApi for WorkloadApi {
         Self::attest(&request)?;
         let r = request.into_inner();
         if r.audience.is_empty() {
-            return Err(Status::invalid_argument("audience: is required"));
+            return Err(steward_errors::invalid("audience", "is required").into());
         }
         if r.svid.is_empty() {
-            return Err(Status::invalid_argument("svid: is required"));
+            return Err(steward_errors::invalid("svid", "is required").into());
         }
         let keys = VerifyingKeys::from_jwks(&self.issuer.authorities().jwks)
             .map_err(|e| Status::internal(e.to_string()))?;
@@ -534,14 +532,14 @@ impl SpiffeWorkloadApi for WorkloadApi {
             leeway_secs: 0,
         };
         let claims = jwt::verify(&r.svid, &keys, &validation, now_ns() / NS)
-            .map_err(|e| Status::invalid_argument(format!("svid: {e}")))?;
+            .map_err(|e| steward_errors::invalid("svid", format!("{e}")))?;
         let subject = steward_identity::SpiffeId::parse(&claims.subject).map_err(|e| {
-            Status::invalid_argument(format!("svid: its subject is not a SPIFFE ID: {e}"))
+            steward_errors::invalid("svid", format!("its subject is not a SPIFFE ID: {e}"))
         })?;
         if subject.trust_domain() != self.issuer.own.trust_domain() {
-            return Err(Status::invalid_argument(
-                "svid: its subject is not of this trust domain",
-            ));
+            return Err(
+                steward_errors::invalid("svid", "its subject is not of this trust domain").into(),
+            );
         }
         Ok(Response::new(pb::ValidateJwtsvidResponse {
             spiffe_id: claims.subject,

@@ -21,11 +21,10 @@ use crate::domain::{
     self, ChangeContext, Error, FieldError, Identity, MAX_NAME, MAX_TEXT, UPDATABLE, now_ns,
     optional, parse_id, required,
 };
-use crate::import::{self, Defaults, Format};
+use crate::import::{self, Defaults};
 use crate::store::activity::{Permission, Signal};
 use crate::store::import::DriftKind;
 use crate::store::registration::RegistrationEntry;
-use crate::store::reports::Report;
 use crate::store::reviews::{Attestation, Campaign, Decision};
 use crate::store::transitions::{TransitionRequest, Transitions};
 use crate::store::{Store, page_size};
@@ -83,7 +82,7 @@ impl InventoryServer {
 /// never returned.
 pub fn status(error: Error) -> Status {
     match error {
-        Error::Invalid(e) => Status::invalid_argument(e.to_string()),
+        Error::Invalid(e) => invalid(e),
         Error::NotFound(m) => Status::not_found(m),
         Error::AlreadyExists(m) => Status::already_exists(m),
         Error::FailedPrecondition(m) => Status::failed_precondition(m),
@@ -106,8 +105,9 @@ pub fn status(error: Error) -> Status {
     }
 }
 
+/// A refused field: named in the message and in a `google.rpc.BadRequest`.
 fn invalid(e: FieldError) -> Status {
-    Status::invalid_argument(e.to_string())
+    steward_errors::invalid(e.field, e.reason).into()
 }
 
 /// The verified caller and the request's change context.
@@ -163,36 +163,6 @@ fn observed(field: &str, ts: Option<&prost_types::Timestamp>) -> Result<i64, Sta
     }
 }
 
-fn report(value: i32) -> Result<Report, Status> {
-    match pb::PostureReport::try_from(value) {
-        Ok(pb::PostureReport::Stale) => Ok(Report::Stale),
-        Ok(pb::PostureReport::Orphaned) => Ok(Report::Orphaned),
-        Ok(pb::PostureReport::OverPrivileged) => Ok(Report::OverPrivileged),
-        Ok(pb::PostureReport::Expiring) => Ok(Report::Expiring),
-        Ok(pb::PostureReport::ExpiredButActive) => Ok(Report::ExpiredButActive),
-        Ok(pb::PostureReport::Shared) => Ok(Report::Shared),
-        Ok(pb::PostureReport::NoExpiry) => Ok(Report::NoExpiry),
-        Ok(pb::PostureReport::LongLivedSecret) => Ok(Report::LongLivedSecret),
-        Ok(pb::PostureReport::Unspecified) => Err(Status::invalid_argument("report: is required")),
-        Err(_) => Err(Status::invalid_argument(format!(
-            "report: {value} is not a known PostureReport"
-        ))),
-    }
-}
-
-fn format(value: i32) -> Result<Format, Status> {
-    match pb::ImportFormat::try_from(value) {
-        Ok(pb::ImportFormat::AwsIamCredentialReport) => Ok(Format::AwsIamCredentialReport),
-        Ok(pb::ImportFormat::KubernetesServiceAccounts) => Ok(Format::KubernetesServiceAccounts),
-        Ok(pb::ImportFormat::Csv) => Ok(Format::Csv),
-        Ok(pb::ImportFormat::Json) => Ok(Format::Json),
-        Ok(pb::ImportFormat::Unspecified) => Err(Status::invalid_argument("format: is required")),
-        Err(_) => Err(Status::invalid_argument(format!(
-            "format: {value} is not a known ImportFormat"
-        ))),
-    }
-}
-
 #[tonic::async_trait]
 impl InventoryService for InventoryServer {
     type WatchIdentityChangesStream =
@@ -226,7 +196,7 @@ impl InventoryService for InventoryServer {
             .get_ref()
             .identity
             .as_ref()
-            .ok_or_else(|| Status::invalid_argument("identity: is required"))?;
+            .ok_or_else(|| steward_errors::invalid("identity", "is required"))?;
         let spec = spec(wire).map_err(invalid)?;
         let now = now_ns();
         let identity = Identity {
@@ -285,24 +255,32 @@ impl InventoryService for InventoryServer {
         let id = id("id", &r.id)?;
         let wire = r
             .identity
-            .ok_or_else(|| Status::invalid_argument("identity: is required"))?;
+            .ok_or_else(|| steward_errors::invalid("identity", "is required"))?;
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
         if paths.is_empty() {
-            return Err(Status::invalid_argument(
-                "update_mask: name at least one field to change",
-            ));
+            return Err(steward_errors::invalid(
+                "update_mask",
+                "name at least one field to change",
+            )
+            .into());
         }
         for path in &paths {
             if matches!(path.as_str(), "kind" | "source_system" | "external_id") {
-                return Err(Status::invalid_argument(format!(
-                    "update_mask: {path} cannot change; it identifies the credential in its source"
-                )));
+                return Err(steward_errors::invalid(
+                    "update_mask",
+                    format!("{path} cannot change; it identifies the credential in its source"),
+                )
+                .into());
             }
             if !UPDATABLE.contains(&path.as_str()) {
-                return Err(Status::invalid_argument(format!(
-                    "update_mask: {} is not an updatable IdentitySpec field",
-                    steward_errors::shown(path)
-                )));
+                return Err(steward_errors::invalid(
+                    "update_mask",
+                    format!(
+                        "{} is not an updatable IdentitySpec field",
+                        steward_errors::shown(path)
+                    ),
+                )
+                .into());
             }
         }
         let updated = self
@@ -503,7 +481,7 @@ impl InventoryService for InventoryServer {
             .await
             .map_err(|e| match e {
                 crate::domain::Error::Invalid(_) => {
-                    Status::invalid_argument("after_id: is not a signal id")
+                    steward_errors::invalid("after_id", "is not a signal id").into()
                 }
                 other => status(other),
             })?;

@@ -176,10 +176,11 @@ impl AuthorityServer {
             Ok(pb::ApprovalState::Expired) => Some(ApprovalState::Expired),
             Ok(pb::ApprovalState::Cancelled) => Some(ApprovalState::Cancelled),
             Err(_) => {
-                return Err(Status::invalid_argument(format!(
-                    "state: {} is not an approval state",
-                    r.state
-                )));
+                return Err(steward_errors::invalid(
+                    "state",
+                    format!("{} is not an approval state", r.state),
+                )
+                .into());
             }
         }
         .map(ApprovalState::as_str);
@@ -219,9 +220,11 @@ impl AuthorityServer {
             Ok(pb::Verdict::Approve) => Verdict::Approve,
             Ok(pb::Verdict::Deny) => Verdict::Deny,
             _ => {
-                return Err(Status::invalid_argument(
-                    "verdict: must be VERDICT_APPROVE or VERDICT_DENY",
-                ));
+                return Err(steward_errors::invalid(
+                    "verdict",
+                    "must be VERDICT_APPROVE or VERDICT_DENY",
+                )
+                .into());
             }
         };
         let reason = reason_field("reason", &r.reason)?;
@@ -318,10 +321,11 @@ impl AuthorityServer {
             Ok(pb::GrantState::Revoked) => Some(GrantState::Revoked),
             Ok(pb::GrantState::IncidentClosed) => Some(GrantState::IncidentClosed),
             Err(_) => {
-                return Err(Status::invalid_argument(format!(
-                    "state: {} is not a grant state",
-                    r.state
-                )));
+                return Err(steward_errors::invalid(
+                    "state",
+                    format!("{} is not a grant state", r.state),
+                )
+                .into());
             }
         }
         .map(GrantState::as_str);
@@ -390,7 +394,7 @@ impl AuthorityServer {
         let actor = self.actor(&request)?;
         let r = request.into_inner();
         if r.incident_ref.trim().is_empty() {
-            return Err(Status::invalid_argument("incident_ref: is required"));
+            return Err(steward_errors::invalid("incident_ref", "is required").into());
         }
         optional_text("incident_ref", &r.incident_ref)?;
         let reason = reason_field("reason", &r.reason)?;

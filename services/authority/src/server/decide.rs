@@ -436,14 +436,18 @@ fn approval_request(
 ) -> Result<ApprovalRequest, Status> {
     let now = request.context.now;
     if asked.reason.is_empty() {
-        return Err(Status::invalid_argument(
-            "context.reason: is required: this action needs approval, and the approval request states why",
-        ));
+        return Err(steward_errors::invalid(
+            "context.reason",
+            "is required: this action needs approval, and the approval request states why",
+        )
+        .into());
     }
     if asked.claim_by < now {
-        return Err(Status::invalid_argument(
-            "context.claim_by: is in the past; a grant could never be claimed",
-        ));
+        return Err(steward_errors::invalid(
+            "context.claim_by",
+            "is in the past; a grant could never be claimed",
+        )
+        .into());
     }
     let window_end = request.context.window_end;
     Ok(ApprovalRequest {

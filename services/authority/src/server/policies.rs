@@ -44,7 +44,7 @@ impl AuthorityServer {
             0
         } else {
             page_token.parse::<u64>().map_err(|_| {
-                Status::invalid_argument("page_token: not a token from a previous response")
+                steward_errors::invalid("page_token", "not a token from a previous response")
             })?
         };
         let limit = approvals::page(page_size);
@@ -132,35 +132,38 @@ impl AuthorityServer {
         let allowed = self.admit_document(&actor, SetKind::Policies).await?;
         let by = actor.name().to_owned();
         if r.policies.trim().is_empty() {
-            return Err(Status::invalid_argument("policies: is required"));
+            return Err(steward_errors::invalid("policies", "is required").into());
         }
         if r.policies.len() > 4 * 1024 * 1024 {
-            return Err(Status::invalid_argument("policies: at most 4 MiB"));
+            return Err(steward_errors::invalid("policies", "at most 4 MiB").into());
         }
         if r.description.len() > 1024 {
-            return Err(Status::invalid_argument("description: at most 1024 bytes"));
+            return Err(steward_errors::invalid("description", "at most 1024 bytes").into());
         }
         let set = CompiledSet::compile(&self.shared.engine, &r.policies).map_err(|errors| {
             let first = &errors[0];
-            Status::invalid_argument(format!(
-                "policies: line {}, column {}{}: {}{}",
-                first.line,
-                first.column,
-                if first.policy_id.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (policy {})", first.policy_id)
-                },
-                first.message,
-                if errors.len() > 1 {
-                    format!(
-                        " (and {} more; ValidatePolicySet lists them all)",
-                        errors.len() - 1
-                    )
-                } else {
-                    String::new()
-                }
-            ))
+            steward_errors::invalid(
+                "policies",
+                format!(
+                    "line {}, column {}{}: {}{}",
+                    first.line,
+                    first.column,
+                    if first.policy_id.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (policy {})", first.policy_id)
+                    },
+                    first.message,
+                    if errors.len() > 1 {
+                        format!(
+                            " (and {} more; ValidatePolicySet lists them all)",
+                            errors.len() - 1
+                        )
+                    } else {
+                        String::new()
+                    }
+                ),
+            )
         })?;
         let ids = set.policy_ids();
         let now = now_ns();

@@ -76,29 +76,32 @@ impl AuthorityServer {
         let allowed = self.admit_document(&actor, SetKind::ResponseRules).await?;
         let by = actor.name().to_owned();
         if r.document.trim().is_empty() {
-            return Err(Status::invalid_argument("document: is required"));
+            return Err(steward_errors::invalid("document", "is required").into());
         }
         if r.document.len() > 1024 * 1024 {
-            return Err(Status::invalid_argument("document: at most 1 MiB"));
+            return Err(steward_errors::invalid("document", "at most 1 MiB").into());
         }
         if r.description.len() > 1024 {
-            return Err(Status::invalid_argument("description: at most 1024 bytes"));
+            return Err(steward_errors::invalid("description", "at most 1024 bytes").into());
         }
         let set = RuleSet::parse(&r.document).map_err(|errors| {
             let first = &errors[0];
-            Status::invalid_argument(format!(
-                "document: {}: {}{}",
-                first.path,
-                first.message,
-                if errors.len() > 1 {
-                    format!(
-                        " (and {} more; ValidateResponseRules lists them all)",
-                        errors.len() - 1
-                    )
-                } else {
-                    String::new()
-                }
-            ))
+            steward_errors::invalid(
+                "document",
+                format!(
+                    "{}: {}{}",
+                    first.path,
+                    first.message,
+                    if errors.len() > 1 {
+                        format!(
+                            " (and {} more; ValidateResponseRules lists them all)",
+                            errors.len() - 1
+                        )
+                    } else {
+                        String::new()
+                    }
+                ),
+            )
         })?;
         let ids = set.ids();
         let version = self

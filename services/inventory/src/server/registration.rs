@@ -12,7 +12,7 @@ impl InventoryServer {
         let r = request.into_inner();
         let e = r
             .entry
-            .ok_or_else(|| Status::invalid_argument("entry: is required"))?;
+            .ok_or_else(|| steward_errors::invalid("entry", "is required"))?;
         let spiffe = |field: &str, value: &str| {
             if value.is_empty() {
                 return Err(Status::invalid_argument(format!("{field}: is required")));
@@ -23,10 +23,14 @@ impl InventoryServer {
         let spiffe_id = spiffe("entry.spiffe_id", &e.spiffe_id)?;
         let parent_id = spiffe("entry.parent_id", &e.parent_id)?;
         if spiffe_id.trust_domain() != &self.trust_domain {
-            return Err(Status::invalid_argument(format!(
-                "entry.spiffe_id: must be in this trust domain ({})",
-                self.trust_domain.name()
-            )));
+            return Err(steward_errors::invalid(
+                "entry.spiffe_id",
+                format!(
+                    "must be in this trust domain ({})",
+                    self.trust_domain.name()
+                ),
+            )
+            .into());
         }
         let selectors = selectors_of(&e.selectors)?;
         ttl("entry.x509_svid_ttl", e.x509_svid_ttl)?;
@@ -61,13 +65,15 @@ impl InventoryServer {
         let r = request.into_inner();
         let e = r
             .entry
-            .ok_or_else(|| Status::invalid_argument("entry: is required"))?;
+            .ok_or_else(|| steward_errors::invalid("entry", "is required"))?;
         let entry_id = id("entry.id", &e.id)?;
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
         if paths.is_empty() {
-            return Err(Status::invalid_argument(
-                "update_mask: name what changes (selectors, x509_svid_ttl, jwt_svid_ttl, dns_names)",
-            ));
+            return Err(steward_errors::invalid(
+                "update_mask",
+                "name what changes (selectors, x509_svid_ttl, jwt_svid_ttl, dns_names)",
+            )
+            .into());
         }
         let mut change = EntryChange::default();
         for path in &paths {
@@ -79,10 +85,8 @@ impl InventoryServer {
                 "jwt_svid_ttl" => change.jwt_ttl = Some(ttl("entry.jwt_svid_ttl", e.jwt_svid_ttl)?),
                 "dns_names" => change.dns_names = Some(dns_names("entry.dns_names", &e.dns_names)?),
                 other => {
-                    return Err(Status::invalid_argument(format!(
-                        "update_mask: {} cannot change (selectors, x509_svid_ttl, jwt_svid_ttl, dns_names can)",
-                        steward_errors::shown(other)
-                    )));
+                    return Err(steward_errors::invalid("update_mask", format!("{} cannot change (selectors, x509_svid_ttl, jwt_svid_ttl, dns_names can)",
+                        steward_errors::shown(other))).into());
                 }
             }
         }
@@ -125,7 +129,7 @@ impl InventoryServer {
             } else {
                 Some(
                     SpiffeId::parse(&r.spiffe_id)
-                        .map_err(|e| Status::invalid_argument(format!("spiffe_id: {e}")))?,
+                        .map_err(|e| steward_errors::invalid("spiffe_id", format!("{e}")))?,
                 )
             },
             selector: r
@@ -152,7 +156,7 @@ impl InventoryServer {
     ) -> Result<Response<pb::MatchSelectorsResponse>, Status> {
         let r = request.into_inner();
         if r.selectors.len() > 4 * selector::MAX_SELECTORS {
-            return Err(Status::invalid_argument("selectors: too many"));
+            return Err(steward_errors::invalid("selectors", "too many").into());
         }
         let attested = r
             .selectors

@@ -1,6 +1,8 @@
 //! The posture reports and imports.
 
 use super::*;
+use crate::import::Format;
+use crate::store::reports::Report;
 
 impl InventoryServer {
     pub(super) async fn get_posture_report_impl(
@@ -10,7 +12,7 @@ impl InventoryServer {
         let r = request.into_inner();
         let report = report(r.report)?;
         if r.days > 36_500 {
-            return Err(Status::invalid_argument("days: at most 36500"));
+            return Err(steward_errors::invalid("days", "at most 36500").into());
         }
         let days = if r.days == 0 {
             report.default_days()
@@ -72,7 +74,7 @@ impl InventoryServer {
         let r = request.into_inner();
         let format = format(r.format)?;
         if r.content.is_empty() {
-            return Err(Status::invalid_argument("content: is required"));
+            return Err(steward_errors::invalid("content", "is required").into());
         }
         optional("source_system", &r.source_system, MAX_NAME).map_err(invalid)?;
         optional("environment", &r.environment, MAX_NAME).map_err(invalid)?;
@@ -143,5 +145,43 @@ impl InventoryServer {
             errors,
             dry_run: r.dry_run,
         }))
+    }
+}
+
+fn report(value: i32) -> Result<Report, Status> {
+    match pb::PostureReport::try_from(value) {
+        Ok(pb::PostureReport::Stale) => Ok(Report::Stale),
+        Ok(pb::PostureReport::Orphaned) => Ok(Report::Orphaned),
+        Ok(pb::PostureReport::OverPrivileged) => Ok(Report::OverPrivileged),
+        Ok(pb::PostureReport::Expiring) => Ok(Report::Expiring),
+        Ok(pb::PostureReport::ExpiredButActive) => Ok(Report::ExpiredButActive),
+        Ok(pb::PostureReport::Shared) => Ok(Report::Shared),
+        Ok(pb::PostureReport::NoExpiry) => Ok(Report::NoExpiry),
+        Ok(pb::PostureReport::LongLivedSecret) => Ok(Report::LongLivedSecret),
+        Ok(pb::PostureReport::Unspecified) => {
+            Err(steward_errors::invalid("report", "is required").into())
+        }
+        Err(_) => Err(steward_errors::invalid(
+            "report",
+            format!("{value} is not a known PostureReport"),
+        )
+        .into()),
+    }
+}
+
+fn format(value: i32) -> Result<Format, Status> {
+    match pb::ImportFormat::try_from(value) {
+        Ok(pb::ImportFormat::AwsIamCredentialReport) => Ok(Format::AwsIamCredentialReport),
+        Ok(pb::ImportFormat::KubernetesServiceAccounts) => Ok(Format::KubernetesServiceAccounts),
+        Ok(pb::ImportFormat::Csv) => Ok(Format::Csv),
+        Ok(pb::ImportFormat::Json) => Ok(Format::Json),
+        Ok(pb::ImportFormat::Unspecified) => {
+            Err(steward_errors::invalid("format", "is required").into())
+        }
+        Err(_) => Err(steward_errors::invalid(
+            "format",
+            format!("{value} is not a known ImportFormat"),
+        )
+        .into()),
     }
 }

@@ -15,9 +15,9 @@ impl InventoryServer {
         let now = now_ns();
         let deadline = nanos("deadline", r.deadline.as_ref())
             .map_err(invalid)?
-            .ok_or_else(|| Status::invalid_argument("deadline: is required"))?;
+            .ok_or_else(|| steward_errors::invalid("deadline", "is required"))?;
         if deadline <= now {
-            return Err(Status::invalid_argument("deadline: must be in the future"));
+            return Err(steward_errors::invalid("deadline", "must be in the future").into());
         }
         let mut campaign = Campaign {
             id: Uuid::now_v7(),
@@ -118,28 +118,34 @@ impl InventoryServer {
         match decision {
             Decision::StillNeeded => match new_expires_at {
                 None => {
-                    return Err(Status::invalid_argument(
-                        "new_expire_time: is required when the identity is still needed",
-                    ));
+                    return Err(steward_errors::invalid(
+                        "new_expire_time",
+                        "is required when the identity is still needed",
+                    )
+                    .into());
                 }
                 Some(t) if t <= now_ns() => {
-                    return Err(Status::invalid_argument(
-                        "new_expire_time: must be in the future",
-                    ));
+                    return Err(steward_errors::invalid(
+                        "new_expire_time",
+                        "must be in the future",
+                    )
+                    .into());
                 }
                 Some(_) => {}
             },
             Decision::Revoke => {
                 if r.reason.trim().is_empty() {
-                    return Err(Status::invalid_argument(
-                        "reason: is required when revoking",
-                    ));
+                    return Err(
+                        steward_errors::invalid("reason", "is required when revoking").into(),
+                    );
                 }
             }
             other => {
-                return Err(Status::invalid_argument(format!(
-                    "decision: must be STILL_NEEDED or REVOKE, not {other}"
-                )));
+                return Err(steward_errors::invalid(
+                    "decision",
+                    format!("must be STILL_NEEDED or REVOKE, not {other}"),
+                )
+                .into());
             }
         }
         let item = self

@@ -119,10 +119,11 @@ impl AuthorityServer {
             Ok(pb::ReviewState::Open) => Some(ReviewState::Open.as_str()),
             Ok(pb::ReviewState::Completed) => Some(ReviewState::Completed.as_str()),
             Err(_) => {
-                return Err(Status::invalid_argument(format!(
-                    "state: {} is not a review state",
-                    r.state
-                )));
+                return Err(steward_errors::invalid(
+                    "state",
+                    format!("{} is not a review state", r.state),
+                )
+                .into());
             }
         };
         let now = now_s();
@@ -208,23 +209,29 @@ fn checked(r: &pb::BreakGlassRequest) -> Result<(Uuid, String, i64), Status> {
         "elevate",
     ];
     if !ACTIONS.contains(&r.action.as_str()) {
-        return Err(Status::invalid_argument(format!(
-            "action: {} cannot be taken under break-glass; one of {}",
-            steward_errors::shown(&r.action),
-            ACTIONS.join(", ")
-        )));
+        return Err(steward_errors::invalid(
+            "action",
+            format!(
+                "{} cannot be taken under break-glass; one of {}",
+                steward_errors::shown(&r.action),
+                ACTIONS.join(", ")
+            ),
+        )
+        .into());
     }
     let resource_id = Uuid::try_parse(&r.resource_id)
-        .map_err(|_| Status::invalid_argument("resource_id: is not an identity id (UUID)"))?;
+        .map_err(|_| steward_errors::invalid("resource_id", "is not an identity id (UUID)"))?;
     optional_text("incident_ref", &r.incident_ref)?;
     optional_text("correlation_id", &r.correlation_id)?;
     let reason = reason_field("reason", &r.reason)?;
     let duration = match i64::from(r.duration_seconds) {
         0 => BREAK_GLASS_DEFAULT_SECS,
         d if d > BREAK_GLASS_MAX_SECS => {
-            return Err(Status::invalid_argument(format!(
-                "duration_seconds: at most {BREAK_GLASS_MAX_SECS}"
-            )));
+            return Err(steward_errors::invalid(
+                "duration_seconds",
+                format!("at most {BREAK_GLASS_MAX_SECS}"),
+            )
+            .into());
         }
         d => d,
     };

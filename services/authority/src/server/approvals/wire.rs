@@ -52,8 +52,9 @@ pub(super) fn page_token(token: &str) -> Result<String, Status> {
     if token.is_empty() {
         return Ok(String::new());
     }
-    uuid_field("page_token", token)
-        .map_err(|_| Status::invalid_argument("page_token: not a token from a previous response"))
+    uuid_field("page_token", token).map_err(|_| {
+        steward_errors::invalid("page_token", "not a token from a previous response").into()
+    })
 }
 
 /// Keeps `limit` rows and the token for the next page.

@@ -1,0 +1,118 @@
+//! A refused field is named twice, the same way in every service: first in
+//! the message (`field: reason`, for clients that read only text), then
+//! as a `google.rpc.BadRequest` field violation in the status details, so
+//! a client can point at the field without parsing the message. Each
+//! refusal changes nothing.
+
+use steward_errors::bad_field;
+use steward_integration_tests::TestStack;
+use steward_integration_tests::broker::{BROKER_POLICIES, SOAR, task};
+use steward_proto::steward::audit::v1 as audit;
+use steward_proto::steward::authority::v1 as authority;
+use steward_proto::steward::authority::v1::authority_service_client::AuthorityServiceClient;
+use steward_proto::steward::broker::v1 as broker;
+use steward_proto::steward::inventory::v1 as inventory;
+use tonic::Code;
+use tonic_types::StatusExt as _;
+
+/// `status` refuses `field` in both places, with the same reason.
+fn names(status: &tonic::Status, field: &str) {
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().starts_with(&format!("{field}: ")),
+        "{status:?}"
+    );
+    assert_eq!(bad_field(status).as_deref(), Some(field), "{status:?}");
+    let details = status.get_error_details();
+    let violation = &details
+        .bad_request()
+        .expect("a BadRequest")
+        .field_violations[0];
+    assert_eq!(
+        format!("{}: {}", violation.field, violation.description),
+        status.message()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_names_a_refused_field_in_a_bad_request() {
+    let stack = TestStack::start().await;
+    stack.activate_policies(BROKER_POLICIES, true).await;
+
+    // Audit: a consistency proof from size 0.
+    let mut reader = stack.audit_reader().await;
+    let refused = reader
+        .get_consistency_proof(audit::GetConsistencyProofRequest {
+            first_size: 0,
+            second_size: 0,
+        })
+        .await
+        .unwrap_err();
+    names(&refused, "first_size");
+
+    // Authority: a policy set with no policies.
+    let mut operator =
+        AuthorityServiceClient::new(stack.service("authority").channel(&stack.operator).await);
+    let before = operator
+        .list_policy_sets(authority::ListPolicySetsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .policy_sets
+        .len();
+    let refused = operator
+        .upload_policy_set(authority::UploadPolicySetRequest {
+            policies: String::new(),
+            description: "empty".into(),
+        })
+        .await
+        .unwrap_err();
+    names(&refused, "policies");
+    let after = operator
+        .list_policy_sets(authority::ListPolicySetsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .policy_sets
+        .len();
+    assert_eq!(before, after, "a refused upload stored a version");
+
+    // Inventory: a registration entry update that names no field.
+    let mut inventory = stack.inventory().await;
+    let refused = inventory
+        .update_registration_entry(inventory::UpdateRegistrationEntryRequest {
+            entry: None,
+            update_mask: None,
+            context: None,
+        })
+        .await
+        .unwrap_err();
+    names(&refused, "entry");
+
+    // The broker: a lifetime above its maximum, from a caller allowed to ask.
+    let identity = stack.workload_identity("field-check", "production").await;
+    let mut soar = stack.broker_caller(SOAR).await;
+    let refused = soar
+        .issue_api_token(broker::IssueApiTokenRequest {
+            identity_id: identity.id.clone(),
+            scopes: vec!["ledger:read".into()],
+            ttl_seconds: u32::MAX,
+            task: task("INC-FIELD"),
+        })
+        .await
+        .unwrap_err();
+    names(&refused, "ttl_seconds");
+    let leases = soar
+        .list_leases(broker::ListLeasesRequest {
+            identity_id: identity.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .leases;
+    assert!(
+        leases.is_empty(),
+        "a refused issuance left a lease: {leases:?}"
+    );
+}
