@@ -6,6 +6,7 @@
 //! - [`merkle`]: the RFC 6962 / RFC 9162 Merkle tree, proofs and verifiers;
 //! - [`note`]: C2SP signed notes (Ed25519) and tlog-checkpoints.
 
+pub mod clock;
 pub mod merkle;
 pub mod note;
 pub mod record;

@@ -551,10 +551,7 @@ impl Log {
     }
 }
 
-/// Nanoseconds since the Unix epoch.
-pub fn now_ns() -> i64 {
-    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos()).unwrap_or(i64::MAX)
-}
+pub use steward_evidence::clock::now_ns;
 
 /// The Merkle tree of the log, and which index holds each leaf hash (for
 /// proofs asked by hash). The lookup keeps the first 8 bytes of each hash

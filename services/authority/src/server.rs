@@ -219,15 +219,10 @@ fn caller<T>(request: &Request<T>) -> Result<String, Status> {
         .ok_or_else(|| Status::unauthenticated("no verified peer identity"))
 }
 
-fn now_ns() -> i64 {
-    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos()).unwrap_or(i64::MAX)
-}
+use steward_evidence::clock::now_ns;
 
 fn timestamp(ns: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ns.div_euclid(1_000_000_000),
-        nanos: i32::try_from(ns.rem_euclid(1_000_000_000)).unwrap_or(0),
-    }
+    steward_evidence::clock::timestamp_of_ns(ns)
 }
 
 /// An evidence record of a change `actor` made (its person too), under

@@ -12,8 +12,6 @@ use crate::issuance::{Error, Task};
 use crate::store::rotations::{Rotation, RotationState};
 use crate::store::{Kind, Lease, LeaseState, StoreError};
 
-const NS: i64 = 1_000_000_000;
-
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         let mut status = to_status(&error);
@@ -44,10 +42,7 @@ pub fn caller<T>(request: &Request<T>) -> Result<String, Status> {
 /// Unix nanoseconds as a timestamp; none for 0 (never) and `i64::MAX`
 /// (open-ended).
 pub fn timestamp(ns: i64) -> Option<prost_types::Timestamp> {
-    (ns != 0 && ns != i64::MAX).then(|| prost_types::Timestamp {
-        seconds: ns.div_euclid(NS),
-        nanos: i32::try_from(ns.rem_euclid(NS)).unwrap_or(0),
-    })
+    (ns != 0 && ns != i64::MAX).then(|| steward_evidence::clock::timestamp_of_ns(ns))
 }
 
 pub fn kind_to_pb(kind: Kind) -> i32 {

@@ -45,7 +45,7 @@ use crate::store::{Lease, LeaseState, Store, StoreError};
 pub const TOKEN_PREFIX: &str = "stw_";
 /// Characters of a token kept, after the prefix, as its public reference.
 const TOKEN_REF_CHARS: usize = 8;
-const NS: i64 = 1_000_000_000;
+const NS: i64 = steward_evidence::clock::NANOS_PER_SECOND;
 
 /// The incident and window a credential serves.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -167,10 +167,7 @@ pub const SPEC: ServiceSpec = ServiceSpec {
     field_limits: &[],
 };
 
-/// Unix nanoseconds now.
-pub fn now_ns() -> i64 {
-    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos()).unwrap_or(i64::MAX)
-}
+pub use steward_evidence::clock::now_ns;
 
 /// This service's configuration with its defaults.
 pub fn default_config() -> BrokerConfig {

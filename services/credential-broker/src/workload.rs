@@ -48,7 +48,7 @@ use crate::now_ns;
 pub const SECURITY_HEADER: &str = "workload.spiffe.io";
 /// The soonest a streamed SVID is replaced.
 const MIN_REFRESH: Duration = Duration::from_secs(1);
-const NS: i64 = 1_000_000_000;
+const NS: i64 = steward_evidence::clock::NANOS_PER_SECOND;
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 

@@ -24,12 +24,10 @@ pub const MAX_LABEL_VALUE: usize = 256;
 /// Nanoseconds since the Unix epoch: every stored time.
 pub type Nanos = i64;
 
-pub const NANOS_PER_DAY: i64 = 86_400 * 1_000_000_000;
+pub const NANOS_PER_DAY: i64 = 86_400 * NANOS_PER_SECOND;
+pub use steward_evidence::clock::NANOS_PER_SECOND;
 
-/// Now, in nanoseconds since the epoch.
-pub fn now_ns() -> Nanos {
-    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos()).unwrap_or(i64::MAX)
-}
+pub use steward_evidence::clock::now_ns;
 
 /// Why an inventory operation did not happen. The server maps each variant
 /// to one gRPC status.
@@ -276,7 +274,7 @@ impl IdentitySpec {
             ("last_rotate_time", self.last_rotated_at),
             ("last_use_time", self.last_used_at),
         ] {
-            if time.is_some_and(|t| t > now + 300 * 1_000_000_000) {
+            if time.is_some_and(|t| t > now + 300 * NANOS_PER_SECOND) {
                 return Err(bad(field, "is in the future"));
             }
         }

@@ -31,7 +31,7 @@ use crate::store::{Store, page_size};
 use convert::*;
 
 /// The most a signal or usage time may lie ahead of the server's clock.
-const CLOCK_SKEW_NS: i64 = 300 * 1_000_000_000;
+const CLOCK_SKEW_NS: i64 = 300 * steward_evidence::clock::NANOS_PER_SECOND;
 
 #[derive(Debug, Clone)]
 pub struct InventoryServer {

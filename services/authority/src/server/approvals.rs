@@ -4,7 +4,7 @@ use steward_proto::steward::authority::v1 as pb;
 use tonic::{Request, Status};
 use uuid::Uuid;
 
-use super::{AuthorityServer, caller, now_ns, store_status};
+use super::{AuthorityServer, caller, store_status};
 use crate::approvals::{
     Actor, ApprovalRequest, ApprovalState, BREAK_GLASS_DEFAULT_SECS, BREAK_GLASS_MAX_SECS, Grant,
     GrantState, PostActionReview, Review, ReviewState, Verdict, grant_record, review_record,

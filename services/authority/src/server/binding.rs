@@ -38,7 +38,7 @@ pub(super) const DELEGATING_SERVICES: &[&str] =
 /// The context of a decision about what `actor` itself is doing now, for
 /// `incident_ref` (no task window beyond the moment).
 pub(super) fn own_context(actor: &Actor, incident_ref: &str) -> RequestContext {
-    let now = now_ns() / 1_000_000_000;
+    let now = steward_evidence::clock::now_secs();
     RequestContext {
         incident_ref: incident_ref.to_owned(),
         now,

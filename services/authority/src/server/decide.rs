@@ -47,7 +47,7 @@ impl AuthorityServer {
         let resource = self.asked_resource(r, &field)?;
         let c = r.context.clone().unwrap_or_default();
         context_text(&c, &field)?;
-        let now = now_ns() / 1_000_000_000;
+        let now = steward_evidence::clock::now_secs();
         let window_start =
             seconds(&field("context.window_start"), c.window_start.as_ref())?.unwrap_or(now);
         let window_end =

@@ -17,10 +17,7 @@ use crate::store::reviews::{Campaign, Decision, ReviewItem};
 use crate::store::transitions::Transition;
 
 pub fn timestamp(ns: Nanos) -> Timestamp {
-    Timestamp {
-        seconds: ns.div_euclid(1_000_000_000),
-        nanos: i32::try_from(ns.rem_euclid(1_000_000_000)).unwrap_or(0),
-    }
+    steward_evidence::clock::timestamp_of_ns(ns)
 }
 
 pub fn opt_timestamp(ns: Option<Nanos>) -> Option<Timestamp> {

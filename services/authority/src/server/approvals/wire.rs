@@ -3,7 +3,7 @@
 use super::*;
 
 pub fn now_s() -> i64 {
-    now_ns() / 1_000_000_000
+    steward_evidence::clock::now_secs()
 }
 
 pub(super) fn ts(seconds: i64) -> Option<prost_types::Timestamp> {
