@@ -142,10 +142,7 @@ pub fn service_addr(text: &str) -> Result<(String, String), String> {
 
 /// The SPIFFE ID a Steward service presents.
 pub fn service_id(trust_domain: &TrustDomain, service: &str) -> anyhow::Result<SpiffeId> {
-    Ok(SpiffeId::from_parts(
-        trust_domain,
-        &format!("/service/{service}"),
-    )?)
+    Ok(SpiffeId::service(trust_domain, service)?)
 }
 
 /// A channel to `service` that accepts only that service's SPIFFE ID.

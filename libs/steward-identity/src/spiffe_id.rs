@@ -21,6 +21,8 @@ pub const SCHEME_PREFIX: &str = "spiffe://";
 pub const MAX_SPIFFE_ID_LEN: usize = 2048;
 /// The longest trust domain name, in bytes.
 pub const MAX_TRUST_DOMAIN_LEN: usize = 255;
+/// Where Steward's own services' IDs live in a trust domain.
+const SERVICE_PREFIX: &str = "/service/";
 
 /// Why a string is not a SPIFFE ID or trust domain.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -148,6 +150,19 @@ impl SpiffeId {
         })
     }
 
+    /// The SPIFFE ID Steward service `name` (`inventory`, `authority`,
+    /// `credential-broker`, `audit`) presents in `trust_domain`:
+    /// `spiffe://<trust domain>/service/<name>`. The one place that path
+    /// is spelled.
+    pub fn service(trust_domain: &TrustDomain, name: &str) -> Result<Self, SpiffeIdError> {
+        Self::from_parts(trust_domain, &format!("{SERVICE_PREFIX}{name}"))
+    }
+
+    /// Whether this is Steward service `name`'s ID in `trust_domain`.
+    pub fn is_service(&self, trust_domain: &TrustDomain, name: &str) -> bool {
+        &self.trust_domain == trust_domain && self.path.strip_prefix(SERVICE_PREFIX) == Some(name)
+    }
+
     /// The trust domain the ID belongs to.
     pub fn trust_domain(&self) -> &TrustDomain {
         &self.trust_domain
@@ -267,6 +282,28 @@ mod tests {
         let td = SpiffeId::parse("spiffe://steward.local").unwrap();
         assert_eq!(td.path(), "");
         assert_eq!(td, id.trust_domain().id());
+    }
+
+    #[test]
+    fn a_service_id_is_spelled_and_recognised_in_one_place() {
+        let td = TrustDomain::parse("steward.local").unwrap();
+        let broker = SpiffeId::service(&td, "credential-broker").unwrap();
+        assert_eq!(
+            broker.to_string(),
+            "spiffe://steward.local/service/credential-broker"
+        );
+        assert!(broker.is_service(&td, "credential-broker"));
+        assert!(!broker.is_service(&td, "credential"));
+        assert!(!broker.is_service(
+            &TrustDomain::parse("other.local").unwrap(),
+            "credential-broker"
+        ));
+        let nested = SpiffeId::parse("spiffe://steward.local/service/credential-broker/x").unwrap();
+        assert!(!nested.is_service(&td, "credential-broker"));
+        let workload =
+            SpiffeId::parse("spiffe://steward.local/workload/credential-broker").unwrap();
+        assert!(!workload.is_service(&td, "credential-broker"));
+        assert!(SpiffeId::service(&td, "bad name").is_err());
     }
 
     #[test]

@@ -134,8 +134,7 @@ impl ServiceContext {
         name: &str,
         addr: &str,
     ) -> Result<tonic::transport::Channel, StartError> {
-        let peer =
-            SpiffeId::from_parts(self.spiffe_id.trust_domain(), &format!("/service/{name}"))?;
+        let peer = SpiffeId::service(self.spiffe_id.trust_domain(), name)?;
         steward_identity::connector::connect_lazy(
             self.svid.clone(),
             addr,

@@ -416,12 +416,11 @@ impl CredentialBroker for BrokerServer {
         text("correlation_id", &r.correlation_id, 256, false)?;
         // Authority revoking a closed incident's leases has decided already:
         // closing the incident was its decision.
-        let decided =
-            matches!(
-                r.selector,
-                Some(pb::revoke_leases_request::Selector::IncidentRef(_))
-            ) && SpiffeId::from_parts(self.issuer.own.trust_domain(), "/service/authority")
-                .is_ok_and(|authority| authority.to_string() == caller);
+        let decided = matches!(
+            r.selector,
+            Some(pb::revoke_leases_request::Selector::IncidentRef(_))
+        ) && SpiffeId::parse(&caller)
+            .is_ok_and(|id| id.is_service(self.issuer.own.trust_domain(), "authority"));
         let filter = LeaseFilter {
             state: Some(LeaseState::Active),
             ..selected(r.selector)?

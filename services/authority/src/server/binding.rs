@@ -32,8 +32,7 @@ pub(crate) enum Asking {
 
 /// The Steward services that may ask on behalf of their own callers
 /// without a policy: they authenticated that caller themselves.
-pub(super) const DELEGATING_SERVICES: &[&str] =
-    &["/service/credential-broker", "/service/inventory"];
+pub(super) const DELEGATING_SERVICES: &[&str] = &["credential-broker", "inventory"];
 
 /// The context of a decision about what `actor` itself is doing now, for
 /// `incident_ref` (no task window beyond the moment).
@@ -78,7 +77,9 @@ impl AuthorityServer {
     /// of this trust domain.
     pub(crate) fn is_delegating_service(&self, workload: &str) -> bool {
         SpiffeId::parse(workload).is_ok_and(|id| {
-            id.trust_domain() == self.own_trust_domain() && DELEGATING_SERVICES.contains(&id.path())
+            DELEGATING_SERVICES
+                .iter()
+                .any(|name| id.is_service(self.own_trust_domain(), name))
         })
     }
 

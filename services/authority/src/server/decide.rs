@@ -225,10 +225,8 @@ impl AuthorityServer {
     pub(super) fn records_with_outcome(&self, r: &pb::AuthorizeRequest, actor: &Actor) -> bool {
         r.decision_evidence == pb::DecisionEvidence::WithOutcome as i32
             && actor.human_subject.is_empty()
-            && SpiffeId::parse(&actor.workload).is_ok_and(|id| {
-                id.trust_domain() == self.own_trust_domain()
-                    && id.path() == "/service/credential-broker"
-            })
+            && SpiffeId::parse(&actor.workload)
+                .is_ok_and(|id| id.is_service(self.own_trust_domain(), "credential-broker"))
     }
 
     /// Authorize: decide with each grant that covers the request (its
