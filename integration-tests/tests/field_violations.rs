@@ -53,13 +53,17 @@ async fn every_service_names_a_refused_field_in_a_bad_request() {
     // Authority: a policy set with no policies.
     let mut operator =
         AuthorityServiceClient::new(stack.service("authority").channel(&stack.operator).await);
-    let before = operator
-        .list_policy_sets(authority::ListPolicySetsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .policy_sets
-        .len();
+    let mut lister = operator.clone();
+    let mut versions = async move || {
+        lister
+            .list_policy_sets(authority::ListPolicySetsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .policy_sets
+            .len()
+    };
+    let before = versions().await;
     let refused = operator
         .upload_policy_set(authority::UploadPolicySetRequest {
             policies: String::new(),
@@ -68,13 +72,7 @@ async fn every_service_names_a_refused_field_in_a_bad_request() {
         .await
         .unwrap_err();
     names(&refused, "policies");
-    let after = operator
-        .list_policy_sets(authority::ListPolicySetsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .policy_sets
-        .len();
+    let after = versions().await;
     assert_eq!(before, after, "a refused upload stored a version");
 
     // Inventory: a registration entry update that names no field.

@@ -153,16 +153,37 @@ impl Core {
     }
 
     async fn token(&self, ttl_seconds: u32) -> Result<(Lease, Made), Error> {
+        self.token_for(IDENTITY, ttl_seconds).await
+    }
+
+    async fn token_for(&self, identity_id: &str, ttl_seconds: u32) -> Result<(Lease, Made), Error> {
         let scopes = ["tickets:read".to_owned()];
         self.issuer
             .issue(
                 BOT,
-                IDENTITY,
+                identity_id,
                 Make::Token { scopes: &scopes },
                 ttl_seconds,
                 &task(),
                 now_ns(),
             )
+            .await
+    }
+
+    /// Rotates IDENTITY's API tokens, the old ones kept for `overlap_seconds`.
+    async fn rotate_tokens(&self, overlap_seconds: u32) -> Result<(Rotation, Lease, Made), Error> {
+        let scopes = ["tickets:read".to_owned()];
+        self.issuer
+            .rotate(&rotation::Order {
+                caller: BOT,
+                identity_id: IDENTITY,
+                kind: crate::store::Kind::ApiToken,
+                what: Make::Token { scopes: &scopes },
+                ttl_seconds: 0,
+                overlap_seconds,
+                task: &task(),
+                now: now_ns(),
+            })
             .await
     }
 }
@@ -382,22 +403,8 @@ async fn a_rotation_without_overlap_revokes_the_old_and_confirms_it_rejected() {
     let core = core(|_| Ok(decision(Effect::Allow, "active"))).await;
     let (old, made) = core.token(0).await.unwrap();
     let old_token = made.secret();
-    let scopes = ["tickets:read".to_owned()];
-    let t = task();
-    let (rotation, new, _) = core
-        .issuer
-        .rotate(&rotation::Order {
-            caller: BOT,
-            identity_id: IDENTITY,
-            kind: crate::store::Kind::ApiToken,
-            what: Make::Token { scopes: &scopes },
-            ttl_seconds: 0,
-            overlap_seconds: 0,
-            task: &t,
-            now: now_ns(),
-        })
-        .await
-        .unwrap();
+    let (other, other_token) = core.token_for(OTHER, 0).await.unwrap();
+    let (rotation, new, _) = core.rotate_tokens(0).await.unwrap();
     assert_eq!(rotation.old_lease_ids, vec![old.lease_id.clone()]);
     assert_eq!(rotation.new_lease_id, new.lease_id);
     assert_eq!(
@@ -415,26 +422,16 @@ async fn a_rotation_without_overlap_revokes_the_old_and_confirms_it_rejected() {
         "{actions:?}"
     );
     // Another identity's credentials are not the rotation's.
-    assert!(!rotation.old_lease_ids.iter().any(|id| id == OTHER));
+    assert!(!rotation.old_lease_ids.contains(&other.lease_id));
+    let still = core.issuer.introspect(&other_token.secret()).await.unwrap();
+    assert_eq!(still.map(|l| l.lease_id), Some(other.lease_id));
 }
 
 #[tokio::test]
 async fn an_overlap_beyond_the_maximum_is_refused_before_authority_is_asked() {
     let core = core(|_| Ok(decision(Effect::Allow, "active"))).await;
-    let scopes = ["tickets:read".to_owned()];
-    let t = task();
     let refused = core
-        .issuer
-        .rotate(&rotation::Order {
-            caller: BOT,
-            identity_id: IDENTITY,
-            kind: crate::store::Kind::ApiToken,
-            what: Make::Token { scopes: &scopes },
-            ttl_seconds: 0,
-            overlap_seconds: rotation::MAX_OVERLAP_SECONDS + 1,
-            task: &t,
-            now: now_ns(),
-        })
+        .rotate_tokens(rotation::MAX_OVERLAP_SECONDS + 1)
         .await
         .unwrap_err();
     assert_eq!(refused.field(), Some("overlap_seconds"));
