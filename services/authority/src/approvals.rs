@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use steward_evidence::EvidenceRecord;
 use steward_evidence::record::{MAX_ATTRIBUTE_VALUE, MAX_IDS, MAX_REASON, truncate_utf8};
 
+use crate::SERVICE;
+
 /// A pending approval request lapses after this long unless its window
 /// ends sooner.
 pub const APPROVAL_TTL_SECS: i64 = 4 * 3600;
@@ -182,8 +184,6 @@ impl PostActionReview {
     }
 }
 
-const SERVICE: &str = "authority";
-
 fn attributes(pairs: &[(&str, String)]) -> BTreeMap<String, String> {
     pairs
         .iter()
@@ -312,4 +312,21 @@ pub fn review_record(
         ("completed_by", r.completed_by.clone()),
     ]);
     record
+}
+
+/// The owners an approval's approver predicate points at.
+pub fn suggested_reviewers(approver: &str, facts: &crate::engine::NhiFacts) -> Vec<String> {
+    let names = match approver {
+        "technical_owner" => vec![facts.technical_owner.clone()],
+        "business_owner" => vec![facts.business_owner.clone()],
+        "" => vec![facts.technical_owner.clone(), facts.business_owner.clone()],
+        _ => Vec::new(),
+    };
+    let mut out: Vec<String> = Vec::new();
+    for name in names {
+        if !name.is_empty() && !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
 }

@@ -2,10 +2,14 @@
 //! execute and which identity acts.
 //!
 //! - [`engine`]: the shipped schema, compiled policy sets, sliced decisions;
+//! - [`decide`]: the decision path: a request bound to its verified caller,
+//!   the NHI's facts from inventory (fails closed), grants tried and spent,
+//!   approval requests opened, every decision recorded as evidence;
+//! - [`error`]: what the decision path refuses or fails with;
+//! - [`state`]: what every part shares (engine, store, active policies);
 //! - [`store`]: policy set versions and activations;
-//! - [`server`]: the `steward.authority.v1.AuthorityService` gRPC adapter,
-//!   which reads each NHI's facts from inventory (fails closed) and records
-//!   every decision as evidence;
+//! - [`server`]: the `steward.authority.v1.AuthorityService` gRPC adapter:
+//!   wire checks, calls into `decide` and the stores, errors mapped;
 //! - [`approvals`]: approval requests, grants and break-glass post-action
 //!   reviews, with the evidence each change writes;
 //! - [`closures`]: closing an incident has the broker revoke its leases;
@@ -17,11 +21,14 @@
 pub mod approvals;
 pub mod closures;
 pub mod config;
+pub mod decide;
 pub mod engine;
+pub mod error;
 pub mod facts;
 pub mod humans;
 pub mod rules;
 pub mod server;
+pub mod state;
 pub mod store;
 
 use std::collections::HashMap;
@@ -36,7 +43,7 @@ use tonic::service::Routes;
 
 pub use config::AuthorityConfig;
 use engine::{CompiledSet, DEFAULT_POLICIES, Engine};
-use server::{Active, Shared};
+use state::{Active, Shared};
 use store::SetKind;
 
 const SQLITE_MIGRATIONS: &[MigrationFile] = &[
@@ -118,12 +125,15 @@ macro_rules! rpc {
 /// The largest policy set or response-rule document accepted.
 pub const MAX_DOCUMENT_BYTES: usize = 512 * 1024;
 
+/// The service's name: in its records, its database and its SPIFFE ID.
+pub const SERVICE: &str = "authority";
+
 /// What makes this binary the authority service.
 pub const SPEC: ServiceSpec = ServiceSpec {
-    name: "authority",
+    name: SERVICE,
     default_port: 50052,
     migrations: MigrationSet {
-        service: "authority",
+        service: SERVICE,
         sqlite: SQLITE_MIGRATIONS,
         postgres: POSTGRES_MIGRATIONS,
     },
@@ -382,9 +392,10 @@ async fn follow_activations(shared: Arc<Shared>, shutdown: impl std::future::Fut
                 tracing::info!(version, "another replica activated a policy set; following");
                 shared.set_active(Active { version, set });
             }
-            Err(status) => tracing::error!(
+            Err(e) => tracing::error!(
                 version,
-                message = status.message(),
+                error = %e,
+                detail = ?std::error::Error::source(&e).map(ToString::to_string),
                 "cannot load the active policy set"
             ),
         }

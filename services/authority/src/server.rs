@@ -1,8 +1,8 @@
-//! The gRPC adapter: requests checked and turned into engine requests, NHI
-//! facts read from inventory, decisions recorded as evidence.
+//! The gRPC adapter: requests checked on the wire, the decision path
+//! (`crate::decide`) and the stores called, answers and errors mapped.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use steward_evidence::EvidenceRecord;
 use steward_evidence::record::{
@@ -21,156 +21,64 @@ use uuid::Uuid;
 
 mod admission;
 mod approvals;
-mod binding;
-mod decide;
+mod ask;
 mod evidence;
 mod nhi;
 mod policies;
 mod responder;
 mod rules;
 
-pub(crate) use binding::Standing;
-use binding::{Asking, own_context};
-use evidence::{decision_record, decision_to_pb, note_standing};
+use evidence::decision_to_pb;
 use policies::{errors_to_pb, set_to_pb};
 
-use crate::approvals::{APPROVAL_TTL_SECS, Actor, ApprovalRequest, ApprovalState, Grant};
-use crate::config::AuthorityConfig;
+use crate::approvals::Actor;
+use crate::decide::{Decider, own_context};
 use crate::engine::{
-    CompiledSet, Decision, DecisionRequest, Effect, Engine, NHI_ACTIONS, NhiFacts, PolicyError,
-    Principal, RequestContext, Resource,
+    CompiledSet, DecisionRequest, Effect, NHI_ACTIONS, NhiFacts, PolicyError, Resource,
 };
-use crate::facts::{FactsCache, Lookup};
-use crate::humans::Humans;
-use crate::store::{NewVersion, SetKind, Store, StoreError, StoredSet};
+use crate::error::Error;
+use crate::state::Shared;
+use crate::store::{NewVersion, SetKind, StoreError, StoredSet};
 
-/// The emitting service's name in every record.
-const SERVICE: &str = "authority";
 /// Most requests one `AuthorizeBatch` decides.
 pub const MAX_AUTHORIZE_BATCH: usize = steward_batch::limits::AUTHORIZE_BATCH;
-
-/// The active policy set, compiled.
-#[derive(Debug)]
-pub struct Active {
-    pub version: u64,
-    pub set: Arc<CompiledSet>,
-}
-
-/// What the handlers share.
-#[derive(Debug)]
-pub struct Shared {
-    pub engine: Engine,
-    pub store: Store,
-    pub active: RwLock<Arc<Active>>,
-    /// Compiled versions other than the active one (DryRun, Explain).
-    pub compiled: RwLock<HashMap<u64, Arc<CompiledSet>>>,
-    pub config: AuthorityConfig,
-    /// Verifies humans' bearer tokens.
-    pub humans: Humans,
-    /// This service's own SPIFFE ID (the actor of its sweeps).
-    pub own: SpiffeId,
-    /// The principals that hold an active grant: decisions for anyone else
-    /// skip the grants query. Grants issued here are added at once; the
-    /// set is re-read every two seconds for grants issued by other
-    /// replicas (until then those principals are asked to get approval).
-    pub grant_holders: RwLock<std::collections::HashSet<String>>,
-    /// NHIs' facts, kept coherent with inventory (ADR 0008).
-    pub facts: Arc<FactsCache>,
-    /// Closed incidents the broker must revoke the leases of.
-    pub closures: Arc<crate::closures::Closures>,
-}
-
-impl Shared {
-    /// The service itself, as the actor of its background changes.
-    pub fn own_actor(&self) -> Actor {
-        Actor {
-            workload: self.own.to_string(),
-            ..Actor::default()
-        }
-    }
-
-    /// Whether `principal` may hold an active grant.
-    pub fn may_hold_grant(&self, principal: &str) -> bool {
-        self.grant_holders
-            .read()
-            .map_or(true, |holders| holders.contains(principal))
-    }
-
-    /// Notes a grant issued to `principal`.
-    pub fn holds_grant(&self, principal: &str) {
-        if let Ok(mut holders) = self.grant_holders.write() {
-            holders.insert(principal.to_owned());
-        }
-    }
-
-    /// Re-reads the grant holders from the database.
-    pub async fn refresh_grant_holders(&self) -> Result<(), StoreError> {
-        let holders = self.store.grant_holders().await?;
-        if let Ok(mut slot) = self.grant_holders.write() {
-            *slot = holders;
-        }
-        Ok(())
-    }
-
-    pub fn active(&self) -> Arc<Active> {
-        self.active
-            .read()
-            .map(|a| a.clone())
-            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
-    }
-
-    pub fn set_active(&self, active: Active) {
-        let mut slot = self.active.write().unwrap_or_else(|p| p.into_inner());
-        *slot = Arc::new(active);
-    }
-
-    /// Compiles a stored version (cached).
-    pub async fn compiled(&self, version: u64) -> Result<(u64, Arc<CompiledSet>), Status> {
-        let active = self.active();
-        if version == 0 || version == active.version {
-            return Ok((active.version, active.set.clone()));
-        }
-        if let Some(set) = self
-            .compiled
-            .read()
-            .ok()
-            .and_then(|c| c.get(&version).cloned())
-        {
-            return Ok((version, set));
-        }
-        let stored = self
-            .store
-            .get(SetKind::Policies, version)
-            .await
-            .map_err(store_status)?;
-        let set = CompiledSet::compile(&self.engine, &stored.policies).map_err(|e| {
-            Status::internal(format!(
-                "stored policy set {version} no longer compiles: {:?}",
-                e.first()
-            ))
-        })?;
-        let set = Arc::new(set);
-        if let Ok(mut cache) = self.compiled.write() {
-            cache.insert(version, set.clone());
-        }
-        Ok((version, set))
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct AuthorityServer {
     shared: Arc<Shared>,
+    decider: Decider,
+    /// For the responder's signal feed and transitions.
     inventory: InventoryServiceClient<Channel>,
-    evidence: Batcher,
 }
 
 impl AuthorityServer {
     pub fn new(shared: Arc<Shared>, inventory: Channel, evidence: Batcher) -> Self {
+        let inventory = InventoryServiceClient::new(inventory);
+        let facts = nhi::InventoryFacts(inventory.clone());
         Self {
+            decider: Decider::new(Arc::clone(&shared), Arc::new(facts), evidence),
             shared,
-            inventory: InventoryServiceClient::new(inventory),
-            evidence,
+            inventory,
         }
+    }
+
+    /// One `Authorize`: checked, decided, answered.
+    async fn authorize_one(
+        &self,
+        r: &pb::AuthorizeRequest,
+        actor: &Actor,
+    ) -> Result<pb::Decision, Status> {
+        let decided = self.decider.authorize(self.ask(r, "")?, actor).await?;
+        let mut out = decision_to_pb(
+            &decided.decision,
+            &decided.request,
+            decided.version,
+            &decided.id,
+        );
+        out.grant_id = decided.grant_id.unwrap_or_default();
+        out.approval_request_id = decided.approval_request_id.unwrap_or_default();
+        out.recorded_with_outcome = decided.recorded_with_outcome;
+        Ok(out)
     }
 
     fn own_trust_domain(&self) -> &steward_identity::TrustDomain {
@@ -190,27 +98,14 @@ impl AuthorityServer {
     }
 }
 
-pub fn store_status(error: StoreError) -> Status {
-    match error {
-        StoreError::NotFound(m) => Status::not_found(m),
-        StoreError::FailedPrecondition(m) => Status::failed_precondition(m),
-        StoreError::AlreadyExists(m) => Status::already_exists(m),
-        StoreError::PermissionDenied(m) => Status::permission_denied(m),
-        StoreError::Storage(detail) => {
-            tracing::error!(error = %detail, "authority storage error");
-            Status::unavailable("authority storage is unavailable; retry")
-        }
-        StoreError::StorageFull(detail) => {
-            tracing::error!(error = %detail, "authority storage is full");
-            Status::resource_exhausted(steward_db::FULL)
-        }
-        StoreError::Corrupt(detail) => {
-            tracing::error!(error = %detail, "authority storage holds a value it cannot read");
-            Status::data_loss(
-                "authority's storage holds a value it cannot read; nothing was changed",
-            )
-        }
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        steward_errors::to_status(&error)
     }
+}
+
+pub fn store_status(error: StoreError) -> Status {
+    Error::Store(error).into()
 }
 
 fn caller<T>(request: &Request<T>) -> Result<String, Status> {
@@ -248,23 +143,13 @@ pub fn record(
     reason: &str,
     attributes: BTreeMap<String, String>,
 ) -> EvidenceRecord {
-    let mut record = EvidenceRecord::new(actor, action, SERVICE);
+    let mut record = EvidenceRecord::new(actor, action, crate::SERVICE);
     record.outcome.reason = truncate_utf8(reason.to_owned(), MAX_REASON);
     record.attributes = attributes
         .into_iter()
         .map(|(k, v)| (k, truncate_utf8(v, MAX_ATTRIBUTE_VALUE)))
         .collect();
     record
-}
-
-fn seconds(field: &str, ts: Option<&prost_types::Timestamp>) -> Result<Option<i64>, Status> {
-    match ts {
-        None => Ok(None),
-        Some(t) if !(0..1_000_000_000).contains(&t.nanos) || t.seconds < 0 => Err(
-            Status::invalid_argument(format!("{field}: is not a valid time")),
-        ),
-        Some(t) => Ok(Some(t.seconds)),
-    }
 }
 
 #[tonic::async_trait]
@@ -363,9 +248,9 @@ impl AuthorityService for AuthorityServer {
         request: Request<pb::AuthorizeRequest>,
     ) -> Result<Response<pb::AuthorizeResponse>, Status> {
         let actor = self.actor(&request)?;
-        let r = request.into_inner();
+        let decision = self.authorize_one(request.get_ref(), &actor).await?;
         Ok(Response::new(pb::AuthorizeResponse {
-            decision: Some(self.authorize_with_grants(&r, &actor).await?),
+            decision: Some(decision),
         }))
     }
 
@@ -390,12 +275,9 @@ impl AuthorityService for AuthorityServer {
         }
         // Concurrently, as separate calls would be: one request waiting
         // for inventory's facts does not hold up the rest.
-        let decided = futures_util::future::join_all(
-            requests
-                .iter()
-                .map(|r| self.authorize_with_grants(r, &actor)),
-        )
-        .await;
+        let decided =
+            futures_util::future::join_all(requests.iter().map(|r| self.authorize_one(r, &actor)))
+                .await;
         let results = decided
             .into_iter()
             .map(|decided| pb::AuthorizeResult {
@@ -423,10 +305,19 @@ impl AuthorityService for AuthorityServer {
         let asked = r
             .request
             .ok_or_else(|| steward_errors::invalid("request", "is required"))?;
-        let (req, decision, version, _) =
-            self.decide(&asked, "request.", &actor, r.version).await?;
+        let ask = self.ask(&asked, "request.")?;
+        let considered = self
+            .decider
+            .what_if(ask, &actor, r.version)
+            .await
+            .map_err(|e| e.under("request."))?;
         Ok(Response::new(pb::DryRunResponse {
-            decision: Some(decision_to_pb(&decision, &req, version, &Uuid::nil())),
+            decision: Some(decision_to_pb(
+                &considered.decision,
+                &considered.request,
+                considered.version,
+                &Uuid::nil(),
+            )),
         }))
     }
 
@@ -439,15 +330,17 @@ impl AuthorityService for AuthorityServer {
         let asked = r
             .request
             .ok_or_else(|| steward_errors::invalid("request", "is required"))?;
-        let version = if r.version == 0 {
-            self.shared.active().version
-        } else {
-            r.version
-        };
-        let (req, _, version, set) = self.decide(&asked, "request.", &actor, version).await?;
+        let ask = self.ask(&asked, "request.")?;
+        let considered = self
+            .decider
+            .what_if(ask, &actor, r.version)
+            .await
+            .map_err(|e| e.under("request."))?;
+        let (set, req) = (&considered.set, &considered.request);
+        let policy_error = |e: crate::engine::EngineError| Error::Policy(e.to_string());
         let whole = set
-            .decide_unsliced(&self.shared.engine, &req)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .decide_unsliced(&self.shared.engine, req)
+            .map_err(policy_error)?;
         let deciding = whole
             .policy_ids
             .iter()
@@ -462,10 +355,15 @@ impl AuthorityService for AuthorityServer {
             })
             .collect();
         let slice = set
-            .slice_len(&self.shared.engine, &req)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .slice_len(&self.shared.engine, req)
+            .map_err(policy_error)?;
         Ok(Response::new(pb::ExplainResponse {
-            decision: Some(decision_to_pb(&whole, &req, version, &Uuid::nil())),
+            decision: Some(decision_to_pb(
+                &whole,
+                req,
+                considered.version,
+                &Uuid::nil(),
+            )),
             deciding,
             policies_in_set: u32::try_from(set.len()).unwrap_or(u32::MAX),
             policies_in_slice: u32::try_from(slice).unwrap_or(u32::MAX),

@@ -17,36 +17,10 @@ impl AuthorityServer {
         incident_ref: &str,
         correlation_id: &str,
     ) -> Result<EvidenceDecision, Status> {
-        let request = DecisionRequest {
-            principal: self.principal_of(actor)?,
-            action: action.to_owned(),
-            resource,
-            context: own_context(actor, incident_ref),
-        };
-        let (decision, version) = self.decide_now(&request)?;
-        if decision.effect != Effect::Allow {
-            self.record_decision(
-                Uuid::now_v7(),
-                actor,
-                &request,
-                &decision,
-                version,
-                correlation_id,
-                None,
-                &Standing::Own,
-            )
+        let (decision, version) = self
+            .decider
+            .admit(actor, action, resource, incident_ref, correlation_id)
             .await?;
-            return Err(Status::permission_denied(format!(
-                "{} may not {action} {}: {}",
-                steward_errors::shown(actor.name()),
-                steward_errors::shown(&request.resource.id),
-                if decision.effect == Effect::ApprovalRequired {
-                    "a policy asks for approval, and this action is not taken under a grant"
-                } else {
-                    &decision.reason
-                }
-            )));
-        }
         Ok(EvidenceDecision {
             policy_set_version: version.to_string(),
             effect: EvidenceEffect::Allow,
@@ -97,11 +71,11 @@ impl AuthorityServer {
         let (target, set) = match self.shared.compiled(target).await {
             Ok(found) => found,
             // An unknown version is the store's to refuse, by name.
-            Err(status) if status.code() == tonic::Code::NotFound => return Ok(()),
-            Err(status) => return Err(status),
+            Err(Error::Store(StoreError::NotFound(_))) => return Ok(()),
+            Err(e) => return Err(e.into()),
         };
         let request = DecisionRequest {
-            principal: self.principal_of(actor)?,
+            principal: self.decider.principal_of(actor)?,
             action: "manage_policy".to_owned(),
             resource: self
                 .shared

@@ -8,8 +8,9 @@ use super::{AuthorityServer, caller, store_status};
 use crate::approvals::{
     Actor, ApprovalRequest, ApprovalState, BREAK_GLASS_DEFAULT_SECS, BREAK_GLASS_MAX_SECS, Grant,
     GrantState, PostActionReview, Review, ReviewState, Verdict, grant_record, review_record,
+    suggested_reviewers,
 };
-use crate::engine::{Decision, DecisionRequest, Effect, NhiFacts, Principal, RequestContext};
+use crate::engine::{DecisionRequest, Effect, NhiFacts, RequestContext};
 use crate::store::{Closure, ListFilter, StoreError};
 
 mod breakglass;
@@ -35,28 +36,6 @@ impl AuthorityServer {
         })
     }
 
-    /// The actor as a policy principal.
-    pub(super) fn principal_of(&self, actor: &Actor) -> Result<Principal, Status> {
-        if actor.human_subject.is_empty() {
-            let id = steward_identity::SpiffeId::parse(&actor.workload)
-                .map_err(|e| Status::unauthenticated(e.to_string()))?;
-            Ok(Principal::Workload {
-                groups: self.shared.config.groups_of(&actor.workload),
-                trust_domain: id.trust_domain().name().to_owned(),
-                spiffe_id: actor.workload.clone(),
-            })
-        } else {
-            Ok(Principal::Human {
-                groups: self
-                    .shared
-                    .config
-                    .groups_of(&format!("human:{}", actor.human_subject)),
-                subject: actor.human_subject.clone(),
-                issuer: actor.human_issuer.clone(),
-            })
-        }
-    }
-
     /// Whether `actor` is `owner` (a person's name or a team) or a member
     /// of the group named after it.
     fn is_or_belongs_to(&self, actor: &Actor, owner: &str) -> bool {
@@ -76,17 +55,6 @@ impl AuthorityServer {
         }
     }
 
-    /// The active policies' answer to `principal` doing `action` on
-    /// `facts` outside any grant.
-    pub(super) fn decide_now(&self, request: &DecisionRequest) -> Result<(Decision, u64), Status> {
-        let active = self.shared.active();
-        let decision = active
-            .set
-            .decide(&self.shared.engine, request)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        Ok((decision, active.version))
-    }
-
     /// Checks that `actor` may review `a`: never their own request, a
     /// member of its approver predicate, and allowed to `approve` the
     /// resource by the active policies.
@@ -99,6 +67,7 @@ impl AuthorityServer {
             )));
         }
         let facts = self
+            .decider
             .facts(&Uuid::try_parse(&a.resource_id).map_err(|_| {
                 Status::internal("stored approval request has an unreadable resource id")
             })?)
@@ -124,8 +93,8 @@ impl AuthorityServer {
             )));
         }
         let now = now_s();
-        let (decision, _) = self.decide_now(&DecisionRequest {
-            principal: self.principal_of(actor)?,
+        let (decision, _) = self.decider.decide_now(&DecisionRequest {
+            principal: self.decider.principal_of(actor)?,
             action: "approve".to_owned(),
             resource: facts,
             context: RequestContext {

@@ -114,7 +114,7 @@ impl AuthorityServer {
             .activate_version(SetKind::Policies, version, actor, reason)
             .await?;
         let (_, set) = self.shared.compiled(stored.version).await?;
-        self.shared.set_active(Active {
+        self.shared.set_active(crate::state::Active {
             version: stored.version,
             set,
         });

@@ -25,8 +25,8 @@ use tonic::Status;
 use uuid::Uuid;
 
 use super::AuthorityServer;
-use super::approvals::{now_s, suggested_reviewers};
-use crate::approvals::{ApprovalRequest, ApprovalState, GrantState};
+use super::approvals::now_s;
+use crate::approvals::{ApprovalRequest, ApprovalState, GrantState, suggested_reviewers};
 use crate::rules::{Action, Rule, RuleSet, strictness};
 use crate::store::{ListFilter, ResponseAction, SetKind};
 
@@ -224,7 +224,7 @@ impl AuthorityServer {
         if !matched.is_empty() {
             let id = Uuid::try_parse(&signal.identity_id)
                 .map_err(|_| Status::internal("inventory sent a signal with a bad identity id"))?;
-            let facts = match self.facts(&id).await {
+            let facts = match self.decider.facts(&id).await.map_err(Status::from) {
                 Ok(resource) => resource.facts().clone(),
                 Err(s) if permanent(s.code()) => {
                     tracing::warn!(signal = %signal.id, message = s.message(), "response rules: the signal's identity cannot be read; recorded, not acted on");
@@ -477,7 +477,7 @@ impl AuthorityServer {
         let mut record = EvidenceRecord::new(
             &self.shared.own.to_string(),
             &format!("response.{}", done.action),
-            "authority",
+            crate::SERVICE,
         );
         record.target.nhi_id = done.identity_id.clone();
         record.target.nhi_kind = nhi_kind.to_owned();

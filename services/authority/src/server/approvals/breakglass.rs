@@ -11,10 +11,10 @@ impl AuthorityServer {
         let r = request.into_inner();
         let (resource_id, reason, duration) = checked(&r)?;
         let resource = resource_id.hyphenated().to_string();
-        let facts = self.facts(&resource_id).await?;
+        let facts = self.decider.facts(&resource_id).await?;
         let now = now_s();
         let decision_request = DecisionRequest {
-            principal: self.principal_of(&actor)?,
+            principal: self.decider.principal_of(&actor)?,
             action: "break_glass".to_owned(),
             resource: facts,
             context: RequestContext {
@@ -29,20 +29,18 @@ impl AuthorityServer {
                 ..RequestContext::default()
             },
         };
-        let (decision, version) = self.decide_now(&decision_request)?;
+        let (decision, version) = self.decider.decide_now(&decision_request)?;
         let decision_id = Uuid::now_v7();
         // Every invocation is recorded, refused or not.
-        self.record_decision(
-            decision_id,
-            &actor,
-            &decision_request,
-            &decision,
-            version,
-            &r.correlation_id,
-            None,
-            &crate::server::Standing::Own,
-        )
-        .await?;
+        self.decider
+            .record_decision(
+                decision_id,
+                &actor,
+                &decision_request,
+                (&decision, version),
+                &r.correlation_id,
+            )
+            .await?;
         if decision.effect != Effect::Allow {
             return Err(Status::permission_denied(format!(
                 "{} may not invoke break-glass on {resource}: {}",

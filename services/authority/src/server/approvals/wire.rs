@@ -174,20 +174,3 @@ pub(super) fn review_to_pb(r: &PostActionReview, now: i64) -> pb::PostActionRevi
         create_time: ts(r.created_at),
     }
 }
-
-/// The owners an approval's approver predicate points at.
-pub fn suggested_reviewers(approver: &str, facts: &NhiFacts) -> Vec<String> {
-    let names = match approver {
-        "technical_owner" => vec![facts.technical_owner.clone()],
-        "business_owner" => vec![facts.business_owner.clone()],
-        "" => vec![facts.technical_owner.clone(), facts.business_owner.clone()],
-        _ => Vec::new(),
-    };
-    let mut out: Vec<String> = Vec::new();
-    for name in names {
-        if !name.is_empty() && !out.contains(&name) {
-            out.push(name);
-        }
-    }
-    out
-}
