@@ -8,6 +8,10 @@
 //! misconfiguration that would otherwise surface much later as missing
 //! tables or, worse, shared state.
 
+mod fault;
+
+pub use fault::{FULL, Fault, Source, StorageError, fault_of};
+
 use std::borrow::Cow;
 use std::str::FromStr;
 use std::time::Duration;
@@ -510,53 +514,8 @@ fn recovering(options: SqlitePoolOptions) -> SqlitePoolOptions {
     })
 }
 
-/// What a storage error means for the one who asked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    /// The disk (or the database's size cap) is full: nothing more can be
-    /// written until space is freed. RESOURCE_EXHAUSTED.
-    Full,
-    /// The database or its directory cannot be written.
-    ReadOnly,
-    /// Anything else: down, locked, unreachable. Retry.
-    Unavailable,
-}
-
 /// How long the readiness probe waits for SQLite's write lock.
 pub const PROBE_BUSY_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// What a caller is told when the service's storage is full.
-pub const FULL: &str =
-    "this service's storage is full; nothing was changed; free space on its volume, then retry";
-
-/// Classifies a storage error, on either engine.
-pub fn fault_of(error: &sqlx::Error) -> Fault {
-    match error {
-        sqlx::Error::Database(db) => {
-            let code = db.code();
-            let code = code.as_deref().unwrap_or("");
-            // SQLite's (extended) result codes, numerically; PostgreSQL's
-            // SQLSTATEs.
-            match code.parse::<i32>().map(|c| c & 0xff) {
-                Ok(13) if code.len() < 5 => Fault::Full,
-                Ok(8) if code.len() < 5 => Fault::ReadOnly,
-                _ => match code {
-                    "53100" => Fault::Full,
-                    "25006" => Fault::ReadOnly,
-                    _ => Fault::Unavailable,
-                },
-            }
-        }
-        sqlx::Error::Io(io) => match io.kind() {
-            std::io::ErrorKind::StorageFull => Fault::Full,
-            std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied => {
-                Fault::ReadOnly
-            }
-            _ => Fault::Unavailable,
-        },
-        _ => Fault::Unavailable,
-    }
-}
 
 /// Version 1 of every service database: the start journal.
 const BASELINE: &MigrationFile = &MigrationFile {

@@ -35,6 +35,21 @@ fn service_fault(code: Code) -> bool {
     )
 }
 
+/// `error` and every error below it, outermost first, each told once:
+/// what a log line says of a fault.
+pub fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut told: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if told.last() != Some(&text) {
+            told.push(text);
+        }
+        next = e.source();
+    }
+    told.join(": ")
+}
+
 /// The status for `error`: its code and message. An INVALID_ARGUMENT that
 /// names its field carries a `google.rpc.BadRequest` with that one field
 /// violation, so a client can point at the field without parsing text. A
@@ -45,7 +60,7 @@ pub fn to_status<E: ServiceError + ?Sized>(error: &E) -> Status {
     if service_fault(code)
         && let Some(source) = error.source()
     {
-        tracing::error!(?code, error = %source, "{message}");
+        tracing::error!(?code, error = %causes(source), "{message}");
     }
     match error.field() {
         Some(field) if code == Code::InvalidArgument => {

@@ -35,11 +35,13 @@ pub enum LogError {
     Conflict { record_id: String, index: u64 },
     #[error(transparent)]
     Proof(#[from] ProofError),
-    #[error("storage failed: {0}")]
-    Storage(#[from] sqlx::Error),
-    #[error("the log is shutting down")]
+    #[error(transparent)]
+    Storage(#[from] steward_db::StorageError),
+    #[error("the audit log is shutting down")]
     Stopped,
-    #[error("this replica is not the sequencer; another replica holds the role")]
+    #[error(
+        "this audit replica is not the sequencer; retry, or send appends to the replica that holds the role"
+    )]
     NotSequencer,
     #[error("{0}")]
     Corrupt(String),
@@ -47,6 +49,29 @@ pub enum LogError {
         "the evidence log failed its integrity check at start-up, so audit signs no checkpoint and takes no append: {0}"
     )]
     Untrusted(String),
+}
+
+impl From<sqlx::Error> for LogError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Storage(e.into())
+    }
+}
+
+impl steward_errors::ServiceError for LogError {
+    fn code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            Self::Conflict { .. } => Code::AlreadyExists,
+            Self::Proof(ProofError::SizeBeyondTree { .. } | ProofError::IndexOutOfRange { .. }) => {
+                Code::OutOfRange
+            }
+            Self::Proof(_) => Code::InvalidArgument,
+            Self::Stopped | Self::NotSequencer => Code::Unavailable,
+            Self::Storage(e) => e.code(),
+            // What an auditor needs to find the damage: shown, not hidden.
+            Self::Corrupt(_) | Self::Untrusted(_) => Code::DataLoss,
+        }
+    }
 }
 
 /// The result of appending one record.

@@ -3,7 +3,6 @@
 
 use std::pin::Pin;
 
-use steward_evidence::merkle::ProofError;
 use steward_evidence::record::FieldError;
 use steward_evidence::wire::time_from;
 pub use steward_evidence::wire::{record_from_proto, record_to_proto};
@@ -42,30 +41,10 @@ fn invalid(error: FieldError) -> Status {
 }
 
 fn status(error: LogError) -> Status {
-    match error {
-        LogError::Conflict { .. } => Status::already_exists(error.to_string()),
-        LogError::Proof(ProofError::SizeBeyondTree { .. } | ProofError::IndexOutOfRange { .. }) => {
-            Status::out_of_range(error.to_string())
-        }
-        LogError::Proof(_) => Status::invalid_argument(error.to_string()),
-        LogError::Stopped => Status::unavailable("the audit log is shutting down"),
-        LogError::NotSequencer => Status::unavailable(
-            "this audit replica is not the sequencer; retry, or send appends to the replica that holds the role",
-        ),
-        LogError::Storage(detail) if steward_db::fault_of(&detail) == steward_db::Fault::Full => {
-            tracing::error!(error = %detail, "audit storage is full");
-            Status::resource_exhausted(steward_db::FULL)
-        }
-        LogError::Storage(detail) => {
-            tracing::error!(error = %detail, "audit storage error");
-            Status::unavailable("evidence storage is unavailable; retry")
-        }
-        LogError::Corrupt(detail) => {
-            tracing::error!(error = %detail, "audit log corruption");
-            Status::data_loss(detail)
-        }
-        LogError::Untrusted(_) => Status::data_loss(error.to_string()),
+    if let LogError::Corrupt(detail) = &error {
+        tracing::error!(error = %detail, "audit log corruption");
     }
+    steward_errors::to_status(&error)
 }
 
 fn appended_by<T>(request: &Request<T>) -> Result<String, Status> {

@@ -122,17 +122,7 @@ impl fmt::Display for Error {
                 write!(f, "resource_id: identity {id} does not exist in inventory")
             }
             Self::Unavailable { message, .. } => f.write_str(message),
-            Self::Store(e) => f.write_str(match e {
-                StoreError::NotFound(m)
-                | StoreError::FailedPrecondition(m)
-                | StoreError::AlreadyExists(m)
-                | StoreError::PermissionDenied(m) => m,
-                StoreError::Storage(_) => "authority storage is unavailable; retry",
-                StoreError::StorageFull(_) => steward_db::FULL,
-                StoreError::Corrupt(_) => {
-                    "authority's storage holds a value it cannot read; nothing was changed"
-                }
-            }),
+            Self::Store(e) => e.fmt(f),
         }
     }
 }
@@ -141,9 +131,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Unavailable { detail, .. } | Self::Internal { detail, .. } => Some(detail),
-            Self::Store(
-                e @ (StoreError::Storage(_) | StoreError::StorageFull(_) | StoreError::Corrupt(_)),
-            ) => Some(e),
+            Self::Store(StoreError::Storage(e)) => Some(e),
             _ => None,
         }
     }
@@ -163,9 +151,7 @@ impl ServiceError for Error {
                 StoreError::FailedPrecondition(_) => Code::FailedPrecondition,
                 StoreError::AlreadyExists(_) => Code::AlreadyExists,
                 StoreError::PermissionDenied(_) => Code::PermissionDenied,
-                StoreError::Storage(_) => Code::Unavailable,
-                StoreError::StorageFull(_) => Code::ResourceExhausted,
-                StoreError::Corrupt(_) => Code::DataLoss,
+                StoreError::Storage(e) => e.code(),
             },
         }
     }
@@ -208,9 +194,12 @@ mod tests {
 
     #[test]
     fn storage_detail_is_logged_never_shown() {
-        let e = Error::Store(StoreError::Storage("disk I/O error at /var/x".into()));
+        let e = Error::Store(StoreError::Storage(steward_db::StorageError::unavailable(
+            "disk I/O error at /var/x",
+        )));
         assert_eq!(e.code(), Code::Unavailable);
         assert!(!e.to_string().contains("/var/x"));
-        assert!(std::error::Error::source(&e).is_some());
+        let logged = steward_errors::causes(std::error::Error::source(&e).unwrap());
+        assert!(logged.contains("/var/x"), "{logged}");
     }
 }

@@ -231,13 +231,13 @@ pub fn default_config() -> AuthorityConfig {
 }
 
 async fn routes(context: ServiceContext, config: AuthorityConfig) -> Result<Routes, StartError> {
-    let engine = Engine::new().map_err(|e| StartError::Init(e.to_string()))?;
+    let engine = Engine::new().map_err(|e| StartError::Init(steward_errors::causes(&e)))?;
     let store = store::Store::new(context.database.clone());
     let own = context.spiffe_id.to_string();
     let version = match store
         .active(SetKind::Policies)
         .await
-        .map_err(|e| StartError::Init(e.to_string()))?
+        .map_err(|e| StartError::Init(steward_errors::causes(&e)))?
     {
         Some(v) => v,
         None => bootstrap(&engine, &store, &own, "first start").await?,
@@ -245,7 +245,7 @@ async fn routes(context: ServiceContext, config: AuthorityConfig) -> Result<Rout
     let mut stored = store
         .get(SetKind::Policies, version)
         .await
-        .map_err(|e| StartError::Init(e.to_string()))?;
+        .map_err(|e| StartError::Init(steward_errors::causes(&e)))?;
     // A site still on an earlier release's defaults, untouched, moves to
     // this release's (new actions are decided only by policies that name
     // them). A site's own set is the site's to update.
@@ -258,7 +258,7 @@ async fn routes(context: ServiceContext, config: AuthorityConfig) -> Result<Rout
         stored = store
             .get(SetKind::Policies, version)
             .await
-            .map_err(|e| StartError::Init(e.to_string()))?;
+            .map_err(|e| StartError::Init(steward_errors::causes(&e)))?;
     }
     let version = stored.version;
     let set = CompiledSet::compile(&engine, &stored.policies).map_err(|e| {
@@ -294,7 +294,7 @@ async fn routes(context: ServiceContext, config: AuthorityConfig) -> Result<Rout
     shared
         .refresh_grant_holders()
         .await
-        .map_err(|e| StartError::Init(e.to_string()))?;
+        .map_err(|e| StartError::Init(steward_errors::causes(&e)))?;
     let forwarder = Forwarder::spawn(&context, ForwarderOptions::default())?;
     let outbox =
         steward_outbox::OutboxAdmin::server(context.database.clone(), SPEC.name, forwarder.clone());
@@ -349,7 +349,7 @@ async fn bootstrap(
             },
         )
         .await
-        .map_err(|e| StartError::Init(e.to_string()))?;
+        .map_err(|e| StartError::Init(steward_errors::causes(&e)))?;
     store
         .activate(SetKind::Policies, Some(version), own, why, now, |v, p| {
             server::record(
@@ -365,7 +365,7 @@ async fn bootstrap(
             )
         })
         .await
-        .map_err(|e| StartError::Init(e.to_string()))?;
+        .map_err(|e| StartError::Init(steward_errors::causes(&e)))?;
     tracing::info!(version, "installed the default policy set");
     Ok(version)
 }

@@ -33,22 +33,13 @@ pub enum StoreError {
     AlreadyExists(String),
     #[error("{0}")]
     PermissionDenied(String),
-    #[error("storage: {0}")]
-    Storage(String),
-    /// The disk (or the database's cap) is full.
-    #[error("storage full: {0}")]
-    StorageFull(String),
-    /// A stored value this version cannot read: an error, never a default.
-    #[error("corrupt: {0}")]
-    Corrupt(String),
+    #[error(transparent)]
+    Storage(#[from] steward_db::StorageError),
 }
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        match steward_db::fault_of(&e) {
-            steward_db::Fault::Full => Self::StorageFull(e.to_string()),
-            _ => Self::Storage(e.to_string()),
-        }
+        Self::Storage(e.into())
     }
 }
 
@@ -56,14 +47,19 @@ impl From<steward_outbox::OutboxError> for StoreError {
     fn from(e: steward_outbox::OutboxError) -> Self {
         match e {
             steward_outbox::OutboxError::Storage(e) => e.into(),
-            other => Self::Storage(other.to_string()),
+            other => Self::Storage(steward_db::StorageError::unavailable(other)),
         }
     }
 }
 
+/// A stored value this version cannot read.
+pub(crate) fn corrupt(detail: String) -> StoreError {
+    StoreError::Storage(steward_db::StorageError::corrupt(detail))
+}
+
 /// A stored version; a negative one is a corrupt row, never version 0.
 fn to_u64(v: i64) -> Result<u64, StoreError> {
-    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("stored version {v} is not valid")))
+    u64::try_from(v).map_err(|_| corrupt(format!("stored version {v} is not valid")))
 }
 
 fn to_i64(v: u64) -> i64 {

@@ -207,7 +207,7 @@ async fn routes(context: ServiceContext, config: BrokerConfig) -> Result<Routes,
     let (writer, task) =
         store::writer::Writer::start(store.clone(), Some(forwarder), context.shutdown())
             .await
-            .map_err(|e| StartError::Init(e.to_string()))?;
+            .map_err(|e| StartError::Init(steward_errors::causes(&e)))?;
     context.spawn(task);
     context.spawn(reaper::run(
         store.clone(),

@@ -5,6 +5,7 @@
 pub mod rotations;
 pub mod writer;
 
+use steward_db::StorageError;
 use steward_db::{Database, Engine, Placeholders, on_backend};
 use steward_evidence::EvidenceRecord;
 use steward_outbox::OutboxTransaction;
@@ -16,29 +17,28 @@ pub enum StoreError {
     NotFound(String),
     #[error("{0}")]
     FailedPrecondition(String),
-    #[error("storage: {0}")]
-    Storage(String),
-    /// The disk (or the database's cap) is full.
-    #[error("storage full: {0}")]
-    StorageFull(String),
-    /// A stored value this version cannot read: never read as a default.
-    #[error("corrupt: {0}")]
-    Corrupt(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
 /// A stored `what` that is not one of its codes.
 pub(crate) fn corrupt(what: &str, code: i64) -> StoreError {
-    StoreError::Corrupt(format!(
+    StoreError::Storage(StorageError::corrupt(format!(
         "stored {what} {code} is not one this version knows"
-    ))
+    )))
+}
+
+impl StoreError {
+    /// The store cannot do its work for a reason of its own (a writer
+    /// task that stopped): UNAVAILABLE.
+    pub(crate) fn unavailable(detail: &'static str) -> Self {
+        Self::Storage(StorageError::unavailable(detail))
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        match steward_db::fault_of(&e) {
-            steward_db::Fault::Full => Self::StorageFull(e.to_string()),
-            _ => Self::Storage(e.to_string()),
-        }
+        Self::Storage(e.into())
     }
 }
 
@@ -46,7 +46,7 @@ impl From<steward_outbox::OutboxError> for StoreError {
     fn from(e: steward_outbox::OutboxError) -> Self {
         match e {
             steward_outbox::OutboxError::Storage(e) => e.into(),
-            other => Self::Storage(other.to_string()),
+            other => Self::Storage(StorageError::unavailable(other)),
         }
     }
 }

@@ -8,8 +8,10 @@ pub mod selector;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use steward_db::StorageError;
 pub use steward_evidence::record::FieldError;
 use steward_identity::SpiffeId;
+use tonic::Code;
 use uuid::Uuid;
 
 pub use lifecycle::State;
@@ -46,22 +48,20 @@ pub enum Error {
     Aborted(String),
     #[error("{0}")]
     PermissionDenied(String),
-    #[error("storage: {0}")]
-    Storage(String),
-    /// The disk (or the database's cap) is full.
-    #[error("storage full: {0}")]
-    StorageFull(String),
-    /// A stored value this version cannot read: never read as a default.
-    #[error("corrupt: {0}")]
-    Corrupt(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl Error {
+    /// The store cannot do its work for a reason of its own: UNAVAILABLE.
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        Self::Storage(StorageError::unavailable(detail.into()))
+    }
 }
 
 impl From<sqlx::Error> for Error {
     fn from(error: sqlx::Error) -> Self {
-        match steward_db::fault_of(&error) {
-            steward_db::Fault::Full => Self::StorageFull(error.to_string()),
-            _ => Self::Storage(error.to_string()),
-        }
+        Self::Storage(error.into())
     }
 }
 
@@ -69,7 +69,28 @@ impl From<steward_outbox::OutboxError> for Error {
     fn from(error: steward_outbox::OutboxError) -> Self {
         match error {
             steward_outbox::OutboxError::Storage(e) => e.into(),
-            other => Self::Storage(other.to_string()),
+            other => Self::Storage(StorageError::unavailable(other)),
+        }
+    }
+}
+
+impl steward_errors::ServiceError for Error {
+    fn code(&self) -> Code {
+        match self {
+            Self::Invalid(_) => Code::InvalidArgument,
+            Self::NotFound(_) => Code::NotFound,
+            Self::AlreadyExists(_) => Code::AlreadyExists,
+            Self::FailedPrecondition(_) => Code::FailedPrecondition,
+            Self::Aborted(_) => Code::Aborted,
+            Self::PermissionDenied(_) => Code::PermissionDenied,
+            Self::Storage(e) => e.code(),
+        }
+    }
+
+    fn field(&self) -> Option<&str> {
+        match self {
+            Self::Invalid(e) => Some(&e.field),
+            _ => None,
         }
     }
 }

@@ -78,36 +78,15 @@ impl InventoryServer {
     }
 }
 
-/// The one place domain errors become statuses. Storage detail is logged,
-/// never returned.
+/// The one place domain errors become statuses: a field error carries a
+/// `google.rpc.BadRequest`, storage detail is logged, never returned.
 pub fn status(error: Error) -> Status {
-    match error {
-        Error::Invalid(e) => invalid(e),
-        Error::NotFound(m) => Status::not_found(m),
-        Error::AlreadyExists(m) => Status::already_exists(m),
-        Error::FailedPrecondition(m) => Status::failed_precondition(m),
-        Error::Aborted(m) => Status::aborted(m),
-        Error::PermissionDenied(m) => Status::permission_denied(m),
-        Error::Storage(detail) => {
-            tracing::error!(error = %detail, "inventory storage error");
-            Status::unavailable("inventory storage is unavailable; retry")
-        }
-        Error::StorageFull(detail) => {
-            tracing::error!(error = %detail, "inventory storage is full");
-            Status::resource_exhausted(steward_db::FULL)
-        }
-        Error::Corrupt(detail) => {
-            tracing::error!(error = %detail, "inventory storage holds a value it cannot read");
-            Status::data_loss(
-                "inventory's storage holds a value it cannot read; nothing was changed",
-            )
-        }
-    }
+    steward_errors::to_status(&error)
 }
 
 /// A refused field: named in the message and in a `google.rpc.BadRequest`.
 fn invalid(e: FieldError) -> Status {
-    steward_errors::invalid(e.field, e.reason).into()
+    status(Error::Invalid(e))
 }
 
 /// The verified caller and the request's change context.

@@ -65,7 +65,7 @@ impl Sequencer {
         let existing = match self.store.existing(&ids).await {
             Ok(rows) => rows,
             Err(error) => {
-                fail_all(jobs, &error);
+                fail_all(jobs, error.into());
                 return false;
             }
         };
@@ -138,7 +138,7 @@ impl Sequencer {
         };
         if let Err(error) = written {
             tracing::error!(%error, records = new_entries.len(), "evidence commit failed");
-            fail_all(jobs, &error);
+            fail_all(jobs, error.into());
             return false;
         }
         {
@@ -176,14 +176,11 @@ pub(super) fn new_entry(
     (entry, pending)
 }
 
-pub(super) fn fail_all(jobs: Vec<Job>, error: &sqlx::Error) {
+/// Answers every job of a group that did not commit with `error`.
+pub(super) fn fail_all(jobs: Vec<Job>, error: steward_db::StorageError) {
     for job in jobs {
         let results = (0..job.count)
-            .map(|_| {
-                Err(LogError::Storage(sqlx::Error::Protocol(format!(
-                    "commit failed: {error}"
-                ))))
-            })
+            .map(|_| Err(LogError::Storage(error.clone())))
             .collect();
         let _ = job.reply.send(results);
     }

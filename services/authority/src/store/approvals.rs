@@ -33,7 +33,7 @@ fn lines(list: &str) -> Vec<String> {
 }
 
 fn corrupt(what: &str, value: &str) -> StoreError {
-    StoreError::Corrupt(format!(
+    super::corrupt(format!(
         "stored {what} {} is not valid",
         steward_errors::shown(value)
     ))

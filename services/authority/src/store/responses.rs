@@ -191,7 +191,7 @@ impl Store {
                         identity_id,
                         rule_id,
                         rule_version: u64::try_from(rule_version).map_err(|_| {
-                            StoreError::Corrupt(format!(
+                            super::corrupt(format!(
                                 "stored rule version {rule_version} is not valid"
                             ))
                         })?,

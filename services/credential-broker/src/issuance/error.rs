@@ -102,16 +102,7 @@ impl fmt::Display for Error {
             Self::Unavailable { message, .. } | Self::Internal { message, .. } => {
                 f.write_str(message)
             }
-            Self::Store(e) => f.write_str(match e {
-                StoreError::NotFound(m) | StoreError::FailedPrecondition(m) => m,
-                StoreError::Storage(_) => {
-                    "the broker's storage is unavailable; nothing was changed; retry"
-                }
-                StoreError::StorageFull(_) => steward_db::FULL,
-                StoreError::Corrupt(_) => {
-                    "the broker's storage holds a value it cannot read; nothing was changed"
-                }
-            }),
+            Self::Store(e) => e.fmt(f),
         }
     }
 }
@@ -120,9 +111,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Unavailable { detail, .. } | Self::Internal { detail, .. } => Some(detail),
-            Self::Store(
-                e @ (StoreError::Storage(_) | StoreError::StorageFull(_) | StoreError::Corrupt(_)),
-            ) => Some(e),
+            Self::Store(StoreError::Storage(e)) => Some(e),
             _ => None,
         }
     }
@@ -140,9 +129,7 @@ impl ServiceError for Error {
             Self::Store(e) => match e {
                 StoreError::NotFound(_) => Code::NotFound,
                 StoreError::FailedPrecondition(_) => Code::FailedPrecondition,
-                StoreError::Storage(_) => Code::Unavailable,
-                StoreError::StorageFull(_) => Code::ResourceExhausted,
-                StoreError::Corrupt(_) => Code::DataLoss,
+                StoreError::Storage(e) => e.code(),
             },
         }
     }

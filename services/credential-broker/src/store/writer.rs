@@ -49,7 +49,7 @@ struct Answer<T> {
 impl<T> Answer<T> {
     fn new() -> (Self, oneshot::Receiver<Result<T, StoreError>>) {
         let (reply, receiver) = oneshot::channel();
-        let unapplied = StoreError::Storage("the lease writer did not apply the change".into());
+        let unapplied = StoreError::unavailable("the lease writer did not apply the change");
         let answer = Self {
             reply,
             result: Err(unapplied),
@@ -224,7 +224,7 @@ impl Writer {
         change: Change,
         result: oneshot::Receiver<Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        let stopped = || StoreError::Storage("the lease writer has stopped".into());
+        let stopped = || StoreError::unavailable("the lease writer has stopped");
         self.queue.send(change).await.map_err(|_| stopped())?;
         result.await.map_err(|_| stopped())?
     }

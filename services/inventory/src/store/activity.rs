@@ -389,7 +389,7 @@ impl Store {
             );
             tx.enqueue_all(std::slice::from_ref(&record)).await?;
             let stored = select_entitlement!(tx, Db, identity_id, permission)
-                .ok_or_else(|| Error::Storage("granted entitlement vanished".into()))?;
+                .ok_or_else(|| Error::unavailable("granted entitlement vanished"))?;
             tx.commit().await?;
             (stored, created)
         });

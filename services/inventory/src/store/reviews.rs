@@ -188,8 +188,8 @@ impl Store {
         if filter.states.is_empty() {
             filter.states = LIVE.to_vec();
         }
-        let filter_json =
-            serde_json::to_string(&campaign.filter).map_err(|e| Error::Storage(e.to_string()))?;
+        let filter_json = serde_json::to_string(&campaign.filter)
+            .map_err(|e| Error::unavailable(e.to_string()))?;
         let items = on_backend!(&self.db, pool, Db => {
             let mut tx = pool.begin_with(<Db as Engine>::BEGIN_WRITE).await?;
             sqlx::query::<Db>(

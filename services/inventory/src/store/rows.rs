@@ -185,10 +185,10 @@ where
 }
 
 pub(crate) fn corrupt(what: &str, value: &str) -> Error {
-    Error::Corrupt(format!(
+    Error::Storage(steward_db::StorageError::corrupt(format!(
         "stored {what} {} is not valid",
         steward_errors::shown(value)
-    ))
+    )))
 }
 
 fn owner_from(name: String, kind: &str, contact: String) -> Result<Option<Owner>, Error> {

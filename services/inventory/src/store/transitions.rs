@@ -77,10 +77,10 @@ impl Transitions {
         self.queue
             .send((request, reply))
             .await
-            .map_err(|_| Error::Storage("the transition writer has stopped".into()))?;
+            .map_err(|_| Error::unavailable("the transition writer has stopped"))?;
         answer
             .await
-            .map_err(|_| Error::Storage("the transition writer has stopped".into()))?
+            .map_err(|_| Error::unavailable("the transition writer has stopped"))?
     }
 }
 
@@ -112,9 +112,8 @@ async fn run(
                 for reply in replies {
                     let _ = reply.send(Err(match &error {
                         Error::Aborted(m) => Error::Aborted(m.clone()),
-                        Error::StorageFull(m) => Error::StorageFull(m.clone()),
-                        Error::Corrupt(m) => Error::Corrupt(m.clone()),
-                        other => Error::Storage(other.to_string()),
+                        Error::Storage(e) => Error::Storage(e.clone()),
+                        other => Error::unavailable(other.to_string()),
                     }));
                 }
             }
