@@ -187,6 +187,57 @@ pub struct MigrationSet {
     pub postgres: &'static [MigrationFile],
 }
 
+/// A service's [`MigrationSet`] from one list: each migration's version,
+/// description and file, read from the crate's `migrations/sqlite/` and
+/// `migrations/postgres/`; or, for SQL another crate ships, its text for
+/// each engine as `(sqlite, postgres)`.
+///
+/// ```ignore
+/// const MIGRATIONS: MigrationSet = steward_db::migrations!(SERVICE, {
+///     2: "evidence outbox" => (steward_outbox::SQLITE_SQL, steward_outbox::POSTGRES_SQL),
+///     3: "policy sets" => "0003_policy_sets.sql",
+/// });
+/// ```
+#[macro_export]
+macro_rules! migrations {
+    ($service:expr, { $( $version:literal : $description:literal => $sql:tt ),+ $(,)? }) => {
+        $crate::MigrationSet {
+            service: $service,
+            sqlite: &[$($crate::MigrationFile {
+                version: $version,
+                description: $description,
+                sql: $crate::migration_sql!(sqlite, $sql),
+            }),+],
+            postgres: &[$($crate::MigrationFile {
+                version: $version,
+                description: $description,
+                sql: $crate::migration_sql!(postgres, $sql),
+            }),+],
+        }
+    };
+}
+
+/// One engine's SQL of a [`migrations!`] entry.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! migration_sql {
+    (sqlite, ($sqlite:expr, $postgres:expr)) => {
+        $sqlite
+    };
+    (postgres, ($sqlite:expr, $postgres:expr)) => {
+        $postgres
+    };
+    ($engine:ident, $file:literal) => {
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/migrations/",
+            stringify!($engine),
+            "/",
+            $file
+        ))
+    };
+}
+
 /// Which engine a [`Database`] runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

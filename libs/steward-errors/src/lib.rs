@@ -18,7 +18,7 @@ use std::fmt::Write as _;
 mod service;
 pub mod wire;
 
-pub use service::{ServiceError, bad_field, causes, to_status};
+pub use service::{Detail, ServiceError, bad_field, causes, to_status};
 pub use wire::{Invalid, invalid};
 
 /// Most characters of a value an error quotes.

@@ -35,6 +35,25 @@ fn service_fault(code: Code) -> bool {
     )
 }
 
+/// What went wrong inside, kept as an error's source: logged by
+/// [`to_status`], never returned to a caller.
+#[derive(Debug)]
+pub struct Detail(pub String);
+
+impl Detail {
+    pub fn of(detail: impl std::fmt::Display) -> Self {
+        Self(detail.to_string())
+    }
+}
+
+impl std::fmt::Display for Detail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Detail {}
+
 /// `error` and every error below it, outermost first, each told once:
 /// what a log line says of a fault.
 pub fn causes(error: &(dyn std::error::Error + 'static)) -> String {

@@ -2,26 +2,25 @@
 //! `*_ns` column and evidence time stores them, and their wire form.
 
 use prost_types::Timestamp;
-
-/// Nanoseconds in a second.
-pub const NANOS_PER_SECOND: i64 = 1_000_000_000;
+use steward_vocab::UnixNanos;
+pub use steward_vocab::time::NANOS_PER_SECOND;
 
 /// Unix nanoseconds now (the clock saturates in the year 2262).
 pub fn now_ns() -> i64 {
-    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos()).unwrap_or(i64::MAX)
+    UnixNanos::now().0
 }
 
 /// Unix seconds now.
 pub fn now_secs() -> i64 {
-    now_ns() / NANOS_PER_SECOND
+    UnixNanos::now().secs()
 }
 
 /// Unix nanoseconds as a wire timestamp (before 1970 too).
 pub fn timestamp_of_ns(ns: i64) -> Timestamp {
+    let t = UnixNanos(ns);
     Timestamp {
-        seconds: ns.div_euclid(NANOS_PER_SECOND),
-        // rem_euclid is in 0..1e9, which an i32 holds.
-        nanos: ns.rem_euclid(NANOS_PER_SECOND) as i32,
+        seconds: t.secs(),
+        nanos: t.subsec_nanos(),
     }
 }
 

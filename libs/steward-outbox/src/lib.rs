@@ -27,6 +27,7 @@ use prost::Message;
 use steward_db::Placeholders;
 use steward_evidence::record::{EvidenceRecord, FieldError};
 use steward_evidence::wire::record_to_proto;
+use steward_server::roles;
 
 pub use admin::OutboxAdmin;
 pub use batcher::Batcher;
@@ -40,9 +41,9 @@ pub use forwarder::{Forwarder, ForwarderOptions, OutboxStats};
 pub const HEALTH_NAME: &str = "steward.common.v1.EvidenceOutbox";
 
 /// Who may read a service's outbox ([`OutboxAdmin`]), as allowlist rules.
-pub const OUTBOX_READERS: &[&str] = &["spiffe://{td}/operator/*", "spiffe://{td}/auditor/*"];
+pub const OUTBOX_READERS: &[&str] = &[roles::OPERATORS, roles::AUDITORS];
 /// Who may send parked records again.
-pub const OUTBOX_MAINTAINERS: &[&str] = &["spiffe://{td}/operator/*"];
+pub const OUTBOX_MAINTAINERS: &[&str] = &[roles::OPERATORS];
 
 /// The outbox table on SQLite.
 pub const SQLITE_SQL: &str = "CREATE TABLE evidence_outbox (

@@ -20,57 +20,34 @@ use std::time::Duration;
 
 use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject;
-use steward_db::{MigrationFile, MigrationSet};
+use steward_db::MigrationSet;
 use steward_evidence::NoteSigner;
 use steward_proto::steward::audit::v1::audit_service_server::AuditServiceServer;
+use steward_server::roles::{self, AUDITORS, OPERATORS};
 use steward_server::{Application, ServiceConfig, ServiceContext, ServiceSpec, StartError};
 use tonic::service::Routes;
 
 pub use config::{AuditConfig, LogConfig};
 
-const SQLITE_MIGRATIONS: &[MigrationFile] = &[
-    MigrationFile {
-        version: 2,
-        description: "evidence log",
-        sql: include_str!("../migrations/sqlite/0002_evidence_log.sql"),
-    },
-    MigrationFile {
-        version: 3,
-        description: "leaf lookup in memory",
-        sql: include_str!("../migrations/sqlite/0003_leaf_lookup_in_memory.sql"),
-    },
-];
-const POSTGRES_MIGRATIONS: &[MigrationFile] = &[
-    MigrationFile {
-        version: 2,
-        description: "evidence log",
-        sql: include_str!("../migrations/postgres/0002_evidence_log.sql"),
-    },
-    MigrationFile {
-        version: 3,
-        description: "leaf lookup in memory",
-        sql: include_str!("../migrations/postgres/0003_leaf_lookup_in_memory.sql"),
-    },
-];
+const MIGRATIONS: MigrationSet = steward_db::migrations!("audit", {
+    2: "evidence log" => "0002_evidence_log.sql",
+    3: "leaf lookup in memory" => "0003_leaf_lookup_in_memory.sql",
+});
 
 /// Service identities allowed to append, and readers of the evidence.
 const WRITERS: &[&str] = &[
-    "spiffe://{td}/service/inventory",
-    "spiffe://{td}/service/authority",
-    "spiffe://{td}/service/credential-broker",
+    steward_server::service_caller!("inventory"),
+    steward_server::service_caller!("authority"),
+    steward_server::service_caller!("credential-broker"),
 ];
-const READERS: &[&str] = &["spiffe://{td}/operator/*", "spiffe://{td}/auditor/*"];
-const EVERYONE: &[&str] = &["spiffe://{td}/*"];
+const READERS: &[&str] = &[OPERATORS, AUDITORS];
+const EVERYONE: &[&str] = &[roles::EVERYONE];
 
 /// What makes this binary the audit service.
 pub const SPEC: ServiceSpec = ServiceSpec {
     name: "audit",
     default_port: 50054,
-    migrations: MigrationSet {
-        service: "audit",
-        sqlite: SQLITE_MIGRATIONS,
-        postgres: POSTGRES_MIGRATIONS,
-    },
+    migrations: MIGRATIONS,
     grpc_services: &["steward.audit.v1.AuditService"],
     default_authz: &[
         ("/steward.audit.v1.AuditService/Append", WRITERS),

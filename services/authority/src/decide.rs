@@ -10,6 +10,7 @@ use std::sync::Arc;
 use steward_evidence::EvidenceRecord;
 use steward_identity::SpiffeId;
 use steward_outbox::Batcher;
+use steward_vocab::{Action, IdentityId};
 use uuid::Uuid;
 
 use crate::approvals::{APPROVAL_TTL_SECS, Actor, ApprovalRequest, ApprovalState, Grant};
@@ -45,7 +46,7 @@ pub enum Named {
 /// What a request is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AskedResource {
-    Nhi(Uuid),
+    Nhi(IdentityId),
     /// This trust domain, for `rotate_ca`.
     TrustDomain(String),
 }
@@ -69,7 +70,7 @@ pub struct AskContext {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ask {
     pub principal: Named,
-    pub action: String,
+    pub action: Action,
     pub resource: AskedResource,
     pub context: AskContext,
     /// The caller records an ALLOW in its outcome's record (ADR 0012).
@@ -406,7 +407,7 @@ impl Decider {
         }
         // For an approval, "who asked" is someone else's request: it must be
         // stated, or the no-self-approval rule could not be checked.
-        if ask.action == "approve" && c.requester.is_empty() {
+        if ask.action == Action::Approve && c.requester.is_empty() {
             return Err(steward_errors::invalid(
                 "context.requester",
                 "is required for approve (the principal that made the request being approved)",
@@ -415,9 +416,9 @@ impl Decider {
         }
         let standing = self.standing(&principal, actor, asking)?;
         let (requester, acting_human) =
-            binding::who_asked(&standing, &principal, actor, &ask.action, &c)?;
+            binding::who_asked(&standing, &principal, actor, ask.action, &c)?;
         let resource = match &ask.resource {
-            AskedResource::Nhi(id) => self.facts(id).await?,
+            AskedResource::Nhi(id) => self.facts(id.uuid()).await?,
             AskedResource::TrustDomain(name) => {
                 self.shared.engine.trust_domain(name).map_err(|e| {
                     Error::internal("the trust domain has no policy entity", e.to_string())
@@ -426,7 +427,7 @@ impl Decider {
         };
         let request = DecisionRequest {
             principal,
-            action: ask.action,
+            action: ask.action.as_str().to_owned(),
             resource,
             context: RequestContext {
                 incident_ref: c.incident_ref,

@@ -39,6 +39,7 @@ use cedar_policy::{
     PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
 };
 use miette::Diagnostic;
+use steward_vocab::Action;
 
 use slice::PrincipalType;
 pub use slice::SliceIndex;
@@ -49,28 +50,11 @@ pub const SCHEMA: &str = include_str!("../policy/steward.cedarschema");
 pub const DEFAULT_POLICIES: &str = include_str!("../policy/default.cedar");
 
 /// The actions whose resource is an NHI: the ones `Authorize` decides.
-pub const NHI_ACTIONS: &[&str] = &[
-    "issue",
-    "renew",
-    "rotate",
-    "revoke",
-    "suspend",
-    "restrict",
-    "watchlist",
-    "elevate",
-    "approve",
-    "break_glass",
-    "attest",
-    "reinstate",
-];
-
-/// The other actions, decided by the RPC that takes them (`CloseIncident`,
-/// the policy and rule uploads, delegation in `Authorize` itself).
-pub const OTHER_ACTIONS: &[&str] = &["close_incident", "manage_policy", "act_for", "rotate_ca"];
+pub const NHI_ACTIONS: &[Action] = Action::ON_IDENTITIES;
 
 /// Every action of the schema, in the order the API lists them.
 pub fn actions() -> impl Iterator<Item = &'static str> {
-    NHI_ACTIONS.iter().chain(OTHER_ACTIONS).copied()
+    Action::ALL.iter().map(|a| a.as_str())
 }
 
 /// What a decision is about: the entity type of its resource.

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use steward_errors::{Invalid, ServiceError};
+use steward_errors::{Detail, Invalid, ServiceError};
 use tonic::Code;
 
 use crate::store::StoreError;
@@ -37,18 +37,6 @@ pub enum Error {
     Internal { message: String, detail: Detail },
 }
 
-/// Detail that is logged, never returned.
-#[derive(Debug)]
-pub struct Detail(pub String);
-
-impl fmt::Display for Detail {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Detail {}
-
 impl Error {
     /// PERMISSION_DENIED about `field`: `field: reason`.
     pub fn denied_on(field: impl Into<String>, reason: impl Into<String>) -> Self {
@@ -69,14 +57,14 @@ impl Error {
     pub fn unavailable(message: &'static str, detail: impl fmt::Display) -> Self {
         Self::Unavailable {
             message,
-            detail: Detail(detail.to_string()),
+            detail: Detail::of(detail),
         }
     }
 
     pub fn internal(message: impl Into<String>, detail: impl fmt::Display) -> Self {
         Self::Internal {
             message: message.into(),
-            detail: Detail(detail.to_string()),
+            detail: Detail::of(detail),
         }
     }
 

@@ -35,9 +35,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use steward_db::{MigrationFile, MigrationSet};
+use steward_db::MigrationSet;
 use steward_outbox::{Batcher, Forwarder, ForwarderOptions};
 use steward_proto::steward::authority::v1::authority_service_server::AuthorityServiceServer;
+use steward_server::roles::{AUDITORS, AUTOMATION, OPERATORS, SERVICES};
 use steward_server::{Application, ServiceConfig, ServiceContext, ServiceSpec, StartError};
 use tonic::service::Routes;
 
@@ -46,75 +47,14 @@ use engine::{CompiledSet, DEFAULT_POLICIES, Engine};
 use state::{Active, Shared};
 use store::SetKind;
 
-const SQLITE_MIGRATIONS: &[MigrationFile] = &[
-    MigrationFile {
-        version: 2,
-        description: "evidence outbox",
-        sql: steward_outbox::SQLITE_SQL,
-    },
-    MigrationFile {
-        version: 3,
-        description: "policy sets",
-        sql: include_str!("../migrations/sqlite/0003_policy_sets.sql"),
-    },
-    MigrationFile {
-        version: 4,
-        description: "approvals, grants, break-glass reviews",
-        sql: include_str!("../migrations/sqlite/0004_approvals.sql"),
-    },
-    MigrationFile {
-        version: 5,
-        description: "response rules",
-        sql: include_str!("../migrations/sqlite/0005_response_rules.sql"),
-    },
-    MigrationFile {
-        version: 6,
-        description: "closed incidents",
-        sql: include_str!("../migrations/sqlite/0006_closed_incidents.sql"),
-    },
-    MigrationFile {
-        version: 7,
-        description: "closure correlation ids",
-        sql: include_str!("../migrations/sqlite/0007_closure_correlation.sql"),
-    },
-];
-const POSTGRES_MIGRATIONS: &[MigrationFile] = &[
-    MigrationFile {
-        version: 2,
-        description: "evidence outbox",
-        sql: steward_outbox::POSTGRES_SQL,
-    },
-    MigrationFile {
-        version: 3,
-        description: "policy sets",
-        sql: include_str!("../migrations/postgres/0003_policy_sets.sql"),
-    },
-    MigrationFile {
-        version: 4,
-        description: "approvals, grants, break-glass reviews",
-        sql: include_str!("../migrations/postgres/0004_approvals.sql"),
-    },
-    MigrationFile {
-        version: 5,
-        description: "response rules",
-        sql: include_str!("../migrations/postgres/0005_response_rules.sql"),
-    },
-    MigrationFile {
-        version: 6,
-        description: "closed incidents",
-        sql: include_str!("../migrations/postgres/0006_closed_incidents.sql"),
-    },
-    MigrationFile {
-        version: 7,
-        description: "closure correlation ids",
-        sql: include_str!("../migrations/postgres/0007_closure_correlation.sql"),
-    },
-];
-
-const OPERATORS: &str = "spiffe://{td}/operator/*";
-const AUTOMATION: &str = "spiffe://{td}/automation/*";
-const AUDITORS: &str = "spiffe://{td}/auditor/*";
-const SERVICES: &str = "spiffe://{td}/service/*";
+const MIGRATIONS: MigrationSet = steward_db::migrations!(SERVICE, {
+    2: "evidence outbox" => (steward_outbox::SQLITE_SQL, steward_outbox::POSTGRES_SQL),
+    3: "policy sets" => "0003_policy_sets.sql",
+    4: "approvals, grants, break-glass reviews" => "0004_approvals.sql",
+    5: "response rules" => "0005_response_rules.sql",
+    6: "closed incidents" => "0006_closed_incidents.sql",
+    7: "closure correlation ids" => "0007_closure_correlation.sql",
+});
 
 macro_rules! rpc {
     ($name:literal) => {
@@ -132,11 +72,7 @@ pub const SERVICE: &str = "authority";
 pub const SPEC: ServiceSpec = ServiceSpec {
     name: SERVICE,
     default_port: 50052,
-    migrations: MigrationSet {
-        service: SERVICE,
-        sqlite: SQLITE_MIGRATIONS,
-        postgres: POSTGRES_MIGRATIONS,
-    },
+    migrations: MIGRATIONS,
     grpc_services: &["steward.authority.v1.AuthorityService"],
     // RPC → callers; `{td}` is replaced by the service's trust domain.
     default_authz: &[

@@ -26,6 +26,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use ring::rand::SystemRandom;
 use steward_identity::SpiffeId;
+use steward_vocab::Action;
 
 pub use decide::{Allowed, Ask, Decide, Decision, Effect, Facts, Principal, Resource};
 pub use error::Error;
@@ -205,7 +206,7 @@ impl Issuer {
         let allowed = self
             .authorize(
                 principal,
-                "issue",
+                Action::Issue,
                 identity_id,
                 task,
                 u64::from(ttl_seconds),
@@ -255,7 +256,7 @@ impl Issuer {
         let allowed = self
             .authorize(
                 caller,
-                "renew",
+                Action::Renew,
                 &lease.identity_id,
                 &task,
                 u64::try_from(ttl).unwrap_or(0),
@@ -319,7 +320,7 @@ impl Issuer {
                     reason: reason.to_owned(),
                     correlation_id: correlation_id.to_owned(),
                 };
-                self.authorize(caller, "revoke", &lease.identity_id, &task, 0)
+                self.authorize(caller, Action::Revoke, &lease.identity_id, &task, 0)
                     .await?;
             }
         }

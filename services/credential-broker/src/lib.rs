@@ -36,76 +36,24 @@ pub mod workload;
 
 use std::sync::Arc;
 
-use steward_db::{MigrationFile, MigrationSet};
+use steward_db::MigrationSet;
 use steward_outbox::{Forwarder, ForwarderOptions};
 use steward_proto::steward::authority::v1::authority_service_client::AuthorityServiceClient;
 use steward_proto::steward::broker::v1::credential_broker_server::CredentialBrokerServer;
 use steward_proto::steward::inventory::v1::inventory_service_client::InventoryServiceClient;
+use steward_server::roles::{AUDITORS, AUTOMATION, OPERATORS, SERVICES, WORKLOADS};
 use steward_server::{Application, ServiceConfig, ServiceContext, ServiceSpec, StartError};
 use tonic::service::Routes;
 
 pub use config::BrokerConfig;
 
-const SQLITE_MIGRATIONS: &[MigrationFile] = &[
-    MigrationFile {
-        version: 2,
-        description: "evidence outbox",
-        sql: steward_outbox::SQLITE_SQL,
-    },
-    MigrationFile {
-        version: 3,
-        description: "signing keys, leases, revocations",
-        sql: include_str!("../migrations/sqlite/0003_keys_and_leases.sql"),
-    },
-    MigrationFile {
-        version: 4,
-        description: "rotations",
-        sql: include_str!("../migrations/sqlite/0004_rotations.sql"),
-    },
-    MigrationFile {
-        version: 5,
-        description: "credential backends",
-        sql: include_str!("../migrations/sqlite/0005_backends.sql"),
-    },
-    MigrationFile {
-        version: 6,
-        description: "rotation correlation ids",
-        sql: include_str!("../migrations/sqlite/0006_rotation_correlation.sql"),
-    },
-];
-const POSTGRES_MIGRATIONS: &[MigrationFile] = &[
-    MigrationFile {
-        version: 2,
-        description: "evidence outbox",
-        sql: steward_outbox::POSTGRES_SQL,
-    },
-    MigrationFile {
-        version: 3,
-        description: "signing keys, leases, revocations",
-        sql: include_str!("../migrations/postgres/0003_keys_and_leases.sql"),
-    },
-    MigrationFile {
-        version: 4,
-        description: "rotations",
-        sql: include_str!("../migrations/postgres/0004_rotations.sql"),
-    },
-    MigrationFile {
-        version: 5,
-        description: "credential backends",
-        sql: include_str!("../migrations/postgres/0005_backends.sql"),
-    },
-    MigrationFile {
-        version: 6,
-        description: "rotation correlation ids",
-        sql: include_str!("../migrations/postgres/0006_rotation_correlation.sql"),
-    },
-];
-
-const OPERATORS: &str = "spiffe://{td}/operator/*";
-const AUTOMATION: &str = "spiffe://{td}/automation/*";
-const AUDITORS: &str = "spiffe://{td}/auditor/*";
-const SERVICES: &str = "spiffe://{td}/service/*";
-const WORKLOADS: &str = "spiffe://{td}/workload/*";
+const MIGRATIONS: MigrationSet = steward_db::migrations!("credential-broker", {
+    2: "evidence outbox" => (steward_outbox::SQLITE_SQL, steward_outbox::POSTGRES_SQL),
+    3: "signing keys, leases, revocations" => "0003_keys_and_leases.sql",
+    4: "rotations" => "0004_rotations.sql",
+    5: "credential backends" => "0005_backends.sql",
+    6: "rotation correlation ids" => "0006_rotation_correlation.sql",
+});
 
 macro_rules! rpc {
     ($name:literal) => {
@@ -122,11 +70,7 @@ const ISSUERS: &[&str] = &[OPERATORS, AUTOMATION, SERVICES];
 pub const SPEC: ServiceSpec = ServiceSpec {
     name: "credential-broker",
     default_port: 50053,
-    migrations: MigrationSet {
-        service: "credential-broker",
-        sqlite: SQLITE_MIGRATIONS,
-        postgres: POSTGRES_MIGRATIONS,
-    },
+    migrations: MIGRATIONS,
     grpc_services: &["steward.broker.v1.CredentialBroker"],
     // RPC → callers; `{td}` is replaced by the service's trust domain.
     default_authz: &[

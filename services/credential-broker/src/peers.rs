@@ -52,7 +52,7 @@ fn request(ask: &Ask) -> authority_pb::AuthorizeRequest {
     };
     authority_pb::AuthorizeRequest {
         principal,
-        action: ask.action.to_owned(),
+        action: ask.action.as_str().to_owned(),
         resource_id,
         resource_kind: resource_kind as i32,
         context: Some(context),
@@ -87,7 +87,7 @@ fn decision(d: authority_pb::Decision) -> Decision {
         facts: Facts {
             kind: facts.kind,
             spiffe_id: facts.spiffe_id,
-            state: facts.state,
+            state: steward_vocab::LifecycleState::parse(&facts.state),
         },
     }
 }

@@ -1,7 +1,10 @@
 //! Inventory's domain: validated types, the lifecycle state machine, risk
 //! assessment and selectors. Nothing here knows about protobuf or SQL.
 
-pub mod lifecycle;
+/// The lifecycle state machine, shared with every service.
+pub mod lifecycle {
+    pub use steward_vocab::{LIVE, LifecycleState as State};
+}
 pub mod risk;
 pub mod selector;
 
@@ -102,35 +105,7 @@ pub fn bad(field: impl Into<String>, reason: impl Into<String>) -> FieldError {
     }
 }
 
-/// Declares a closed set of names stored as short lowercase strings.
-macro_rules! names {
-    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, ::serde::Serialize, ::serde::Deserialize)]
-        #[serde(rename_all = "snake_case")]
-        pub enum $name { $($variant),+ }
-
-        impl $name {
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-
-            /// The stored (and documented) name.
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $text),+ }
-            }
-
-            pub fn parse(text: &str) -> Option<Self> {
-                match text { $($text => Some($name::$variant),)+ _ => None }
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
-pub(crate) use names;
+pub(crate) use steward_vocab::names;
 
 names!(
     /// What sort of NHI it is.

@@ -19,54 +19,21 @@ pub mod store;
 
 use std::time::Duration;
 
-use steward_db::{MigrationFile, MigrationSet};
+use steward_db::MigrationSet;
 use steward_outbox::{Forwarder, ForwarderOptions};
 use steward_proto::steward::inventory::v1::inventory_service_server::InventoryServiceServer;
+use steward_server::roles::{AUDITORS, AUTOMATION, OPERATORS, SERVICES};
 use steward_server::{Application, ServiceConfig, ServiceContext, ServiceSpec, StartError};
 use tonic::service::Routes;
 
-const SQLITE_MIGRATIONS: &[MigrationFile] = &[
-    MigrationFile {
-        version: 2,
-        description: "evidence outbox",
-        sql: steward_outbox::SQLITE_SQL,
-    },
-    MigrationFile {
-        version: 3,
-        description: "inventory",
-        sql: include_str!("../migrations/sqlite/0003_inventory.sql"),
-    },
-    MigrationFile {
-        version: 4,
-        description: "registration entries' dns names",
-        sql: include_str!("../migrations/sqlite/0004_registration_dns_names.sql"),
-    },
-];
-const POSTGRES_MIGRATIONS: &[MigrationFile] = &[
-    MigrationFile {
-        version: 2,
-        description: "evidence outbox",
-        sql: steward_outbox::POSTGRES_SQL,
-    },
-    MigrationFile {
-        version: 3,
-        description: "inventory",
-        sql: include_str!("../migrations/postgres/0003_inventory.sql"),
-    },
-    MigrationFile {
-        version: 4,
-        description: "registration entries' dns names",
-        sql: include_str!("../migrations/postgres/0004_registration_dns_names.sql"),
-    },
-];
+const MIGRATIONS: MigrationSet = steward_db::migrations!("inventory", {
+    2: "evidence outbox" => (steward_outbox::SQLITE_SQL, steward_outbox::POSTGRES_SQL),
+    3: "inventory" => "0003_inventory.sql",
+    4: "registration entries' dns names" => "0004_registration_dns_names.sql",
+});
 
-/// Callers, as SPIFFE ID patterns of the service's own trust domain.
-const OPERATORS: &str = "spiffe://{td}/operator/*";
-const AUTOMATION: &str = "spiffe://{td}/automation/*";
-const AUDITORS: &str = "spiffe://{td}/auditor/*";
-const SERVICES: &str = "spiffe://{td}/service/*";
-const AUTHORITY: &str = "spiffe://{td}/service/authority";
-const BROKER: &str = "spiffe://{td}/service/credential-broker";
+const AUTHORITY: &str = steward_server::service_caller!("authority");
+const BROKER: &str = steward_server::service_caller!("credential-broker");
 
 const READERS: &[&str] = &[OPERATORS, AUTOMATION, AUDITORS, SERVICES];
 const MAINTAINERS: &[&str] = &[OPERATORS, AUTOMATION];
@@ -90,11 +57,7 @@ macro_rules! rpc {
 pub const SPEC: ServiceSpec = ServiceSpec {
     name: "inventory",
     default_port: 50051,
-    migrations: MigrationSet {
-        service: "inventory",
-        sqlite: SQLITE_MIGRATIONS,
-        postgres: POSTGRES_MIGRATIONS,
-    },
+    migrations: MIGRATIONS,
     grpc_services: &["steward.inventory.v1.InventoryService"],
     // RPC → callers; `{td}` is replaced by the service's trust domain.
     default_authz: &[

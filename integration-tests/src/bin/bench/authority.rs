@@ -105,7 +105,7 @@ pub fn run() -> anyhow::Result<Vec<Figure>> {
                 trust_domain: "steward.test".into(),
                 groups: vec![format!("team-{}", i % 130)],
             },
-            action: NHI_ACTIONS[i % NHI_ACTIONS.len()].into(),
+            action: NHI_ACTIONS[i % NHI_ACTIONS.len()].as_str().into(),
             resource: std::sync::Arc::clone(&nhis[i * 7919 % NHIS]),
             context: RequestContext {
                 incident_ref: if i % 2 == 0 {

@@ -2,6 +2,7 @@
 //! the verified caller.
 
 use steward_identity::SpiffeId;
+use steward_vocab::Action;
 
 use super::{AskContext, Decider};
 use crate::approvals::Actor;
@@ -143,7 +144,7 @@ pub(super) fn who_asked(
     standing: &Standing,
     principal: &Principal,
     actor: &Actor,
-    action: &str,
+    action: Action,
     c: &AskContext,
 ) -> Result<(String, String), Error> {
     Ok(match standing {
@@ -156,7 +157,7 @@ pub(super) fn who_asked(
             c.acting_human.clone(),
         ),
         Standing::Own | Standing::Delegate { .. } => {
-            let requester = if action == "approve" {
+            let requester = if action == Action::Approve {
                 // The request being approved: the forbid on
                 // self-approval reads it, so it cannot help a caller.
                 c.requester.clone()

@@ -148,8 +148,8 @@ fn actor(workload: &str) -> Actor {
 fn ask(principal: Named, action: &str) -> Ask {
     Ask {
         principal,
-        action: action.into(),
-        resource: AskedResource::Nhi(Uuid::parse_str(IDENTITY).unwrap()),
+        action: Action::parse(action).unwrap(),
+        resource: AskedResource::Nhi(IdentityId::parse("resource_id", IDENTITY).unwrap()),
         context: AskContext::default(),
         with_outcome: false,
     }

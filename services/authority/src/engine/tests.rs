@@ -416,7 +416,7 @@ fn arbitrary_request() -> impl Strategy<Value = DecisionRequest> {
                 if risk % 3 == 0 {
                     facts.labels.clear();
                 }
-                let mut r = request(principal, NHI_ACTIONS[action], facts);
+                let mut r = request(principal, NHI_ACTIONS[action].as_str(), facts);
                 if !incident {
                     r.context.incident_ref.clear();
                 }

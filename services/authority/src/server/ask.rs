@@ -4,6 +4,8 @@
 use steward_errors::{Invalid, invalid, shown};
 
 use super::*;
+use steward_vocab::{Action, IdentityId};
+
 use crate::decide::{Ask, AskContext, AskedResource, Named};
 
 impl AuthorityServer {
@@ -16,12 +18,12 @@ impl AuthorityServer {
 
     fn checked(&self, r: &pb::AuthorizeRequest) -> Result<Ask, Invalid> {
         let principal = named_principal(r)?;
-        let resource = self.asked_resource(r)?;
+        let (action, resource) = self.asked_resource(r)?;
         let c = r.context.clone().unwrap_or_default();
         context_text(&c)?;
         Ok(Ask {
             principal,
-            action: r.action.clone(),
+            action,
             resource,
             context: AskContext {
                 window_start: seconds("context.window_start", c.window_start.as_ref())?,
@@ -40,22 +42,18 @@ impl AuthorityServer {
 
     /// What an `Authorize` is about: an identity for its actions, or this
     /// trust domain for `rotate_ca`.
-    fn asked_resource(&self, r: &pb::AuthorizeRequest) -> Result<AskedResource, Invalid> {
+    fn asked_resource(&self, r: &pb::AuthorizeRequest) -> Result<(Action, AskedResource), Invalid> {
         match pb::ResourceKind::try_from(r.resource_kind) {
             Ok(pb::ResourceKind::Unspecified | pb::ResourceKind::Nhi) => {
-                if !NHI_ACTIONS.contains(&r.action.as_str()) {
+                let Some(action) = Action::on_identity(&r.action) else {
+                    let known: Vec<&str> = NHI_ACTIONS.iter().map(|a| a.as_str()).collect();
                     return Err(invalid(
                         "action",
-                        format!(
-                            "{} is not one of {}",
-                            shown(&r.action),
-                            NHI_ACTIONS.join(", ")
-                        ),
+                        format!("{} is not one of {}", shown(&r.action), known.join(", ")),
                     ));
-                }
-                let id = Uuid::try_parse(&r.resource_id)
-                    .map_err(|_| invalid("resource_id", "is not an identity id (UUID)"))?;
-                Ok(AskedResource::Nhi(id))
+                };
+                let id = IdentityId::parse("resource_id", &r.resource_id)?;
+                Ok((action, AskedResource::Nhi(id)))
             }
             Ok(pb::ResourceKind::TrustDomain) => {
                 if r.action != "rotate_ca" {
@@ -73,7 +71,10 @@ impl AuthorityServer {
                         format!("{} is not this trust domain", shown(&r.resource_id)),
                     ));
                 }
-                Ok(AskedResource::TrustDomain(r.resource_id.clone()))
+                Ok((
+                    Action::RotateCa,
+                    AskedResource::TrustDomain(r.resource_id.clone()),
+                ))
             }
             Err(_) => Err(invalid(
                 "resource_kind",

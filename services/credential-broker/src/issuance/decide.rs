@@ -1,5 +1,7 @@
 //! Authority's decisions, as the core asks for and obeys them.
 
+use steward_vocab::{Action, LifecycleState};
+
 use super::{Error, Issuer, Task};
 
 /// Who a decision is for.
@@ -25,7 +27,7 @@ pub enum Resource {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ask {
     pub principal: Principal,
-    pub action: &'static str,
+    pub action: Action,
     pub resource: Resource,
     pub task: Task,
     pub requested_ttl: u64,
@@ -48,7 +50,8 @@ pub enum Effect {
 pub struct Facts {
     pub kind: String,
     pub spiffe_id: String,
-    pub state: String,
+    /// None for a state this version does not know.
+    pub state: Option<LifecycleState>,
 }
 
 /// A decision, as the broker uses it.
@@ -95,16 +98,13 @@ impl Allowed {
     }
 }
 
-/// Lifecycle states in which an identity gets no credentials.
-const DEAD_STATES: &[&str] = &["suspended", "revoked", "decommissioned"];
-
 impl Issuer {
     /// Asks authority whether `principal` may `action` on `identity_id`
     /// for `task`; anything but ALLOW is the caller's error.
     pub async fn authorize(
         &self,
         principal: &str,
-        action: &'static str,
+        action: Action,
         identity_id: &str,
         task: &Task,
         requested_ttl: u64,
@@ -117,7 +117,7 @@ impl Issuer {
                 resource: Resource::Nhi(identity_id.to_owned()),
                 task: task.clone(),
                 requested_ttl,
-                with_outcome: action == "issue",
+                with_outcome: action == Action::Issue,
             })
             .await?;
         match decision.effect {
@@ -136,12 +136,18 @@ impl Issuer {
             }
         }
         let allowed = Allowed { decision };
-        if DEAD_STATES.contains(&allowed.facts().state.as_str()) && action != "revoke" {
+        // A state this version does not know gets nothing either (fail
+        // closed).
+        let state = allowed.facts().state;
+        if !state.is_some_and(LifecycleState::can_act) && action != Action::Revoke {
             let refused = Error::precondition_on(
                 "identity_id",
                 format!(
                     "identity {identity_id} is {} in inventory; it gets no credentials",
-                    allowed.facts().state
+                    state.map_or(
+                        "in a state this version does not know",
+                        LifecycleState::as_str
+                    )
                 ),
             );
             self.record_refusal(&allowed, principal, identity_id, task, &refused)
@@ -164,7 +170,7 @@ impl Issuer {
             .decide
             .decide(Ask {
                 principal,
-                action: "rotate_ca",
+                action: Action::RotateCa,
                 resource: Resource::TrustDomain(self.own.trust_domain().name().to_owned()),
                 task: Task {
                     incident_ref: String::new(),

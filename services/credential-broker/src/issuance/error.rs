@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use steward_errors::{Invalid, ServiceError};
+use steward_errors::{Detail, Invalid, ServiceError};
 use tonic::Code;
 
 use crate::ca::CsrError;
@@ -44,18 +44,6 @@ pub enum Error {
     },
 }
 
-/// Detail that is logged, never returned.
-#[derive(Debug)]
-pub struct Detail(pub String);
-
-impl fmt::Display for Detail {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Detail {}
-
 impl Error {
     /// A FAILED_PRECONDITION whose message names its field already.
     pub fn precondition(message: impl Into<String>) -> Self {
@@ -76,14 +64,14 @@ impl Error {
     pub fn unavailable(message: &'static str, detail: impl fmt::Display) -> Self {
         Self::Unavailable {
             message,
-            detail: Detail(detail.to_string()),
+            detail: Detail::of(detail),
         }
     }
 
     pub fn internal(message: &'static str, detail: impl fmt::Display) -> Self {
         Self::Internal {
             message,
-            detail: Detail(detail.to_string()),
+            detail: Detail::of(detail),
         }
     }
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use steward_evidence::EvidenceRecord;
 use steward_evidence::record::{MAX_REASON, OutcomeStatus, truncate_utf8};
+use steward_vocab::Action;
 use uuid::Uuid;
 
 use super::{Allowed, Error, Issuer, Made, Make, NS, Task, lease_record, mint};
@@ -87,7 +88,7 @@ impl Issuer {
         let allowed = self
             .authorize(
                 order.caller,
-                "rotate",
+                Action::Rotate,
                 order.identity_id,
                 order.task,
                 u64::from(order.ttl_seconds),

@@ -61,7 +61,7 @@ fn decision(effect: Effect, state: &str) -> Decision {
         facts: Facts {
             kind: "service_account".into(),
             spiffe_id: "spiffe://test.local/workload/api".into(),
-            state: state.into(),
+            state: steward_vocab::LifecycleState::parse(state),
         },
     }
 }
@@ -216,7 +216,7 @@ async fn an_allowed_issuance_asks_for_the_caller_and_commits_lease_and_evidence(
     let asks = core.asks();
     assert_eq!(asks.len(), 1);
     assert_eq!(asks[0].principal, Principal::Workload(BOT.into()));
-    assert_eq!(asks[0].action, "issue");
+    assert_eq!(asks[0].action, Action::Issue);
     assert_eq!(asks[0].resource, Resource::Nhi(IDENTITY.into()));
     assert!(asks[0].with_outcome);
     assert_eq!(core.leases().await, vec![lease.clone()]);
@@ -350,7 +350,7 @@ async fn revoking_asks_once_per_identity_unless_authority_decided_already() {
     assert_eq!(ended.len(), 2);
     let revokes: Vec<Ask> = core.asks().split_off(asked);
     assert_eq!(revokes.len(), 1, "one identity, one decision");
-    assert_eq!(revokes[0].action, "revoke");
+    assert_eq!(revokes[0].action, Action::Revoke);
     // Authority closing an incident has decided: nothing more is asked.
     let (c, _) = core.token(0).await.unwrap();
     let asked = core.asks().len();
@@ -374,7 +374,7 @@ async fn revoking_asks_once_per_identity_unless_authority_decided_already() {
 async fn a_denied_revocation_ends_nothing() {
     let core = core(|ask| {
         Ok(decision(
-            if ask.action == "revoke" {
+            if ask.action == Action::Revoke {
                 Effect::Deny
             } else {
                 Effect::Allow
@@ -478,5 +478,5 @@ async fn a_ca_rotation_is_decided_for_the_forwarded_person_on_the_trust_domain()
     assert!(changes.has_changed().unwrap());
     let asks = core.asks();
     assert_eq!(asks[1].resource, Resource::TrustDomain(TD.into()));
-    assert_eq!(asks[1].action, "rotate_ca");
+    assert_eq!(asks[1].action, Action::RotateCa);
 }

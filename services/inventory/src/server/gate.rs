@@ -24,18 +24,6 @@ pub struct LifecycleGate {
     authority_id: String,
 }
 
-/// The policy action a move to `target` is.
-pub fn action_of(target: State) -> &'static str {
-    match target {
-        State::Active => "reinstate",
-        State::Watchlisted => "watchlist",
-        State::Restricted => "restrict",
-        State::Suspended => "suspend",
-        // Both end the identity for good.
-        State::Revoked | State::Decommissioned => "revoke",
-    }
-}
-
 impl LifecycleGate {
     pub fn new(authority: Option<Channel>, authority_id: String) -> Self {
         Self {
@@ -78,7 +66,7 @@ impl LifecycleGate {
             return Ok(None);
         }
         let (allowed, _) = self
-            .ask(request, id, action_of(target), reason, context)
+            .ask(request, id, target.entered_by().as_str(), reason, context)
             .await?;
         Ok(Some(allowed))
     }

@@ -11,9 +11,9 @@
 //! Revoke and decommission are not: a revoked identity can only be
 //! decommissioned, and a decommissioned one is final.
 
-super::names!(
+crate::names!(
     /// Where an NHI is in its life.
-    State {
+    LifecycleState {
         Active => "active",
         Watchlisted => "watchlisted",
         Restricted => "restricted",
@@ -24,12 +24,17 @@ super::names!(
 );
 
 /// The states an identity can still act in (some with narrowed rights).
-pub const LIVE: &[State] = &[
+pub const LIVE: &[LifecycleState] = &[
     State::Active,
     State::Watchlisted,
     State::Restricted,
     State::Suspended,
 ];
+
+use crate::Action;
+
+/// Short for [`LifecycleState`] inside this module.
+use LifecycleState as State;
 
 impl State {
     /// Whether an identity in this state can be returned to a milder one.
@@ -37,9 +42,24 @@ impl State {
         !matches!(self, Self::Revoked | Self::Decommissioned)
     }
 
-    /// Whether the identity may still act (possibly with narrowed rights).
+    /// Whether the identity may still act (possibly with narrowed rights):
+    /// the states in which credentials are issued and renewed. Suspended,
+    /// revoked and decommissioned identities get none.
     pub fn can_act(self) -> bool {
         matches!(self, Self::Active | Self::Watchlisted | Self::Restricted)
+    }
+
+    /// The policy action a move to this state is: what authority decides
+    /// before inventory makes it.
+    pub fn entered_by(self) -> Action {
+        match self {
+            Self::Active => Action::Reinstate,
+            Self::Watchlisted => Action::Watchlist,
+            Self::Restricted => Action::Restrict,
+            Self::Suspended => Action::Suspend,
+            // Both end the identity for good.
+            Self::Revoked | Self::Decommissioned => Action::Revoke,
+        }
     }
 
     /// Checks a transition; the error says why it is illegal.
