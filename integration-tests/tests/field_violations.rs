@@ -114,3 +114,98 @@ async fn every_service_names_a_refused_field_in_a_bad_request() {
         "a refused issuance left a lease: {leases:?}"
     );
 }
+
+/// Every list RPC pages by one rule (`steward_errors::wire::page_size`):
+/// 0 is 100 rows, 1,000 is the most, and more is refused by name, never
+/// silently cut, in every service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_list_refuses_a_page_beyond_one_thousand_by_name() {
+    let stack = TestStack::start().await;
+    stack.activate_policies(BROKER_POLICIES, true).await;
+    let mut reader = stack.audit_reader().await;
+    let mut authority =
+        AuthorityServiceClient::new(stack.service("authority").channel(&stack.operator).await);
+    let mut inventory = stack.inventory().await;
+    let mut soar = stack.broker_caller(SOAR).await;
+    for page_size in [0, 1000, 1001] {
+        let answers: Vec<(&str, Result<(), tonic::Status>)> = vec![
+            (
+                "audit GetEntries",
+                reader
+                    .get_entries(audit::GetEntriesRequest {
+                        page_size,
+                        ..Default::default()
+                    })
+                    .await
+                    .map(drop),
+            ),
+            (
+                "audit Query",
+                reader
+                    .query(audit::QueryRequest {
+                        page_size,
+                        ..Default::default()
+                    })
+                    .await
+                    .map(drop),
+            ),
+            (
+                "authority ListPolicySets",
+                authority
+                    .list_policy_sets(authority::ListPolicySetsRequest {
+                        page_size,
+                        ..Default::default()
+                    })
+                    .await
+                    .map(drop),
+            ),
+            (
+                "authority ListGrants",
+                authority
+                    .list_grants(authority::ListGrantsRequest {
+                        page_size,
+                        ..Default::default()
+                    })
+                    .await
+                    .map(drop),
+            ),
+            (
+                "inventory ListIdentities",
+                inventory
+                    .list_identities(inventory::ListIdentitiesRequest {
+                        page_size,
+                        ..Default::default()
+                    })
+                    .await
+                    .map(drop),
+            ),
+            (
+                "inventory ListSignalFeed",
+                inventory
+                    .list_signal_feed(inventory::ListSignalFeedRequest {
+                        page_size,
+                        ..Default::default()
+                    })
+                    .await
+                    .map(drop),
+            ),
+            (
+                "broker ListLeases",
+                soar.list_leases(broker::ListLeasesRequest {
+                    page_size,
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            ),
+        ];
+        for (rpc, answer) in answers {
+            match (page_size, answer) {
+                (1001, Err(status)) => names(&status, "page_size"),
+                (1001, Ok(())) => panic!("{rpc} served a page of 1001"),
+                (_, Err(status)) => panic!("{rpc} refused page_size {page_size}: {status:?}"),
+                (_, Ok(())) => {}
+            }
+        }
+    }
+}

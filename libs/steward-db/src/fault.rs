@@ -89,6 +89,14 @@ impl StorageError {
 
 impl From<sqlx::Error> for StorageError {
     fn from(error: sqlx::Error) -> Self {
+        // A stored value the code cannot decode is corrupt, not a fault to
+        // retry: reading it again reads the same bytes.
+        if matches!(
+            error,
+            sqlx::Error::Decode(_) | sqlx::Error::ColumnDecode { .. }
+        ) {
+            return Self::Corrupt(Arc::new(error));
+        }
         match fault_of(&error) {
             Fault::Full => Self::Full(Arc::new(error)),
             Fault::ReadOnly | Fault::Unavailable => Self::Unavailable(Arc::new(error)),
@@ -140,5 +148,7 @@ mod tests {
         assert_eq!(full.to_string(), FULL);
         let closed = StorageError::from(sqlx::Error::PoolClosed);
         assert_eq!(closed.code(), Code::Unavailable);
+        let unreadable = StorageError::from(sqlx::Error::Decode("stored index -7".into()));
+        assert_eq!(unreadable.code(), Code::DataLoss);
     }
 }

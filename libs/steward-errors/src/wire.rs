@@ -99,10 +99,56 @@ pub fn timestamp_ns(
     Ok(Some(ts.seconds * 1_000_000_000 + i64::from(ts.nanos)))
 }
 
+/// Rows a list returns when the request leaves `page_size` at 0.
+pub const DEFAULT_PAGE: usize = 100;
+/// The most rows one page of any list holds.
+pub const MAX_PAGE: usize = 1000;
+
+/// A list's `page_size`, the one rule every list RPC follows: 0 is
+/// [`DEFAULT_PAGE`], more than [`MAX_PAGE`] is refused by name (a client
+/// that asked for more must learn it gets less).
+pub fn page_size(requested: u32) -> Result<usize, Invalid> {
+    match usize::try_from(requested) {
+        Ok(0) => Ok(DEFAULT_PAGE),
+        Ok(n) if n <= MAX_PAGE => Ok(n),
+        _ => Err(invalid("page_size", format!("at most {MAX_PAGE}"))),
+    }
+}
+
+/// One page of `rows`, read with one row beyond `limit`: the first
+/// `limit` rows, and the token of the next page (the last row's `key`),
+/// empty when this is the last.
+pub fn next_page<T>(
+    mut rows: Vec<T>,
+    limit: usize,
+    key: impl Fn(&T) -> String,
+) -> (Vec<T>, String) {
+    if rows.len() > limit {
+        rows.truncate(limit);
+        let next = rows.last().map(key).unwrap_or_default();
+        (rows, next)
+    } else {
+        (rows, String::new())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::bad_field;
+
+    #[test]
+    fn every_list_pages_by_one_rule() {
+        assert_eq!(page_size(0), Ok(DEFAULT_PAGE));
+        assert_eq!(page_size(7), Ok(7));
+        assert_eq!(page_size(1000), Ok(MAX_PAGE));
+        let refused = page_size(1001).unwrap_err();
+        assert_eq!(refused.to_string(), "page_size: at most 1000");
+        let (rows, next) = next_page(vec![1, 2, 3], 2, |n: &i32| n.to_string());
+        assert_eq!((rows, next.as_str()), (vec![1, 2], "2"));
+        let (rows, next) = next_page(vec![1, 2], 2, |n: &i32| n.to_string());
+        assert_eq!((rows, next.as_str()), (vec![1, 2], ""));
+    }
 
     #[test]
     fn a_refused_field_is_named_in_the_message_and_in_bad_request() {

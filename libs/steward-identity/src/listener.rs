@@ -40,6 +40,17 @@ impl PeerIdentity {
     pub fn of<T>(request: &tonic::Request<T>) -> Option<&Self> {
         request.extensions().get::<Self>()
     }
+
+    /// The verified caller's SPIFFE ID, as text: UNAUTHENTICATED for a
+    /// request that did not come through a Steward mTLS listener.
+    pub fn caller<T>(request: &tonic::Request<T>) -> Result<String, tonic::Status> {
+        Self::required(request).map(|p| p.spiffe_id.to_string())
+    }
+
+    /// The verified peer, or UNAUTHENTICATED.
+    pub fn required<T>(request: &tonic::Request<T>) -> Result<&Self, tonic::Status> {
+        Self::of(request).ok_or_else(|| tonic::Status::unauthenticated("no verified peer identity"))
+    }
 }
 
 /// A server-side TLS connection whose peer has been verified.

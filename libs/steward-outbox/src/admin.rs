@@ -4,6 +4,7 @@
 
 use prost::Message as _;
 use steward_db::{Database, on_backend};
+use steward_errors::invalid;
 use steward_identity::PeerIdentity;
 use steward_proto::steward::audit::v1 as audit;
 use steward_proto::steward::common::v1 as pb;
@@ -14,9 +15,8 @@ use tonic::{Request, Response, Status};
 
 use crate::Forwarder;
 
-/// Most parked records one answer lists, and one retry names.
-const MAX_PAGE: usize = 1000;
-const DEFAULT_PAGE: usize = 100;
+/// Most parked records one retry names: a page's worth.
+const MAX_PAGE: usize = steward_errors::wire::MAX_PAGE;
 
 /// Serves [`EvidenceOutbox`] over a service's database.
 #[derive(Debug, Clone)]
@@ -43,11 +43,7 @@ impl OutboxAdmin {
 }
 
 fn storage(error: sqlx::Error) -> Status {
-    tracing::error!(%error, "outbox storage error");
-    match steward_db::fault_of(&error) {
-        steward_db::Fault::Full => Status::resource_exhausted(steward_db::FULL),
-        _ => Status::unavailable("storage is unavailable; retry"),
-    }
+    steward_errors::to_status(&steward_db::StorageError::from(error))
 }
 
 /// A stored nanosecond time as the wire's timestamp.
@@ -63,15 +59,7 @@ impl EvidenceOutbox for OutboxAdmin {
         &self,
         request: Request<pb::GetOutboxRequest>,
     ) -> Result<Response<pb::GetOutboxResponse>, Status> {
-        let page = match request.into_inner().page_size as usize {
-            0 => DEFAULT_PAGE,
-            n if n > MAX_PAGE => {
-                return Err(Status::invalid_argument(format!(
-                    "page_size: at most {MAX_PAGE}"
-                )));
-            }
-            n => n,
-        };
+        let page = steward_errors::wire::page_size(request.into_inner().page_size)?;
         let stats = Forwarder::stats(&self.database).await.map_err(storage)?;
         const OLDEST: &str = "SELECT MIN(enqueued_at_ns) FROM evidence_outbox
             WHERE delivered_at_ns IS NULL AND last_error IS NULL";
@@ -119,26 +107,17 @@ impl EvidenceOutbox for OutboxAdmin {
         &self,
         request: Request<pb::RetryParkedRequest>,
     ) -> Result<Response<pb::RetryParkedResponse>, Status> {
-        let caller = PeerIdentity::of(&request)
-            .map(|p| p.spiffe_id.to_string())
-            .ok_or_else(|| Status::unauthenticated("no verified peer identity"))?;
+        let caller = PeerIdentity::caller(&request)?;
         let pb::RetryParkedRequest { seqs, all } = request.into_inner();
         match (all, seqs.len()) {
             (true, 0) | (false, 1..=MAX_PAGE) => {}
-            (true, _) => {
-                return Err(Status::invalid_argument(
-                    "seqs: name records, or set all, not both",
-                ));
-            }
+            (true, _) => return Err(invalid("seqs", "name records, or set all, not both").into()),
             (false, 0) => {
-                return Err(Status::invalid_argument(
-                    "seqs: name the parked records to send again, or set all",
-                ));
+                let why = "name the parked records to send again, or set all";
+                return Err(invalid("seqs", why).into());
             }
             (false, _) => {
-                return Err(Status::invalid_argument(format!(
-                    "seqs: at most {MAX_PAGE} per call"
-                )));
+                return Err(invalid("seqs", format!("at most {MAX_PAGE} per call")).into());
             }
         }
         const ALL: &str =

@@ -17,8 +17,7 @@ impl IdentityService for WhoAmI {
         &self,
         request: Request<WhoAmIRequest>,
     ) -> Result<Response<WhoAmIResponse>, Status> {
-        let peer = PeerIdentity::of(&request)
-            .ok_or_else(|| Status::unauthenticated("no verified peer identity"))?;
+        let peer = PeerIdentity::required(&request)?;
         Ok(Response::new(WhoAmIResponse {
             caller_spiffe_id: peer.spiffe_id.to_string(),
             server_spiffe_id: peer.server_id.to_string(),

@@ -39,6 +39,15 @@ pub enum LogError {
     Storage(#[from] steward_db::StorageError),
     #[error("the audit log is shutting down")]
     Stopped,
+    /// A request named a size or index past the tree's end.
+    #[error("{field}: {value} is beyond the tree ({size} entries)")]
+    Beyond {
+        field: &'static str,
+        value: u64,
+        size: u64,
+    },
+    #[error("leaf_hash: no such leaf in the tree of size {tree_size}")]
+    NoSuchLeaf { tree_size: u64 },
     #[error(
         "this audit replica is not the sequencer; retry, or send appends to the replica that holds the role"
     )]
@@ -62,6 +71,8 @@ impl steward_errors::ServiceError for LogError {
         use tonic::Code;
         match self {
             Self::Conflict { .. } => Code::AlreadyExists,
+            Self::Beyond { .. } => Code::OutOfRange,
+            Self::NoSuchLeaf { .. } => Code::NotFound,
             Self::Proof(ProofError::SizeBeyondTree { .. } | ProofError::IndexOutOfRange { .. }) => {
                 Code::OutOfRange
             }
@@ -70,6 +81,14 @@ impl steward_errors::ServiceError for LogError {
             Self::Storage(e) => e.code(),
             // What an auditor needs to find the damage: shown, not hidden.
             Self::Corrupt(_) | Self::Untrusted(_) => Code::DataLoss,
+        }
+    }
+
+    fn field(&self) -> Option<&str> {
+        match self {
+            Self::Beyond { field, .. } => Some(field),
+            Self::NoSuchLeaf { .. } => Some("leaf_hash"),
+            _ => None,
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use std::pin::Pin;
 
+use steward_errors::wire::page_size;
 use steward_evidence::record::FieldError;
 use steward_evidence::wire::time_from;
 pub use steward_evidence::wire::{record_from_proto, record_to_proto};
@@ -20,9 +21,6 @@ use crate::subscribe;
 
 /// Largest AppendBatch.
 pub const MAX_BATCH: usize = steward_batch::limits::APPEND_BATCH;
-/// Largest page for GetEntries and Query.
-pub const MAX_PAGE: u32 = 1000;
-const DEFAULT_PAGE: u32 = 100;
 
 #[derive(Debug, Clone)]
 pub struct AuditServer {
@@ -40,6 +38,11 @@ fn invalid(error: FieldError) -> Status {
     steward_errors::invalid(error.field, error.reason).into()
 }
 
+/// OUT_OF_RANGE: `field`'s `value` is past the tree's `size`.
+fn beyond(field: &'static str, value: u64, size: u64) -> Status {
+    status(LogError::Beyond { field, value, size })
+}
+
 fn status(error: LogError) -> Status {
     if let LogError::Corrupt(detail) = &error {
         tracing::error!(error = %detail, "audit log corruption");
@@ -48,9 +51,7 @@ fn status(error: LogError) -> Status {
 }
 
 fn appended_by<T>(request: &Request<T>) -> Result<String, Status> {
-    PeerIdentity::of(request)
-        .map(|p| p.spiffe_id.to_string())
-        .ok_or_else(|| Status::unauthenticated("no verified peer identity"))
+    PeerIdentity::caller(request)
 }
 
 fn stored_to_proto(stored: &[crate::store::StoredEntry]) -> Result<Vec<pb::LogEntry>, Status> {
@@ -66,13 +67,6 @@ fn appended(a: &crate::log::Appended) -> pb::AppendResponse {
         index: a.index,
         duplicate: a.duplicate,
         leaf_hash: a.leaf_hash.to_vec(),
-    }
-}
-
-fn page_size(requested: u32) -> u32 {
-    match requested {
-        0 => DEFAULT_PAGE,
-        n => n.min(MAX_PAGE),
     }
 }
 
@@ -249,11 +243,7 @@ impl AuditService for AuditServer {
                 self.log
                     .index_of(&hash)
                     .filter(|i| *i < tree_size)
-                    .ok_or_else(|| {
-                        Status::not_found(format!(
-                            "leaf_hash: no such leaf in the tree of size {tree_size}"
-                        ))
-                    })?
+                    .ok_or_else(|| status(LogError::NoSuchLeaf { tree_size }))?
             }
             None => return Err(steward_errors::invalid("leaf", "give index or leaf_hash").into()),
         };
@@ -306,9 +296,7 @@ impl AuditService for AuditServer {
             request.end_index
         };
         if end > size {
-            return Err(Status::out_of_range(format!(
-                "end_index: {end} is beyond the tree ({size} entries)"
-            )));
+            return Err(beyond("end_index", end, size));
         }
         if request.start_index > end {
             return Err(steward_errors::invalid(
@@ -318,7 +306,8 @@ impl AuditService for AuditServer {
             .into());
         }
         let start = page_token(&request.page_token, request.start_index)?;
-        let limit = page_size(request.page_size);
+        // At most MAX_PAGE, which a u32 holds.
+        let limit = page_size(request.page_size)? as u32;
         let stored = self
             .log
             .store()
@@ -357,7 +346,8 @@ impl AuditService for AuditServer {
             return Err(steward_errors::invalid("since", "is after until").into());
         }
         let after = page_token(&request.page_token, 0)?;
-        let limit = page_size(request.page_size);
+        // At most MAX_PAGE, which a u32 holds.
+        let limit = page_size(request.page_size)? as u32;
         let size = self.log.size();
         let stored = self
             .log
@@ -386,10 +376,7 @@ impl AuditService for AuditServer {
         let request = request.into_inner();
         let size = self.log.size();
         if request.from_index > size {
-            return Err(Status::out_of_range(format!(
-                "from_index: {} is beyond the tree ({size} entries)",
-                request.from_index
-            )));
+            return Err(beyond("from_index", request.from_index, size));
         }
         let stream = subscribe::stream(
             self.log.clone(),
@@ -401,7 +388,7 @@ impl AuditService for AuditServer {
 }
 
 impl AuditServer {
-    fn resolve_size(&self, requested: u64, name: &str) -> Result<u64, Status> {
+    fn resolve_size(&self, requested: u64, name: &'static str) -> Result<u64, Status> {
         let size = self.log.size();
         if requested == 0 {
             return Ok(self
@@ -410,9 +397,7 @@ impl AuditServer {
                 .map_or(size, |c| c.checkpoint.tree_size));
         }
         if requested > size {
-            return Err(Status::out_of_range(format!(
-                "{name}: {requested} is beyond the tree ({size} entries)"
-            )));
+            return Err(beyond(name, requested, size));
         }
         Ok(requested)
     }

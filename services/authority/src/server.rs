@@ -109,9 +109,7 @@ pub fn store_status(error: StoreError) -> Status {
 }
 
 fn caller<T>(request: &Request<T>) -> Result<String, Status> {
-    PeerIdentity::of(request)
-        .map(|p| p.spiffe_id.to_string())
-        .ok_or_else(|| Status::unauthenticated("no verified peer identity"))
+    PeerIdentity::caller(request)
 }
 
 use steward_evidence::clock::now_ns;

@@ -34,9 +34,7 @@ impl From<StoreError> for Status {
 
 /// The verified caller's SPIFFE ID.
 pub fn caller<T>(request: &Request<T>) -> Result<String, Status> {
-    PeerIdentity::of(request)
-        .map(|p| p.spiffe_id.to_string())
-        .ok_or_else(|| Status::unauthenticated("no verified peer identity"))
+    PeerIdentity::caller(request)
 }
 
 /// Unix nanoseconds as a timestamp; none for 0 (never) and `i64::MAX`

@@ -335,11 +335,7 @@ impl CredentialBroker for BrokerServer {
         request: Request<pb::ListLeasesRequest>,
     ) -> Result<Response<pb::ListLeasesResponse>, Status> {
         let r = request.into_inner();
-        let page_size = match r.page_size {
-            0 => 100,
-            n if n > 1000 => return Err(invalid("page_size", "at most 1000").into()),
-            n => n as usize,
-        };
+        let page_size = steward_errors::wire::page_size(r.page_size)?;
         if !r.identity_id.is_empty() {
             uuid("identity_id", &r.identity_id)?;
         }

@@ -22,13 +22,14 @@ use crate::domain::{
     optional, parse_id, required,
 };
 use crate::import::{self, Defaults};
+use crate::store::Store;
 use crate::store::activity::{Permission, Signal};
 use crate::store::import::DriftKind;
 use crate::store::registration::RegistrationEntry;
 use crate::store::reviews::{Attestation, Campaign, Decision};
 use crate::store::transitions::{TransitionRequest, Transitions};
-use crate::store::{Store, page_size};
 use convert::*;
+use steward_errors::wire::page_size;
 
 /// The most a signal or usage time may lie ahead of the server's clock.
 const CLOCK_SKEW_NS: i64 = 300 * steward_evidence::clock::NANOS_PER_SECOND;
@@ -94,9 +95,7 @@ fn context<T>(
     request: &Request<T>,
     wire: Option<&pb::ChangeContext>,
 ) -> Result<ChangeContext, Status> {
-    let actor = PeerIdentity::of(request)
-        .map(|p| p.spiffe_id.to_string())
-        .ok_or_else(|| Status::unauthenticated("no verified peer identity"))?;
+    let actor = PeerIdentity::caller(request)?;
     let wire = wire.cloned().unwrap_or_default();
     let context = ChangeContext {
         actor,
@@ -135,9 +134,9 @@ fn observed(field: &str, ts: Option<&prost_types::Timestamp>) -> Result<i64, Sta
     let now = now_ns();
     match nanos(field, ts).map_err(invalid)? {
         None => Ok(now),
-        Some(t) if t > now + CLOCK_SKEW_NS => Err(Status::invalid_argument(format!(
-            "{field}: is in the future"
-        ))),
+        Some(t) if t > now + CLOCK_SKEW_NS => {
+            Err(steward_errors::invalid(field, "is in the future").into())
+        }
         Some(t) => Ok(t),
     }
 }
@@ -295,7 +294,7 @@ impl InventoryService for InventoryServer {
         let filter = filter(r.filter.as_ref(), "filter.").map_err(invalid)?;
         let (identities, next_page_token) = self
             .store
-            .list(&filter, page_size(r.page_size), &r.page_token)
+            .list(&filter, page_size(r.page_size)?, &r.page_token)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ListIdentitiesResponse {
@@ -320,7 +319,7 @@ impl InventoryService for InventoryServer {
         current
             .state
             .transition_to(target)
-            .map_err(|why| Status::failed_precondition(format!("target_state: {why}")))?;
+            .map_err(|why| status(Error::FailedPrecondition(format!("target_state: {why}"))))?;
         let allowed = self
             .gate
             .decide(&request, &id, target, &r.reason, &context)
@@ -352,7 +351,7 @@ impl InventoryService for InventoryServer {
         let identity_id = id("identity_id", &r.identity_id)?;
         let (transitions, next_page_token) = self
             .store
-            .transitions(&identity_id, page_size(r.page_size), &r.page_token)
+            .transitions(&identity_id, page_size(r.page_size)?, &r.page_token)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ListTransitionsResponse {
@@ -434,7 +433,7 @@ impl InventoryService for InventoryServer {
             .signals(
                 &identity_id,
                 r.open_only,
-                page_size(r.page_size),
+                page_size(r.page_size)?,
                 &r.page_token,
             )
             .await
@@ -450,10 +449,7 @@ impl InventoryService for InventoryServer {
         request: Request<pb::ListSignalFeedRequest>,
     ) -> Result<Response<pb::ListSignalFeedResponse>, Status> {
         let r = request.into_inner();
-        let limit = match r.page_size {
-            0 => 100,
-            n => (n as usize).min(1000),
-        };
+        let limit = page_size(r.page_size)?;
         let signals = self
             .store
             .signal_feed(&r.after_id, limit)
@@ -537,7 +533,7 @@ impl InventoryService for InventoryServer {
         let identity_id = id("identity_id", &r.identity_id)?;
         let (entitlements, next_page_token) = self
             .store
-            .entitlements(&identity_id, page_size(r.page_size), &r.page_token)
+            .entitlements(&identity_id, page_size(r.page_size)?, &r.page_token)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ListEntitlementsResponse {

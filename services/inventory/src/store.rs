@@ -35,9 +35,6 @@ pub(crate) use rows::{
     read_identity, rotated_at, update_row,
 };
 
-/// Largest page any list returns.
-pub const MAX_PAGE: usize = 1000;
-
 /// The inventory database and the outbox forwarder to wake after commits.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -60,14 +57,6 @@ pub(crate) fn after_id(token: &str) -> Result<String, Error> {
                 "not a token from a previous response",
             ))
         })
-}
-
-/// `page_size` as a row count: 0 means 100, at most [`MAX_PAGE`].
-pub fn page_size(requested: u32) -> usize {
-    match requested {
-        0 => 100,
-        n => (n as usize).min(MAX_PAGE),
-    }
 }
 
 /// A WHERE clause under construction, with its parameters.

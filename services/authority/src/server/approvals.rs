@@ -157,7 +157,7 @@ impl AuthorityServer {
             uuid_field("resource_id", &r.resource_id)?;
         }
         optional_text("incident_ref", &r.incident_ref)?;
-        let limit = page(r.page_size);
+        let limit = page(r.page_size)?;
         let rows = self
             .shared
             .store
@@ -303,7 +303,7 @@ impl AuthorityServer {
         }
         optional_text("principal", &r.principal)?;
         optional_text("incident_ref", &r.incident_ref)?;
-        let limit = page(r.page_size);
+        let limit = page(r.page_size)?;
         let rows = self
             .shared
             .store

@@ -47,7 +47,7 @@ impl AuthorityServer {
                 steward_errors::invalid("page_token", "not a token from a previous response")
             })?
         };
-        let limit = approvals::page(page_size);
+        let limit = approvals::page(page_size)?;
         let rows = self
             .shared
             .store

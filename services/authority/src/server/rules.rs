@@ -197,7 +197,7 @@ impl AuthorityServer {
         } else {
             uuid_field("page_token", &r.page_token)?
         };
-        let limit = page(r.page_size);
+        let limit = page(r.page_size)?;
         let rows = self
             .shared
             .store

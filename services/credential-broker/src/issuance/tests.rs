@@ -289,6 +289,28 @@ async fn a_suspended_identity_gets_nothing_and_the_refusal_is_the_decisions_reco
 }
 
 #[tokio::test]
+async fn an_identity_in_a_state_this_version_does_not_know_gets_nothing() {
+    for state in ["", "frozen", "Active"] {
+        let core = core(move |_| Ok(decision(Effect::Allow, state))).await;
+        let refused = core.token(0).await.unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{state:?}");
+        assert!(
+            refused
+                .to_string()
+                .contains("a state this version does not know"),
+            "{refused}"
+        );
+        assert!(core.leases().await.is_empty());
+    }
+    // Watchlisted and restricted identities still act.
+    for state in ["watchlisted", "restricted"] {
+        let core = core(move |_| Ok(decision(Effect::Allow, state))).await;
+        core.token(0).await.unwrap();
+        assert_eq!(core.leases().await.len(), 1, "{state}");
+    }
+}
+
+#[tokio::test]
 async fn a_ttl_above_the_policys_cap_is_refused_and_recorded() {
     let core = core(|_| {
         let mut d = decision(Effect::Allow, "active");

@@ -1,5 +1,7 @@
 //! The SPIFFE registration entry handlers.
 
+use steward_errors::Invalid;
+
 use super::*;
 use crate::store::registration::{EntryChange, EntryFilter};
 
@@ -15,10 +17,9 @@ impl InventoryServer {
             .ok_or_else(|| steward_errors::invalid("entry", "is required"))?;
         let spiffe = |field: &str, value: &str| {
             if value.is_empty() {
-                return Err(Status::invalid_argument(format!("{field}: is required")));
+                return Err(steward_errors::invalid(field, "is required"));
             }
-            SpiffeId::parse(value)
-                .map_err(|err| Status::invalid_argument(format!("{field}: {err}")))
+            SpiffeId::parse(value).map_err(|err| steward_errors::invalid(field, err.to_string()))
         };
         let spiffe_id = spiffe("entry.spiffe_id", &e.spiffe_id)?;
         let parent_id = spiffe("entry.parent_id", &e.parent_id)?;
@@ -141,7 +142,7 @@ impl InventoryServer {
         };
         let (entries, next_page_token) = self
             .store
-            .entries(&filter, page_size(r.page_size), &r.page_token)
+            .entries(&filter, page_size(r.page_size)?, &r.page_token)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ListRegistrationEntriesResponse {
@@ -188,13 +189,12 @@ fn selectors_of(wire: &[pb::Selector]) -> Result<Vec<Selector>, Status> {
 }
 
 /// An SVID lifetime: 0 (the broker's default) to 30 days.
-fn ttl(field: &str, seconds: i32) -> Result<i32, Status> {
+fn ttl(field: &str, seconds: i32) -> Result<i32, Invalid> {
     if (0..=86_400 * 30).contains(&seconds) {
         Ok(seconds)
     } else {
-        Err(Status::invalid_argument(format!(
-            "{field}: must be 0 (the default) to 2592000 seconds"
-        )))
+        let why = "must be 0 (the default) to 2592000 seconds";
+        Err(steward_errors::invalid(field, why))
     }
 }
 
@@ -203,20 +203,17 @@ const MAX_DNS_NAMES: usize = 32;
 
 /// Checked DNS names: valid host names (RFC 1123 labels; a leading `*.`
 /// for a wildcard), lower-cased, without duplicates.
-fn dns_names(field: &str, names: &[String]) -> Result<Vec<String>, Status> {
+fn dns_names(field: &str, names: &[String]) -> Result<Vec<String>, Invalid> {
     if names.len() > MAX_DNS_NAMES {
-        return Err(Status::invalid_argument(format!(
-            "{field}: at most {MAX_DNS_NAMES}"
-        )));
+        let why = format!("at most {MAX_DNS_NAMES}");
+        return Err(steward_errors::invalid(field, why));
     }
     let mut out: Vec<String> = Vec::with_capacity(names.len());
     for (i, name) in names.iter().enumerate() {
         let lower = name.to_ascii_lowercase();
         if !host_name(&lower) {
-            return Err(Status::invalid_argument(format!(
-                "{field}[{i}]: {} is not a host name",
-                steward_errors::shown(name)
-            )));
+            let why = format!("{} is not a host name", steward_errors::shown(name));
+            return Err(steward_errors::invalid(format!("{field}[{i}]"), why));
         }
         if !out.contains(&lower) {
             out.push(lower);

@@ -29,7 +29,7 @@ impl InventoryServer {
                 report,
                 days,
                 &filter,
-                page_size(r.page_size),
+                page_size(r.page_size)?,
                 &r.page_token,
                 now,
             )

@@ -80,7 +80,7 @@ impl InventoryServer {
             .review_items(
                 &campaign_id,
                 decision,
-                page_size(r.page_size),
+                page_size(r.page_size)?,
                 &r.page_token,
             )
             .await

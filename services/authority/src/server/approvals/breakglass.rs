@@ -131,7 +131,7 @@ impl AuthorityServer {
             .sweep(&self.shared.own_actor(), now)
             .await
             .map_err(store_status)?;
-        let limit = page(r.page_size);
+        let limit = page(r.page_size)?;
         let rows = self
             .shared
             .store

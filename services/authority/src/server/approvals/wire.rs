@@ -40,14 +40,6 @@ pub(super) fn optional_text(field: &str, value: &str) -> Result<(), Status> {
     Ok(())
 }
 
-/// A page size: 50 when unset, at most 500.
-pub fn page(size: u32) -> usize {
-    match size {
-        0 => 50,
-        n => n.min(500) as usize,
-    }
-}
-
 pub(super) fn page_token(token: &str) -> Result<String, Status> {
     if token.is_empty() {
         return Ok(String::new());
@@ -57,16 +49,7 @@ pub(super) fn page_token(token: &str) -> Result<String, Status> {
     })
 }
 
-/// Keeps `limit` rows and the token for the next page.
-pub fn paged<T>(mut rows: Vec<T>, limit: usize, id: impl Fn(&T) -> String) -> (Vec<T>, String) {
-    if rows.len() > limit {
-        rows.truncate(limit);
-        let next = rows.last().map(id).unwrap_or_default();
-        (rows, next)
-    } else {
-        (rows, String::new())
-    }
-}
+pub use steward_errors::wire::{next_page as paged, page_size as page};
 
 pub(super) fn approval_state_to_pb(s: ApprovalState) -> i32 {
     (match s {
