@@ -574,6 +574,8 @@ pub fn test_broker_config(service: ServiceConfig) -> steward_credential_broker::
     let mut config = steward_credential_broker::BrokerConfig::new(service);
     config.kek_file = Some(kek_file);
     config.workload_api_socket = Some(socket);
+    // Tests watch SVIDs of a few seconds rotate.
+    config.ttl.svid_min = 1;
     config
 }
 

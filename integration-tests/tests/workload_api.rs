@@ -257,6 +257,61 @@ async fn py_spiffe_and_a_default_grpcio_channel_get_their_svids() {
     assert_eq!(stdout.matches("ok ").count(), 9, "{stdout}");
 }
 
+/// Envoy SDS on the same socket, seen by a client Steward did not write
+/// (the Envoy protos from xds-protos over a default grpcio channel): a
+/// process no entry matches is PERMISSION_DENIED; a registered one gets its
+/// certificate (the chain verifies to the bundle, the key is the leaf's)
+/// and the bundle, ACKs, and is pushed a new version with a new
+/// certificate when the short-lived SVID is renewed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_independent_sds_client_gets_certificate_and_bundle_and_renewals() {
+    let stack = TestStack::start().await;
+    let socket = stack.pki.path().join("workload.sock");
+    socket_ready(&socket).await;
+    let identity = stack.workload_identity("envoy", "production").await;
+    let run = |args: Vec<String>| {
+        let python = steward_integration_tests::python();
+        let script = steward_integration_tests::workspace_root()
+            .join("integration-tests/python/sds_client.py");
+        let socket = endpoint(&socket);
+        tokio::task::spawn_blocking(move || {
+            let output = std::process::Command::new(python)
+                .arg(script)
+                .args(args)
+                .env("SPIFFE_ENDPOINT_SOCKET", socket)
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(
+                output.status.success(),
+                "sds client failed:\n{stdout}\n{stderr}"
+            );
+            stdout
+        })
+    };
+    let refused = run(vec!["unregistered".into()]).await.unwrap();
+    assert_eq!(refused.matches("ok ").count(), 1, "{refused}");
+
+    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(stack.pki.path()).unwrap());
+    let mut entry = entry_for(&identity, uid);
+    entry.entry.as_mut().unwrap().x509_svid_ttl = 6;
+    stack
+        .inventory()
+        .await
+        .create_registration_entry(entry)
+        .await
+        .unwrap();
+    let stdout = run(vec![
+        identity.spiffe_id.clone(),
+        "spiffe://steward.test".into(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(stdout.matches("ok ").count(), 12, "{stdout}");
+    assert!(!stdout.contains("FAILED"), "{stdout}");
+}
+
 /// `message` with the Workload API's security header.
 fn header<T>(message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);

@@ -49,6 +49,23 @@ pub struct TtlConfig {
     /// No credential is issued, or a lease renewed, for longer than this.
     #[serde(default = "day")]
     pub max: u64,
+    /// The shortest SVID lifetime a registration entry gets through the
+    /// Workload API and SDS: a shorter entry TTL is raised to it, so one
+    /// entry cannot have its stream re-issue (a lease and an evidence
+    /// record each time) every few seconds.
+    #[serde(default = "minute")]
+    pub svid_min: u64,
+}
+
+impl TtlConfig {
+    /// An entry's SVID lifetime as the Workload API issues it: 0 (the
+    /// kind's default) stays 0, anything else is at least `svid_min`.
+    pub fn entry_ttl(&self, entry_ttl: u32) -> u32 {
+        match entry_ttl {
+            0 => 0,
+            n => n.max(u32::try_from(self.svid_min).unwrap_or(u32::MAX)),
+        }
+    }
 }
 
 impl Default for TtlConfig {
@@ -58,6 +75,7 @@ impl Default for TtlConfig {
             jwt_svid_default: five_minutes(),
             api_token_default: hour(),
             max: day(),
+            svid_min: minute(),
         }
     }
 }
@@ -82,6 +100,9 @@ impl Default for CaConfig {
     }
 }
 
+fn minute() -> u64 {
+    60
+}
 fn five_minutes() -> u64 {
     300
 }
@@ -145,6 +166,10 @@ mod tests {
         );
         assert_eq!(config.ttl.jwt_svid_default, 300);
         assert_eq!(config.ttl.max, 86_400);
+        assert_eq!(config.ttl.svid_min, 60);
+        assert_eq!(config.ttl.entry_ttl(0), 0, "the default stays the default");
+        assert_eq!(config.ttl.entry_ttl(20), 60);
+        assert_eq!(config.ttl.entry_ttl(3600), 3600);
         assert_eq!(config.ca.intermediate_validity_secs, 30 * 86_400);
         assert_eq!(
             config.workload_api_socket.as_deref(),

@@ -22,6 +22,10 @@
 //! valid one before the server sees them.
 
 mod mend;
+mod renewal;
+mod sds;
+
+use renewal::{Held, HeldSvid, Issued, Renewals};
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -91,6 +95,12 @@ impl WorkloadApi {
                 "security header missing from request: set workload.spiffe.io: true",
             ));
         }
+        Self::peer_selectors(request)
+    }
+
+    /// The caller's selectors, from the kernel's credentials of the
+    /// socket's peer (SDS clients send no security header).
+    fn peer_selectors<T>(request: &Request<T>) -> Result<Vec<inventory::Selector>, Status> {
         let credentials = request
             .extensions()
             .get::<UdsConnectInfo>()
@@ -132,14 +142,15 @@ impl WorkloadApi {
                 "no identity is registered for this workload",
             ));
         }
+        let ttl = &self.issuer.ttl;
         Ok(found
             .into_iter()
             .map(|e| Entry {
                 id: e.id,
                 spiffe_id: e.spiffe_id,
                 identity_id: e.identity_id,
-                x509_ttl: u32::try_from(e.x509_svid_ttl).unwrap_or(0),
-                jwt_ttl: u32::try_from(e.jwt_svid_ttl).unwrap_or(0),
+                x509_ttl: ttl.entry_ttl(u32::try_from(e.x509_svid_ttl).unwrap_or(0)),
+                jwt_ttl: ttl.entry_ttl(u32::try_from(e.jwt_svid_ttl).unwrap_or(0)),
                 dns_names: e.dns_names,
             })
             .collect())
@@ -294,41 +305,6 @@ impl WorkloadApi {
     }
 }
 
-/// The X.509-SVIDs one `FetchX509SVID` stream serves, by entry id.
-#[derive(Default)]
-struct Held {
-    svids: BTreeMap<String, HeldSvid>,
-}
-
-struct HeldSvid {
-    /// What the entry said when this SVID was issued: a changed entry
-    /// gets a new one at once.
-    issued_as: Issued,
-    svid: pb::X509svid,
-    lease_id: String,
-    /// Half its lifetime.
-    renew_at_ns: i64,
-}
-
-#[derive(PartialEq, Eq)]
-struct Issued {
-    spiffe_id: String,
-    identity_id: String,
-    x509_ttl: u32,
-    dns_names: Vec<String>,
-}
-
-impl Issued {
-    fn of(entry: &Entry) -> Self {
-        Self {
-            spiffe_id: entry.spiffe_id.clone(),
-            identity_id: entry.identity_id.clone(),
-            x509_ttl: entry.x509_ttl,
-            dns_names: entry.dns_names.clone(),
-        }
-    }
-}
-
 /// A JSON value as a protobuf `Value`.
 fn to_value(value: &serde_json::Value) -> prost_types::Value {
     let kind = match value {
@@ -369,8 +345,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         let (first, mut leases, mut refresh) = self.x509_svids(&entries, &mut held).await?;
         let (tx, rx) = mpsc::channel(2);
         let api = self.clone();
-        let mut revocations = self.issuer.writer.subscribe();
-        let mut ca_changes = self.issuer.ca_changes();
+        let mut renewals = Renewals::of(&self.issuer);
         let stopped = self.stopped();
         tokio::spawn(async move {
             tokio::pin!(stopped);
@@ -378,32 +353,12 @@ impl SpiffeWorkloadApi for WorkloadApi {
                 return;
             }
             loop {
-                let deadline = tokio::time::sleep(refresh);
-                tokio::pin!(deadline);
-                // Wait for half-life, or for one of these leases to end.
-                loop {
-                    tokio::select! {
-                        () = tx.closed() => return,
-                        () = &mut stopped => return,
-                        () = &mut deadline => break,
-                        // A rotated CA: new SVIDs from the new intermediate.
-                        changed = ca_changes.changed() => if changed.is_err() { return } else {
-                            held.svids.clear();
-                            break
-                        },
-                        revoked = revocations.recv() => match revoked {
-                            Ok(entry) if leases.contains(&entry.lease.lease_id) => {
-                                held.svids.retain(|_, h| h.lease_id != entry.lease.lease_id);
-                                break
-                            }
-                            Ok(_) => {}
-                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                                held.svids.clear();
-                                break
-                            }
-                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                        },
-                    }
+                // Wait for half-life, for one of these leases to end, or
+                // for a CA rotation.
+                tokio::select! {
+                    () = tx.closed() => return,
+                    () = &mut stopped => return,
+                    wake = renewals.next(refresh, &leases) => if !held.apply(wake) { return },
                 }
                 // Attest again: the entries may have changed.
                 let next = match api.entries(selectors.clone()).await {
@@ -579,9 +534,10 @@ pub async fn serve(
     let served = tonic::transport::Server::builder()
         .add_service(
             steward_proto::spiffe_workload::spiffe_workload_api_server::SpiffeWorkloadApiServer::new(
-                api,
+                api.clone(),
             ),
         )
+        .add_service(envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer::new(api))
         .serve_with_incoming_shutdown(
             tokio_stream::StreamExt::map(
                 tokio_stream::wrappers::UnixListenerStream::new(listener),
