@@ -27,6 +27,36 @@ fn endpoint(path: &std::path::Path) -> String {
     format!("unix:{}", path.display())
 }
 
+/// Runs `integration-tests/python/<script>` with `args` against `socket`;
+/// its stdout, once it exited 0.
+fn python_client(
+    script: &str,
+    socket: &std::path::Path,
+    args: Vec<String>,
+) -> tokio::task::JoinHandle<String> {
+    let python = steward_integration_tests::python();
+    let script = steward_integration_tests::workspace_root()
+        .join("integration-tests/python")
+        .join(script);
+    let socket = endpoint(socket);
+    tokio::task::spawn_blocking(move || {
+        let output = std::process::Command::new(python)
+            .arg(&script)
+            .args(args)
+            .env("SPIFFE_ENDPOINT_SOCKET", socket)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "{} failed:\n{stdout}\n{stderr}",
+            script.display()
+        );
+        stdout
+    })
+}
+
 #[tokio::test]
 async fn spiffe_clients_get_svids_bundles_and_jwts_for_their_kernel_identity() {
     let stack = TestStack::start().await;
@@ -212,27 +242,7 @@ async fn py_spiffe_and_a_default_grpcio_channel_get_their_svids() {
     let socket = stack.pki.path().join("workload.sock");
     socket_ready(&socket).await;
     let identity = stack.workload_identity("python", "production").await;
-    let run = |args: Vec<String>| {
-        let python = steward_integration_tests::python();
-        let script = steward_integration_tests::workspace_root()
-            .join("integration-tests/python/workload_clients.py");
-        let socket = endpoint(&socket);
-        tokio::task::spawn_blocking(move || {
-            let output = std::process::Command::new(python)
-                .arg(script)
-                .args(args)
-                .env("SPIFFE_ENDPOINT_SOCKET", socket)
-                .output()
-                .unwrap();
-            let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            assert!(
-                output.status.success(),
-                "python clients failed:\n{stdout}\n{stderr}"
-            );
-            stdout
-        })
-    };
+    let run = |args: Vec<String>| python_client("workload_clients.py", &socket, args);
     let refused = run(vec!["unregistered".into()]).await.unwrap();
     assert_eq!(refused.matches("ok ").count(), 1, "{refused}");
 
@@ -269,27 +279,7 @@ async fn an_independent_sds_client_gets_certificate_and_bundle_and_renewals() {
     let socket = stack.pki.path().join("workload.sock");
     socket_ready(&socket).await;
     let identity = stack.workload_identity("envoy", "production").await;
-    let run = |args: Vec<String>| {
-        let python = steward_integration_tests::python();
-        let script = steward_integration_tests::workspace_root()
-            .join("integration-tests/python/sds_client.py");
-        let socket = endpoint(&socket);
-        tokio::task::spawn_blocking(move || {
-            let output = std::process::Command::new(python)
-                .arg(script)
-                .args(args)
-                .env("SPIFFE_ENDPOINT_SOCKET", socket)
-                .output()
-                .unwrap();
-            let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            assert!(
-                output.status.success(),
-                "sds client failed:\n{stdout}\n{stderr}"
-            );
-            stdout
-        })
-    };
+    let run = |args: Vec<String>| python_client("sds_client.py", &socket, args);
     let refused = run(vec!["unregistered".into()]).await.unwrap();
     assert_eq!(refused.matches("ok ").count(), 1, "{refused}");
 

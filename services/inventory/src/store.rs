@@ -373,19 +373,7 @@ impl Store {
 }
 
 /// Splits one extra row off as the next page's token.
-pub(crate) fn paged<T>(
-    mut rows: Vec<T>,
-    page: usize,
-    key: impl Fn(&T) -> String,
-) -> (Vec<T>, String) {
-    if rows.len() > page {
-        rows.truncate(page);
-        let token = rows.last().map(&key).unwrap_or_default();
-        (rows, token)
-    } else {
-        (rows, String::new())
-    }
-}
+pub(crate) use steward_errors::wire::next_page as paged;
 
 /// [`COLUMNS`] with a table alias.
 pub(crate) fn prefixed_columns(alias: &str) -> String {
