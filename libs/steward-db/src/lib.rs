@@ -16,12 +16,12 @@ use std::borrow::Cow;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::SqlStr;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
+use sqlx::{AssertSqlSafe, SqlSafeStr};
 
 /// Runs one body against whichever pool `$db` holds, with `$ty` bound to the
 /// sqlx database type. The SQL must work on both engines: `$1`-style
@@ -141,6 +141,8 @@ pub enum DbError {
     WrongOwner { expected: String, found: String },
     #[error("migration version {0} is reserved for the baseline; number service migrations from 2")]
     ReservedVersion(i64),
+    #[error("migration version {0} has an unclosed or one-sided {{{{sqlite|postgres}}}}")]
+    MalformedMigration(i64),
     #[error(transparent)]
     Sqlx(#[from] sqlx::Error),
 }
@@ -188,9 +190,14 @@ pub struct MigrationSet {
 }
 
 /// A service's [`MigrationSet`] from one list: each migration's version,
-/// description and file, read from the crate's `migrations/sqlite/` and
-/// `migrations/postgres/`; or, for SQL another crate ships, its text for
-/// each engine as `(sqlite, postgres)`.
+/// description and file, read from the crate's `migrations/` for both
+/// engines; or, for SQL another crate ships, its text for each engine as
+/// `(sqlite, postgres)`.
+///
+/// One file serves both engines: where they spell a piece differently the
+/// file holds both spellings as `{{sqlite|postgres}}`, and [`for_engine`]
+/// keeps the one that engine reads. The schema is written once, so the two
+/// engines' tables cannot drift apart.
 ///
 /// ```ignore
 /// const MIGRATIONS: MigrationSet = steward_db::migrations!(SERVICE, {
@@ -228,13 +235,7 @@ macro_rules! migration_sql {
         $postgres
     };
     ($engine:ident, $file:literal) => {
-        include_str!(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/migrations/",
-            stringify!($engine),
-            "/",
-            $file
-        ))
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/", $file))
     };
 }
 
@@ -391,11 +392,15 @@ impl Database {
         self.claim(set.service).await?;
         match self {
             Self::Sqlite(sqlite) => {
-                migrator(BASELINE_SQLITE, set.sqlite)?
+                migrator(BASELINE_SQLITE, set.sqlite, Backend::Sqlite)?
                     .run(sqlite.pool())
                     .await?
             }
-            Self::Postgres(pool) => migrator(BASELINE, set.postgres)?.run(pool).await?,
+            Self::Postgres(pool) => {
+                migrator(BASELINE, set.postgres, Backend::Postgres)?
+                    .run(pool)
+                    .await?
+            }
         }
         tracing::debug!(service = set.service, backend = ?self.backend(), "migrations applied");
         Ok(())
@@ -593,24 +598,49 @@ const BASELINE_SQLITE: &MigrationFile = &MigrationFile {
 fn migrator(
     baseline: &'static MigrationFile,
     files: &'static [MigrationFile],
+    engine: Backend,
 ) -> Result<Migrator, DbError> {
     if let Some(file) = files.iter().find(|f| f.version <= baseline.version) {
         return Err(DbError::ReservedVersion(file.version));
     }
-    Ok(Migrator::with_migrations(
-        std::iter::once(baseline)
-            .chain(files)
-            .map(|file| {
-                Migration::new(
-                    file.version,
-                    Cow::Borrowed(file.description),
-                    MigrationType::Simple,
-                    SqlStr::from_static(file.sql),
-                    false,
-                )
-            })
-            .collect(),
-    ))
+    let migrations = std::iter::once(baseline)
+        .chain(files)
+        .map(|file| {
+            let sql =
+                for_engine(file.sql, engine).ok_or(DbError::MalformedMigration(file.version))?;
+            Ok(Migration::new(
+                file.version,
+                Cow::Borrowed(file.description),
+                MigrationType::Simple,
+                AssertSqlSafe(sql).into_sql_str(),
+                false,
+            ))
+        })
+        .collect::<Result<_, DbError>>()?;
+    Ok(Migrator::with_migrations(migrations))
+}
+
+/// One engine's text of a migration written for both: every
+/// `{{sqlite|postgres}}` becomes the spelling `engine` reads, and the rest
+/// is kept byte for byte (sqlx checksums the result, so a file that serves
+/// both engines gives each the very text it had when it was two files).
+/// `None` for an unclosed `{{` or one without its `|`.
+pub fn for_engine(sql: &str, engine: Backend) -> Option<String> {
+    let mut out = String::with_capacity(sql.len());
+    let mut rest = sql;
+    while let Some(open) = rest.find("{{") {
+        out.push_str(&rest[..open]);
+        let inner = &rest[open + 2..];
+        let close = inner.find("}}")?;
+        let (sqlite, postgres) = inner[..close].split_once('|')?;
+        out.push_str(match engine {
+            Backend::Sqlite => sqlite,
+            Backend::Postgres => postgres,
+        });
+        rest = &inner[close + 2..];
+    }
+    out.push_str(rest);
+    Some(out)
 }
 
 /// A database URL with any password replaced, safe to log or return.
@@ -632,6 +662,25 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn one_file_gives_each_engine_its_spelling_and_keeps_the_rest_byte_for_byte() {
+        let sql = "CREATE TABLE t (\n  id {{INTEGER |BIGINT  }}PRIMARY KEY,\n  b {{BLOB|BYTEA}}\n)";
+        assert_eq!(
+            for_engine(sql, Backend::Sqlite).unwrap(),
+            "CREATE TABLE t (\n  id INTEGER PRIMARY KEY,\n  b BLOB\n)"
+        );
+        assert_eq!(
+            for_engine(sql, Backend::Postgres).unwrap(),
+            "CREATE TABLE t (\n  id BIGINT  PRIMARY KEY,\n  b BYTEA\n)"
+        );
+        assert_eq!(
+            for_engine("SELECT 1", Backend::Postgres).unwrap(),
+            "SELECT 1"
+        );
+        assert_eq!(for_engine("a {{b|c", Backend::Sqlite), None);
+        assert_eq!(for_engine("a {{b}} c", Backend::Sqlite), None);
+    }
 
     const FILES: &[MigrationFile] = &[MigrationFile {
         version: 2,

@@ -2,12 +2,12 @@
 -- key-encryption key; leases; and the revocation log. Times are Unix
 -- nanoseconds; lists (audiences, scopes) are newline-joined.
 CREATE TABLE authority_keys (
-    id             BIGINT  PRIMARY KEY,
+    id             {{INTEGER |BIGINT  }}PRIMARY KEY,
     -- root, intermediate or jwt
     kind           TEXT    NOT NULL,
     -- PEM certificate (root, intermediate) or the public JWK (jwt)
     public         TEXT    NOT NULL,
-    sealed_key     BYTEA    NOT NULL,
+    sealed_key     {{BLOB    |BYTEA    }}NOT NULL,
     kek_id         TEXT    NOT NULL,
     not_after_ns   BIGINT  NOT NULL,
     created_at_ns  BIGINT  NOT NULL,
@@ -32,7 +32,7 @@ CREATE TABLE leases (
     renewable          BIGINT  NOT NULL,
     state              BIGINT  NOT NULL,
     credential_ref     TEXT    NOT NULL,
-    token_hash         BYTEA,
+    token_hash         {{BLOB,|BYTEA,}}
     audience           TEXT    NOT NULL,
     scopes             TEXT    NOT NULL,
     decision_id        TEXT    NOT NULL,

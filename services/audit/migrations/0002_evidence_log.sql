@@ -2,11 +2,11 @@
 -- canonical leaf bytes (docs/evidence-encoding.md); the other columns are
 -- copies of its fields for Query.
 CREATE TABLE entries (
-    idx            INTEGER PRIMARY KEY,
+    idx            {{INTEGER |BIGINT }}PRIMARY KEY,
     record_id      TEXT    NOT NULL UNIQUE,
     leaf           TEXT    NOT NULL,
-    leaf_hash      BLOB    NOT NULL,
-    time_ns        INTEGER NOT NULL,
+    leaf_hash      {{BLOB    |BYTEA   }}NOT NULL,
+    time_ns        {{INTEGER |BIGINT  }}NOT NULL,
     incident_ref   TEXT    NOT NULL,
     nhi_id         TEXT    NOT NULL,
     workload       TEXT    NOT NULL,
@@ -25,8 +25,8 @@ CREATE INDEX entries_time ON entries (time_ns);
 
 -- Signed checkpoints, as published.
 CREATE TABLE checkpoints (
-    tree_size     INTEGER PRIMARY KEY,
-    root_hash     BLOB    NOT NULL,
+    tree_size     {{INTEGER |BIGINT }}PRIMARY KEY,
+    root_hash     {{BLOB    |BYTEA   }}NOT NULL,
     note          TEXT    NOT NULL,
-    created_at_ns INTEGER NOT NULL
+    created_at_ns {{INTEGER |BIGINT  }}NOT NULL
 );

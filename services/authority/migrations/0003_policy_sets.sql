@@ -10,7 +10,7 @@ CREATE TABLE policy_sets (
 );
 
 CREATE TABLE activations (
-    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq            {{INTEGER PRIMARY KEY AUTOINCREMENT,|BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,}}
     version        BIGINT  NOT NULL,
     previous       BIGINT  NOT NULL,
     activated_by   TEXT    NOT NULL,

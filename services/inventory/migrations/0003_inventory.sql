@@ -1,6 +1,6 @@
 -- Inventory: identities and everything known about them. Times are
 -- nanoseconds since the Unix epoch. The same statements run on PostgreSQL
--- (see ../postgres), so columns use types both engines read alike.
+-- (see {{../postgres), |../sqlite), }}so columns use types both engines read alike.
 
 CREATE TABLE identities (
     id                        TEXT    PRIMARY KEY,
@@ -104,7 +104,7 @@ CREATE TABLE entitlements (
     last_used_at_ns BIGINT,
     use_count       BIGINT NOT NULL,
     PRIMARY KEY (identity_id, system, permission, resource)
-) WITHOUT ROWID;
+{{) WITHOUT ROWID;|);}}
 
 CREATE TABLE identity_consumers (
     identity_id   TEXT   NOT NULL,
@@ -113,7 +113,7 @@ CREATE TABLE identity_consumers (
     last_seen_ns  BIGINT NOT NULL,
     uses          BIGINT NOT NULL,
     PRIMARY KEY (identity_id, consumer)
-) WITHOUT ROWID;
+{{) WITHOUT ROWID;|);}}
 
 CREATE TABLE owners (
     name          TEXT   PRIMARY KEY,
