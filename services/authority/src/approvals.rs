@@ -20,54 +20,36 @@ pub const DEFAULT_GRANT_SECS: i64 = 3600;
 pub const BREAK_GLASS_DEFAULT_SECS: i64 = 3600;
 pub const BREAK_GLASS_MAX_SECS: i64 = 4 * 3600;
 
-macro_rules! states {
-    ($(#[$meta:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        pub enum $name { $($variant),+ }
-
-        impl $name {
-            pub fn as_str(self) -> &'static str {
-                match self { $(Self::$variant => $text),+ }
-            }
-
-            pub fn parse(text: &str) -> Option<Self> {
-                match text { $($text => Some(Self::$variant),)+ _ => None }
-            }
-        }
-    };
-}
-
-states!(
+steward_vocab::names!(
     /// pending → approved / denied / expired / cancelled.
     ApprovalState {
-        Pending = "pending",
-        Approved = "approved",
-        Denied = "denied",
-        Expired = "expired",
-        Cancelled = "cancelled",
+        Pending => "pending",
+        Approved => "approved",
+        Denied => "denied",
+        Expired => "expired",
+        Cancelled => "cancelled",
     }
 );
 
-states!(Verdict {
-    Approve = "approve",
-    Deny = "deny"
+steward_vocab::names!(Verdict {
+    Approve => "approve",
+    Deny => "deny"
 });
 
-states!(
+steward_vocab::names!(
     /// active → used (single-use) / expired / revoked / incident_closed.
     GrantState {
-        Active = "active",
-        Used = "used",
-        Expired = "expired",
-        Revoked = "revoked",
-        IncidentClosed = "incident_closed",
+        Active => "active",
+        Used => "used",
+        Expired => "expired",
+        Revoked => "revoked",
+        IncidentClosed => "incident_closed",
     }
 );
 
-states!(ReviewState {
-    Open = "open",
-    Completed = "completed"
+steward_vocab::names!(ReviewState {
+    Open => "open",
+    Completed => "completed"
 });
 
 /// Who did something: the workload that carried the call and, when a

@@ -51,62 +51,35 @@ impl From<steward_outbox::OutboxError> for StoreError {
     }
 }
 
-/// What a credential is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Kind {
-    X509Svid = 1,
-    JwtSvid = 2,
-    ApiToken = 3,
-    /// A login role in an external system (a [`crate::backends`] backend).
-    DatabaseRole = 4,
-}
+steward_vocab::names!(
+    /// What a credential is.
+    Kind {
+        X509Svid = 1 => "x509_svid",
+        JwtSvid = 2 => "jwt_svid",
+        ApiToken = 3 => "api_token",
+        /// A login role in an external system (a [`crate::backends`] backend).
+        DatabaseRole = 4 => "database_role",
+    }
+);
+
+steward_vocab::names!(
+    /// Where a lease stands.
+    LeaseState {
+        Active = 1 => "active",
+        Revoked = 2 => "revoked",
+        Expired = 3 => "expired",
+    }
+);
 
 impl Kind {
     pub(crate) fn from_i64(v: i64) -> Result<Self, StoreError> {
-        Ok(match v {
-            1 => Self::X509Svid,
-            2 => Self::JwtSvid,
-            3 => Self::ApiToken,
-            4 => Self::DatabaseRole,
-            other => return Err(corrupt("lease kind", other)),
-        })
+        Self::from_code(v).ok_or_else(|| corrupt("lease kind", v))
     }
-
-    /// As evidence and logs name it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::X509Svid => "x509_svid",
-            Self::JwtSvid => "jwt_svid",
-            Self::ApiToken => "api_token",
-            Self::DatabaseRole => "database_role",
-        }
-    }
-}
-
-/// Where a lease stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum LeaseState {
-    Active = 1,
-    Revoked = 2,
-    Expired = 3,
 }
 
 impl LeaseState {
     pub(crate) fn from_i64(v: i64) -> Result<Self, StoreError> {
-        Ok(match v {
-            1 => Self::Active,
-            2 => Self::Revoked,
-            3 => Self::Expired,
-            other => return Err(corrupt("lease state", other)),
-        })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Active => "active",
-            Self::Revoked => "revoked",
-            Self::Expired => "expired",
-        }
+        Self::from_code(v).ok_or_else(|| corrupt("lease state", v))
     }
 }
 
@@ -241,7 +214,7 @@ macro_rules! bind_lease {
         $query
             .bind(&l.lease_id)
             .bind(&l.identity_id)
-            .bind(l.kind as i64)
+            .bind(l.kind.code())
             .bind(&l.holder)
             .bind(&l.spiffe_id)
             .bind(&l.incident_ref)
@@ -252,7 +225,7 @@ macro_rules! bind_lease {
             .bind(l.max_expires_at_ns)
             .bind(l.ttl_seconds)
             .bind(i64::from(l.renewable))
-            .bind(l.state as i64)
+            .bind(l.state.code())
             .bind(&l.credential_ref)
             .bind(&l.token_hash)
             .bind(l.audience.join("\n"))
@@ -321,7 +294,7 @@ impl LeaseFilter {
                 n += 1;
             }
         }
-        let state = self.state.map(|s| s as i64);
+        let state = self.state.map(LeaseState::code);
         if state.is_some() {
             parts.push(format!("state = {}", Db::list(1, n)));
         }

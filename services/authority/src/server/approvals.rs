@@ -137,27 +137,19 @@ impl AuthorityServer {
         &self,
         r: pb::ListApprovalRequestsRequest,
     ) -> Result<pb::ListApprovalRequestsResponse, Status> {
-        let state = match pb::ApprovalState::try_from(r.state) {
-            Ok(pb::ApprovalState::Unspecified) => None,
-            Ok(pb::ApprovalState::Pending) => Some(ApprovalState::Pending),
-            Ok(pb::ApprovalState::Approved) => Some(ApprovalState::Approved),
-            Ok(pb::ApprovalState::Denied) => Some(ApprovalState::Denied),
-            Ok(pb::ApprovalState::Expired) => Some(ApprovalState::Expired),
-            Ok(pb::ApprovalState::Cancelled) => Some(ApprovalState::Cancelled),
-            Err(_) => {
-                return Err(steward_errors::invalid(
-                    "state",
-                    format!("{} is not an approval state", r.state),
-                )
-                .into());
-            }
-        }
-        .map(ApprovalState::as_str);
+        let state = state_filter::<ApprovalState>(
+            r.state,
+            pb::ApprovalState::try_from(r.state)
+                .ok()
+                .map(|s| s.as_str_name()),
+            "APPROVAL_STATE_",
+            "an approval state",
+        )?;
         if !r.resource_id.is_empty() {
             uuid_field("resource_id", &r.resource_id)?;
         }
         optional_text("incident_ref", &r.incident_ref)?;
-        let limit = page(r.page_size)?;
+        let (filter, limit) = paging(&r.page_token, r.page_size)?;
         let rows = self
             .shared
             .store
@@ -165,9 +157,7 @@ impl AuthorityServer {
                 state,
                 resource_id: r.resource_id,
                 incident_ref: r.incident_ref,
-                before_id: page_token(&r.page_token)?,
-                limit: limit + 1,
-                ..ListFilter::default()
+                ..filter
             })
             .await
             .map_err(store_status)?;
@@ -282,28 +272,20 @@ impl AuthorityServer {
         &self,
         r: pb::ListGrantsRequest,
     ) -> Result<pb::ListGrantsResponse, Status> {
-        let state = match pb::GrantState::try_from(r.state) {
-            Ok(pb::GrantState::Unspecified) => None,
-            Ok(pb::GrantState::Active) => Some(GrantState::Active),
-            Ok(pb::GrantState::Used) => Some(GrantState::Used),
-            Ok(pb::GrantState::Expired) => Some(GrantState::Expired),
-            Ok(pb::GrantState::Revoked) => Some(GrantState::Revoked),
-            Ok(pb::GrantState::IncidentClosed) => Some(GrantState::IncidentClosed),
-            Err(_) => {
-                return Err(steward_errors::invalid(
-                    "state",
-                    format!("{} is not a grant state", r.state),
-                )
-                .into());
-            }
-        }
-        .map(GrantState::as_str);
+        let state = state_filter::<GrantState>(
+            r.state,
+            pb::GrantState::try_from(r.state)
+                .ok()
+                .map(|s| s.as_str_name()),
+            "GRANT_STATE_",
+            "a grant state",
+        )?;
         if !r.resource_id.is_empty() {
             uuid_field("resource_id", &r.resource_id)?;
         }
         optional_text("principal", &r.principal)?;
         optional_text("incident_ref", &r.incident_ref)?;
-        let limit = page(r.page_size)?;
+        let (filter, limit) = paging(&r.page_token, r.page_size)?;
         let rows = self
             .shared
             .store
@@ -312,9 +294,7 @@ impl AuthorityServer {
                 principal: r.principal,
                 resource_id: r.resource_id,
                 incident_ref: r.incident_ref,
-                before_id: page_token(&r.page_token)?,
-                limit: limit + 1,
-                ..ListFilter::default()
+                ..filter
             })
             .await
             .map_err(store_status)?;

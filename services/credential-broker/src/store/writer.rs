@@ -382,7 +382,7 @@ impl Store {
                                 <Db as Placeholders>::list(chunk.len(), 5)
                             );
                             let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql))
-                                .bind(*state as i64)
+                                .bind(state.code())
                                 .bind(now_ns)
                                 .bind(&*by)
                                 .bind(&*reason);
@@ -476,7 +476,7 @@ where
             query = query
                 .bind(entry.sequence)
                 .bind(entry.lease.lease_id.clone())
-                .bind(entry.state as i64)
+                .bind(entry.state.code())
                 .bind(entry.revoked_at_ns)
                 .bind(entry.reason.clone());
         }

@@ -9,7 +9,7 @@ use crate::domain::risk::{Severity, SignalKind};
 use crate::domain::selector::Selector;
 use crate::domain::{
     Classification, FieldError, Filter, Identity, IdentitySpec, Kind, Nanos, Owner, OwnerKind,
-    State, bad,
+    State, UPDATABLE, bad,
 };
 use crate::store::activity::{Entitlement, Signal};
 use crate::store::registration::RegistrationEntry;
@@ -187,31 +187,14 @@ pub fn apply_path(
     Ok(())
 }
 
-/// Every IdentitySpec field, for create.
-pub const ALL_FIELDS: &[&str] = &[
-    "kind",
-    "display_name",
-    "source_system",
-    "external_id",
-    "environment",
-    "business_service",
-    "workload",
-    "classification",
-    "purpose",
-    "business_owner",
-    "technical_owner",
-    "unowned",
-    "spiffe_id",
-    "labels",
-    "expire_time",
-    "last_rotate_time",
-    "last_use_time",
-];
+/// The IdentitySpec fields that name an identity; with
+/// [`UPDATABLE`], every field a create reads.
+const IDENTIFYING: &[&str] = &["kind", "source_system", "external_id"];
 
 /// A whole spec from the wire, validated; errors are prefixed `identity.`.
 pub fn spec(wire: &pb::IdentitySpec) -> Result<IdentitySpec, FieldError> {
     let mut spec = IdentitySpec::new(Kind::Other, "", "");
-    for path in ALL_FIELDS {
+    for path in IDENTIFYING.iter().chain(UPDATABLE) {
         apply_path(&mut spec, wire, path, "identity.")?;
     }
     spec.validate().map_err(|e| prefixed("identity.", e))?;

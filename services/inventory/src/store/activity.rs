@@ -7,7 +7,7 @@ use steward_db::on_backend;
 use steward_outbox::OutboxTransaction;
 use uuid::Uuid;
 
-use super::{Columns, Engine, Store, corrupt, not_found, paged};
+use super::{Columns, Engine, Store, StoredRow, corrupt, not_found, paged};
 use crate::domain::risk::{Severity, SignalKind, signal_part};
 use crate::domain::{ChangeContext, Error, Kind, Nanos, State, now_ns};
 use crate::evidence;
@@ -56,13 +56,7 @@ const SIGNAL_COLUMNS: &str = "id, identity_id, kind, severity, source, observed_
 const ENTITLEMENT_COLUMNS: &str = "identity_id, system, permission, resource, granted, \
     granted_at_ns, last_used_at_ns, use_count";
 
-fn read_signal<R>(row: &R) -> Result<Signal, Error>
-where
-    R: sqlx::Row,
-    usize: sqlx::ColumnIndex<R>,
-    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-{
+fn read_signal<R: StoredRow>(row: &R) -> Result<Signal, Error> {
     let mut c = Columns::new(row);
     let id = c.id()?;
     let identity_id = c.id()?;
@@ -84,13 +78,7 @@ where
     })
 }
 
-fn read_entitlement<R>(row: &R) -> Result<Entitlement, Error>
-where
-    R: sqlx::Row,
-    usize: sqlx::ColumnIndex<R>,
-    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-{
+fn read_entitlement<R: StoredRow>(row: &R) -> Result<Entitlement, Error> {
     let mut c = Columns::new(row);
     Ok(Entitlement {
         identity_id: c.id()?,

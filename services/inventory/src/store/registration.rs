@@ -7,7 +7,7 @@ use steward_identity::SpiffeId;
 use steward_outbox::OutboxTransaction;
 use uuid::Uuid;
 
-use super::{Columns, Engine, Store, corrupt, not_found, paged};
+use super::{Columns, Engine, Store, StoredRow, corrupt, not_found, paged};
 use crate::domain::selector::{self, Selector};
 use crate::domain::{ChangeContext, Error, Kind, Nanos};
 use crate::evidence;
@@ -79,13 +79,7 @@ fn joined(selectors: &[Selector]) -> String {
         .join("\n")
 }
 
-fn read_entry<R>(row: &R) -> Result<RegistrationEntry, Error>
-where
-    R: sqlx::Row,
-    usize: sqlx::ColumnIndex<R>,
-    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-{
+fn read_entry<R: StoredRow>(row: &R) -> Result<RegistrationEntry, Error> {
     let mut c = Columns::new(row);
     let id = c.id()?;
     let spiffe_id = c.text()?;

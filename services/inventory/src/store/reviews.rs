@@ -9,7 +9,7 @@ use steward_evidence::EvidenceRecord;
 use steward_outbox::OutboxTransaction;
 use uuid::Uuid;
 
-use super::{Clause, Columns, Engine, Param, Store, bind_params, corrupt, paged};
+use super::{Clause, Columns, Engine, Param, Store, StoredRow, bind_params, corrupt, paged};
 use crate::domain::lifecycle::LIVE;
 use crate::domain::risk::{Severity, SignalKind, signal_part};
 use crate::domain::{ChangeContext, Error, Filter, Kind, Nanos, State, now_ns};
@@ -71,13 +71,7 @@ pub struct Attestation {
 const ITEM_COLUMNS: &str = "campaign_id, identity_id, display_name, owners, decision, reviewer, \
     reason, new_expires_at_ns, decided_at_ns";
 
-fn read_item<R>(row: &R) -> Result<ReviewItem, Error>
-where
-    R: sqlx::Row,
-    usize: sqlx::ColumnIndex<R>,
-    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-{
+fn read_item<R: StoredRow>(row: &R) -> Result<ReviewItem, Error> {
     let mut c = Columns::new(row);
     let campaign_id = c.id()?;
     let identity_id = c.id()?;

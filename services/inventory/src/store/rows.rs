@@ -146,36 +146,54 @@ pub(crate) fn rotated_at(identity: &Identity) -> Nanos {
     identity.spec.last_rotated_at.unwrap_or(identity.created_at)
 }
 
-/// Reads columns in order from a row of either engine.
-pub(crate) struct Columns<'r, R> {
-    row: &'r R,
-    next: usize,
+/// A row of either engine that holds text and integers: the one place
+/// the engines' decoding bounds are spelled.
+pub(crate) trait StoredRow {
+    fn text_at(&self, i: usize) -> Result<String, sqlx::Error>;
+    fn int_at(&self, i: usize) -> Result<Option<i64>, sqlx::Error>;
 }
 
-impl<'r, R> Columns<'r, R>
+impl<R> StoredRow for R
 where
     R: sqlx::Row,
     usize: sqlx::ColumnIndex<R>,
     for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
     for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
 {
+    fn text_at(&self, i: usize) -> Result<String, sqlx::Error> {
+        self.try_get(i)
+    }
+
+    fn int_at(&self, i: usize) -> Result<Option<i64>, sqlx::Error> {
+        self.try_get(i)
+    }
+}
+
+/// Reads columns in order from a row of either engine.
+pub(crate) struct Columns<'r, R> {
+    row: &'r R,
+    next: usize,
+}
+
+impl<'r, R: StoredRow> Columns<'r, R> {
     pub(crate) fn new(row: &'r R) -> Self {
         Self { row, next: 0 }
     }
 
     pub(crate) fn text(&mut self) -> Result<String, Error> {
         self.next += 1;
-        Ok(self.row.try_get::<String, _>(self.next - 1)?)
+        Ok(self.row.text_at(self.next - 1)?)
     }
 
     pub(crate) fn int(&mut self) -> Result<i64, Error> {
-        self.next += 1;
-        Ok(self.row.try_get::<i64, _>(self.next - 1)?)
+        let at = self.next;
+        self.opt_int()?
+            .ok_or_else(|| corrupt("integer", &format!("NULL in column {at}")))
     }
 
     pub(crate) fn opt_int(&mut self) -> Result<Option<i64>, Error> {
         self.next += 1;
-        Ok(self.row.try_get::<Option<i64>, _>(self.next - 1)?)
+        Ok(self.row.int_at(self.next - 1)?)
     }
 
     pub(crate) fn id(&mut self) -> Result<Uuid, Error> {
@@ -203,13 +221,7 @@ fn owner_from(name: String, kind: &str, contact: String) -> Result<Option<Owner>
 }
 
 /// Reads one identity row selected with [`COLUMNS`].
-pub(crate) fn read_identity<R>(row: &R) -> Result<Identity, Error>
-where
-    R: sqlx::Row,
-    usize: sqlx::ColumnIndex<R>,
-    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-{
+pub(crate) fn read_identity<R: StoredRow>(row: &R) -> Result<Identity, Error> {
     let mut c = Columns::new(row);
     let id = c.id()?;
     let kind = c.text()?;

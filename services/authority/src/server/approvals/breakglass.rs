@@ -112,18 +112,14 @@ impl AuthorityServer {
         &self,
         r: pb::ListPostActionReviewsRequest,
     ) -> Result<pb::ListPostActionReviewsResponse, Status> {
-        let state = match pb::ReviewState::try_from(r.state) {
-            Ok(pb::ReviewState::Unspecified) => None,
-            Ok(pb::ReviewState::Open) => Some(ReviewState::Open.as_str()),
-            Ok(pb::ReviewState::Completed) => Some(ReviewState::Completed.as_str()),
-            Err(_) => {
-                return Err(steward_errors::invalid(
-                    "state",
-                    format!("{} is not a review state", r.state),
-                )
-                .into());
-            }
-        };
+        let state = state_filter::<ReviewState>(
+            r.state,
+            pb::ReviewState::try_from(r.state)
+                .ok()
+                .map(|s| s.as_str_name()),
+            "REVIEW_STATE_",
+            "a review state",
+        )?;
         let now = now_s();
         // Flag what fell overdue since the last sweep before answering.
         self.shared
@@ -131,16 +127,14 @@ impl AuthorityServer {
             .sweep(&self.shared.own_actor(), now)
             .await
             .map_err(store_status)?;
-        let limit = page(r.page_size)?;
+        let (filter, limit) = paging(&r.page_token, r.page_size)?;
         let rows = self
             .shared
             .store
             .post_action_reviews(&ListFilter {
                 state,
                 due_before: if r.overdue_only { now } else { 0 },
-                before_id: page_token(&r.page_token)?,
-                limit: limit + 1,
-                ..ListFilter::default()
+                ..filter
             })
             .await
             .map_err(store_status)?;

@@ -14,30 +14,20 @@ pub(super) fn ts(seconds: i64) -> Option<prost_types::Timestamp> {
 pub fn uuid_field(field: &str, value: &str) -> Result<String, Status> {
     Uuid::try_parse(value)
         .map(|u| u.hyphenated().to_string())
-        .map_err(|_| Status::invalid_argument(format!("{field}: is not an id (UUID)")))
+        .map_err(|_| steward_errors::invalid(field, "is not an id (UUID)").into())
 }
 
 /// A required free-text reason.
 pub fn reason_field(field: &str, value: &str) -> Result<String, Status> {
-    let trimmed = value.trim();
-    if trimmed.is_empty()
-        || value.len() > 1024
-        || value.chars().any(|c| c.is_control() && c != '\n')
-    {
-        return Err(Status::invalid_argument(format!(
-            "{field}: is required (at most 1024 bytes, no control characters)"
-        )));
+    const RULE: &str = "is required (at most 1024 bytes, no control characters)";
+    match steward_errors::wire::reason(field, value, 1024) {
+        Ok(reason) if !reason.is_empty() => Ok(reason),
+        _ => Err(steward_errors::invalid(field, RULE).into()),
     }
-    Ok(trimmed.to_owned())
 }
 
 pub(super) fn optional_text(field: &str, value: &str) -> Result<(), Status> {
-    if value.len() > 256 || value.chars().any(char::is_control) {
-        return Err(Status::invalid_argument(format!(
-            "{field}: at most 256 bytes, no control characters"
-        )));
-    }
-    Ok(())
+    Ok(steward_errors::wire::text(field, value, 256, false)?)
 }
 
 pub(super) fn page_token(token: &str) -> Result<String, Status> {
@@ -47,6 +37,40 @@ pub(super) fn page_token(token: &str) -> Result<String, Status> {
     uuid_field("page_token", token).map_err(|_| {
         steward_errors::invalid("page_token", "not a token from a previous response").into()
     })
+}
+
+/// The filter a list request's page starts: rows before its token, one
+/// more than the page holds (so the page knows whether another follows),
+/// and that page's size.
+pub(super) fn paging(token: &str, size: u32) -> Result<(ListFilter, usize), Status> {
+    let limit = page(size)?;
+    let filter = ListFilter {
+        before_id: page_token(token)?,
+        limit: limit + 1,
+        ..ListFilter::default()
+    };
+    Ok((filter, limit))
+}
+
+/// The stored name of a list's state filter: `None` for UNSPECIFIED (every
+/// state), an error naming `state` for a number the wire enum lacks.
+/// `wire` is the enum's protobuf name for the number (`APPROVAL_STATE_…`),
+/// `prefix` the part before the state's own name.
+pub(super) fn state_filter<S: steward_vocab::Named>(
+    value: i32,
+    wire: Option<&str>,
+    prefix: &str,
+    what: &str,
+) -> Result<Option<&'static str>, Status> {
+    let unknown = || steward_errors::invalid("state", format!("{value} is not {what}"));
+    let name = wire
+        .and_then(|w| w.strip_prefix(prefix))
+        .ok_or_else(unknown)?;
+    if name == "UNSPECIFIED" {
+        return Ok(None);
+    }
+    let state = S::parse(&name.to_ascii_lowercase()).ok_or_else(unknown)?;
+    Ok(Some(state.as_str()))
 }
 
 pub use steward_errors::wire::{next_page as paged, page_size as page};
