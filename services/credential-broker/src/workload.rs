@@ -24,6 +24,7 @@
 mod mend;
 mod renewal;
 mod sds;
+mod shared_match;
 
 use renewal::{Held, HeldSvid, Issued, Renewals};
 
@@ -63,6 +64,9 @@ pub struct WorkloadApi {
     inventory: InventoryServiceClient<Channel>,
     /// Turns true when the server stops: open streams end then.
     stopping: watch::Receiver<bool>,
+    /// `MatchSelectors` lookups in flight, shared by callers that attest
+    /// alike meanwhile.
+    matching: std::sync::Arc<shared_match::Flights<Vec<Entry>>>,
 }
 
 /// An identity the caller is registered as.
@@ -84,6 +88,7 @@ impl WorkloadApi {
             issuer,
             inventory: InventoryServiceClient::new(inventory),
             stopping: watch::channel(false).1,
+            matching: std::sync::Arc::default(),
         }
     }
 
@@ -127,6 +132,14 @@ impl WorkloadApi {
 
     /// The identities the caller may act as; PERMISSION_DENIED when none.
     async fn entries(&self, selectors: Vec<inventory::Selector>) -> Result<Vec<Entry>, Status> {
+        let key = selectors
+            .iter()
+            .map(|s| format!("{}:{}", s.r#type, s.value))
+            .collect();
+        self.matching.answer(key, self.match_now(selectors)).await
+    }
+
+    async fn match_now(&self, selectors: Vec<inventory::Selector>) -> Result<Vec<Entry>, Status> {
         let mut client = self.inventory.clone();
         let found = client
             .match_selectors(inventory::MatchSelectorsRequest { selectors })
