@@ -16,10 +16,12 @@ use tokio::sync::OnceCell;
 use tonic::Status;
 
 type Answer<T> = Result<T, Status>;
+/// One lookup: the first caller sets the answer, the others wait for it.
+type Flight<T> = Arc<OnceCell<Answer<T>>>;
 
 /// Lookups in flight, keyed by the caller's selectors in a stable order.
 pub(super) struct Flights<T> {
-    flying: Mutex<HashMap<Vec<String>, Arc<OnceCell<Answer<T>>>>>,
+    flying: Mutex<HashMap<Vec<String>, Flight<T>>>,
 }
 
 impl<T> Default for Flights<T> {
