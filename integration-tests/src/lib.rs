@@ -401,12 +401,22 @@ impl TestStack {
     /// Restarts authority at its address with post-action reviews due
     /// after `seconds`.
     pub async fn restart_authority_with_review_time(&mut self, seconds: u64) {
+        self.restart_authority(|settings| settings.break_glass_review_seconds = seconds)
+            .await;
+    }
+
+    /// Restarts authority at its address with its settings adjusted (an
+    /// inventory of a test's own to read facts from, say).
+    pub async fn restart_authority(
+        &mut self,
+        adjust: impl FnOnce(&mut steward_authority::AuthorityConfig),
+    ) {
         let addr = self.service("authority").addr;
         self.stop("authority").await;
         let mut config = self.configs["authority"].clone();
         config.listen_addr = addr;
         let mut settings = test_authority_config(config);
-        settings.break_glass_review_seconds = seconds;
+        adjust(&mut settings);
         let app = steward_authority::build_with(settings).await.unwrap();
         self.services
             .insert("authority".into(), RunningService::start("authority", app));

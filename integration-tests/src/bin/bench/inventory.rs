@@ -368,7 +368,15 @@ async fn start(seed: &Path, dir: &Path) -> anyhow::Result<(TestStack, RunningSer
     let app = build_service("inventory", config)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok((stack, RunningService::start("inventory", app)))
+    let inventory = RunningService::start("inventory", app);
+    // Inventory's gate has authority decide each transition, and authority
+    // reads the identity's facts from inventory: from this one.
+    let mut stack = stack;
+    let address = inventory.address();
+    stack
+        .restart_authority(|settings| settings.service.peers.inventory = address)
+        .await;
+    Ok((stack, inventory))
 }
 
 /// Runs every inventory figure, or only those named in `only`
