@@ -108,7 +108,7 @@ impl TestStack {
     pub async fn workload_identity(&self, name: &str, environment: &str) -> inventory::Identity {
         let mut client = self.inventory().await;
         let mut spec = spec(name);
-        spec.spiffe_id = spiffe_id(&format!("/workload/{name}")).to_string();
+        spec.spiffe_id = self.pki.spiffe_id(&format!("/workload/{name}")).to_string();
         spec.environment = environment.into();
         create(&mut client, spec).await
     }

@@ -48,12 +48,20 @@ pub struct TestPki {
     pub dir: TempDir,
     pub ca: CertificateAuthority,
     pub bundle: PathBuf,
+    /// The trust domain its certificates are in.
+    pub trust_domain: String,
 }
 
 impl TestPki {
     pub fn new() -> Self {
+        Self::new_in(TRUST_DOMAIN)
+    }
+
+    /// A dev PKI for `trust_domain` (a second trust domain to federate
+    /// with, say).
+    pub fn new_in(trust_domain: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let ca = CertificateAuthority::generate(TRUST_DOMAIN, time::Duration::days(1)).unwrap();
+        let ca = CertificateAuthority::generate(trust_domain, time::Duration::days(1)).unwrap();
         let bundle = dir.path().join("bundle.pem");
         std::fs::write(&bundle, ca.cert_pem()).unwrap();
         let pkcs8 = steward_evidence::NoteSigner::generate_pkcs8().unwrap();
@@ -62,7 +70,17 @@ impl TestPki {
             steward_evidence::note::private_key_pem(&pkcs8),
         )
         .unwrap();
-        Self { dir, ca, bundle }
+        Self {
+            dir,
+            ca,
+            bundle,
+            trust_domain: trust_domain.to_owned(),
+        }
+    }
+
+    /// `spiffe://<this trust domain><path>`.
+    pub fn spiffe_id(&self, path: &str) -> SpiffeId {
+        SpiffeId::parse(&format!("spiffe://{}{path}", self.trust_domain)).unwrap()
     }
 
     /// The audit log's signing key for this test.
@@ -322,7 +340,15 @@ impl TestStack {
     /// says (a test's own PostgreSQL server, say).
     pub async fn start_on(backend: TestBackend) -> Self {
         let names = ["audit", "inventory", "authority", "credential-broker"];
-        Self::start_services_on(&names, backend, |_| {}).await
+        Self::start_services_on(&names, TestPki::new(), backend, |_| {}).await
+    }
+
+    /// Starts the four services in `trust_domain` (a second trust domain
+    /// beside the usual one, to federate with).
+    pub async fn start_in(trust_domain: &str) -> Self {
+        let names = ["audit", "inventory", "authority", "credential-broker"];
+        let pki = TestPki::new_in(trust_domain);
+        Self::start_services_on(&names, pki, TestBackend::from_env(), |_| {}).await
     }
 
     /// Starts `names` on the environment's backend.
@@ -330,16 +356,16 @@ impl TestStack {
         names: &[&str],
         adjust: impl FnOnce(&mut steward_audit::LogConfig),
     ) -> Self {
-        Self::start_services_on(names, TestBackend::from_env(), adjust).await
+        Self::start_services_on(names, TestPki::new(), TestBackend::from_env(), adjust).await
     }
 
     /// Starts `names` (audit first, so the others know where it is).
     async fn start_services_on(
         names: &[&str],
+        pki: TestPki,
         backend: TestBackend,
         adjust: impl FnOnce(&mut steward_audit::LogConfig),
     ) -> Self {
-        let pki = TestPki::new();
         let mut log = test_log_config(pki.path());
         adjust(&mut log);
         let mut services = BTreeMap::new();
@@ -388,7 +414,7 @@ impl TestStack {
             services.insert(name.to_owned(), service);
             configs.insert(name.to_owned(), config);
         }
-        let operator = pki.client("operator", &spiffe_id("/operator/admin").to_string());
+        let operator = pki.client("operator", &pki.spiffe_id("/operator/admin").to_string());
         Self {
             pki,
             backend,
@@ -464,7 +490,10 @@ impl TestStack {
 
     /// A fresh config for service `name`: its SVID and its own database.
     pub async fn config_for(pki: &TestPki, backend: &TestBackend, name: &str) -> ServiceConfig {
-        let svid = pki.svid(name, &spiffe_id(&format!("/service/{name}")).to_string());
+        let svid = pki.svid(
+            name,
+            &pki.spiffe_id(&format!("/service/{name}")).to_string(),
+        );
         let database = backend.fresh_database(pki.path(), name).await;
         service_config(name, svid, database)
     }

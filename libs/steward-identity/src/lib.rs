@@ -13,6 +13,7 @@
 //!   tokens for humans).
 
 pub mod authz;
+pub mod bundle;
 pub mod connector;
 pub mod jwt;
 pub mod listener;

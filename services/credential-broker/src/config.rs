@@ -34,6 +34,76 @@ pub struct BrokerConfig {
     /// PostgreSQL login roles as leased credentials; unset offers none.
     #[serde(default)]
     pub postgres_backend: Option<crate::backends::PostgresBackendConfig>,
+    /// Trust-domain federation: this trust domain's bundle endpoint and
+    /// the foreign trust domains whose bundles workloads get.
+    #[serde(default)]
+    pub federation: FederationConfig,
+}
+
+/// Trust-domain federation (the SPIFFE Trust Domain and Bundle
+/// specification, section 5). Unset, nothing is published or fetched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederationConfig {
+    /// Where to serve this trust domain's bundle over HTTPS
+    /// (`https_spiffe`: the endpoint presents an X.509-SVID of this trust
+    /// domain for the broker's own SPIFFE ID); unset serves none.
+    #[serde(default)]
+    pub bundle_endpoint: Option<std::net::SocketAddr>,
+    /// The `spiffe_refresh_hint` the endpoint publishes, in seconds.
+    #[serde(default = "five_minutes")]
+    pub refresh_hint_secs: u64,
+    /// Foreign trust domains to fetch bundles from.
+    #[serde(default)]
+    pub trust_domains: Vec<ForeignTrustDomain>,
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        Self {
+            bundle_endpoint: None,
+            refresh_hint_secs: five_minutes(),
+            trust_domains: Vec::new(),
+        }
+    }
+}
+
+/// How a foreign bundle endpoint is authenticated (section 5.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndpointProfile {
+    /// The endpoint presents an X.509-SVID of its trust domain, verified
+    /// against that trust domain's last bundle (the first one given out of
+    /// band in `bundle_file`) and required to be `endpoint_spiffe_id`.
+    HttpsSpiffe,
+    /// The endpoint presents a Web PKI certificate for its host name,
+    /// verified against the public roots (and `ca_file`'s, when set).
+    HttpsWeb,
+}
+
+/// One foreign trust domain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForeignTrustDomain {
+    /// Its name (`example.org`).
+    pub trust_domain: String,
+    /// Its bundle endpoint: `https://host:port/path`.
+    pub bundle_endpoint_url: String,
+    pub profile: EndpointProfile,
+    /// `https_spiffe`: the SPIFFE ID the endpoint must present.
+    #[serde(default)]
+    pub endpoint_spiffe_id: Option<String>,
+    /// `https_spiffe`: the trust domain's bundle (a SPIFFE bundle
+    /// document) exchanged out of band; used until the first fetch.
+    #[serde(default)]
+    pub bundle_file: Option<PathBuf>,
+    /// `https_web`: PEM roots trusted beside the public ones.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// How often to fetch, in seconds; unset follows the bundle's
+    /// `spiffe_refresh_hint` (five minutes when it has none).
+    #[serde(default)]
+    pub refresh_secs: Option<u64>,
 }
 
 /// Default and longest lifetimes, in seconds. Authority's `@max_ttl`
@@ -135,6 +205,7 @@ impl BrokerConfig {
             ca: CaConfig::default(),
             workload_api_socket: None,
             postgres_backend: None,
+            federation: FederationConfig::default(),
         }
     }
 
@@ -154,6 +225,8 @@ impl BrokerConfig {
 
 #[cfg(test)]
 mod tests {
+    use super::EndpointProfile;
+
     #[test]
     fn the_example_config_loads() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -175,6 +248,14 @@ mod tests {
             config.workload_api_socket.as_deref(),
             Some(std::path::Path::new("/run/steward/workload.sock"))
         );
+        let federation = &config.federation;
+        assert_eq!(federation.bundle_endpoint.unwrap().port(), 8443);
+        assert_eq!(federation.trust_domains.len(), 2);
+        assert_eq!(
+            federation.trust_domains[0].profile,
+            EndpointProfile::HttpsSpiffe
+        );
+        assert_eq!(federation.trust_domains[1].refresh_secs, Some(600));
         let mut postgres = config.postgres_backend.unwrap();
         assert_eq!(postgres.role_prefix, "steward_");
         assert_eq!(postgres.templates["payments-reader"].len(), 2);

@@ -26,6 +26,7 @@ pub mod backends;
 pub mod ca;
 pub mod config;
 mod convert;
+pub mod federation;
 pub mod grpc;
 pub mod issuance;
 pub mod keys;
@@ -53,6 +54,7 @@ const MIGRATIONS: MigrationSet = steward_db::migrations!("credential-broker", {
     4: "rotations" => "0004_rotations.sql",
     5: "credential backends" => "0005_backends.sql",
     6: "rotation correlation ids" => "0006_rotation_correlation.sql",
+    7: "federated bundles" => "0007_federation.sql",
 });
 
 macro_rules! rpc {
@@ -193,8 +195,9 @@ async fn routes(context: ServiceContext, config: BrokerConfig) -> Result<Routes,
         context.spawn(backends::follow(store.clone(), backend, context.shutdown()));
     }
     context.spawn(issuance::rotation::run(issuer.clone(), context.shutdown()));
+    let federation = federation::start(&context, &issuer, &config.federation).await?;
     if let Some(socket) = config.workload_api_socket.clone() {
-        let api = workload::WorkloadApi::new(issuer.clone(), inventory);
+        let api = workload::WorkloadApi::new(issuer.clone(), inventory, federation);
         let shutdown = context.shutdown();
         context.spawn(async move {
             if let Err(error) = workload::serve(api, socket, shutdown).await {

@@ -2,6 +2,7 @@
 //! log. Reads are plain queries; every lease change goes through the
 //! group-committing [`writer`], which commits it with its evidence.
 
+pub mod bundles;
 pub mod rotations;
 pub mod writer;
 

@@ -28,7 +28,7 @@ mod shared_match;
 
 use renewal::{Held, HeldSvid, Issued, Renewals};
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
@@ -46,6 +46,7 @@ use tonic::transport::Channel;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
+use crate::federation::Federation;
 use crate::issuance::{Issuer, Make, Task};
 use crate::now_ns;
 
@@ -67,6 +68,8 @@ pub struct WorkloadApi {
     /// `MatchSelectors` lookups in flight, shared by callers that attest
     /// alike meanwhile.
     matching: std::sync::Arc<shared_match::Flights<Vec<Entry>>>,
+    /// Foreign trust domains' bundles, served beside the own one.
+    federation: std::sync::Arc<Federation>,
 }
 
 /// An identity the caller is registered as.
@@ -83,12 +86,17 @@ struct Entry {
 }
 
 impl WorkloadApi {
-    pub fn new(issuer: std::sync::Arc<Issuer>, inventory: Channel) -> Self {
+    pub fn new(
+        issuer: std::sync::Arc<Issuer>,
+        inventory: Channel,
+        federation: std::sync::Arc<Federation>,
+    ) -> Self {
         Self {
             issuer,
             inventory: InventoryServiceClient::new(inventory),
             stopping: watch::channel(false).1,
             matching: std::sync::Arc::default(),
+            federation,
         }
     }
 
@@ -187,6 +195,39 @@ impl WorkloadApi {
         self.issuer.authorities().roots.concat()
     }
 
+    /// Foreign trust domains' CA certificates, DER, by trust domain ID:
+    /// an X.509-SVID answer's `federated_bundles`.
+    fn federated_x509(&self) -> HashMap<String, Vec<u8>> {
+        self.federation
+            .foreign()
+            .values()
+            .map(|b| (b.trust_domain.id().to_string(), b.x509_authorities.concat()))
+            .collect()
+    }
+
+    /// Every trust domain's X.509 bundle: this one's and the federated.
+    fn x509_bundles(&self) -> HashMap<String, Vec<u8>> {
+        let mut bundles = self.federated_x509();
+        bundles.insert(self.trust_domain_id(), self.bundle());
+        bundles
+    }
+
+    /// Every trust domain's JWT bundle (a JWKS document each).
+    fn jwt_bundles(&self) -> Result<HashMap<String, Vec<u8>>, Status> {
+        let jwks = |set: &jwt::JwkSet| {
+            serde_json::to_vec(set).map_err(|_| Status::internal("a JWT bundle cannot be encoded"))
+        };
+        let mut bundles = HashMap::new();
+        for bundle in self.federation.foreign().values() {
+            bundles.insert(bundle.trust_domain.id().to_string(), jwks(&bundle.jwks())?);
+        }
+        bundles.insert(
+            self.trust_domain_id(),
+            jwks(&self.issuer.authorities().jwks)?,
+        );
+        Ok(bundles)
+    }
+
     /// One entry's X.509-SVID, with a key the broker makes for it.
     async fn x509_svid(
         &self,
@@ -275,7 +316,7 @@ impl WorkloadApi {
             pb::X509svidResponse {
                 svids,
                 crl: Vec::new(),
-                federated_bundles: Default::default(),
+                federated_bundles: self.federated_x509(),
             },
             leases,
             refresh,
@@ -300,6 +341,7 @@ impl WorkloadApi {
         let (tx, rx) = mpsc::channel(1);
         let stopped = self.stopped();
         let mut changes = self.issuer.ca_changes();
+        let mut federated = self.federation.changes();
         let api = self.clone();
         tokio::spawn(async move {
             tokio::pin!(stopped);
@@ -311,11 +353,25 @@ impl WorkloadApi {
                     () = tx.closed() => return,
                     () = &mut stopped => return,
                     changed = changes.changed() => if changed.is_err() { return },
+                    changed = federated.changed() => if changed.is_err() { return },
                 }
             }
         });
         Box::pin(ReceiverStream::new(rx))
     }
+}
+
+/// The trust domain a JWT's `sub` names, read before its signature is
+/// checked (only to choose the keys that check it).
+fn unverified_trust_domain(token: &str) -> Option<steward_identity::TrustDomain> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1)?;
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&payload).ok()?;
+    let subject = steward_identity::SpiffeId::parse(claims.get("sub")?.as_str()?).ok()?;
+    Some(subject.trust_domain().clone())
 }
 
 /// A JSON value as a protobuf `Value`.
@@ -358,7 +414,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         let (first, mut leases, mut refresh) = self.x509_svids(&entries, &mut held).await?;
         let (tx, rx) = mpsc::channel(2);
         let api = self.clone();
-        let mut renewals = Renewals::of(&self.issuer);
+        let mut renewals = Renewals::of(&self.issuer, &self.federation);
         let stopped = self.stopped();
         tokio::spawn(async move {
             tokio::pin!(stopped);
@@ -407,9 +463,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         Ok(Response::new(self.bundles(|api| {
             Ok(pb::X509BundlesResponse {
                 crl: Vec::new(),
-                bundles: [(api.trust_domain_id(), api.bundle())]
-                    .into_iter()
-                    .collect(),
+                bundles: api.x509_bundles(),
             })
         })))
     }
@@ -472,10 +526,8 @@ impl SpiffeWorkloadApi for WorkloadApi {
         let selectors = Self::attest(&request)?;
         self.entries(selectors).await?;
         Ok(Response::new(self.bundles(|api| {
-            let jwks = serde_json::to_vec(&api.issuer.authorities().jwks)
-                .map_err(|e| Status::internal(e.to_string()))?;
             Ok(pb::JwtBundlesResponse {
-                bundles: [(api.trust_domain_id(), jwks)].into_iter().collect(),
+                bundles: api.jwt_bundles()?,
             })
         })))
     }
@@ -492,8 +544,27 @@ impl SpiffeWorkloadApi for WorkloadApi {
         if r.svid.is_empty() {
             return Err(steward_errors::invalid("svid", "is required").into());
         }
-        let keys = VerifyingKeys::from_jwks(&self.issuer.authorities().jwks)
-            .map_err(|e| Status::internal(e.to_string()))?;
+        // The keys are the trust domain's the token claims to be from, and
+        // only that one's: a federated trust domain's key never vouches for
+        // a subject of another (this one included).
+        let claimed = unverified_trust_domain(&r.svid).ok_or_else(|| {
+            steward_errors::invalid("svid", "is not a JWT whose subject is a SPIFFE ID")
+        })?;
+        let jwks = if &claimed == self.issuer.own.trust_domain() {
+            self.issuer.authorities().jwks.clone()
+        } else {
+            match self.federation.foreign().get(claimed.name()) {
+                Some(bundle) => bundle.jwks(),
+                None => {
+                    return Err(steward_errors::invalid(
+                        "svid",
+                        "its subject's trust domain is neither this one nor a federated one",
+                    )
+                    .into());
+                }
+            }
+        };
+        let keys = VerifyingKeys::from_jwks(&jwks).map_err(|e| Status::internal(e.to_string()))?;
         let validation = jwt::Validation {
             issuer: String::new(),
             audience: r.audience,
@@ -504,10 +575,12 @@ impl SpiffeWorkloadApi for WorkloadApi {
         let subject = steward_identity::SpiffeId::parse(&claims.subject).map_err(|e| {
             steward_errors::invalid("svid", format!("its subject is not a SPIFFE ID: {e}"))
         })?;
-        if subject.trust_domain() != self.issuer.own.trust_domain() {
-            return Err(
-                steward_errors::invalid("svid", "its subject is not of this trust domain").into(),
-            );
+        if subject.trust_domain() != &claimed {
+            return Err(steward_errors::invalid(
+                "svid",
+                "its subject is not of the trust domain whose key signed it",
+            )
+            .into());
         }
         Ok(Response::new(pb::ValidateJwtsvidResponse {
             spiffe_id: claims.subject,

@@ -10,6 +10,7 @@ use steward_proto::spiffe_workload as pb;
 use tokio::sync::{broadcast, watch};
 
 use super::Entry;
+use crate::federation::{Federation, ForeignBundles};
 use crate::issuance::Issuer;
 use crate::store::RevocationEntry;
 
@@ -52,7 +53,7 @@ impl Held {
     /// Drops what `wake` made stale; false when the stream should end.
     pub(super) fn apply(&mut self, wake: Wake) -> bool {
         match wake {
-            Wake::Due => {}
+            Wake::Due | Wake::Bundles => {}
             Wake::Revoked(lease_id) => self.svids.retain(|_, h| h.lease_id != lease_id),
             Wake::Renew => self.svids.clear(),
             Wake::Closed => return false,
@@ -69,6 +70,9 @@ pub(super) enum Wake {
     Revoked(String),
     /// A CA rotation (or revocations missed): every SVID is replaced.
     Renew,
+    /// A foreign trust domain's bundle changed: the SVIDs stay, the
+    /// answer's federated bundles are new.
+    Bundles,
     /// The broker is going away.
     Closed,
 }
@@ -77,13 +81,15 @@ pub(super) enum Wake {
 pub(super) struct Renewals {
     revocations: broadcast::Receiver<Arc<RevocationEntry>>,
     ca_changes: watch::Receiver<u64>,
+    federated: watch::Receiver<ForeignBundles>,
 }
 
 impl Renewals {
-    pub(super) fn of(issuer: &Issuer) -> Self {
+    pub(super) fn of(issuer: &Issuer, federation: &Federation) -> Self {
         Self {
             revocations: issuer.writer.subscribe(),
             ca_changes: issuer.ca_changes(),
+            federated: federation.changes(),
         }
     }
 
@@ -97,6 +103,9 @@ impl Renewals {
                 () = &mut deadline => return Wake::Due,
                 changed = self.ca_changes.changed() => {
                     return if changed.is_err() { Wake::Closed } else { Wake::Renew };
+                }
+                changed = self.federated.changed() => {
+                    return if changed.is_err() { Wake::Closed } else { Wake::Bundles };
                 }
                 revoked = self.revocations.recv() => match revoked {
                     Ok(entry) if leases.contains(&entry.lease.lease_id) => {

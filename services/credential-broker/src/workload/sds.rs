@@ -6,10 +6,14 @@
 //! Resource names:
 //! - the workload's SPIFFE ID, or `default` (its first SVID): a
 //!   `tls_certificate` with the SVID's chain and key, in PEM;
-//! - the trust domain (`spiffe://<td>` or `<td>`), `ROOTCA`, or `ALL`: a
-//!   `validation_context` whose `trusted_ca` is the bundle.
+//! - the trust domain (`spiffe://<td>` or `<td>`) or `ROOTCA`: a
+//!   `validation_context` whose `trusted_ca` is the bundle;
+//! - a federated trust domain, the same way: its bundle;
+//! - `ALL`: one `validation_context` with this trust domain's bundle and
+//!   every federated one's.
 //!
-//! A request that names nothing gets every SVID and the bundle. The
+//! A request that names nothing gets every SVID, the bundle and each
+//! federated bundle. The
 //! stream follows the xDS protocol: each response has a new `version_info`
 //! and `nonce`; a request carrying the last nonce with the same names is
 //! an ACK (or, with `error_detail`, a NACK) and is not answered; a request
@@ -41,22 +45,18 @@ use super::{Entry, Held, Renewals, Stream_, WorkloadApi};
 pub const SECRET_TYPE: &str =
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
-/// Names that ask for the bundle besides the trust domain's own.
-const BUNDLE_NAMES: &[&str] = &["ROOTCA", "ALL"];
-
 impl WorkloadApi {
     /// The secrets `names` asks for (every SVID and the bundle when it
     /// asks for none), from `svids`; a name Steward does not serve is left
     /// out, as the xDS protocol has it.
     fn secrets(&self, names: &[String], svids: &pb::X509svidResponse) -> Vec<Secret> {
-        let bundle = |name: &str| Secret {
+        let own_roots = self.issuer.authorities().roots.clone();
+        let foreign = self.federation.foreign();
+        let bundle = |name: &str, roots: &[Vec<u8>]| Secret {
             name: name.to_owned(),
             r#type: Some(secret::Type::ValidationContext(
                 CertificateValidationContext {
-                    trusted_ca: Some(inline(pem_all(
-                        "CERTIFICATE",
-                        &self.issuer.authorities().roots,
-                    ))),
+                    trusted_ca: Some(inline(pem_all("CERTIFICATE", roots))),
                     ..Default::default()
                 },
             )),
@@ -79,7 +79,11 @@ impl WorkloadApi {
                 .iter()
                 .map(|s| certificate(&s.spiffe_id, s))
                 .collect();
-            all.push(bundle(&trust_domain));
+            all.push(bundle(&trust_domain, &own_roots));
+            for federated in foreign.values() {
+                let name = federated.trust_domain.id().to_string();
+                all.push(bundle(&name, &federated.x509_authorities));
+            }
             return all;
         }
         names
@@ -91,10 +95,24 @@ impl WorkloadApi {
                 if let Some(svid) = svids.svids.iter().find(|s| &s.spiffe_id == name) {
                     return Some(certificate(name, svid));
                 }
+                if name == "ALL" {
+                    // Every trust domain this one trusts, in one context.
+                    let mut roots = own_roots.clone();
+                    for federated in foreign.values() {
+                        roots.extend(federated.x509_authorities.iter().cloned());
+                    }
+                    return Some(bundle(name, &roots));
+                }
                 let of_trust_domain = *name == trust_domain
                     || name.as_str() == self.issuer.own.trust_domain().name()
-                    || BUNDLE_NAMES.contains(&name.as_str());
-                of_trust_domain.then(|| bundle(name))
+                    || name == "ROOTCA";
+                if of_trust_domain {
+                    return Some(bundle(name, &own_roots));
+                }
+                let named = name.strip_prefix("spiffe://").unwrap_or(name);
+                foreign
+                    .get(named)
+                    .map(|federated| bundle(name, &federated.x509_authorities))
             })
             .collect()
     }
@@ -208,7 +226,7 @@ impl SecretDiscoveryService for WorkloadApi {
         let mut requests = request.into_inner();
         let (tx, rx) = mpsc::channel(2);
         let api = self.clone();
-        let mut renewals = Renewals::of(&self.issuer);
+        let mut renewals = Renewals::of(&self.issuer, &self.federation);
         let stopped = self.stopped();
         tokio::spawn(async move {
             tokio::pin!(stopped);
