@@ -587,3 +587,53 @@ async fn each_svid_rotates_on_its_own_schedule() {
         .leases;
     assert_eq!(leases.len(), 1, "{leases:?}");
 }
+
+/// An entry's TTL below `ttl.svid_min` is raised to it: the SVID the
+/// Workload API serves lives `svid_min`, not the entry's 2 seconds, so one
+/// entry cannot have its stream re-issue (a lease and an evidence record)
+/// every second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_ttl_below_the_minimum_is_raised_to_it() {
+    use x509_parser::prelude::FromDer;
+
+    let mut stack = TestStack::start().await;
+    stack.restart_broker_with(|c| c.ttl.svid_min = 120).await;
+    let socket = stack.pki.path().join("workload.sock");
+    socket_ready(&socket).await;
+    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(stack.pki.path()).unwrap());
+    let brief = stack.workload_identity("brief", "production").await;
+    let mut entry = entry_for(&brief, uid);
+    entry.entry.as_mut().unwrap().x509_svid_ttl = 2;
+    stack
+        .inventory()
+        .await
+        .create_registration_entry(entry)
+        .await
+        .unwrap();
+    let mut channel = None;
+    for _ in 0..100 {
+        let endpoint = spiffe::transport::Endpoint::parse(&endpoint(&socket)).unwrap();
+        if let Ok(connected) = spiffe::transport::connect(&endpoint).await {
+            channel = Some(connected);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let first = SpiffeWorkloadApiClient::new(channel.unwrap())
+        .fetch_x509svid(header(raw::X509svidRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .next()
+        .await
+        .unwrap()
+        .unwrap();
+    let (_, leaf) =
+        x509_parser::certificate::X509Certificate::from_der(&first.svids[0].x509_svid).unwrap();
+    let lives =
+        leaf.validity().not_after.timestamp() - time::OffsetDateTime::now_utc().unix_timestamp();
+    assert!(
+        (110..=121).contains(&lives),
+        "the SVID lives {lives} s more"
+    );
+}
