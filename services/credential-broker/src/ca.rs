@@ -314,6 +314,51 @@ impl CaHierarchy {
         now: OffsetDateTime,
     ) -> Result<IssuedSvid, CsrError> {
         let requested = check_csr(csr_der, spiffe_id)?;
+        let issued = self.certify(
+            &requested.params.public_key,
+            requested.rsa,
+            spiffe_id,
+            dns_names,
+            ttl,
+            now,
+        )?;
+        // The leaf must certify exactly the key the CSR proved it holds.
+        let (_, leaf) =
+            X509Certificate::from_der(&issued.cert_der).map_err(|_| CsrError::Malformed)?;
+        if leaf.public_key().raw != requested.spki.as_slice() {
+            return Err(CsrError::Unsupported(
+                "its key algorithm and signature algorithm do not match".to_owned(),
+            ));
+        }
+        Ok(issued)
+    }
+
+    /// Issues an X.509-SVID certifying `key`, an EC key the broker made
+    /// itself (the Workload API's and the bundle endpoint's): there is no
+    /// CSR to check, so neither a signature made only to be verified nor a
+    /// request to parse is paid for.
+    pub fn issue_x509_svid_for_key(
+        &self,
+        key: &rcgen::KeyPair,
+        spiffe_id: &str,
+        dns_names: &[String],
+        ttl: Duration,
+        now: OffsetDateTime,
+    ) -> Result<IssuedSvid, CsrError> {
+        self.certify(key, false, spiffe_id, dns_names, ttl, now)
+    }
+
+    /// The leaf for `public_key`: the SPIFFE ID its one URI SAN, from now
+    /// for `ttl` (never beyond the intermediate).
+    fn certify(
+        &self,
+        public_key: &impl rcgen::PublicKeyData,
+        rsa: bool,
+        spiffe_id: &str,
+        dns_names: &[String],
+        ttl: Duration,
+        now: OffsetDateTime,
+    ) -> Result<IssuedSvid, CsrError> {
         let (serial_number, serial) =
             random_serial().map_err(|e| CsrError::Unsupported(e.to_string()))?;
         let mut params = CertificateParams::default();
@@ -333,7 +378,7 @@ impl CaHierarchy {
         }
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        if requested.rsa {
+        if rsa {
             params.key_usages.push(KeyUsagePurpose::KeyEncipherment);
         }
         params.extended_key_usages = vec![
@@ -346,16 +391,9 @@ impl CaHierarchy {
         let not_after = (now + ttl).min(self.intermediate.not_after);
         params.not_after = not_after;
         let cert = params
-            .signed_by(&requested.params.public_key, &self.intermediate.issuer)
+            .signed_by(public_key, &self.intermediate.issuer)
             .map_err(|e| CsrError::Unsupported(e.to_string()))?;
         let cert_der = cert.der().to_vec();
-        // The leaf must certify exactly the key the CSR proved it holds.
-        let (_, leaf) = X509Certificate::from_der(&cert_der).map_err(|_| CsrError::Malformed)?;
-        if leaf.public_key().raw != requested.spki.as_slice() {
-            return Err(CsrError::Unsupported(
-                "its key algorithm and signature algorithm do not match".to_owned(),
-            ));
-        }
         Ok(IssuedSvid {
             chain_der: vec![cert_der.clone(), self.intermediate.cert_der.clone()],
             cert_der,

@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 
 use crate::authorities::CaRotation;
 use crate::convert::{self, caller, lease_to_pb, rotation_to_pb, timestamp};
-use crate::issuance::{Issuer, Made, Make, Principal, Task, rotation};
+use crate::issuance::{Issuer, Made, Make, Principal, Subject, Task, rotation};
 use crate::now_ns;
 use crate::store::{Kind, LeaseFilter, LeaseState};
 
@@ -73,7 +73,7 @@ fn what_to_rotate(r: &pb::RotateRequest) -> Result<(Kind, Make<'_>), Status> {
                 .into());
             }
             let what = Make::X509 {
-                csr: &r.csr,
+                subject: Subject::Csr(&r.csr),
                 dns_names: &[],
             };
             (Kind::X509Svid, what)
@@ -214,7 +214,7 @@ impl CredentialBroker for BrokerServer {
         let (task, now) = self.checked(&r.identity_id, r.ttl_seconds, r.task.as_ref())?;
         convert::csr(&r.csr)?;
         let what = Make::X509 {
-            csr: &r.csr,
+            subject: Subject::Csr(&r.csr),
             dns_names: &[],
         };
         let (lease, made) = self

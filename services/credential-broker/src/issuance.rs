@@ -74,11 +74,11 @@ impl Task {
 /// What to issue.
 #[derive(Debug, Clone, Copy)]
 pub enum Make<'a> {
-    /// An X.509-SVID certifying the CSR's key.
+    /// An X.509-SVID certifying `subject`'s key.
     /// `dns_names`: DNS SANs beside the SPIFFE ID, from a registration
     /// entry (never from the caller's CSR).
     X509 {
-        csr: &'a [u8],
+        subject: Subject<'a>,
         dns_names: &'a [String],
     },
     /// A JWT-SVID for these audiences.
@@ -87,6 +87,25 @@ pub enum Make<'a> {
     Token { scopes: &'a [String] },
     /// A login role in the configured backend, from a template.
     DatabaseRole { template: &'a str },
+}
+
+/// Whose key an X.509-SVID certifies.
+#[derive(Clone, Copy)]
+pub enum Subject<'a> {
+    /// A caller's CSR (DER): its signature proves the caller holds the
+    /// key, and every CSR rule applies.
+    Csr(&'a [u8]),
+    /// A key the broker generated for the caller (the Workload API's).
+    Generated(&'a rcgen::KeyPair),
+}
+
+impl std::fmt::Debug for Subject<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Csr(der) => write!(f, "Csr({} bytes)", der.len()),
+            Self::Generated(_) => f.write_str("Generated"),
+        }
+    }
 }
 
 /// What was issued.

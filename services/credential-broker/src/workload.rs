@@ -47,7 +47,7 @@ use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
 use crate::federation::Federation;
-use crate::issuance::{Issuer, Make, Task};
+use crate::issuance::{Issuer, Make, Subject, Task};
 use crate::now_ns;
 
 /// The header every Workload API call must carry.
@@ -236,24 +236,13 @@ impl WorkloadApi {
     ) -> Result<(pb::X509svid, crate::store::Lease), Status> {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
             .map_err(|e| Status::internal(e.to_string()))?;
-        let mut params = rcgen::CertificateParams::default();
-        params.subject_alt_names = vec![rcgen::SanType::URI(
-            entry
-                .spiffe_id
-                .clone()
-                .try_into()
-                .map_err(|_| Status::internal("a registered SPIFFE ID is not a URI"))?,
-        )];
-        let csr = params
-            .serialize_request(&key)
-            .map_err(|e| Status::internal(e.to_string()))?;
         let (lease, made) = self
             .issuer
             .issue(
                 &entry.spiffe_id,
                 &entry.identity_id,
                 Make::X509 {
-                    csr: csr.der(),
+                    subject: Subject::Generated(&key),
                     dns_names: &entry.dns_names,
                 },
                 entry.x509_ttl,

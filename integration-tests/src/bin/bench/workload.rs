@@ -2,6 +2,11 @@
 //! inventory, 100 workloads connect at once and each waits for its first
 //! X.509-SVID, over and over. Each fetch attests the caller, matches its
 //! selectors, asks authority and commits a lease with its evidence.
+//!
+//! The first round meets a broker that has served nothing yet (its peer
+//! connections, caches and memory are cold, as after a restart); it is
+//! reported on its own, and the rounds after it, a running broker's
+//! steady state, make the p50 and p99.
 
 use std::time::{Duration, Instant};
 
@@ -56,8 +61,12 @@ pub async fn run() -> anyhow::Result<Vec<Figure>> {
     }
     let endpoint = spiffe::transport::Endpoint::parse(&format!("unix:{}", socket.display()))?;
     let mut latency = Histogram::<u64>::new(3)?;
-    let started = Instant::now();
-    for _ in 0..ROUNDS {
+    let mut cold = Histogram::<u64>::new(3)?;
+    let mut started = Instant::now();
+    for round in 0..=ROUNDS {
+        if round == 1 {
+            started = Instant::now();
+        }
         let mut fetches = tokio::task::JoinSet::new();
         for _ in 0..WORKLOADS {
             let endpoint = endpoint.clone();
@@ -80,18 +89,30 @@ pub async fn run() -> anyhow::Result<Vec<Figure>> {
                 anyhow::Ok(connected.elapsed())
             });
         }
+        let histogram = if round == 0 { &mut cold } else { &mut latency };
         while let Some(fetch) = fetches.join_next().await {
-            latency.record(u64::try_from(fetch??.as_micros())?)?;
+            histogram.record(u64::try_from(fetch??.as_micros())?)?;
         }
     }
     let total = (ROUNDS * WORKLOADS) as f64;
-    Ok(vec![Figure {
-        name: format!(
-            "Workload API first X.509-SVID, {ENTRIES} entries, {WORKLOADS} workloads at once"
-        ),
-        value: total / started.elapsed().as_secs_f64(),
-        unit: "svid/s",
-        p50_us: Some(latency.value_at_quantile(0.50) as f64),
-        p99_us: Some(latency.value_at_quantile(0.99) as f64),
-    }])
+    Ok(vec![
+        Figure {
+            name: format!(
+                "Workload API first X.509-SVID, {ENTRIES} entries, {WORKLOADS} workloads at once"
+            ),
+            value: total / started.elapsed().as_secs_f64(),
+            unit: "svid/s",
+            p50_us: Some(latency.value_at_quantile(0.50) as f64),
+            p99_us: Some(latency.value_at_quantile(0.99) as f64),
+        },
+        Figure {
+            name: format!(
+                "Workload API cold start: the first {WORKLOADS} workloads a freshly started broker serves (slowest)"
+            ),
+            value: cold.max() as f64 / 1000.0,
+            unit: "ms",
+            p50_us: Some(cold.value_at_quantile(0.50) as f64),
+            p99_us: Some(cold.max() as f64),
+        },
+    ])
 }

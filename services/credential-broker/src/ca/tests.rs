@@ -205,3 +205,34 @@ fn the_hierarchy_is_stored_sealed_and_opens_only_with_its_kek() {
     swapped.root.sealed_key = sealed.intermediate.sealed_key.clone();
     assert!(CaHierarchy::open("steward.test", &swapped, &kek).is_err());
 }
+
+#[test]
+fn a_key_the_broker_made_is_certified_as_a_csr_key_would_be() {
+    let ca = hierarchy();
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let now = OffsetDateTime::now_utc();
+    let from_key = ca
+        .issue_x509_svid_for_key(&key, ID, &[], Duration::hours(1), now)
+        .unwrap();
+    let from_csr = ca
+        .issue_x509_svid(&csr(&key, &[ID], false), ID, &[], Duration::hours(1), now)
+        .unwrap();
+    let (_, a) = X509Certificate::from_der(&from_key.cert_der).unwrap();
+    let (_, b) = X509Certificate::from_der(&from_csr.cert_der).unwrap();
+    // The same key, the same SPIFFE ID, the same extensions and issuer.
+    assert_eq!(
+        a.public_key().raw,
+        rcgen::PublicKeyData::subject_public_key_info(&key)
+    );
+    assert_eq!(a.public_key().raw, b.public_key().raw);
+    assert_eq!(a.issuer(), b.issuer());
+    let names = |c: &X509Certificate<'_>| {
+        c.extensions()
+            .iter()
+            .map(|e| (e.oid.to_id_string(), e.critical, e.value.to_vec()))
+            .filter(|(oid, ..)| oid != "2.5.29.14")
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&a), names(&b));
+    assert_eq!(from_key.chain_der[1], from_csr.chain_der[1]);
+}

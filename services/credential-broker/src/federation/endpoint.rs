@@ -52,24 +52,11 @@ impl ResolvesServerCert for Current {
 /// when it expires.
 fn mint(issuer: &Issuer) -> Result<(Arc<CertifiedKey>, time::OffsetDateTime), String> {
     let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
-    let mut params = rcgen::CertificateParams::default();
     let uri = issuer.own.to_string();
-    params.subject_alt_names = vec![rcgen::SanType::URI(
-        uri.as_str()
-            .try_into()
-            .map_err(|_| "the broker's SPIFFE ID")?,
-    )];
-    let csr = params.serialize_request(&key).map_err(|e| e.to_string())?;
     let issued = issuer
         .authorities()
         .ca
-        .issue_x509_svid(
-            csr.der(),
-            &uri,
-            &[],
-            SVID_TTL,
-            time::OffsetDateTime::now_utc(),
-        )
+        .issue_x509_svid_for_key(&key, &uri, &[], SVID_TTL, time::OffsetDateTime::now_utc())
         .map_err(|e| e.to_string())?;
     let chain = issued
         .chain_der

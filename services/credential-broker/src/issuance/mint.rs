@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::lifetime::{self, Holder};
 use super::{
-    Allowed, Error, Issuer, Made, Make, NS, TOKEN_PREFIX, TOKEN_REF_CHARS, Task, evidence,
+    Allowed, Error, Issuer, Made, Make, NS, Subject, TOKEN_PREFIX, TOKEN_REF_CHARS, Task, evidence,
 };
 use crate::backends::BackendError;
 use crate::store::{Kind, Lease};
@@ -92,7 +92,7 @@ impl Issuer {
             expires,
         };
         let (lease, record, made) = match order.what {
-            Make::X509 { csr, dns_names } => self.mint_x509(&m, csr, dns_names)?,
+            Make::X509 { subject, dns_names } => self.mint_x509(&m, subject, dns_names)?,
             Make::Jwt { audience } => self.mint_jwt(&m, audience)?,
             Make::Token { scopes } => self.mint_token(&m, scopes)?,
             Make::DatabaseRole { template } => self.mint_database_role(&m, template).await?,
@@ -141,27 +141,25 @@ impl Issuer {
         Ok(parsed)
     }
 
-    /// An X.509-SVID from the caller's CSR, for the identity's SPIFFE ID.
+    /// An X.509-SVID for the identity's SPIFFE ID, certifying `subject`.
     fn mint_x509(
         &self,
         m: &Minting<'_>,
-        csr: &[u8],
+        subject: Subject<'_>,
         dns_names: &[String],
     ) -> Result<Minted, Error> {
         let spiffe_id = self.svid_id(m.order.identity_id, m.allowed)?.to_string();
         let now = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(m.order.now))
             .map_err(|e| Error::internal("the broker's clock is out of range", e))?;
-        let issued = self
-            .authorities()
-            .ca
-            .issue_x509_svid(
-                csr,
-                &spiffe_id,
-                dns_names,
-                time::Duration::seconds(m.ttl),
-                now,
-            )
-            .map_err(Error::Csr)?;
+        let ttl = time::Duration::seconds(m.ttl);
+        let ca = &self.authorities().ca;
+        let issued = match subject {
+            Subject::Csr(csr) => ca.issue_x509_svid(csr, &spiffe_id, dns_names, ttl, now),
+            Subject::Generated(key) => {
+                ca.issue_x509_svid_for_key(key, &spiffe_id, dns_names, ttl, now)
+            }
+        }
+        .map_err(Error::Csr)?;
         let expires = m
             .expires
             .min(i64::try_from(issued.not_after.unix_timestamp_nanos()).unwrap_or(i64::MAX));
