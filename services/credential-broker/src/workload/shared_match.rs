@@ -3,10 +3,13 @@
 //! Sidecars on one node often run as one user (every Envoy of a mesh as
 //! the same uid), and a node's restart connects them all at once. Each
 //! would ask inventory the same `MatchSelectors` question; here the first
-//! asks and the others that arrive while it waits take its answer. The
-//! answer is never older than the lookup in flight when a caller arrived,
-//! as if that caller had raced the lookup itself; once it lands, the next
-//! caller asks again (nothing is cached beyond the flight).
+//! asks and the others that arrive while it waits take its answer. A
+//! caller that joins a flight gets an answer read at most one lookup (a
+//! few milliseconds) before it arrived: an entry deleted in that window
+//! can still match it once. Nothing is kept past the flight: once the
+//! answer lands, the next caller asks again. (A matched entry is not yet
+//! a credential: authority still decides each issuance on the identity's
+//! current state.)
 
 use std::collections::HashMap;
 use std::future::Future;
