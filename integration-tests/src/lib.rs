@@ -11,6 +11,7 @@ pub mod faults;
 mod humans;
 pub mod inventory;
 pub mod protos;
+pub mod workload;
 
 pub use cli::{binary_dir, cli_json, exits, python, run_steward, workspace_root};
 use humans::test_issuer_key;

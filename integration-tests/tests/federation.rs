@@ -12,61 +12,30 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use steward_credential_broker::config::{EndpointProfile, ForeignTrustDomain};
 use steward_identity::bundle::SpiffeBundle;
 use steward_identity::{ServerAuthorizer, TrustDomain};
+use steward_integration_tests::workload::{
+    entry_for_uid, first, first_x509, with_header, workload_client,
+};
 use steward_integration_tests::{TestStack, reserve_port};
 use steward_proto::spiffe_workload as raw;
 use steward_proto::spiffe_workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use steward_proto::steward::broker::v1 as broker;
-use steward_proto::steward::inventory::v1 as inventory;
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic::transport::Channel;
 
 const ENDPOINT_ID: &str = "spiffe://steward.test/service/credential-broker";
 
-fn header<T>(message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("workload.spiffe.io", "true".parse().unwrap());
-    request
-}
-
 /// The Workload API of `stack`, with this process registered (by uid) as
 /// a workload of its trust domain.
 async fn workload_api(stack: &TestStack, name: &str) -> SpiffeWorkloadApiClient<Channel> {
-    let socket = stack.pki.path().join("workload.sock");
-    for _ in 0..100 {
-        if socket.exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let identity = stack.workload_identity(name, "production").await;
-    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(stack.pki.path()).unwrap());
     stack
         .inventory()
         .await
-        .create_registration_entry(inventory::CreateRegistrationEntryRequest {
-            entry: Some(inventory::RegistrationEntry {
-                spiffe_id: identity.spiffe_id.clone(),
-                parent_id: stack
-                    .pki
-                    .spiffe_id("/service/credential-broker")
-                    .to_string(),
-                selectors: vec![inventory::Selector {
-                    r#type: "unix".into(),
-                    value: format!("uid:{uid}"),
-                }],
-                identity_id: identity.id.clone(),
-                ..Default::default()
-            }),
-            context: None,
-        })
+        .create_registration_entry(entry_for_uid(stack, &identity))
         .await
         .unwrap();
-    let endpoint =
-        spiffe::transport::Endpoint::parse(&format!("unix:{}", socket.display())).unwrap();
-    SpiffeWorkloadApiClient::new(spiffe::transport::connect(&endpoint).await.unwrap())
+    workload_client(stack).await
 }
 
 /// `steward.test`'s bundle as an operator hands it over out of band.
@@ -175,14 +144,7 @@ async fn sds_bundles(
 }
 
 async fn x509_bundles(api: &mut SpiffeWorkloadApiClient<Channel>) -> raw::X509BundlesResponse {
-    api.fetch_x509_bundles(header(raw::X509BundlesRequest {}))
-        .await
-        .unwrap()
-        .into_inner()
-        .next()
-        .await
-        .unwrap()
-        .unwrap()
+    first(api.fetch_x509_bundles(with_header(raw::X509BundlesRequest {}))).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,19 +195,9 @@ async fn a_workload_of_one_trust_domain_verifies_the_svids_of_a_federated_one() 
 
     // A workload of steward.test, with an X.509-SVID and a JWT-SVID.
     let mut home_api = workload_api(&home, "payments").await;
-    let home_svid = home_api
-        .fetch_x509svid(header(raw::X509svidRequest {}))
-        .await
-        .unwrap()
-        .into_inner()
-        .next()
-        .await
-        .unwrap()
-        .unwrap()
-        .svids
-        .remove(0);
+    let home_svid = first_x509(&mut home_api).await.svids.remove(0);
     let home_jwt = home_api
-        .fetch_jwtsvid(header(raw::JwtsvidRequest {
+        .fetch_jwtsvid(with_header(raw::JwtsvidRequest {
             audience: vec!["ledger".into()],
             spiffe_id: String::new(),
         }))
@@ -269,7 +221,7 @@ async fn a_workload_of_one_trust_domain_verifies_the_svids_of_a_federated_one() 
         "steward.test"
     ));
     let err = away_api
-        .validate_jwtsvid(header(raw::ValidateJwtsvidRequest {
+        .validate_jwtsvid(with_header(raw::ValidateJwtsvidRequest {
             audience: "ledger".into(),
             svid: home_jwt.svid.clone(),
         }))
@@ -310,22 +262,9 @@ async fn a_workload_of_one_trust_domain_verifies_the_svids_of_a_federated_one() 
     // other.test federates with steward.test over https_spiffe.
     away.restart_broker_with(|c| c.federation.trust_domains = vec![foreign.clone()])
         .await;
-    let mut away_api = {
-        let socket = away.pki.path().join("workload.sock");
-        let endpoint =
-            spiffe::transport::Endpoint::parse(&format!("unix:{}", socket.display())).unwrap();
-        let mut api = None;
-        for _ in 0..100 {
-            if let Ok(channel) = spiffe::transport::connect(&endpoint).await {
-                api = Some(SpiffeWorkloadApiClient::new(channel));
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        api.unwrap()
-    };
+    let mut away_api = workload_client(&away).await;
     let mut stream = away_api
-        .fetch_x509_bundles(header(raw::X509BundlesRequest {}))
+        .fetch_x509_bundles(with_header(raw::X509BundlesRequest {}))
         .await
         .unwrap()
         .into_inner();
@@ -341,15 +280,7 @@ async fn a_workload_of_one_trust_domain_verifies_the_svids_of_a_federated_one() 
 
     // The X.509-SVID answer carries it too, and JWT-SVIDs of steward.test
     // now validate here.
-    let answer = away_api
-        .fetch_x509svid(header(raw::X509svidRequest {}))
-        .await
-        .unwrap()
-        .into_inner()
-        .next()
-        .await
-        .unwrap()
-        .unwrap();
+    let answer = first_x509(&mut away_api).await;
     assert_eq!(
         answer.federated_bundles.keys().collect::<Vec<_>>(),
         ["spiffe://steward.test"]
@@ -359,20 +290,13 @@ async fn a_workload_of_one_trust_domain_verifies_the_svids_of_a_federated_one() 
             .spiffe_id
             .starts_with("spiffe://other.test/")
     );
-    let jwt_bundles = away_api
-        .fetch_jwt_bundles(header(raw::JwtBundlesRequest {}))
-        .await
-        .unwrap()
-        .into_inner()
-        .next()
-        .await
-        .unwrap()
-        .unwrap();
+    let jwt_bundles =
+        first(away_api.fetch_jwt_bundles(with_header(raw::JwtBundlesRequest {}))).await;
     let mut names: Vec<&String> = jwt_bundles.bundles.keys().collect();
     names.sort();
     assert_eq!(names, ["spiffe://other.test", "spiffe://steward.test"]);
     let validated = away_api
-        .validate_jwtsvid(header(raw::ValidateJwtsvidRequest {
+        .validate_jwtsvid(with_header(raw::ValidateJwtsvidRequest {
             audience: "ledger".into(),
             svid: home_jwt.svid.clone(),
         }))
@@ -416,17 +340,7 @@ async fn a_workload_of_one_trust_domain_verifies_the_svids_of_a_federated_one() 
     })
     .await
     .expect("the rotated bundle never reached other.test");
-    let fresh = home_api
-        .fetch_x509svid(header(raw::X509svidRequest {}))
-        .await
-        .unwrap()
-        .into_inner()
-        .next()
-        .await
-        .unwrap()
-        .unwrap()
-        .svids
-        .remove(0);
+    let fresh = first_x509(&mut home_api).await.svids.remove(0);
     assert!(verifies(
         &fresh.x509_svid,
         &pushed.bundles["spiffe://steward.test"],

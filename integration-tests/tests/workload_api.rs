@@ -594,15 +594,13 @@ async fn each_svid_rotates_on_its_own_schedule() {
 /// every second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_ttl_below_the_minimum_is_raised_to_it() {
+    use steward_integration_tests::workload::{entry_for_uid, first_x509, workload_client};
     use x509_parser::prelude::FromDer;
 
     let mut stack = TestStack::start().await;
     stack.restart_broker_with(|c| c.ttl.svid_min = 120).await;
-    let socket = stack.pki.path().join("workload.sock");
-    socket_ready(&socket).await;
-    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(stack.pki.path()).unwrap());
     let brief = stack.workload_identity("brief", "production").await;
-    let mut entry = entry_for(&brief, uid);
+    let mut entry = entry_for_uid(&stack, &brief);
     entry.entry.as_mut().unwrap().x509_svid_ttl = 2;
     stack
         .inventory()
@@ -610,24 +608,7 @@ async fn an_entry_ttl_below_the_minimum_is_raised_to_it() {
         .create_registration_entry(entry)
         .await
         .unwrap();
-    let mut channel = None;
-    for _ in 0..100 {
-        let endpoint = spiffe::transport::Endpoint::parse(&endpoint(&socket)).unwrap();
-        if let Ok(connected) = spiffe::transport::connect(&endpoint).await {
-            channel = Some(connected);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let first = SpiffeWorkloadApiClient::new(channel.unwrap())
-        .fetch_x509svid(header(raw::X509svidRequest {}))
-        .await
-        .unwrap()
-        .into_inner()
-        .next()
-        .await
-        .unwrap()
-        .unwrap();
+    let first = first_x509(&mut workload_client(&stack).await).await;
     let (_, leaf) =
         x509_parser::certificate::X509Certificate::from_der(&first.svids[0].x509_svid).unwrap();
     let lives =
