@@ -22,6 +22,7 @@
 //! valid one before the server sees them.
 
 mod mend;
+mod refusal;
 mod renewal;
 mod sds;
 mod shared_match;
@@ -46,6 +47,7 @@ use tonic::transport::Channel;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
+use self::refusal::Refusal;
 use crate::federation::Federation;
 use crate::issuance::{Issuer, Make, Subject, Task};
 use crate::now_ns;
@@ -104,9 +106,7 @@ impl WorkloadApi {
     fn attest<T>(request: &Request<T>) -> Result<Vec<inventory::Selector>, Status> {
         let header = request.metadata().get(SECURITY_HEADER);
         if header.and_then(|v| v.to_str().ok()) != Some("true") {
-            return Err(Status::invalid_argument(
-                "security header missing from request: set workload.spiffe.io: true",
-            ));
+            return Err(Refusal::NoSecurityHeader.into());
         }
         Self::peer_selectors(request)
     }
@@ -118,9 +118,7 @@ impl WorkloadApi {
             .extensions()
             .get::<UdsConnectInfo>()
             .and_then(|info| info.peer_cred)
-            .ok_or_else(|| {
-                Status::permission_denied("the caller's kernel credentials are unavailable")
-            })?;
+            .ok_or(Refusal::NotAttested)?;
         let selector = |value: String| inventory::Selector {
             r#type: "unix".to_owned(),
             value,
@@ -154,14 +152,12 @@ impl WorkloadApi {
             .await
             .map_err(|s| {
                 tracing::warn!(code = ?s.code(), message = s.message(), "inventory cannot match selectors");
-                Status::unavailable("inventory cannot be reached to attest the caller; retry")
+                Refusal::InventoryUnreachable
             })?
             .into_inner()
             .entries;
         if found.is_empty() {
-            return Err(Status::permission_denied(
-                "no identity is registered for this workload",
-            ));
+            return Err(Refusal::NotRegistered.into());
         }
         let ttl = &self.issuer.ttl;
         Ok(found
@@ -215,7 +211,8 @@ impl WorkloadApi {
     /// Every trust domain's JWT bundle (a JWKS document each).
     fn jwt_bundles(&self) -> Result<HashMap<String, Vec<u8>>, Status> {
         let jwks = |set: &jwt::JwkSet| {
-            serde_json::to_vec(set).map_err(|_| Status::internal("a JWT bundle cannot be encoded"))
+            serde_json::to_vec(set)
+                .map_err(|e| Status::from(Refusal::internal("a JWT bundle cannot be encoded", e)))
         };
         let mut bundles = HashMap::new();
         for bundle in self.federation.foreign().values() {
@@ -235,7 +232,7 @@ impl WorkloadApi {
         now: i64,
     ) -> Result<(pb::X509svid, crate::store::Lease), Status> {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(|e| Refusal::internal("no key could be made for the SVID", e))?;
         let (lease, made) = self
             .issuer
             .issue(
@@ -470,10 +467,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         if !r.spiffe_id.is_empty() {
             entries.retain(|e| e.spiffe_id == r.spiffe_id);
             if entries.is_empty() {
-                return Err(Status::permission_denied(format!(
-                    "spiffe_id: this workload is not registered as {}",
-                    steward_errors::shown(&r.spiffe_id)
-                )));
+                return Err(Refusal::NotRegisteredAs(steward_errors::shown(&r.spiffe_id)).into());
             }
         }
         let now = now_ns();
@@ -553,7 +547,8 @@ impl SpiffeWorkloadApi for WorkloadApi {
                 }
             }
         };
-        let keys = VerifyingKeys::from_jwks(&jwks).map_err(|e| Status::internal(e.to_string()))?;
+        let keys = VerifyingKeys::from_jwks(&jwks)
+            .map_err(|e| Refusal::internal("a trust domain's JWT keys cannot be read", e))?;
         let validation = jwt::Validation {
             issuer: String::new(),
             audience: r.audience,

@@ -207,9 +207,7 @@ impl SecretDiscoveryService for WorkloadApi {
         &self,
         _request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaSecretsStream>, Status> {
-        Err(Status::unimplemented(
-            "delta SDS is not served; use StreamSecrets (state of the world)",
-        ))
+        Err(super::refusal::Refusal::DeltaSds.into())
     }
 
     async fn stream_secrets(
