@@ -9,6 +9,7 @@ use steward_identity::jwt::{self, Validation, VerifyingKeys};
 use tonic::Status;
 
 use crate::config::OidcConfig;
+use crate::error::Error;
 
 /// A verified human.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,16 +112,18 @@ impl Humans {
             })
             .map(str::trim)
             .ok_or_else(|| {
-                Status::unauthenticated("authorization: expected `Bearer <OIDC token>`")
+                Error::Unauthenticated("authorization: expected `Bearer <OIDC token>`".into())
             })?;
         let Some((validation, path)) = &self.oidc else {
-            return Err(Status::unauthenticated(
-                "authorization: no OIDC issuer is configured, so bearer tokens cannot be verified",
-            ));
+            return Err(Error::Unauthenticated(
+                "authorization: no OIDC issuer is configured, so bearer tokens cannot be verified"
+                    .into(),
+            )
+            .into());
         };
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let claims = jwt::verify(token, &self.keys(path), validation, now)
-            .map_err(|e| Status::unauthenticated(format!("authorization: {e}")))?;
+            .map_err(|e| Error::Unauthenticated(format!("authorization: {e}")))?;
         Ok(Some(Human {
             subject: claims.subject,
             issuer: claims.issuer,

@@ -43,7 +43,7 @@ impl AuthorityServer {
             .shared
             .engine
             .document(name)
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(|e| Error::internal("the policy document makes no policy entity", e))?;
         self.admit(actor, "manage_policy", resource, "", "").await
     }
 
@@ -81,18 +81,18 @@ impl AuthorityServer {
                 .shared
                 .engine
                 .document("policies")
-                .map_err(|e| Status::internal(e.to_string()))?,
+                .map_err(|e| Error::internal("the policy document makes no policy entity", e))?,
             context: own_context(actor, ""),
         };
         let decision = set
             .decide(&self.shared.engine, &request)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(|e| Error::Policy(e.to_string()))?;
         if decision.effect != Effect::Allow {
-            return Err(Status::failed_precondition(format!(
+            return Err(store_status(StoreError::FailedPrecondition(format!(
                 "version: policy set {target} would refuse {} manage_policy ({}), leaving no way back; add a manage_policy permit to it (Steward's defaults have one)",
                 steward_errors::shown(actor.name()),
                 decision.reason
-            )));
+            ))));
         }
         Ok(())
     }

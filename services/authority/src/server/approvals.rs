@@ -11,6 +11,7 @@ use crate::approvals::{
     suggested_reviewers,
 };
 use crate::engine::{DecisionRequest, Effect, NhiFacts, RequestContext};
+use crate::error::Error;
 use crate::store::{Closure, ListFilter, StoreError};
 
 mod breakglass;
@@ -58,20 +59,18 @@ impl AuthorityServer {
     /// Checks that `actor` may review `a`: never their own request, a
     /// member of its approver predicate, and allowed to `approve` the
     /// resource by the active policies.
-    async fn check_reviewer(&self, actor: &Actor, a: &ApprovalRequest) -> Result<(), Status> {
+    async fn check_reviewer(&self, actor: &Actor, a: &ApprovalRequest) -> Result<(), Error> {
         let name = actor.name();
         if name == a.requester || name == a.principal {
-            return Err(Status::permission_denied(format!(
+            return Err(Error::denied(format!(
                 "{name} may not review approval request {}: it is their own request (requester {}, principal {})",
                 a.id, a.requester, a.principal
             )));
         }
-        let facts = self
-            .decider
-            .facts(&Uuid::try_parse(&a.resource_id).map_err(|_| {
-                Status::internal("stored approval request has an unreadable resource id")
-            })?)
-            .await?;
+        let resource = Uuid::try_parse(&a.resource_id).map_err(|e| {
+            Error::internal("stored approval request has an unreadable resource id", e)
+        })?;
+        let facts = self.decider.facts(&resource).await?;
         let eligible = match a.approver.as_str() {
             "technical_owner" => self.is_or_belongs_to(actor, &facts.technical_owner),
             "business_owner" => self.is_or_belongs_to(actor, &facts.business_owner),
@@ -81,7 +80,7 @@ impl AuthorityServer {
                 .is_some_and(|g| self.groups_of_actor(actor).iter().any(|m| m == g)),
         };
         if !eligible {
-            return Err(Status::permission_denied(format!(
+            return Err(Error::denied(format!(
                 "{name} may not review approval request {}: it needs its {} ({})",
                 a.id,
                 if a.approver.is_empty() {
@@ -109,7 +108,7 @@ impl AuthorityServer {
             },
         })?;
         if decision.effect != Effect::Allow {
-            return Err(Status::permission_denied(format!(
+            return Err(Error::denied(format!(
                 "{name} may not approve actions on {}: {}",
                 a.resource_id, decision.reason
             )));
@@ -194,10 +193,10 @@ impl AuthorityServer {
             .await
             .map_err(store_status)?;
         if current.state != ApprovalState::Pending {
-            return Err(Status::failed_precondition(format!(
+            return Err(store_status(StoreError::FailedPrecondition(format!(
                 "id: approval request {id} is already {}",
                 current.state.as_str()
-            )));
+            ))));
         }
         self.check_reviewer(&actor, &current).await?;
         let now = now_s();
@@ -352,7 +351,7 @@ impl AuthorityServer {
             .shared
             .engine
             .incident(&r.incident_ref)
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(|e| Error::internal("the incident makes no policy entity", e))?;
         let allowed = self
             .admit(
                 &actor,

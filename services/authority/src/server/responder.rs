@@ -196,10 +196,10 @@ impl AuthorityServer {
             .await
             .map_err(super::store_status)?;
         let set = RuleSet::parse(&stored.policies).map_err(|e| {
-            Status::internal(format!(
-                "stored response rules {active} no longer parse: {:?}",
-                e.first()
-            ))
+            crate::error::Error::internal(
+                format!("stored response rules {active} no longer parse"),
+                format!("{:?}", e.first()),
+            )
         })?;
         tracing::info!(
             version = active,
@@ -222,8 +222,9 @@ impl AuthorityServer {
         let mut actions = Vec::new();
         let mut records = Vec::new();
         if !matched.is_empty() {
-            let id = Uuid::try_parse(&signal.identity_id)
-                .map_err(|_| Status::internal("inventory sent a signal with a bad identity id"))?;
+            let id = Uuid::try_parse(&signal.identity_id).map_err(|e| {
+                crate::error::Error::internal("inventory sent a signal with a bad identity id", e)
+            })?;
             let facts = match self.decider.facts(&id).await.map_err(Status::from) {
                 Ok(resource) => resource.facts().clone(),
                 Err(s) if permanent(s.code()) => {

@@ -42,11 +42,12 @@ impl AuthorityServer {
             )
             .await?;
         if decision.effect != Effect::Allow {
-            return Err(Status::permission_denied(format!(
+            return Err(Error::denied(format!(
                 "{} may not invoke break-glass on {resource}: {}",
                 actor.name(),
                 decision.reason
-            )));
+            ))
+            .into());
         }
         let grant = break_glass_grant(&actor, &r, &resource, now, duration);
         let review = self.review_of(&grant, &r, &reason, &decision_request.resource, now);
