@@ -74,16 +74,15 @@ impl AuthorityServer {
             Err(Error::Store(StoreError::NotFound(_))) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
-        let request = DecisionRequest {
-            principal: self.decider.principal_of(actor)?,
-            action: "manage_policy".to_owned(),
-            resource: self
-                .shared
-                .engine
-                .document("policies")
-                .map_err(|e| Error::internal("the policy document makes no policy entity", e))?,
-            context: own_context(actor, ""),
-        };
+        let request =
+            DecisionRequest {
+                principal: self.decider.principal_of(actor)?,
+                action: "manage_policy".to_owned(),
+                resource: self.shared.engine.document("policies").map_err(|e| {
+                    Error::internal("the policy document makes no policy entity", e)
+                })?,
+                context: own_context(actor, ""),
+            };
         let decision = set
             .decide(&self.shared.engine, &request)
             .map_err(|e| Error::Policy(e.to_string()))?;

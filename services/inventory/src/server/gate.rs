@@ -15,6 +15,54 @@ use uuid::Uuid;
 
 use crate::domain::{Allowed, ChangeContext, State};
 
+/// Why a change was not let through; the gate's one error mapping.
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    #[error("authorization: an attestation is a person's answer; call with their bearer token")]
+    AttestationWithoutPerson,
+    #[error("inventory has no authority to ask (peers.authority); lifecycle changes fail closed")]
+    NoAuthority,
+    #[error("authority answered without a decision")]
+    NoDecision,
+    #[error(
+        "approval required: authority opened approval request {request_id} ({reason}); retry once it is approved"
+    )]
+    ApprovalRequired { request_id: String, reason: String },
+    #[error("authority denied {action} on identity {id} (decision {decision_id}): {reason}")]
+    Denied {
+        action: String,
+        id: Uuid,
+        decision_id: String,
+        reason: String,
+    },
+}
+
+impl steward_errors::ServiceError for Refused {
+    fn code(&self) -> tonic::Code {
+        match self {
+            Self::AttestationWithoutPerson | Self::Denied { .. } => tonic::Code::PermissionDenied,
+            Self::NoAuthority | Self::NoDecision => tonic::Code::Unavailable,
+            Self::ApprovalRequired { .. } => tonic::Code::FailedPrecondition,
+        }
+    }
+}
+
+impl From<Refused> for Status {
+    /// An approval's id also travels as `steward-approval-request-id`, so
+    /// a client can follow it without parsing the message.
+    fn from(refused: Refused) -> Self {
+        let mut status = steward_errors::to_status(&refused);
+        if let Refused::ApprovalRequired { request_id, .. } = &refused
+            && let Ok(value) = request_id.parse()
+        {
+            status
+                .metadata_mut()
+                .insert("steward-approval-request-id", value);
+        }
+        status
+    }
+}
+
 /// Inventory's client of authority's decisions.
 #[derive(Debug, Clone)]
 pub struct LifecycleGate {
@@ -44,9 +92,7 @@ impl LifecycleGate {
         context: &ChangeContext,
     ) -> Result<(String, Allowed), Status> {
         if request.metadata().get("authorization").is_none() {
-            return Err(Status::permission_denied(
-                "authorization: an attestation is a person's answer; call with their bearer token",
-            ));
+            return Err(Refused::AttestationWithoutPerson.into());
         }
         let (allowed, principal) = self.ask(request, id, "attest", reason, context).await?;
         Ok((principal, allowed))
@@ -83,9 +129,7 @@ impl LifecycleGate {
         context: &ChangeContext,
     ) -> Result<(Allowed, String), Status> {
         let Some(client) = &self.authority else {
-            return Err(Status::unavailable(
-                "inventory has no authority to ask (peers.authority); lifecycle changes fail closed",
-            ));
+            return Err(Refused::NoAuthority.into());
         };
         let token = request.metadata().get("authorization").cloned();
         let principal = if token.is_some() {
@@ -112,10 +156,7 @@ impl LifecycleGate {
             ask.metadata_mut().insert("authorization", token);
         }
         let decision = match client.clone().authorize(ask).await {
-            Ok(answer) => answer
-                .into_inner()
-                .decision
-                .ok_or_else(|| Status::unavailable("authority answered without a decision"))?,
+            Ok(answer) => answer.into_inner().decision.ok_or(Refused::NoDecision)?,
             Err(status) => {
                 return Err(steward_errors::from_peer(
                     "authority",
@@ -137,22 +178,18 @@ impl LifecycleGate {
                 },
                 decision.principal,
             )),
-            Ok(authority::Effect::ApprovalRequired) => {
-                let mut status = Status::failed_precondition(format!(
-                    "approval required: authority opened approval request {} ({}); retry once it is approved",
-                    decision.approval_request_id, decision.reason
-                ));
-                if let Ok(value) = decision.approval_request_id.parse() {
-                    status
-                        .metadata_mut()
-                        .insert("steward-approval-request-id", value);
-                }
-                Err(status)
+            Ok(authority::Effect::ApprovalRequired) => Err(Refused::ApprovalRequired {
+                request_id: decision.approval_request_id,
+                reason: decision.reason,
             }
-            _ => Err(Status::permission_denied(format!(
-                "authority denied {action} on identity {id} (decision {}): {}",
-                decision.decision_id, decision.reason
-            ))),
+            .into()),
+            _ => Err(Refused::Denied {
+                action: action.to_owned(),
+                id: *id,
+                decision_id: decision.decision_id,
+                reason: decision.reason,
+            }
+            .into()),
         }
     }
 }
