@@ -66,6 +66,17 @@ impl From<sqlx::Error> for LogError {
     }
 }
 
+impl From<LogError> for tonic::Status {
+    /// The one mapping of the log's errors; a corrupt log is logged here,
+    /// once, beside the DATA_LOSS the caller gets.
+    fn from(error: LogError) -> Self {
+        if let LogError::Corrupt(detail) = &error {
+            tracing::error!(error = %detail, "audit log corruption");
+        }
+        steward_errors::to_status(&error)
+    }
+}
+
 impl steward_errors::ServiceError for LogError {
     fn code(&self) -> tonic::Code {
         use tonic::Code;

@@ -44,10 +44,7 @@ fn beyond(field: &'static str, value: u64, size: u64) -> Status {
 }
 
 fn status(error: LogError) -> Status {
-    if let LogError::Corrupt(detail) = &error {
-        tracing::error!(error = %detail, "audit log corruption");
-    }
-    steward_errors::to_status(&error)
+    Status::from(error)
 }
 
 fn appended_by<T>(request: &Request<T>) -> Result<String, Status> {
@@ -121,7 +118,8 @@ impl AuditService for AuditServer {
         match results.pop() {
             Some(Ok(a)) => Ok(Response::new(appended(&a))),
             Some(Err(e)) => Err(status(e)),
-            None => Err(Status::internal("no result")),
+            // The sequencer answers every record it was given.
+            None => Err(status(LogError::Stopped)),
         }
     }
 

@@ -11,7 +11,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use crate::convert::entry_to_proto;
-use crate::log::{Log, LoggedEntry};
+use crate::log::{Log, LogError, LoggedEntry};
 use crate::store::QueryFilter;
 
 /// Entries per replayed message.
@@ -83,7 +83,7 @@ async fn replay(
             .store()
             .entries(next, until, REPLAY_PAGE)
             .await
-            .map_err(|_| Status::unavailable("evidence storage is unavailable; resume later"))?;
+            .map_err(|e| Status::from(LogError::from(e)))?;
         if stored.is_empty() {
             break;
         }
@@ -91,7 +91,7 @@ async fn replay(
             .iter()
             .map(LoggedEntry::from_stored)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Status::data_loss(e.to_string()))?;
+            .map_err(Status::from)?;
         match send(tx, filter, &batch, next).await {
             Some(cursor) => next = cursor,
             None => return Ok(None),
@@ -142,9 +142,7 @@ async fn follow(
                 return Ok(());
             }
             Err(broadcast::error::RecvError::Closed) => {
-                return Err(Status::unavailable(
-                    "the audit log is shutting down; resume later",
-                ));
+                return Err(LogError::Stopped.into());
             }
         }
     }

@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 
 use crate::authorities::CaRotation;
 use crate::convert::{self, caller, lease_to_pb, rotation_to_pb, timestamp};
-use crate::issuance::{Issuer, Made, Make, Principal, Subject, Task, rotation};
+use crate::issuance::{Error, Issuer, Made, Make, Principal, Subject, Task, rotation};
 use crate::now_ns;
 use crate::store::{Kind, LeaseFilter, LeaseState};
 
@@ -54,7 +54,7 @@ impl BrokerServer {
             trust_domain: self.issuer.own.trust_domain().name().to_owned(),
             x509_authorities: authorities.roots.clone(),
             jwt_authorities: serde_json::to_vec(&authorities.jwks)
-                .map_err(|_| Status::internal("the JWT bundle could not be encoded"))?,
+                .map_err(|e| Error::internal("the JWT bundle could not be encoded", e))?,
             x509_intermediates: authorities.intermediates.clone(),
         })
     }
@@ -284,7 +284,11 @@ impl CredentialBroker for BrokerServer {
             .issue(&caller, &r.identity_id, what, r.ttl_seconds, &task, now)
             .await?;
         let Made::DatabaseRole(credential) = made else {
-            return Err(Status::internal("the backend answered out of kind"));
+            return Err(Error::internal(
+                "the backend answered out of kind",
+                "a database credential was asked for",
+            )
+            .into());
         };
         let (username, password) = (credential.username, credential.password);
         Ok(Response::new(pb::IssueDatabaseCredentialResponse {

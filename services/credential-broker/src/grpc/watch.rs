@@ -13,6 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use crate::convert::{kind_to_pb, timestamp};
+use crate::issuance::Error;
 use crate::store::writer::Writer;
 use crate::store::{LeaseState, RevocationEntry, Store, StoreError};
 
@@ -124,9 +125,11 @@ async fn follow(
                 }
             }
             Err(broadcast::error::RecvError::Closed) => {
-                return Err(Status::unavailable(
+                return Err(Error::unavailable(
                     "the broker is shutting down; resume from the last sequence",
-                ));
+                    "the revocation broadcast closed",
+                )
+                .into());
             }
         }
     }

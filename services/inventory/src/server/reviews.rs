@@ -107,10 +107,10 @@ impl InventoryServer {
             .await?;
         let r = request.into_inner();
         if !(r.reviewer.is_empty() || r.reviewer == reviewer) {
-            return Err(Status::permission_denied(format!(
+            return Err(status(Error::PermissionDenied(format!(
                 "reviewer: the reviewer is the person of the bearer token ({}); leave it empty",
                 steward_errors::shown(&reviewer)
-            )));
+            ))));
         }
         let decision = decision("decision", r.decision).map_err(invalid)?;
         let new_expires_at =
