@@ -40,10 +40,22 @@ fn free_base_port() -> u16 {
 /// Starts `steward dev up` and waits for its `ready` line; returns the
 /// process and everything it printed.
 fn dev_up(dir: &Path, base_port: u16) -> (Child, Vec<String>) {
+    dev_up_with(dir, base_port, &[], Stdio::null())
+}
+
+/// [`dev_up`] with `env` set and the services' logs (stderr) to `stderr`.
+fn dev_up_with(
+    dir: &Path,
+    base_port: u16,
+    env: &[(&str, &str)],
+    stderr: Stdio,
+) -> (Child, Vec<String>) {
     let mut child = steward(dir)
         .args(["dev", "up", "--base-port", &base_port.to_string()])
+        .envs(env.iter().copied())
+        .env_remove("NO_COLOR")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -314,4 +326,125 @@ fn login_dev_gives_a_token_that_authority_accepts() {
     assert!(logout.status.success());
     assert!(!token_file.exists());
     assert!(interrupt_and_wait(child).success());
+}
+
+/// A JSON value that refuses an object repeating a key, at any depth.
+struct Unrepeated;
+
+impl<'de> serde::Deserialize<'de> for Unrepeated {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Unrepeated;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("JSON")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Unrepeated, A::Error> {
+                let mut seen = std::collections::HashSet::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if !seen.insert(key.clone()) {
+                        return Err(serde::de::Error::custom(format!("key {key:?} repeated")));
+                    }
+                    map.next_value::<Unrepeated>()?;
+                }
+                Ok(Unrepeated)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Unrepeated, A::Error> {
+                while seq.next_element::<Unrepeated>()?.is_some() {}
+                Ok(Unrepeated)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Unrepeated, E> {
+                Ok(Unrepeated)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Unrepeated, E> {
+                Ok(Unrepeated)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Unrepeated, E> {
+                Ok(Unrepeated)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Unrepeated, E> {
+                Ok(Unrepeated)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Unrepeated, E> {
+                Ok(Unrepeated)
+            }
+            fn visit_unit<E>(self) -> Result<Unrepeated, E> {
+                Ok(Unrepeated)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// The service logs as a machine and a file see them: every JSON line is
+/// one object with its event text under `message` and no key twice (the
+/// broker's warning about an unreachable inventory, whose gRPC message
+/// is a field of its own, included); the compact format written to a
+/// file carries no colour codes.
+#[test]
+fn logs_parse_without_repeated_keys_and_carry_no_colour_off_a_terminal() {
+    // JSON, with inventory killed so the broker warns about it.
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base_port();
+    let log = dir.path().join("services.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let (child, _) = dev_up_with(
+        dir.path(),
+        base,
+        &[("STEWARD_TELEMETRY__FORMAT", "json")],
+        Stdio::from(file),
+    );
+    let inventory = children_of(child.id())
+        .into_iter()
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.contains("steward-inventory"))
+        })
+        .expect("no inventory process under dev up");
+    kill(Pid::from_raw(inventory), Signal::SIGKILL).unwrap();
+    let socket = dir.path().join(".steward/dev/run/workload.sock");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = spiffe::WorkloadApiClient::connect_to(format!("unix:{}", socket.display()))
+            .await
+            .unwrap();
+        assert!(client.fetch_x509_svid().await.is_err());
+    });
+    interrupt_and_wait(child);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let events: Vec<&str> = text.lines().filter(|l| l.starts_with('{')).collect();
+    assert!(events.len() >= 10, "{text}");
+    for line in &events {
+        serde_json::from_str::<Unrepeated>(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let value: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(value["message"].is_string(), "{line}");
+    }
+    assert!(
+        events
+            .iter()
+            .any(|l| l.contains("inventory cannot match selectors")
+                && l.contains("\"status_message\"")),
+        "{text}"
+    );
+
+    // Compact, into a file: no escape sequences.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("services.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let (child, _) = dev_up_with(
+        dir.path(),
+        free_base_port(),
+        &[("STEWARD_TELEMETRY__FORMAT", "compact")],
+        Stdio::from(file),
+    );
+    interrupt_and_wait(child);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.lines().count() >= 10, "{text}");
+    assert!(!text.contains('\x1b'), "colour codes in a file:\n{text}");
 }

@@ -3,7 +3,8 @@
 //! other; only `steward-proto` has a build script; each example config
 //! loads as its service's config, with no key the service does not know;
 //! no source file or function grows past what a reader can hold; and no
-//! two modules of a crate import each other.
+//! two modules of a crate import each other; and no log event has a field
+//! named `message` (JSON logs would repeat the key).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -524,4 +525,69 @@ fn a_cycle_is_found_through_any_number_of_modules() {
         cycle(&graph(&[("a", "b"), ("b", "c"), ("c", "a")])),
         Some(vec!["a".into(), "b".into(), "c".into(), "a".into()])
     );
+}
+
+/// The tracing macros: an event's text is its `message` field.
+const LOG_MACROS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "event"];
+
+/// The lines of `tokens` where a tracing macro is given a field named
+/// `message` (`message = …`, `%message`, `?message`), searching every
+/// group, so invocations inside other macros (`select!`) are found too.
+fn message_fields(tokens: proc_macro2::TokenStream, found: &mut Vec<usize>) {
+    use proc_macro2::TokenTree;
+    let trees: Vec<TokenTree> = tokens.into_iter().collect();
+    for (i, tree) in trees.iter().enumerate() {
+        let TokenTree::Group(group) = tree else {
+            continue;
+        };
+        let invoked = i >= 2
+            && matches!(&trees[i - 1], TokenTree::Punct(p) if p.as_char() == '!')
+            && matches!(&trees[i - 2], TokenTree::Ident(id) if LOG_MACROS.contains(&id.to_string().as_str()));
+        if invoked {
+            let inner: Vec<TokenTree> = group.stream().into_iter().collect();
+            for (j, token) in inner.iter().enumerate() {
+                let TokenTree::Ident(id) = token else {
+                    continue;
+                };
+                if id != "message" {
+                    continue;
+                }
+                let assigned = matches!(inner.get(j + 1), Some(TokenTree::Punct(p)) if p.as_char() == '=' && p.spacing() == proc_macro2::Spacing::Alone);
+                let shorthand = j > 0
+                    && matches!(&inner[j - 1], TokenTree::Punct(p) if matches!(p.as_char(), '%' | '?'));
+                if assigned || shorthand {
+                    found.push(id.span().start().line);
+                }
+            }
+        }
+        message_fields(group.stream(), found);
+    }
+}
+
+/// JSON logs put an event's fields beside its text, whose key is
+/// `message`: a field of that name would repeat the key, and a parser
+/// that keeps the last one would lose the event's text.
+#[test]
+fn no_log_event_has_a_field_named_message() {
+    let mut found = BTreeMap::new();
+    for dir in SOURCE_DIRS {
+        for file in rust_files(&workspace_root().join(dir)) {
+            let text = std::fs::read_to_string(&file).unwrap();
+            let tokens: proc_macro2::TokenStream = text.parse().unwrap();
+            let mut lines = Vec::new();
+            message_fields(tokens, &mut lines);
+            if !lines.is_empty() {
+                found.insert(shown(&file), lines);
+            }
+        }
+    }
+    assert!(found.is_empty(), "rename these fields: {found:?}");
+}
+
+#[test]
+fn the_message_field_check_finds_what_it_should() {
+    let mut found = Vec::new();
+    let source = "fn f() {\n tracing::warn!(code = 1, message = m, \"x\");\n select! { message = rx => { debug!(%message, \"y\") } }\n info!(status_message = m, \"z\");\n}";
+    message_fields(source.parse().unwrap(), &mut found);
+    assert_eq!(found, [2, 3]);
 }

@@ -69,7 +69,7 @@ pub fn from_peer(peer: &str, status: &tonic::Status, nothing_done: &str) -> toni
             tracing::warn!(
                 peer,
                 ?code,
-                message = status.message(),
+                status_message = status.message(),
                 "peer could not answer; failing closed"
             );
             tonic::Status::unavailable(format!(

@@ -238,7 +238,7 @@ impl Forwarder {
                         sqlx::query::<Db>(DELIVERED).bind(seq).execute(&mut *tx).await?;
                     }
                     Some(pb::append_batch_result::Result::Error(e)) if refused(e.code) => {
-                        tracing::error!(seq, code = e.code, message = %e.message, "audit refused an evidence record; parked in the outbox for an operator");
+                        tracing::error!(seq, code = e.code, refusal = %e.message, "audit refused an evidence record; parked in the outbox for an operator");
                         sqlx::query::<Db>(PARK).bind(&e.message).bind(seq).execute(&mut *tx).await?;
                     }
                     Some(pb::append_batch_result::Result::Error(e)) => {

@@ -113,11 +113,13 @@ pub fn init(service: &str, config: &TelemetryConfig) -> Result<TelemetryGuard, T
     });
 
     let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
+    let colour = colour();
     let installed = match config.format {
         LogFormat::Pretty => registry
             .with(
                 tracing_subscriber::fmt::layer()
                     .pretty()
+                    .with_ansi(colour)
                     .with_writer(std::io::stderr),
             )
             .try_init(),
@@ -125,6 +127,7 @@ pub fn init(service: &str, config: &TelemetryConfig) -> Result<TelemetryGuard, T
             .with(
                 tracing_subscriber::fmt::layer()
                     .compact()
+                    .with_ansi(colour)
                     .with_writer(std::io::stderr),
             )
             .try_init(),
@@ -140,4 +143,11 @@ pub fn init(service: &str, config: &TelemetryConfig) -> Result<TelemetryGuard, T
     };
     installed.map_err(|_| TelemetryError::AlreadyInstalled)?;
     Ok(TelemetryGuard { provider })
+}
+
+/// Colour codes only for a person at a terminal: never in a file, a pipe
+/// or a journal, and never when `NO_COLOR` is set (the convention).
+fn colour() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }

@@ -207,7 +207,7 @@ impl FactsCache {
                     self.stop_serving();
                     match outcome {
                         Ok(()) => tracing::info!("inventory ended the facts stream; reading inventory directly until it is back"),
-                        Err(status) => tracing::debug!(code = ?status.code(), message = status.message(), "facts stream unavailable; reading inventory directly"),
+                        Err(status) => tracing::debug!(code = ?status.code(), status_message = status.message(), "facts stream unavailable; reading inventory directly"),
                     }
                 }
             }

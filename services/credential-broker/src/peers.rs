@@ -145,7 +145,7 @@ impl Signals for Inventory {
             tracing::error!(
                 rotation = rotation.rotation_id,
                 code = ?status.code(),
-                message = status.message(),
+                status_message = status.message(),
                 "cannot report a failed rotation to inventory"
             );
         }

@@ -151,7 +151,7 @@ impl WorkloadApi {
             .match_selectors(inventory::MatchSelectorsRequest { selectors })
             .await
             .map_err(|s| {
-                tracing::warn!(code = ?s.code(), message = s.message(), "inventory cannot match selectors");
+                tracing::warn!(code = ?s.code(), status_message = s.message(), "inventory cannot match selectors");
                 Refusal::InventoryUnreachable
             })?
             .into_inner()

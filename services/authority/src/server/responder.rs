@@ -107,7 +107,7 @@ impl AuthorityServer {
             if let Err(status) = self.respond_once(&mut rules).await {
                 tracing::warn!(
                     code = ?status.code(),
-                    message = status.message(),
+                    status_message = status.message(),
                     "response rules: pass failed; retrying"
                 );
             }
@@ -228,7 +228,7 @@ impl AuthorityServer {
             let facts = match self.decider.facts(&id).await.map_err(Status::from) {
                 Ok(resource) => resource.facts().clone(),
                 Err(s) if permanent(s.code()) => {
-                    tracing::warn!(signal = %signal.id, message = s.message(), "response rules: the signal's identity cannot be read; recorded, not acted on");
+                    tracing::warn!(signal = %signal.id, status_message = s.message(), "response rules: the signal's identity cannot be read; recorded, not acted on");
                     crate::engine::NhiFacts {
                         id: signal.identity_id.clone(),
                         state: "unknown".to_owned(),

@@ -147,7 +147,7 @@ impl Subscription {
             tracing::warn!(
                 version = request.version_info,
                 code = error.code,
-                message = error.message,
+                nack_message = error.message,
                 "sds: the client refused a secrets version (NACK)"
             );
         }
