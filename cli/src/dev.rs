@@ -61,6 +61,10 @@ pub fn reset(dir: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Each service's plain-HTTP probes (`/healthz`, `/readyz`) listen this
+/// far above its gRPC port.
+pub const OPS_PORT_OFFSET: u16 = 10;
+
 pub async fn up(dir: &Path, base_port: u16, log_format: &str) -> anyhow::Result<ExitCode> {
     // Before anything else: a Ctrl-C at any point must stop the children.
     let mut signals = Signals::install().context("cannot listen for SIGINT/SIGTERM")?;
@@ -128,6 +132,10 @@ pub async fn up(dir: &Path, base_port: u16, log_format: &str) -> anyhow::Result<
             conn.address(name)?
         );
     }
+    println!(
+        "  probes            http://127.0.0.1:{}/readyz (and /healthz; +1 per service, in this order)",
+        base_port + OPS_PORT_OFFSET
+    );
     println!();
     println!("  trust bundle      {}", pki.join("bundle.pem").display());
     println!(
@@ -455,9 +463,11 @@ fn write_configs(dir: &Path, base_port: u16, log_format: &str) -> anyhow::Result
     let mut paths = Vec::new();
     for (index, (name, _)) in SERVICES.iter().enumerate() {
         let port = base_port + u16::try_from(index)?;
+        let ops = port + OPS_PORT_OFFSET;
         let text = format!(
             "# written by `steward dev up`; edits are overwritten on the next run\n\
-             listen_addr = \"127.0.0.1:{port}\"\n\n\
+             listen_addr = \"127.0.0.1:{port}\"\n\
+             ops_addr = \"127.0.0.1:{ops}\"\n\n\
              [tls]\n\
              cert = {cert:?}\n\
              key = {key:?}\n\

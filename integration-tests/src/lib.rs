@@ -225,6 +225,7 @@ pub fn service_config(name: &str, svid: SvidPaths, database: DatabaseConfig) -> 
     config.tls.svid = svid;
     config.database = database;
     config.shutdown_grace_secs = 2;
+    config.ops_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     config
 }
 
@@ -236,6 +237,8 @@ pub struct RunningService {
     /// The service's own database handle (the same pools it serves from),
     /// for tests that fault its connections.
     pub database: steward_db::Database,
+    /// Where its plain-HTTP probes (`/healthz`, `/readyz`) answer.
+    pub ops_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), steward_server::StartError>>>,
 }
@@ -246,6 +249,7 @@ impl RunningService {
         let addr = app.local_addr();
         let spiffe_id = app.spiffe_id();
         let database = app.database().clone();
+        let ops_addr = app.ops_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until(async move {
             let _ = stopped.await;
@@ -255,9 +259,29 @@ impl RunningService {
             addr,
             spiffe_id,
             database,
+            ops_addr,
             stop: Some(stop),
             task: Some(task),
         }
+    }
+
+    /// The status code and body of a plain `GET path` to its probes'
+    /// listener, as a probe without a client certificate sends it.
+    pub async fn probe(&self, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let addr = self.ops_addr.expect("the service has no ops_addr");
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer).await.unwrap();
+        let status = answer
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or(0);
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+        (status, body)
     }
 
     /// `127.0.0.1:<port>`.

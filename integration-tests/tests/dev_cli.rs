@@ -23,13 +23,16 @@ fn steward(dir: &Path) -> Command {
     command
 }
 
-/// A base port whose next three ports are free too, from below the
+/// A base port whose next three ports are free too (and the four probe
+/// ports 10 above them), from below the
 /// kernel's ephemeral range (where other tests' port-0 listeners land),
 /// so none is handed out between this probe and `dev up`'s bind.
 fn free_base_port() -> u16 {
     for _ in 0..200 {
         let base = 30_000 + (uuid::Uuid::new_v4().as_u128() % 2_700) as u16;
-        let all_free = (0..4).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+        let all_free = (0..4)
+            .chain(10..14)
+            .all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok());
         if all_free {
             return base;
         }
@@ -37,7 +40,8 @@ fn free_base_port() -> u16 {
     panic!("no four consecutive free ports");
 }
 
-/// Starts `steward dev up` and waits for its `ready` line; returns the
+/// Starts `steward dev up` and waits for its `ready` line (its probes
+/// listen 10 above each gRPC port); returns the
 /// process and everything it printed.
 fn dev_up(dir: &Path, base_port: u16) -> (Child, Vec<String>) {
     dev_up_with(dir, base_port, &[], Stdio::null())
@@ -146,6 +150,19 @@ fn dev_up_serves_four_healthy_services_and_stops_cleanly_on_ctrl_c() {
         String::from_utf8_lossy(&health.stderr)
     );
     assert_eq!(table.matches("SERVING").count(), 4, "{table}");
+    // Each service's plain-HTTP probes answer without a client certificate.
+    for offset in 0..4 {
+        let port = base + 10 + offset;
+        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        std::io::Write::write_all(
+            &mut tcp,
+            b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut tcp, &mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "port {port}: {answer}");
+    }
 
     // Any program of this user gets the dev workload's SVID from the
     // Workload API, with a SPIFFE client we did not write.

@@ -273,6 +273,9 @@ async fn health_becomes(
 /// Readiness writes to storage (`SELECT 1` would answer throughout): a
 /// database that takes no writes is NOT_SERVING within about 2 s (a probe
 /// every 0.5 s, each given 1.5 s), and SERVING again as soon as it does.
+/// The plain-HTTP probes, which need no client certificate, say the same:
+/// `/readyz` 503 while storage is down (and not why), `/healthz` 200
+/// throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_reports_storage_that_takes_no_writes() {
     use tonic_health::pb::health_check_response::ServingStatus;
@@ -281,9 +284,21 @@ async fn health_reports_storage_that_takes_no_writes() {
         stack.service("inventory").channel(&stack.operator).await,
     );
     health_becomes(&mut health, ServingStatus::Serving).await;
+    let inventory = stack.service("inventory");
+    assert_eq!(inventory.probe("/healthz").await, (200, "ok\n".to_owned()));
+    assert_eq!(
+        inventory.probe("/readyz").await,
+        (200, "ready\n".to_owned())
+    );
+    assert_eq!(inventory.probe("/metrics-or-else").await.0, 404);
 
     let outage = Outage::begin(&stack.backend, &stack.configs["inventory"].database).await;
     let down = health_becomes(&mut health, ServingStatus::NotServing).await;
+    assert_eq!(
+        inventory.probe("/readyz").await,
+        (503, "not ready\n".to_owned())
+    );
+    assert_eq!(inventory.probe("/healthz").await.0, 200);
     // The others' storage is fine: they still serve.
     let mut audit = tonic_health::pb::health_client::HealthClient::new(
         stack.service("audit").channel(&stack.operator).await,
@@ -291,6 +306,7 @@ async fn health_reports_storage_that_takes_no_writes() {
     health_becomes(&mut audit, ServingStatus::Serving).await;
     outage.end().await;
     let up = health_becomes(&mut health, ServingStatus::Serving).await;
+    assert_eq!(inventory.probe("/readyz").await.0, 200);
     eprintln!(
         "NOT_SERVING {} ms after the fault, SERVING {} ms after recovery",
         down.as_millis(),

@@ -171,6 +171,8 @@ pub struct Application {
     tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     unhealthy: Unhealthy,
     conditions: Conditions,
+    /// The plain-HTTP probes' listener, when `ops_addr` is set.
+    ops: Option<TcpListener>,
 }
 
 impl std::fmt::Debug for Application {
@@ -219,6 +221,14 @@ impl Application {
         let local_addr = listener
             .local_addr()
             .map_err(|e| StartError::Bind(config.listen_addr, e))?;
+        let ops = match config.ops_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| StartError::Bind(addr, e))?,
+            ),
+            None => None,
+        };
         let (stop_tasks, shutdown) = tokio::sync::watch::channel(false);
         let tasks = Arc::new(std::sync::Mutex::new(Vec::new()));
         let unhealthy = Unhealthy::default();
@@ -249,7 +259,13 @@ impl Application {
             tasks,
             unhealthy,
             conditions,
+            ops,
         })
+    }
+
+    /// The probes' address actually bound, when `ops_addr` is set.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The address actually bound (tests bind port 0).
@@ -286,50 +302,47 @@ impl Application {
             tasks,
             unhealthy,
             conditions,
+            ops,
             ..
         } = self;
 
         let (reporter, health_service) = tonic_health::server::health_reporter();
+        let (ready, readiness) = tokio::sync::watch::channel(false);
+        let health = Health {
+            reporter: reporter.clone(),
+            ready,
+        };
         let initially = if held_back(&unhealthy).is_some() {
             ServingStatus::NotServing
         } else {
             ServingStatus::Serving
         };
-        set_all(&reporter, &spec, initially).await;
+        health.set_all(&spec, initially).await;
+        let probes = ops.map(|listener| {
+            tokio::spawn(crate::ops::serve(
+                listener,
+                readiness,
+                stop_tasks.subscribe(),
+            ))
+        });
         let watchdog = tokio::spawn(watch_database(
             database.clone(),
-            reporter.clone(),
+            health.clone(),
             spec,
             unhealthy,
         ));
         let reporting = tokio::spawn(watch_conditions(conditions, reporter.clone()));
 
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(steward_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1();
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(steward_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha();
-
-        let routes = routes
-            .add_service(health_service)
-            .add_service(IdentityServiceServer::new(WhoAmI { service: spec.name }));
-        let routes = match (reflection_v1, reflection_v1alpha) {
-            (Ok(v1), Ok(v1alpha)) => routes.add_service(v1).add_service(v1alpha),
-            (Err(error), _) | (_, Err(error)) => {
-                tracing::warn!(%error, "grpc reflection unavailable");
-                routes
-            }
-        };
+        let routes = with_shared_services(routes, health_service, spec);
 
         let (incoming, accept_loop) = steward_identity::listener::incoming(listener, source);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let shutdown_reporter = reporter.clone();
+        let shutdown_health = health.clone();
         let signalled = async move {
             shutdown.await;
-            set_all(&shutdown_reporter, &spec, ServingStatus::NotServing).await;
+            shutdown_health
+                .set_all(&spec, ServingStatus::NotServing)
+                .await;
             let _ = stop_tx.send(true);
         };
         let service_name = spec.name;
@@ -359,6 +372,9 @@ impl Application {
         watchdog.abort();
         reporting.abort();
         let _ = stop_tasks.send(true);
+        if let Some(probes) = probes {
+            let _ = probes.await;
+        }
         let handles: Vec<_> = std::mem::take(&mut *tasks.lock().unwrap_or_else(|p| p.into_inner()));
         for handle in handles {
             if tokio::time::timeout(Duration::from_secs(10), handle)
@@ -374,6 +390,36 @@ impl Application {
         database.close().await;
         tracing::info!(service = spec.name, "stopped");
         result
+    }
+}
+
+/// The service's own routes with what every service serves beside them:
+/// health, WhoAmI and reflection (v1 and v1alpha).
+fn with_shared_services(
+    routes: Routes,
+    health_service: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    spec: ServiceSpec,
+) -> Routes {
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(steward_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1();
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(steward_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha();
+
+    let routes = routes
+        .add_service(health_service)
+        .add_service(IdentityServiceServer::new(WhoAmI { service: spec.name }));
+    match (reflection_v1, reflection_v1alpha) {
+        (Ok(v1), Ok(v1alpha)) => routes.add_service(v1).add_service(v1alpha),
+        (Err(error), _) | (_, Err(error)) => {
+            tracing::warn!(%error, "grpc reflection unavailable");
+            routes
+        }
     }
 }
 
@@ -397,10 +443,21 @@ fn build_allowlist(
     CallerAllowlist::new(trust_domain, &rules)
 }
 
-async fn set_all(reporter: &HealthReporter, spec: &ServiceSpec, status: ServingStatus) {
-    reporter.set_service_status("", status).await;
-    for name in spec.grpc_services {
-        reporter.set_service_status(*name, status).await;
+/// The service's overall health, as the gRPC health service and the
+/// plain-HTTP `/readyz` report it.
+#[derive(Clone)]
+struct Health {
+    reporter: HealthReporter,
+    ready: tokio::sync::watch::Sender<bool>,
+}
+
+impl Health {
+    async fn set_all(&self, spec: &ServiceSpec, status: ServingStatus) {
+        self.reporter.set_service_status("", status).await;
+        for name in spec.grpc_services {
+            self.reporter.set_service_status(*name, status).await;
+        }
+        self.ready.send_replace(status == ServingStatus::Serving);
     }
 }
 
@@ -443,7 +500,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 /// the service holds itself back ([`ServiceContext::mark_unhealthy`]).
 async fn watch_database(
     database: Database,
-    reporter: HealthReporter,
+    health: Health,
     spec: ServiceSpec,
     unhealthy: Unhealthy,
 ) {
@@ -483,7 +540,7 @@ async fn watch_database(
             } else {
                 ServingStatus::NotServing
             };
-            set_all(&reporter, &spec, status).await;
+            health.set_all(&spec, status).await;
         }
     }
 }

@@ -40,6 +40,10 @@ pub struct ServiceConfig {
     /// Where the other services listen (`host:port`).
     #[serde(default)]
     pub peers: Peers,
+    /// A plain-HTTP listener for probes without a client certificate:
+    /// `/healthz` and `/readyz`. Unset (the default) serves none.
+    #[serde(default)]
+    pub ops_addr: Option<SocketAddr>,
 }
 
 /// The addresses of the other Steward services. Each is reached over mTLS
@@ -106,6 +110,7 @@ impl ServiceConfig {
             request_timeout_secs: default_request_timeout(),
             shutdown_grace_secs: default_shutdown_grace(),
             peers: Peers::default(),
+            ops_addr: None,
         }
     }
 }

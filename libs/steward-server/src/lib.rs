@@ -21,6 +21,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub mod app;
 pub mod bounds;
 pub mod config;
+mod ops;
 pub mod roles;
 pub mod shutdown;
 pub mod whoami;
