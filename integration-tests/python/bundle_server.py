@@ -1,5 +1,6 @@
 """A SPIFFE bundle endpoint of the https_web profile written with the
-Python standard library only: serves one bundle document at / over TLS
+Python standard library only: serves the bundle document in DOCUMENT (read
+again for each request, so a test can publish a new one) at / over TLS
 with a host-name certificate, until stdin closes.
 
     bundle_server.py CERT KEY DOCUMENT
@@ -15,14 +16,14 @@ import threading
 
 def main() -> None:
     cert, key, document_path = sys.argv[1:4]
-    with open(document_path, "rb") as f:
-        document = f.read()
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             if self.path != "/":
                 self.send_error(404)
                 return
+            with open(document_path, "rb") as f:
+                document = f.read()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(document)))

@@ -351,7 +351,9 @@ async fn a_workload_of_one_trust_domain_verifies_the_svids_of_a_federated_one() 
 /// The `https_web` profile against an endpoint we did not write (Python's
 /// standard library, a host-name certificate): with the endpoint's CA in
 /// `ca_file` the bundle is fetched and served; with the public roots alone
-/// the endpoint is not trusted and nothing is installed.
+/// the endpoint is not trusted and nothing is installed. An older bundle
+/// (a lower `spiffe_sequence`) published later never replaces the one
+/// held; a newer one does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_web_pki_bundle_endpoint_is_trusted_only_through_its_roots() {
     use std::io::BufRead as _;
@@ -361,6 +363,7 @@ async fn a_web_pki_bundle_endpoint_is_trusted_only_through_its_roots() {
     let document = stack.pki.path().join("web.test.bundle.json");
     let mut bundle = bundle_of(&home).await;
     bundle.trust_domain = TrustDomain::parse("web.test").unwrap();
+    bundle.sequence = 5;
     std::fs::write(&document, bundle.to_document().unwrap()).unwrap();
     let server_cert = stack
         .pki
@@ -420,6 +423,32 @@ async fn a_web_pki_bundle_endpoint_is_trusted_only_through_its_roots() {
         "{:?}",
         bundles.bundles.keys()
     );
+
+    // A replayed older bundle with other keys: kept out.
+    let other_roots = bundles.bundles["spiffe://other.test"].clone();
+    let mut older = bundle.clone();
+    older.x509_authorities = split_der(&other_roots);
+    older.sequence = 3;
+    std::fs::write(&document, older.to_document().unwrap()).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let held = x509_bundles(&mut api).await;
+    assert_eq!(
+        held.bundles["spiffe://web.test"],
+        bundle.x509_authorities.concat()
+    );
+    // The same keys under a newer sequence: installed.
+    let newer = SpiffeBundle {
+        sequence: 6,
+        ..older
+    };
+    std::fs::write(&document, newer.to_document().unwrap()).unwrap();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while x509_bundles(&mut api).await.bundles["spiffe://web.test"] != other_roots {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the newer bundle never arrived");
     drop(server.stdin.take());
     server.wait().unwrap();
 }

@@ -209,3 +209,65 @@ async fn every_list_refuses_a_page_beyond_one_thousand_by_name() {
         }
     }
 }
+
+/// A list's state filter is a wire enum: a number the enum lacks is
+/// refused by name (`state`), each known state filters, and UNSPECIFIED
+/// is every state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approval_grant_and_review_lists_refuse_an_unknown_state_by_name() {
+    let stack = TestStack::start().await;
+    let mut authority =
+        AuthorityServiceClient::new(stack.service("authority").channel(&stack.operator).await);
+    for state in [
+        authority::ApprovalState::Unspecified,
+        authority::ApprovalState::Pending,
+    ] {
+        let listed = authority
+            .list_approval_requests(authority::ListApprovalRequestsRequest {
+                state: state as i32,
+                ..Default::default()
+            })
+            .await;
+        assert!(listed.is_ok(), "{state:?}: {listed:?}");
+    }
+    let refused = [
+        authority
+            .list_approval_requests(authority::ListApprovalRequestsRequest {
+                state: 99,
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        authority
+            .list_grants(authority::ListGrantsRequest {
+                state: 99,
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        authority
+            .list_post_action_reviews(authority::ListPostActionReviewsRequest {
+                state: 99,
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+    ];
+    for (answer, what) in refused
+        .into_iter()
+        .zip(["an approval", "a grant", "a review"])
+    {
+        let status = answer.unwrap_err();
+        names(&status, "state");
+        assert_eq!(status.message(), format!("state: 99 is not {what} state"));
+    }
+    let grants = authority
+        .list_grants(authority::ListGrantsRequest {
+            state: authority::GrantState::IncidentClosed as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(grants.grants.is_empty());
+}

@@ -141,8 +141,7 @@ pub async fn own_bundle(issuer: &Issuer, refresh_hint_secs: u64) -> Result<Spiff
         refresh_hint: Some(refresh_hint_secs),
     };
     let content = bundle.to_document().map_err(|e| e.to_string())?;
-    let digest = ring::digest::digest(&ring::digest::SHA256, &content);
-    let digest: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let digest = crate::issuance::sha256_hex(&content);
     bundle.sequence = issuer
         .store
         .publication(&digest, crate::now_ns())

@@ -18,6 +18,7 @@ mod error;
 mod evidence;
 mod lifetime;
 mod mint;
+pub(crate) use mint::sha256_hex;
 pub mod rotation;
 #[cfg(test)]
 mod tests;

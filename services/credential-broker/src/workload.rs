@@ -559,6 +559,9 @@ impl SpiffeWorkloadApi for WorkloadApi {
         let subject = steward_identity::SpiffeId::parse(&claims.subject).map_err(|e| {
             steward_errors::invalid("svid", format!("its subject is not a SPIFFE ID: {e}"))
         })?;
+        // The subject was read twice, before and after the signature check,
+        // by two parsers: should they ever disagree (a token with two `sub`
+        // claims, say), the keys chosen were not the subject's.
         if subject.trust_domain() != &claimed {
             return Err(steward_errors::invalid(
                 "svid",

@@ -63,6 +63,12 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// SHA-256 of `bytes` in lowercase hex: a certificate's fingerprint as
+/// evidence records it, a published bundle's digest.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&sha256(bytes))
+}
+
 impl Issuer {
     /// Issues a credential under a decision already allowed: the
     /// credential, its lease and the evidence, committed together.
@@ -174,7 +180,7 @@ impl Issuer {
             &lease,
             m.allowed,
             m.order.task,
-            hex(&sha256(&issued.cert_der)),
+            sha256_hex(&issued.cert_der),
         );
         Ok((lease, record, Made::X509(issued)))
     }
