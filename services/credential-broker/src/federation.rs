@@ -84,8 +84,9 @@ impl Federation {
 
 /// Starts federation as `config` says: checks every foreign trust domain
 /// (reading its files), binds the bundle endpoint, installs the stored
-/// bundles, then follows each foreign endpoint and serves this one. Any
-/// mistake stops the broker from starting.
+/// bundles and, where none is stored, the out-of-band ones, then follows
+/// each foreign endpoint and serves this one. Any mistake stops the broker
+/// from starting.
 pub async fn start(
     context: &steward_server::ServiceContext,
     issuer: &Arc<Issuer>,
@@ -107,6 +108,16 @@ pub async fn start(
         .load(&issuer.store)
         .await
         .map_err(StartError::Init)?;
+    for foreign in &foreign {
+        fetch::bootstrap(&federation, &issuer.store, &issuer.own.to_string(), foreign)
+            .await
+            .map_err(|e| {
+                StartError::Init(format!(
+                    "federation: cannot store the out-of-band bundle of {}: {e}",
+                    foreign.trust_domain
+                ))
+            })?;
+    }
     for foreign in foreign {
         context.spawn(fetch::follow(
             federation.clone(),

@@ -238,8 +238,34 @@ impl Foreign {
     }
 }
 
-/// Follows `foreign` until `shutdown`: installs the stored or out-of-band
-/// bundle, then fetches on schedule.
+/// Installs `foreign`'s out-of-band bundle when none is held yet (none
+/// stored from an earlier run), stored with its evidence: done before the
+/// broker serves, so no workload sees it start without the bundle.
+pub async fn bootstrap(
+    federation: &Federation,
+    store: &Store,
+    actor: &str,
+    foreign: &Foreign,
+) -> Result<(), String> {
+    let name = foreign.trust_domain.name();
+    if federation.foreign().contains_key(name) {
+        return Ok(());
+    }
+    if let Some(bootstrap) = foreign.bootstrap.clone() {
+        save(
+            store,
+            actor,
+            foreign,
+            &bootstrap,
+            "federation.bundle_installed",
+        )
+        .await?;
+        federation.install(bootstrap);
+    }
+    Ok(())
+}
+
+/// Follows `foreign` until `shutdown`: fetches on schedule.
 pub async fn follow(
     federation: Arc<Federation>,
     store: Store,
@@ -248,22 +274,6 @@ pub async fn follow(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let name = foreign.trust_domain.name().to_owned();
-    if !federation.foreign().contains_key(&name)
-        && let Some(bootstrap) = foreign.bootstrap.clone()
-    {
-        if let Err(error) = save(
-            &store,
-            &actor,
-            &foreign,
-            &bootstrap,
-            "federation.bundle_installed",
-        )
-        .await
-        {
-            tracing::warn!(trust_domain = %name, %error, "cannot store the out-of-band bundle");
-        }
-        federation.install(bootstrap);
-    }
     tokio::pin!(shutdown);
     let mut retry = MIN_REFRESH;
     loop {
