@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use steward_proto::steward::authority::v1 as pb;
 use steward_proto::steward::authority::v1::authority_service_client::AuthorityServiceClient;
-use tonic::transport::Channel;
+use steward_telemetry::TracedChannel;
 
 use crate::Output;
 use crate::client::ConnectionArgs;
@@ -74,7 +74,9 @@ pub struct ReviewRow {
     pub time: String,
 }
 
-pub async fn authority(args: &ConnectionArgs) -> anyhow::Result<AuthorityServiceClient<Channel>> {
+pub async fn authority(
+    args: &ConnectionArgs,
+) -> anyhow::Result<AuthorityServiceClient<TracedChannel>> {
     Ok(AuthorityServiceClient::new(
         args.channel("authority").await?,
     ))

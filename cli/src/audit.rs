@@ -18,7 +18,7 @@ use steward_evidence::wire::record_from_proto;
 use steward_evidence::{Checkpoint, Hash, NoteVerifier, leaf_hash};
 use steward_proto::steward::audit::v1 as pb;
 use steward_proto::steward::audit::v1::audit_service_client::AuditServiceClient;
-use tonic::transport::Channel;
+use steward_telemetry::TracedChannel;
 
 use crate::Output;
 use crate::client::ConnectionArgs;
@@ -28,14 +28,14 @@ pub const EXIT_TAMPERED: u8 = 3;
 
 const PAGE: u32 = 1000;
 
-async fn client(conn: &ConnectionArgs) -> anyhow::Result<AuditServiceClient<Channel>> {
+async fn client(conn: &ConnectionArgs) -> anyhow::Result<AuditServiceClient<TracedChannel>> {
     Ok(AuditServiceClient::new(conn.channel("audit").await?)
         .max_decoding_message_size(64 * 1024 * 1024))
 }
 
 /// Fetches entries `[from, to)`, calling `each` on every one in order.
 async fn for_each_entry(
-    client: &mut AuditServiceClient<Channel>,
+    client: &mut AuditServiceClient<TracedChannel>,
     from: u64,
     to: u64,
     mut each: impl FnMut(pb::LogEntry) -> anyhow::Result<()>,
@@ -101,7 +101,7 @@ fn load_verifier(path: &Path) -> anyhow::Result<NoteVerifier> {
 /// A fresh checkpoint with its signature checked: the signed note and
 /// what it says.
 async fn signed_checkpoint(
-    client: &mut AuditServiceClient<Channel>,
+    client: &mut AuditServiceClient<TracedChannel>,
     verifier: &NoteVerifier,
 ) -> anyhow::Result<Result<(String, Checkpoint), Failure>> {
     let note = client
@@ -191,7 +191,7 @@ struct Report {
 }
 
 async fn run_verify(
-    client: &mut AuditServiceClient<Channel>,
+    client: &mut AuditServiceClient<TracedChannel>,
     verifier: &NoteVerifier,
     state_path: &Path,
 ) -> anyhow::Result<Result<Report, Failure>> {
@@ -239,7 +239,7 @@ async fn run_verify(
 /// record fields the API returns; the first entry that does not reproduce
 /// its leaf hash is the failure.
 async fn recomputed_tree(
-    client: &mut AuditServiceClient<Channel>,
+    client: &mut AuditServiceClient<TracedChannel>,
     size: u64,
 ) -> anyhow::Result<Result<MerkleTree, Failure>> {
     let mut tree = MerkleTree::new();
@@ -277,7 +277,7 @@ async fn recomputed_tree(
 /// The leaves agree with the log's own hashes, yet not with the signed
 /// root: the first leaf the signed tree does not contain.
 async fn first_leaf_not_signed(
-    client: &mut AuditServiceClient<Channel>,
+    client: &mut AuditServiceClient<TracedChannel>,
     tree: &MerkleTree,
     size: u64,
     signed_root: &Hash,
@@ -314,7 +314,7 @@ fn hashes_of(hashes: &[Vec<u8>]) -> Vec<Hash> {
 /// The size of the checkpoint this machine trusted before, once the log is
 /// proven consistent with it (`None`: none was saved).
 async fn trusted_before(
-    client: &mut AuditServiceClient<Channel>,
+    client: &mut AuditServiceClient<TracedChannel>,
     verifier: &NoteVerifier,
     state_path: &Path,
     tree: &MerkleTree,
@@ -403,6 +403,12 @@ pub async fn export(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The trace id of the request that produced `record`, for a person to
+/// look up in the tracing backend; `-` when tracing was off.
+fn trace_of(record: &steward_evidence::EvidenceRecord) -> &str {
+    record.trace.as_ref().map_or("-", |t| t.trace_id.as_str())
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -457,8 +463,8 @@ pub async fn follow(
         .into_inner();
     if output == Output::Table {
         println!(
-            "{:>7}  {:<20}  {:<30} {:<18} {:<12}  ACTOR",
-            "INDEX", "TIME", "ACTION", "SERVICE", "INCIDENT"
+            "{:>7}  {:<20}  {:<30} {:<18} {:<12}  {:<32}  ACTOR",
+            "INDEX", "TIME", "ACTION", "SERVICE", "INCIDENT", "TRACE"
         );
     }
     let idle = args.idle_seconds.map(std::time::Duration::from_secs);
@@ -513,12 +519,13 @@ pub async fn follow(
                         })
                         .unwrap_or_default();
                     println!(
-                        "{:>7}  {:<20}  {:<30} {:<18} {:<12}  {}",
+                        "{:>7}  {:<20}  {:<30} {:<18} {:<12}  {:<32}  {}",
                         entry.index,
                         time,
                         record.action,
                         record.emitting_service,
                         record.incident_ref,
+                        trace_of(&record),
                         actor
                     );
                 }
@@ -628,6 +635,7 @@ pub async fn proof(
                 "index": proof.index,
                 "leaf_hash": hex(&recomputed),
                 "action": record.action,
+                "trace_id": record.trace.as_ref().map(|t| &t.trace_id),
                 "tree_size": checkpoint.tree_size,
                 "root_hash": hex(&checkpoint.root_hash),
                 "audit_path": path.iter().map(|h| hex(h)).collect::<Vec<_>>(),
@@ -643,6 +651,7 @@ pub async fn proof(
             );
             println!("  leaf hash  {}", hex(&recomputed));
             println!("  root hash  {}", hex(&checkpoint.root_hash));
+            println!("  trace      {}", trace_of(&record));
             println!("  path       {} hashes", path.len());
         }
     }

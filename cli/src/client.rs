@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use steward_identity::{ServerAuthorizer, SpiffeId, SvidPaths, SvidSource, TrustDomain};
-use tonic::transport::Channel;
+use steward_telemetry::{Traced, TracedChannel};
 
 /// Where the services are and which SVID to present.
 #[derive(Debug, Clone, clap::Args)]
@@ -90,7 +90,7 @@ impl ConnectionArgs {
 
     /// A channel to `service` as the operator, accepting only that
     /// service's SPIFFE ID.
-    pub async fn channel(&self, service: &str) -> anyhow::Result<Channel> {
+    pub async fn channel(&self, service: &str) -> anyhow::Result<TracedChannel> {
         let source = self.source()?;
         let trust_domain = source.material().id.trust_domain().clone();
         connect(
@@ -146,15 +146,20 @@ pub fn service_id(trust_domain: &TrustDomain, service: &str) -> anyhow::Result<S
 }
 
 /// A channel to `service` that accepts only that service's SPIFFE ID.
+/// Its calls continue the trace `TRACEPARENT` names, when set (the
+/// OpenTelemetry convention for passing trace context to a command), so a
+/// script's step joins the script's trace.
 pub async fn connect(
     source: &Arc<SvidSource>,
     address: &str,
     expected: SpiffeId,
-) -> anyhow::Result<Channel> {
-    Ok(steward_identity::connector::connect(
+) -> anyhow::Result<TracedChannel> {
+    let channel = steward_identity::connector::connect(
         source.clone(),
         address,
         ServerAuthorizer::Exact(expected),
     )
-    .await?)
+    .await?;
+    let parent = std::env::var("TRACEPARENT").ok();
+    Ok(Traced::continuing(channel, parent.as_deref()))
 }

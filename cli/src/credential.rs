@@ -98,7 +98,7 @@ struct Rotated {
 
 async fn broker(
     args: &ConnectionArgs,
-) -> anyhow::Result<CredentialBrokerClient<tonic::transport::Channel>> {
+) -> anyhow::Result<CredentialBrokerClient<steward_telemetry::TracedChannel>> {
     Ok(CredentialBrokerClient::new(
         args.channel("credential-broker").await?,
     ))

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use steward_proto::steward::inventory::v1 as pb;
 use steward_proto::steward::inventory::v1::inventory_service_client::InventoryServiceClient;
-use tonic::transport::Channel;
+use steward_telemetry::TracedChannel;
 
 use crate::Output;
 use crate::client::ConnectionArgs;
@@ -129,7 +129,7 @@ pub struct IdentityRow {
     pub version: i64,
 }
 
-async fn inventory(args: &ConnectionArgs) -> anyhow::Result<InventoryServiceClient<Channel>> {
+async fn inventory(args: &ConnectionArgs) -> anyhow::Result<InventoryServiceClient<TracedChannel>> {
     Ok(
         InventoryServiceClient::new(args.channel("inventory").await?)
             .max_encoding_message_size(64 * 1024 * 1024),

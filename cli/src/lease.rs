@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use steward_proto::steward::broker::v1 as pb;
 use steward_proto::steward::broker::v1::credential_broker_client::CredentialBrokerClient;
-use tonic::transport::Channel;
+use steward_telemetry::TracedChannel;
 
 use crate::Output;
 use crate::client::ConnectionArgs;
@@ -85,7 +85,7 @@ pub struct LeaseRow {
     pub revoke_reason: String,
 }
 
-async fn broker(args: &ConnectionArgs) -> anyhow::Result<CredentialBrokerClient<Channel>> {
+async fn broker(args: &ConnectionArgs) -> anyhow::Result<CredentialBrokerClient<TracedChannel>> {
     Ok(CredentialBrokerClient::new(
         args.channel("credential-broker").await?,
     ))

@@ -38,7 +38,7 @@ pub struct ParkedRow {
 async fn client(
     args: &ConnectionArgs,
     service: &str,
-) -> anyhow::Result<EvidenceOutboxClient<tonic::transport::Channel>> {
+) -> anyhow::Result<EvidenceOutboxClient<steward_telemetry::TracedChannel>> {
     if !SERVICES.contains(&service) {
         anyhow::bail!(
             "{service} keeps no evidence outbox; one of: {}",

@@ -9,14 +9,14 @@ use std::process::ExitCode;
 
 use steward_proto::steward::authority::v1 as pb;
 use steward_proto::steward::authority::v1::authority_service_client::AuthorityServiceClient;
-use tonic::transport::Channel;
+use steward_telemetry::TracedChannel;
 
 use crate::Output;
 use crate::approval::authority;
 use crate::client::ConnectionArgs;
 use crate::format;
 
-type Authority = AuthorityServiceClient<Channel>;
+type Authority = AuthorityServiceClient<TracedChannel>;
 
 /// Which of authority's documents a command is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -142,8 +142,9 @@ fn selector(text: &str) -> anyhow::Result<pb::Selector> {
 
 async fn inventory(
     args: &ConnectionArgs,
-) -> anyhow::Result<pb::inventory_service_client::InventoryServiceClient<tonic::transport::Channel>>
-{
+) -> anyhow::Result<
+    pb::inventory_service_client::InventoryServiceClient<steward_telemetry::TracedChannel>,
+> {
     Ok(pb::inventory_service_client::InventoryServiceClient::new(
         args.channel("inventory").await?,
     ))

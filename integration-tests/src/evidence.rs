@@ -57,6 +57,7 @@ pub fn record(n: u64, incident: &str) -> pb::EvidenceRecord {
         correlation_id: format!("corr-{incident}"),
         emitting_service: "inventory".into(),
         attributes: [("n".to_owned(), n.to_string())].into_iter().collect(),
+        trace: None,
     }
 }
 

@@ -5,11 +5,13 @@
 
 pub mod broker;
 mod cli;
+pub mod dev;
 pub mod echo;
 pub mod evidence;
 pub mod faults;
 mod humans;
 pub mod inventory;
+pub mod otlp;
 pub mod protos;
 pub mod workload;
 

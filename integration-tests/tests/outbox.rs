@@ -145,7 +145,7 @@ async fn evidence_queues_while_audit_is_down_and_arrives_exactly_once_in_order()
         max_backoff: Duration::from_millis(200),
         ..Default::default()
     };
-    let forwarder = Forwarder::new(db.clone(), channel, options);
+    let forwarder = Forwarder::new(db.clone(), steward_telemetry::Traced::new(channel), options);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(forwarder.clone().run(async {
         let _ = stopped.await;

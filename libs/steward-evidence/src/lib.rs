@@ -14,4 +14,4 @@ pub mod wire;
 
 pub use merkle::{Hash, MerkleTree, leaf_hash};
 pub use note::{Checkpoint, NoteSigner, NoteVerifier};
-pub use record::{EvidenceRecord, FieldError};
+pub use record::{EvidenceRecord, FieldError, Trace};

@@ -124,6 +124,21 @@ pub struct Outcome {
     pub reason: String,
 }
 
+/// The trace of the request that produced a record: W3C trace context
+/// ids, lowercase hex.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trace {
+    pub trace_id: String,
+    pub span_id: String,
+}
+
+impl Trace {
+    /// The current span's trace, if tracing is on.
+    pub fn current() -> Option<Self> {
+        steward_telemetry::grpc::current_ids().map(|(trace_id, span_id)| Self { trace_id, span_id })
+    }
+}
+
 /// One evidence record. Construct it, then [`EvidenceRecord::validate`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EvidenceRecord {
@@ -138,6 +153,8 @@ pub struct EvidenceRecord {
     pub correlation_id: String,
     pub emitting_service: String,
     pub attributes: BTreeMap<String, String>,
+    /// Where tracing was on: the request's trace.
+    pub trace: Option<Trace>,
 }
 
 /// Cuts `text` to at most `max` bytes on a character boundary: how
@@ -156,8 +173,8 @@ pub fn truncate_utf8(mut text: String, max: usize) -> String {
 impl EvidenceRecord {
     /// A record of `action` by `workload_spiffe_id`, emitted by
     /// `emitting_service` now, with a fresh UUIDv7, no target, no policy
-    /// decision, a succeeded outcome and no attributes: emitters fill in
-    /// what applies.
+    /// decision, a succeeded outcome, no attributes and the current span's
+    /// trace: emitters fill in what applies.
     pub fn new(workload_spiffe_id: &str, action: &str, emitting_service: &str) -> Self {
         Self {
             record_id: Uuid::now_v7(),
@@ -183,6 +200,7 @@ impl EvidenceRecord {
             correlation_id: String::new(),
             emitting_service: emitting_service.to_owned(),
             attributes: BTreeMap::new(),
+            trace: Trace::current(),
         }
     }
 
@@ -280,6 +298,10 @@ impl EvidenceRecord {
             }
             limit(&field, value, MAX_ATTRIBUTE_VALUE)?;
         }
+        if let Some(trace) = &self.trace {
+            hex_id("record.trace.trace_id", &trace.trace_id, 32)?;
+            hex_id("record.trace.span_id", &trace.span_id, 16)?;
+        }
         Ok(())
     }
 
@@ -341,6 +363,15 @@ impl EvidenceRecord {
         w.member("nhi_kind", &self.target.nhi_kind);
         w.0.push_str("},");
         w.member("time", &format_time(self.time));
+        // Only where the emitter knew the trace, so a leaf written before
+        // traces were recorded reads (and hashes) as it always did.
+        if let Some(trace) = &self.trace {
+            w.0.push_str(",\"trace\":{");
+            w.member("span_id", &trace.span_id);
+            w.0.push(',');
+            w.member("trace_id", &trace.trace_id);
+            w.0.push('}');
+        }
         w.0.push('}');
         w.0.into_bytes()
     }
@@ -429,6 +460,13 @@ impl EvidenceRecord {
             correlation_id: s(&["correlation_id"])?,
             emitting_service: s(&["emitting_service"])?,
             attributes,
+            trace: match v.get("trace") {
+                None => None,
+                Some(_) => Some(Trace {
+                    trace_id: s(&["trace", "trace_id"])?,
+                    span_id: s(&["trace", "span_id"])?,
+                }),
+            },
         };
         Ok((record, s(&["appended_by"])?))
     }
@@ -500,6 +538,21 @@ fn limit(field: &str, value: &str, max: usize) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// A W3C trace or span id: `digits` lowercase hex digits, not all zero.
+fn hex_id(field: &str, value: &str, digits: usize) -> Result<(), FieldError> {
+    let hex = value.len() == digits
+        && value
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if !hex || value.bytes().all(|b| b == b'0') {
+        return Err(bad(
+            field,
+            format!("must be {digits} lowercase hex digits, not all zero"),
+        ));
+    }
+    Ok(())
+}
+
 fn ids(field: &str, values: &[String]) -> Result<(), FieldError> {
     if values.len() > MAX_IDS {
         return Err(bad(field, format!("at most {MAX_IDS} entries")));
@@ -546,6 +599,7 @@ mod tests {
             correlation_id: "corr-1".into(),
             emitting_service: "credential-broker".into(),
             attributes: BTreeMap::from([("region".into(), "eu \"west\"\n".into())]),
+            trace: None,
         }
     }
 
@@ -569,6 +623,57 @@ mod tests {
             r#""time":"2025-11-22T05:40:00.123456789Z"}"#,
         );
         assert_eq!(leaf, expected);
+    }
+
+    #[test]
+    fn a_trace_is_the_last_member_and_reads_back() {
+        let mut record = sample();
+        record.trace = Some(Trace {
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+            span_id: "00f067aa0ba902b7".into(),
+        });
+        record.validate().unwrap();
+        let leaf = record.canonical_leaf("spiffe://x/y");
+        let text = String::from_utf8(leaf.clone()).unwrap();
+        assert!(
+            text.ends_with(r#""time":"2025-11-22T05:40:00.123456789Z","trace":{"span_id":"00f067aa0ba902b7","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736"}}"#),
+            "{text}"
+        );
+        let (back, _) = EvidenceRecord::from_canonical_leaf(&leaf).unwrap();
+        assert_eq!(back, record);
+    }
+
+    #[test]
+    fn a_trace_that_is_not_w3c_ids_is_refused_by_name() {
+        for (trace_id, span_id, field) in [
+            (
+                "4BF92F3577B34DA6A3CE929D0E0E4736",
+                "00f067aa0ba902b7",
+                "record.trace.trace_id",
+            ),
+            (
+                "00000000000000000000000000000000",
+                "00f067aa0ba902b7",
+                "record.trace.trace_id",
+            ),
+            (
+                "4bf92f3577b34da6a3ce929d0e0e4736",
+                "00f067aa0ba902",
+                "record.trace.span_id",
+            ),
+            (
+                "4bf92f3577b34da6a3ce929d0e0e4736",
+                "0000000000000000",
+                "record.trace.span_id",
+            ),
+        ] {
+            let mut record = sample();
+            record.trace = Some(Trace {
+                trace_id: trace_id.into(),
+                span_id: span_id.into(),
+            });
+            assert_eq!(record.validate().unwrap_err().field, field);
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::record::{
-    Actor, Decision, Effect, EvidenceRecord, FieldError, Outcome, OutcomeStatus, Target,
+    Actor, Decision, Effect, EvidenceRecord, FieldError, Outcome, OutcomeStatus, Target, Trace,
 };
 
 /// Converts a wire timestamp; `field` names it in errors.
@@ -112,6 +112,10 @@ pub fn record_from_proto(r: pb::EvidenceRecord) -> Result<EvidenceRecord, FieldE
         correlation_id: r.correlation_id,
         emitting_service: r.emitting_service,
         attributes: r.attributes.into_iter().collect::<BTreeMap<_, _>>(),
+        trace: r.trace.map(|t| Trace {
+            trace_id: t.trace_id,
+            span_id: t.span_id,
+        }),
     };
     record.validate()?;
     Ok(record)
@@ -163,5 +167,9 @@ pub fn record_to_proto(r: &EvidenceRecord) -> pb::EvidenceRecord {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
+        trace: r.trace.as_ref().map(|t| pb::Trace {
+            trace_id: t.trace_id.clone(),
+            span_id: t.span_id.clone(),
+        }),
     }
 }

@@ -7,8 +7,8 @@ use prost::Message;
 use steward_db::{Database, on_backend};
 use steward_proto::steward::audit::v1 as pb;
 use steward_proto::steward::audit::v1::audit_service_client::AuditServiceClient;
+use steward_telemetry::TracedChannel;
 use tokio::sync::Notify;
-use tonic::transport::Channel;
 
 /// Forwarder settings.
 #[derive(Debug, Clone)]
@@ -56,7 +56,7 @@ pub struct Forwarder {
     /// The service's [`Database::writer`]: the outbox's rows were just
     /// written there, and settling them is a write.
     database: Database,
-    client: AuditServiceClient<Channel>,
+    client: AuditServiceClient<TracedChannel>,
     options: ForwarderOptions,
     wake: Arc<Notify>,
 }
@@ -64,7 +64,7 @@ pub struct Forwarder {
 impl Forwarder {
     /// `channel` should be lazy (`steward_identity::connector::connect_lazy`)
     /// so that audit being down at start-up is just another retry.
-    pub fn new(database: Database, channel: Channel, options: ForwarderOptions) -> Self {
+    pub fn new(database: Database, channel: TracedChannel, options: ForwarderOptions) -> Self {
         Self {
             database: database.writer(),
             client: AuditServiceClient::new(channel),
@@ -185,10 +185,18 @@ impl Forwarder {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ForwardError::Corrupt(e.to_string()))?;
         let seqs: Vec<i64> = rows.iter().map(|(seq, _)| *seq).collect();
-        let response = self
-            .client
-            .append_batch(pb::AppendBatchRequest { records })
-            .await;
+        // The call joins the trace of the first record's request and links
+        // to every record's, so each request's trace reaches audit.
+        let origins = records
+            .iter()
+            .filter_map(|r| r.trace.as_ref())
+            .filter_map(|t| steward_telemetry::grpc::span_context(&t.trace_id, &t.span_id))
+            .collect();
+        let mut request = tonic::Request::new(pb::AppendBatchRequest { records });
+        request
+            .extensions_mut()
+            .insert(steward_telemetry::Batched(origins));
+        let response = self.client.append_batch(request).await;
         let results = match response {
             Ok(response) => response.into_inner().results,
             Err(status) => {

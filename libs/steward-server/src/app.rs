@@ -129,17 +129,19 @@ impl ServiceContext {
     /// A lazily connecting mTLS channel to peer service `name` (`audit`,
     /// `inventory`, …) at `addr`, which must present
     /// `spiffe://<own trust domain>/service/<name>`.
+    /// Every call on it is traced ([`steward_telemetry::Traced`]).
     pub fn peer_channel(
         &self,
         name: &str,
         addr: &str,
-    ) -> Result<tonic::transport::Channel, StartError> {
+    ) -> Result<steward_telemetry::TracedChannel, StartError> {
         let peer = SpiffeId::service(self.spiffe_id.trust_domain(), name)?;
         steward_identity::connector::connect_lazy(
             self.svid.clone(),
             addr,
             steward_identity::ServerAuthorizer::Exact(peer),
         )
+        .map(steward_telemetry::Traced::new)
         .map_err(|e| StartError::Init(format!("peer {name} at {addr}: {e}")))
     }
 
@@ -345,11 +347,8 @@ impl Application {
                 .await;
             let _ = stop_tx.send(true);
         };
-        let service_name = spec.name;
         let server = tonic::transport::Server::builder()
-            .trace_fn(move |request| {
-                tracing::info_span!("rpc", service = service_name, rpc = %request.uri().path())
-            })
+            .layer(steward_telemetry::ServerLayer::new(caller_of))
             .timeout(Duration::from_secs(config.request_timeout_secs.max(1)))
             .layer(AuthorizeCallerLayer::new(allowlist))
             .layer(BoundsLayer::new(bounds))
@@ -391,6 +390,13 @@ impl Application {
         tracing::info!(service = spec.name, "stopped");
         result
     }
+}
+
+/// The verified caller's SPIFFE ID, for the call's span.
+fn caller_of(extensions: &http::Extensions) -> Option<String> {
+    extensions
+        .get::<steward_identity::PeerIdentity>()
+        .map(|peer| peer.spiffe_id.to_string())
 }
 
 /// The service's own routes with what every service serves beside them:

@@ -2,9 +2,17 @@
 //! lines when asked, and OpenTelemetry (OTLP over gRPC) export of spans when
 //! an endpoint is configured. W3C trace context is the propagation format.
 //!
+//! [`grpc`] traces every call, server and client side; [`metrics`] serves
+//! Prometheus text when `metrics` is on.
+//!
 //! Secrets never reach a log line: callers log identifiers and outcomes,
 //! never credentials, and the config types that hold secrets do not print
 //! them.
+
+pub mod grpc;
+pub mod metrics;
+
+pub use grpc::{Batched, ServerLayer, Traced, TracedChannel};
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
@@ -35,8 +43,12 @@ pub struct TelemetryConfig {
     /// An `EnvFilter` directive such as `info` or `steward=debug,info`.
     /// `RUST_LOG`, when set, wins.
     pub filter: String,
-    /// OTLP/gRPC collector endpoint, e.g. `http://127.0.0.1:4317`.
+    /// OTLP/gRPC collector endpoint, e.g. `http://127.0.0.1:4317`: spans
+    /// are exported there. Unset, no spans are kept (log lines still name
+    /// a caller's trace).
     pub otlp_endpoint: Option<String>,
+    /// Serve Prometheus metrics at `/metrics` on the service's `ops_addr`.
+    pub metrics: bool,
 }
 
 impl Default for TelemetryConfig {
@@ -45,6 +57,7 @@ impl Default for TelemetryConfig {
             format: LogFormat::Pretty,
             filter: "info".to_owned(),
             otlp_endpoint: None,
+            metrics: false,
         }
     }
 }
@@ -95,11 +108,7 @@ pub fn init(service: &str, config: &TelemetryConfig) -> Result<TelemetryGuard, T
                 .map_err(|e| TelemetryError::Otlp(e.to_string()))?;
             let provider = SdkTracerProvider::builder()
                 .with_batch_exporter(exporter)
-                .with_resource(
-                    Resource::builder()
-                        .with_service_name(format!("steward-{service}"))
-                        .build(),
-                )
+                .with_resource(resource(service))
                 .build();
             opentelemetry::global::set_text_map_propagator(
                 opentelemetry_sdk::propagation::TraceContextPropagator::new(),
@@ -142,7 +151,23 @@ pub fn init(service: &str, config: &TelemetryConfig) -> Result<TelemetryGuard, T
             .try_init(),
     };
     installed.map_err(|_| TelemetryError::AlreadyInstalled)?;
+    if config.metrics {
+        metrics::install();
+    }
     Ok(TelemetryGuard { provider })
+}
+
+/// What the spans of this process are from: `service.name`,
+/// `service.version` and a `service.instance.id` fresh for each start.
+fn resource(service: &str) -> Resource {
+    use opentelemetry::KeyValue;
+    Resource::builder()
+        .with_service_name(format!("steward-{service}"))
+        .with_attributes([
+            KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+            KeyValue::new("service.instance.id", uuid::Uuid::new_v4().to_string()),
+        ])
+        .build()
 }
 
 /// Colour codes only for a person at a terminal: never in a file, a pipe

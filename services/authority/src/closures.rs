@@ -14,8 +14,8 @@ use std::time::Duration;
 use steward_evidence::record::truncate_utf8;
 use steward_proto::steward::broker::v1 as broker;
 use steward_proto::steward::broker::v1::credential_broker_client::CredentialBrokerClient;
+use steward_telemetry::TracedChannel;
 use tokio::sync::Notify;
-use tonic::transport::Channel;
 
 use crate::store::{Closure, Store, StoreError};
 
@@ -27,14 +27,14 @@ pub const INLINE_WAIT: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct Closures {
     store: Store,
-    broker: Option<CredentialBrokerClient<Channel>>,
+    broker: Option<CredentialBrokerClient<TracedChannel>>,
     wake: Notify,
 }
 
 impl Closures {
     /// `broker` is `None` when no broker is configured: closures are then
     /// kept pending (and logged) until one is.
-    pub fn new(store: Store, broker: Option<Channel>) -> Self {
+    pub fn new(store: Store, broker: Option<TracedChannel>) -> Self {
         Self {
             store,
             broker: broker.map(CredentialBrokerClient::new),

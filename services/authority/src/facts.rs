@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use steward_proto::steward::inventory::v1 as inventory;
 use steward_proto::steward::inventory::v1::inventory_service_client::InventoryServiceClient;
+use steward_telemetry::TracedChannel;
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
 use uuid::Uuid;
 
 use crate::engine::Resource;
@@ -191,7 +191,7 @@ impl FactsCache {
     /// Follows inventory's changes and keeps a lease until `shutdown`.
     pub async fn follow(
         self: Arc<Self>,
-        channel: Channel,
+        channel: TracedChannel,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
@@ -220,7 +220,7 @@ impl FactsCache {
     }
 
     /// One stream: apply changes, acknowledge them, renew the lease.
-    async fn session(&self, channel: Channel) -> Result<(), tonic::Status> {
+    async fn session(&self, channel: TracedChannel) -> Result<(), tonic::Status> {
         let (acks, rx) = mpsc::unbounded_channel();
         let mut changes = InventoryServiceClient::new(channel)
             .watch_identity_changes(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))

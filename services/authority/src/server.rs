@@ -15,7 +15,7 @@ use steward_proto::steward::authority::v1 as pb;
 use steward_proto::steward::authority::v1::authority_service_server::AuthorityService;
 use steward_proto::steward::inventory::v1 as inventory;
 use steward_proto::steward::inventory::v1::inventory_service_client::InventoryServiceClient;
-use tonic::transport::Channel;
+use steward_telemetry::TracedChannel;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -48,11 +48,11 @@ pub struct AuthorityServer {
     shared: Arc<Shared>,
     decider: Decider,
     /// For the responder's signal feed and transitions.
-    inventory: InventoryServiceClient<Channel>,
+    inventory: InventoryServiceClient<TracedChannel>,
 }
 
 impl AuthorityServer {
-    pub fn new(shared: Arc<Shared>, inventory: Channel, evidence: Batcher) -> Self {
+    pub fn new(shared: Arc<Shared>, inventory: TracedChannel, evidence: Batcher) -> Self {
         let inventory = InventoryServiceClient::new(inventory);
         let facts = nhi::InventoryFacts(inventory.clone());
         Self {

@@ -5,7 +5,7 @@ use steward_evidence::record::truncate_utf8;
 use steward_proto::steward::authority::v1 as authority_pb;
 use steward_proto::steward::inventory::v1 as inventory_pb;
 use steward_proto::steward::inventory::v1::inventory_service_client::InventoryServiceClient;
-use tonic::transport::Channel;
+use steward_telemetry::TracedChannel;
 
 use crate::authorizer::Authorizer;
 use crate::convert::timestamp;
@@ -112,7 +112,7 @@ impl Decide for Authorizer {
             }
             Principal::Workload(_) => Authorizer::decide(self, request(&ask)).await,
         };
-        match answer {
+        match answer.map_err(tonic::Status::from) {
             Ok(d) => Ok(decision(d)),
             Err(status) => {
                 let passed = steward_errors::from_peer("authority", &status, nothing_done);
@@ -126,7 +126,7 @@ impl Decide for Authorizer {
 }
 
 /// Inventory, as the place risk signals go.
-pub struct Inventory(pub InventoryServiceClient<Channel>);
+pub struct Inventory(pub InventoryServiceClient<TracedChannel>);
 
 #[tonic::async_trait]
 impl Signals for Inventory {

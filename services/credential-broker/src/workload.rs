@@ -40,10 +40,10 @@ use steward_proto::spiffe_workload as pb;
 use steward_proto::spiffe_workload::spiffe_workload_api_server::SpiffeWorkloadApi;
 use steward_proto::steward::inventory::v1 as inventory;
 use steward_proto::steward::inventory::v1::inventory_service_client::InventoryServiceClient;
+use steward_telemetry::TracedChannel;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
@@ -64,7 +64,7 @@ type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 #[derive(Clone)]
 pub struct WorkloadApi {
     issuer: std::sync::Arc<Issuer>,
-    inventory: InventoryServiceClient<Channel>,
+    inventory: InventoryServiceClient<TracedChannel>,
     /// Turns true when the server stops: open streams end then.
     stopping: watch::Receiver<bool>,
     /// `MatchSelectors` lookups in flight, shared by callers that attest
@@ -90,7 +90,7 @@ struct Entry {
 impl WorkloadApi {
     pub fn new(
         issuer: std::sync::Arc<Issuer>,
-        inventory: Channel,
+        inventory: TracedChannel,
         federation: std::sync::Arc<Federation>,
     ) -> Self {
         Self {
@@ -604,7 +604,10 @@ pub async fn serve(
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o777))
         .map_err(|e| format!("{}: {e}", socket.display()))?;
     tracing::info!(socket = %socket.display(), "serving the SPIFFE Workload API");
+    // Traced like every other server; a workload is known by what the
+    // kernel says of its process, not by a certificate, so no caller.
     let served = tonic::transport::Server::builder()
+        .layer(steward_telemetry::ServerLayer::new(|_| None))
         .add_service(
             steward_proto::spiffe_workload::spiffe_workload_api_server::SpiffeWorkloadApiServer::new(
                 api.clone(),

@@ -63,7 +63,11 @@ pub async fn run() -> anyhow::Result<Vec<Figure>> {
         &audit_addr,
         ServerAuthorizer::Exact(spiffe_id("/service/audit")),
     )?;
-    let forwarder = Forwarder::new(db.clone(), channel, ForwarderOptions::default());
+    let forwarder = Forwarder::new(
+        db.clone(),
+        steward_telemetry::Traced::new(channel),
+        ForwarderOptions::default(),
+    );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(forwarder.run(async {
         let _ = stopped.await;

@@ -6,7 +6,7 @@ use crate::error::Error;
 
 /// Inventory's `GetIdentity`, over the peer channel.
 #[derive(Debug, Clone)]
-pub(crate) struct InventoryFacts(pub InventoryServiceClient<Channel>);
+pub(crate) struct InventoryFacts(pub InventoryServiceClient<TracedChannel>);
 
 #[tonic::async_trait]
 impl Inventory for InventoryFacts {

@@ -9,7 +9,7 @@
 use steward_evidence::record::{Decision as EvidenceDecision, Effect as EvidenceEffect};
 use steward_proto::steward::authority::v1 as authority;
 use steward_proto::steward::authority::v1::authority_service_client::AuthorityServiceClient;
-use tonic::transport::Channel;
+use steward_telemetry::TracedChannel;
 use tonic::{Request, Status};
 use uuid::Uuid;
 
@@ -66,14 +66,14 @@ impl From<Refused> for Status {
 /// Inventory's client of authority's decisions.
 #[derive(Debug, Clone)]
 pub struct LifecycleGate {
-    authority: Option<AuthorityServiceClient<Channel>>,
+    authority: Option<AuthorityServiceClient<TracedChannel>>,
     /// `spiffe://<td>/service/authority`: its transitions are its own
     /// decisions.
     authority_id: String,
 }
 
 impl LifecycleGate {
-    pub fn new(authority: Option<Channel>, authority_id: String) -> Self {
+    pub fn new(authority: Option<TracedChannel>, authority_id: String) -> Self {
         Self {
             authority: authority.map(AuthorityServiceClient::new),
             authority_id,
