@@ -475,7 +475,8 @@ fn write_configs(dir: &Path, base_port: u16, log_format: &str) -> anyhow::Result
              [database]\n\
              url = {db:?}\n\n\
              [telemetry]\n\
-             format = {log_format:?}\n\n\
+             format = {log_format:?}\n\
+             metrics = true\n\n\
              [peers]\n\
              inventory = \"127.0.0.1:{p0}\"\n\
              authority = \"127.0.0.1:{p1}\"\n\

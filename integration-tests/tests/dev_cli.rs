@@ -344,12 +344,18 @@ fn logs_parse_without_repeated_keys_and_carry_no_colour_off_a_terminal() {
         let value: serde_json::Value = serde_json::from_str(line).unwrap();
         assert!(value["message"].is_string(), "{line}");
     }
+    let warned = events
+        .iter()
+        .find(|l| {
+            l.contains("inventory cannot match selectors") && l.contains("\"status_message\"")
+        })
+        .unwrap_or_else(|| panic!("{text}"));
+    // A line about a request names the request's trace.
+    let warned: serde_json::Value = serde_json::from_str(warned).unwrap();
+    let trace_id = warned["span"]["trace_id"].as_str().unwrap_or_default();
     assert!(
-        events
-            .iter()
-            .any(|l| l.contains("inventory cannot match selectors")
-                && l.contains("\"status_message\"")),
-        "{text}"
+        trace_id.len() == 32 && trace_id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{warned}"
     );
 
     // Compact, into a file: no escape sequences.

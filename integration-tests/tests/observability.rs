@@ -321,3 +321,144 @@ fn one_issuance_is_one_trace_from_the_caller_through_authority_to_audit() {
 
     assert!(interrupt_and_wait(child).success());
 }
+
+/// One scrape of `/metrics` on a service's ops port, parsed by a
+/// Prometheus text-format parser.
+fn scrape(port: u16) -> prometheus_parse::Scrape {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).unwrap()
+}
+
+/// The sum of `metric`'s samples whose labels include `labels`: a counter's
+/// or gauge's value, a histogram's count of observations.
+fn value(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let matching: Vec<f64> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == metric)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            prometheus_parse::Value::Histogram(buckets) => {
+                buckets.iter().map(|b| b.count).fold(0.0, f64::max)
+            }
+            prometheus_parse::Value::Summary(_) => f64::NAN,
+        })
+        .collect();
+    (!matching.is_empty()).then(|| matching.iter().sum())
+}
+
+#[test]
+fn every_service_serves_prometheus_metrics_that_move_with_traffic() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base_port();
+    let (child, _) = dev_up_with(dir.path(), base, &[], Stdio::null());
+    let identity = seed(dir.path(), base);
+    let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    issue(dir.path(), base, &identity, parent);
+
+    // inventory, authority, credential-broker, audit: ops 10 above gRPC.
+    let ports = [base + 10, base + 11, base + 12, base + 13];
+    let before: Vec<_> = ports.iter().map(|p| scrape(*p)).collect();
+    issue(dir.path(), base, &identity, parent);
+    // The evidence reaches audit through the outbox.
+    std::thread::sleep(Duration::from_secs(1));
+    let after: Vec<_> = ports.iter().map(|p| scrape(*p)).collect();
+
+    let moved = |i: usize, metric: &str, labels: &[(&str, &str)]| {
+        let was = value(&before[i], metric, labels).unwrap_or(0.0);
+        let is = value(&after[i], metric, labels)
+            .unwrap_or_else(|| panic!("service {i} has no {metric} {labels:?}"));
+        assert!(is > was, "service {i}: {metric} {labels:?} stayed at {was}");
+    };
+    let present = |i: usize, metric: &str, labels: &[(&str, &str)]| {
+        value(&after[i], metric, labels)
+            .unwrap_or_else(|| panic!("service {i} has no {metric} {labels:?}"))
+    };
+
+    // Per RPC, on every service: calls, codes and latency.
+    let broker_issue = [
+        ("grpc_service", "steward.broker.v1.CredentialBroker"),
+        ("grpc_method", "IssueApiToken"),
+    ];
+    moved(2, "grpc_server_started_total", &broker_issue);
+    moved(
+        2,
+        "grpc_server_handled_total",
+        &[broker_issue[0], broker_issue[1], ("grpc_code", "OK")],
+    );
+    moved(2, "grpc_server_handling_seconds", &broker_issue);
+    let batch = [
+        ("grpc_service", "steward.authority.v1.AuthorityService"),
+        ("grpc_method", "AuthorizeBatch"),
+    ];
+    moved(
+        1,
+        "grpc_server_handled_total",
+        &[batch[0], batch[1], ("grpc_code", "OK")],
+    );
+    moved(
+        2,
+        "grpc_client_handled_total",
+        &[batch[0], batch[1], ("grpc_code", "OK")],
+    );
+    moved(
+        3,
+        "grpc_server_handled_total",
+        &[("grpc_method", "AppendBatch"), ("grpc_code", "OK")],
+    );
+    for i in 0..4 {
+        present(i, "grpc_server_handling_seconds", &[]);
+    }
+
+    // Each service's own.
+    assert!(present(0, "steward_inventory_identities", &[("state", "active")]) > 0.0);
+    present(0, "steward_inventory_identities", &[("state", "revoked")]);
+    moved(
+        1,
+        "steward_authority_decisions_total",
+        &[("effect", "allow")],
+    );
+    let cache = [
+        "steward_authority_facts_cache_hits_total",
+        "steward_authority_facts_cache_misses_total",
+    ]
+    .iter()
+    .map(|m| value(&after[1], m, &[]).unwrap_or(0.0))
+    .sum::<f64>();
+    assert!(cache > 0.0);
+    present(1, "steward_authority_pending_approval_requests", &[]);
+    moved(
+        2,
+        "steward_broker_credentials_issued_total",
+        &[("kind", "api_token")],
+    );
+    moved(2, "steward_broker_active_leases", &[("kind", "api_token")]);
+    present(2, "steward_broker_active_leases", &[("kind", "x509_svid")]);
+    present(2, "steward_broker_reaper_backlog_leases", &[]);
+    moved(3, "steward_audit_tree_size", &[]);
+    moved(3, "steward_audit_append_seconds", &[]);
+    assert_eq!(present(3, "steward_audit_sequencer", &[]), 1.0);
+    for i in 0..3 {
+        present(i, "steward_outbox_pending_records", &[]);
+        present(i, "steward_outbox_parked_records", &[]);
+        present(i, "steward_outbox_oldest_pending_age_seconds", &[]);
+    }
+
+    assert!(interrupt_and_wait(child).success());
+}

@@ -48,6 +48,8 @@ pub struct OutboxStats {
     pub pending: i64,
     /// Refused by audit, parked for an operator.
     pub parked: i64,
+    /// When the oldest pending record was queued (Unix nanoseconds).
+    pub oldest_pending_ns: Option<i64>,
 }
 
 /// Ships the outbox of one service's database to audit.
@@ -85,6 +87,16 @@ impl Forwarder {
         context.spawn(forwarder.clone().run(context.shutdown()));
         context.report(crate::HEALTH_NAME, None);
         context.spawn(report_parked(context.clone()));
+        let database = context.database.clone();
+        context.on_scrape(move || {
+            let database = database.clone();
+            async move {
+                match Forwarder::stats(&database).await {
+                    Ok(stats) => record_gauges(&stats),
+                    Err(error) => tracing::warn!(%error, "cannot count the outbox for the metrics"),
+                }
+            }
+        });
         Ok(forwarder)
     }
 
@@ -123,7 +135,11 @@ impl Forwarder {
         }
         let mut backoff = self.options.min_backoff;
         loop {
-            let pause = match self.forward_once().await {
+            let forwarded = self.forward_once().await;
+            if let Ok(n) = &forwarded {
+                metrics::counter!("steward_outbox_settled_records_total").increment(*n as u64);
+            }
+            let pause = match forwarded {
                 Ok(0) => self.options.poll_interval,
                 // A full batch: a backlog is waiting, send the next now.
                 Ok(n) if n >= self.batch_size() => {
@@ -280,12 +296,17 @@ impl Forwarder {
     pub async fn stats(database: &Database) -> Result<OutboxStats, sqlx::Error> {
         const SQL: &str = "SELECT
             COUNT(*) FILTER (WHERE last_error IS NULL),
-            COUNT(*) FILTER (WHERE last_error IS NOT NULL)
+            COUNT(*) FILTER (WHERE last_error IS NOT NULL),
+            MIN(enqueued_at_ns) FILTER (WHERE last_error IS NULL)
             FROM evidence_outbox WHERE delivered_at_ns IS NULL";
-        let (pending, parked): (i64, i64) = on_backend!(database, pool, Db => {
-            sqlx::query_as::<Db, (i64, i64)>(SQL).fetch_one(pool).await?
+        let (pending, parked, oldest_pending_ns): (i64, i64, Option<i64>) = on_backend!(database, pool, Db => {
+            sqlx::query_as::<Db, (i64, i64, Option<i64>)>(SQL).fetch_one(pool).await?
         });
-        Ok(OutboxStats { pending, parked })
+        Ok(OutboxStats {
+            pending,
+            parked,
+            oldest_pending_ns,
+        })
     }
 }
 
@@ -314,6 +335,17 @@ async fn report_parked(context: steward_server::ServiceContext) {
             Err(_) => {}
         }
     }
+}
+
+/// The outbox's gauges (`docs/metrics.md`), from its latest count.
+fn record_gauges(stats: &OutboxStats) {
+    let age = stats.oldest_pending_ns.map_or(0.0, |queued| {
+        let now = steward_evidence::clock::now_ns();
+        (now.saturating_sub(queued)).max(0) as f64 / 1e9
+    });
+    metrics::gauge!("steward_outbox_pending_records").set(stats.pending as f64);
+    metrics::gauge!("steward_outbox_parked_records").set(stats.parked as f64);
+    metrics::gauge!("steward_outbox_oldest_pending_age_seconds").set(age);
 }
 
 /// Whether a per-record `AppendError` code is audit refusing the record

@@ -77,6 +77,7 @@ pub struct ServiceContext {
     tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     unhealthy: Unhealthy,
     conditions: Conditions,
+    refreshers: crate::ops::Refreshers,
 }
 
 /// Conditions reported under health names of their own, beside the
@@ -115,6 +116,21 @@ impl ServiceContext {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name, reason);
+    }
+
+    /// Runs `refresh` before each scrape of `/metrics` answers (when
+    /// metrics are on): how gauges read from the database stay current
+    /// without a query while nobody scrapes.
+    pub fn on_scrape<F, Fut>(&self, refresh: F)
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        if steward_telemetry::metrics::render().is_none() {
+            return;
+        }
+        let refresh: crate::ops::Refresh = Arc::new(move || Box::pin(refresh()));
+        self.refreshers.add(refresh);
     }
 
     /// Resolves once the service is shutting down (after in-flight calls
@@ -175,6 +191,7 @@ pub struct Application {
     conditions: Conditions,
     /// The plain-HTTP probes' listener, when `ops_addr` is set.
     ops: Option<TcpListener>,
+    refreshers: crate::ops::Refreshers,
 }
 
 impl std::fmt::Debug for Application {
@@ -235,6 +252,7 @@ impl Application {
         let tasks = Arc::new(std::sync::Mutex::new(Vec::new()));
         let unhealthy = Unhealthy::default();
         let conditions = Conditions::default();
+        let refreshers = crate::ops::Refreshers::default();
         let context = ServiceContext {
             database: database.clone(),
             spiffe_id: own.clone(),
@@ -244,6 +262,7 @@ impl Application {
             tasks: tasks.clone(),
             unhealthy: unhealthy.clone(),
             conditions: conditions.clone(),
+            refreshers: refreshers.clone(),
         };
         let routes = routes(context).await?;
         tracing::info!(service = spec.name, spiffe_id = %own, %local_addr, backend = ?database.backend(), "service bound");
@@ -262,6 +281,7 @@ impl Application {
             unhealthy,
             conditions,
             ops,
+            refreshers,
         })
     }
 
@@ -305,6 +325,7 @@ impl Application {
             unhealthy,
             conditions,
             ops,
+            refreshers,
             ..
         } = self;
 
@@ -324,6 +345,7 @@ impl Application {
             tokio::spawn(crate::ops::serve(
                 listener,
                 readiness,
+                refreshers,
                 stop_tasks.subscribe(),
             ))
         });

@@ -13,8 +13,9 @@
 //!
 //! The span carries a `trace_id` field, so every log line written while a
 //! call is served names its trace. Without an OTLP exporter (no tracing
-//! layer to give spans ids) the field is the caller's trace id, when the
-//! caller sent one.
+//! layer to give spans ids) the field is the caller's trace id, or on the
+//! server a fresh one when the caller sent none, so a call's lines still
+//! go together.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -276,13 +277,16 @@ impl Call {
     }
 
     /// Names the trace in the span's `trace_id` field: the span's own, or
-    /// (tracing off) the caller's.
+    /// (tracing off) the caller's, or a fresh one for a server call.
     fn record_trace_id(&self, parent: &opentelemetry::Context) {
+        use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
         let own = self.span.context();
         let id = if own.span().span_context().is_valid() {
             own.span().span_context().trace_id()
         } else if parent.span().span_context().is_valid() {
             parent.span().span_context().trace_id()
+        } else if self.side == Side::Server {
+            RandomIdGenerator::default().new_trace_id()
         } else {
             return;
         };

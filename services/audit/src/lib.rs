@@ -115,6 +115,18 @@ async fn routes(context: ServiceContext, config: LogConfig) -> Result<Routes, St
         .claim_role()
         .await
         .map_err(|e| StartError::Init(format!("sequencer role: {e}")))?;
+    let gauged = log.clone();
+    context.on_scrape(move || {
+        let log = gauged.clone();
+        async move {
+            metrics::gauge!("steward_audit_tree_size").set(log.size() as f64);
+            metrics::gauge!("steward_audit_sequencer").set(if log.is_sequencer() {
+                1.0
+            } else {
+                0.0
+            });
+        }
+    });
     let follow = options.checkpoint_interval.min(Duration::from_millis(200));
     context.spawn(log.clone().run_roles(queue, follow, context.clone(), role));
     context.spawn(

@@ -242,6 +242,21 @@ async fn routes(context: ServiceContext, config: AuthorityConfig) -> Result<Rout
     context.spawn(writer);
     context.spawn(follow_activations(shared.clone(), context.shutdown()));
     context.spawn(sweep(shared.clone(), context.shutdown()));
+    let gauged = shared.clone();
+    context.on_scrape(move || {
+        let shared = gauged.clone();
+        async move {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            match shared.store.pending_approvals(now).await {
+                Ok(n) => {
+                    metrics::gauge!("steward_authority_pending_approval_requests").set(n as f64)
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot count approval requests for the metrics")
+                }
+            }
+        }
+    });
     let inventory = context.peer_channel("inventory", &context.peers.inventory)?;
     context.spawn(Arc::clone(&shared.facts).follow(inventory.clone(), context.shutdown()));
     let server = server::AuthorityServer::new(shared, inventory, batcher);

@@ -69,6 +69,12 @@ impl AuthorityServer {
         actor: &Actor,
     ) -> Result<pb::Decision, Status> {
         let decided = self.decider.authorize(self.ask(r, "")?, actor).await?;
+        let effect = match decided.decision.effect {
+            Effect::Allow => "allow",
+            Effect::Deny => "deny",
+            Effect::ApprovalRequired => "approval_required",
+        };
+        metrics::counter!("steward_authority_decisions_total", "effect" => effect).increment(1);
         let mut out = decision_to_pb(
             &decided.decision,
             &decided.request,

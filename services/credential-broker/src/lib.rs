@@ -155,6 +155,11 @@ async fn routes(context: ServiceContext, config: BrokerConfig) -> Result<Routes,
             .await
             .map_err(|e| StartError::Init(steward_errors::causes(&e)))?;
     context.spawn(task);
+    let gauged = store.clone();
+    context.on_scrape(move || {
+        let store = gauged.clone();
+        async move { reaper::record_gauges(&store).await }
+    });
     context.spawn(reaper::run(
         store.clone(),
         writer.clone(),

@@ -24,6 +24,26 @@ const IDLE: Duration = Duration::from_millis(500);
 /// The pause between full batches, leaving the writer to issuance.
 const BETWEEN_BATCHES: Duration = Duration::from_millis(10);
 
+/// Sets the broker's lease gauges (`docs/metrics.md`): active leases by
+/// kind (every kind, so a series exists at zero) and the reaper's backlog.
+pub async fn record_gauges(store: &Store) {
+    let (active, backlog) = match store.lease_gauges(now_ns()).await {
+        Ok(counts) => counts,
+        Err(error) => {
+            tracing::warn!(%error, "cannot count leases for the metrics");
+            return;
+        }
+    };
+    for kind in crate::store::Kind::ALL {
+        let n = active
+            .iter()
+            .find(|(k, _)| k == kind)
+            .map_or(0, |(_, n)| *n);
+        metrics::gauge!("steward_broker_active_leases", "kind" => kind.as_str()).set(n as f64);
+    }
+    metrics::gauge!("steward_broker_reaper_backlog_leases").set(backlog as f64);
+}
+
 pub async fn run(
     store: Store,
     writer: Writer,

@@ -490,6 +490,26 @@ impl Store {
         }))
     }
 
+    /// Active leases by kind, and how many of them are past their expiry
+    /// and wait for the reaper: the broker's gauges.
+    pub async fn lease_gauges(&self, now_ns: i64) -> Result<(Vec<(Kind, i64)>, i64), StoreError> {
+        const ACTIVE: &str = "SELECT kind, COUNT(*) FROM leases WHERE state = 1 GROUP BY kind";
+        const BACKLOG: &str = "SELECT COUNT(*) FROM leases WHERE state = 1 AND expires_at_ns <= $1";
+        let (active, backlog): (Vec<(i64, i64)>, i64) = on_backend!(&self.db, pool, Db => {
+            let active = sqlx::query_as::<Db, (i64, i64)>(ACTIVE).fetch_all(pool).await?;
+            let backlog = sqlx::query_scalar::<Db, i64>(BACKLOG)
+                .bind(now_ns)
+                .fetch_one(pool)
+                .await?;
+            (active, backlog)
+        });
+        let active = active
+            .into_iter()
+            .map(|(kind, n)| Kind::from_i64(kind).map(|kind| (kind, n)))
+            .collect::<Result<_, _>>()?;
+        Ok((active, backlog))
+    }
+
     /// The revocation log after `after`, in order, at most `limit`.
     pub async fn revocations_after(
         &self,

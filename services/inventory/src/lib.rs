@@ -126,6 +126,11 @@ pub async fn routes(context: ServiceContext) -> Result<Routes, StartError> {
     let (transitions, writer) =
         store::transitions::Transitions::start(store.clone(), context.shutdown());
     context.spawn(writer);
+    let gauged = store.clone();
+    context.on_scrape(move || {
+        let store = gauged.clone();
+        async move { record_gauges(&store).await }
+    });
     context.spawn(sweep_reviews(
         store.clone(),
         context.spiffe_id.to_string(),
@@ -185,4 +190,23 @@ async fn sweep_reviews(
 /// Builds the service (binds, migrates) from `config`.
 pub async fn build(config: ServiceConfig) -> Result<Application, StartError> {
     Application::build(SPEC, config, routes).await
+}
+
+/// Sets the identities gauge (`docs/metrics.md`), every state present so
+/// that a series exists at zero.
+async fn record_gauges(store: &store::Store) {
+    let counts = match store.identities_by_state().await {
+        Ok(counts) => counts,
+        Err(error) => {
+            tracing::warn!(%error, "cannot count identities for the metrics");
+            return;
+        }
+    };
+    for state in steward_vocab::LifecycleState::ALL {
+        let n = counts
+            .iter()
+            .find(|(s, _)| s == state.as_str())
+            .map_or(0, |(_, n)| *n);
+        metrics::gauge!("steward_inventory_identities", "state" => state.as_str()).set(n as f64);
+    }
 }

@@ -25,8 +25,12 @@ impl Decider {
     pub async fn facts(&self, id: &Uuid) -> Result<Arc<Resource>, Error> {
         let cache = &self.shared.facts;
         match cache.get(id) {
-            Lookup::Hit(resource) => return Ok(resource),
+            Lookup::Hit(resource) => {
+                metrics::counter!("steward_authority_facts_cache_hits_total").increment(1);
+                return Ok(resource);
+            }
             Lookup::Refresh(resource, token) => {
+                metrics::counter!("steward_authority_facts_cache_hits_total").increment(1);
                 let this = self.clone();
                 let id = *id;
                 tokio::spawn(async move {
@@ -38,7 +42,9 @@ impl Decider {
                 });
                 return Ok(resource);
             }
-            Lookup::Miss => {}
+            Lookup::Miss => {
+                metrics::counter!("steward_authority_facts_cache_misses_total").increment(1);
+            }
         }
         let token = cache.reserve(id);
         let resource = self.read(id).await?;

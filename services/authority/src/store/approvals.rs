@@ -283,6 +283,16 @@ fn grant_from(a: &ApprovalRequest, approvers: Vec<String>, now: i64) -> Grant {
 }
 
 impl Store {
+    /// Approval requests still waiting for approvers at `now` (Unix
+    /// seconds): the pending-approvals gauge.
+    pub async fn pending_approvals(&self, now: i64) -> Result<i64, StoreError> {
+        const SQL: &str =
+            "SELECT COUNT(*) FROM approval_requests WHERE state = 'pending' AND expires_at >= $1";
+        Ok(on_backend!(&self.db, pool, Db => {
+            sqlx::query_scalar::<Db, i64>(SQL).bind(now).fetch_one(pool).await?
+        }))
+    }
+
     /// Opens `request`, unless one is already pending for the same
     /// principal, action, resource and incident, or approved with a grant
     /// whose window has not started yet: then that one is returned and

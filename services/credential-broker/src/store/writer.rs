@@ -159,12 +159,15 @@ impl Writer {
     /// Issues `lease`: durable with its evidence when this returns.
     pub async fn issue(&self, lease: Lease, evidence: EvidenceRecord) -> Result<Lease, StoreError> {
         let (answer, result) = Answer::new();
+        let kind = lease.kind.as_str();
         let change = Change::Issue {
             lease: Box::new(lease),
             evidence: Some(Box::new(evidence)),
             answer,
         };
-        self.submit(change, result).await
+        let issued = self.submit(change, result).await?;
+        metrics::counter!("steward_broker_credentials_issued_total", "kind" => kind).increment(1);
+        Ok(issued)
     }
 
     /// Moves an active lease's expiry to `expires_at_ns`, within its max;
@@ -215,7 +218,10 @@ impl Writer {
             evidence,
             answer,
         };
-        self.submit(change, result).await
+        let ended: Vec<Lease> = self.submit(change, result).await?;
+        metrics::counter!("steward_broker_leases_ended_total", "state" => state.as_str())
+            .increment(ended.len() as u64);
+        Ok(ended)
     }
 
     /// Queues one change and waits until it is durable with its evidence.

@@ -72,6 +72,15 @@ fn date(ns: Nanos) -> String {
 }
 
 impl Store {
+    /// How many identities are in each lifecycle state (a state no
+    /// identity is in is absent): the identities gauge.
+    pub async fn identities_by_state(&self) -> Result<Vec<(String, i64)>, Error> {
+        const SQL: &str = "SELECT state, COUNT(*) FROM identities GROUP BY state";
+        Ok(on_backend!(&self.db, pool, Db => {
+            sqlx::query_as::<Db, (String, i64)>(SQL).fetch_all(pool).await?
+        }))
+    }
+
     /// One page of `report` over the identities matching `filter`, as of
     /// `now`, looking `horizon_days` back (or ahead, for expiring).
     pub async fn report(
