@@ -61,6 +61,9 @@ fn string_value(attributes: &[KeyValue], key: &str) -> Option<String> {
 struct Collector {
     spans: Arc<Mutex<Vec<Received>>>,
     resources: Arc<Mutex<Vec<Vec<KeyValue>>>>,
+    /// Only count what arrives (a benchmark's collector).
+    counting: bool,
+    received: Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[tonic::async_trait]
@@ -69,7 +72,21 @@ impl TraceService for Collector {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        for resource_spans in request.into_inner().resource_spans {
+        let request = request.into_inner();
+        if self.counting {
+            let n: usize = request
+                .resource_spans
+                .iter()
+                .flat_map(|r| &r.scope_spans)
+                .map(|s| s.spans.len())
+                .sum();
+            self.received
+                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            return Ok(tonic::Response::new(ExportTraceServiceResponse {
+                partial_success: None,
+            }));
+        }
+        for resource_spans in request.resource_spans {
             let attributes = resource_spans
                 .resource
                 .map(|r| r.attributes)
@@ -102,10 +119,28 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn start() -> Self {
+        Self::start_with(Collector::default())
+    }
+
+    /// A receiver that only counts the spans it is sent.
+    pub fn counting() -> Self {
+        Self::start_with(Collector {
+            counting: true,
+            ..Collector::default()
+        })
+    }
+
+    /// How many spans a counting receiver has been sent.
+    pub fn counted(&self) -> u64 {
+        self.collector
+            .received
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn start_with(collector: Collector) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
-        let collector = Collector::default();
         let (stop, stopped) = oneshot::channel::<()>();
         let service = TraceServiceServer::new(collector.clone());
         std::thread::spawn(move || {

@@ -52,18 +52,30 @@ fn dev_up_serves_four_healthy_services_and_stops_cleanly_on_ctrl_c() {
         String::from_utf8_lossy(&health.stderr)
     );
     assert_eq!(table.matches("SERVING").count(), 4, "{table}");
-    // Each service's plain-HTTP probes answer without a client certificate.
+    // Each service's plain-HTTP probes answer without a client certificate
+    // (the broker and authority once their needed peer's first check has
+    // answered: within a second or so of start).
     for offset in 0..4 {
         let port = base + 10 + offset;
-        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        std::io::Write::write_all(
-            &mut tcp,
-            b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-        )
-        .unwrap();
-        let mut answer = String::new();
-        std::io::Read::read_to_string(&mut tcp, &mut answer).unwrap();
-        assert!(answer.starts_with("HTTP/1.1 200"), "port {port}: {answer}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            std::io::Write::write_all(
+                &mut tcp,
+                b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+            )
+            .unwrap();
+            let mut answer = String::new();
+            std::io::Read::read_to_string(&mut tcp, &mut answer).unwrap();
+            if answer.starts_with("HTTP/1.1 200") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "port {port}: {answer}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
 
     // Any program of this user gets the dev workload's SVID from the

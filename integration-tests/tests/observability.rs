@@ -462,3 +462,50 @@ fn every_service_serves_prometheus_metrics_that_move_with_traffic() {
 
     assert!(interrupt_and_wait(child).success());
 }
+
+/// Polls `service`'s `/readyz` until it answers `status` (within 15 s).
+async fn ready_turns(stack: &steward_integration_tests::TestStack, service: &str, status: u16) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (now, _) = stack.service(service).probe("/readyz").await;
+        if now == status {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{service} /readyz stayed {now}, not {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The broker cannot issue without authority, so it is not ready without
+/// it; inventory serves reads without authority, so it stays ready; both
+/// are ready again once authority is back, with no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_counts_only_the_peers_a_service_cannot_work_without() {
+    let mut stack = steward_integration_tests::TestStack::start().await;
+    ready_turns(&stack, "credential-broker", 200).await;
+    ready_turns(&stack, "authority", 200).await;
+    let authority: std::net::SocketAddr = stack.service("authority").address().parse().unwrap();
+
+    stack.stop("authority").await;
+    ready_turns(&stack, "credential-broker", 503).await;
+    assert_eq!(stack.service("inventory").probe("/readyz").await.0, 200);
+    assert_eq!(stack.service("audit").probe("/readyz").await.0, 200);
+    // Liveness is the process alone.
+    assert_eq!(
+        stack.service("credential-broker").probe("/healthz").await.0,
+        200
+    );
+
+    stack.restart_on("authority", authority).await;
+    ready_turns(&stack, "credential-broker", 200).await;
+
+    // Authority, likewise, needs inventory.
+    let inventory: std::net::SocketAddr = stack.service("inventory").address().parse().unwrap();
+    stack.stop("inventory").await;
+    ready_turns(&stack, "authority", 503).await;
+    stack.restart_on("inventory", inventory).await;
+    ready_turns(&stack, "authority", 200).await;
+}

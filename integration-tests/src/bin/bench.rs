@@ -19,6 +19,8 @@ mod broker;
 mod inventory;
 #[path = "bench/outbox.rs"]
 mod outbox;
+#[path = "bench/telemetry.rs"]
+mod telemetry;
 #[path = "bench/workload.rs"]
 mod workload;
 
@@ -54,6 +56,13 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     // `steward-bench proofs` runs the 1,000,000-entry proof figures alone.
+    if std::env::args().nth(1).as_deref() == Some("telemetry-child") {
+        return telemetry::child(&runtime);
+    }
+    if std::env::args().nth(1).as_deref() == Some("telemetry") {
+        print_table(&telemetry::run()?);
+        return Ok(());
+    }
     if std::env::args().nth(1).as_deref() == Some("proofs") {
         for f in proofs_at_a_million() {
             println!(
@@ -164,6 +173,7 @@ fn main() -> anyhow::Result<()> {
     let authority_end = figures.len();
     figures.extend(runtime.block_on(broker::run(None))?);
     figures.extend(runtime.block_on(workload::run())?);
+    figures.extend(telemetry::run()?);
     print_ratios(&figures[..baseline], &figures[baseline..audit_end]);
     print_inventory(&figures[..baseline], &figures[audit_end..inventory_end]);
     print_authority(&figures[..baseline], &figures[inventory_end..authority_end]);

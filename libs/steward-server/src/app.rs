@@ -78,6 +78,7 @@ pub struct ServiceContext {
     unhealthy: Unhealthy,
     conditions: Conditions,
     refreshers: crate::ops::Refreshers,
+    needed: crate::readiness::NeededPeers,
 }
 
 /// Conditions reported under health names of their own, beside the
@@ -116,6 +117,22 @@ impl ServiceContext {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name, reason);
+    }
+
+    /// Counts peer service `name` at `addr` in readiness: `/readyz` is 503
+    /// while it does not answer its health check SERVING. Only for a peer
+    /// without which the service can do none of its work
+    /// ([`crate::readiness`]).
+    pub fn needs_peer(&self, name: &'static str, addr: &str) -> Result<(), StartError> {
+        let peer = SpiffeId::service(self.spiffe_id.trust_domain(), name)?;
+        let channel = steward_identity::connector::connect_lazy(
+            self.svid.clone(),
+            addr,
+            steward_identity::ServerAuthorizer::Exact(peer),
+        )
+        .map_err(|e| StartError::Init(format!("peer {name} at {addr}: {e}")))?;
+        self.spawn(self.needed.clone().follow(name, channel, self.shutdown()));
+        Ok(())
     }
 
     /// Runs `refresh` before each scrape of `/metrics` answers (when
@@ -192,6 +209,7 @@ pub struct Application {
     /// The plain-HTTP probes' listener, when `ops_addr` is set.
     ops: Option<TcpListener>,
     refreshers: crate::ops::Refreshers,
+    needed: crate::readiness::NeededPeers,
 }
 
 impl std::fmt::Debug for Application {
@@ -253,6 +271,7 @@ impl Application {
         let unhealthy = Unhealthy::default();
         let conditions = Conditions::default();
         let refreshers = crate::ops::Refreshers::default();
+        let needed = crate::readiness::NeededPeers::default();
         let context = ServiceContext {
             database: database.clone(),
             spiffe_id: own.clone(),
@@ -263,6 +282,7 @@ impl Application {
             unhealthy: unhealthy.clone(),
             conditions: conditions.clone(),
             refreshers: refreshers.clone(),
+            needed: needed.clone(),
         };
         let routes = routes(context).await?;
         tracing::info!(service = spec.name, spiffe_id = %own, %local_addr, backend = ?database.backend(), "service bound");
@@ -282,6 +302,7 @@ impl Application {
             conditions,
             ops,
             refreshers,
+            needed,
         })
     }
 
@@ -326,6 +347,7 @@ impl Application {
             conditions,
             ops,
             refreshers,
+            needed,
             ..
         } = self;
 
@@ -345,6 +367,7 @@ impl Application {
             tokio::spawn(crate::ops::serve(
                 listener,
                 readiness,
+                needed,
                 refreshers,
                 stop_tasks.subscribe(),
             ))

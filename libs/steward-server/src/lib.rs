@@ -22,6 +22,7 @@ pub mod app;
 pub mod bounds;
 pub mod config;
 mod ops;
+mod readiness;
 pub mod roles;
 pub mod shutdown;
 pub mod whoami;

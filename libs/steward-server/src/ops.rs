@@ -8,7 +8,8 @@
 //!
 //! - `/healthz` (liveness): 200 while the process serves at all.
 //! - `/readyz` (readiness): 200 while the service reports SERVING (its
-//!   database takes writes and it does not hold itself back), else 503.
+//!   database takes writes and it does not hold itself back) and every
+//!   peer it cannot work without answers ([`crate::readiness`]), else 503.
 //! - `/metrics`: Prometheus text exposition (`docs/metrics.md`) when the
 //!   service's `telemetry.metrics` is on, else 404. Gauges read from the
 //!   database are refreshed by the scrape ([`crate::ServiceContext::on_scrape`]),
@@ -67,6 +68,7 @@ impl std::fmt::Debug for Refreshers {
 pub(crate) async fn serve(
     listener: TcpListener,
     ready: watch::Receiver<bool>,
+    needed: crate::readiness::NeededPeers,
     refreshers: Refreshers,
     mut stopped: watch::Receiver<bool>,
 ) {
@@ -82,12 +84,13 @@ pub(crate) async fn serve(
             return;
         };
         let ready = ready.clone();
+        let needed = needed.clone();
         let refreshers = refreshers.clone();
         let scraping = scraping.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let ready = *ready.borrow();
+                let ready = *ready.borrow() && needed.all_up();
                 let refreshers = refreshers.clone();
                 let scraping = scraping.clone();
                 async move {

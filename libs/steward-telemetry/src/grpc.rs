@@ -241,7 +241,8 @@ where
 struct Call {
     span: tracing::Span,
     side: Side,
-    method: metrics::Method,
+    /// Its series, while metrics are on.
+    method: Option<std::sync::Arc<metrics::Method>>,
     started: Instant,
     finished: bool,
 }
@@ -266,11 +267,14 @@ impl Call {
             steward.caller = Empty,
             trace_id = Empty,
         );
-        metrics::started(side, service, method);
+        let series = metrics::method(side, path);
+        if let Some(series) = &series {
+            series.started();
+        }
         Self {
             span,
             side,
-            method: metrics::Method::new(service, method),
+            method: series,
             started: Instant::now(),
             finished: false,
         }
@@ -337,7 +341,9 @@ impl Call {
         if is_error(self.side, code) {
             self.span.record("otel.status_code", "error");
         }
-        metrics::finished(self.side, &self.method, code, self.started.elapsed());
+        if let Some(series) = &self.method {
+            series.finished(code, self.started.elapsed());
+        }
     }
 }
 

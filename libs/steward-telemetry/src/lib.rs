@@ -117,8 +117,15 @@ pub fn init(service: &str, config: &TelemetryConfig) -> Result<TelemetryGuard, T
         }
         None => None,
     };
+    // No busy/idle timing (a clock read on every poll of every
+    // instrumented future), no thread or source-location attributes: the
+    // RPC attributes say what a span is, and these cost on every span.
     let otel_layer = provider.as_ref().map(|p| {
-        tracing_opentelemetry::layer().with_tracer(p.tracer(format!("steward-{service}")))
+        tracing_opentelemetry::layer()
+            .with_tracked_inactivity(false)
+            .with_threads(false)
+            .with_location(false)
+            .with_tracer(p.tracer(format!("steward-{service}")))
     });
 
     let registry = tracing_subscriber::registry().with(filter).with(otel_layer);

@@ -55,46 +55,95 @@ pub fn render() -> Option<String> {
     Some(handle.render())
 }
 
-/// The labels of one RPC, built once per call.
-pub(crate) struct Method(Vec<Label>);
+/// Most distinct RPC paths given series of their own, per side; calls to
+/// further paths (a caller trying made-up method names) share one
+/// `grpc_method="unknown"` series, so no caller can grow the registry.
+const MAX_METHODS: usize = 512;
+
+/// One RPC's series, registered once and kept: a call's recording is an
+/// atomic add, not a registry lookup.
+pub(crate) struct Method {
+    labels: Vec<Label>,
+    started: metrics::Counter,
+    seconds: metrics::Histogram,
+    /// `grpc_server_handled_total` (or the client's) per status code.
+    handled: [OnceLock<metrics::Counter>; 17],
+    side: Side,
+}
+
+type Methods = std::sync::RwLock<std::collections::HashMap<String, std::sync::Arc<Method>>>;
+
+static SERVER_METHODS: OnceLock<Methods> = OnceLock::new();
+static CLIENT_METHODS: OnceLock<Methods> = OnceLock::new();
+
+/// The series of the RPC at `path` (`/package.Service/Method`); `None`
+/// while metrics are off.
+pub(crate) fn method(side: Side, path: &str) -> Option<std::sync::Arc<Method>> {
+    HANDLE.get()?;
+    let methods = match side {
+        Side::Server => &SERVER_METHODS,
+        Side::Client => &CLIENT_METHODS,
+    }
+    .get_or_init(Methods::default);
+    if let Some(known) = methods.read().ok()?.get(path) {
+        return Some(known.clone());
+    }
+    let mut all = methods.write().ok()?;
+    let path = if all.len() >= MAX_METHODS && !all.contains_key(path) {
+        "/unknown/unknown"
+    } else {
+        path
+    };
+    Some(
+        all.entry(path.to_owned())
+            .or_insert_with(|| std::sync::Arc::new(Method::new(side, path)))
+            .clone(),
+    )
+}
 
 impl Method {
-    pub(crate) fn new(service: &str, method: &str) -> Self {
-        Self(vec![
+    fn new(side: Side, path: &str) -> Self {
+        let name = path.strip_prefix('/').unwrap_or(path);
+        let (service, method) = name.split_once('/').unwrap_or((name, ""));
+        let labels = vec![
             Label::new("grpc_service", service.to_owned()),
             Label::new("grpc_method", method.to_owned()),
-        ])
-    }
-}
-
-pub(crate) fn started(side: Side, service: &str, method: &str) {
-    if HANDLE.get().is_none() {
-        return;
-    }
-    let labels = Method::new(service, method).0;
-    match side {
-        Side::Server => counter!("grpc_server_started_total", labels).increment(1),
-        Side::Client => counter!("grpc_client_started_total", labels).increment(1),
-    }
-}
-
-pub(crate) fn finished(side: Side, method: &Method, code: i32, took: Duration) {
-    if HANDLE.get().is_none() {
-        return;
-    }
-    let mut labels = method.0.clone();
-    let seconds = took.as_secs_f64();
-    match side {
-        Side::Server => {
-            histogram!("grpc_server_handling_seconds", labels.clone()).record(seconds);
-            labels.push(Label::new("grpc_code", code_name(code)));
-            counter!("grpc_server_handled_total", labels).increment(1);
+        ];
+        let (started, seconds) = match side {
+            Side::Server => (
+                counter!("grpc_server_started_total", labels.clone()),
+                histogram!("grpc_server_handling_seconds", labels.clone()),
+            ),
+            Side::Client => (
+                counter!("grpc_client_started_total", labels.clone()),
+                histogram!("grpc_client_handling_seconds", labels.clone()),
+            ),
+        };
+        Self {
+            labels,
+            started,
+            seconds,
+            handled: Default::default(),
+            side,
         }
-        Side::Client => {
-            histogram!("grpc_client_handling_seconds", labels.clone()).record(seconds);
+    }
+
+    pub(crate) fn started(&self) {
+        self.started.increment(1);
+    }
+
+    pub(crate) fn finished(&self, code: i32, took: Duration) {
+        self.seconds.record(took.as_secs_f64());
+        let slot = usize::try_from(code).unwrap_or(2).min(16);
+        let handled = self.handled[slot].get_or_init(|| {
+            let mut labels = self.labels.clone();
             labels.push(Label::new("grpc_code", code_name(code)));
-            counter!("grpc_client_handled_total", labels).increment(1);
-        }
+            match self.side {
+                Side::Server => counter!("grpc_server_handled_total", labels),
+                Side::Client => counter!("grpc_client_handled_total", labels),
+            }
+        });
+        handled.increment(1);
     }
 }
 
@@ -157,6 +206,27 @@ fn describe() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn made_up_method_names_cannot_grow_the_registry() {
+        assert!(install());
+        let first = method(Side::Server, "/made.Up/Method0").unwrap();
+        assert!(std::sync::Arc::ptr_eq(
+            &first,
+            &method(Side::Server, "/made.Up/Method0").unwrap()
+        ));
+        let past = (1..2 * MAX_METHODS)
+            .map(|i| method(Side::Server, &format!("/made.Up/Method{i}")).unwrap())
+            .collect::<Vec<_>>();
+        let unknown = past.last().unwrap();
+        assert!(std::sync::Arc::ptr_eq(unknown, &past[past.len() - 2]));
+        assert_eq!(unknown.labels[1].value(), "unknown");
+        assert!(SERVER_METHODS.get().unwrap().read().unwrap().len() <= MAX_METHODS + 1);
+        unknown.finished(0, Duration::from_millis(1));
+        let text = render().unwrap();
+        assert!(text.contains("grpc_method=\"unknown\""), "{text}");
+        assert!(!text.contains(&format!("Method{}", 2 * MAX_METHODS - 1)));
+    }
 
     #[test]
     fn codes_are_named_as_grpc_names_them() {

@@ -242,6 +242,8 @@ async fn routes(context: ServiceContext, config: AuthorityConfig) -> Result<Rout
     context.spawn(writer);
     context.spawn(follow_activations(shared.clone(), context.shutdown()));
     context.spawn(sweep(shared.clone(), context.shutdown()));
+    // Every decision reads inventory's facts (the cache aside).
+    context.needs_peer("inventory", &context.peers.inventory)?;
     let gauged = shared.clone();
     context.on_scrape(move || {
         let shared = gauged.clone();

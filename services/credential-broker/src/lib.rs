@@ -155,6 +155,8 @@ async fn routes(context: ServiceContext, config: BrokerConfig) -> Result<Routes,
             .await
             .map_err(|e| StartError::Init(steward_errors::causes(&e)))?;
     context.spawn(task);
+    // Every issuance asks authority: without it the broker is not ready.
+    context.needs_peer("authority", &context.peers.authority)?;
     let gauged = store.clone();
     context.on_scrape(move || {
         let store = gauged.clone();

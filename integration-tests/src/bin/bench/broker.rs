@@ -384,6 +384,13 @@ async fn reaping(mut setup: Setup) -> anyhow::Result<Vec<Figure>> {
     ])
 }
 
+/// JWT-SVID issuance at `callers` (median of three rounds), on a stack of
+/// its own: the telemetry bench's figure.
+pub async fn jwt(callers: usize) -> anyhow::Result<Figure> {
+    let setup = setup().await?;
+    issuance(&setup, Credential::Jwt, "JWT-SVID", callers).await
+}
+
 /// Every broker figure, or only `x509`, `jwt`, `watch` or `reap`.
 pub async fn run(only: Option<&str>) -> anyhow::Result<Vec<Figure>> {
     let setup = setup().await?;
