@@ -349,6 +349,7 @@ fn logs_parse_without_repeated_keys_and_carry_no_colour_off_a_terminal() {
     });
     interrupt_and_wait(child);
     let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains('\x1b'), "escape codes in JSON logs:\n{text}");
     let events: Vec<&str> = text.lines().filter(|l| l.starts_with('{')).collect();
     assert!(events.len() >= 10, "{text}");
     for line in &events {
