@@ -197,6 +197,39 @@ async fn bad_input_gets_a_precise_status_and_writes_nothing() {
             },
             "record.attributes",
         ),
+        (
+            {
+                let mut r = record(9, "INC-7");
+                r.trace = Some(pb::Trace {
+                    trace_id: "0".repeat(32),
+                    span_id: "00f067aa0ba902b7".into(),
+                });
+                r
+            },
+            "record.trace.trace_id",
+        ),
+        (
+            {
+                let mut r = record(9, "INC-7");
+                r.trace = Some(pb::Trace {
+                    trace_id: "4BF92F3577B34DA6A3CE929D0E0E4736".into(),
+                    span_id: "00f067aa0ba902b7".into(),
+                });
+                r
+            },
+            "record.trace.trace_id",
+        ),
+        (
+            {
+                let mut r = record(9, "INC-7");
+                r.trace = Some(pb::Trace {
+                    trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+                    span_id: "00f067aa".into(),
+                });
+                r
+            },
+            "record.trace.span_id",
+        ),
     ];
     for (bad, field) in cases {
         let status = writer
