@@ -21,6 +21,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub mod app;
 pub mod bounds;
 pub mod config;
+mod forward;
 mod ops;
 mod readiness;
 pub mod roles;

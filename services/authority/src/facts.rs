@@ -229,10 +229,8 @@ impl FactsCache {
         let mut applied = 0u64;
         let mut renew = tokio::time::interval(RENEW);
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let send = |ack: inventory::IdentityChangesAck| {
-            acks.send(ack)
-                .map_err(|_| tonic::Status::cancelled("the facts stream closed"))
-        };
+        // False once the request stream is gone: the session is over.
+        let send = |ack: inventory::IdentityChangesAck| acks.send(ack).is_ok();
         loop {
             tokio::select! {
                 message = changes.message() => {
@@ -244,7 +242,9 @@ impl FactsCache {
                     }
                     if change.sequence > applied {
                         applied = change.sequence;
-                        send(inventory::IdentityChangesAck { applied_sequence: applied, lease_request: 0 })?;
+                        if !send(inventory::IdentityChangesAck { applied_sequence: applied, lease_request: 0 }) {
+                            return Ok(());
+                        }
                     }
                     if change.lease_granted != 0 {
                         let lease = Duration::from_millis(u64::from(change.lease_millis)).saturating_sub(MARGIN);
@@ -253,7 +253,9 @@ impl FactsCache {
                     }
                 }
                 _ = renew.tick() => {
-                    send(inventory::IdentityChangesAck { applied_sequence: applied, lease_request: self.reading() })?;
+                    if !send(inventory::IdentityChangesAck { applied_sequence: applied, lease_request: self.reading() }) {
+                        return Ok(());
+                    }
                 }
             }
         }

@@ -158,6 +158,41 @@ pub fn record(
 
 #[tonic::async_trait]
 impl AuthorityService for AuthorityServer {
+    steward_server::forward_rpcs! {
+        upload_policy_set(pb::UploadPolicySetRequest) -> pb::UploadPolicySetResponse
+            = upload_policy_set_impl(request);
+        get_approval_request(pb::GetApprovalRequestRequest) -> pb::GetApprovalRequestResponse
+            = get_approval_request_impl(message);
+        list_approval_requests(pb::ListApprovalRequestsRequest) -> pb::ListApprovalRequestsResponse
+            = list_approval_requests_impl(message);
+        review_approval_request(pb::ReviewApprovalRequestRequest) -> pb::ReviewApprovalRequestResponse
+            = review_approval_request_impl(request);
+        cancel_approval_request(pb::CancelApprovalRequestRequest) -> pb::CancelApprovalRequestResponse
+            = cancel_approval_request_impl(request);
+        get_grant(pb::GetGrantRequest) -> pb::GetGrantResponse
+            = get_grant_impl(message);
+        list_grants(pb::ListGrantsRequest) -> pb::ListGrantsResponse
+            = list_grants_impl(message);
+        revoke_grant(pb::RevokeGrantRequest) -> pb::RevokeGrantResponse
+            = revoke_grant_impl(request);
+        close_incident(pb::CloseIncidentRequest) -> pb::CloseIncidentResponse
+            = close_incident_impl(request);
+        break_glass(pb::BreakGlassRequest) -> pb::BreakGlassResponse
+            = break_glass_impl(request);
+        list_post_action_reviews(pb::ListPostActionReviewsRequest) -> pb::ListPostActionReviewsResponse
+            = list_post_action_reviews_impl(message);
+        complete_post_action_review(pb::CompletePostActionReviewRequest) -> pb::CompletePostActionReviewResponse
+            = complete_post_action_review_impl(request);
+        upload_response_rules(pb::UploadResponseRulesRequest) -> pb::UploadResponseRulesResponse
+            = upload_response_rules_impl(request);
+        list_response_rules(pb::ListResponseRulesRequest) -> pb::ListResponseRulesResponse
+            = list_response_rules_impl(message);
+        get_response_rules(pb::GetResponseRulesRequest) -> pb::GetResponseRulesResponse
+            = get_response_rules_impl(message);
+        list_response_actions(pb::ListResponseActionsRequest) -> pb::ListResponseActionsResponse
+            = list_response_actions_impl(message);
+    }
+
     async fn validate_policy_set(
         &self,
         request: Request<pb::ValidatePolicySetRequest>,
@@ -177,15 +212,6 @@ impl AuthorityService for AuthorityServer {
                 },
             },
         ))
-    }
-
-    async fn upload_policy_set(
-        &self,
-        request: Request<pb::UploadPolicySetRequest>,
-    ) -> Result<Response<pb::UploadPolicySetResponse>, Status> {
-        self.upload_policy_set_impl(request)
-            .await
-            .map(Response::new)
     }
 
     async fn list_policy_sets(
@@ -374,99 +400,6 @@ impl AuthorityService for AuthorityServer {
         }))
     }
 
-    async fn get_approval_request(
-        &self,
-        request: Request<pb::GetApprovalRequestRequest>,
-    ) -> Result<Response<pb::GetApprovalRequestResponse>, Status> {
-        self.get_approval_request_impl(request.into_inner())
-            .await
-            .map(Response::new)
-    }
-
-    async fn list_approval_requests(
-        &self,
-        request: Request<pb::ListApprovalRequestsRequest>,
-    ) -> Result<Response<pb::ListApprovalRequestsResponse>, Status> {
-        self.list_approval_requests_impl(request.into_inner())
-            .await
-            .map(Response::new)
-    }
-
-    async fn review_approval_request(
-        &self,
-        request: Request<pb::ReviewApprovalRequestRequest>,
-    ) -> Result<Response<pb::ReviewApprovalRequestResponse>, Status> {
-        self.review_approval_request_impl(request)
-            .await
-            .map(Response::new)
-    }
-
-    async fn cancel_approval_request(
-        &self,
-        request: Request<pb::CancelApprovalRequestRequest>,
-    ) -> Result<Response<pb::CancelApprovalRequestResponse>, Status> {
-        self.cancel_approval_request_impl(request)
-            .await
-            .map(Response::new)
-    }
-
-    async fn get_grant(
-        &self,
-        request: Request<pb::GetGrantRequest>,
-    ) -> Result<Response<pb::GetGrantResponse>, Status> {
-        self.get_grant_impl(request.into_inner())
-            .await
-            .map(Response::new)
-    }
-
-    async fn list_grants(
-        &self,
-        request: Request<pb::ListGrantsRequest>,
-    ) -> Result<Response<pb::ListGrantsResponse>, Status> {
-        self.list_grants_impl(request.into_inner())
-            .await
-            .map(Response::new)
-    }
-
-    async fn revoke_grant(
-        &self,
-        request: Request<pb::RevokeGrantRequest>,
-    ) -> Result<Response<pb::RevokeGrantResponse>, Status> {
-        self.revoke_grant_impl(request).await.map(Response::new)
-    }
-
-    async fn close_incident(
-        &self,
-        request: Request<pb::CloseIncidentRequest>,
-    ) -> Result<Response<pb::CloseIncidentResponse>, Status> {
-        self.close_incident_impl(request).await.map(Response::new)
-    }
-
-    async fn break_glass(
-        &self,
-        request: Request<pb::BreakGlassRequest>,
-    ) -> Result<Response<pb::BreakGlassResponse>, Status> {
-        self.break_glass_impl(request).await.map(Response::new)
-    }
-
-    async fn list_post_action_reviews(
-        &self,
-        request: Request<pb::ListPostActionReviewsRequest>,
-    ) -> Result<Response<pb::ListPostActionReviewsResponse>, Status> {
-        self.list_post_action_reviews_impl(request.into_inner())
-            .await
-            .map(Response::new)
-    }
-
-    async fn complete_post_action_review(
-        &self,
-        request: Request<pb::CompletePostActionReviewRequest>,
-    ) -> Result<Response<pb::CompletePostActionReviewResponse>, Status> {
-        self.complete_post_action_review_impl(request)
-            .await
-            .map(Response::new)
-    }
-
     async fn validate_response_rules(
         &self,
         request: Request<pb::ValidateResponseRulesRequest>,
@@ -474,33 +407,6 @@ impl AuthorityService for AuthorityServer {
         Ok(Response::new(
             self.validate_response_rules_impl(request.get_ref()),
         ))
-    }
-
-    async fn upload_response_rules(
-        &self,
-        request: Request<pb::UploadResponseRulesRequest>,
-    ) -> Result<Response<pb::UploadResponseRulesResponse>, Status> {
-        self.upload_response_rules_impl(request)
-            .await
-            .map(Response::new)
-    }
-
-    async fn list_response_rules(
-        &self,
-        request: Request<pb::ListResponseRulesRequest>,
-    ) -> Result<Response<pb::ListResponseRulesResponse>, Status> {
-        self.list_response_rules_impl(request.into_inner())
-            .await
-            .map(Response::new)
-    }
-
-    async fn get_response_rules(
-        &self,
-        request: Request<pb::GetResponseRulesRequest>,
-    ) -> Result<Response<pb::GetResponseRulesResponse>, Status> {
-        self.get_response_rules_impl(request.into_inner())
-            .await
-            .map(Response::new)
     }
 
     async fn activate_response_rules(
@@ -532,14 +438,5 @@ impl AuthorityService for AuthorityServer {
             rule_set: Some(rule_set),
             previous_version,
         }))
-    }
-
-    async fn list_response_actions(
-        &self,
-        request: Request<pb::ListResponseActionsRequest>,
-    ) -> Result<Response<pb::ListResponseActionsResponse>, Status> {
-        self.list_response_actions_impl(request.into_inner())
-            .await
-            .map(Response::new)
     }
 }

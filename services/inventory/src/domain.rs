@@ -51,6 +51,9 @@ pub enum Error {
     Aborted(String),
     #[error("{0}")]
     PermissionDenied(String),
+    /// A fault of the service's own, not of the request or the store.
+    #[error("{0}")]
+    Internal(&'static str),
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -86,6 +89,7 @@ impl steward_errors::ServiceError for Error {
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::Aborted(_) => Code::Aborted,
             Self::PermissionDenied(_) => Code::PermissionDenied,
+            Self::Internal(_) => Code::Internal,
             Self::Storage(e) => e.code(),
         }
     }

@@ -62,7 +62,7 @@ impl InventoryServer {
         self.present_all(std::slice::from_ref(identity))
             .await?
             .pop()
-            .ok_or_else(|| Status::internal("no identity to present"))
+            .ok_or_else(|| status(Error::Internal("no identity to present")))
     }
 
     async fn present_all(&self, identities: &[Identity]) -> Result<Vec<pb::Identity>, Status> {
@@ -143,6 +143,31 @@ fn observed(field: &str, ts: Option<&prost_types::Timestamp>) -> Result<i64, Sta
 
 #[tonic::async_trait]
 impl InventoryService for InventoryServer {
+    steward_server::forward_rpcs! {
+        create_registration_entry(pb::CreateRegistrationEntryRequest) -> pb::CreateRegistrationEntryResponse
+            = create_registration_entry_impl(tonic);
+        update_registration_entry(pb::UpdateRegistrationEntryRequest) -> pb::UpdateRegistrationEntryResponse
+            = update_registration_entry_impl(tonic);
+        delete_registration_entry(pb::DeleteRegistrationEntryRequest) -> pb::DeleteRegistrationEntryResponse
+            = delete_registration_entry_impl(tonic);
+        list_registration_entries(pb::ListRegistrationEntriesRequest) -> pb::ListRegistrationEntriesResponse
+            = list_registration_entries_impl(tonic);
+        match_selectors(pb::MatchSelectorsRequest) -> pb::MatchSelectorsResponse
+            = match_selectors_impl(tonic);
+        start_review_campaign(pb::StartReviewCampaignRequest) -> pb::StartReviewCampaignResponse
+            = start_review_campaign_impl(tonic);
+        get_review_campaign(pb::GetReviewCampaignRequest) -> pb::GetReviewCampaignResponse
+            = get_review_campaign_impl(tonic);
+        list_review_items(pb::ListReviewItemsRequest) -> pb::ListReviewItemsResponse
+            = list_review_items_impl(tonic);
+        attest_review(pb::AttestReviewRequest) -> pb::AttestReviewResponse
+            = attest_review_impl(tonic);
+        get_posture_report(pb::GetPostureReportRequest) -> pb::GetPostureReportResponse
+            = get_posture_report_impl(tonic);
+        import_identities(pb::ImportIdentitiesRequest) -> pb::ImportIdentitiesResponse
+            = import_identities_impl(tonic);
+    }
+
     type WatchIdentityChangesStream =
         tokio_stream::wrappers::UnboundedReceiverStream<Result<pb::IdentityChange, Status>>;
 
@@ -560,34 +585,6 @@ impl InventoryService for InventoryServer {
         }))
     }
 
-    async fn create_registration_entry(
-        &self,
-        request: Request<pb::CreateRegistrationEntryRequest>,
-    ) -> Result<Response<pb::CreateRegistrationEntryResponse>, Status> {
-        self.create_registration_entry_impl(request).await
-    }
-
-    async fn update_registration_entry(
-        &self,
-        request: Request<pb::UpdateRegistrationEntryRequest>,
-    ) -> Result<Response<pb::UpdateRegistrationEntryResponse>, Status> {
-        self.update_registration_entry_impl(request).await
-    }
-
-    async fn delete_registration_entry(
-        &self,
-        request: Request<pb::DeleteRegistrationEntryRequest>,
-    ) -> Result<Response<pb::DeleteRegistrationEntryResponse>, Status> {
-        self.delete_registration_entry_impl(request).await
-    }
-
-    async fn list_registration_entries(
-        &self,
-        request: Request<pb::ListRegistrationEntriesRequest>,
-    ) -> Result<Response<pb::ListRegistrationEntriesResponse>, Status> {
-        self.list_registration_entries_impl(request).await
-    }
-
     async fn get_registration_entry(
         &self,
         request: Request<pb::GetRegistrationEntryRequest>,
@@ -597,54 +594,5 @@ impl InventoryService for InventoryServer {
         Ok(Response::new(pb::GetRegistrationEntryResponse {
             entry: Some(entry_to_pb(&entry)),
         }))
-    }
-
-    async fn match_selectors(
-        &self,
-        request: Request<pb::MatchSelectorsRequest>,
-    ) -> Result<Response<pb::MatchSelectorsResponse>, Status> {
-        self.match_selectors_impl(request).await
-    }
-
-    async fn start_review_campaign(
-        &self,
-        request: Request<pb::StartReviewCampaignRequest>,
-    ) -> Result<Response<pb::StartReviewCampaignResponse>, Status> {
-        self.start_review_campaign_impl(request).await
-    }
-
-    async fn get_review_campaign(
-        &self,
-        request: Request<pb::GetReviewCampaignRequest>,
-    ) -> Result<Response<pb::GetReviewCampaignResponse>, Status> {
-        self.get_review_campaign_impl(request).await
-    }
-
-    async fn list_review_items(
-        &self,
-        request: Request<pb::ListReviewItemsRequest>,
-    ) -> Result<Response<pb::ListReviewItemsResponse>, Status> {
-        self.list_review_items_impl(request).await
-    }
-
-    async fn attest_review(
-        &self,
-        request: Request<pb::AttestReviewRequest>,
-    ) -> Result<Response<pb::AttestReviewResponse>, Status> {
-        self.attest_review_impl(request).await
-    }
-
-    async fn get_posture_report(
-        &self,
-        request: Request<pb::GetPostureReportRequest>,
-    ) -> Result<Response<pb::GetPostureReportResponse>, Status> {
-        self.get_posture_report_impl(request).await
-    }
-
-    async fn import_identities(
-        &self,
-        request: Request<pb::ImportIdentitiesRequest>,
-    ) -> Result<Response<pb::ImportIdentitiesResponse>, Status> {
-        self.import_identities_impl(request).await
     }
 }

@@ -87,7 +87,7 @@ impl InventoryServer {
         let parsed =
             tokio::task::spawn_blocking(move || import::parse(format, &content, &defaults))
                 .await
-                .map_err(|_| Status::internal("the import parser failed"))?;
+                .map_err(|_| status(Error::Internal("the import parser failed")))?;
         // Vanished is judged only over the source systems the import covers.
         let mut sources: BTreeSet<String> = parsed.sources.clone();
         if !r.source_system.is_empty() {
