@@ -9,8 +9,10 @@
 //! tables or, worse, shared state.
 
 mod fault;
+mod start;
 
 pub use fault::{FULL, Fault, Source, StorageError, fault_of};
+pub use start::Starting;
 
 use std::borrow::Cow;
 use std::str::FromStr;
@@ -383,29 +385,6 @@ impl Database {
         }
     }
 
-    /// Checks the owner stamp and applies every pending migration: the
-    /// baseline (version 1, shared by every service) and then the service's
-    /// own, which must be numbered from 2. Safe to run any number of times,
-    /// and from several replicas at once on PostgreSQL (sqlx takes an
-    /// advisory lock).
-    pub async fn migrate(&self, set: &MigrationSet) -> Result<(), DbError> {
-        self.claim(set.service).await?;
-        match self {
-            Self::Sqlite(sqlite) => {
-                migrator(BASELINE_SQLITE, set.sqlite, Backend::Sqlite)?
-                    .run(sqlite.pool())
-                    .await?
-            }
-            Self::Postgres(pool) => {
-                migrator(BASELINE, set.postgres, Backend::Postgres)?
-                    .run(pool)
-                    .await?
-            }
-        }
-        tracing::debug!(service = set.service, backend = ?self.backend(), "migrations applied");
-        Ok(())
-    }
-
     /// Appends a row to the start journal (`steward_service_starts`), so an
     /// operator can see which versions have run against this database.
     pub async fn record_start(&self, version: &str) -> Result<(), DbError> {
@@ -480,45 +459,6 @@ impl Database {
             }
             Self::Postgres(pool) => pool.close().await,
         }
-    }
-
-    async fn claim(&self, service: &str) -> Result<(), DbError> {
-        const CREATE: &str = "CREATE TABLE IF NOT EXISTS steward_database_owner (
-            singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
-            service TEXT NOT NULL
-        )";
-        const CLAIM: &str = "INSERT INTO steward_database_owner (singleton, service) VALUES (1, $1)
-            ON CONFLICT (singleton) DO NOTHING";
-        const OWNER: &str = "SELECT service FROM steward_database_owner WHERE singleton = 1";
-        let found: String = match self {
-            Self::Sqlite(SqliteDatabase { pool, .. }) => {
-                sqlx::query::<sqlx::Sqlite>(CREATE).execute(pool).await?;
-                sqlx::query::<sqlx::Sqlite>(CLAIM)
-                    .bind(service)
-                    .execute(pool)
-                    .await?;
-                sqlx::query_scalar::<sqlx::Sqlite, String>(OWNER)
-                    .fetch_one(pool)
-                    .await?
-            }
-            Self::Postgres(pool) => {
-                sqlx::query::<sqlx::Postgres>(CREATE).execute(pool).await?;
-                sqlx::query::<sqlx::Postgres>(CLAIM)
-                    .bind(service)
-                    .execute(pool)
-                    .await?;
-                sqlx::query_scalar::<sqlx::Postgres, String>(OWNER)
-                    .fetch_one(pool)
-                    .await?
-            }
-        };
-        if found != service {
-            return Err(DbError::WrongOwner {
-                expected: service.to_owned(),
-                found,
-            });
-        }
-        Ok(())
     }
 }
 

@@ -223,7 +223,9 @@ impl std::fmt::Debug for Application {
 
 impl Application {
     /// Loads the SVID, opens and migrates the database, binds the listener
-    /// and asks `routes` for the service's own gRPC services.
+    /// and asks `routes` for the service's own gRPC services. On PostgreSQL
+    /// the migrations and `routes` run under the database's start lock
+    /// ([`steward_db::Starting`]), so one replica at a time does them.
     pub async fn build<F>(
         spec: ServiceSpec,
         config: ServiceConfig,
@@ -249,7 +251,9 @@ impl Application {
         .map_err(StartError::Init)?;
 
         let database = Database::connect(&config.database).await?;
-        database.migrate(&spec.migrations).await?;
+        // Held until the routes are built: replicas starting together on
+        // one database stamp, migrate and create their first keys in turn.
+        let starting = database.start(&spec.migrations).await?;
         database.record_start(env!("CARGO_PKG_VERSION")).await?;
 
         let listener = TcpListener::bind(config.listen_addr)
@@ -285,6 +289,7 @@ impl Application {
             needed: needed.clone(),
         };
         let routes = routes(context).await?;
+        starting.done().await?;
         tracing::info!(service = spec.name, spiffe_id = %own, %local_addr, backend = ?database.backend(), "service bound");
         Ok(Self {
             spec,
