@@ -90,3 +90,199 @@ async fn replicas_starting_at_once_on_an_empty_database_take_turns() {
     broker.close().await;
     drop(apps);
 }
+
+/// Permits the broker to issue for production identities only, so that
+/// flipping an identity's environment flips the decision.
+const BROKER_ISSUES: &str = r#"
+@id("broker-issues")
+permit (principal == Steward::Workload::"spiffe://steward.test/service/credential-broker", action == Steward::Action::"issue", resource)
+when { resource.environment == "production" };
+"#;
+
+/// ADR 0008's promise across replicas: authority's facts cache follows one
+/// inventory replica, and a write that returned from the *other* replica
+/// is never hidden from its next decision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_through_one_inventory_replica_is_never_hidden_from_a_cache_that_follows_another() {
+    use prost_types::FieldMask;
+    use steward_integration_tests::RunningService;
+    use steward_integration_tests::inventory::{create, spec};
+    use steward_proto::steward::authority::v1 as authz;
+    use steward_proto::steward::authority::v1::authority_service_client::AuthorityServiceClient;
+    use steward_proto::steward::inventory::v1 as inv;
+    use steward_proto::steward::inventory::v1::inventory_service_client::InventoryServiceClient;
+
+    if TestBackend::from_env() == TestBackend::Sqlite {
+        eprintln!(
+            "{DATABASE_URL_ENV} is not set: replicas need PostgreSQL; not exercised in this run"
+        );
+        return;
+    }
+    // Authority follows replica A (the stack's inventory); B is a second
+    // replica on the same database that authority knows nothing of.
+    let stack = TestStack::start().await;
+    let mut b_config = stack.configs["inventory"].clone();
+    b_config.listen_addr = "127.0.0.1:0".parse().unwrap();
+    b_config.ops_addr = Some("127.0.0.1:0".parse().unwrap());
+    let b = RunningService::start(
+        "inventory",
+        build_service("inventory", b_config).await.unwrap(),
+    );
+    let mut through_a = stack.inventory().await;
+    let mut through_b = InventoryServiceClient::new(b.channel(&stack.operator).await);
+
+    let mut admin =
+        AuthorityServiceClient::new(stack.service("authority").channel(&stack.operator).await);
+    let text = format!(
+        "{}\n{BROKER_ISSUES}",
+        steward_authority::engine::DEFAULT_POLICIES
+    );
+    let uploaded = admin
+        .upload_policy_set(authz::UploadPolicySetRequest {
+            policies: text,
+            description: "broker issues for production".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .policy_set
+        .unwrap();
+    admin
+        .activate_policy_set(authz::ActivatePolicySetRequest {
+            version: uploaded.version,
+            reason: "go live".into(),
+        })
+        .await
+        .unwrap();
+
+    let nhi = create(&mut through_a, spec("across-replicas")).await.id;
+    let mut broker = stack.authority_caller("/service/credential-broker").await;
+    let issue = authz::AuthorizeRequest {
+        principal: Some(authz::Principal {
+            kind: Some(authz::principal::Kind::Workload(
+                "spiffe://steward.test/service/credential-broker".into(),
+            )),
+        }),
+        action: "issue".into(),
+        resource_id: nhi.clone(),
+        context: Some(authz::RequestContext::default()),
+        ..Default::default()
+    };
+    let mut effect = async || {
+        broker
+            .authorize(issue.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .decision
+            .unwrap()
+            .effect
+    };
+    // Warm: the cache takes its lease from A and keeps the facts.
+    for _ in 0..10 {
+        assert_eq!(effect().await, authz::Effect::Allow as i32);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    const ROUNDS: usize = 100;
+    let mut identity = spec("across-replicas");
+    let mut stale = Vec::new();
+    for round in 0..ROUNDS {
+        let production = round % 2 == 1;
+        identity.environment = if production { "production" } else { "staging" }.into();
+        // Mostly through B, the replica the cache does not follow.
+        let writer = if round % 4 == 3 {
+            &mut through_a
+        } else {
+            &mut through_b
+        };
+        writer
+            .update_identity(inv::UpdateIdentityRequest {
+                id: nhi.clone(),
+                identity: Some(identity.clone()),
+                update_mask: Some(FieldMask {
+                    paths: vec!["environment".into()],
+                }),
+                expected_version: 0,
+                context: None,
+            })
+            .await
+            .unwrap();
+        let want = if production {
+            authz::Effect::Allow
+        } else {
+            authz::Effect::Deny
+        } as i32;
+        if effect().await != want {
+            stale.push(round);
+        }
+    }
+    eprintln!(
+        "stale decisions across replicas: {} of {ROUNDS}",
+        stale.len()
+    );
+    assert!(stale.is_empty(), "stale decisions in rounds {stale:?}");
+
+    // The relays lose their connections (notifications in between are
+    // lost): no lease is granted until each listens again and has told its
+    // watchers to start empty, so nothing stale is served meanwhile.
+    let database = steward_db::Database::connect(&stack.configs["inventory"].database)
+        .await
+        .unwrap();
+    let steward_db::Database::Postgres(pool) = &database else {
+        unreachable!("the backend is PostgreSQL");
+    };
+    let ended: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert!(!ended.is_empty(), "no relay was listening");
+    let started = std::time::Instant::now();
+    for round in 0..20 {
+        let production = round % 2 == 1;
+        identity.environment = if production { "production" } else { "staging" }.into();
+        through_b
+            .update_identity(inv::UpdateIdentityRequest {
+                id: nhi.clone(),
+                identity: Some(identity.clone()),
+                update_mask: Some(FieldMask {
+                    paths: vec!["environment".into()],
+                }),
+                expected_version: 0,
+                context: None,
+            })
+            .await
+            .unwrap();
+        let want = if production {
+            authz::Effect::Allow
+        } else {
+            authz::Effect::Deny
+        } as i32;
+        assert_eq!(
+            effect().await,
+            want,
+            "round {round} after the relays' connections ended"
+        );
+    }
+    eprintln!(
+        "20 rounds while the relays reconnected: {:?}",
+        started.elapsed()
+    );
+    database.close().await;
+
+    // Suspension through B, then at once: DENY.
+    through_b
+        .transition_state(inv::TransitionStateRequest {
+            id: nhi.clone(),
+            target_state: inv::LifecycleState::Suspended as i32,
+            reason: "leaked".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(effect().await, authz::Effect::Deny as i32);
+    b.shutdown().await;
+}

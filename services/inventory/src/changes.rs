@@ -8,9 +8,15 @@
 //! *arrived*, so the watcher's lease always ends first. A watcher that
 //! leaves a change unacknowledged for a whole lease gets no more leases
 //! and is dropped once its last one has ended.
+//!
+//! Replicas on one PostgreSQL database relay each other's changes
+//! ([`relay`], ADR 0023), so a write through one replica waits for the
+//! watchers of every other as well.
+
+pub mod relay;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use steward_proto::steward::inventory::v1 as pb;
@@ -58,6 +64,9 @@ struct State {
     sequence: u64,
     next_id: u64,
     watchers: HashMap<u64, Watcher>,
+    /// With a relay: leases are granted only until then (the relay's
+    /// promise to the other replicas, [`relay`]); `None` without one.
+    grants_until: Option<Instant>,
 }
 
 /// The watchers of one inventory.
@@ -65,6 +74,7 @@ struct State {
 pub struct Changes {
     state: Mutex<State>,
     acked: Notify,
+    relay: OnceLock<Arc<relay::Relay>>,
 }
 
 impl Changes {
@@ -102,10 +112,11 @@ impl Changes {
         let Ok(mut s) = self.state.lock() else {
             return;
         };
+        let now = Instant::now();
+        let may_grant = s.grants_until.is_none_or(|until| now <= until);
         let Some(w) = s.watchers.get_mut(&id) else {
             return;
         };
-        let now = Instant::now();
         if applied > w.applied {
             w.applied = applied.min(w.sent);
         }
@@ -114,7 +125,7 @@ impl Changes {
         } else if w.unacked_since.is_some_and(|t| now - t > LEASE) {
             w.revoked = true;
         }
-        if lease_request != 0 && !w.revoked {
+        if lease_request != 0 && !w.revoked && may_grant {
             w.lease_end = w.lease_end.max(now + LEASE);
             let granted = w.out.send(Ok(pb::IdentityChange {
                 lease_granted: lease_request,
@@ -139,21 +150,38 @@ impl Changes {
         self.acked.notify_waiters();
     }
 
-    /// Sends `changed` to every watcher and returns once each has applied
-    /// it or can no longer be serving from a lease granted before it.
+    /// Sends `changed` to every watcher, this replica's and (through the
+    /// relay) every other's, and returns once each has applied it or can
+    /// no longer be serving from a lease granted before it.
     pub async fn publish(&self, changed: Changed) {
+        match self.relay.get() {
+            Some(relay) => {
+                tokio::join!(relay.send(&changed), self.publish_here(changed.clone()));
+            }
+            None => self.publish_here(changed).await,
+        }
+    }
+
+    /// [`Changes::publish`] to this replica's watchers only.
+    pub async fn publish_here(&self, changed: Changed) {
+        if let Some(sequence) = self.send(changed) {
+            self.wait(sequence).await;
+        }
+    }
+
+    /// Sends `changed` to this replica's watchers; the sequence to wait
+    /// for, if any watcher was sent it.
+    fn send(&self, changed: Changed) -> Option<u64> {
         let (ids, all) = match changed {
-            Changed::Nothing => return,
-            Changed::Identities(ids) if ids.is_empty() => return,
+            Changed::Nothing => return None,
+            Changed::Identities(ids) if ids.is_empty() => return None,
             Changed::Identities(ids) => (ids, false),
             Changed::All => (Vec::new(), true),
         };
-        let sequence = {
-            let Ok(mut s) = self.state.lock() else {
-                return;
-            };
+        {
+            let mut s = self.state.lock().ok()?;
             if s.watchers.is_empty() {
-                return;
+                return None;
             }
             s.sequence += 1;
             let sequence = s.sequence;
@@ -171,8 +199,13 @@ impl Changes {
                 w.sent = sequence;
                 w.unacked_since.get_or_insert(now);
             }
-            sequence
-        };
+            Some(sequence)
+        }
+    }
+
+    /// Returns once every watcher has applied `sequence` or can no longer
+    /// be serving from a lease granted before it.
+    async fn wait(&self, sequence: u64) {
         loop {
             let notified = self.acked.notified();
             tokio::pin!(notified);
@@ -201,6 +234,30 @@ impl Changes {
             };
             let _ = tokio::time::timeout_at(until.into(), notified).await;
         }
+    }
+}
+
+impl Changes {
+    /// From now on, publishing also goes through `relay` to the other
+    /// replicas, and leases are granted only while it allows.
+    fn relay_through(&self, relay: Arc<relay::Relay>) {
+        if let Ok(mut s) = self.state.lock() {
+            s.grants_until = Some(Instant::now());
+        }
+        let _ = self.relay.set(relay);
+    }
+
+    /// Leases may be granted until `until` (the relay renewed its promise).
+    fn grant_until(&self, until: Instant) {
+        if let Ok(mut s) = self.state.lock() {
+            s.grants_until = Some(until);
+        }
+    }
+
+    /// Tells every watcher to start empty, without waiting: the relay
+    /// missed changes, or may have.
+    fn reset(&self) {
+        let _ = self.send(Changed::All);
     }
 }
 

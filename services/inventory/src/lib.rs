@@ -30,6 +30,7 @@ const MIGRATIONS: MigrationSet = steward_db::migrations!("inventory", {
     2: "evidence outbox" => (steward_outbox::SQLITE_SQL, steward_outbox::POSTGRES_SQL),
     3: "inventory" => "0003_inventory.sql",
     4: "registration entries' dns names" => "0004_registration_dns_names.sql",
+    5: "change relays" => "0005_change_relays.sql",
 });
 
 const AUTHORITY: &str = steward_server::service_caller!("authority");
@@ -123,6 +124,14 @@ pub async fn routes(context: ServiceContext) -> Result<Routes, StartError> {
     let outbox =
         steward_outbox::OutboxAdmin::server(context.database.clone(), SPEC.name, forwarder.clone());
     let store = store::Store::new(context.database.clone(), Some(forwarder));
+    if let steward_db::Database::Postgres(pool) = &context.database {
+        // Replicas share writes' invalidations (ADR 0023).
+        context.spawn(changes::relay::Relay::start(
+            pool.clone(),
+            &store.changes,
+            context.shutdown(),
+        ));
+    }
     let (transitions, writer) =
         store::transitions::Transitions::start(store.clone(), context.shutdown());
     context.spawn(writer);
