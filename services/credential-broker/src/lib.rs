@@ -155,6 +155,10 @@ async fn routes(context: ServiceContext, config: BrokerConfig) -> Result<Routes,
             .await
             .map_err(|e| StartError::Init(steward_errors::causes(&e)))?;
     context.spawn(task);
+    if context.database.backend() == steward_db::Backend::Postgres {
+        // Replicas append to one revocation log; watchers here see theirs.
+        context.spawn(writer.follow_other_replicas(store.clone(), context.shutdown()));
+    }
     // Every issuance asks authority: without it the broker is not ready.
     context.needs_peer("authority", &context.peers.authority)?;
     let gauged = store.clone();

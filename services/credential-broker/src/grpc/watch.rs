@@ -3,12 +3,13 @@
 //! every revocation is seen by one path or the other; sequences at or below
 //! the cursor are skipped, so none is seen twice. A watcher that falls
 //! behind the live buffer, or sees a gap, is served from the log, so a
-//! client never misses one.
+//! client never misses one. Revocations other replicas append (on
+//! PostgreSQL) arrive as a higher end of the log, and are read from it.
 
 use std::sync::Arc;
 
 use steward_proto::steward::broker::v1 as pb;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
@@ -28,13 +29,14 @@ pub async fn stream(
     after: Option<i64>,
 ) -> Result<ReceiverStream<Result<pb::Revocation, Status>>, StoreError> {
     let live = writer.subscribe();
+    let log_end = writer.log_end();
     let cursor = match after {
         Some(after) => after,
         None => store.last_sequence().await?,
     };
     let (tx, rx) = mpsc::channel(256);
     tokio::spawn(async move {
-        if let Err(status) = follow(&store, live, cursor, &tx).await {
+        if let Err(status) = follow(&store, live, log_end, cursor, &tx).await {
             let _ = tx.send(Err(status)).await;
         }
     });
@@ -92,6 +94,7 @@ async fn replay(
 async fn follow(
     store: &Store,
     mut live: broadcast::Receiver<Arc<RevocationEntry>>,
+    mut log_end: watch::Receiver<i64>,
     cursor: i64,
     tx: &Sink,
 ) -> Result<(), Status> {
@@ -102,6 +105,17 @@ async fn follow(
         let entry = tokio::select! {
             () = tx.closed() => return Ok(()),
             received = live.recv() => received,
+            // Another replica's revocations: read from the log.
+            Ok(()) = log_end.changed() => {
+                let end = *log_end.borrow_and_update();
+                if end > cursor {
+                    match replay(store, tx, cursor, Some(end)).await? {
+                        Some(c) => cursor = c,
+                        None => return Ok(()),
+                    }
+                }
+                continue;
+            }
         };
         match entry {
             Ok(entry) if entry.sequence <= cursor => {}

@@ -11,16 +11,20 @@
 //! [`steward_db::Database::writer`], which the outbox forwarder's settles
 //! share.
 //!
-//! The writer numbers the revocation log. After a batch commits it
-//! publishes the batch's revocations, in order, to the live watchers.
+//! The writer numbers the revocation log inside the transaction that
+//! appends to it (on PostgreSQL under a lock that replicas share). After a
+//! batch commits it publishes the batch's revocations, in order, to the
+//! live watchers, and raises the log's known end; on PostgreSQL a follower
+//! ([`Writer::follow_other_replicas`]) raises it for other replicas'
+//! revocations too.
 
 use std::sync::Arc;
 
 use steward_batch::{Group, limits};
-use steward_db::{Engine, Placeholders, on_backend};
+use steward_db::{Backend, Engine, Placeholders, on_backend};
 use steward_evidence::EvidenceRecord;
 use steward_outbox::{Forwarder, OutboxTransaction};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::{
     LEASE_COLUMNS, Lease, LeaseState, RevocationEntry, Store, StoreError, bind_lease,
@@ -132,6 +136,9 @@ impl Change {
 pub struct Writer {
     queue: mpsc::Sender<Change>,
     live: broadcast::Sender<Arc<RevocationEntry>>,
+    /// The revocation log's last sequence known to be committed, by this
+    /// writer or (on PostgreSQL) by another replica's.
+    log_end: Arc<watch::Sender<i64>>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -141,19 +148,33 @@ impl std::fmt::Debug for Writer {
 }
 
 impl Writer {
-    /// Starts the writer after the log's last sequence; it stops when
-    /// `shutdown` resolves.
+    /// Starts the writer; it stops when `shutdown` resolves.
     pub async fn start(
         store: Store,
         forwarder: Option<Forwarder>,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(Self, impl std::future::Future<Output = ()> + Send + 'static), StoreError> {
         let store = Store::new(store.database().writer());
-        let last = store.last_sequence().await?;
+        let (log_end, _) = watch::channel(store.last_sequence().await?);
+        let log_end = Arc::new(log_end);
         let (queue, rx) = steward_batch::queue(limits::LEASE_CHANGES);
         let (live, _) = broadcast::channel(LIVE_BUFFER);
-        let task = run(store, last, rx, live.clone(), forwarder, shutdown);
-        Ok((Self { queue, live }, task))
+        let task = run(
+            store,
+            rx,
+            live.clone(),
+            Arc::clone(&log_end),
+            forwarder,
+            shutdown,
+        );
+        Ok((
+            Self {
+                queue,
+                live,
+                log_end,
+            },
+            task,
+        ))
     }
 
     /// Issues `lease`: durable with its evidence when this returns.
@@ -239,13 +260,60 @@ impl Writer {
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<RevocationEntry>> {
         self.live.subscribe()
     }
+
+    /// The log's last committed sequence, as it grows: through this writer
+    /// at once, through other replicas' within [`FOLLOW_LOG`].
+    pub fn log_end(&self) -> watch::Receiver<i64> {
+        self.log_end.subscribe()
+    }
+
+    /// On PostgreSQL, where other replicas append to the same log: reads
+    /// the log's end every [`FOLLOW_LOG`] until `shutdown`, so watchers
+    /// of this replica see their revocations too.
+    pub fn follow_other_replicas(
+        &self,
+        store: Store,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let log_end = Arc::clone(&self.log_end);
+        async move {
+            tokio::pin!(shutdown);
+            let mut tick = tokio::time::interval(FOLLOW_LOG);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = &mut shutdown => return,
+                    _ = tick.tick() => {}
+                }
+                match store.last_sequence().await {
+                    Ok(found) => advance(&log_end, found),
+                    Err(error) => tracing::debug!(%error, "cannot read the revocation log's end"),
+                }
+            }
+        }
+    }
+}
+
+/// How often a replica reads the revocation log's end for what other
+/// replicas appended.
+pub const FOLLOW_LOG: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Raises the known end of the log to `sequence` (never lowers it).
+fn advance(log_end: &watch::Sender<i64>, sequence: i64) {
+    log_end.send_if_modified(|end| {
+        let grew = sequence > *end;
+        if grew {
+            *end = sequence;
+        }
+        grew
+    });
 }
 
 async fn run(
     store: Store,
-    mut last: i64,
     mut rx: Group<Change>,
     live: broadcast::Sender<Arc<RevocationEntry>>,
+    log_end: Arc<watch::Sender<i64>>,
     forwarder: Option<Forwarder>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
@@ -262,30 +330,30 @@ async fn run(
         let (expiries, calls): (Vec<_>, Vec<_>) = batch.into_iter().partition(Change::is_expiry);
         for part in [calls, expiries] {
             if !part.is_empty() {
-                last = commit(&store, last, part, &live, forwarder.as_ref()).await;
+                commit(&store, part, &live, &log_end, forwarder.as_ref()).await;
             }
         }
     }
 }
 
-/// Applies one transaction's changes and answers their callers; returns
-/// the log's last sequence after it.
+/// Applies one transaction's changes and answers their callers.
 async fn commit(
     store: &Store,
-    mut last: i64,
     mut batch: Vec<Change>,
     live: &broadcast::Sender<Arc<RevocationEntry>>,
+    log_end: &watch::Sender<i64>,
     forwarder: Option<&Forwarder>,
-) -> i64 {
-    match store.apply(&mut batch, last).await {
+) {
+    match store.apply(&mut batch).await {
         Ok(revoked) => {
             if let Some(forwarder) = forwarder {
                 forwarder.wake();
             }
             for entry in revoked {
-                last = entry.sequence;
+                let sequence = entry.sequence;
                 // No receivers is fine: nobody is watching.
                 let _ = live.send(Arc::new(entry));
+                advance(log_end, sequence);
             }
             for change in batch {
                 change.answer(None);
@@ -293,35 +361,44 @@ async fn commit(
         }
         Err(error) => {
             tracing::error!(%error, batch = batch.len(), "lease batch failed");
-            // Another writer (a replica on the same PostgreSQL) may
-            // have numbered revocations meanwhile.
-            if let Ok(found) = store.last_sequence().await {
-                last = found;
-            }
             for change in batch {
                 change.answer(Some(&error));
             }
         }
     }
-    last
 }
 
 impl Store {
     /// Applies `changes` in order in one transaction, setting each one's
     /// answer; returns the revocation log's new rows. An error means
     /// nothing was applied.
-    async fn apply(
-        &self,
-        changes: &mut [Change],
-        last: i64,
-    ) -> Result<Vec<RevocationEntry>, StoreError> {
+    async fn apply(&self, changes: &mut [Change]) -> Result<Vec<RevocationEntry>, StoreError> {
         let now_ns = crate::now_ns();
         let mut issued: Vec<&Lease> = Vec::new();
         let mut evidence: Vec<EvidenceRecord> = Vec::new();
         let mut revoked: Vec<RevocationEntry> = Vec::new();
-        let mut sequence = last;
+        let postgres = self.database().backend() == Backend::Postgres;
+        let revoking = changes.iter().any(|c| matches!(c, Change::Revoke { .. }));
         on_backend!(self.database(), pool, Db => {
             let mut tx = pool.begin_with(<Db as Engine>::BEGIN_WRITE).await?;
+            // The log is numbered in the transaction that appends to it,
+            // after the last committed row. Replicas on one PostgreSQL
+            // take turns (a lock held to COMMIT), so numbers commit in
+            // order and never clash; SQLite's write lock does the same.
+            let mut sequence = 0;
+            if revoking {
+                if postgres {
+                    sqlx::query::<Db>("SELECT pg_advisory_xact_lock($1)")
+                        .bind(REVOCATION_LOG_LOCK)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                sequence = sqlx::query_scalar::<Db, i64>(
+                    "SELECT COALESCE(MAX(sequence), 0) FROM revocations",
+                )
+                .fetch_one(&mut *tx)
+                .await?;
+            }
             for change in changes {
                 match change {
                     Change::Issue { lease, evidence: record, answer } => {
@@ -421,6 +498,10 @@ impl Store {
         Ok(revoked)
     }
 }
+
+/// The PostgreSQL advisory lock under which a transaction numbers the
+/// revocation log.
+const REVOCATION_LOG_LOCK: i64 = 0x5354_4557_5245_564b; // "STEWREVK"
 
 /// One revocation change, as the writer applies it to each lease it ends.
 struct Revocation<'a> {
