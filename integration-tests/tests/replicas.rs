@@ -401,3 +401,114 @@ async fn broker_replicas_number_one_revocation_log_and_watchers_see_each_others(
     assert_eq!(revoked, lease_ids);
     second.shutdown().await;
 }
+
+/// Which sessions hold role `name`'s advisory lock in `database`.
+async fn role_holders(pool: &sqlx::PgPool, name: &str) -> Vec<i32> {
+    let key = steward_db::role::role_key(name);
+    let (high, low) = ((key >> 32) & 0xffff_ffff, key & 0xffff_ffff);
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND classid::bigint = $1 AND objid::bigint = $2 AND objsubid = 1 \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .bind(high)
+    .bind(low)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// The broker's reaper is one replica's work at a time; when that replica
+/// stops, another takes the role within seconds and reaps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_singleton_role_is_held_once_and_taken_over_when_its_holder_stops() {
+    use steward_integration_tests::RunningService;
+    use steward_integration_tests::broker::{BROKER_POLICIES, SOAR, task};
+    use steward_proto::steward::broker::v1 as pb;
+    use steward_proto::steward::broker::v1::credential_broker_client::CredentialBrokerClient;
+
+    if TestBackend::from_env() == TestBackend::Sqlite {
+        eprintln!(
+            "{DATABASE_URL_ENV} is not set: replicas need PostgreSQL; not exercised in this run"
+        );
+        return;
+    }
+    let mut stack = TestStack::start().await;
+    stack.activate_policies(BROKER_POLICIES, true).await;
+    let identity = stack.workload_identity("billing-sync", "production").await;
+    let database = steward_db::Database::connect(&stack.configs["credential-broker"].database)
+        .await
+        .unwrap();
+    let steward_db::Database::Postgres(pool) = &database else {
+        unreachable!("the backend is PostgreSQL");
+    };
+    // The stack's broker started alone and holds every role.
+    for role in ["broker.reaper", "broker.rotation", "outbox"] {
+        assert_eq!(role_holders(pool, role).await.len(), 1, "{role}");
+    }
+    let second = RunningService::start(
+        "credential-broker",
+        replica("credential-broker", &stack.configs["credential-broker"], 1).await,
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let before = role_holders(pool, "broker.reaper").await;
+    assert_eq!(before.len(), 1, "two replicas hold the reaper's role");
+
+    stack.stop("credential-broker").await;
+    let stopped = std::time::Instant::now();
+    let after = loop {
+        let holders = role_holders(pool, "broker.reaper").await;
+        if holders.len() == 1 && holders != before {
+            break holders;
+        }
+        assert!(
+            stopped.elapsed() < std::time::Duration::from_secs(10),
+            "no replica took the reaper's role over"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    eprintln!("reaper role taken over in {:?}", stopped.elapsed());
+    assert_ne!(after, before);
+
+    // The new holder reaps.
+    let soar = stack.pki.client(
+        "soar-roles",
+        &steward_integration_tests::spiffe_id(SOAR).to_string(),
+    );
+    let mut broker = CredentialBrokerClient::new(second.channel(&soar).await);
+    let lease = broker
+        .issue_api_token(pb::IssueApiTokenRequest {
+            identity_id: identity.id.clone(),
+            scopes: vec![],
+            ttl_seconds: 1,
+            task: task("INC-roles"),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .lease
+        .unwrap();
+    // Stored as expired (state 3) with its revocation row: the reaper's
+    // work, not the clock's reading.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let reaped: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT l.state, r.state FROM leases l JOIN revocations r ON r.lease_id = l.lease_id \
+             WHERE l.lease_id = $1",
+        )
+        .bind(&lease.lease_id)
+        .fetch_optional(pool)
+        .await
+        .unwrap();
+        if reaped == Some((3, 3)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new holder did not reap: {reaped:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    database.close().await;
+    second.shutdown().await;
+}

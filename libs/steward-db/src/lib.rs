@@ -9,6 +9,7 @@
 //! tables or, worse, shared state.
 
 mod fault;
+pub mod role;
 mod start;
 
 pub use fault::{FULL, Fault, Source, StorageError, fault_of};

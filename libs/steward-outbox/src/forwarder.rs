@@ -52,15 +52,30 @@ pub struct OutboxStats {
     pub oldest_pending_ns: Option<i64>,
 }
 
+/// Opens a new connection to audit.
+type Reconnect = Arc<dyn Fn() -> Option<TracedChannel> + Send + Sync>;
+
 /// Ships the outbox of one service's database to audit.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Forwarder {
     /// The service's [`Database::writer`]: the outbox's rows were just
     /// written there, and settling them is a write.
     database: Database,
     client: AuditServiceClient<TracedChannel>,
+    /// After UNAVAILABLE from a live connection (an audit replica that is
+    /// not the sequencer, behind a balancer), the next try goes over a new
+    /// connection, which the balancer may send elsewhere.
+    reconnect: Option<Reconnect>,
     options: ForwarderOptions,
     wake: Arc<Notify>,
+}
+
+impl std::fmt::Debug for Forwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarder")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Forwarder {
@@ -70,6 +85,7 @@ impl Forwarder {
         Self {
             database: database.writer(),
             client: AuditServiceClient::new(channel),
+            reconnect: None,
             options,
             wake: Arc::new(Notify::new()),
         }
@@ -83,8 +99,15 @@ impl Forwarder {
         options: ForwarderOptions,
     ) -> Result<Self, steward_server::StartError> {
         let channel = context.peer_channel("audit", &context.peers.audit)?;
-        let forwarder = Self::new(context.database.clone(), channel, options);
-        context.spawn(forwarder.clone().run(context.shutdown()));
+        let mut forwarder = Self::new(context.database.clone(), channel, options);
+        let peers = context.clone();
+        forwarder.reconnect = Some(Arc::new(move || {
+            peers.peer_channel("audit", &peers.peers.audit).ok()
+        }));
+        // One replica at a time delivers a database's outbox, in order;
+        // the others' commits reach it within a poll interval.
+        let delivering = forwarder.clone();
+        context.spawn_singleton("outbox", move |stop| delivering.clone().run(stop));
         context.report(crate::HEALTH_NAME, None);
         context.spawn(report_parked(context.clone()));
         let database = context.database.clone();
@@ -139,6 +162,7 @@ impl Forwarder {
             if let Ok(n) = &forwarded {
                 metrics::counter!("steward_outbox_settled_records_total").increment(*n as u64);
             }
+            let failed = forwarded.is_err();
             let pause = match forwarded {
                 Ok(0) => self.options.poll_interval,
                 // A full batch: a backlog is waiting, send the next now.
@@ -169,6 +193,14 @@ impl Forwarder {
                     pause
                 }
             };
+            if failed {
+                // Backing off: new commits do not cut the pause short.
+                tokio::select! {
+                    () = &mut shutdown => return,
+                    () = tokio::time::sleep(pause) => {}
+                }
+                continue;
+            }
             tokio::select! {
                 () = &mut shutdown => return,
                 () = self.wake.notified() => {}
@@ -216,6 +248,11 @@ impl Forwarder {
         let results = match response {
             Ok(response) => response.into_inner().results,
             Err(status) => {
+                if status.code() == tonic::Code::Unavailable
+                    && let Some(channel) = self.reconnect.as_ref().and_then(|r| r())
+                {
+                    self.client = AuditServiceClient::new(channel);
+                }
                 self.count_attempt(&seqs).await?;
                 return Err(ForwardError::Audit(
                     status.code(),

@@ -159,6 +159,11 @@ impl ServiceContext {
         }
     }
 
+    /// Whether the service is shutting down.
+    pub(crate) fn is_stopping(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
     /// A lazily connecting mTLS channel to peer service `name` (`audit`,
     /// `inventory`, …) at `addr`, which must present
     /// `spiffe://<own trust domain>/service/<name>`.

@@ -26,6 +26,7 @@ mod ops;
 mod readiness;
 pub mod roles;
 pub mod shutdown;
+pub mod singleton;
 pub mod whoami;
 
 pub use app::{Application, ServiceContext, ServiceSpec, StartError};

@@ -226,7 +226,11 @@ async fn routes(context: ServiceContext, config: AuthorityConfig) -> Result<Rout
         facts: Arc::default(),
         closures: Arc::new(closures::Closures::new(store.clone(), broker)),
     });
-    context.spawn(Arc::clone(&shared.closures).run(context.shutdown()));
+    // Work done once for the database, by one replica at a time.
+    let closures = Arc::clone(&shared.closures);
+    context.spawn_singleton("authority.closures", move |stop| {
+        Arc::clone(&closures).run(stop)
+    });
     shared
         .refresh_grant_holders()
         .await
@@ -241,7 +245,8 @@ async fn routes(context: ServiceContext, config: AuthorityConfig) -> Result<Rout
     );
     context.spawn(writer);
     context.spawn(follow_activations(shared.clone(), context.shutdown()));
-    context.spawn(sweep(shared.clone(), context.shutdown()));
+    let swept = shared.clone();
+    context.spawn_singleton("authority.sweep", move |stop| sweep(swept.clone(), stop));
     // Every decision reads inventory's facts (the cache aside).
     context.needs_peer("inventory", &context.peers.inventory)?;
     let gauged = shared.clone();
@@ -262,7 +267,10 @@ async fn routes(context: ServiceContext, config: AuthorityConfig) -> Result<Rout
     let inventory = context.peer_channel("inventory", &context.peers.inventory)?;
     context.spawn(Arc::clone(&shared.facts).follow(inventory.clone(), context.shutdown()));
     let server = server::AuthorityServer::new(shared, inventory, batcher);
-    context.spawn(server.clone().respond(context.shutdown()));
+    let responder = server.clone();
+    context.spawn_singleton("authority.responder", move |stop| {
+        responder.clone().respond(stop)
+    });
     Ok(Routes::new(AuthorityServiceServer::new(server)).add_service(outbox))
 }
 

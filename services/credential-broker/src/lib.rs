@@ -166,12 +166,11 @@ async fn routes(context: ServiceContext, config: BrokerConfig) -> Result<Routes,
         let store = gauged.clone();
         async move { reaper::record_gauges(&store).await }
     });
-    context.spawn(reaper::run(
-        store.clone(),
-        writer.clone(),
-        own,
-        context.shutdown(),
-    ));
+    // Work done once for the database, by one replica at a time.
+    let (reaped, reaper_writer) = (store.clone(), writer.clone());
+    context.spawn_singleton("broker.reaper", move |stop| {
+        reaper::run(reaped.clone(), reaper_writer.clone(), own.clone(), stop)
+    });
     // Every issuance asks authority, in batches over several connections,
     // so that one HTTP/2 connection's task does not carry every decision.
     let (authority, task) = authorizer::Authorizer::start(
@@ -203,9 +202,15 @@ async fn routes(context: ServiceContext, config: BrokerConfig) -> Result<Routes,
         kek,
     });
     if let Some(backend) = backend {
-        context.spawn(backends::follow(store.clone(), backend, context.shutdown()));
+        let followed = store.clone();
+        context.spawn_singleton("broker.backend", move |stop| {
+            backends::follow(followed.clone(), backend.clone(), stop)
+        });
     }
-    context.spawn(issuance::rotation::run(issuer.clone(), context.shutdown()));
+    let rotating = issuer.clone();
+    context.spawn_singleton("broker.rotation", move |stop| {
+        issuance::rotation::run(rotating.clone(), stop)
+    });
     let federation = federation::start(&context, &issuer, &config.federation).await?;
     if let Some(socket) = config.workload_api_socket.clone() {
         let api = workload::WorkloadApi::new(issuer.clone(), inventory, federation);

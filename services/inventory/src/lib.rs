@@ -140,11 +140,11 @@ pub async fn routes(context: ServiceContext) -> Result<Routes, StartError> {
         let store = gauged.clone();
         async move { record_gauges(&store).await }
     });
-    context.spawn(sweep_reviews(
-        store.clone(),
-        context.spiffe_id.to_string(),
-        context.shutdown(),
-    ));
+    // Done once for the database, by one replica at a time.
+    let (swept, own) = (store.clone(), context.spiffe_id.to_string());
+    context.spawn_singleton("inventory.review-sweep", move |stop| {
+        sweep_reviews(swept.clone(), own.clone(), stop)
+    });
     // Lifecycle changes are authority's to decide; with no authority
     // configured, they fail closed (except authority's own).
     let authority = if context.peers.authority.is_empty() {
