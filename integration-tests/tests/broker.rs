@@ -76,7 +76,7 @@ fn verify_chain(chain: &[Vec<u8>], roots: &[Vec<u8>]) {
     }
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(store),
-        Arc::new(rustls::crypto::ring::default_provider()),
+        steward_identity::tls::crypto_provider(),
     )
     .build()
     .unwrap();
@@ -1480,4 +1480,50 @@ async fn concurrent_issuances_each_get_their_own_decision() {
     let mut soar = soar;
     assert_eq!(leases(&mut soar, &production.id).await.len(), 24);
     assert!(leases(&mut soar, &staging.id).await.is_empty());
+}
+
+#[tokio::test]
+async fn stopping_ends_open_streams_with_unavailable_instead_of_waiting_out_the_grace() {
+    let mut stack = TestStack::start().await;
+    // A grace far longer than the stop may take: an open stream that held
+    // the server would make it last the full 60 s.
+    stack
+        .configs
+        .get_mut("credential-broker")
+        .unwrap()
+        .shutdown_grace_secs = 60;
+    stack.restart("credential-broker").await;
+    let mut watcher = stack.broker_caller("/workload/ledger").await;
+    let mut live = watcher
+        .watch_revocations(pb::WatchRevocationsRequest {
+            after_sequence: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Nothing to read yet: the stream is open and waiting.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), live.next())
+            .await
+            .is_err()
+    );
+
+    let started = std::time::Instant::now();
+    let stopping = tokio::spawn(async move {
+        stack.stop("credential-broker").await;
+        started.elapsed()
+    });
+    let ended = tokio::time::timeout(Duration::from_secs(20), live.next())
+        .await
+        .expect("the stream ends while the service stops");
+    let Some(Err(status)) = ended else {
+        panic!("the stream should end with a status: {ended:?}");
+    };
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("reconnect"), "{status:?}");
+    let took = stopping.await.unwrap();
+    assert!(
+        took < Duration::from_secs(30),
+        "the stop waited for the stream: {took:?}"
+    );
 }

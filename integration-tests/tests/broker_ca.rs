@@ -18,7 +18,7 @@ fn verifies(chain: &[Vec<u8>], roots: &[Vec<u8>]) -> bool {
     }
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(store),
-        Arc::new(rustls::crypto::ring::default_provider()),
+        steward_identity::tls::crypto_provider(),
     )
     .build()
     .unwrap();

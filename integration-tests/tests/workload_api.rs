@@ -125,7 +125,7 @@ async fn spiffe_clients_get_svids_bundles_and_jwts_for_their_kernel_identity() {
         }
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
             std::sync::Arc::new(store),
-            std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+            steward_identity::tls::crypto_provider(),
         )
         .build()
         .unwrap();
@@ -508,7 +508,7 @@ async fn an_entrys_dns_names_let_host_name_checks_verify_its_svids() {
     }
     let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
         std::sync::Arc::new(roots),
-        std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+        steward_identity::tls::crypto_provider(),
     )
     .build()
     .unwrap();

@@ -75,12 +75,21 @@ impl Database {
                 Starting { held: None }
             }
             Self::Postgres(pool) => {
-                let mut starting = Starting {
-                    held: Some(pool.acquire().await?),
+                let mut session = pool.acquire().await?;
+                let claimed = async {
+                    lock(&mut session).await?;
+                    claim::<Postgres>(&mut *session, set.service).await
+                }
+                .await;
+                if let Err(error) = claimed {
+                    // The lock may be held: the session's end releases it.
+                    drop(session.detach());
+                    return Err(error);
+                }
+                // Dropped with an error below, the session detaches too.
+                let starting = Starting {
+                    held: Some(session),
                 };
-                let session = starting.held.as_mut().expect("just acquired");
-                lock(session).await?;
-                claim::<Postgres>(&mut **session, set.service).await?;
                 // On a connection of its own: the lock is this process's,
                 // whichever session holds it.
                 migrator(BASELINE, set.postgres, Backend::Postgres)?

@@ -37,6 +37,12 @@ pub enum TlsError {
 }
 
 /// The process-wide crypto provider: ring, and nothing else.
+///
+/// rustls 0.23.48 deprecates ring's provider because ring has no
+/// post-quantum key exchange; that needs aws-lc-rs, which would put a
+/// second provider (and a C toolchain's build) in the graph. The one
+/// provider stays ring until the key-exchange move is made deliberately.
+#[allow(deprecated)]
 pub fn crypto_provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }

@@ -394,6 +394,13 @@ impl Application {
 
         let (incoming, accept_loop) = steward_identity::listener::incoming(listener, source);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let end_streams = crate::streams::EndStreamsLayer::new(
+            crate::streams::streaming_paths(&[
+                steward_proto::FILE_DESCRIPTOR_SET,
+                tonic_health::pb::FILE_DESCRIPTOR_SET,
+            ]),
+            stop_rx.clone(),
+        );
         let shutdown_health = health.clone();
         let signalled = async move {
             shutdown.await;
@@ -404,6 +411,7 @@ impl Application {
         };
         let server = tonic::transport::Server::builder()
             .layer(steward_telemetry::ServerLayer::new(caller_of))
+            .layer(end_streams)
             .timeout(Duration::from_secs(config.request_timeout_secs.max(1)))
             .layer(AuthorizeCallerLayer::new(allowlist))
             .layer(BoundsLayer::new(bounds))

@@ -27,6 +27,7 @@ mod readiness;
 pub mod roles;
 pub mod shutdown;
 pub mod singleton;
+pub mod streams;
 pub mod whoami;
 
 pub use app::{Application, ServiceContext, ServiceSpec, StartError};

@@ -381,24 +381,11 @@ impl Store {
         let revoking = changes.iter().any(|c| matches!(c, Change::Revoke { .. }));
         on_backend!(self.database(), pool, Db => {
             let mut tx = pool.begin_with(<Db as Engine>::BEGIN_WRITE).await?;
-            // The log is numbered in the transaction that appends to it,
-            // after the last committed row. Replicas on one PostgreSQL
-            // take turns (a lock held to COMMIT), so numbers commit in
-            // order and never clash; SQLite's write lock does the same.
-            let mut sequence = 0;
-            if revoking {
-                if postgres {
-                    sqlx::query::<Db>("SELECT pg_advisory_xact_lock($1)")
-                        .bind(REVOCATION_LOG_LOCK)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                sequence = sqlx::query_scalar::<Db, i64>(
-                    "SELECT COALESCE(MAX(sequence), 0) FROM revocations",
-                )
-                .fetch_one(&mut *tx)
-                .await?;
-            }
+            let mut sequence = if revoking {
+                numbering_log::<Db>(&mut tx, postgres).await?
+            } else {
+                0
+            };
             for change in changes {
                 match change {
                     Change::Issue { lease, evidence: record, answer } => {
@@ -542,6 +529,34 @@ impl Revocation<'_> {
 }
 
 /// Appends `entries` to the revocation log, in multi-row INSERTs.
+/// The revocation log's last committed sequence, read by a transaction
+/// that will append to it. The log is numbered in that transaction, after
+/// the last committed row: replicas on one PostgreSQL take turns (a lock
+/// held to COMMIT), so numbers commit in order and never clash; SQLite's
+/// write lock does the same.
+async fn numbering_log<DB>(
+    tx: &mut sqlx::Transaction<'_, DB>,
+    postgres: bool,
+) -> Result<i64, StoreError>
+where
+    DB: Engine,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Decode<'q, DB> + sqlx::Type<DB>,
+    (i64,): for<'r> sqlx::FromRow<'r, DB::Row>,
+{
+    if postgres {
+        sqlx::query::<DB>("SELECT pg_advisory_xact_lock($1)")
+            .bind(REVOCATION_LOG_LOCK)
+            .execute(&mut **tx)
+            .await?;
+    }
+    let last = sqlx::query_scalar::<DB, i64>("SELECT COALESCE(MAX(sequence), 0) FROM revocations")
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(last)
+}
+
 async fn insert_revocations<DB>(
     tx: &mut sqlx::Transaction<'_, DB>,
     entries: &[RevocationEntry],
