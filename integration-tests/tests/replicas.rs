@@ -512,3 +512,108 @@ async fn a_singleton_role_is_held_once_and_taken_over_when_its_holder_stops() {
     database.close().await;
     second.shutdown().await;
 }
+
+/// A forwarder given every audit replica's address reaches whichever is
+/// the sequencer: after the one it wrote to dies, its evidence goes to the
+/// replica that took the role over, and none is lost or doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evidence_reaches_the_new_sequencer_through_the_list_of_audit_replicas() {
+    use steward_integration_tests::RunningService;
+    use steward_integration_tests::inventory::{create, spec};
+    use steward_proto::steward::audit::v1 as audit;
+    use steward_proto::steward::inventory::v1::inventory_service_client::InventoryServiceClient;
+
+    if TestBackend::from_env() == TestBackend::Sqlite {
+        eprintln!(
+            "{DATABASE_URL_ENV} is not set: replicas need PostgreSQL; not exercised in this run"
+        );
+        return;
+    }
+    let mut stack = TestStack::audit_only().await;
+    let sibling =
+        RunningService::start("audit", replica("audit", &stack.configs["audit"], 1).await);
+    let mut config = TestStack::config_for(&stack.pki, &stack.backend, "inventory").await;
+    // The sequencer first, so the first connections are likely to work.
+    config.peers.audit = format!("{},{}", stack.service("audit").address(), sibling.address());
+    config.peers.authority = String::new();
+    let outbox = steward_db::Database::connect(&config.database)
+        .await
+        .unwrap();
+    let steward_db::Database::Postgres(outbox) = &outbox else {
+        unreachable!("the backend is PostgreSQL");
+    };
+    let inventory = RunningService::start(
+        "inventory",
+        build_service("inventory", config).await.unwrap(),
+    );
+    let mut client = InventoryServiceClient::new(inventory.channel(&stack.operator).await);
+    let mut created = Vec::new();
+    for n in 0..5 {
+        created.push(create(&mut client, spec(&format!("before-{n}"))).await.id);
+    }
+    stack.stop("audit").await;
+    for n in 0..5 {
+        created.push(create(&mut client, spec(&format!("after-{n}"))).await.id);
+    }
+
+    // Every record is delivered (a delivered record leaves the outbox)...
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM evidence_outbox")
+            .fetch_one(outbox)
+            .await
+            .unwrap();
+        if pending == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{pending} records still pending: the forwarder did not find the new sequencer"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // ...to the one log the surviving replica now writes, once each.
+    let mut reader = audit::audit_service_client::AuditServiceClient::new(
+        sibling.channel(&stack.operator).await,
+    );
+    let size = reader
+        .get_checkpoint(audit::GetCheckpointRequest { fresh: true })
+        .await
+        .unwrap()
+        .into_inner()
+        .tree_size;
+    let mut stream = reader
+        .subscribe(audit::SubscribeRequest {
+            from_index: 0,
+            filter: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut entries = Vec::new();
+    while (entries.len() as u64) < size {
+        let message = stream.message().await.unwrap().unwrap();
+        entries.extend(message.entries);
+    }
+    let indices: Vec<u64> = entries.iter().map(|e| e.index).collect();
+    assert_eq!(indices, (0..size).collect::<Vec<_>>());
+    let mut record_ids: Vec<&str> = entries
+        .iter()
+        .map(|e| e.record.as_ref().unwrap().record_id.as_str())
+        .collect();
+    record_ids.sort_unstable();
+    record_ids.dedup();
+    assert_eq!(record_ids.len() as u64, size, "a record was appended twice");
+    for id in &created {
+        let creations = entries
+            .iter()
+            .filter_map(|e| e.record.as_ref())
+            .filter(|r| {
+                r.action == "identity.create" && r.target.as_ref().is_some_and(|t| &t.nhi_id == id)
+            })
+            .count();
+        assert_eq!(creations, 1, "identity {id}");
+    }
+    inventory.shutdown().await;
+    sibling.shutdown().await;
+}

@@ -48,13 +48,37 @@ pub struct ServiceConfig {
 
 /// The addresses of the other Steward services. Each is reached over mTLS
 /// and must present `spiffe://<own trust domain>/service/<name>`.
+///
+/// An address is `host:port`; a service run as replicas is a list of them
+/// (`["a:50054", "b:50054"]`, or `"a:50054,b:50054"` in one string, as an
+/// environment variable gives it), or a DNS name that resolves to each.
+/// Connections spread over the replicas and move to a live one when theirs
+/// is lost (`steward_identity::connector::connect`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Peers {
+    #[serde(deserialize_with = "addresses")]
     pub inventory: String,
+    #[serde(deserialize_with = "addresses")]
     pub authority: String,
+    #[serde(deserialize_with = "addresses")]
     pub credential_broker: String,
+    #[serde(deserialize_with = "addresses")]
     pub audit: String,
+}
+
+/// One address, or a list of them, as one comma-separated string.
+fn addresses<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(address) => address,
+        OneOrMany::Many(addresses) => addresses.join(","),
+    })
 }
 
 impl Default for Peers {
@@ -157,4 +181,41 @@ where
     figment
         .extract()
         .map_err(|e| ConfigError::Invalid(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_is_one_address_a_list_or_a_comma_separated_string() {
+        let dir = std::env::temp_dir().join(format!("steward-peers-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("peers.toml");
+        std::fs::write(
+            &file,
+            "[peers]\naudit = [\"a.example:50054\", \"b.example:50054\"]\n\
+             inventory = \"x:1,y:2\"\nauthority = \"authority.steward:50052\"\n",
+        )
+        .unwrap();
+        let peers = load(Peers::default(), None).unwrap();
+        assert_eq!(peers, Peers::default());
+        #[derive(Serialize, Deserialize)]
+        struct Holder {
+            peers: Peers,
+        }
+        let loaded = load(
+            Holder {
+                peers: Peers::default(),
+            },
+            Some(&file),
+        )
+        .unwrap()
+        .peers;
+        assert_eq!(loaded.audit, "a.example:50054,b.example:50054");
+        assert_eq!(loaded.inventory, "x:1,y:2");
+        assert_eq!(loaded.authority, "authority.steward:50052");
+        assert_eq!(loaded.credential_broker, "127.0.0.1:50053");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
