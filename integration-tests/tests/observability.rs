@@ -454,7 +454,17 @@ fn every_service_serves_prometheus_metrics_that_move_with_traffic() {
     moved(3, "steward_audit_tree_size", &[]);
     moved(3, "steward_audit_append_seconds", &[]);
     assert_eq!(present(3, "steward_audit_sequencer", &[]), 1.0);
+    // One process per service: it holds every once-only role.
+    assert_eq!(
+        present(2, "steward_role_held", &[("role", "broker.reaper")]),
+        1.0
+    );
+    assert_eq!(
+        present(1, "steward_role_held", &[("role", "authority.responder")]),
+        1.0
+    );
     for i in 0..3 {
+        assert_eq!(present(i, "steward_role_held", &[("role", "outbox")]), 1.0);
         present(i, "steward_outbox_pending_records", &[]);
         present(i, "steward_outbox_parked_records", &[]);
         present(i, "steward_outbox_oldest_pending_age_seconds", &[]);

@@ -264,6 +264,60 @@ fn every_example_config_loads_as_its_services_config() {
     assert_eq!(seen, 4, "an example config per service");
 }
 
+/// The TOML files a ConfigMap manifest carries, by key (`inventory.toml`):
+/// each `  <key>: |` block, unindented.
+fn config_map_files(yaml: &str) -> BTreeMap<String, String> {
+    let mut files = BTreeMap::new();
+    let mut current: Option<(String, String)> = None;
+    for line in yaml.lines() {
+        if let Some(key) = line
+            .strip_prefix("  ")
+            .and_then(|rest| rest.strip_suffix(": |"))
+            .filter(|key| !key.starts_with(' '))
+        {
+            files.extend(current.take());
+            current = Some((key.to_owned(), String::new()));
+        } else if let Some((_, text)) = current.as_mut() {
+            if line.is_empty() || line.starts_with("    ") {
+                text.push_str(line.strip_prefix("    ").unwrap_or(""));
+                text.push('\n');
+            } else {
+                files.extend(current.take());
+            }
+        }
+    }
+    files.extend(current);
+    files
+}
+
+#[test]
+fn the_kubernetes_config_map_holds_each_services_config() {
+    let yaml =
+        std::fs::read_to_string(workspace_root().join("deploy/kubernetes/config.yaml")).unwrap();
+    let files = config_map_files(&yaml);
+    let names: Vec<&str> = files.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "audit.toml",
+            "authority.toml",
+            "credential-broker.toml",
+            "inventory.toml"
+        ]
+    );
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in &files {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).unwrap();
+        match name.as_str() {
+            "inventory.toml" => loads(&file, steward_inventory::default_config()),
+            "authority.toml" => loads(&file, steward_authority::default_config()),
+            "credential-broker.toml" => loads(&file, steward_credential_broker::default_config()),
+            _ => loads(&file, steward_audit::default_config()),
+        }
+    }
+}
+
 #[test]
 fn an_unknown_key_is_found_at_any_depth() {
     let defaults = serde_json::json!({"tls": {"cert": "a"}, "backend": null});
