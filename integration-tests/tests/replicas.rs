@@ -617,3 +617,128 @@ async fn evidence_reaches_the_new_sequencer_through_the_list_of_audit_replicas()
     inventory.shutdown().await;
     sibling.shutdown().await;
 }
+
+/// Two authority replicas, one responder: every critical signal gets its
+/// containment and one approval request for revocation, never two (10 of
+/// 30 signals opened two when each replica ran its own responder).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_authority_replicas_answer_each_signal_once() {
+    use steward_integration_tests::RunningService;
+    use steward_integration_tests::inventory::{create, spec};
+    use steward_proto::steward::authority::v1 as authz;
+    use steward_proto::steward::authority::v1::authority_service_client::AuthorityServiceClient;
+    use steward_proto::steward::inventory::v1 as inv;
+
+    const SIGNALS: usize = 30;
+    if TestBackend::from_env() == TestBackend::Sqlite {
+        eprintln!(
+            "{DATABASE_URL_ENV} is not set: replicas need PostgreSQL; not exercised in this run"
+        );
+        return;
+    }
+    let stack = TestStack::start().await;
+    let second = RunningService::start(
+        "authority",
+        replica("authority", &stack.configs["authority"], 1).await,
+    );
+    let mut ops =
+        AuthorityServiceClient::new(stack.service("authority").channel(&stack.operator).await);
+    ops.upload_response_rules(authz::UploadResponseRulesRequest {
+        document: r#"{"rules": [
+          {"id": "contain", "signal_kind": "secret_exposed", "min_severity": "high",
+           "actions": ["watchlist", "restrict", "open_ticket"], "reason": "contained at once"},
+          {"id": "revoke", "signal_kind": "secret_exposed", "min_severity": "critical",
+           "actions": ["revoke"], "approver": "technical_owner"}
+        ]}"#
+        .into(),
+        description: "leaks".into(),
+    })
+    .await
+    .unwrap();
+    ops.activate_response_rules(authz::ActivateResponseRulesRequest {
+        version: 1,
+        reason: "go live".into(),
+    })
+    .await
+    .unwrap();
+    let mut inventory = stack.inventory().await;
+    let scanner = stack.inventory_caller("/automation/secret-scanner").await;
+    let mut identities = Vec::new();
+    for n in 0..SIGNALS {
+        identities.push(create(&mut inventory, spec(&format!("leaky-{n}"))).await.id);
+    }
+    // The signals arrive at once, as a scanner's sweep sends them: both
+    // replicas' passes would find them all.
+    let sent = identities.iter().enumerate().map(|(n, nhi)| {
+        let mut scanner = scanner.clone();
+        let nhi = nhi.clone();
+        async move {
+            let signal = scanner
+                .add_signal(inv::AddSignalRequest {
+                    identity_id: nhi.clone(),
+                    kind: inv::SignalKind::SecretExposed as i32,
+                    severity: inv::Severity::Critical as i32,
+                    source: "secret-scanner".into(),
+                    summary: format!("leak {n}"),
+                    evidence_ref: "https://scanner.example.test/findings/1".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .signal
+                .unwrap()
+                .id;
+            (nhi, signal)
+        }
+    });
+    let sent: Vec<_> = sent.map(tokio::spawn).collect();
+    let mut signals = Vec::new();
+    for handle in sent {
+        signals.push(handle.await.unwrap());
+    }
+
+    let mut through_second = AuthorityServiceClient::new(second.channel(&stack.operator).await);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for (nhi, signal) in &signals {
+        let actions = loop {
+            let actions = through_second
+                .list_response_actions(authz::ListResponseActionsRequest {
+                    signal_id: signal.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .actions;
+            if actions.len() >= 4 || std::time::Instant::now() > deadline {
+                break actions;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        assert_eq!(actions.len(), 4, "signal {signal}: {actions:?}");
+        let requests = ops
+            .list_approval_requests(authz::ListApprovalRequestsRequest {
+                resource_id: nhi.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .approval_requests;
+        assert_eq!(requests.len(), 1, "identity {nhi}: {requests:?}");
+    }
+    // Nothing more arrives later either.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let all = ops
+        .list_approval_requests(authz::ListApprovalRequestsRequest {
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .approval_requests;
+    assert_eq!(all.len(), SIGNALS);
+    second.shutdown().await;
+}
