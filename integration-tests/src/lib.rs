@@ -5,6 +5,7 @@
 
 pub mod broker;
 mod cli;
+pub mod cluster;
 pub mod dev;
 pub mod echo;
 pub mod evidence;

@@ -742,3 +742,94 @@ async fn two_authority_replicas_answer_each_signal_once() {
     assert_eq!(all.len(), SIGNALS);
     second.shutdown().await;
 }
+
+/// A policy set activated through one authority replica is the one every
+/// replica decides with once the activation returns (ADR 0026): 20
+/// activations alternating between a set that permits issuance and one
+/// that does not, each followed at once by a decision on the other
+/// replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_activation_through_one_authority_replica_is_in_force_on_every_other_when_it_returns() {
+    use steward_integration_tests::RunningService;
+    use steward_integration_tests::inventory::{create, spec};
+    use steward_proto::steward::authority::v1 as authz;
+    use steward_proto::steward::authority::v1::authority_service_client::AuthorityServiceClient;
+
+    if TestBackend::from_env() == TestBackend::Sqlite {
+        eprintln!(
+            "{DATABASE_URL_ENV} is not set: replicas need PostgreSQL; not exercised in this run"
+        );
+        return;
+    }
+    let stack = TestStack::start().await;
+    let second = RunningService::start(
+        "authority",
+        replica("authority", &stack.configs["authority"], 1).await,
+    );
+    let mut admin =
+        AuthorityServiceClient::new(stack.service("authority").channel(&stack.operator).await);
+    let mut upload = async |policies: String| {
+        admin
+            .upload_policy_set(authz::UploadPolicySetRequest {
+                policies,
+                description: "replica test".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .policy_set
+            .unwrap()
+            .version
+    };
+    let defaults = steward_authority::engine::DEFAULT_POLICIES;
+    let permits = upload(format!("{defaults}\n{BROKER_ISSUES}")).await;
+    let forbids = upload(defaults.to_owned()).await;
+    let nhi = create(&mut stack.inventory().await, spec("policy-replicas"))
+        .await
+        .id;
+    let broker = stack.pki.client(
+        "replica-broker",
+        "spiffe://steward.test/service/credential-broker",
+    );
+    let mut on_second = AuthorityServiceClient::new(second.channel(&broker).await);
+    let issue = authz::AuthorizeRequest {
+        principal: Some(authz::Principal {
+            kind: Some(authz::principal::Kind::Workload(
+                "spiffe://steward.test/service/credential-broker".into(),
+            )),
+        }),
+        action: "issue".into(),
+        resource_id: nhi,
+        context: Some(authz::RequestContext::default()),
+        ..Default::default()
+    };
+    let mut stale = 0;
+    for round in 0..20 {
+        let (version, allowed) = if round % 2 == 0 {
+            (permits, true)
+        } else {
+            (forbids, false)
+        };
+        admin
+            .activate_policy_set(authz::ActivatePolicySetRequest {
+                version,
+                reason: format!("round {round}"),
+            })
+            .await
+            .unwrap();
+        let decision = on_second
+            .authorize(issue.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .decision
+            .unwrap();
+        let effect_allows = decision.effect == authz::Effect::Allow as i32;
+        if effect_allows != allowed {
+            stale += 1;
+        }
+        assert_eq!(decision.policy_set_version, version, "round {round}");
+    }
+    assert_eq!(stale, 0, "decisions made with a replaced policy set");
+    second.shutdown().await;
+}

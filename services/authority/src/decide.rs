@@ -163,7 +163,7 @@ impl Decider {
 
     /// The active policies' answer outside any grant, with their version.
     pub fn decide_now(&self, request: &DecisionRequest) -> Result<(Decision, u64), Error> {
-        let active = self.shared.active();
+        let active = self.shared.deciding()?;
         let decision = decide_with(&active.set, &self.shared, request)?;
         Ok((decision, active.version))
     }
@@ -176,7 +176,7 @@ impl Decider {
     pub async fn authorize(&self, ask: Ask, actor: &Actor) -> Result<Decided, Error> {
         let with_outcome_asked = ask.with_outcome;
         let (mut request, extras) = self.prepare(ask, actor, Asking::ForReal).await?;
-        let active = self.shared.active();
+        let active = self.shared.deciding()?;
         let now = request.context.now;
         for grant in &self.usable_grants(&request).await? {
             let mut with = request.clone();

@@ -21,6 +21,7 @@
 pub mod approvals;
 pub mod closures;
 pub mod config;
+pub mod currency;
 pub mod decide;
 pub mod engine;
 pub mod error;
@@ -54,6 +55,7 @@ const MIGRATIONS: MigrationSet = steward_db::migrations!(SERVICE, {
     5: "response rules" => "0005_response_rules.sql",
     6: "closed incidents" => "0006_closed_incidents.sql",
     7: "closure correlation ids" => "0007_closure_correlation.sql",
+    8: "policy followers" => "0008_policy_followers.sql",
 });
 
 macro_rules! rpc {
@@ -158,9 +160,6 @@ pub const SPEC: ServiceSpec = ServiceSpec {
     ],
 };
 
-/// How often a replica checks whether another activated a new version.
-const REFRESH: Duration = Duration::from_secs(2);
-
 /// This service's configuration with its defaults.
 pub fn default_config() -> AuthorityConfig {
     AuthorityConfig::new(ServiceConfig::defaults(SPEC.name, SPEC.default_port))
@@ -225,7 +224,14 @@ async fn routes(context: ServiceContext, config: AuthorityConfig) -> Result<Rout
         grant_holders: RwLock::new(Default::default()),
         facts: Arc::default(),
         closures: Arc::new(closures::Closures::new(store.clone(), broker)),
+        currency: match &context.database {
+            steward_db::Database::Postgres(pool) => {
+                currency::Currency::among_replicas(pool.clone())
+            }
+            steward_db::Database::Sqlite(_) => currency::Currency::alone(),
+        },
     });
+    follow_once(&shared).await;
     // Work done once for the database, by one replica at a time.
     let closures = Arc::clone(&shared.closures);
     context.spawn_singleton("authority.closures", move |stop| {
@@ -244,7 +250,7 @@ async fn routes(context: ServiceContext, config: AuthorityConfig) -> Result<Rout
         context.shutdown(),
     );
     context.spawn(writer);
-    context.spawn(follow_activations(shared.clone(), context.shutdown()));
+    context.spawn(follow(shared.clone(), context.shutdown()));
     let swept = shared.clone();
     context.spawn_singleton("authority.sweep", move |stop| sweep(swept.clone(), stop));
     // Every decision reads inventory's facts (the cache aside).
@@ -331,36 +337,61 @@ async fn bootstrap(
     Ok(version)
 }
 
-/// Picks up versions activated (and grants issued) by other replicas.
-async fn follow_activations(shared: Arc<Shared>, shutdown: impl std::future::Future<Output = ()>) {
+/// How often grant holders are read again (grants issued elsewhere), in
+/// follow periods.
+const GRANT_HOLDERS_EVERY: u32 = 8;
+
+/// Follows the last policy activation and renews this replica's promise
+/// (ADR 0026) until `shutdown`, then withdraws it; re-reads grant holders
+/// every two seconds.
+async fn follow(shared: Arc<Shared>, shutdown: impl std::future::Future<Output = ()>) {
     tokio::pin!(shutdown);
+    let mut ticks = 0u32;
     loop {
         tokio::select! {
-            () = &mut shutdown => return,
-            () = tokio::time::sleep(REFRESH) => {}
+            () = &mut shutdown => break,
+            () = tokio::time::sleep(currency::FOLLOW) => {}
         }
-        if let Err(e) = shared.refresh_grant_holders().await {
+        ticks = ticks.wrapping_add(1);
+        if ticks.is_multiple_of(GRANT_HOLDERS_EVERY)
+            && let Err(e) = shared.refresh_grant_holders().await
+        {
             tracing::warn!(error = %e, "cannot re-read grant holders; keeping the last set");
         }
-        let Ok(Some(version)) = shared.store.active(SetKind::Policies).await else {
-            continue;
-        };
-        if version == shared.active().version {
-            continue;
+        follow_once(&shared).await;
+    }
+    shared.currency.withdraw().await;
+}
+
+/// Reads the last activation, switches to its version if another replica
+/// activated it, and renews this replica's promise.
+async fn follow_once(shared: &Shared) {
+    let (seq, version) = match shared.store.last_activation(SetKind::Policies).await {
+        Ok(Some(last)) => last,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the last policy activation");
+            return;
         }
+    };
+    if version != shared.active().version {
         match shared.compiled(version).await {
             Ok((_, set)) => {
                 tracing::info!(version, "another replica activated a policy set; following");
                 shared.set_active(Active { version, set });
             }
-            Err(e) => tracing::error!(
-                version,
-                error = %e,
-                detail = ?std::error::Error::source(&e).map(ToString::to_string),
-                "cannot load the active policy set"
-            ),
+            Err(e) => {
+                tracing::error!(
+                    version,
+                    error = %e,
+                    detail = ?std::error::Error::source(&e).map(ToString::to_string),
+                    "cannot load the active policy set; deciding no more until it loads"
+                );
+                return;
+            }
         }
     }
+    shared.currency.renew(seq).await;
 }
 
 /// How often expired approvals and grants are closed and overdue

@@ -9,6 +9,7 @@ use steward_identity::SpiffeId;
 use crate::approvals::Actor;
 use crate::closures::Closures;
 use crate::config::AuthorityConfig;
+use crate::currency::Currency;
 use crate::engine::{CompiledSet, Engine};
 use crate::error::Error;
 use crate::facts::FactsCache;
@@ -44,6 +45,9 @@ pub struct Shared {
     pub facts: Arc<FactsCache>,
     /// Closed incidents the broker must revoke the leases of.
     pub closures: Arc<Closures>,
+    /// Until when this replica's active set is known to be current
+    /// (ADR 0026).
+    pub currency: Currency,
 }
 
 impl Shared {
@@ -83,6 +87,18 @@ impl Shared {
             .read()
             .map(|a| a.clone())
             .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+
+    /// The active set, for a decision: refused while this replica cannot
+    /// confirm no other has activated a newer one.
+    pub fn deciding(&self) -> Result<Arc<Active>, Error> {
+        if !self.currency.current() {
+            return Err(Error::unavailable(
+                "authority cannot confirm its policy set is current; retry",
+                "the policy follower has not renewed its promise",
+            ));
+        }
+        Ok(self.active())
     }
 
     pub fn set_active(&self, active: Active) {

@@ -235,6 +235,21 @@ impl Store {
         version.map(to_u64).transpose()
     }
 
+    /// The last activation of `kind`: its sequence number (which only
+    /// grows, whatever version it activated) and the version.
+    pub async fn last_activation(&self, kind: SetKind) -> Result<Option<(u64, u64)>, StoreError> {
+        let (_, acts) = kind.tables();
+        let found: Option<(i64, i64)> = on_backend!(&self.db, pool, Db => {
+            let sql = format!("SELECT seq, version FROM {acts} ORDER BY seq DESC LIMIT 1");
+            sqlx::query_as::<Db, (i64, i64)>(sqlx::AssertSqlSafe(sql))
+                .fetch_optional(pool)
+                .await?
+        });
+        found
+            .map(|(seq, version)| Ok((to_u64(seq)?, to_u64(version)?)))
+            .transpose()
+    }
+
     /// The version a rollback would activate: the one active before the
     /// current one (0 when there is none).
     pub async fn rollback_target(&self, kind: SetKind) -> Result<u64, StoreError> {

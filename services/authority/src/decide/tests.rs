@@ -101,6 +101,7 @@ async fn core(answer: fn(&Uuid) -> Result<NhiFacts, Error>) -> Core {
         grant_holders: RwLock::new(Default::default()),
         facts: Arc::default(),
         closures: Arc::new(Closures::new(store, None)),
+        currency: crate::currency::Currency::alone(),
     });
     let (evidence, writer) = Batcher::start(database.clone(), None, std::future::pending());
     tokio::spawn(writer);

@@ -118,6 +118,9 @@ impl AuthorityServer {
             version: stored.version,
             set,
         });
+        // No replica decides with the set this one replaced once this
+        // returns (ADR 0026).
+        self.shared.currency.reached(&self.shared.store).await;
         Ok((set_to_pb(&stored, stored.version, false), previous))
     }
 
