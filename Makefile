@@ -58,7 +58,10 @@ $(PYENV)/.installed: integration-tests/python/requirements.txt
 demo: build
 	./deploy/demo/demo.sh
 
+## bench: the services' release binaries too (the replicas figure runs them
+## as processes)
 bench:
+	$(CARGO) build --release --workspace --bins
 	$(CARGO) run --release -p steward-integration-tests --bin steward-bench
 
 clean-dev:

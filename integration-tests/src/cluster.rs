@@ -131,16 +131,21 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts the cluster on `backend` (PostgreSQL) and waits until every
-    /// replica is ready.
+    /// Starts `replicas` of every service on `backend` (PostgreSQL) and
+    /// waits until each is ready.
     pub async fn start(backend: &TestBackend, replicas: usize) -> Self {
+        Self::start_with(backend, |_| replicas).await
+    }
+
+    /// Starts `replicas(name)` of each service.
+    pub async fn start_with(backend: &TestBackend, replicas: impl Fn(&str) -> usize) -> Self {
         let pki = TestPki::new();
         let logs = pki.path().join("logs");
         std::fs::create_dir_all(&logs).unwrap();
         let ports: BTreeMap<&str, Vec<(SocketAddr, SocketAddr)>> = SERVICES
             .iter()
             .map(|name| {
-                let ports = (0..replicas)
+                let ports = (0..replicas(name))
                     .map(|_| (reserve_port(), reserve_port()))
                     .collect();
                 (*name, ports)
@@ -189,7 +194,7 @@ impl Cluster {
             cluster.replicas.insert(name, started);
         }
         for name in SERVICES {
-            for n in 0..replicas {
+            for n in 0..replicas(name) {
                 cluster.wait_ready(name, n).await;
             }
         }

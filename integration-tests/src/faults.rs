@@ -365,7 +365,7 @@ impl PrivatePostgres {
     /// Starts the (stopped) server again.
     pub fn up(&self) {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=100",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300",
             self.port,
             self.dir.path().display()
         );

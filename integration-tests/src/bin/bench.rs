@@ -19,6 +19,8 @@ mod broker;
 mod inventory;
 #[path = "bench/outbox.rs"]
 mod outbox;
+#[path = "bench/replicas.rs"]
+mod replicas;
 #[path = "bench/telemetry.rs"]
 mod telemetry;
 #[path = "bench/workload.rs"]
@@ -58,6 +60,10 @@ fn main() -> anyhow::Result<()> {
     // `steward-bench proofs` runs the 1,000,000-entry proof figures alone.
     if std::env::args().nth(1).as_deref() == Some("telemetry-child") {
         return telemetry::child(&runtime);
+    }
+    if std::env::args().nth(1).as_deref() == Some("replicas") {
+        print_table(&runtime.block_on(replicas::run())?);
+        return Ok(());
     }
     if std::env::args().nth(1).as_deref() == Some("telemetry") {
         print_table(&telemetry::run()?);
@@ -174,6 +180,7 @@ fn main() -> anyhow::Result<()> {
     figures.extend(runtime.block_on(broker::run(None))?);
     figures.extend(runtime.block_on(workload::run())?);
     figures.extend(telemetry::run()?);
+    figures.extend(runtime.block_on(replicas::run())?);
     print_ratios(&figures[..baseline], &figures[baseline..audit_end]);
     print_inventory(&figures[..baseline], &figures[audit_end..inventory_end]);
     print_authority(&figures[..baseline], &figures[inventory_end..authority_end]);
