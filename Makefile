@@ -5,10 +5,11 @@ CARGO  ?= cargo
 PYENV  := target/pyenv
 PYTHON := $(PYENV)/bin/python
 
-.PHONY: run build test lint fmt fmt-check clippy unit pydeps bench demo clean-dev help
+.PHONY: run run-postgres build test lint fmt fmt-check clippy unit pydeps bench demo clean-dev help
 
 help:
 	@echo "make run    start all four services on SQLite with a generated dev PKI"
+	@echo "make run-postgres  two replicas of each on PostgreSQL behind local balancers"
 	@echo "make test   fmt check, clippy -D warnings, unit and integration tests"
 	@echo "            (again on PostgreSQL when STEWARD_TEST_DATABASE_URL is set)"
 	@echo "make bench  baseline benchmarks (release build)"
@@ -18,6 +19,11 @@ help:
 ## run: create the dev PKI if missing and run the four services until Ctrl-C
 run: build
 	./target/debug/steward dev up
+
+## run-postgres: two replicas of each service on PostgreSQL behind local
+## balancers (a throwaway server unless POSTGRES_URL names one)
+run-postgres: build
+	./target/debug/steward dev up --postgres $(POSTGRES_URL)
 
 build:
 	$(CARGO) build --bins

@@ -460,6 +460,12 @@ pub(crate) enum DevCommand {
         /// Log format of the services: pretty, compact or json.
         #[arg(long, default_value = "compact")]
         log_format: String,
+        /// Run two replicas of each service on PostgreSQL behind local
+        /// balancers: on the server this admin URL names (a database per
+        /// service is created), or, with no URL, on a throwaway server
+        /// made under the dev directory.
+        #[arg(long, value_name = "URL", num_args = 0..=1, default_missing_value = "")]
+        postgres: Option<String>,
     },
     /// Delete the dev PKI, data and configs.
     Reset {

@@ -7,9 +7,11 @@
 //!   operator's (`spiffe://steward.local/operator/admin`); keys are 0600
 //! - `config/<name>.toml` — the config each service is started with
 //! - `data/<name>.db` — each service's SQLite database
+//! - with `--postgres`: `config/<name>-1.toml` for each second replica, and
+//!   `postgres/` when the server is a throwaway one (see `dev/postgres.rs`)
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -17,16 +19,18 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use rustls_pki_types::pem::PemObject;
-use steward_evidence::NoteSigner;
-use steward_evidence::note::private_key_pem;
-use steward_pki::{CertificateAuthority, LeafSpec};
+use steward_server::balancer::Balancer;
 use steward_server::shutdown::Signals;
 use tokio::process::{Child, Command};
 
 use crate::SERVICES;
 use crate::client::ConnectionArgs;
-use crate::login::{DEV_ISSUER, dev_issuer_key};
+use crate::login::DEV_ISSUER;
+
+mod pki;
+mod postgres;
+
+use pki::{ensure_pki, write_file};
 
 /// The dev trust domain.
 pub const TRUST_DOMAIN: &str = "steward.local";
@@ -44,13 +48,6 @@ pub const DEMO_CLIENTS: &[(&str, &str)] = &[
 /// What the invoking user's processes are, through the Workload API.
 pub const DEV_WORKLOAD_ID: &str = "spiffe://steward.local/dev/workload";
 
-const CA_VALIDITY_DAYS: i64 = 365;
-const SVID_VALIDITY_DAYS: i64 = 30;
-/// Leaves closer than this to expiry are re-issued by `dev up`.
-const RENEW_BEFORE: time::Duration = time::Duration::days(2);
-/// Host names standard gRPC clients use to reach the services.
-const SERVER_HOSTS: &[&str] = &["localhost", "127.0.0.1"];
-
 pub fn reset(dir: &Path) -> anyhow::Result<ExitCode> {
     if dir.exists() {
         std::fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))?;
@@ -65,37 +62,154 @@ pub fn reset(dir: &Path) -> anyhow::Result<ExitCode> {
 /// far above its gRPC port.
 pub const OPS_PORT_OFFSET: u16 = 10;
 
-pub async fn up(dir: &Path, base_port: u16, log_format: &str) -> anyhow::Result<ExitCode> {
+/// Where the services keep their data.
+enum Storage {
+    /// One process per service, each on its own SQLite file.
+    Sqlite,
+    /// [`postgres::REPLICAS`] per service on PostgreSQL: each service's
+    /// database URL, where the server is (for printing), and the
+    /// throwaway server if one was made.
+    Postgres {
+        urls: std::collections::BTreeMap<&'static str, String>,
+        shown: String,
+        local: Option<postgres::LocalServer>,
+    },
+}
+
+impl Storage {
+    fn replicas(&self) -> usize {
+        match self {
+            Self::Sqlite => 1,
+            Self::Postgres { .. } => postgres::REPLICAS,
+        }
+    }
+}
+
+/// One process to start: replica `replica` of the service at `index` in
+/// [`SERVICES`], on its ports.
+struct Replica {
+    name: &'static str,
+    index: usize,
+    replica: usize,
+    grpc: u16,
+    ops: u16,
+}
+
+impl Replica {
+    fn label(&self) -> String {
+        if self.replica == 0 {
+            self.name.to_owned()
+        } else {
+            format!("{}-{}", self.name, self.replica)
+        }
+    }
+}
+
+/// Every process of the environment, service by service.
+fn layout(base_port: u16, replicas: usize) -> Vec<Replica> {
+    let mut layout = Vec::new();
+    for (index, (name, _)) in SERVICES.iter().enumerate() {
+        for replica in 0..replicas {
+            let (grpc, ops) = if replicas == 1 {
+                let port = base_port + u16::try_from(index).unwrap_or(0);
+                (port, port + OPS_PORT_OFFSET)
+            } else {
+                (
+                    postgres::grpc_port(base_port, index, replica),
+                    postgres::ops_port(base_port, index, replica),
+                )
+            };
+            layout.push(Replica {
+                name,
+                index,
+                replica,
+                grpc,
+                ops,
+            });
+        }
+    }
+    layout
+}
+
+pub async fn up(
+    dir: &Path,
+    base_port: u16,
+    log_format: &str,
+    postgres: Option<String>,
+) -> anyhow::Result<ExitCode> {
     // Before anything else: a Ctrl-C at any point must stop the children.
     let mut signals = Signals::install().context("cannot listen for SIGINT/SIGTERM")?;
     let dir = absolute(dir)?;
-    let pki = dir.join("pki");
-    ensure_pki(&pki)?;
-    let configs = write_configs(&dir, base_port, log_format)?;
-
-    let bin_dir = std::env::current_exe()
-        .context("cannot locate the steward binary")?
-        .parent()
-        .map(Path::to_path_buf)
-        .context("the steward binary has no parent directory")?;
-    let mut children = Vec::new();
-    for ((name, _), config) in SERVICES.iter().zip(&configs) {
-        let binary = bin_dir.join(format!("steward-{name}"));
-        if !binary.exists() {
-            stop_all(&mut children).await;
-            bail!(
-                "{} not found: build the workspace first (`cargo build --bins`)",
-                binary.display()
-            );
+    ensure_pki(&dir.join("pki"))?;
+    let storage = match postgres {
+        None => Storage::Sqlite,
+        Some(url) => {
+            let local = if url.is_empty() {
+                let server = postgres::LocalServer::start(
+                    &dir.join("postgres"),
+                    postgres::local_port(base_port),
+                )?;
+                Some(server)
+            } else {
+                None
+            };
+            let admin = local.as_ref().map_or(url, postgres::LocalServer::admin_url);
+            let storage = match postgres::databases(&admin).await {
+                Ok(urls) => Ok(Storage::Postgres {
+                    urls,
+                    shown: postgres::shown(&admin),
+                    local,
+                }),
+                Err(error) => {
+                    if let Some(server) = &local {
+                        server.stop();
+                    }
+                    Err(error)
+                }
+            };
+            storage?
         }
-        let child = Command::new(&binary)
-            .arg("--config")
-            .arg(config)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start {}", binary.display()))?;
-        children.push((*name, child));
+    };
+    let served = serve(&dir, base_port, log_format, &storage, &mut signals).await;
+    if let Storage::Postgres {
+        local: Some(server),
+        ..
+    } = &storage
+    {
+        server.stop();
     }
+    served
+}
+
+/// Starts every process (behind balancers when replicated), waits until
+/// they serve, and runs until a signal or until one exits.
+async fn serve(
+    dir: &Path,
+    base_port: u16,
+    log_format: &str,
+    storage: &Storage,
+    signals: &mut Signals,
+) -> anyhow::Result<ExitCode> {
+    let pki = dir.join("pki");
+    let replicas = layout(base_port, storage.replicas());
+    let configs = write_configs(dir, base_port, &replicas, storage, log_format)?;
+    // Each service's usual port is its balancer's when it has replicas.
+    let mut balancers = Vec::new();
+    if storage.replicas() > 1 {
+        for (index, (name, _)) in SERVICES.iter().enumerate() {
+            let listen = SocketAddr::from(([127, 0, 0, 1], base_port + u16::try_from(index)?));
+            let backends = replicas
+                .iter()
+                .filter(|r| r.index == index)
+                .map(|r| SocketAddr::from(([127, 0, 0, 1], r.grpc)))
+                .collect();
+            let balancer = Balancer::bind(listen, backends)
+                .await
+                .with_context(|| format!("cannot listen on {listen} for {name}'s replicas"))?;
+            balancers.push(balancer);
+        }
+    }
+    let mut children = spawn_all(&replicas, &configs).await?;
 
     let conn = ConnectionArgs {
         cert: pki.join("operator.crt"),
@@ -109,7 +223,7 @@ pub async fn up(dir: &Path, base_port: u16, log_format: &str) -> anyhow::Result<
         token_file: None,
     };
     let healthy = tokio::select! {
-        result = wait_healthy(&conn, &mut children) => result,
+        result = wait_serving(&conn, &replicas, &mut children) => result,
         () = signals.recv() => {
             stop_all(&mut children).await;
             return Ok(ExitCode::SUCCESS);
@@ -123,7 +237,111 @@ pub async fn up(dir: &Path, base_port: u16, log_format: &str) -> anyhow::Result<
         stop_all(&mut children).await;
         return Err(error.context("cannot register the dev workload"));
     }
+    print_summary(dir, &conn, storage, &replicas)?;
 
+    let replicated = storage.replicas() > 1;
+    let exited = loop {
+        let exited = tokio::select! {
+            () = signals.recv() => break None,
+            exited = first_exit(&mut children) => exited,
+        };
+        // A Ctrl-C at a terminal reaches the children too; if one stopped
+        // because of it, our own signal is a moment behind.
+        if tokio::time::timeout(Duration::from_millis(500), signals.recv())
+            .await
+            .is_ok()
+        {
+            break None;
+        }
+        let (label, _) = children.remove(exited);
+        let service = service_of(&label);
+        if !replicated || !children.iter().any(|(l, _)| service_of(l) == service) {
+            break Some(label);
+        }
+        eprintln!("{label} exited; {service}'s other replica carries on");
+    };
+    stop_all(&mut children).await;
+    drop(balancers);
+    match exited {
+        None => Ok(ExitCode::SUCCESS),
+        Some(name) => bail!("{name} exited unexpectedly; stopped the others"),
+    }
+}
+
+/// Starts one process per entry of `replicas`, with its config.
+async fn spawn_all(
+    replicas: &[Replica],
+    configs: &[PathBuf],
+) -> anyhow::Result<Vec<(String, Child)>> {
+    let bin_dir = std::env::current_exe()
+        .context("cannot locate the steward binary")?
+        .parent()
+        .map(Path::to_path_buf)
+        .context("the steward binary has no parent directory")?;
+    let mut children = Vec::new();
+    for (replica, config) in replicas.iter().zip(configs) {
+        let binary = bin_dir.join(format!("steward-{}", replica.name));
+        if !binary.exists() {
+            stop_all(&mut children).await;
+            bail!(
+                "{} not found: build the workspace first (`cargo build --bins`)",
+                binary.display()
+            );
+        }
+        let child = Command::new(&binary)
+            .arg("--config")
+            .arg(config)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        children.push((replica.label(), child));
+    }
+    Ok(children)
+}
+
+/// Every service SERVING through its usual port and, with replicas, every
+/// replica ready on its probes.
+async fn wait_serving(
+    conn: &ConnectionArgs,
+    replicas: &[Replica],
+    children: &mut [(String, Child)],
+) -> anyhow::Result<()> {
+    wait_healthy(conn, children).await?;
+    if replicas.iter().all(|r| r.replica == 0) {
+        return Ok(());
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for replica in replicas {
+        while !ready(replica.ops).await {
+            if Instant::now() > deadline {
+                bail!("{} is not ready after 60s", replica.label());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `/readyz` on `port` answers 200.
+async fn ready(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Ok(mut tcp) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    let request = b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    let mut answer = String::new();
+    tcp.write_all(request).await.is_ok()
+        && tcp.read_to_string(&mut answer).await.is_ok()
+        && answer.starts_with("HTTP/1.1 200")
+}
+
+fn print_summary(
+    dir: &Path,
+    conn: &ConnectionArgs,
+    storage: &Storage,
+    replicas: &[Replica],
+) -> anyhow::Result<()> {
+    let pki = dir.join("pki");
     println!();
     for (name, _) in SERVICES {
         println!(
@@ -132,10 +350,33 @@ pub async fn up(dir: &Path, base_port: u16, log_format: &str) -> anyhow::Result<
             conn.address(name)?
         );
     }
-    println!(
-        "  probes            http://127.0.0.1:{}/readyz (and /healthz; +1 per service, in this order)",
-        base_port + OPS_PORT_OFFSET
-    );
+    if let Storage::Postgres { shown, local, .. } = storage {
+        for replica in replicas {
+            println!(
+                "  {:<20} 127.0.0.1:{} (probes http://127.0.0.1:{}/readyz)",
+                replica.label(),
+                replica.grpc,
+                replica.ops
+            );
+        }
+        let made = if local.is_some() {
+            format!(", a throwaway server in {}", dir.join("postgres").display())
+        } else {
+            String::new()
+        };
+        println!(
+            "  postgres          {shown}: databases steward_inventory, steward_authority, steward_credential_broker, steward_audit{made}"
+        );
+        println!(
+            "  balancers         each service's port above spreads connections over its {} replicas",
+            postgres::REPLICAS
+        );
+    } else {
+        println!(
+            "  probes            http://127.0.0.1:{}/readyz (and /healthz; +1 per service, in this order)",
+            conn.base_port + OPS_PORT_OFFSET
+        );
+    }
     println!();
     println!("  trust bundle      {}", pki.join("bundle.pem").display());
     println!(
@@ -153,27 +394,13 @@ pub async fn up(dir: &Path, base_port: u16, log_format: &str) -> anyhow::Result<
         dir.join("run").join("workload.sock").display(),
         effective_uid()?
     );
-    println!("  data              {}", dir.join("data").display());
+    if matches!(storage, Storage::Sqlite) {
+        println!("  data              {}", dir.join("data").display());
+    }
     println!();
     println!("ready");
     std::io::stdout().flush()?;
-
-    let exited = tokio::select! {
-        () = signals.recv() => None,
-        exited = first_exit(&mut children) => {
-            // A Ctrl-C at a terminal reaches the children too; if one stopped
-            // because of it, our own signal is a moment behind.
-            match tokio::time::timeout(Duration::from_millis(500), signals.recv()).await {
-                Ok(()) => None,
-                Err(_) => Some(exited),
-            }
-        }
-    };
-    stop_all(&mut children).await;
-    match exited {
-        None => Ok(ExitCode::SUCCESS),
-        Some(name) => bail!("{name} exited unexpectedly; stopped the others"),
-    }
+    Ok(())
 }
 
 fn absolute(dir: &Path) -> anyhow::Result<PathBuf> {
@@ -182,145 +409,6 @@ fn absolute(dir: &Path) -> anyhow::Result<PathBuf> {
     } else {
         Ok(std::env::current_dir()?.join(dir))
     }
-}
-
-/// Creates the CA and any missing or nearly expired SVID. A new CA means
-/// every SVID is re-issued.
-fn ensure_pki(pki: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(pki).with_context(|| format!("cannot create {}", pki.display()))?;
-    let ca_cert = pki.join("ca.crt");
-    let ca_key = pki.join("ca.key");
-    let (ca, fresh_ca) = if ca_cert.exists() && ca_key.exists() && !expiring(&ca_cert)? {
-        let ca = CertificateAuthority::from_pem(
-            &std::fs::read_to_string(&ca_cert)?,
-            &std::fs::read_to_string(&ca_key)?,
-        )
-        .with_context(|| format!("cannot load the dev ca from {}", ca_cert.display()))?;
-        (ca, false)
-    } else {
-        let ca =
-            CertificateAuthority::generate(TRUST_DOMAIN, time::Duration::days(CA_VALIDITY_DAYS))?;
-        write_file(&ca_key, ca.key_pem().as_bytes(), 0o600)?;
-        write_file(&ca_cert, ca.cert_pem().as_bytes(), 0o644)?;
-        println!("created dev root ca {}", ca_cert.display());
-        (ca, true)
-    };
-    write_file(&pki.join("bundle.pem"), ca.cert_pem().as_bytes(), 0o644)?;
-
-    ensure_log_key(pki)?;
-    ensure_oidc_key(pki)?;
-    ensure_broker_kek(pki)?;
-
-    let mut leaves: Vec<(String, String, bool)> = SERVICES
-        .iter()
-        .map(|(name, _)| {
-            (
-                name.to_string(),
-                format!("spiffe://{TRUST_DOMAIN}/service/{name}"),
-                true,
-            )
-        })
-        .collect();
-    leaves.push(("operator".to_owned(), OPERATOR_ID.to_owned(), false));
-    // The demo's automation and auditor (`make demo`).
-    for &(name, path) in DEMO_CLIENTS {
-        leaves.push((
-            name.to_owned(),
-            format!("spiffe://{TRUST_DOMAIN}{path}"),
-            false,
-        ));
-    }
-    for (name, id, server) in leaves {
-        let cert = pki.join(format!("{name}.crt"));
-        let key = pki.join(format!("{name}.key"));
-        if !fresh_ca && cert.exists() && key.exists() && !expiring(&cert)? {
-            continue;
-        }
-        let mut spec = LeafSpec::svid(&id, time::Duration::days(SVID_VALIDITY_DAYS));
-        if server {
-            let hosts: Vec<String> = SERVER_HOSTS.iter().map(|h| h.to_string()).collect();
-            spec = spec.with_hosts(&hosts);
-        }
-        let leaf = ca.issue(&spec)?;
-        // Key first: a reader that sees the new certificate also finds its key.
-        write_file(&key, leaf.key_pem.as_bytes(), 0o600)?;
-        write_file(&cert, leaf.cert_pem.as_bytes(), 0o644)?;
-        println!("issued {id} -> {}", cert.display());
-    }
-    Ok(())
-}
-
-/// The audit log's checkpoint signing key, and its verifier key beside it
-/// for anyone to verify checkpoints with standard signed-note tooling.
-fn ensure_log_key(pki: &Path) -> anyhow::Result<()> {
-    let key_path = pki.join("audit-log.key");
-    if !key_path.exists() {
-        let pkcs8 = NoteSigner::generate_pkcs8()?;
-        write_file(&key_path, private_key_pem(&pkcs8).as_bytes(), 0o600)?;
-        println!("created audit log signing key {}", key_path.display());
-    }
-    let pem = std::fs::read(&key_path)?;
-    let der = rustls_pki_types::PrivateKeyDer::from_pem_slice(&pem)
-        .with_context(|| format!("{} is not a PEM private key", key_path.display()))?;
-    let signer = NoteSigner::from_pkcs8(LOG_ORIGIN, der.secret_der())?;
-    write_file(
-        &pki.join("audit-log.vkey"),
-        format!("{}\n", signer.verifier_key()).as_bytes(),
-        0o644,
-    )?;
-    Ok(())
-}
-
-/// The key-encryption key that seals the broker's CA and JWT signing keys
-/// at rest: 32 random bytes as 64 hex digits, readable by the owner alone.
-/// Kept across runs (a new one could not open the stored CA).
-fn ensure_broker_kek(pki: &Path) -> anyhow::Result<()> {
-    use ring::rand::SecureRandom as _;
-    let path = pki.join("broker.kek");
-    if path.exists() {
-        return Ok(());
-    }
-    let mut bytes = [0u8; 32];
-    ring::rand::SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| anyhow::anyhow!("no randomness available for the broker's key"))?;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    write_file(&path, hex.as_bytes(), 0o600)?;
-    println!("created the broker's key-encryption key {}", path.display());
-    Ok(())
-}
-
-/// The dev OIDC issuer's signing key (dev only) and the JWKS authority
-/// verifies humans' tokens with.
-fn ensure_oidc_key(pki: &Path) -> anyhow::Result<()> {
-    let key_path = pki.join("oidc-issuer.key");
-    if !key_path.exists() {
-        let pkcs8 = steward_identity::jwt::SigningKey::generate_pkcs8()?;
-        write_file(&key_path, private_key_pem(&pkcs8).as_bytes(), 0o600)?;
-        println!("created dev OIDC issuer key {}", key_path.display());
-    }
-    let key = dev_issuer_key(pki)?;
-    let jwks = steward_identity::jwt::JwkSet {
-        keys: vec![key.jwk()],
-    };
-    write_file(
-        &pki.join("oidc-jwks.json"),
-        serde_json::to_string_pretty(&jwks)?.as_bytes(),
-        0o644,
-    )?;
-    Ok(())
-}
-
-fn expiring(cert: &Path) -> anyhow::Result<bool> {
-    let pem = std::fs::read(cert)?;
-    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(&pem) else {
-        return Ok(true);
-    };
-    let Ok(parsed) = pem.parse_x509() else {
-        return Ok(true);
-    };
-    let not_after = parsed.validity().not_after.to_datetime();
-    Ok(not_after - time::OffsetDateTime::now_utc() < RENEW_BEFORE)
 }
 
 /// This process's effective uid, from `/proc/self/status`.
@@ -438,32 +526,31 @@ async fn register_dev_workload(conn: &ConnectionArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes through a temporary file and a rename, so a process reloading
-/// the file never reads half of it.
-fn write_file(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    file.write_all(contents)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
-}
-
-fn write_configs(dir: &Path, base_port: u16, log_format: &str) -> anyhow::Result<Vec<PathBuf>> {
+fn write_configs(
+    dir: &Path,
+    base_port: u16,
+    replicas: &[Replica],
+    storage: &Storage,
+    log_format: &str,
+) -> anyhow::Result<Vec<PathBuf>> {
     let config_dir = dir.join("config");
     std::fs::create_dir_all(&config_dir)?;
     let pki = dir.join("pki");
     let data = dir.join("data");
     let mut paths = Vec::new();
-    for (index, (name, _)) in SERVICES.iter().enumerate() {
-        let port = base_port + u16::try_from(index)?;
-        let ops = port + OPS_PORT_OFFSET;
+    for replica in replicas {
+        let name = replica.name;
+        let (port, ops) = (replica.grpc, replica.ops);
+        let database = match storage {
+            Storage::Sqlite => format!(
+                "url = {:?}\n",
+                format!("sqlite://{}", data.join(format!("{name}.db")).display())
+            ),
+            // Eight processes share the server's connections.
+            Storage::Postgres { urls, .. } => {
+                format!("url = {:?}\nmax_connections = 8\n", urls[name])
+            }
+        };
         let text = format!(
             "# written by `steward dev up`; edits are overwritten on the next run\n\
              listen_addr = \"127.0.0.1:{port}\"\n\
@@ -473,7 +560,7 @@ fn write_configs(dir: &Path, base_port: u16, log_format: &str) -> anyhow::Result
              key = {key:?}\n\
              bundle = {bundle:?}\n\n\
              [database]\n\
-             url = {db:?}\n\n\
+             {database}\n\
              [telemetry]\n\
              format = {log_format:?}\n\
              metrics = true\n\n\
@@ -489,9 +576,12 @@ fn write_configs(dir: &Path, base_port: u16, log_format: &str) -> anyhow::Result
             cert = pki.join(format!("{name}.crt")),
             key = pki.join(format!("{name}.key")),
             bundle = pki.join("bundle.pem"),
-            db = format!("sqlite://{}", data.join(format!("{name}.db")).display()),
         );
-        let text = match *name {
+        let socket = match replica.replica {
+            0 => "workload.sock".to_owned(),
+            n => format!("workload-{n}.sock"),
+        };
+        let text = match name {
             "audit" => format!(
                 "{text}\n[log]\norigin = {LOG_ORIGIN:?}\nsigning_key = {:?}\n",
                 pki.join("audit-log.key")
@@ -499,7 +589,7 @@ fn write_configs(dir: &Path, base_port: u16, log_format: &str) -> anyhow::Result
             "credential-broker" => format!(
                 "kek_file = {:?}\nworkload_api_socket = {:?}\n{text}",
                 pki.join("broker.kek"),
-                dir.join("run").join("workload.sock")
+                dir.join("run").join(socket)
             ),
             // The security group reviews break-glass on identities without
             // owners: the demo's security engineer, and you. You also
@@ -513,14 +603,17 @@ fn write_configs(dir: &Path, base_port: u16, log_format: &str) -> anyhow::Result
             }
             _ => text,
         };
-        let path = config_dir.join(format!("{name}.toml"));
+        let path = config_dir.join(format!("{}.toml", replica.label()));
         write_file(&path, text.as_bytes(), 0o644)?;
         paths.push(path);
     }
     Ok(paths)
 }
 
-async fn wait_healthy(conn: &ConnectionArgs, children: &mut [(&str, Child)]) -> anyhow::Result<()> {
+async fn wait_healthy(
+    conn: &ConnectionArgs,
+    children: &mut [(String, Child)],
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut pending: Vec<&str> = SERVICES.iter().map(|(name, _)| *name).collect();
     while !pending.is_empty() {
@@ -549,19 +642,29 @@ async fn wait_healthy(conn: &ConnectionArgs, children: &mut [(&str, Child)]) -> 
     Ok(())
 }
 
-async fn first_exit(children: &mut [(&str, Child)]) -> String {
+/// The position of the first child to exit.
+async fn first_exit(children: &mut [(String, Child)]) -> usize {
     loop {
-        for (name, child) in children.iter_mut() {
+        for (n, (_, child)) in children.iter_mut().enumerate() {
             if let Ok(Some(_)) = child.try_wait() {
-                return (*name).to_owned();
+                return n;
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
+/// The service a child's label names (`credential-broker-1`:
+/// `credential-broker`).
+fn service_of(label: &str) -> &str {
+    match label.rsplit_once('-') {
+        Some((service, n)) if n.parse::<usize>().is_ok() => service,
+        _ => label,
+    }
+}
+
 /// SIGTERM to every child, then SIGKILL to any still running after 15 s.
-async fn stop_all(children: &mut [(&str, Child)]) {
+async fn stop_all(children: &mut [(String, Child)]) {
     for (_, child) in children.iter() {
         if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);

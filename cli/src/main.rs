@@ -127,8 +127,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     dir,
                     base_port,
                     log_format,
+                    postgres,
                 },
-        } => dev::up(&dir, base_port, &log_format).await,
+        } => dev::up(&dir, base_port, &log_format, postgres).await,
         Command::Dev {
             command: DevCommand::Reset { dir },
         } => dev::reset(&dir),

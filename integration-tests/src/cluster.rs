@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use steward_identity::{ServerAuthorizer, SvidSource};
-use tokio::net::{TcpListener, TcpStream};
+use steward_server::balancer::Balancer;
+use tokio::net::TcpStream;
 use tonic::transport::Channel;
 
 use crate::{
@@ -22,52 +22,6 @@ use crate::{
 
 /// The services, in the order they are started.
 pub const SERVICES: [&str; 4] = ["audit", "inventory", "authority", "credential-broker"];
-
-/// A TCP balancer: each connection goes to the next backend in turn that
-/// accepts it, and its bytes are copied both ways (TLS passes through).
-pub struct Balancer {
-    pub addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Balancer {
-    pub async fn start(backends: Vec<SocketAddr>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let backends: Arc<[SocketAddr]> = backends.into();
-        let next = Arc::new(AtomicUsize::new(0));
-        let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let backends = backends.clone();
-                let start = next.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(async move {
-                    for i in 0..backends.len() {
-                        let backend = backends[(start + i) % backends.len()];
-                        let connected = tokio::time::timeout(
-                            Duration::from_secs(1),
-                            TcpStream::connect(backend),
-                        )
-                        .await;
-                        if let Ok(Ok(mut outbound)) = connected {
-                            let _ = outbound.set_nodelay(true);
-                            let _ = inbound.set_nodelay(true);
-                            let _ =
-                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        Self { addr, task }
-    }
-}
-
-impl Drop for Balancer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 /// One replica: a child process of the service's binary.
 pub struct Replica {
@@ -154,7 +108,8 @@ impl Cluster {
         let mut balancers = BTreeMap::new();
         for name in SERVICES {
             let backends = ports[name].iter().map(|(grpc, _)| *grpc).collect();
-            balancers.insert(name, Balancer::start(backends).await);
+            let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+            balancers.insert(name, Balancer::bind(loopback, backends).await.unwrap());
         }
         let peers = steward_server::Peers {
             inventory: balancers["inventory"].addr.to_string(),

@@ -31,16 +31,28 @@ pub fn steward(dir: &Path) -> Command {
 /// kernel's ephemeral range (where other tests' port-0 listeners land),
 /// so none is handed out between this probe and `dev up`'s bind.
 pub fn free_base_port() -> u16 {
+    free_base_port_for(&[0..4, 10..14])
+}
+
+/// A base port for `dev up --postgres`: its balancers, both replicas'
+/// ports and probes, and its throwaway server's port are free.
+pub fn free_base_port_for_replicas() -> u16 {
+    free_base_port_for(&[0..4, 10..14, 20..28, 30..34, 40..41])
+}
+
+fn free_base_port_for(offsets: &[std::ops::Range<u16>]) -> u16 {
     for _ in 0..200 {
         let base = 30_000 + (uuid::Uuid::new_v4().as_u128() % 2_700) as u16;
-        let all_free = (0..4)
-            .chain(10..14)
+        let all_free = offsets
+            .iter()
+            .cloned()
+            .flatten()
             .all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok());
         if all_free {
             return base;
         }
     }
-    panic!("no four consecutive free ports");
+    panic!("no free base port");
 }
 
 /// Starts `steward dev up` and waits for its `ready` line (its probes
@@ -57,8 +69,20 @@ pub fn dev_up_with(
     env: &[(&str, &str)],
     stderr: Stdio,
 ) -> (Child, Vec<String>) {
+    dev_up_args(dir, base_port, &[], env, stderr)
+}
+
+/// [`dev_up_with`] with more arguments to `dev up` (`--postgres`, say).
+pub fn dev_up_args(
+    dir: &Path,
+    base_port: u16,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stderr: Stdio,
+) -> (Child, Vec<String>) {
     let mut child = steward(dir)
         .args(["dev", "up", "--base-port", &base_port.to_string()])
+        .args(args)
         .envs(env.iter().copied())
         .env_remove("NO_COLOR")
         .stdout(Stdio::piped())

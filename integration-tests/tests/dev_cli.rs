@@ -8,7 +8,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use steward_integration_tests::dev::{
-    children_of, dev_up, dev_up_with, free_base_port, interrupt_and_wait, steward,
+    children_of, dev_up, dev_up_args, dev_up_with, free_base_port, free_base_port_for_replicas,
+    interrupt_and_wait, steward,
 };
 
 #[test]
@@ -385,4 +386,114 @@ fn logs_parse_without_repeated_keys_and_carry_no_colour_off_a_terminal() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.lines().count() >= 10, "{text}");
     assert!(!text.contains('\x1b'), "colour codes in a file:\n{text}");
+}
+
+/// `GET path` on a local port: the whole answer, status line first.
+fn http_get(port: u16, path: &str) -> String {
+    let Ok(mut tcp) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    std::io::Write::write_all(&mut tcp, request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = std::io::Read::read_to_string(&mut tcp, &mut answer);
+    answer
+}
+
+/// The child of `dev up` started with `config` (`inventory-1.toml`).
+fn child_with_config(dev_up: u32, config: &str) -> i32 {
+    children_of(dev_up)
+        .into_iter()
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|line| String::from_utf8_lossy(&line).contains(config))
+        })
+        .unwrap_or_else(|| panic!("no child runs {config}"))
+}
+
+#[test]
+fn dev_up_postgres_runs_two_replicas_of_each_service_behind_balancers() {
+    let Some(server) = steward_integration_tests::faults::PrivatePostgres::start() else {
+        eprintln!("no PostgreSQL installed: dev up --postgres not exercised in this run");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base_port_for_replicas();
+    let admin = server.admin_url();
+    let (child, lines) = dev_up_args(
+        dir.path(),
+        base,
+        &["--postgres", &admin],
+        &[],
+        Stdio::null(),
+    );
+    let probes: Vec<u16> = lines
+        .iter()
+        .filter_map(|line| line.split("probes http://127.0.0.1:").nth(1))
+        .filter_map(|rest| rest.split('/').next()?.parse().ok())
+        .collect();
+    assert_eq!(probes.len(), 8, "two replicas of each service: {lines:?}");
+    assert!(lines.iter().any(|l| l.contains("inventory-1")), "{lines:?}");
+    // The server's address is shown, its user is not.
+    assert!(!lines.iter().any(|l| l.contains("postgres@")), "{lines:?}");
+
+    // The services answer through their balancers on the usual ports, and
+    // every replica is ready.
+    let health = steward(dir.path())
+        .args(["health", "--base-port", &base.to_string()])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&health.stdout);
+    assert_eq!(table.matches("SERVING").count(), 4, "{table}");
+    for port in &probes {
+        assert!(
+            http_get(*port, "/readyz").starts_with("HTTP/1.1 200"),
+            "probe {port}"
+        );
+    }
+    // Once-only work runs on one replica of each pair: inventory's outbox.
+    let holders = probes[..2]
+        .iter()
+        .filter(|port| {
+            http_get(**port, "/metrics").contains("steward_role_held{role=\"outbox\"} 1")
+        })
+        .count();
+    assert_eq!(holders, 1, "one inventory replica forwards evidence");
+
+    // One inventory replica dies; dev up carries on, and so does inventory.
+    let victim = child_with_config(child.id(), "inventory-1.toml");
+    kill(Pid::from_raw(victim), Signal::SIGKILL).unwrap();
+    // Gone once its probes' port refuses (the listing is second).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !http_get(probes[1], "/healthz").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the killed replica still answers"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let list = |dir: &Path| {
+        steward(dir)
+            .args(["identity", "list", "--base-port", &base.to_string()])
+            .output()
+            .unwrap()
+    };
+    for _ in 0..3 {
+        let listed = list(dir.path());
+        assert!(
+            listed.status.success(),
+            "{}",
+            String::from_utf8_lossy(&listed.stderr)
+        );
+    }
+    let mut child = child;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "dev up stopped with one replica gone"
+    );
+
+    let pid = child.id();
+    assert!(interrupt_and_wait(child).success());
+    assert!(children_of(pid).is_empty(), "orphaned replicas");
+    drop(server);
 }

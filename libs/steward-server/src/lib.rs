@@ -19,6 +19,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod app;
+pub mod balancer;
 pub mod bounds;
 pub mod config;
 mod forward;
