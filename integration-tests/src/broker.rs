@@ -74,33 +74,7 @@ impl TestStack {
     pub async fn activate_policies(&self, policies: &str, with_defaults: bool) -> u64 {
         let mut client =
             AuthorityServiceClient::new(self.service("authority").channel(&self.operator).await);
-        let text = if with_defaults {
-            format!(
-                "{}\n{policies}",
-                steward_authority::engine::DEFAULT_POLICIES
-            )
-        } else {
-            policies.to_owned()
-        };
-        let version = client
-            .upload_policy_set(authority::UploadPolicySetRequest {
-                policies: text,
-                description: "broker test policies".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .policy_set
-            .unwrap()
-            .version;
-        client
-            .activate_policy_set(authority::ActivatePolicySetRequest {
-                version,
-                reason: "test".into(),
-            })
-            .await
-            .unwrap();
-        version
+        activate_on(&mut client, policies, with_defaults).await
     }
 
     /// Registers a production identity acting as
@@ -142,4 +116,40 @@ pub fn in_seconds(seconds: i64) -> prost_types::Timestamp {
         seconds: time::OffsetDateTime::now_utc().unix_timestamp() + seconds,
         nanos: 0,
     }
+}
+
+/// Uploads `policies` (with or without Steward's defaults in front)
+/// through `client` and activates them; returns their version.
+pub async fn activate_on(
+    client: &mut AuthorityServiceClient<Channel>,
+    policies: &str,
+    with_defaults: bool,
+) -> u64 {
+    let text = if with_defaults {
+        format!(
+            "{}\n{policies}",
+            steward_authority::engine::DEFAULT_POLICIES
+        )
+    } else {
+        policies.to_owned()
+    };
+    let version = client
+        .upload_policy_set(authority::UploadPolicySetRequest {
+            policies: text,
+            description: "test policies".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .policy_set
+        .unwrap()
+        .version;
+    client
+        .activate_policy_set(authority::ActivatePolicySetRequest {
+            version,
+            reason: "test".into(),
+        })
+        .await
+        .unwrap();
+    version
 }

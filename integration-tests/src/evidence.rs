@@ -101,3 +101,27 @@ pub async fn append_many(
     }
     indices
 }
+
+/// Every entry of the log `reader` serves, from index 0 to its fresh
+/// checkpoint's size, read through Subscribe.
+pub async fn whole_log(reader: &mut AuditServiceClient<Channel>) -> Vec<pb::LogEntry> {
+    let size = reader
+        .get_checkpoint(pb::GetCheckpointRequest { fresh: true })
+        .await
+        .unwrap()
+        .into_inner()
+        .tree_size;
+    let mut stream = reader
+        .subscribe(pb::SubscribeRequest {
+            from_index: 0,
+            filter: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut entries = Vec::new();
+    while (entries.len() as u64) < size {
+        entries.extend(stream.message().await.unwrap().unwrap().entries);
+    }
+    entries
+}

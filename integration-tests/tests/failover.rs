@@ -12,13 +12,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use steward_integration_tests::broker::{BROKER_POLICIES, SOAR, task};
+use steward_integration_tests::broker::{BROKER_POLICIES, SOAR, activate_on, task};
 use steward_integration_tests::cluster::{Cluster, SERVICES};
+use steward_integration_tests::evidence::whole_log;
 use steward_integration_tests::inventory::spec;
 use steward_integration_tests::{DATABASE_URL_ENV, TestBackend, run_steward};
 use steward_proto::steward::audit::v1 as audit;
 use steward_proto::steward::audit::v1::audit_service_client::AuditServiceClient;
-use steward_proto::steward::authority::v1 as authz;
 use steward_proto::steward::authority::v1::authority_service_client::AuthorityServiceClient;
 use steward_proto::steward::broker::v1 as pb;
 use steward_proto::steward::broker::v1::credential_broker_client::CredentialBrokerClient;
@@ -46,27 +46,7 @@ struct Seen {
 async fn activate(cluster: &Cluster) {
     let mut admin =
         AuthorityServiceClient::new(cluster.channel("authority", &cluster.operator).await);
-    let version = admin
-        .upload_policy_set(authz::UploadPolicySetRequest {
-            policies: format!(
-                "{}\n{BROKER_POLICIES}",
-                steward_authority::engine::DEFAULT_POLICIES
-            ),
-            description: "failover test".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .policy_set
-        .unwrap()
-        .version;
-    admin
-        .activate_policy_set(authz::ActivatePolicySetRequest {
-            version,
-            reason: "failover test".into(),
-        })
-        .await
-        .unwrap();
+    activate_on(&mut admin, BROKER_POLICIES, true).await;
 }
 
 fn issue(identity: &str) -> pb::IssueJwtSvidRequest {
@@ -138,26 +118,10 @@ async fn outboxes_drain(cluster: &Cluster) {
 
 /// The whole log, read through the balancer.
 async fn log(cluster: &Cluster) -> Vec<audit::LogEntry> {
-    let mut reader = AuditServiceClient::new(cluster.channel("audit", &cluster.operator).await);
-    let size = reader
-        .get_checkpoint(audit::GetCheckpointRequest { fresh: true })
-        .await
-        .unwrap()
-        .into_inner()
-        .tree_size;
-    let mut stream = reader
-        .subscribe(audit::SubscribeRequest {
-            from_index: 0,
-            filter: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut entries = Vec::new();
-    while (entries.len() as u64) < size {
-        entries.extend(stream.message().await.unwrap().unwrap().entries);
-    }
-    entries
+    whole_log(&mut AuditServiceClient::new(
+        cluster.channel("audit", &cluster.operator).await,
+    ))
+    .await
 }
 
 /// How many records of `action` name `target` (an identity or a lease).

@@ -13,6 +13,18 @@ use steward_server::{Application, Peers, ServiceConfig};
 const SERVICES: [&str; 4] = ["audit", "inventory", "authority", "credential-broker"];
 const REPLICAS: usize = 3;
 
+/// SQLite has one process by construction: these tests need PostgreSQL,
+/// which CI's second pass sets.
+fn on_sqlite() -> bool {
+    let sqlite = TestBackend::from_env() == TestBackend::Sqlite;
+    if sqlite {
+        eprintln!(
+            "{DATABASE_URL_ENV} is not set: replicas need PostgreSQL; not exercised in this run"
+        );
+    }
+    sqlite
+}
+
 /// Replica `n` of `name`: its own ports (and Workload API socket), the
 /// service's one database.
 async fn replica(name: &'static str, config: &ServiceConfig, n: usize) -> Application {
@@ -32,13 +44,10 @@ async fn replica(name: &'static str, config: &ServiceConfig, n: usize) -> Applic
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_starting_at_once_on_an_empty_database_take_turns() {
-    let backend = TestBackend::from_env();
-    if backend == TestBackend::Sqlite {
-        eprintln!(
-            "{DATABASE_URL_ENV} is not set: replicas need PostgreSQL; not exercised in this run"
-        );
+    if on_sqlite() {
         return;
     }
+    let backend = TestBackend::from_env();
     let pki = TestPki::new();
     // Peers nobody answers at: starting needs none of them.
     let nowhere = "127.0.0.1:9".to_owned();
@@ -112,10 +121,7 @@ async fn a_write_through_one_inventory_replica_is_never_hidden_from_a_cache_that
     use steward_proto::steward::inventory::v1 as inv;
     use steward_proto::steward::inventory::v1::inventory_service_client::InventoryServiceClient;
 
-    if TestBackend::from_env() == TestBackend::Sqlite {
-        eprintln!(
-            "{DATABASE_URL_ENV} is not set: replicas need PostgreSQL; not exercised in this run"
-        );
+    if on_sqlite() {
         return;
     }
     // Authority follows replica A (the stack's inventory); B is a second
@@ -298,10 +304,7 @@ async fn broker_replicas_number_one_revocation_log_and_watchers_see_each_others(
     use steward_proto::steward::broker::v1::credential_broker_client::CredentialBrokerClient;
     use tokio_stream::StreamExt as _;
 
-    if TestBackend::from_env() == TestBackend::Sqlite {
-        eprintln!(
-            "{DATABASE_URL_ENV} is not set: replicas need PostgreSQL; not exercised in this run"
-        );
+    if on_sqlite() {
         return;
     }
     const LEASES: usize = 30;
@@ -427,10 +430,7 @@ async fn a_singleton_role_is_held_once_and_taken_over_when_its_holder_stops() {
     use steward_proto::steward::broker::v1 as pb;
     use steward_proto::steward::broker::v1::credential_broker_client::CredentialBrokerClient;
 
-    if TestBackend::from_env() == TestBackend::Sqlite {
-        eprintln!(
-            "{DATABASE_URL_ENV} is not set: replicas need PostgreSQL; not exercised in this run"
-        );
+    if on_sqlite() {
         return;
     }
     let mut stack = TestStack::start().await;
@@ -523,10 +523,7 @@ async fn evidence_reaches_the_new_sequencer_through_the_list_of_audit_replicas()
     use steward_proto::steward::audit::v1 as audit;
     use steward_proto::steward::inventory::v1::inventory_service_client::InventoryServiceClient;
 
-    if TestBackend::from_env() == TestBackend::Sqlite {
-        eprintln!(
-            "{DATABASE_URL_ENV} is not set: replicas need PostgreSQL; not exercised in this run"
-        );
+    if on_sqlite() {
         return;
     }
     let mut stack = TestStack::audit_only().await;
@@ -573,28 +570,13 @@ async fn evidence_reaches_the_new_sequencer_through_the_list_of_audit_replicas()
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     // ...to the one log the surviving replica now writes, once each.
-    let mut reader = audit::audit_service_client::AuditServiceClient::new(
-        sibling.channel(&stack.operator).await,
-    );
-    let size = reader
-        .get_checkpoint(audit::GetCheckpointRequest { fresh: true })
-        .await
-        .unwrap()
-        .into_inner()
-        .tree_size;
-    let mut stream = reader
-        .subscribe(audit::SubscribeRequest {
-            from_index: 0,
-            filter: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut entries = Vec::new();
-    while (entries.len() as u64) < size {
-        let message = stream.message().await.unwrap().unwrap();
-        entries.extend(message.entries);
-    }
+    let entries = steward_integration_tests::evidence::whole_log(
+        &mut audit::audit_service_client::AuditServiceClient::new(
+            sibling.channel(&stack.operator).await,
+        ),
+    )
+    .await;
+    let size = entries.len() as u64;
     let indices: Vec<u64> = entries.iter().map(|e| e.index).collect();
     assert_eq!(indices, (0..size).collect::<Vec<_>>());
     let mut record_ids: Vec<&str> = entries
@@ -630,10 +612,7 @@ async fn two_authority_replicas_answer_each_signal_once() {
     use steward_proto::steward::inventory::v1 as inv;
 
     const SIGNALS: usize = 30;
-    if TestBackend::from_env() == TestBackend::Sqlite {
-        eprintln!(
-            "{DATABASE_URL_ENV} is not set: replicas need PostgreSQL; not exercised in this run"
-        );
+    if on_sqlite() {
         return;
     }
     let stack = TestStack::start().await;
@@ -755,10 +734,7 @@ async fn an_activation_through_one_authority_replica_is_in_force_on_every_other_
     use steward_proto::steward::authority::v1 as authz;
     use steward_proto::steward::authority::v1::authority_service_client::AuthorityServiceClient;
 
-    if TestBackend::from_env() == TestBackend::Sqlite {
-        eprintln!(
-            "{DATABASE_URL_ENV} is not set: replicas need PostgreSQL; not exercised in this run"
-        );
+    if on_sqlite() {
         return;
     }
     let stack = TestStack::start().await;

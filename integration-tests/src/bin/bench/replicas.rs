@@ -14,11 +14,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use steward_integration_tests::TestBackend;
-use steward_integration_tests::broker::{BROKER_POLICIES, SOAR, task};
+use steward_integration_tests::broker::{BROKER_POLICIES, SOAR, activate_on, task};
 use steward_integration_tests::cluster::Cluster;
 use steward_integration_tests::faults::PrivatePostgres;
 use steward_integration_tests::inventory::spec;
-use steward_proto::steward::authority::v1 as authz;
 use steward_proto::steward::authority::v1::authority_service_client::AuthorityServiceClient;
 use steward_proto::steward::broker::v1 as pb;
 use steward_proto::steward::broker::v1::credential_broker_client::CredentialBrokerClient;
@@ -97,25 +96,7 @@ pub async fn run() -> anyhow::Result<Vec<Figure>> {
 async fn issuance(cluster: &Cluster) -> anyhow::Result<f64> {
     let mut admin =
         AuthorityServiceClient::new(cluster.channel("authority", &cluster.operator).await);
-    let version = admin
-        .upload_policy_set(authz::UploadPolicySetRequest {
-            policies: format!(
-                "{}\n{BROKER_POLICIES}",
-                steward_authority::engine::DEFAULT_POLICIES
-            ),
-            description: "replicas bench".into(),
-        })
-        .await?
-        .into_inner()
-        .policy_set
-        .unwrap_or_default()
-        .version;
-    admin
-        .activate_policy_set(authz::ActivatePolicySetRequest {
-            version,
-            reason: "replicas bench".into(),
-        })
-        .await?;
+    activate_on(&mut admin, BROKER_POLICIES, true).await;
     let mut inventory =
         InventoryServiceClient::new(cluster.channel("inventory", &cluster.operator).await);
     let mut workload = spec("bench-replicas");
