@@ -315,3 +315,100 @@ async fn generic_csv_and_json_report_bad_rows_and_import_the_rest() {
     .await;
     assert_eq!(bad_header.errors[0].field, "colour");
 }
+
+/// The sample report with one more user, whose signing certificate is
+/// active, in the JSON `aws iam get-credential-report` prints.
+fn cli_json_with_a_certificate() -> Vec<u8> {
+    use base64::Engine as _;
+    let mut csv = String::from_utf8(sample("aws-iam-credential-report.csv")).unwrap();
+    if !csv.ends_with('\n') {
+        csv.push('\n');
+    }
+    csv.push_str(
+        "saml-signer,arn:aws:iam::123456789012:user/svc/saml-signer,2020-01-15T10:00:00+00:00,\
+         false,N/A,N/A,N/A,false,false,N/A,N/A,N/A,N/A,false,N/A,N/A,N/A,N/A,\
+         true,2024-05-01T09:30:00+00:00,false,N/A\n",
+    );
+    let content = base64::engine::general_purpose::STANDARD.encode(csv);
+    format!(
+        "{{\n    \"Content\": \"{content}\",\n    \"ReportFormat\": \"text/csv\",\n    \
+         \"GeneratedTime\": \"2026-12-01T08:00:00+00:00\"\n}}\n"
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn the_aws_clis_json_imports_as_its_csv_does_and_certificates_become_identities() {
+    let stack = TestStack::start().await;
+    let mut client = stack.inventory().await;
+    let imported = import(
+        &mut client,
+        pb::ImportFormat::AwsIamCredentialReport,
+        cli_json_with_a_certificate(),
+        false,
+    )
+    .await;
+    // The four keys of the CSV sample, and the certificate.
+    assert_eq!((imported.rows, imported.created), (7, 5), "{imported:?}");
+    assert_eq!(
+        imported.rejected, 1,
+        "the sample's bad date, as from the CSV"
+    );
+    let certificate = by_external_id(&mut client, "aws-iam", "saml-signer#cert_1").await;
+    assert_eq!(certificate.kind, pb::IdentityKind::Certificate as i32);
+    assert_eq!(
+        certificate.display_name,
+        "saml-signer signing certificate 1"
+    );
+    assert_eq!(
+        certificate.last_rotate_time.unwrap().seconds,
+        1_714_555_800,
+        "2024-05-01T09:30:00Z"
+    );
+    assert_eq!(
+        certificate
+            .labels
+            .get("aws/cert-active")
+            .map(String::as_str),
+        Some("true")
+    );
+    let key = by_external_id(&mut client, "aws-iam", "legacy-backup#access_key_1").await;
+    assert_eq!(key.kind, pb::IdentityKind::ApiKey as i32);
+
+    // The same file again changes nothing.
+    let again = import(
+        &mut client,
+        pb::ImportFormat::AwsIamCredentialReport,
+        cli_json_with_a_certificate(),
+        false,
+    )
+    .await;
+    assert_eq!((again.created, again.changed, again.unchanged), (0, 0, 5));
+
+    // JSON that is not the CLI's report is refused as a whole, without
+    // quoting it.
+    for (bad, says) in [
+        (
+            &b"{\"Content\": \"%%% not base64 SECRETVALUE\"}"[..],
+            "base64",
+        ),
+        (
+            &b"{\"Content\": \"YQ==\", \"ReportFormat\": \"text/xml\"}"[..],
+            "text/csv",
+        ),
+        (&b"{\"ReportFormat\": \"SECRETVALUE\""[..], "JSON"),
+    ] {
+        let refused = import(
+            &mut client,
+            pb::ImportFormat::AwsIamCredentialReport,
+            bad.to_vec(),
+            true,
+        )
+        .await;
+        assert_eq!(refused.created, 0);
+        let error = &refused.errors[0];
+        assert_eq!((error.line, error.field.as_str()), (1, "content"));
+        assert!(error.reason.contains(says), "{error:?}");
+        assert!(!error.reason.contains("SECRETVALUE"), "{error:?}");
+    }
+}

@@ -1,8 +1,11 @@
-//! The AWS IAM credential report (`aws iam get-credential-report`, base64
-//! decoded): one CSV row per IAM user, with two access-key slots. Every key
-//! that exists becomes an API-key identity with its rotation and last-use
-//! dates; the user's name, the key's status and where it was last used
-//! become labels.
+//! The AWS IAM credential report: one CSV row per IAM user, with two
+//! access-key slots and two signing-certificate slots. It is taken as the
+//! CSV itself or as `aws iam get-credential-report`'s JSON, whose
+//! `Content` holds the CSV in base64. Every key that exists becomes an
+//! API-key identity with its rotation and last-use dates, and every
+//! certificate a certificate identity with its rotation date; the user's
+//! name, the credential's status and where a key was last used become
+//! labels.
 
 use super::{Defaults, Parsed, blank, rfc3339};
 use crate::domain::Kind;
@@ -16,8 +19,51 @@ fn absent(value: &str) -> bool {
     matches!(value, "" | "N/A" | "no_information" | "not_supported")
 }
 
+/// What `aws iam get-credential-report` prints.
+#[derive(serde::Deserialize)]
+struct CliReport {
+    #[serde(rename = "Content")]
+    content: String,
+    #[serde(rename = "ReportFormat", default)]
+    report_format: String,
+}
+
+/// The CSV in the CLI's JSON, or `None` when `content` is not JSON (the
+/// CSV itself). The reason never quotes the content.
+fn from_cli_json(content: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    if content.trim_ascii_start().first() != Some(&b'{') {
+        return Ok(None);
+    }
+    let report: CliReport = serde_json::from_slice(content).map_err(|e| {
+        format!(
+            "not the AWS CLI's credential report (JSON with Content): line {}, column {}",
+            e.line(),
+            e.column()
+        )
+    })?;
+    if !report.report_format.is_empty() && report.report_format != "text/csv" {
+        return Err(format!(
+            "ReportFormat {} is not text/csv",
+            steward_errors::shown(&report.report_format)
+        ));
+    }
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(report.content.trim())
+        .map(Some)
+        .map_err(|_| "Content is not base64".to_owned())
+}
+
 pub fn parse(content: &[u8], defaults: &Defaults) -> Parsed {
     let mut parsed = Parsed::default();
+    let decoded = match from_cli_json(content) {
+        Ok(decoded) => decoded,
+        Err(reason) => {
+            parsed.reject(1, "content", reason);
+            return parsed;
+        }
+    };
+    let content = decoded.as_deref().unwrap_or(content);
     let source = if defaults.source_system.is_empty() {
         "aws-iam"
     } else {
@@ -71,66 +117,132 @@ pub fn parse(content: &[u8], defaults: &Defaults) -> Parsed {
             );
             continue;
         }
-        for slot in 1..=2 {
-            let column = |suffix: &str| format!("access_key_{slot}_{suffix}");
-            let rotated = get(&column("last_rotated"));
-            if absent(rotated) {
-                continue; // no key in this slot
-            }
-            let rotated = match rfc3339(rotated) {
-                Ok(t) => t,
-                Err(reason) => {
-                    parsed.reject(line, column("last_rotated"), reason);
-                    continue;
-                }
-            };
-            let used = get(&column("last_used_date"));
-            let used = if absent(used) {
-                None
-            } else {
-                match rfc3339(used) {
-                    Ok(t) => Some(t),
-                    Err(reason) => {
-                        parsed.reject(line, column("last_used_date"), reason);
-                        continue;
-                    }
-                }
-            };
-            let mut spec = blank(
-                Kind::ApiKey,
-                source,
-                format!("{arn}#access_key_{slot}"),
-                &defaults.environment,
-            );
-            spec.display_name = format!("{user} access key {slot}");
-            spec.last_rotated_at = Some(rotated);
-            spec.last_used_at = used;
-            spec.labels.insert("aws/user".into(), user.to_owned());
-            spec.labels.insert(
-                "aws/key-active".into(),
-                get(&column("active")).to_ascii_lowercase(),
-            );
-            for (label, suffix) in [
-                ("aws/last-used-region", "last_used_region"),
-                ("aws/last-used-service", "last_used_service"),
-            ] {
-                let value = get(&column(suffix));
-                if !absent(value) {
-                    spec.labels.insert(label.into(), value.to_owned());
-                }
-            }
-            parsed.rows.push(ImportRow {
-                line,
-                spec,
-                fields: vec![
-                    "kind",
-                    "display_name",
-                    "last_rotate_time",
-                    "last_use_time",
-                    "labels",
-                ],
-            });
-        }
+        let row = Row {
+            line,
+            user,
+            arn,
+            source,
+        };
+        access_keys(&mut parsed, &get, &row, defaults);
+        certificates(&mut parsed, &get, &row, defaults);
     }
     parsed
+}
+
+/// The user a report row is about.
+struct Row<'a> {
+    line: u64,
+    user: &'a str,
+    arn: &'a str,
+    source: &'a str,
+}
+
+/// The row's signing certificates (`cert_N_*`), as certificate identities.
+fn certificates<'r>(
+    parsed: &mut Parsed,
+    get: &dyn Fn(&str) -> &'r str,
+    row: &Row<'_>,
+    defaults: &Defaults,
+) {
+    for slot in 1..=2 {
+        let column = |suffix: &str| format!("cert_{slot}_{suffix}");
+        let rotated = get(&column("last_rotated"));
+        if absent(rotated) {
+            continue; // no certificate in this slot
+        }
+        let rotated = match rfc3339(rotated) {
+            Ok(t) => t,
+            Err(reason) => {
+                parsed.reject(row.line, column("last_rotated"), reason);
+                continue;
+            }
+        };
+        let mut spec = blank(
+            Kind::Certificate,
+            row.source,
+            format!("{}#cert_{slot}", row.arn),
+            &defaults.environment,
+        );
+        spec.display_name = format!("{} signing certificate {slot}", row.user);
+        spec.last_rotated_at = Some(rotated);
+        spec.labels.insert("aws/user".into(), row.user.to_owned());
+        spec.labels.insert(
+            "aws/cert-active".into(),
+            get(&column("active")).to_ascii_lowercase(),
+        );
+        parsed.rows.push(ImportRow {
+            line: row.line,
+            spec,
+            fields: vec!["kind", "display_name", "last_rotate_time", "labels"],
+        });
+    }
+}
+
+/// The row's access keys (`access_key_N_*`), as API-key identities.
+fn access_keys<'r>(
+    parsed: &mut Parsed,
+    get: &dyn Fn(&str) -> &'r str,
+    row: &Row<'_>,
+    defaults: &Defaults,
+) {
+    for slot in 1..=2 {
+        let column = |suffix: &str| format!("access_key_{slot}_{suffix}");
+        let rotated = get(&column("last_rotated"));
+        if absent(rotated) {
+            continue; // no key in this slot
+        }
+        let rotated = match rfc3339(rotated) {
+            Ok(t) => t,
+            Err(reason) => {
+                parsed.reject(row.line, column("last_rotated"), reason);
+                continue;
+            }
+        };
+        let used = get(&column("last_used_date"));
+        let used = if absent(used) {
+            None
+        } else {
+            match rfc3339(used) {
+                Ok(t) => Some(t),
+                Err(reason) => {
+                    parsed.reject(row.line, column("last_used_date"), reason);
+                    continue;
+                }
+            }
+        };
+        let mut spec = blank(
+            Kind::ApiKey,
+            row.source,
+            format!("{}#access_key_{slot}", row.arn),
+            &defaults.environment,
+        );
+        spec.display_name = format!("{} access key {slot}", row.user);
+        spec.last_rotated_at = Some(rotated);
+        spec.last_used_at = used;
+        spec.labels.insert("aws/user".into(), row.user.to_owned());
+        spec.labels.insert(
+            "aws/key-active".into(),
+            get(&column("active")).to_ascii_lowercase(),
+        );
+        for (label, suffix) in [
+            ("aws/last-used-region", "last_used_region"),
+            ("aws/last-used-service", "last_used_service"),
+        ] {
+            let value = get(&column(suffix));
+            if !absent(value) {
+                spec.labels.insert(label.into(), value.to_owned());
+            }
+        }
+        parsed.rows.push(ImportRow {
+            line: row.line,
+            spec,
+            fields: vec![
+                "kind",
+                "display_name",
+                "last_rotate_time",
+                "last_use_time",
+                "labels",
+            ],
+        });
+    }
 }
