@@ -316,8 +316,9 @@ async fn generic_csv_and_json_report_bad_rows_and_import_the_rest() {
     assert_eq!(bad_header.errors[0].field, "colour");
 }
 
-/// The sample report with one more user, whose signing certificate is
-/// active, in the JSON `aws iam get-credential-report` prints.
+/// The sample report with two more users, one whose signing certificate is
+/// active and one whose access key is not, in the JSON `aws iam
+/// get-credential-report` prints.
 fn cli_json_with_a_certificate() -> Vec<u8> {
     use base64::Engine as _;
     let mut csv = String::from_utf8(sample("aws-iam-credential-report.csv")).unwrap();
@@ -327,7 +328,10 @@ fn cli_json_with_a_certificate() -> Vec<u8> {
     csv.push_str(
         "saml-signer,arn:aws:iam::123456789012:user/svc/saml-signer,2020-01-15T10:00:00+00:00,\
          false,N/A,N/A,N/A,false,false,N/A,N/A,N/A,N/A,false,N/A,N/A,N/A,N/A,\
-         true,2024-05-01T09:30:00+00:00,false,N/A\n",
+         true,2024-05-01T09:30:00+00:00,false,N/A\n\
+         old-sync,arn:aws:iam::123456789012:user/svc/old-sync,2023-02-01T00:00:00+00:00,\
+         false,N/A,N/A,N/A,false,false,2023-02-01T00:05:00+00:00,N/A,N/A,N/A,\
+         false,N/A,N/A,N/A,N/A,false,N/A,false,N/A\n",
     );
     let content = base64::engine::general_purpose::STANDARD.encode(csv);
     format!(
@@ -348,8 +352,8 @@ async fn the_aws_clis_json_imports_as_its_csv_does_and_certificates_become_ident
         false,
     )
     .await;
-    // The four keys of the CSV sample, and the certificate.
-    assert_eq!((imported.rows, imported.created), (7, 5), "{imported:?}");
+    // The four keys of the CSV sample, the certificate and the inactive key.
+    assert_eq!((imported.rows, imported.created), (8, 6), "{imported:?}");
     assert_eq!(
         imported.rejected, 1,
         "the sample's bad date, as from the CSV"
@@ -374,6 +378,14 @@ async fn the_aws_clis_json_imports_as_its_csv_does_and_certificates_become_ident
     );
     let key = by_external_id(&mut client, "aws-iam", "legacy-backup#access_key_1").await;
     assert_eq!(key.kind, pb::IdentityKind::ApiKey as i32);
+    assert_eq!(key.state, pb::LifecycleState::Active as i32);
+    // An inactive key is there, and suspended: nothing treats it as live.
+    let inactive = by_external_id(&mut client, "aws-iam", "old-sync#access_key_1").await;
+    assert_eq!(inactive.state, pb::LifecycleState::Suspended as i32);
+    assert_eq!(
+        inactive.labels.get("aws/key-active").map(String::as_str),
+        Some("false")
+    );
 
     // The same file again changes nothing.
     let again = import(
@@ -383,7 +395,7 @@ async fn the_aws_clis_json_imports_as_its_csv_does_and_certificates_become_ident
         false,
     )
     .await;
-    assert_eq!((again.created, again.changed, again.unchanged), (0, 0, 5));
+    assert_eq!((again.created, again.changed, again.unchanged), (0, 0, 6));
 
     // JSON that is not the CLI's report is refused as a whole, without
     // quoting it.

@@ -8,7 +8,7 @@
 //! labels.
 
 use super::{Defaults, Parsed, blank, rfc3339};
-use crate::domain::Kind;
+use crate::domain::{Kind, State};
 use crate::store::import::ImportRow;
 
 /// Columns the report must have.
@@ -129,6 +129,15 @@ pub fn parse(content: &[u8], defaults: &Defaults) -> Parsed {
     parsed
 }
 
+/// A credential the report marks inactive (`*_active` is `false`) starts
+/// suspended: it exists and may be switched on again, and until then
+/// authority gives nothing to it.
+fn disabled(active: &str) -> Option<State> {
+    active
+        .eq_ignore_ascii_case("false")
+        .then_some(State::Suspended)
+}
+
 /// The user a report row is about.
 struct Row<'a> {
     line: u64,
@@ -174,6 +183,7 @@ fn certificates<'r>(
             line: row.line,
             spec,
             fields: vec!["kind", "display_name", "last_rotate_time", "labels"],
+            state: disabled(get(&column("active"))),
         });
     }
 }
@@ -243,6 +253,7 @@ fn access_keys<'r>(
                 "last_use_time",
                 "labels",
             ],
+            state: disabled(get(&column("active"))),
         });
     }
 }

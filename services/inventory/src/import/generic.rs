@@ -297,6 +297,7 @@ fn row(
         spec.labels = labels;
     }
     Ok(ImportRow {
+        state: None,
         line,
         spec,
         fields: present,

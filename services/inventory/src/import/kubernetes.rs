@@ -96,7 +96,12 @@ fn service_account(
     }
     let annotations = metadata.get("annotations").cloned().unwrap_or(Value::Null);
     annotated(&annotations, &mut spec, &mut fields);
-    Ok(ImportRow { line, spec, fields })
+    Ok(ImportRow {
+        line,
+        spec,
+        fields,
+        state: None,
+    })
 }
 
 /// Owners and purpose from the `steward/…` annotations, where present.

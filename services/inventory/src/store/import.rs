@@ -29,6 +29,10 @@ pub struct ImportRow {
     /// The IdentitySpec fields the source is authoritative for; the others
     /// keep what Steward holds. `labels` merges key by key.
     pub fields: Vec<&'static str>,
+    /// The state a new identity starts in (`None`: active), for a
+    /// credential its source says is disabled. An existing identity's state
+    /// is not the import's to change: lifecycle changes are authority's.
+    pub state: Option<State>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -299,7 +303,7 @@ fn plan(
                 created.push(Identity {
                     id: Uuid::now_v7(),
                     spec,
-                    state: State::Active,
+                    state: row.state.unwrap_or(State::Active),
                     created_at: now,
                     updated_at: now,
                     state_changed_at: now,
@@ -349,6 +353,7 @@ fn import_records(
                 ("format", format.to_owned()),
                 ("source_system", identity.spec.source_system.clone()),
                 ("external_id", identity.spec.external_id.clone()),
+                ("state", identity.state.as_str().to_owned()),
             ],
         ));
     }
