@@ -271,20 +271,10 @@ impl RunningService {
     /// The status code and body of a plain `GET path` to its probes'
     /// listener, as a probe without a client certificate sends it.
     pub async fn probe(&self, path: &str) -> (u16, String) {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let addr = self.ops_addr.expect("the service has no ops_addr");
-        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        tcp.write_all(request.as_bytes()).await.unwrap();
-        let mut answer = String::new();
-        tcp.read_to_string(&mut answer).await.unwrap();
-        let status = answer
-            .split(' ')
-            .nth(1)
-            .and_then(|code| code.parse().ok())
-            .unwrap_or(0);
-        let body = answer.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
-        (status, body)
+        cluster::http_get(addr, path)
+            .await
+            .unwrap_or_else(|| panic!("no HTTP answer from {addr}{path}"))
     }
 
     /// `127.0.0.1:<port>`.

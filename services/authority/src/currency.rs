@@ -65,6 +65,11 @@ impl Currency {
         }
     }
 
+    /// Whether there are other replicas to follow (PostgreSQL).
+    pub fn among_others(&self) -> bool {
+        self.followed.is_some()
+    }
+
     /// Whether this replica may decide now.
     pub fn current(&self) -> bool {
         match *self.until.lock().unwrap_or_else(|p| p.into_inner()) {

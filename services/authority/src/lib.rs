@@ -346,19 +346,25 @@ const GRANT_HOLDERS_EVERY: u32 = 8;
 /// every two seconds.
 async fn follow(shared: Arc<Shared>, shutdown: impl std::future::Future<Output = ()>) {
     tokio::pin!(shutdown);
+    // Alone (SQLite) there is no activation to follow: only grant holders
+    // are re-read, every two seconds as before.
+    let among_others = shared.currency.among_others();
+    let every = if among_others { 1 } else { GRANT_HOLDERS_EVERY };
     let mut ticks = 0u32;
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            () = tokio::time::sleep(currency::FOLLOW) => {}
+            () = tokio::time::sleep(currency::FOLLOW * every) => {}
         }
-        ticks = ticks.wrapping_add(1);
+        ticks = ticks.wrapping_add(every);
         if ticks.is_multiple_of(GRANT_HOLDERS_EVERY)
             && let Err(e) = shared.refresh_grant_holders().await
         {
             tracing::warn!(error = %e, "cannot re-read grant holders; keeping the last set");
         }
-        follow_once(&shared).await;
+        if among_others {
+            follow_once(&shared).await;
+        }
     }
     shared.currency.withdraw().await;
 }
