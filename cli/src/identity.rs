@@ -22,9 +22,10 @@ pub const EXIT_ROWS_REJECTED: u8 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
-    /// The CSV of `aws iam get-credential-report`.
+    /// `aws iam get-credential-report` (its JSON, or the CSV in it).
     Aws,
     /// `kubectl get serviceaccounts -A -o json`.
+    #[value(name = "k8s", alias = "kubernetes")]
     Kubernetes,
     /// Steward's generic CSV.
     Csv,
@@ -46,9 +47,15 @@ pub struct ImportArgs {
     /// The environment of rows that name none.
     #[arg(long)]
     pub environment: Option<String>,
-    /// Report what would change, change nothing.
+    /// Report what would change (every drift, not only the counts) and
+    /// change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Kubernetes: an annotation naming a ServiceAccount's technical owner
+    /// (repeatable, first present wins); by default steward/technical-owner,
+    /// owner, team.
+    #[arg(long = "owner-annotation")]
+    pub owner_annotations: Vec<String>,
     /// The incident or ticket this import serves (recorded as evidence).
     #[arg(long)]
     pub incident: Option<String>,
@@ -224,6 +231,7 @@ pub async fn import(
         environment: import.environment.unwrap_or_default(),
         dry_run: import.dry_run,
         context: context(import.incident.as_ref()),
+        owner_annotations: import.owner_annotations,
     });
     let r = format::waiting("inventory is importing", call)
         .await?
@@ -274,6 +282,26 @@ pub async fn import(
             );
             for e in &r.errors {
                 println!("  line {}: {}: {}", e.line, e.field, e.reason);
+            }
+            if r.dry_run {
+                for d in &r.drift {
+                    let kind = pb::DriftKind::try_from(d.kind).map_or("?", |k| k.as_str_name());
+                    let mut line = format!(
+                        "  {:<8} {} {}",
+                        word(kind, "DRIFT_KIND_"),
+                        d.source_system,
+                        d.external_id
+                    );
+                    if !d.fields.is_empty() {
+                        line.push_str(&format!(" ({})", d.fields.join(", ")));
+                    }
+                    println!("{line}");
+                }
+                let shown = r.drift.len() as u64;
+                let total = r.created + r.changed + r.vanished;
+                if total > shown {
+                    println!("  … and {} more", total - shown);
+                }
             }
         }
     }

@@ -20,10 +20,9 @@ async fn import(
         .import_identities(pb::ImportIdentitiesRequest {
             format: format as i32,
             content,
-            source_system: String::new(),
             environment: "production".into(),
             dry_run,
-            context: None,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -95,7 +94,12 @@ async fn aws_credential_report_imports_keys_idempotently_with_drift() {
     assert_eq!(first.errors[0].line, 7);
     assert_eq!(first.errors[0].field, "access_key_1_last_rotated");
 
-    let legacy = by_external_id(&mut client, "aws-iam", "legacy-backup#access_key_1").await;
+    let legacy = by_external_id(
+        &mut client,
+        "aws-iam:123456789012",
+        "legacy-backup#access_key_1",
+    )
+    .await;
     assert_eq!(legacy.kind, pb::IdentityKind::ApiKey as i32);
     assert!(
         legacy.unowned,
@@ -107,7 +111,12 @@ async fn aws_credential_report_imports_keys_idempotently_with_drift() {
         legacy.labels.get("aws/user").map(String::as_str),
         Some("legacy-backup")
     );
-    let ci = by_external_id(&mut client, "aws-iam", "ci-deployer#access_key_2").await;
+    let ci = by_external_id(
+        &mut client,
+        "aws-iam:123456789012",
+        "ci-deployer#access_key_2",
+    )
+    .await;
     assert_eq!(
         ci.labels.get("aws/last-used-service").map(String::as_str),
         Some("sts")
@@ -178,7 +187,11 @@ async fn aws_credential_report_imports_keys_idempotently_with_drift() {
         .iter()
         .find(|d| d.kind == pb::DriftKind::Changed as i32)
         .unwrap();
-    assert_eq!(changed.fields, vec!["last_rotate_time"]);
+    // A rotated key is a new key: its rotation and its creation move.
+    assert_eq!(
+        changed.fields,
+        vec!["last_rotate_time", "source_create_time"]
+    );
     let vanished = drift
         .drift
         .iter()
@@ -216,7 +229,7 @@ async fn kubernetes_service_accounts_import_with_spiffe_ids_and_owners() {
         false,
     )
     .await;
-    assert_eq!((result.rows, result.created, result.rejected), (4, 3, 1));
+    assert_eq!((result.rows, result.created, result.rejected), (6, 5, 1));
     assert_eq!(
         (result.errors[0].line, result.errors[0].field.as_str()),
         (4, "metadata.namespace")
@@ -358,7 +371,8 @@ async fn the_aws_clis_json_imports_as_its_csv_does_and_certificates_become_ident
         imported.rejected, 1,
         "the sample's bad date, as from the CSV"
     );
-    let certificate = by_external_id(&mut client, "aws-iam", "saml-signer#cert_1").await;
+    let certificate =
+        by_external_id(&mut client, "aws-iam:123456789012", "saml-signer#cert_1").await;
     assert_eq!(certificate.kind, pb::IdentityKind::Certificate as i32);
     assert_eq!(
         certificate.display_name,
@@ -376,11 +390,17 @@ async fn the_aws_clis_json_imports_as_its_csv_does_and_certificates_become_ident
             .map(String::as_str),
         Some("true")
     );
-    let key = by_external_id(&mut client, "aws-iam", "legacy-backup#access_key_1").await;
+    let key = by_external_id(
+        &mut client,
+        "aws-iam:123456789012",
+        "legacy-backup#access_key_1",
+    )
+    .await;
     assert_eq!(key.kind, pb::IdentityKind::ApiKey as i32);
     assert_eq!(key.state, pb::LifecycleState::Active as i32);
     // An inactive key is there, and suspended: nothing treats it as live.
-    let inactive = by_external_id(&mut client, "aws-iam", "old-sync#access_key_1").await;
+    let inactive =
+        by_external_id(&mut client, "aws-iam:123456789012", "old-sync#access_key_1").await;
     assert_eq!(inactive.state, pb::LifecycleState::Suspended as i32);
     assert_eq!(
         inactive.labels.get("aws/key-active").map(String::as_str),

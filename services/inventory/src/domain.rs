@@ -153,10 +153,15 @@ pub struct Owner {
 impl Owner {
     fn validate(&self, field: &str) -> Result<(), FieldError> {
         required(&format!("{field}.name"), &self.name, MAX_NAME)?;
-        required(&format!("{field}.contact"), &self.contact, MAX_NAME)?;
+        optional(&format!("{field}.contact"), &self.contact, MAX_NAME)?;
         Ok(())
     }
 }
+
+/// The label naming who holds a credential (an IAM user's ARN, a GCP
+/// service account's email, an app's id): the multiple-active-keys report
+/// groups by it.
+pub const PRINCIPAL_LABEL: &str = "steward/principal";
 
 /// Everything a caller states about an NHI.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,6 +183,8 @@ pub struct IdentitySpec {
     pub expires_at: Option<Nanos>,
     pub last_rotated_at: Option<Nanos>,
     pub last_used_at: Option<Nanos>,
+    /// When the source system created the credential, where it says.
+    pub source_created_at: Option<Nanos>,
 }
 
 /// The IdentitySpec fields an update may name.
@@ -196,6 +203,7 @@ pub const UPDATABLE: &[&str] = &[
     "expire_time",
     "last_rotate_time",
     "last_use_time",
+    "source_create_time",
 ];
 
 impl IdentitySpec {
@@ -220,7 +228,23 @@ impl IdentitySpec {
             expires_at: None,
             last_rotated_at: None,
             last_used_at: None,
+            source_created_at: None,
         }
+    }
+
+    /// Clears `unowned` once both owners and a purpose are known: an
+    /// identity filed for triage leaves the orphaned report when someone
+    /// (an update, a later import) says who owns it and why it exists.
+    /// Returns whether it changed.
+    pub fn settle_triage(&mut self) -> bool {
+        let settled = self.unowned
+            && self.business_owner.is_some()
+            && self.technical_owner.is_some()
+            && !self.purpose.trim().is_empty();
+        if settled {
+            self.unowned = false;
+        }
+        settled
     }
 
     /// Checks every field. Owners and purpose are required unless the NHI
@@ -264,6 +288,7 @@ impl IdentitySpec {
             ("expire_time", self.expires_at),
             ("last_rotate_time", self.last_rotated_at),
             ("last_use_time", self.last_used_at),
+            ("source_create_time", self.source_created_at),
         ] {
             if time.is_some_and(|t| t <= 0) {
                 return Err(bad(field, "must be after 1970-01-01"));
@@ -273,6 +298,7 @@ impl IdentitySpec {
         for (field, time) in [
             ("last_rotate_time", self.last_rotated_at),
             ("last_use_time", self.last_used_at),
+            ("source_create_time", self.source_created_at),
         ] {
             if time.is_some_and(|t| t > now + 300 * NANOS_PER_SECOND) {
                 return Err(bad(field, "is in the future"));
@@ -403,7 +429,7 @@ pub fn optional(field: &str, value: &str, max: usize) -> Result<(), FieldError> 
     Ok(())
 }
 
-fn validate_label_key(field: &str, key: &str) -> Result<(), FieldError> {
+pub fn validate_label_key(field: &str, key: &str) -> Result<(), FieldError> {
     if key.is_empty() || key.len() > MAX_LABEL_KEY {
         return Err(bad(
             field,
@@ -479,6 +505,7 @@ mod tests {
             expires_at: None,
             last_rotated_at: None,
             last_used_at: None,
+            source_created_at: None,
         }
     }
 

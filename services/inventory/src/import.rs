@@ -6,6 +6,8 @@ mod aws;
 mod generic;
 mod kubernetes;
 
+pub use kubernetes::OWNER_ANNOTATIONS;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use steward_identity::TrustDomain;
@@ -32,6 +34,9 @@ pub struct Defaults {
     pub environment: String,
     /// For SPIFFE IDs derived from the source (Kubernetes).
     pub trust_domain: TrustDomain,
+    /// Kubernetes: the annotations naming a technical owner, first present
+    /// wins; empty means [`OWNER_ANNOTATIONS`].
+    pub owner_annotations: Vec<String>,
 }
 
 /// A row that could not be imported.

@@ -31,6 +31,7 @@ const MIGRATIONS: MigrationSet = steward_db::migrations!("inventory", {
     3: "inventory" => "0003_inventory.sql",
     4: "registration entries' dns names" => "0004_registration_dns_names.sql",
     5: "change relays" => "0005_change_relays.sql",
+    6: "what imports carry" => "0006_import_facts.sql",
 });
 
 const AUTHORITY: &str = steward_server::service_caller!("authority");

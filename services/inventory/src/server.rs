@@ -292,6 +292,12 @@ impl InventoryService for InventoryServer {
                 for path in &paths {
                     apply_path(&mut identity.spec, &wire, path, "identity.")?;
                 }
+                // Owners and a purpose supplied for an identity filed for
+                // triage clear the flag, unless the caller sets it.
+                let mut fields = paths.join(",");
+                if !paths.iter().any(|p| p == "unowned") && identity.spec.settle_triage() {
+                    fields.push_str(",unowned");
+                }
                 identity
                     .spec
                     .validate()
@@ -301,7 +307,7 @@ impl InventoryService for InventoryServer {
                     "identity.update",
                     Some((&identity.id, identity.spec.kind)),
                     "",
-                    [("fields", paths.join(","))],
+                    [("fields", fields)],
                 ))
             })
             .await

@@ -31,8 +31,8 @@ use crate::domain::{Error, Filter, Identity, now_ns};
 pub use steward_db::Engine;
 
 pub(crate) use rows::{
-    COLUMN_COUNT, COLUMNS, Columns, StoredRow, active_at, bind_identity, corrupt, labels_json,
-    owner_columns, read_identity, rotated_at, update_row,
+    COLUMN_COUNT, COLUMNS, Columns, StoredRow, active_at, bind_identity, corrupt, created_at,
+    labels_json, owner_columns, read_identity, rotated_at, update_row,
 };
 
 /// The inventory database and the outbox forwarder to wake after commits.

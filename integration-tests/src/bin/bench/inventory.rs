@@ -639,10 +639,7 @@ async fn import(mut client: Client) -> anyhow::Result<Vec<Figure>> {
         .import_identities(pb::ImportIdentitiesRequest {
             format: pb::ImportFormat::Csv as i32,
             content: bytes,
-            source_system: String::new(),
-            environment: String::new(),
-            dry_run: false,
-            context: None,
+            ..Default::default()
         })
         .await?
         .into_inner();

@@ -8,7 +8,7 @@
 //! labels.
 
 use super::{Defaults, Parsed, blank, rfc3339};
-use crate::domain::{Kind, State};
+use crate::domain::{IdentitySpec, Kind, PRINCIPAL_LABEL, State};
 use crate::store::import::ImportRow;
 
 /// Columns the report must have.
@@ -64,11 +64,6 @@ pub fn parse(content: &[u8], defaults: &Defaults) -> Parsed {
         }
     };
     let content = decoded.as_deref().unwrap_or(content);
-    let source = if defaults.source_system.is_empty() {
-        "aws-iam"
-    } else {
-        defaults.source_system.as_str()
-    };
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(false)
@@ -121,7 +116,7 @@ pub fn parse(content: &[u8], defaults: &Defaults) -> Parsed {
             line,
             user,
             arn,
-            source,
+            source: source_system(arn, defaults),
         };
         access_keys(&mut parsed, &get, &row, defaults);
         certificates(&mut parsed, &get, &row, defaults);
@@ -138,12 +133,52 @@ fn disabled(active: &str) -> Option<State> {
         .then_some(State::Suspended)
 }
 
+/// The request's source system, else `aws-iam:<account id>` from the
+/// ARN, so that two accounts' reports never name each other's keys.
+pub(super) fn source_system(arn: &str, defaults: &Defaults) -> String {
+    if !defaults.source_system.is_empty() {
+        return defaults.source_system.clone();
+    }
+    match arn.split(':').nth(4) {
+        Some(account) if !account.is_empty() => format!("aws-iam:{account}"),
+        _ => "aws-iam".to_owned(),
+    }
+}
+
 /// The user a report row is about.
 struct Row<'a> {
     line: u64,
     user: &'a str,
     arn: &'a str,
-    source: &'a str,
+    source: String,
+}
+
+impl Row<'_> {
+    /// A credential of this user in `slot` (`access_key_1`, `cert_2`)
+    /// created (or last replaced) at `rotated`, with the labels every
+    /// credential of the report has.
+    fn credential(
+        &self,
+        kind: Kind,
+        slot: &str,
+        rotated: i64,
+        defaults: &Defaults,
+    ) -> IdentitySpec {
+        let mut spec = blank(
+            kind,
+            &self.source,
+            format!("{}#{slot}", self.arn),
+            &defaults.environment,
+        );
+        // The report's "last rotated" is when this key or certificate was
+        // created: rotating one in IAM makes a new one.
+        spec.last_rotated_at = Some(rotated);
+        spec.source_created_at = Some(rotated);
+        spec.labels.insert("aws/user".into(), self.user.to_owned());
+        spec.labels
+            .insert(PRINCIPAL_LABEL.into(), self.arn.to_owned());
+        spec
+    }
 }
 
 /// The row's signing certificates (`cert_N_*`), as certificate identities.
@@ -166,15 +201,13 @@ fn certificates<'r>(
                 continue;
             }
         };
-        let mut spec = blank(
+        let mut spec = row.credential(
             Kind::Certificate,
-            row.source,
-            format!("{}#cert_{slot}", row.arn),
-            &defaults.environment,
+            &format!("cert_{slot}"),
+            rotated,
+            defaults,
         );
         spec.display_name = format!("{} signing certificate {slot}", row.user);
-        spec.last_rotated_at = Some(rotated);
-        spec.labels.insert("aws/user".into(), row.user.to_owned());
         spec.labels.insert(
             "aws/cert-active".into(),
             get(&column("active")).to_ascii_lowercase(),
@@ -182,8 +215,15 @@ fn certificates<'r>(
         parsed.rows.push(ImportRow {
             line: row.line,
             spec,
-            fields: vec!["kind", "display_name", "last_rotate_time", "labels"],
+            fields: vec![
+                "kind",
+                "display_name",
+                "last_rotate_time",
+                "source_create_time",
+                "labels",
+            ],
             state: disabled(get(&column("active"))),
+            entitlements: None,
         });
     }
 }
@@ -220,16 +260,14 @@ fn access_keys<'r>(
                 }
             }
         };
-        let mut spec = blank(
+        let mut spec = row.credential(
             Kind::ApiKey,
-            row.source,
-            format!("{}#access_key_{slot}", row.arn),
-            &defaults.environment,
+            &format!("access_key_{slot}"),
+            rotated,
+            defaults,
         );
         spec.display_name = format!("{} access key {slot}", row.user);
-        spec.last_rotated_at = Some(rotated);
         spec.last_used_at = used;
-        spec.labels.insert("aws/user".into(), row.user.to_owned());
         spec.labels.insert(
             "aws/key-active".into(),
             get(&column("active")).to_ascii_lowercase(),
@@ -251,9 +289,11 @@ fn access_keys<'r>(
                 "display_name",
                 "last_rotate_time",
                 "last_use_time",
+                "source_create_time",
                 "labels",
             ],
             state: disabled(get(&column("active"))),
+            entitlements: None,
         });
     }
 }

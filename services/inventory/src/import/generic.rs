@@ -34,6 +34,7 @@ pub const COLUMNS: &[&str] = &[
     "expire_time",
     "last_rotate_time",
     "last_use_time",
+    "source_create_time",
 ];
 
 pub fn parse_csv(content: &[u8], defaults: &Defaults) -> Parsed {
@@ -296,12 +297,7 @@ fn row(
         present.push("labels");
         spec.labels = labels;
     }
-    Ok(ImportRow {
-        state: None,
-        line,
-        spec,
-        fields: present,
-    })
+    Ok(ImportRow::new(line, spec, present))
 }
 
 /// The two owners' columns (`<role>`, `<role>_kind`, `<role>_contact`).
@@ -360,6 +356,7 @@ fn times(
         ("expire_time", &mut spec.expires_at),
         ("last_rotate_time", &mut spec.last_rotated_at),
         ("last_use_time", &mut spec.last_used_at),
+        ("source_create_time", &mut spec.source_created_at),
     ] {
         if let Some(v) = fields.remove(name) {
             present.push(name);

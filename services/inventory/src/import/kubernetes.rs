@@ -1,17 +1,49 @@
 //! Kubernetes ServiceAccounts (`kubectl get serviceaccounts -A -o json`).
 //! Each becomes a service-account identity `namespace/name` acting as
 //! `spiffe://<trust domain>/ns/<namespace>/sa/<name>` (the SPIFFE ID shape
-//! SPIRE's Kubernetes registrar uses). Owners and purpose are read from the
-//! annotations `steward/business-owner`, `steward/business-owner-contact`,
-//! `steward/technical-owner`, `steward/technical-owner-contact` and
-//! `steward/purpose` when present.
+//! SPIRE's Kubernetes registrar uses), created when the cluster says
+//! (`creationTimestamp`). Labels and annotations become labels; owners
+//! come from owner annotations (configurable), purpose from
+//! `steward/purpose` or `kubernetes.io/description`, and a cloud identity
+//! the ServiceAccount may act as (EKS IRSA, GKE Workload Identity, Azure
+//! Workload Identity) becomes an entitlement on that cloud identity.
 
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use steward_identity::SpiffeId;
 
-use super::{Defaults, Parsed, blank};
-use crate::domain::{Kind, Owner, OwnerKind};
-use crate::store::import::ImportRow;
+use super::{Defaults, Parsed, blank, rfc3339};
+use crate::domain::{IdentitySpec, Kind, MAX_LABELS, Owner, OwnerKind, validate_labels};
+use crate::store::activity::Permission;
+use crate::store::import::{Entitled, ImportRow};
+
+/// The annotations that name a technical owner when the request names
+/// none; the first one present wins.
+pub const OWNER_ANNOTATIONS: &[&str] = &["steward/technical-owner", "owner", "team"];
+
+/// Annotations that are never labels: kubectl's copy of the whole object.
+const SKIPPED: &[&str] = &["kubectl.kubernetes.io/last-applied-configuration"];
+
+/// The cloud identities a ServiceAccount may be bound to, by annotation:
+/// the system, the permission that binding grants, and how the resource is
+/// named.
+const CLOUD_LINKS: &[(&str, &str, &str)] = &[
+    (
+        "eks.amazonaws.com/role-arn",
+        "aws",
+        "sts:AssumeRoleWithWebIdentity",
+    ),
+    (
+        "iam.gke.io/gcp-service-account",
+        "gcp",
+        "roles/iam.workloadIdentityUser",
+    ),
+    (
+        "azure.workload.identity/client-id",
+        "azure",
+        "workload-identity-federation",
+    ),
+];
 
 pub fn parse(content: &[u8], defaults: &Defaults) -> Parsed {
     let mut parsed = Parsed::default();
@@ -20,21 +52,25 @@ pub fn parse(content: &[u8], defaults: &Defaults) -> Parsed {
     } else {
         defaults.source_system.as_str()
     };
-    let document: Value = match serde_json::from_slice(content) {
-        Ok(v) => v,
-        Err(e) => {
-            parsed.reject(
-                u64::try_from(e.line()).unwrap_or(0),
-                "content",
-                format!("not JSON: {e}"),
-            );
+    let mut items = Vec::new();
+    let mut de = serde_json::Deserializer::from_slice(content);
+    let read = List(&mut items)
+        .deserialize(&mut de)
+        .and_then(|found| de.end().map(|()| found));
+    match read {
+        Ok(true) => {}
+        Ok(false) => {
+            parsed.reject(0, "items", "a ServiceAccount list has an items array");
             return parsed;
         }
-    };
-    let Some(items) = document.get("items").and_then(Value::as_array) else {
-        parsed.reject(0, "items", "a ServiceAccount list has an items array");
-        return parsed;
-    };
+        Err(e) => {
+            // Name the item that broke (1-based, as for every other row),
+            // and never quote the content.
+            let item = items.len() as u64 + 1;
+            parsed.reject(item, "content", format!("not JSON at item {item}: {e}"));
+            return parsed;
+        }
+    }
     for (index, item) in items.iter().enumerate() {
         parsed.total += 1;
         let line = index as u64 + 1;
@@ -44,6 +80,65 @@ pub fn parse(content: &[u8], defaults: &Defaults) -> Parsed {
         }
     }
     parsed
+}
+
+/// Reads a list object's `items` into the vector item by item, so that a
+/// truncated or broken file still says how many items were whole.
+/// Yields whether the object had an `items` array.
+struct List<'a>(&'a mut Vec<Value>);
+
+impl<'de> DeserializeSeed<'de> for List<'_> {
+    type Value = bool;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for List<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a ServiceAccountList object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        let mut found = false;
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "items" && !found {
+                found = true;
+                map.next_value_seed(Items(&mut *self.0))?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+}
+
+struct Items<'a>(&'a mut Vec<Value>);
+
+impl<'de> DeserializeSeed<'de> for Items<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Items<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of ServiceAccounts")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(item) = seq.next_element::<Value>()? {
+            self.0.push(item);
+        }
+        Ok(())
+    }
 }
 
 /// One list item as an import row, or the field that makes it unusable
@@ -81,63 +176,130 @@ fn service_account(
         SpiffeId::from_parts(&defaults.trust_domain, &path)
             .map_err(|e| ("metadata.name", format!("no valid SPIFFE ID: {e}")))?,
     );
-    spec.labels
-        .insert("k8s/namespace".into(), namespace.to_owned());
-    if let Some(labels) = metadata.get("labels").and_then(Value::as_object) {
-        for (k, v) in labels {
-            if let Some(v) = v.as_str() {
-                spec.labels.insert(k.clone(), v.to_owned());
-            }
-        }
-    }
     let mut fields = vec!["kind", "display_name", "workload", "spiffe_id", "labels"];
     if !defaults.environment.is_empty() {
         fields.push("environment");
     }
+    let created = text("creationTimestamp");
+    if !created.is_empty() {
+        spec.source_created_at =
+            Some(rfc3339(created).map_err(|reason| ("metadata.creationTimestamp", reason))?);
+        fields.push("source_create_time");
+    }
+    spec.labels
+        .insert("k8s/namespace".into(), namespace.to_owned());
+    let automount = match item.get("automountServiceAccountToken") {
+        Some(Value::Bool(false)) => "false",
+        _ => "true", // Kubernetes mounts a token unless told not to
+    };
+    spec.labels
+        .insert("k8s/automount-token".into(), automount.into());
+    if let Some(secrets) = item.get("secrets").and_then(Value::as_array)
+        && !secrets.is_empty()
+    {
+        // Secrets listed on the ServiceAccount: long-lived token secrets
+        // from before Kubernetes 1.24's bound tokens.
+        spec.labels
+            .insert("k8s/token-secrets".into(), secrets.len().to_string());
+    }
     let annotations = metadata.get("annotations").cloned().unwrap_or(Value::Null);
-    annotated(&annotations, &mut spec, &mut fields);
-    Ok(ImportRow {
-        line,
-        spec,
-        fields,
-        state: None,
-    })
+    for map in [metadata.get("labels"), Some(&annotations)] {
+        if let Some(map) = map.and_then(Value::as_object) {
+            for (k, v) in map {
+                if let Some(v) = v.as_str() {
+                    keep_label(&mut spec, k, v);
+                }
+            }
+        }
+    }
+    annotated(
+        &annotations,
+        &mut spec,
+        &mut fields,
+        &defaults.owner_annotations,
+    );
+    let entitlements = CLOUD_LINKS
+        .iter()
+        .filter_map(|(key, system, permission)| {
+            let target = annotations.get(*key).and_then(Value::as_str)?.trim();
+            (!target.is_empty()).then(|| Entitled {
+                permission: Permission {
+                    system: (*system).to_owned(),
+                    permission: (*permission).to_owned(),
+                    resource: target.to_owned(),
+                },
+                granted_at: spec.source_created_at,
+                last_used_at: None,
+            })
+        })
+        .collect();
+    let mut row = ImportRow::new(line, spec, fields);
+    row.entitlements = Some(entitlements);
+    Ok(row)
 }
 
-/// Owners and purpose from the `steward/…` annotations, where present.
+/// Adds a Kubernetes label or annotation as a label when it is one Steward
+/// can hold (key shape, value length, label count) and is not taken; the
+/// rest are left out rather than refusing the ServiceAccount.
+fn keep_label(spec: &mut IdentitySpec, key: &str, value: &str) {
+    if SKIPPED.contains(&key) || spec.labels.contains_key(key) || spec.labels.len() >= MAX_LABELS {
+        return;
+    }
+    let one = std::collections::BTreeMap::from([(key.to_owned(), value.to_owned())]);
+    if validate_labels("labels", &one).is_ok() {
+        spec.labels.insert(key.to_owned(), value.to_owned());
+    }
+}
+
+/// Owners and purpose from the annotations, where present: the business
+/// owner from `steward/business-owner`, the technical owner from the first
+/// of `owner_keys` (or [`OWNER_ANNOTATIONS`]) present, each with a
+/// `<key>-contact` annotation where there is one.
 fn annotated(
     annotations: &Value,
-    spec: &mut crate::domain::IdentitySpec,
+    spec: &mut IdentitySpec,
     fields: &mut Vec<&'static str>,
+    owner_keys: &[String],
 ) {
     let note = |key: &str| {
         annotations
-            .get(format!("steward/{key}"))
+            .get(key)
             .and_then(Value::as_str)
             .unwrap_or("")
+            .trim()
             .to_owned()
     };
-    for (role, field) in [
-        ("business-owner", "business_owner"),
-        ("technical-owner", "technical_owner"),
+    let defaults: Vec<String> = OWNER_ANNOTATIONS.iter().map(|k| (*k).to_owned()).collect();
+    let technical = if owner_keys.is_empty() {
+        &defaults
+    } else {
+        owner_keys
+    };
+    let business = ["steward/business-owner".to_owned()];
+    for (keys, field) in [
+        (&business[..], "business_owner"),
+        (technical, "technical_owner"),
     ] {
-        let owner = note(role);
-        if owner.is_empty() {
+        let Some((key, name)) = keys
+            .iter()
+            .map(|k| (k, note(k)))
+            .find(|(_, name)| !name.is_empty())
+        else {
             continue;
-        }
-        let contact = note(&format!("{role}-contact"));
+        };
+        let contact = note(&format!("{key}-contact"));
         let owner = Owner {
-            kind: if owner.starts_with("team-") {
+            kind: if name.starts_with("team-") || key.as_str() == "team" {
                 OwnerKind::Team
             } else {
                 OwnerKind::Person
             },
             contact: if contact.is_empty() {
-                owner.clone()
+                name.clone()
             } else {
                 contact
             },
-            name: owner,
+            name,
         };
         if field == "business_owner" {
             spec.business_owner = Some(owner);
@@ -146,8 +308,10 @@ fn annotated(
         }
         fields.push(field);
     }
-    let purpose = note("purpose");
-    if !purpose.is_empty() {
+    let purpose = [note("steward/purpose"), note("kubernetes.io/description")]
+        .into_iter()
+        .find(|p| !p.is_empty());
+    if let Some(purpose) = purpose {
         spec.purpose = purpose;
         fields.push("purpose");
     }

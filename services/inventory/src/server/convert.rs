@@ -174,6 +174,9 @@ pub fn apply_path(
             spec.last_rotated_at = nanos(&field, wire.last_rotate_time.as_ref())?;
         }
         "last_use_time" => spec.last_used_at = nanos(&field, wire.last_use_time.as_ref())?,
+        "source_create_time" => {
+            spec.source_created_at = nanos(&field, wire.source_create_time.as_ref())?;
+        }
         other => {
             return Err(bad(
                 "update_mask",
@@ -245,6 +248,7 @@ pub fn identity_to_pb(i: &Identity, risk: (u32, Vec<String>)) -> pb::Identity {
         last_rotate_time: opt_timestamp(s.last_rotated_at),
         last_use_time: opt_timestamp(s.last_used_at),
         state_change_time: Some(timestamp(i.state_changed_at)),
+        source_create_time: opt_timestamp(s.source_created_at),
         version: i.version,
         risk: Some(pb::RiskAssessment {
             score: risk.0,

@@ -1,8 +1,12 @@
 //! The posture reports and imports.
 
 use super::*;
+use crate::domain::validate_label_key;
 use crate::import::Format;
 use crate::store::reports::Report;
+
+/// Most owner annotations an import may name.
+const MAX_OWNER_ANNOTATIONS: usize = 16;
 
 impl InventoryServer {
     pub(super) async fn get_posture_report_impl(
@@ -78,10 +82,21 @@ impl InventoryServer {
         }
         optional("source_system", &r.source_system, MAX_NAME).map_err(invalid)?;
         optional("environment", &r.environment, MAX_NAME).map_err(invalid)?;
+        if r.owner_annotations.len() > MAX_OWNER_ANNOTATIONS {
+            return Err(steward_errors::invalid(
+                "owner_annotations",
+                format!("at most {MAX_OWNER_ANNOTATIONS}"),
+            )
+            .into());
+        }
+        for (i, key) in r.owner_annotations.iter().enumerate() {
+            validate_label_key(&format!("owner_annotations[{i}]"), key).map_err(invalid)?;
+        }
         let defaults = Defaults {
             source_system: r.source_system.clone(),
             environment: r.environment.clone(),
             trust_domain: self.trust_domain.clone(),
+            owner_annotations: r.owner_annotations.clone(),
         };
         let content = r.content;
         let parsed =
@@ -158,6 +173,7 @@ fn report(value: i32) -> Result<Report, Status> {
         Ok(pb::PostureReport::Shared) => Ok(Report::Shared),
         Ok(pb::PostureReport::NoExpiry) => Ok(Report::NoExpiry),
         Ok(pb::PostureReport::LongLivedSecret) => Ok(Report::LongLivedSecret),
+        Ok(pb::PostureReport::MultipleActiveKeys) => Ok(Report::MultipleActiveKeys),
         Ok(pb::PostureReport::Unspecified) => {
             Err(steward_errors::invalid("report", "is required").into())
         }

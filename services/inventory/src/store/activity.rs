@@ -43,7 +43,7 @@ pub struct Entitlement {
 }
 
 /// The (system, permission, resource) that names an entitlement.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Permission {
     pub system: String,
     pub permission: String,
@@ -168,7 +168,7 @@ macro_rules! select_entitlement {
 }
 
 /// Recomputes the over-privileged report's key from granted entitlements.
-const REFRESH_IDLE: &str = "UPDATE identities SET entitlement_idle_since_ns = (
+pub(super) const REFRESH_IDLE: &str = "UPDATE identities SET entitlement_idle_since_ns = (
         SELECT MIN(COALESCE(last_used_at_ns, granted_at_ns)) FROM entitlements
         WHERE identity_id = $1 AND granted = 1)
     WHERE id = $1";

@@ -1,6 +1,8 @@
 //! Importer upserts: one transaction per batch, keyed by (source system,
 //! external id), so an import can be re-run safely and reports its drift.
 
+mod entitlements;
+
 use crate::changes::Changed;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -14,6 +16,8 @@ use super::{
 };
 use crate::domain::{ChangeContext, Error, Identity, IdentitySpec, Nanos, State, now_ns};
 use crate::evidence;
+pub use entitlements::Entitled;
+use entitlements::Writes;
 
 /// Rows per transaction: large enough that the commit (and its WAL
 /// checkpoint share) is paid per 5,000 rows, not per row.
@@ -33,6 +37,23 @@ pub struct ImportRow {
     /// credential its source says is disabled. An existing identity's state
     /// is not the import's to change: lifecycle changes are authority's.
     pub state: Option<State>,
+    /// The entitlements the source says the identity holds; `None` when
+    /// the source says nothing of them.
+    pub entitlements: Option<Vec<Entitled>>,
+}
+
+impl ImportRow {
+    /// A row for `spec`, authoritative for `fields`, that says nothing of
+    /// state or entitlements.
+    pub fn new(line: u64, spec: IdentitySpec, fields: Vec<&'static str>) -> Self {
+        Self {
+            line,
+            spec,
+            fields,
+            state: None,
+            entitlements: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +121,7 @@ fn merge(existing: &mut IdentitySpec, row: &ImportRow) -> Vec<String> {
     take!("expire_time", expires_at);
     take!("last_rotate_time", last_rotated_at);
     take!("last_use_time", last_used_at);
+    take!("source_create_time", source_created_at);
     if row.fields.contains(&"labels") {
         let mut labels = existing.labels.clone();
         for (k, v) in &incoming.labels {
@@ -110,13 +132,7 @@ fn merge(existing: &mut IdentitySpec, row: &ImportRow) -> Vec<String> {
             changed.push("labels".to_owned());
         }
     }
-    // Owners and a purpose arriving for an identity filed for triage.
-    if existing.unowned
-        && existing.business_owner.is_some()
-        && existing.technical_owner.is_some()
-        && !existing.purpose.trim().is_empty()
-    {
-        existing.unowned = false;
+    if existing.settle_triage() {
         changed.push("unowned".to_owned());
     }
     changed
@@ -222,7 +238,14 @@ impl Store {
                     );
                 }
             }
-            let (created, changed) = plan(batch, &existing, now, outcome);
+            let entitled: Vec<Uuid> = batch
+                .iter()
+                .filter(|r| r.entitlements.is_some())
+                .filter_map(|r| existing.get(&(r.spec.source_system.clone(), r.spec.external_id.clone())))
+                .map(|i| i.id)
+                .collect();
+            let held = entitlements::held(&mut tx, &entitled).await?;
+            let Plan { created, changed, writes } = plan(batch, &existing, &held, now, outcome);
             let orphaned = |i: &Identity| {
                 i.spec.unowned || i.owner_names().iter().any(|n| departed.contains(n))
             };
@@ -261,7 +284,8 @@ impl Store {
                     write_labels::<Db>(&mut tx, &identity.id, &identity.spec.labels, true).await?;
                 }
             }
-            let records = import_records(&created, &changed, context, format);
+            entitlements::apply(&mut tx, &writes, now).await?;
+            let records = import_records(&created, &changed, &writes, context, format);
             tx.enqueue_all(&records).await?;
             if dry_run {
                 tx.rollback().await?;
@@ -274,19 +298,31 @@ impl Store {
     }
 }
 
+/// What a batch writes: new identities, changed ones (with the fields
+/// that changed) and every identity's entitlement writes.
+struct Plan {
+    created: Vec<Identity>,
+    changed: Vec<(Identity, Vec<String>)>,
+    writes: Vec<(Uuid, String, Writes)>,
+}
+
 /// Which rows of a batch are new identities and which change an existing
-/// one (with the fields that changed); the rest are unchanged or rejected,
-/// as `outcome` counts.
+/// one; the rest are unchanged or rejected, as `outcome` counts.
 fn plan(
     batch: &[ImportRow],
     existing: &HashMap<(String, String), Identity>,
+    held: &HashMap<Uuid, BTreeMap<super::activity::Permission, entitlements::Held>>,
     now: Nanos,
     outcome: &mut ImportOutcome,
-) -> (Vec<Identity>, Vec<(Identity, Vec<String>)>) {
-    let mut created: Vec<Identity> = Vec::new();
-    let mut changed: Vec<(Identity, Vec<String>)> = Vec::new();
+) -> Plan {
+    let mut plan = Plan {
+        created: Vec::new(),
+        changed: Vec::new(),
+        writes: Vec::new(),
+    };
     for row in batch {
         let key = (row.spec.source_system.clone(), row.spec.external_id.clone());
+        let source = &row.spec.source_system;
         match existing.get(&key) {
             None => {
                 let mut spec = row.spec.clone();
@@ -300,7 +336,7 @@ fn plan(
                     outcome.rejected.push((row.line, e.field, e.reason));
                     continue;
                 }
-                created.push(Identity {
+                let identity = Identity {
                     id: Uuid::now_v7(),
                     spec,
                     state: row.state.unwrap_or(State::Active),
@@ -312,35 +348,62 @@ fn plan(
                     signal_summary: String::new(),
                     entitlement_idle_since: None,
                     consumer_count: 0,
-                });
+                };
+                if let Some(named) = &row.entitlements {
+                    let writes = entitlements::diff(named, None, source);
+                    plan.writes.push((identity.id, source.clone(), writes));
+                }
+                plan.created.push(identity);
             }
             Some(current) => {
                 let mut next = current.clone();
-                let fields = merge(&mut next.spec, row);
+                let mut fields = merge(&mut next.spec, row);
+                if let Some(named) = &row.entitlements {
+                    let writes = entitlements::diff(named, held.get(&current.id), source);
+                    if writes.drifts() {
+                        fields.push("entitlements".to_owned());
+                    }
+                    plan.writes.push((current.id, source.clone(), writes));
+                }
                 if fields.is_empty() {
                     outcome.unchanged += 1;
                     continue;
                 }
                 if let Err(e) = next.spec.validate() {
                     outcome.rejected.push((row.line, e.field, e.reason));
+                    plan.writes.retain(|(id, _, _)| *id != current.id);
                     continue;
                 }
                 next.updated_at = now;
                 next.version += 1;
-                changed.push((next, fields));
+                plan.changed.push((next, fields));
             }
         }
     }
-    (created, changed)
+    plan
 }
 
 /// One `identity.import` record per new or changed identity.
 fn import_records(
     created: &[Identity],
     changed: &[(Identity, Vec<String>)],
+    writes: &[(Uuid, String, Writes)],
     context: &ChangeContext,
     format: &str,
 ) -> Vec<EvidenceRecord> {
+    let counts: HashMap<Uuid, (usize, usize)> = writes
+        .iter()
+        .map(|(id, _, w)| (*id, (w.add.len(), w.withdraw.len())))
+        .collect();
+    // Only rows that speak of entitlements say how many changed.
+    let entitlements = |id: &Uuid| {
+        counts.get(id).into_iter().flat_map(|(added, withdrawn)| {
+            [
+                ("entitlements_added", added.to_string()),
+                ("entitlements_withdrawn", withdrawn.to_string()),
+            ]
+        })
+    };
     let mut records: Vec<EvidenceRecord> = Vec::with_capacity(created.len() + changed.len());
     for identity in created {
         records.push(evidence::record(
@@ -354,7 +417,9 @@ fn import_records(
                 ("source_system", identity.spec.source_system.clone()),
                 ("external_id", identity.spec.external_id.clone()),
                 ("state", identity.state.as_str().to_owned()),
-            ],
+            ]
+            .into_iter()
+            .chain(entitlements(&identity.id)),
         ));
     }
     for (identity, fields) in changed {
@@ -369,7 +434,9 @@ fn import_records(
                 ("source_system", identity.spec.source_system.clone()),
                 ("external_id", identity.spec.external_id.clone()),
                 ("fields", fields.join(",")),
-            ],
+            ]
+            .into_iter()
+            .chain(entitlements(&identity.id)),
         ));
     }
     records

@@ -8,7 +8,7 @@ use steward_db::{Placeholders, on_backend};
 
 use super::{Clause, Param, Store, bind_params, prefixed_columns, read_identity};
 use crate::domain::lifecycle::LIVE;
-use crate::domain::{Error, Filter, Identity, NANOS_PER_DAY, Nanos, State, bad};
+use crate::domain::{Error, Filter, Identity, NANOS_PER_DAY, Nanos, PRINCIPAL_LABEL, State, bad};
 
 crate::domain::names!(
     /// A posture question.
@@ -21,8 +21,19 @@ crate::domain::names!(
         Shared => "shared",
         NoExpiry => "no_expiry",
         LongLivedSecret => "long_lived_secret",
+        MultipleActiveKeys => "multiple_active_keys",
     }
 );
+
+/// The credentials `p.identity_id` shares a principal with: the same
+/// kind, in the same source system, in a state that can act (`{states}`,
+/// filled by [`siblings`]), as `j`.
+const SIBLINGS: &str = "FROM identity_labels p
+    JOIN identities me ON me.id = p.identity_id
+    JOIN identity_labels q ON q.key = p.key AND q.value = p.value AND q.identity_id <> p.identity_id
+    JOIN identities j ON j.id = q.identity_id
+    WHERE p.key = '{principal}' AND j.source_system = me.source_system
+      AND j.kind = me.kind AND j.state IN ({states})";
 
 impl Report {
     /// The horizon in days used when the caller gives none.
@@ -40,7 +51,7 @@ impl Report {
             Self::OverPrivileged => Some("entitlement_idle_since_ns"),
             Self::Expiring | Self::ExpiredButActive => Some("expires_at_ns"),
             Self::LongLivedSecret => Some("rotated_at_ns"),
-            Self::Orphaned | Self::Shared | Self::NoExpiry => None,
+            Self::Orphaned | Self::Shared | Self::NoExpiry | Self::MultipleActiveKeys => None,
         }
     }
 }
@@ -97,7 +108,10 @@ impl Store {
         if filter.states.is_empty() {
             filter.states = LIVE.to_vec();
         }
-        if report == Report::ExpiredButActive {
+        if matches!(
+            report,
+            Report::ExpiredButActive | Report::MultipleActiveKeys
+        ) {
             filter.states.retain(|s| s.can_act());
             if filter.states.is_empty() {
                 filter.states.push(State::Active);
@@ -119,6 +133,10 @@ impl Store {
                 Report::Shared => clause.push("i.consumer_count > 1", []),
                 Report::NoExpiry => clause.push("i.expires_at_ns IS NULL", []),
                 Report::LongLivedSecret => clause.push("i.rotated_at_ns < ?", [Param::Int(now - horizon)]),
+                Report::MultipleActiveKeys => clause.push(
+                    &format!("EXISTS (SELECT 1 {} AND p.identity_id = i.id)", siblings()),
+                    [],
+                ),
             }
             let total = if cursor.is_none() {
                 let sql = format!("SELECT COUNT(*) FROM identities i {}", clause.where_sql());
@@ -186,6 +204,13 @@ impl Store {
                 )
                 .await?
             }
+            Report::MultipleActiveKeys => {
+                let select = format!(
+                    "SELECT p.identity_id, j.display_name || ' (' || j.external_id || ')' {} AND p.identity_id IN",
+                    siblings()
+                );
+                self.page_details(&ids, &select, None).await?
+            }
             Report::Shared => {
                 self.page_details(
                     &ids,
@@ -245,13 +270,25 @@ impl Store {
     }
 }
 
+/// [`SIBLINGS`] with the states that can act.
+fn siblings() -> String {
+    let states: Vec<String> = State::ALL
+        .iter()
+        .filter(|s| s.can_act())
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect();
+    SIBLINGS
+        .replace("{principal}", PRINCIPAL_LABEL)
+        .replace("{states}", &states.join(", "))
+}
+
 fn report_key(report: Report, identity: &Identity) -> i64 {
     match report {
         Report::Stale => super::active_at(identity),
         Report::LongLivedSecret => super::rotated_at(identity),
         Report::Expiring | Report::ExpiredButActive => identity.spec.expires_at.unwrap_or(0),
         Report::OverPrivileged => identity.entitlement_idle_since.unwrap_or(0),
-        Report::Orphaned | Report::Shared | Report::NoExpiry => 0,
+        Report::Orphaned | Report::Shared | Report::NoExpiry | Report::MultipleActiveKeys => 0,
     }
 }
 
@@ -274,11 +311,14 @@ fn reasons(
                 days(now - used),
                 date(used)
             ),
-            None => format!(
-                "never used; created {} days ago ({})",
-                days(now - identity.created_at),
-                date(identity.created_at)
-            ),
+            None => {
+                let created = super::created_at(identity);
+                format!(
+                    "never used; created {} days ago ({})",
+                    days(now - created),
+                    date(created)
+                )
+            }
         }],
         Report::Orphaned => {
             let mut out = Vec::new();
@@ -332,6 +372,13 @@ fn reasons(
             detail.join(", ")
         )],
         Report::NoExpiry => vec!["has no expiry".to_owned()],
+        Report::MultipleActiveKeys => vec![format!(
+            "{} other active {} of {}: {}",
+            detail.len(),
+            spec.kind.as_str(),
+            spec.labels.get(PRINCIPAL_LABEL).map_or("", String::as_str),
+            detail.join(", ")
+        )],
         Report::LongLivedSecret => {
             let rotated = super::rotated_at(identity);
             vec![match spec.last_rotated_at {

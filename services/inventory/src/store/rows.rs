@@ -18,8 +18,9 @@ pub(crate) const COLUMNS: &str = "id, kind, display_name, source_system, externa
     business_owner_contact, technical_owner, technical_owner_kind, technical_owner_contact, \
     unowned, orphaned, state, spiffe_id, labels, created_at_ns, updated_at_ns, state_changed_at_ns, \
     expires_at_ns, last_rotated_at_ns, last_used_at_ns, active_at_ns, rotated_at_ns, \
-    entitlement_idle_since_ns, consumer_count, signal_score, signal_summary, version";
-pub(crate) const COLUMN_COUNT: usize = 34;
+    entitlement_idle_since_ns, consumer_count, signal_score, signal_summary, version, \
+    source_created_at_ns";
+pub(crate) const COLUMN_COUNT: usize = 35;
 
 /// Binds an identity's columns in [`COLUMNS`] order.
 macro_rules! bind_identity {
@@ -68,6 +69,7 @@ macro_rules! bind_identity {
             .bind(i64::from(i.signal_score))
             .bind(i.signal_summary.clone())
             .bind(i.version)
+            .bind(s.source_created_at)
     }};
 }
 pub(crate) use bind_identity;
@@ -86,8 +88,9 @@ macro_rules! update_row {
                 technical_owner_kind = $11, technical_owner_contact = $12, unowned = $13,
                 orphaned = $14, spiffe_id = $15, labels = $16, updated_at_ns = $17,
                 expires_at_ns = $18, last_rotated_at_ns = $19, last_used_at_ns = $20,
-                active_at_ns = $21, rotated_at_ns = $22, version = $23
-             WHERE id = $24",
+                active_at_ns = $21, rotated_at_ns = $22, version = $23,
+                source_created_at_ns = $24
+             WHERE id = $25",
         )
         .bind(s.display_name.clone())
         .bind(s.environment.clone())
@@ -117,6 +120,7 @@ macro_rules! update_row {
         .bind($crate::store::active_at(identity))
         .bind($crate::store::rotated_at(identity))
         .bind(identity.version)
+        .bind(s.source_created_at)
         .bind(identity.id.hyphenated().to_string())
         .execute(&mut *$tx)
         .await?;
@@ -135,15 +139,31 @@ pub(crate) fn labels_json(labels: &BTreeMap<String, String>) -> String {
     serde_json::to_string(labels).unwrap_or_else(|_| "{}".to_owned())
 }
 
-/// Last use, or registration when never seen used: the stale report's key.
-/// (A credential registered today that was last used long ago is stale.)
+/// Last use, or creation when never seen used: the stale report's key.
+/// (A credential registered today that was last used long ago is stale,
+/// and so is one its source created years ago and nobody ever used.)
 pub(crate) fn active_at(identity: &Identity) -> Nanos {
-    identity.spec.last_used_at.unwrap_or(identity.created_at)
+    identity
+        .spec
+        .last_used_at
+        .unwrap_or_else(|| created_at(identity))
 }
 
 /// Last rotation, or creation: the long-lived-secret report's key.
 pub(crate) fn rotated_at(identity: &Identity) -> Nanos {
-    identity.spec.last_rotated_at.unwrap_or(identity.created_at)
+    identity
+        .spec
+        .last_rotated_at
+        .unwrap_or_else(|| created_at(identity))
+}
+
+/// When the credential came to be: its source's creation date where the
+/// source says, else when Steward first recorded it.
+pub(crate) fn created_at(identity: &Identity) -> Nanos {
+    identity
+        .spec
+        .source_created_at
+        .unwrap_or(identity.created_at)
 }
 
 /// A row of either engine that holds text and integers: the one place
@@ -266,6 +286,7 @@ pub(crate) fn read_identity<R: StoredRow>(row: &R) -> Result<Identity, Error> {
     let signal_score = u32::try_from(c.int()?).unwrap_or(0);
     let signal_summary = c.text()?;
     let version = c.int()?;
+    let source_created_at = c.opt_int()?;
     Ok(Identity {
         id,
         spec: IdentitySpec {
@@ -286,6 +307,7 @@ pub(crate) fn read_identity<R: StoredRow>(row: &R) -> Result<Identity, Error> {
             expires_at,
             last_rotated_at,
             last_used_at,
+            source_created_at,
         },
         state,
         created_at,
