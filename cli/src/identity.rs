@@ -24,6 +24,10 @@ pub const EXIT_ROWS_REJECTED: u8 = 2;
 pub enum Format {
     /// `aws iam get-credential-report` (its JSON, or the CSV in it).
     Aws,
+    /// `aws iam get-account-authorization-details`: users, roles and the
+    /// policies they hold.
+    #[value(name = "aws-authz")]
+    AwsAuthz,
     /// `kubectl get serviceaccounts -A -o json`.
     #[value(name = "k8s", alias = "kubernetes")]
     Kubernetes,
@@ -212,6 +216,7 @@ pub async fn import(
         .with_context(|| format!("cannot read {}", import.file.display()))?;
     let format = match import.format {
         Format::Aws => pb::ImportFormat::AwsIamCredentialReport,
+        Format::AwsAuthz => pb::ImportFormat::AwsIamAuthorizationDetails,
         Format::Kubernetes => pb::ImportFormat::KubernetesServiceAccounts,
         Format::Csv => pb::ImportFormat::Csv,
         Format::Json => pb::ImportFormat::Json,

@@ -35,11 +35,19 @@ async fn import(
         .into_inner()
 }
 
+/// The day the samples are read as of (2026-12-07), so that what is
+/// stale, long-lived or unused does not move with the calendar.
+const AS_OF: i64 = 1_796_601_600;
+
 async fn report(client: &mut Client, report: pb::PostureReport) -> Vec<(String, Vec<String>)> {
     let page = client
         .get_posture_report(pb::GetPostureReportRequest {
             report: report as i32,
             page_size: 500,
+            as_of: Some(prost_types::Timestamp {
+                seconds: AS_OF,
+                nanos: 0,
+            }),
             ..Default::default()
         })
         .await
@@ -482,4 +490,165 @@ async fn what_the_import_doc_promises_holds() {
             }
         }
     }
+}
+
+#[tokio::test]
+async fn authorization_details_make_roles_nhis_with_their_policies_as_entitlements() {
+    let stack = TestStack::start().await;
+    let mut client = stack.inventory().await;
+    let authz = sample("aws-iam-authorization-details.json");
+    let imported = import(
+        &mut client,
+        pb::ImportFormat::AwsIamAuthorizationDetails,
+        authz.clone(),
+        "",
+    )
+    .await;
+    // Three users and four roles; one role's CreateDate is not a date.
+    assert_eq!(
+        (imported.rows, imported.created, imported.rejected),
+        (7, 6, 1)
+    );
+    let error = &imported.errors[0];
+    assert_eq!(
+        (error.line, error.field.as_str()),
+        (4, "RoleDetailList[3].CreateDate")
+    );
+    assert!(error.reason.contains("RFC 3339"), "{error:?}");
+
+    let arn = |path: &str| format!("arn:aws:iam::123456789012:{path}");
+    let exporter = identity(&mut client, ACCOUNT, &arn("role/billing-exporter")).await;
+    assert_eq!(exporter.kind, pb::IdentityKind::WorkloadIdentity as i32);
+    assert!(!exporter.unowned, "owners and purpose come from the tags");
+    assert_eq!(exporter.technical_owner.as_ref().unwrap().name, "dana");
+    assert_eq!(
+        exporter.last_use_time.as_ref().unwrap().seconds,
+        1_796_076_604
+    );
+    assert!(exporter.labels["aws/trusted-by"].contains(":oidc-provider/oidc.eks."));
+    assert_eq!(
+        entitlements(&mut client, &exporter.id).await,
+        vec![(
+            "aws".to_owned(),
+            "s3:PutObject".to_owned(),
+            "arn:aws:s3:::acme-lake/invoices/*".to_owned()
+        )]
+    );
+    // Group policies are the user's; a managed policy the export does not
+    // carry is held whole; a policy's default version is the one read.
+    let ci = identity(&mut client, ACCOUNT, &arn("user/svc/ci-deployer")).await;
+    assert_eq!(ci.kind, pb::IdentityKind::ServiceAccount as i32);
+    let held: Vec<(String, String)> = entitlements(&mut client, &ci.id)
+        .await
+        .into_iter()
+        .map(|(_, p, r)| (p, r))
+        .collect();
+    assert_eq!(
+        held,
+        vec![
+            (
+                "cloudformation:CreateStack".to_owned(),
+                "arn:aws:cloudformation:*:123456789012:stack/app-*/*".to_owned()
+            ),
+            (
+                "cloudformation:UpdateStack".to_owned(),
+                "arn:aws:cloudformation:*:123456789012:stack/app-*/*".to_owned()
+            ),
+            (
+                "iam:PassRole".to_owned(),
+                "arn:aws:iam::123456789012:role/app-*".to_owned()
+            ),
+            (
+                "policy/PowerUserAccess".to_owned(),
+                "arn:aws:iam::aws:policy/PowerUserAccess".to_owned()
+            ),
+        ]
+    );
+    let etl = identity(&mut client, ACCOUNT, &arn("role/nightly-etl")).await;
+    assert_eq!(
+        etl.labels["aws/trusted-by"], "glue.amazonaws.com",
+        "URL-encoded trust policy"
+    );
+    let support = identity(
+        &mut client,
+        ACCOUNT,
+        &arn("role/aws-service-role/support.amazonaws.com/AWSServiceRoleForSupport"),
+    )
+    .await;
+    assert_eq!(support.labels["aws/service-linked"], "true");
+
+    // On the day of import: nightly-etl holds AdministratorAccess, was
+    // made in 2022 and never used: over-privileged and stale. The roles
+    // used within 90 days are neither; users have no use in this export,
+    // so nothing says their permissions are unused.
+    let over = report(&mut client, pb::PostureReport::OverPrivileged).await;
+    assert_eq!(over.len(), 1, "{over:?}");
+    let why = reasons(&over, "IAM role nightly-etl").expect("over-privileged");
+    assert!(why[0].contains("aws:* on *"), "{why:?}");
+    let stale = report(&mut client, pb::PostureReport::Stale).await;
+    let why = reasons(&stale, "IAM role nightly-etl").expect("stale");
+    assert!(why[0].ends_with("(2022-05-20)"), "{why:?}");
+    for fresh in [
+        "IAM role billing-exporter",
+        "IAM role AWSServiceRoleForSupport",
+    ] {
+        assert!(reasons(&stale, fresh).is_none(), "{fresh}: {stale:?}");
+        assert!(reasons(&over, fresh).is_none(), "{fresh}");
+    }
+
+    // The credential report is the same estate: neither export reports
+    // the other's identities as vanished.
+    let keys = import(
+        &mut client,
+        pb::ImportFormat::AwsIamCredentialReport,
+        sample("aws-iam-credential-report.csv"),
+        "",
+    )
+    .await;
+    assert_eq!((keys.created, keys.vanished), (4, 0));
+
+    // Next export: nightly-etl's admin policy is detached and the role was
+    // used; the same file otherwise. The detached policy is withdrawn.
+    let next = String::from_utf8(authz)
+        .unwrap()
+        .replace(
+            "\"AttachedManagedPolicies\": [\n                { \"PolicyName\": \"AdministratorAccess\", \"PolicyArn\": \"arn:aws:iam::aws:policy/AdministratorAccess\" }\n            ],\n            \"Tags\": [],\n            \"RoleLastUsed\": {}",
+            "\"AttachedManagedPolicies\": [],\n            \"Tags\": [],\n            \"RoleLastUsed\": { \"LastUsedDate\": \"2026-12-06T01:00:00+00:00\" }",
+        );
+    let again = import(
+        &mut client,
+        pb::ImportFormat::AwsIamAuthorizationDetails,
+        next.into_bytes(),
+        "",
+    )
+    .await;
+    assert_eq!(
+        (again.created, again.changed, again.vanished),
+        (0, 1, 0),
+        "{again:?}"
+    );
+    assert_eq!(again.drift[0].fields, vec!["last_use_time", "entitlements"]);
+    assert!(entitlements(&mut client, &etl.id).await.is_empty());
+    assert!(
+        report(&mut client, pb::PostureReport::OverPrivileged)
+            .await
+            .is_empty()
+    );
+    let evidence = stack.evidence_for(&etl.id, 2).await;
+    let attributes = &evidence[1].record.as_ref().unwrap().attributes;
+    assert_eq!(attributes["entitlements_withdrawn"], "1");
+
+    // A JSON file that is not the export is refused on line 1.
+    let refused = import(
+        &mut client,
+        pb::ImportFormat::AwsIamAuthorizationDetails,
+        b"{\"Users\": [\"SECRETVALUE\"]}".to_vec(),
+        "",
+    )
+    .await;
+    assert_eq!(
+        (refused.errors[0].line, refused.errors[0].field.as_str()),
+        (1, "content")
+    );
+    assert!(!refused.errors[0].reason.contains("SECRETVALUE"));
 }

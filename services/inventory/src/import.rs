@@ -3,6 +3,7 @@
 //! still import. Formats are documented in `docs/inventory-import.md`.
 
 mod aws;
+mod aws_authz;
 mod generic;
 mod kubernetes;
 
@@ -19,11 +20,24 @@ crate::domain::names!(
     /// What an import's content is.
     Format {
         AwsIamCredentialReport => "aws_iam_credential_report",
+        AwsAuthorizationDetails => "aws_iam_authorization_details",
         KubernetesServiceAccounts => "kubernetes_service_accounts",
         Csv => "csv",
         Json => "json",
     }
 );
+
+impl Format {
+    /// The kinds of identity the format makes (`None`: any).
+    pub fn kinds(self) -> Option<&'static [Kind]> {
+        match self {
+            Self::AwsIamCredentialReport => Some(&[Kind::ApiKey, Kind::Certificate]),
+            Self::AwsAuthorizationDetails => Some(&[Kind::ServiceAccount, Kind::WorkloadIdentity]),
+            Self::KubernetesServiceAccounts => Some(&[Kind::ServiceAccount]),
+            Self::Csv | Self::Json => None,
+        }
+    }
+}
 
 /// What the caller says about the rows.
 #[derive(Debug, Clone)]
@@ -55,6 +69,11 @@ pub struct Parsed {
     /// Input rows seen (good and bad).
     pub total: u64,
     pub sources: BTreeSet<String>,
+    /// The kinds of identity the format speaks of (`None`: any): vanished
+    /// is judged only among them, so two exports of one estate (an AWS
+    /// account's credential report and its authorization details) never
+    /// report each other's identities as gone.
+    pub kinds: Option<Vec<Kind>>,
 }
 
 impl Parsed {
@@ -116,10 +135,12 @@ impl Parsed {
 pub fn parse(format: Format, content: &[u8], defaults: &Defaults) -> Parsed {
     let mut parsed = match format {
         Format::AwsIamCredentialReport => aws::parse(content, defaults),
+        Format::AwsAuthorizationDetails => aws_authz::parse(content, defaults),
         Format::KubernetesServiceAccounts => kubernetes::parse(content, defaults),
         Format::Csv => generic::parse_csv(content, defaults),
         Format::Json => generic::parse_json(content, defaults),
     };
+    parsed.kinds = format.kinds().map(<[Kind]>::to_vec);
     parsed.dedup();
     parsed
 }

@@ -110,7 +110,14 @@ impl InventoryServer {
         }
         let outcome = self
             .store
-            .import(parsed.rows, &sources, r.dry_run, format.as_str(), &context)
+            .import(
+                parsed.rows,
+                &sources,
+                parsed.kinds.as_deref(),
+                r.dry_run,
+                format.as_str(),
+                &context,
+            )
             .await
             .map_err(status)?;
         let mut errors: Vec<pb::ImportError> = parsed
@@ -188,6 +195,7 @@ fn report(value: i32) -> Result<Report, Status> {
 fn format(value: i32) -> Result<Format, Status> {
     match pb::ImportFormat::try_from(value) {
         Ok(pb::ImportFormat::AwsIamCredentialReport) => Ok(Format::AwsIamCredentialReport),
+        Ok(pb::ImportFormat::AwsIamAuthorizationDetails) => Ok(Format::AwsAuthorizationDetails),
         Ok(pb::ImportFormat::KubernetesServiceAccounts) => Ok(Format::KubernetesServiceAccounts),
         Ok(pb::ImportFormat::Csv) => Ok(Format::Csv),
         Ok(pb::ImportFormat::Json) => Ok(Format::Json),

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::{
     COLUMN_COUNT, COLUMNS, Engine, Store, bind_identity, read_identity, update_row, write_labels,
 };
-use crate::domain::{ChangeContext, Error, Identity, IdentitySpec, Nanos, State, now_ns};
+use crate::domain::{ChangeContext, Error, Identity, IdentitySpec, Kind, Nanos, State, now_ns};
 use crate::evidence;
 pub use entitlements::Entitled;
 use entitlements::Writes;
@@ -146,6 +146,7 @@ impl Store {
         &self,
         rows: Vec<ImportRow>,
         sources: &BTreeSet<String>,
+        kinds: Option<&[Kind]>,
         dry_run: bool,
         format: &str,
         context: &ChangeContext,
@@ -170,13 +171,19 @@ impl Store {
         }
         for source in sources {
             let live: Vec<(String, String)> = on_backend!(&self.db, pool, Db => {
-                sqlx::query_as::<Db, (String, String)>(
+                let of_kinds = match kinds {
+                    Some(kinds) => format!(" AND kind IN ({})", <Db as Placeholders>::list(kinds.len(), 2)),
+                    None => String::new(),
+                };
+                let sql = format!(
                     "SELECT id, external_id FROM identities
-                     WHERE source_system = $1 AND state NOT IN ('revoked', 'decommissioned') ORDER BY id",
-                )
-                .bind(source)
-                .fetch_all(pool)
-                .await?
+                     WHERE source_system = $1 AND state NOT IN ('revoked', 'decommissioned'){of_kinds} ORDER BY id"
+                );
+                let mut query = sqlx::query_as::<Db, (String, String)>(sqlx::AssertSqlSafe(sql)).bind(source);
+                for kind in kinds.unwrap_or_default() {
+                    query = query.bind(kind.as_str());
+                }
+                query.fetch_all(pool).await?
             });
             let named = seen.get(source);
             for (id, external_id) in live {
