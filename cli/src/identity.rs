@@ -31,6 +31,12 @@ pub enum Format {
     /// `kubectl get serviceaccounts -A -o json`.
     #[value(name = "k8s", alias = "kubernetes")]
     Kubernetes,
+    /// `gcloud iam service-accounts list` / `… keys list`, `--format=json`.
+    Gcp,
+    /// Microsoft Graph `/applications` and `/servicePrincipals` JSON.
+    Azure,
+    /// GitHub app installations, deploy keys, fine-grained tokens (REST JSON).
+    Github,
     /// Steward's generic CSV.
     Csv,
     /// Steward's generic JSON.
@@ -218,6 +224,9 @@ pub async fn import(
         Format::Aws => pb::ImportFormat::AwsIamCredentialReport,
         Format::AwsAuthz => pb::ImportFormat::AwsIamAuthorizationDetails,
         Format::Kubernetes => pb::ImportFormat::KubernetesServiceAccounts,
+        Format::Gcp => pb::ImportFormat::GcpServiceAccounts,
+        Format::Azure => pb::ImportFormat::EntraApplications,
+        Format::Github => pb::ImportFormat::GithubCredentials,
         Format::Csv => pb::ImportFormat::Csv,
         Format::Json => pb::ImportFormat::Json,
     };

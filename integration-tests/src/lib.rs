@@ -11,6 +11,7 @@ pub mod echo;
 pub mod evidence;
 pub mod faults;
 mod humans;
+pub mod imports;
 pub mod inventory;
 pub mod otlp;
 pub mod protos;

@@ -1,14 +1,11 @@
 //! Importers through the public API, on the sample files shipped in
 //! `deploy/samples/`: idempotent upserts, drift, and bad rows reported by line.
 
+use steward_integration_tests::TestStack;
+use steward_integration_tests::imports::sample;
 use steward_integration_tests::inventory::Client;
-use steward_integration_tests::{TestStack, workspace_root};
 use steward_proto::steward::inventory::v1 as pb;
 use tonic::Code;
-
-fn sample(name: &str) -> Vec<u8> {
-    std::fs::read(workspace_root().join("deploy/samples").join(name)).unwrap()
-}
 
 async fn import(
     client: &mut Client,

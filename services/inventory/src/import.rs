@@ -4,7 +4,11 @@
 
 mod aws;
 mod aws_authz;
+mod azure;
+mod documents;
+mod gcp;
 mod generic;
+mod github;
 mod kubernetes;
 
 pub use kubernetes::OWNER_ANNOTATIONS;
@@ -21,6 +25,9 @@ crate::domain::names!(
     Format {
         AwsIamCredentialReport => "aws_iam_credential_report",
         AwsAuthorizationDetails => "aws_iam_authorization_details",
+        Gcp => "gcp_service_accounts",
+        Azure => "entra_applications",
+        Github => "github_credentials",
         KubernetesServiceAccounts => "kubernetes_service_accounts",
         Csv => "csv",
         Json => "json",
@@ -34,6 +41,15 @@ impl Format {
             Self::AwsIamCredentialReport => Some(&[Kind::ApiKey, Kind::Certificate]),
             Self::AwsAuthorizationDetails => Some(&[Kind::ServiceAccount, Kind::WorkloadIdentity]),
             Self::KubernetesServiceAccounts => Some(&[Kind::ServiceAccount]),
+            Self::Gcp => Some(&[Kind::ServiceAccount, Kind::ApiKey]),
+            Self::Azure => Some(&[
+                Kind::OauthApp,
+                Kind::ServiceAccount,
+                Kind::WorkloadIdentity,
+                Kind::ApiKey,
+                Kind::Certificate,
+            ]),
+            Self::Github => Some(&[Kind::OauthApp, Kind::SshKey, Kind::ApiKey]),
             Self::Csv | Self::Json => None,
         }
     }
@@ -137,6 +153,9 @@ pub fn parse(format: Format, content: &[u8], defaults: &Defaults) -> Parsed {
         Format::AwsIamCredentialReport => aws::parse(content, defaults),
         Format::AwsAuthorizationDetails => aws_authz::parse(content, defaults),
         Format::KubernetesServiceAccounts => kubernetes::parse(content, defaults),
+        Format::Gcp => gcp::parse(content, defaults),
+        Format::Azure => azure::parse(content, defaults),
+        Format::Github => github::parse(content, defaults),
         Format::Csv => generic::parse_csv(content, defaults),
         Format::Json => generic::parse_json(content, defaults),
     };

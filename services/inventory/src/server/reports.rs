@@ -199,6 +199,9 @@ fn format(value: i32) -> Result<Format, Status> {
         Ok(pb::ImportFormat::KubernetesServiceAccounts) => Ok(Format::KubernetesServiceAccounts),
         Ok(pb::ImportFormat::Csv) => Ok(Format::Csv),
         Ok(pb::ImportFormat::Json) => Ok(Format::Json),
+        Ok(pb::ImportFormat::GcpServiceAccounts) => Ok(Format::Gcp),
+        Ok(pb::ImportFormat::EntraApplications) => Ok(Format::Azure),
+        Ok(pb::ImportFormat::GithubCredentials) => Ok(Format::Github),
         Ok(pb::ImportFormat::Unspecified) => {
             Err(steward_errors::invalid("format", "is required").into())
         }

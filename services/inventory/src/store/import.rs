@@ -175,9 +175,12 @@ impl Store {
                     Some(kinds) => format!(" AND kind IN ({})", <Db as Placeholders>::list(kinds.len(), 2)),
                     None => String::new(),
                 };
+                // One placeholder style throughout: SQLite numbers a `?`
+                // after `$1` its own way.
                 let sql = format!(
                     "SELECT id, external_id FROM identities
-                     WHERE source_system = $1 AND state NOT IN ('revoked', 'decommissioned'){of_kinds} ORDER BY id"
+                     WHERE source_system = {} AND state NOT IN ('revoked', 'decommissioned'){of_kinds} ORDER BY id",
+                    <Db as Placeholders>::list(1, 1)
                 );
                 let mut query = sqlx::query_as::<Db, (String, String)>(sqlx::AssertSqlSafe(sql)).bind(source);
                 for kind in kinds.unwrap_or_default() {
