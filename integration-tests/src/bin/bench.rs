@@ -15,6 +15,8 @@
 mod authority;
 #[path = "bench/broker.rs"]
 mod broker;
+#[path = "bench/imports.rs"]
+mod imports;
 #[path = "bench/inventory.rs"]
 mod inventory;
 #[path = "bench/outbox.rs"]

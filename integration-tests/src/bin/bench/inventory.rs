@@ -22,7 +22,7 @@ pub const IDENTITIES: u64 = 1_000_000;
 pub const ENTITLEMENTS_PER_IDENTITY: u64 = 5;
 const DAY: i64 = 86_400 * 1_000_000_000;
 /// Bump when the seed or the schema changes.
-const SEED_VERSION: u32 = 1;
+const SEED_VERSION: u32 = 2;
 
 /// SplitMix64: a deterministic data set without a dependency.
 struct Rng(u64);
@@ -401,7 +401,7 @@ pub async fn run(only: &[String]) -> anyhow::Result<Vec<Figure>> {
         figures.extend(transitions(client.clone()).await?);
     }
     if wanted("import") {
-        figures.extend(import(client.clone()).await?);
+        figures.extend(super::imports::run(client.clone()).await?);
     }
     inventory.shutdown().await;
     drop(stack);
@@ -616,45 +616,5 @@ async fn transitions(client: Client) -> anyhow::Result<Vec<Figure>> {
         rate,
         "write/s",
         Some(&h),
-    )])
-}
-
-/// 100,000 new API keys in Steward's CSV format, one ImportIdentities call.
-async fn import(mut client: Client) -> anyhow::Result<Vec<Figure>> {
-    let mut csv = String::from(
-        "kind,display_name,source_system,external_id,environment,purpose,business_owner,business_owner_contact,technical_owner,technical_owner_contact,labels,expire_time,last_rotate_time,last_use_time\n",
-    );
-    for n in 0..100_000 {
-        csv.push_str(&format!(
-            "api_key,import key {n},bench-import,key-{n},production,imported for the benchmark,team-{t},#team-{t},person-{p},person-{p}@example.test,source=bench;batch={b},2027-01-01T00:00:00Z,2026-06-01T00:00:00Z,2026-11-01T00:00:00Z\n",
-            t = n % 200,
-            p = n % 2000,
-            b = n / 1000
-        ));
-    }
-    let bytes = csv.into_bytes();
-    let size = bytes.len();
-    let started = Instant::now();
-    let result = client
-        .import_identities(pb::ImportIdentitiesRequest {
-            format: pb::ImportFormat::Csv as i32,
-            content: bytes,
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    let elapsed = started.elapsed();
-    anyhow::ensure!(
-        result.created == 100_000,
-        "imported {} of 100,000 ({} rejected)",
-        result.created,
-        result.rejected
-    );
-    eprintln!("import: {size} bytes of CSV");
-    Ok(vec![figure(
-        "inventory import of 100,000 CSV rows at 1M",
-        elapsed.as_secs_f64(),
-        "s",
-        None,
     )])
 }
