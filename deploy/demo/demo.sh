@@ -78,7 +78,7 @@ step "1. Import the sample inventory (AWS credential report, Kubernetes ServiceA
 samples=$(git -C "$HERE" rev-parse --show-toplevel)/deploy/samples
 # Exit 2 means some rows were rejected and reported; the others applied.
 as operator identity import "$samples/aws-iam-credential-report.csv" --format aws --environment production || [ $? -eq 2 ]
-as operator identity import "$samples/kubernetes-serviceaccounts.json" --format kubernetes --environment production || [ $? -eq 2 ]
+as operator identity import "$samples/kubernetes-serviceaccounts.json" --format k8s --environment production || [ $? -eq 2 ]
 as operator identity import "$samples/identities.csv" --format csv || [ $? -eq 2 ]
 token_id=$(quiet operator identity list --text "billing-sync GitHub" -o json | json '[0]["id"]')
 aws_key=$(quiet operator identity list --text "billing-sync access key" -o json | json '[0]["id"]')

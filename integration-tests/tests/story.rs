@@ -148,7 +148,7 @@ async fn a_leaked_token_is_contained_rotated_and_its_incident_closed_with_verifi
     //    GitHub token has owners.
     for (format, file) in [
         ("aws", "aws-iam-credential-report.csv"),
-        ("kubernetes", "kubernetes-serviceaccounts.json"),
+        ("k8s", "kubernetes-serviceaccounts.json"),
         ("csv", "identities.csv"),
     ] {
         let out = steward(

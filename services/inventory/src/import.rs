@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use steward_identity::TrustDomain;
 
-use crate::domain::{IdentitySpec, Kind, Nanos};
+use crate::domain::{IdentitySpec, Kind, Nanos, Owner, OwnerKind};
 use crate::store::import::ImportRow;
 
 crate::domain::names!(
@@ -164,12 +164,79 @@ pub fn parse(format: Format, content: &[u8], defaults: &Defaults) -> Parsed {
     parsed
 }
 
+/// The whole content as one JSON document, or `None` with the content
+/// refused (at the line serde names, never quoting it).
+fn json_document(content: &[u8], parsed: &mut Parsed) -> Option<serde_json::Value> {
+    match serde_json::from_slice(content) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            parsed.reject(
+                u64::try_from(e.line()).unwrap_or(0),
+                "content",
+                format!("not JSON: {e}"),
+            );
+            None
+        }
+    }
+}
+
+/// Sets `field` (`business_owner` or `technical_owner`) to `name`, a team
+/// when `team` says so or the name starts `team-`, and notes the field as
+/// one the source is authoritative for.
+fn own(
+    spec: &mut IdentitySpec,
+    fields: &mut Vec<&'static str>,
+    field: &'static str,
+    name: String,
+    contact: String,
+    team: bool,
+) {
+    let owner = Owner {
+        kind: if team || name.starts_with("team-") {
+            OwnerKind::Team
+        } else {
+            OwnerKind::Person
+        },
+        contact,
+        name,
+    };
+    if field == "business_owner" {
+        spec.business_owner = Some(owner);
+    } else {
+        spec.technical_owner = Some(owner);
+    }
+    fields.push(field);
+}
+
+/// Adds a label from the source when Steward can hold it (key shape, value
+/// length, label count) and it is not taken; the rest are left out rather
+/// than refusing the row for them.
+fn keep(labels: &mut BTreeMap<String, String>, key: &str, value: &str) {
+    if labels.contains_key(key) || labels.len() >= crate::domain::MAX_LABELS {
+        return;
+    }
+    let one = BTreeMap::from([(key.to_owned(), value.to_owned())]);
+    if crate::domain::validate_labels("labels", &one).is_ok() {
+        labels.extend(one);
+    }
+}
+
 /// A spec with only the identifying fields set; importers fill the rest.
 fn blank(kind: Kind, source_system: &str, external_id: String, environment: &str) -> IdentitySpec {
     let mut spec = IdentitySpec::new(kind, source_system, &external_id);
     spec.environment = environment.to_owned();
     spec
 }
+
+/// What an export of a credential's validity is authoritative for.
+const CREDENTIAL_FIELDS: &[&str] = &[
+    "kind",
+    "display_name",
+    "labels",
+    "source_create_time",
+    "last_rotate_time",
+    "expire_time",
+];
 
 /// Most bytes of a rejected row's reason.
 const MAX_REASON: usize = 512;

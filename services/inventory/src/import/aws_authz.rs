@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::Value;
 
-use super::{Defaults, Parsed, blank, rfc3339};
-use crate::domain::{IdentitySpec, Kind, Nanos, Owner, OwnerKind, PRINCIPAL_LABEL};
+use super::{Defaults, Parsed, blank, json_document, keep, own, rfc3339};
+use crate::domain::{IdentitySpec, Kind, Nanos, PRINCIPAL_LABEL};
 use crate::store::activity::Permission;
 use crate::store::import::{Entitled, ImportRow};
 
@@ -26,16 +26,8 @@ const PURPOSE_TAGS: &[&str] = &["purpose", "description"];
 
 pub fn parse(content: &[u8], defaults: &Defaults) -> Parsed {
     let mut parsed = Parsed::default();
-    let document: Value = match serde_json::from_slice(content) {
-        Ok(v) => v,
-        Err(e) => {
-            parsed.reject(
-                u64::try_from(e.line()).unwrap_or(0),
-                "content",
-                format!("not JSON: {e}"),
-            );
-            return parsed;
-        }
+    let Some(document) = json_document(content, &mut parsed) else {
+        return parsed;
     };
     if !["UserDetailList", "RoleDetailList"]
         .iter()
@@ -173,12 +165,12 @@ fn entity(
     let mut permissions = BTreeSet::new();
     let mut held = |holder: &Value, inline: &str| {
         for policy in list(holder, inline) {
-            statements(document(policy.get("PolicyDocument")), &mut permissions);
+            statements(&document(policy.get("PolicyDocument")), &mut permissions);
         }
         for attached in list(holder, "AttachedManagedPolicies") {
             let policy_arn = text(attached, "PolicyArn");
             match policies.0.get(policy_arn) {
-                Some(doc) => statements(document(Some(doc)), &mut permissions),
+                Some(doc) => statements(&document(Some(doc)), &mut permissions),
                 // A managed policy the export does not carry (filtered
                 // out): held as a whole, by its ARN.
                 None => {
@@ -299,16 +291,8 @@ fn strings(value: Option<&Value>) -> Vec<String> {
 /// `NotAction` and `NotResource` grant everything but what they name, so
 /// they are recorded as `*`: an over-statement, never an under-statement.
 /// Conditions are not modelled.
-fn statements(document: Value, out: &mut BTreeSet<(String, String)>) {
-    let statements = match document.get("Statement") {
-        Some(Value::Array(items)) => items.clone(),
-        Some(one @ Value::Object(_)) => vec![one.clone()],
-        _ => Vec::new(),
-    };
-    for statement in statements {
-        if text(&statement, "Effect") != "Allow" {
-            continue;
-        }
+fn statements(document: &Value, out: &mut BTreeSet<(String, String)>) {
+    for statement in allowed(document) {
         let mut actions = strings(statement.get("Action"));
         if statement.get("NotAction").is_some() {
             actions = vec!["*".into()];
@@ -325,20 +309,25 @@ fn statements(document: Value, out: &mut BTreeSet<(String, String)>) {
     }
 }
 
+/// A document's `Allow` statements (`Statement` is one or a list).
+fn allowed(document: &Value) -> Vec<&Value> {
+    let statements = match document.get("Statement") {
+        Some(Value::Array(items)) => items.iter().collect(),
+        Some(one @ Value::Object(_)) => vec![one],
+        _ => Vec::new(),
+    };
+    statements
+        .into_iter()
+        .filter(|s| text(s, "Effect") == "Allow")
+        .collect()
+}
+
 /// Who a role's trust policy lets assume it: services, accounts, identity
 /// providers.
 fn trusted_by(document_value: Option<&Value>) -> Vec<String> {
     let doc = document(document_value);
     let mut out = BTreeSet::new();
-    let statements = match doc.get("Statement") {
-        Some(Value::Array(items)) => items.clone(),
-        Some(one @ Value::Object(_)) => vec![one.clone()],
-        _ => Vec::new(),
-    };
-    for statement in statements {
-        if text(&statement, "Effect") != "Allow" {
-            continue;
-        }
+    for statement in allowed(&doc) {
         match statement.get("Principal") {
             Some(Value::Object(principals)) => {
                 for value in principals.values() {
@@ -385,37 +374,16 @@ fn tagged(item: &Value, spec: &mut IdentitySpec, fields: &mut Vec<&'static str>)
         (BUSINESS_OWNER_TAGS, "business_owner"),
         (OWNER_TAGS, "technical_owner"),
     ] {
-        let Some((key, name)) = find(keys) else {
-            continue;
-        };
-        let owner = Owner {
-            kind: if key == "team" || name.starts_with("team-") {
-                OwnerKind::Team
-            } else {
-                OwnerKind::Person
-            },
-            contact: String::new(),
-            name,
-        };
-        if field == "business_owner" {
-            spec.business_owner = Some(owner);
-        } else {
-            spec.technical_owner = Some(owner);
+        if let Some((key, name)) = find(keys) {
+            own(spec, fields, field, name, String::new(), key == "team");
         }
-        fields.push(field);
     }
     if let Some((_, purpose)) = find(PURPOSE_TAGS) {
         spec.purpose = purpose;
         fields.push("purpose");
     }
     for (key, value) in tags {
-        let label = format!("aws/tag/{key}");
-        let one = BTreeMap::from([(label.clone(), value.clone())]);
-        if spec.labels.len() < crate::domain::MAX_LABELS
-            && crate::domain::validate_labels("labels", &one).is_ok()
-        {
-            spec.labels.insert(label, value);
-        }
+        keep(&mut spec.labels, &format!("aws/tag/{key}"), &value);
     }
 }
 
@@ -435,7 +403,7 @@ mod tests {
             ]
         });
         let mut out = BTreeSet::new();
-        statements(doc, &mut out);
+        statements(&doc, &mut out);
         assert_eq!(out.len(), 5);
         assert!(out.contains(&("*".into(), "*".into())));
         assert!(!out.iter().any(|(a, _)| a == "iam:*"));
@@ -445,7 +413,7 @@ mod tests {
     fn url_encoded_documents_are_read() {
         let encoded = "%7B%22Statement%22%3A%5B%7B%22Effect%22%3A%22Allow%22%2C%22Action%22%3A%22sts%3AGetCallerIdentity%22%7D%5D%7D";
         let mut out = BTreeSet::new();
-        statements(document(Some(&Value::String(encoded.into()))), &mut out);
+        statements(&document(Some(&Value::String(encoded.into()))), &mut out);
         assert_eq!(
             out.into_iter().collect::<Vec<_>>(),
             vec![("sts:GetCallerIdentity".to_owned(), "*".to_owned())]

@@ -10,19 +10,15 @@
 
 use serde_json::Value;
 
-use super::documents::{expiry, items, text, time};
-use super::{Defaults, Parsed, blank};
+use super::documents::{copy, expiry, read, text, time};
+use super::{CREDENTIAL_FIELDS, Defaults, Parsed, blank};
 use crate::domain::{Kind, Owner, OwnerKind, PRINCIPAL_LABEL, State};
 use crate::store::import::ImportRow;
 
 pub fn parse(content: &[u8], defaults: &Defaults) -> Parsed {
     let mut parsed = Parsed::default();
-    let items = match items(content, &["value"]) {
-        Ok(items) => items,
-        Err((line, reason)) => {
-            parsed.reject(line, "content", reason);
-            return parsed;
-        }
+    let Some(items) = read(content, &["value"], &mut parsed) else {
+        return parsed;
     };
     for (index, item) in items.iter().enumerate() {
         parsed.total += 1;
@@ -135,24 +131,16 @@ fn object(item: &Value, defaults: &Defaults) -> Result<Vec<ImportRow>, (String, 
             c.purpose.clone_from(&spec.purpose);
             c.labels.insert(PRINCIPAL_LABEL.into(), principal.clone());
             c.labels.insert("azure/app-id".into(), app_id.to_owned());
-            for (key, label) in [
-                ("hint", "azure/secret-hint"),
-                ("type", "azure/key-type"),
-                ("usage", "azure/key-usage"),
-            ] {
-                let value = text(credential, key);
-                if !value.is_empty() {
-                    c.labels.insert(label.into(), value.to_owned());
-                }
-            }
-            let mut credential_fields = vec![
-                "kind",
-                "display_name",
-                "labels",
-                "source_create_time",
-                "last_rotate_time",
-                "expire_time",
-            ];
+            copy(
+                credential,
+                &mut c.labels,
+                &[
+                    ("azure/secret-hint", "hint"),
+                    ("azure/key-type", "type"),
+                    ("azure/key-usage", "usage"),
+                ],
+            );
+            let mut credential_fields = CREDENTIAL_FIELDS.to_vec();
             credential_fields.extend(
                 fields
                     .iter()

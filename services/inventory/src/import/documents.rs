@@ -48,6 +48,36 @@ pub(super) fn items(content: &[u8], keys: &[&str]) -> Result<Vec<Value>, (u64, S
     Ok(out)
 }
 
+/// [`items`], or `None` with the content refused at the item that broke.
+pub(super) fn read(
+    content: &[u8],
+    keys: &[&str],
+    parsed: &mut super::Parsed,
+) -> Option<Vec<Value>> {
+    match items(content, keys) {
+        Ok(items) => Some(items),
+        Err((line, reason)) => {
+            parsed.reject(line, "content", reason);
+            None
+        }
+    }
+}
+
+/// Copies the string fields `(label, key)` of `item` that are not empty
+/// into `labels`.
+pub(super) fn copy(
+    item: &Value,
+    labels: &mut std::collections::BTreeMap<String, String>,
+    pairs: &[(&str, &str)],
+) {
+    for (label, key) in pairs {
+        let value = text(item, key);
+        if !value.is_empty() {
+            labels.insert((*label).to_owned(), value.to_owned());
+        }
+    }
+}
+
 /// A string field, empty when absent.
 pub(super) fn text<'a>(item: &'a Value, key: &str) -> &'a str {
     item.get(key).and_then(Value::as_str).unwrap_or("")

@@ -9,19 +9,19 @@
 
 use serde_json::Value;
 
-use super::documents::{expiry, items, text, time};
-use super::{Defaults, Parsed, blank};
+use super::documents::{copy, expiry, read, text, time};
+use super::{CREDENTIAL_FIELDS, Defaults, Parsed, blank};
 use crate::domain::{Kind, PRINCIPAL_LABEL, State};
 use crate::store::import::ImportRow;
 
 pub fn parse(content: &[u8], defaults: &Defaults) -> Parsed {
     let mut parsed = Parsed::default();
-    let items = match items(content, &["accounts", "serviceAccounts", "keys"]) {
-        Ok(items) => items,
-        Err((line, reason)) => {
-            parsed.reject(line, "content", reason);
-            return parsed;
-        }
+    let Some(items) = read(
+        content,
+        &["accounts", "serviceAccounts", "keys"],
+        &mut parsed,
+    ) else {
+        return parsed;
     };
     for (index, item) in items.iter().enumerate() {
         let line = index as u64 + 1;
@@ -93,15 +93,14 @@ fn account(item: &Value, defaults: &Defaults) -> Result<ImportRow, (&'static str
         fields.push("purpose");
     }
     spec.labels.insert("gcp/project".into(), project.to_owned());
-    for (label, key) in [
-        ("gcp/unique-id", "uniqueId"),
-        ("gcp/oauth2-client-id", "oauth2ClientId"),
-    ] {
-        let value = text(item, key);
-        if !value.is_empty() {
-            spec.labels.insert(label.into(), value.to_owned());
-        }
-    }
+    copy(
+        item,
+        &mut spec.labels,
+        &[
+            ("gcp/unique-id", "uniqueId"),
+            ("gcp/oauth2-client-id", "oauth2ClientId"),
+        ],
+    );
     spec.labels
         .insert("gcp/disabled".into(), disabled(item).is_some().to_string());
     let mut row = ImportRow::new(0, spec, fields);
@@ -134,26 +133,17 @@ fn key(item: &Value, defaults: &Defaults) -> Result<ImportRow, (&'static str, St
     spec.labels.insert(PRINCIPAL_LABEL.into(), owner.to_owned());
     spec.labels
         .insert("gcp/service-account".into(), owner.to_owned());
-    for (label, key) in [
-        ("gcp/key-algorithm", "keyAlgorithm"),
-        ("gcp/key-origin", "keyOrigin"),
-    ] {
-        let value = text(item, key);
-        if !value.is_empty() {
-            spec.labels.insert(label.into(), value.to_owned());
-        }
-    }
+    copy(
+        item,
+        &mut spec.labels,
+        &[
+            ("gcp/key-algorithm", "keyAlgorithm"),
+            ("gcp/key-origin", "keyOrigin"),
+        ],
+    );
     spec.labels
         .insert("gcp/disabled".into(), disabled(item).is_some().to_string());
-    let fields = vec![
-        "kind",
-        "display_name",
-        "labels",
-        "source_create_time",
-        "last_rotate_time",
-        "expire_time",
-    ];
-    let mut row = ImportRow::new(0, spec, fields);
+    let mut row = ImportRow::new(0, spec, CREDENTIAL_FIELDS.to_vec());
     row.state = disabled(item);
     Ok(row)
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 use steward_identity::SpiffeId;
 
-use super::{Defaults, Parsed, RowError, blank, rfc3339};
+use super::{Defaults, Parsed, RowError, blank, json_document, rfc3339};
 use crate::domain::{Classification, IdentitySpec, Kind, Owner, OwnerKind};
 use crate::store::import::ImportRow;
 
@@ -101,16 +101,8 @@ fn csv_labels(text: &str) -> Result<BTreeMap<String, String>, String> {
 
 pub fn parse_json(content: &[u8], defaults: &Defaults) -> Parsed {
     let mut parsed = Parsed::default();
-    let document: Value = match serde_json::from_slice(content) {
-        Ok(v) => v,
-        Err(e) => {
-            parsed.reject(
-                u64::try_from(e.line()).unwrap_or(0),
-                "content",
-                format!("not JSON: {e}"),
-            );
-            return parsed;
-        }
+    let Some(document) = json_document(content, &mut parsed) else {
+        return parsed;
     };
     let items = match &document {
         Value::Array(items) => items.clone(),

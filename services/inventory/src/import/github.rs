@@ -9,7 +9,7 @@
 
 use serde_json::Value;
 
-use super::documents::{expiry, items, text, time};
+use super::documents::{expiry, read, text, time};
 use super::{Defaults, Parsed, blank};
 use crate::domain::{Kind, Owner, OwnerKind, State};
 use crate::store::activity::Permission;
@@ -19,12 +19,8 @@ type Refusal = (&'static str, String);
 
 pub fn parse(content: &[u8], defaults: &Defaults) -> Parsed {
     let mut parsed = Parsed::default();
-    let items = match items(content, &["installations"]) {
-        Ok(items) => items,
-        Err((line, reason)) => {
-            parsed.reject(line, "content", reason);
-            return parsed;
-        }
+    let Some(items) = read(content, &["installations"], &mut parsed) else {
+        return parsed;
     };
     // One organisation a file: a token names its organisation only by
     // number, so the estate is the one the installations or deploy keys

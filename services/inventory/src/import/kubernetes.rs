@@ -12,8 +12,8 @@ use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use steward_identity::SpiffeId;
 
-use super::{Defaults, Parsed, blank, rfc3339};
-use crate::domain::{IdentitySpec, Kind, MAX_LABELS, Owner, OwnerKind, validate_labels};
+use super::{Defaults, Parsed, blank, keep, own, rfc3339};
+use crate::domain::{IdentitySpec, Kind};
 use crate::store::activity::Permission;
 use crate::store::import::{Entitled, ImportRow};
 
@@ -238,16 +238,11 @@ fn service_account(
     Ok(row)
 }
 
-/// Adds a Kubernetes label or annotation as a label when it is one Steward
-/// can hold (key shape, value length, label count) and is not taken; the
-/// rest are left out rather than refusing the ServiceAccount.
+/// Adds a Kubernetes label or annotation as a label, unless it is
+/// kubectl's copy of the object or one Steward cannot hold.
 fn keep_label(spec: &mut IdentitySpec, key: &str, value: &str) {
-    if SKIPPED.contains(&key) || spec.labels.contains_key(key) || spec.labels.len() >= MAX_LABELS {
-        return;
-    }
-    let one = std::collections::BTreeMap::from([(key.to_owned(), value.to_owned())]);
-    if validate_labels("labels", &one).is_ok() {
-        spec.labels.insert(key.to_owned(), value.to_owned());
+    if !SKIPPED.contains(&key) {
+        keep(&mut spec.labels, key, value);
     }
 }
 
@@ -288,25 +283,12 @@ fn annotated(
             continue;
         };
         let contact = note(&format!("{key}-contact"));
-        let owner = Owner {
-            kind: if name.starts_with("team-") || key.as_str() == "team" {
-                OwnerKind::Team
-            } else {
-                OwnerKind::Person
-            },
-            contact: if contact.is_empty() {
-                name.clone()
-            } else {
-                contact
-            },
-            name,
-        };
-        if field == "business_owner" {
-            spec.business_owner = Some(owner);
+        let contact = if contact.is_empty() {
+            name.clone()
         } else {
-            spec.technical_owner = Some(owner);
-        }
-        fields.push(field);
+            contact
+        };
+        own(spec, fields, field, name, contact, key.as_str() == "team");
     }
     let purpose = [note("steward/purpose"), note("kubernetes.io/description")]
         .into_iter()

@@ -13,6 +13,9 @@ use uuid::Uuid;
 use crate::domain::{Error, Nanos};
 use crate::store::activity::Permission;
 
+/// Entitlements a multi-row INSERT (9 parameters each).
+const ADD_CHUNK: usize = 500;
+
 /// One entitlement as its source states it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entitled {
@@ -150,33 +153,48 @@ where
     for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     for<'q> Option<i64>: sqlx::Encode<'q, DB>,
 {
+    let added: Vec<(String, &String, &Entitled)> = writes
+        .iter()
+        .flat_map(|(id, source, w)| {
+            let id = id.hyphenated().to_string();
+            w.add.iter().map(move |e| (id.clone(), source, e))
+        })
+        .collect();
+    for chunk in added.chunks(ADD_CHUNK) {
+        let sql = format!(
+            "INSERT INTO entitlements (identity_id, system, permission, resource, granted,
+                granted_at_ns, last_used_at_ns, use_count, imported_from)
+             VALUES {}
+             ON CONFLICT (identity_id, system, permission, resource) DO UPDATE SET
+                granted = 1, granted_at_ns = excluded.granted_at_ns,
+                imported_from = excluded.imported_from,
+                last_used_at_ns = CASE WHEN entitlements.last_used_at_ns IS NULL
+                    OR entitlements.last_used_at_ns < excluded.last_used_at_ns
+                    THEN excluded.last_used_at_ns ELSE entitlements.last_used_at_ns END",
+            DB::values(chunk.len(), 9, 1)
+        );
+        let mut query = sqlx::query::<DB>(sqlx::AssertSqlSafe(sql));
+        for (id, source, e) in chunk {
+            let p = &e.permission;
+            query = query
+                .bind(id.clone())
+                .bind(p.system.clone())
+                .bind(p.permission.clone())
+                .bind(p.resource.clone())
+                .bind(1_i64)
+                .bind(e.granted_at.unwrap_or(now))
+                .bind(e.last_used_at)
+                .bind(0_i64)
+                .bind((*source).clone());
+        }
+        query.execute(&mut **tx).await?;
+    }
     let mut written: Vec<String> = Vec::new();
-    for (id, source, w) in writes {
+    for (id, _, w) in writes {
         if w.is_empty() {
             continue;
         }
         let id = id.hyphenated().to_string();
-        for e in &w.add {
-            let p = &e.permission;
-            sqlx::query::<DB>(
-                "INSERT INTO entitlements (identity_id, system, permission, resource, granted,
-                    granted_at_ns, last_used_at_ns, use_count, imported_from)
-                 VALUES ($1, $2, $3, $4, 1, $5, $6, 0, $7)
-                 ON CONFLICT (identity_id, system, permission, resource) DO UPDATE SET
-                    granted = 1, granted_at_ns = $5, imported_from = $7,
-                    last_used_at_ns = CASE WHEN entitlements.last_used_at_ns IS NULL
-                        OR entitlements.last_used_at_ns < $6 THEN $6 ELSE entitlements.last_used_at_ns END",
-            )
-            .bind(id.clone())
-            .bind(p.system.clone())
-            .bind(p.permission.clone())
-            .bind(p.resource.clone())
-            .bind(e.granted_at.unwrap_or(now))
-            .bind(e.last_used_at)
-            .bind(source.clone())
-            .execute(&mut **tx)
-            .await?;
-        }
         for (p, used) in &w.used {
             sqlx::query::<DB>(
                 "UPDATE entitlements SET last_used_at_ns = $1
