@@ -1,12 +1,16 @@
 //! Imports at scale: 100,000 rows of every format, one ImportIdentities
 //! call each, into an inventory already holding 1,000,000 identities. The
 //! target is 10 s a format; the figure is the call's wall time, and the
-//! rows it made per second beside it.
+//! rows it made per second beside it. Each starts once audit holds the
+//! previous one's evidence, so no import pays for the one before.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use steward_integration_tests::inventory::Client;
+use steward_proto::steward::audit::v1::GetCheckpointRequest;
+use steward_proto::steward::audit::v1::audit_service_client::AuditServiceClient;
 use steward_proto::steward::inventory::v1 as pb;
+use tonic::transport::Channel;
 
 use super::Figure;
 
@@ -142,9 +146,40 @@ fn content(format: pb::ImportFormat) -> (Vec<u8>, u64) {
     (text.into_bytes(), made)
 }
 
+/// Waits until audit's log has stopped growing for a second: the evidence
+/// of the previous import has been delivered, so it does not compete with
+/// the next one for the machine.
+async fn settled(audit: &mut AuditServiceClient<Channel>) -> anyhow::Result<u64> {
+    let size = |audit: &mut AuditServiceClient<Channel>| {
+        let mut audit = audit.clone();
+        async move {
+            anyhow::Ok(
+                audit
+                    .get_checkpoint(GetCheckpointRequest { fresh: true })
+                    .await?
+                    .into_inner()
+                    .tree_size,
+            )
+        }
+    };
+    let mut last = size(audit).await?;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = size(audit).await?;
+        if now == last {
+            return Ok(now);
+        }
+        last = now;
+    }
+}
+
 /// One figure a format: seconds for 100,000 rows, with identities a
-/// second in the name.
-pub async fn run(mut client: Client) -> anyhow::Result<Vec<Figure>> {
+/// second in the name. Each import starts once the previous one's
+/// evidence is in audit.
+pub async fn run(
+    mut client: Client,
+    mut audit: AuditServiceClient<Channel>,
+) -> anyhow::Result<Vec<Figure>> {
     use pb::ImportFormat as F;
     let mut figures = Vec::new();
     for (name, format) in [
@@ -157,6 +192,12 @@ pub async fn run(mut client: Client) -> anyhow::Result<Vec<Figure>> {
         ("Entra ID", F::EntraApplications),
         ("GitHub", F::GithubCredentials),
     ] {
+        let waited = Instant::now();
+        let log = settled(&mut audit).await?;
+        eprintln!(
+            "import {name}: audit settled at {log} entries after {:.0} s",
+            waited.elapsed().as_secs_f64()
+        );
         let (bytes, identities) = content(format);
         let size = bytes.len();
         let started = Instant::now();

@@ -401,7 +401,7 @@ pub async fn run(only: &[String]) -> anyhow::Result<Vec<Figure>> {
         figures.extend(transitions(client.clone()).await?);
     }
     if wanted("import") {
-        figures.extend(super::imports::run(client.clone()).await?);
+        figures.extend(super::imports::run(client.clone(), stack.audit_reader().await).await?);
     }
     inventory.shutdown().await;
     drop(stack);
