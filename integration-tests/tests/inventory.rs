@@ -51,8 +51,9 @@ async fn create_requires_owners_and_purpose_unless_filed_unowned() {
         ),
         (
             "identity.technical_owner.contact",
+            // A contact is optional, but one given must be one line.
             Box::new(|s: &mut pb::IdentitySpec| {
-                s.technical_owner.as_mut().unwrap().contact.clear()
+                s.technical_owner.as_mut().unwrap().contact = "alice@\nexample.test".into()
             }),
         ),
     ] {
