@@ -137,30 +137,11 @@ fn entity(
         spec.labels
             .insert("aws/service-linked".into(), "true".into());
     }
-    let mut used = None;
-    if kind == Kind::WorkloadIdentity {
-        used = item
-            .get("RoleLastUsed")
-            .map(|u| date(u, "LastUsedDate"))
-            .transpose()
-            .map_err(|(_, reason)| ("RoleLastUsed.LastUsedDate", reason))?
-            .flatten();
-        spec.last_used_at = used;
-        fields.push("last_use_time");
-        if let Some(region) = item
-            .get("RoleLastUsed")
-            .map(|u| text(u, "Region"))
-            .filter(|r| !r.is_empty())
-        {
-            spec.labels
-                .insert("aws/last-used-region".into(), region.to_owned());
-        }
-        let trusted = trusted_by(item.get("AssumeRolePolicyDocument"));
-        if !trusted.is_empty() {
-            spec.labels
-                .insert("aws/trusted-by".into(), clipped(&trusted.join(",")));
-        }
-    }
+    let used = if kind == Kind::WorkloadIdentity {
+        role_use(item, &mut spec, &mut fields)?
+    } else {
+        None
+    };
     tagged(item, &mut spec, &mut fields);
     let mut permissions = BTreeSet::new();
     let mut held = |holder: &Value, inline: &str| {
@@ -227,6 +208,33 @@ fn rfc3339_date(at: Nanos) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(at))
         .map(|t| t.date().to_string())
         .unwrap_or_default()
+}
+
+/// A role's last use (`RoleLastUsed`), its region and who its trust
+/// policy lets assume it.
+fn role_use(
+    item: &Value,
+    spec: &mut IdentitySpec,
+    fields: &mut Vec<&'static str>,
+) -> Result<Option<Nanos>, (&'static str, String)> {
+    let last = item.get("RoleLastUsed");
+    let used = last
+        .map(|u| date(u, "LastUsedDate"))
+        .transpose()
+        .map_err(|(_, reason)| ("RoleLastUsed.LastUsedDate", reason))?
+        .flatten();
+    spec.last_used_at = used;
+    fields.push("last_use_time");
+    if let Some(region) = last.map(|u| text(u, "Region")).filter(|r| !r.is_empty()) {
+        spec.labels
+            .insert("aws/last-used-region".into(), region.to_owned());
+    }
+    let trusted = trusted_by(item.get("AssumeRolePolicyDocument"));
+    if !trusted.is_empty() {
+        spec.labels
+            .insert("aws/trusted-by".into(), clipped(&trusted.join(",")));
+    }
+    Ok(used)
 }
 
 /// An RFC 3339 date field, `None` when absent.

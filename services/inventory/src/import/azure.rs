@@ -88,6 +88,8 @@ fn object(item: &Value, defaults: &Defaults) -> Result<Vec<ImportRow>, (String, 
     }
     let state = (item.get("accountEnabled").and_then(Value::as_bool) == Some(false))
         .then_some(State::Suspended);
+    let mut owner = ImportRow::new(0, spec, fields);
+    owner.state = state;
     let mut rows = Vec::new();
     for (list, kind, word) in [
         ("passwordCredentials", Kind::ApiKey, "client secret"),
@@ -101,60 +103,72 @@ fn object(item: &Value, defaults: &Defaults) -> Result<Vec<ImportRow>, (String, 
             .get(list)
             .and_then(Value::as_array)
             .map_or(&[][..], Vec::as_slice);
-        for (i, credential) in credentials.iter().enumerate() {
+        for (i, c) in credentials.iter().enumerate() {
             let field = |f: &str| format!("{list}[{i}].{f}");
-            let key_id = text(credential, "keyId");
-            if key_id.is_empty() {
-                return Err((field("keyId"), "is required".into()));
-            }
-            let mut c = blank(
-                kind,
-                &source,
-                format!("{principal}/{list}/{key_id}"),
-                &defaults.environment,
+            rows.push(
+                credential(&owner, app_id, c, (kind, word, list))
+                    .map_err(|(f, r)| (field(f), r))?,
             );
-            let label = text(credential, "displayName");
-            c.display_name = format!(
-                "{} {word}{}",
-                spec.display_name,
-                if label.is_empty() {
-                    String::new()
-                } else {
-                    format!(" {label}")
-                }
-            );
-            let start = time(credential, "startDateTime").map_err(|(f, r)| (field(f), r))?;
-            c.source_created_at = start;
-            c.last_rotated_at = start;
-            c.expires_at = expiry(credential, "endDateTime").map_err(|(f, r)| (field(f), r))?;
-            c.technical_owner.clone_from(&spec.technical_owner);
-            c.purpose.clone_from(&spec.purpose);
-            c.labels.insert(PRINCIPAL_LABEL.into(), principal.clone());
-            c.labels.insert("azure/app-id".into(), app_id.to_owned());
-            copy(
-                credential,
-                &mut c.labels,
-                &[
-                    ("azure/secret-hint", "hint"),
-                    ("azure/key-type", "type"),
-                    ("azure/key-usage", "usage"),
-                ],
-            );
-            let mut credential_fields = CREDENTIAL_FIELDS.to_vec();
-            credential_fields.extend(
-                fields
-                    .iter()
-                    .filter(|f| matches!(**f, "purpose" | "technical_owner")),
-            );
-            let mut row = ImportRow::new(0, c, credential_fields);
-            row.state = state;
-            rows.push(row);
         }
     }
-    let mut row = ImportRow::new(0, spec, fields);
-    row.state = state;
-    rows.insert(0, row);
+    rows.insert(0, owner);
     Ok(rows)
+}
+
+/// One secret or certificate of `owner`, as a row of its own that takes
+/// the owner's purpose, technical owner and state. `what` is the kind,
+/// its word in the name, and the Graph list it is in.
+fn credential(
+    owner: &ImportRow,
+    app_id: &str,
+    credential: &Value,
+    (kind, word, list): (Kind, &str, &str),
+) -> Result<ImportRow, (&'static str, String)> {
+    let spec = &owner.spec;
+    let key_id = text(credential, "keyId");
+    if key_id.is_empty() {
+        return Err(("keyId", "is required".into()));
+    }
+    let mut c = blank(
+        kind,
+        &spec.source_system,
+        format!("{}/{list}/{key_id}", spec.external_id),
+        &spec.environment,
+    );
+    let label = text(credential, "displayName");
+    c.display_name = format!("{} {word}", spec.display_name);
+    if !label.is_empty() {
+        c.display_name.push(' ');
+        c.display_name.push_str(label);
+    }
+    let start = time(credential, "startDateTime")?;
+    c.source_created_at = start;
+    c.last_rotated_at = start;
+    c.expires_at = expiry(credential, "endDateTime")?;
+    c.technical_owner.clone_from(&spec.technical_owner);
+    c.purpose.clone_from(&spec.purpose);
+    c.labels
+        .insert(PRINCIPAL_LABEL.into(), spec.external_id.clone());
+    c.labels.insert("azure/app-id".into(), app_id.to_owned());
+    copy(
+        credential,
+        &mut c.labels,
+        &[
+            ("azure/secret-hint", "hint"),
+            ("azure/key-type", "type"),
+            ("azure/key-usage", "usage"),
+        ],
+    );
+    let mut fields = CREDENTIAL_FIELDS.to_vec();
+    fields.extend(
+        owner
+            .fields
+            .iter()
+            .filter(|f| matches!(**f, "purpose" | "technical_owner")),
+    );
+    let mut row = ImportRow::new(0, c, fields);
+    row.state = owner.state;
+    Ok(row)
 }
 
 fn kind_is_managed(sp_type: &str) -> bool {
