@@ -160,8 +160,39 @@ pub fn parse(format: Format, content: &[u8], defaults: &Defaults) -> Parsed {
         Format::Json => generic::parse_json(content, defaults),
     };
     parsed.kinds = format.kinds().map(<[Kind]>::to_vec);
+    for row in &mut parsed.rows {
+        holdable(row);
+    }
     parsed.dedup();
     parsed
+}
+
+/// Leaves out the entitlements a row names that `GrantEntitlement` would
+/// refuse (an empty or over-long system or permission, a resource over
+/// 2,048 bytes, control characters), counting them in the label
+/// `steward/entitlements-left-out`: never cut, since a shortened resource
+/// would name something else.
+fn holdable(row: &mut ImportRow) {
+    use crate::domain::{MAX_NAME, MAX_TEXT, required};
+    let Some(entitlements) = row.entitlements.as_mut() else {
+        return;
+    };
+    let before = entitlements.len();
+    entitlements.retain(|e| {
+        let p = &e.permission;
+        required("system", &p.system, MAX_NAME).is_ok()
+            && required("permission", &p.permission, MAX_NAME).is_ok()
+            && required("resource", &p.resource, MAX_TEXT).is_ok()
+    });
+    let left_out = before - entitlements.len();
+    if left_out > 0 {
+        row.spec
+            .labels
+            .insert("steward/entitlements-left-out".into(), left_out.to_string());
+        if !row.fields.contains(&"labels") {
+            row.fields.push("labels");
+        }
+    }
 }
 
 /// The whole content as one JSON document, or `None` with the content
@@ -247,4 +278,37 @@ fn rfc3339(text: &str) -> Result<Nanos, String> {
         .map_err(|_| format!("{} is not an RFC 3339 time", steward_errors::shown(text)))?;
     i64::try_from(t.unix_timestamp_nanos())
         .map_err(|_| format!("{} is out of range", steward_errors::shown(text)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::activity::Permission;
+    use crate::store::import::Entitled;
+
+    #[test]
+    fn entitlements_steward_cannot_hold_are_left_out_and_counted() {
+        let entitled = |permission: &str, resource: String| Entitled {
+            permission: Permission {
+                system: "aws".into(),
+                permission: permission.into(),
+                resource,
+            },
+            granted_at: None,
+            last_used_at: None,
+        };
+        let spec = IdentitySpec::new(Kind::WorkloadIdentity, "aws-iam:1", "arn:aws:iam::1:role/r");
+        let mut row = ImportRow::new(1, spec, vec!["kind"]);
+        row.entitlements = Some(vec![
+            entitled("s3:GetObject", "arn:aws:s3:::a/*".into()),
+            entitled("s3:PutObject", "x".repeat(MAX_REASON * 5)),
+            entitled("s3:\nGetObject", "*".into()),
+        ]);
+        holdable(&mut row);
+        let kept = row.entitlements.as_ref().unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].permission.permission, "s3:GetObject");
+        assert_eq!(row.spec.labels["steward/entitlements-left-out"], "2");
+        assert!(row.fields.contains(&"labels"));
+    }
 }
