@@ -243,6 +243,38 @@ async fn kubernetes_annotations_carry_owners_purpose_and_cloud_roles() {
         )]
     );
 
+    // Nothing is granted to a revoked account: a later export naming a
+    // role for it changes its labels, never its entitlements.
+    let reporter = identity(&mut client, "kubernetes:prod-eu", "analytics/reporter").await;
+    client
+        .transition_state(pb::TransitionStateRequest {
+            id: reporter.id.clone(),
+            target_state: pb::LifecycleState::Revoked as i32,
+            reason: "the reporting job was retired".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let relinked = String::from_utf8(sample("kubernetes-serviceaccounts.json"))
+        .unwrap()
+        .replace(
+            "\"team\": \"team-analytics\",",
+            "\"team\": \"team-analytics\", \"eks.amazonaws.com/role-arn\": \"arn:aws:iam::123456789012:role/admin\",",
+        );
+    import(
+        &mut client,
+        pb::ImportFormat::KubernetesServiceAccounts,
+        relinked.into_bytes(),
+        "kubernetes:prod-eu",
+    )
+    .await;
+    let held = entitlements(&mut client, &reporter.id).await;
+    assert!(
+        held.iter()
+            .all(|(_, _, resource)| !resource.ends_with("role/admin")),
+        "{held:?}"
+    );
+
     // A second cluster's default/default is another identity, and the
     // first cluster's accounts do not vanish.
     let other = import(

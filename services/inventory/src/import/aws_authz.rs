@@ -10,7 +10,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::Value;
 
-use super::{Defaults, Parsed, blank, json_document, keep, own, rfc3339};
+use super::documents::{text, time};
+use super::{Defaults, Parsed, blank, json_document, keep, own};
 use crate::domain::{IdentitySpec, Kind, Nanos, PRINCIPAL_LABEL};
 use crate::store::activity::Permission;
 use crate::store::import::{Entitled, ImportRow};
@@ -71,10 +72,6 @@ fn list<'a>(document: &'a Value, name: &str) -> &'a [Value] {
         .map_or(&[], Vec::as_slice)
 }
 
-fn text<'a>(item: &'a Value, key: &str) -> &'a str {
-    item.get(key).and_then(Value::as_str).unwrap_or("")
-}
-
 /// The managed policies' default documents, by ARN.
 struct Policies<'a>(HashMap<&'a str, &'a Value>);
 
@@ -121,7 +118,7 @@ fn entity(
     spec.labels.insert("aws/entity".into(), entity_word.into());
     spec.labels.insert(PRINCIPAL_LABEL.into(), arn.to_owned());
     let mut fields = vec!["kind", "display_name", "labels"];
-    let created = date(item, "CreateDate")?;
+    let created = time(item, "CreateDate")?;
     if kind == Kind::WorkloadIdentity {
         // A role's last use is in the export, so "created long ago and
         // never used" is a fact. A user acts through its access keys,
@@ -219,7 +216,7 @@ fn role_use(
 ) -> Result<Option<Nanos>, (&'static str, String)> {
     let last = item.get("RoleLastUsed");
     let used = last
-        .map(|u| date(u, "LastUsedDate"))
+        .map(|u| time(u, "LastUsedDate"))
         .transpose()
         .map_err(|(_, reason)| ("RoleLastUsed.LastUsedDate", reason))?
         .flatten();
@@ -235,14 +232,6 @@ fn role_use(
             .insert("aws/trusted-by".into(), clipped(&trusted.join(",")));
     }
     Ok(used)
-}
-
-/// An RFC 3339 date field, `None` when absent.
-fn date(item: &Value, key: &'static str) -> Result<Option<Nanos>, (&'static str, String)> {
-    match text(item, key) {
-        "" => Ok(None),
-        value => rfc3339(value).map(Some).map_err(|reason| (key, reason)),
-    }
 }
 
 /// A policy document as the CLI prints it (an object) or as the API

@@ -3,49 +3,107 @@
 //! of items or an object holding one (`{"value": [...]}` from Microsoft
 //! Graph, `{"installations": [...]}` from GitHub).
 
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 /// Every item, in order, or where the content stops being JSON: the
-/// 1-based index of the item that is not whole, and why (never quoting the
-/// content).
+/// 1-based index of the first item that is not whole (items are read one
+/// by one, so a file cut short says how far it got), and why, never
+/// quoting the content.
 pub(super) fn items(content: &[u8], keys: &[&str]) -> Result<Vec<Value>, (u64, String)> {
     let mut out = Vec::new();
-    let mut values = serde_json::Deserializer::from_slice(content).into_iter::<Value>();
+    let mut de = serde_json::Deserializer::from_slice(content);
     let mut any = false;
-    for value in &mut values {
+    while de.end().is_err() {
         let next = out.len() as u64 + 1;
-        let value = value.map_err(|e| (next, format!("not JSON at item {next}: {e}")))?;
-        any = true;
-        match value {
-            Value::Array(items) => out.extend(items),
-            Value::Object(mut object) => {
-                let held = keys
-                    .iter()
-                    .find_map(|k| match object.remove(*k) {
-                        Some(Value::Array(items)) => Some(items),
-                        _ => None,
-                    })
-                    .ok_or_else(|| {
-                        (
-                            next,
-                            format!(
-                                "an object without an array under {}",
-                                keys.iter()
-                                    .map(|k| format!("\"{k}\""))
-                                    .collect::<Vec<_>>()
-                                    .join(" or ")
-                            ),
-                        )
-                    })?;
-                out.extend(held);
-            }
-            _ => return Err((next, "neither an array nor an object".into())),
+        let found = Document {
+            out: &mut out,
+            keys,
         }
+        .deserialize(&mut de)
+        .map_err(|e| {
+            let at = out.len() as u64 + 1;
+            (at, format!("not JSON at item {at}: {e}"))
+        })?;
+        if !found {
+            let names: Vec<String> = keys.iter().map(|k| format!("\"{k}\"")).collect();
+            return Err((
+                next,
+                format!("an object without an array under {}", names.join(" or ")),
+            ));
+        }
+        any = true;
     }
     if !any {
         return Err((1, "no JSON value".into()));
     }
     Ok(out)
+}
+
+/// One JSON value of an export: an array of items, or an object holding
+/// one under one of `keys`. Yields whether it held items.
+struct Document<'a> {
+    out: &'a mut Vec<Value>,
+    keys: &'a [&'a str],
+}
+
+impl<'de> DeserializeSeed<'de> for Document<'_> {
+    type Value = bool;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Document<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of items or an object holding one")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<bool, A::Error> {
+        Items(self.out).visit_seq(seq).map(|()| true)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        let mut found = false;
+        while let Some(key) = map.next_key::<String>()? {
+            if !found && self.keys.contains(&key.as_str()) {
+                found = true;
+                map.next_value_seed(Items(&mut *self.out))?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// An array's items, pushed one by one.
+struct Items<'a>(&'a mut Vec<Value>);
+
+impl<'de> DeserializeSeed<'de> for Items<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Items<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of items")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(item) = seq.next_element::<Value>()? {
+            self.0.push(item);
+        }
+        Ok(())
+    }
 }
 
 /// [`items`], or `None` with the content refused at the item that broke.
@@ -123,8 +181,8 @@ mod tests {
         assert_eq!(items.len(), 4);
         let cut = br#"[{"a": 1}] [{"a": 2}, {"a""#;
         let (index, reason) = super::items(cut, &["value"]).unwrap_err();
-        assert_eq!(index, 2);
-        assert!(reason.starts_with("not JSON at item 2"), "{reason}");
+        assert_eq!(index, 3, "items 1 and 2 were whole");
+        assert!(reason.starts_with("not JSON at item 3"), "{reason}");
         assert_eq!(
             super::items(br#"{"other": []}"#, &["value"]).unwrap_err().0,
             1

@@ -8,10 +8,10 @@
 //! the ServiceAccount may act as (EKS IRSA, GKE Workload Identity, Azure
 //! Workload Identity) becomes an entitlement on that cloud identity.
 
-use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use steward_identity::SpiffeId;
 
+use super::documents::read;
 use super::{Defaults, Parsed, blank, keep, own, rfc3339};
 use crate::domain::{IdentitySpec, Kind};
 use crate::store::activity::Permission;
@@ -52,25 +52,10 @@ pub fn parse(content: &[u8], defaults: &Defaults) -> Parsed {
     } else {
         defaults.source_system.as_str()
     };
-    let mut items = Vec::new();
-    let mut de = serde_json::Deserializer::from_slice(content);
-    let read = List(&mut items)
-        .deserialize(&mut de)
-        .and_then(|found| de.end().map(|()| found));
-    match read {
-        Ok(true) => {}
-        Ok(false) => {
-            parsed.reject(0, "items", "a ServiceAccount list has an items array");
-            return parsed;
-        }
-        Err(e) => {
-            // Name the item that broke (1-based, as for every other row),
-            // and never quote the content.
-            let item = items.len() as u64 + 1;
-            parsed.reject(item, "content", format!("not JSON at item {item}: {e}"));
-            return parsed;
-        }
-    }
+    // A file that breaks is refused at the first item that is not whole.
+    let Some(items) = read(content, &["items"], &mut parsed) else {
+        return parsed;
+    };
     for (index, item) in items.iter().enumerate() {
         parsed.total += 1;
         let line = index as u64 + 1;
@@ -80,65 +65,6 @@ pub fn parse(content: &[u8], defaults: &Defaults) -> Parsed {
         }
     }
     parsed
-}
-
-/// Reads a list object's `items` into the vector item by item, so that a
-/// truncated or broken file still says how many items were whole.
-/// Yields whether the object had an `items` array.
-struct List<'a>(&'a mut Vec<Value>);
-
-impl<'de> DeserializeSeed<'de> for List<'_> {
-    type Value = bool;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for List<'_> {
-    type Value = bool;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a ServiceAccountList object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
-        let mut found = false;
-        while let Some(key) = map.next_key::<String>()? {
-            if key == "items" && !found {
-                found = true;
-                map.next_value_seed(Items(&mut *self.0))?;
-            } else {
-                map.next_value::<IgnoredAny>()?;
-            }
-        }
-        Ok(found)
-    }
-}
-
-struct Items<'a>(&'a mut Vec<Value>);
-
-impl<'de> DeserializeSeed<'de> for Items<'_> {
-    type Value = ();
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Items<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("an array of ServiceAccounts")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while let Some(item) = seq.next_element::<Value>()? {
-            self.0.push(item);
-        }
-        Ok(())
-    }
 }
 
 /// One list item as an import row, or the field that makes it unusable

@@ -368,7 +368,11 @@ fn plan(
             Some(current) => {
                 let mut next = current.clone();
                 let mut fields = merge(&mut next.spec, row);
-                if let Some(named) = &row.entitlements {
+                // As GrantEntitlement: nothing is granted to an identity
+                // that is revoked or decommissioned.
+                if let Some(named) = &row.entitlements
+                    && current.state.is_reversible()
+                {
                     let writes = entitlements::diff(named, held.get(&current.id), source);
                     if writes.drifts() {
                         fields.push("entitlements".to_owned());
